@@ -1,0 +1,250 @@
+//! The errors a client can see, and the one exhaustive mapping from each to its HTTP
+//! status and error code (DESIGN.md, "Errors"). Handlers never choose a status by hand.
+
+use crate::enroll::{EnrollError, NameError};
+use crate::pki::csr::CsrError;
+use crate::store::StoreError;
+
+/// An error answered to a client, in the envelope
+/// `{"error":{"code","message","requestId"},"meta":{}}`.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ApiError {
+    /// `INVALID_ENROLLMENT_TOKEN` 400: unknown or used token.
+    #[error("{0}")]
+    InvalidEnrollmentToken(String),
+    /// `ENROLLMENT_EXPIRED` 400.
+    #[error("{0}")]
+    EnrollmentExpired(String),
+    /// `INVALID_ENROLL_METHOD` 400: unknown method, or a token used with another method.
+    #[error("{0}")]
+    InvalidEnrollMethod(String),
+    /// `COULD_NOT_PROCESS_CSR` 400: not PEM, not a CSR, bad signature, unsupported key.
+    #[error("{0}")]
+    CouldNotProcessCsr(String),
+    /// `CERT_FAILED_VALIDATION` 400: no verified auto-enrollment CA accepts the chain.
+    #[error("{0}")]
+    CertFailedValidation(String),
+    /// `CERT_IN_USE` 409: the certificate is already bound to an identity.
+    #[error("{0}")]
+    CertInUse(String),
+    /// `NAME_IN_USE` 409: another identity has this name.
+    #[error("{0}")]
+    NameInUse(String),
+    /// `INVALID_NAME` 400.
+    #[error("{0}")]
+    InvalidName(String),
+    /// `COULD_NOT_PARSE_BODY` 400: a JSON body that does not parse or lacks a field.
+    #[error("{0}")]
+    CouldNotParseBody(String),
+    /// `INVALID_PARAMETER` 400: a query parameter with a bad value.
+    #[error("{0}")]
+    InvalidParameter(String),
+    /// `INVALID_STATE` 409: the operation does not apply to the record as it is now
+    /// (e.g. refreshing a token of an identity that has already enrolled).
+    #[error("{0}")]
+    InvalidState(String),
+    /// `UNAUTHORIZED` 401: the management API needs an admin's client certificate.
+    #[error("{0}")]
+    Unauthorized(String),
+    /// `NOT_FOUND` 404.
+    #[error("{0}")]
+    NotFound(String),
+    /// `METHOD_NOT_ALLOWED` 405.
+    #[error("{0}")]
+    MethodNotAllowed(String),
+    /// `LENGTH_REQUIRED` 411: a body without Content-Length (chunked uploads are refused).
+    #[error("{0}")]
+    LengthRequired(String),
+    /// `REQUEST_TOO_LARGE` 413: the body exceeds `limits.max_body_bytes`.
+    #[error("{0}")]
+    RequestTooLarge(String),
+    /// `UNSUPPORTED_MEDIA` 415.
+    #[error("{0}")]
+    UnsupportedMedia(String),
+    /// `HEADERS_TOO_LARGE` 431.
+    #[error("{0}")]
+    HeadersTooLarge(String),
+    /// `MALFORMED_REQUEST` 400: the HTTP framing itself is broken.
+    #[error("{0}")]
+    MalformedRequest(String),
+    /// `RATE_LIMITED` 429, with `Retry-After` seconds.
+    #[error("{message}")]
+    RateLimited {
+        /// Human text.
+        message: String,
+        /// Seconds the client should wait.
+        retry_after: u32,
+    },
+    /// `SERVICE_UNAVAILABLE` 503: the daemon is shutting down.
+    #[error("{0}")]
+    ServiceUnavailable(String),
+    /// `UNHANDLED` 500: a bug or a failure of the machine (disk, store). Never the answer
+    /// to anything a client can send.
+    #[error("{0}")]
+    Unhandled(String),
+}
+
+impl ApiError {
+    /// HTTP status and error code. Exhaustive: a new variant does not compile until it
+    /// has both.
+    pub fn status_and_code(&self) -> (u16, &'static str) {
+        match self {
+            Self::InvalidEnrollmentToken(_) => (400, "INVALID_ENROLLMENT_TOKEN"),
+            Self::EnrollmentExpired(_) => (400, "ENROLLMENT_EXPIRED"),
+            Self::InvalidEnrollMethod(_) => (400, "INVALID_ENROLL_METHOD"),
+            Self::CouldNotProcessCsr(_) => (400, "COULD_NOT_PROCESS_CSR"),
+            Self::CertFailedValidation(_) => (400, "CERT_FAILED_VALIDATION"),
+            Self::CertInUse(_) => (409, "CERT_IN_USE"),
+            Self::NameInUse(_) => (409, "NAME_IN_USE"),
+            Self::InvalidName(_) => (400, "INVALID_NAME"),
+            Self::CouldNotParseBody(_) => (400, "COULD_NOT_PARSE_BODY"),
+            Self::InvalidParameter(_) => (400, "INVALID_PARAMETER"),
+            Self::InvalidState(_) => (409, "INVALID_STATE"),
+            Self::Unauthorized(_) => (401, "UNAUTHORIZED"),
+            Self::NotFound(_) => (404, "NOT_FOUND"),
+            Self::MethodNotAllowed(_) => (405, "METHOD_NOT_ALLOWED"),
+            Self::LengthRequired(_) => (411, "LENGTH_REQUIRED"),
+            Self::RequestTooLarge(_) => (413, "REQUEST_TOO_LARGE"),
+            Self::UnsupportedMedia(_) => (415, "UNSUPPORTED_MEDIA"),
+            Self::HeadersTooLarge(_) => (431, "HEADERS_TOO_LARGE"),
+            Self::MalformedRequest(_) => (400, "MALFORMED_REQUEST"),
+            Self::RateLimited { .. } => (429, "RATE_LIMITED"),
+            Self::ServiceUnavailable(_) => (503, "SERVICE_UNAVAILABLE"),
+            Self::Unhandled(_) => (500, "UNHANDLED"),
+        }
+    }
+
+    /// The error's JSON envelope.
+    pub fn envelope(&self, request_id: &str) -> serde_json::Value {
+        let (_, code) = self.status_and_code();
+        serde_json::json!({
+            "error": { "code": code, "message": self.to_string(), "requestId": request_id },
+            "meta": {}
+        })
+    }
+}
+
+impl From<EnrollError> for ApiError {
+    fn from(e: EnrollError) -> Self {
+        let msg = e.to_string();
+        match e {
+            EnrollError::UnknownToken | EnrollError::IdentityGone => {
+                Self::InvalidEnrollmentToken(msg)
+            }
+            EnrollError::Expired { .. } => Self::EnrollmentExpired(msg),
+            EnrollError::WrongMethod(_) => Self::InvalidEnrollMethod(msg),
+        }
+    }
+}
+
+impl From<CsrError> for ApiError {
+    fn from(e: CsrError) -> Self {
+        Self::CouldNotProcessCsr(e.to_string())
+    }
+}
+
+impl From<NameError> for ApiError {
+    fn from(e: NameError) -> Self {
+        Self::InvalidName(e.to_string())
+    }
+}
+
+impl From<StoreError> for ApiError {
+    fn from(e: StoreError) -> Self {
+        let msg = e.to_string();
+        match e {
+            StoreError::Enroll(inner) => inner.into(),
+            StoreError::NameInUse(_) => Self::NameInUse(msg),
+            StoreError::CertInUse => Self::CertInUse(msg),
+            StoreError::NotFound(_) => Self::NotFound(msg),
+            StoreError::InvalidState(_) => Self::InvalidState(msg),
+            StoreError::Busy => Self::RateLimited {
+                message: msg,
+                retry_after: 1,
+            },
+            StoreError::ShuttingDown => Self::ServiceUnavailable(msg),
+            StoreError::Db(_) | StoreError::Corrupt(_) => Self::Unhandled(msg),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn design_codes_and_statuses() {
+        let cases = [
+            (
+                ApiError::InvalidEnrollmentToken(String::new()),
+                400,
+                "INVALID_ENROLLMENT_TOKEN",
+            ),
+            (
+                ApiError::EnrollmentExpired(String::new()),
+                400,
+                "ENROLLMENT_EXPIRED",
+            ),
+            (
+                ApiError::InvalidEnrollMethod(String::new()),
+                400,
+                "INVALID_ENROLL_METHOD",
+            ),
+            (
+                ApiError::CouldNotProcessCsr(String::new()),
+                400,
+                "COULD_NOT_PROCESS_CSR",
+            ),
+            (ApiError::CertInUse(String::new()), 409, "CERT_IN_USE"),
+            (
+                ApiError::UnsupportedMedia(String::new()),
+                415,
+                "UNSUPPORTED_MEDIA",
+            ),
+            (
+                ApiError::RateLimited {
+                    message: String::new(),
+                    retry_after: 1,
+                },
+                429,
+                "RATE_LIMITED",
+            ),
+            (ApiError::Unhandled(String::new()), 500, "UNHANDLED"),
+        ];
+        for (err, status, code) in cases {
+            assert_eq!(err.status_and_code(), (status, code));
+        }
+    }
+
+    #[test]
+    fn enroll_errors_map_to_their_codes() {
+        let code = |e: EnrollError| ApiError::from(e).status_and_code().1;
+        assert_eq!(code(EnrollError::UnknownToken), "INVALID_ENROLLMENT_TOKEN");
+        assert_eq!(
+            code(EnrollError::Expired {
+                expired_at: String::new()
+            }),
+            "ENROLLMENT_EXPIRED"
+        );
+        assert_eq!(
+            code(EnrollError::WrongMethod(String::new())),
+            "INVALID_ENROLL_METHOD"
+        );
+    }
+
+    #[test]
+    fn store_busy_is_rate_limited_not_a_500() {
+        let e = ApiError::from(StoreError::Busy);
+        assert_eq!(e.status_and_code(), (429, "RATE_LIMITED"));
+    }
+
+    #[test]
+    fn envelope_shape() {
+        let v = ApiError::NotFound("no such identity".into()).envelope("r1");
+        assert_eq!(v["error"]["code"], "NOT_FOUND");
+        assert_eq!(v["error"]["message"], "no such identity");
+        assert_eq!(v["error"]["requestId"], "r1");
+        assert!(v["meta"].is_object());
+    }
+}

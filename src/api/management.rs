@@ -1,0 +1,385 @@
+//! The management API (`/edge/management/v1`): identities and enrollments. Every request
+//! must come with the client certificate of an enrolled identity that `isAdmin`.
+
+use serde::Deserialize;
+use serde_json::json;
+
+use super::filter::NameFilter;
+use super::{json_body, method_not_allowed, views, ApiError, Peer, Request};
+use crate::app::WorkerCtx;
+use crate::clock::UnixTime;
+use crate::enroll::validate_name;
+use crate::http::query::param;
+use crate::http::Response;
+use crate::model::{Enrollment, Identity, IdentityType, Method};
+use crate::store::{Command, Outcome};
+
+/// Largest page a list returns.
+pub const MAX_LIMIT: usize = 1000;
+/// Page size when `limit` is absent.
+pub const DEFAULT_LIMIT: usize = 100;
+
+pub(super) async fn route(
+    w: &WorkerCtx,
+    req: &Request,
+    peer: &Peer,
+    path: &str,
+) -> Result<Response, ApiError> {
+    authorize(w, peer)?;
+    let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    let m = req.head.method.as_str();
+    match (segments.as_slice(), m) {
+        (["version"], "GET") => Ok(Response::data(
+            json!({ "version": env!("CARGO_PKG_VERSION") }),
+        )),
+        (["identities"], "GET") => list_identities(w, req),
+        (["identities"], "POST") => create_identity(w, req).await,
+        (["identities"], _) => Err(method_not_allowed(req, "GET or POST")),
+        (["identities", id], "GET") => show_identity(w, id),
+        (["identities", id], "DELETE") => delete_identity(w, id).await,
+        (["identities", _], _) => Err(method_not_allowed(req, "GET or DELETE")),
+        (["enrollments"], "GET") => list_enrollments(w, req),
+        (["enrollments"], "POST") => create_enrollment(w, req).await,
+        (["enrollments"], _) => Err(method_not_allowed(req, "GET or POST")),
+        (["enrollments", id], "GET") => {
+            Ok(Response::data(views::enrollment(&find_enrollment(w, id)?)))
+        }
+        (["enrollments", id, "jwt"], "GET") => {
+            let e = find_enrollment(w, id)?;
+            Ok(Response::bytes(200, "application/jwt", e.jwt.into_bytes()))
+        }
+        (["enrollments", id, "refresh"], "POST") => refresh_enrollment(w, req, id).await,
+        _ => Err(ApiError::NotFound(format!(
+            "no such resource: {}",
+            req.head.path
+        ))),
+    }
+}
+
+fn authorize(w: &WorkerCtx, peer: &Peer) -> Result<(), ApiError> {
+    let unauthorized = |why: &str| {
+        ApiError::Unauthorized(format!(
+            "the management API needs the client certificate of an admin identity: {why}"
+        ))
+    };
+    let fp = peer
+        .cert_sha256
+        .as_deref()
+        .ok_or_else(|| unauthorized("no client certificate was presented"))?;
+    match w.shared.store.identity_by_fingerprint(fp)? {
+        Some(identity) if identity.is_admin => Ok(()),
+        Some(_) => Err(unauthorized("this identity is not an admin")),
+        None => Err(unauthorized(
+            "this certificate is not bound to any identity",
+        )),
+    }
+}
+
+fn page_params(req: &Request) -> Result<(usize, usize), ApiError> {
+    let number = |name: &str, default: usize| -> Result<usize, ApiError> {
+        match param(&req.head.query, name) {
+            None => Ok(default),
+            Some(v) => v.parse::<usize>().map_err(|_| {
+                ApiError::InvalidParameter(format!("'{name}' must be a whole number"))
+            }),
+        }
+    };
+    let limit = number("limit", DEFAULT_LIMIT)?;
+    if limit == 0 || limit > MAX_LIMIT {
+        return Err(ApiError::InvalidParameter(format!(
+            "'limit' must be from 1 to {MAX_LIMIT}"
+        )));
+    }
+    Ok((number("offset", 0)?, limit))
+}
+
+fn pagination(offset: usize, limit: usize, total: usize) -> serde_json::Value {
+    json!({ "pagination": { "limit": limit, "offset": offset, "totalCount": total } })
+}
+
+fn pending_of(w: &WorkerCtx, i: &Identity) -> Result<Option<Enrollment>, ApiError> {
+    match &i.enrollment_id {
+        Some(eid) => Ok(w.shared.store.enrollment(eid)?),
+        None => Ok(None),
+    }
+}
+
+fn list_identities(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
+    let (offset, limit) = page_params(req)?;
+    let filter = match (
+        param(&req.head.query, "filter"),
+        param(&req.head.query, "name"),
+    ) {
+        (Some(f), _) => NameFilter::parse(&f).map_err(ApiError::InvalidParameter)?,
+        (None, Some(name)) => NameFilter::Eq(name),
+        (None, None) => NameFilter::All,
+    };
+    let page = w
+        .shared
+        .store
+        .list_identities(offset, limit, &|name| filter.matches(name))?;
+    let mut data = Vec::with_capacity(page.items.len());
+    for i in &page.items {
+        data.push(views::identity(i, pending_of(w, i)?.as_ref()));
+    }
+    Ok(Response::json(
+        200,
+        &json!({ "data": data, "meta": pagination(offset, limit, page.total) }),
+    ))
+}
+
+fn find_identity(w: &WorkerCtx, id: &str) -> Result<Identity, ApiError> {
+    let not_found = || {
+        ApiError::NotFound(format!(
+            "no identity with id '{}'",
+            id.chars().take(64).collect::<String>()
+        ))
+    };
+    if !crate::ids::is_well_formed(id) {
+        return Err(not_found());
+    }
+    w.shared.store.identity(id)?.ok_or_else(not_found)
+}
+
+fn find_enrollment(w: &WorkerCtx, id: &str) -> Result<Enrollment, ApiError> {
+    let not_found = || {
+        ApiError::NotFound(format!(
+            "no pending enrollment with id '{}'",
+            id.chars().take(64).collect::<String>()
+        ))
+    };
+    if !crate::ids::is_well_formed(id) {
+        return Err(not_found());
+    }
+    w.shared.store.enrollment(id)?.ok_or_else(not_found)
+}
+
+fn show_identity(w: &WorkerCtx, id: &str) -> Result<Response, ApiError> {
+    let i = find_identity(w, id)?;
+    Ok(Response::data(views::identity(
+        &i,
+        pending_of(w, &i)?.as_ref(),
+    )))
+}
+
+async fn delete_identity(w: &WorkerCtx, id: &str) -> Result<Response, ApiError> {
+    find_identity(w, id)?;
+    w.shared
+        .commit
+        .submit(Command::DeleteIdentity { id: id.to_string() })
+        .await?;
+    tracing::info!(identity_id = %id, "identity deleted");
+    Ok(Response::data(json!({})))
+}
+
+/// Builds a new `ott` enrollment (token + signed JWT) for `identity_id`.
+fn new_ott_enrollment(
+    w: &WorkerCtx,
+    identity_id: &str,
+    now: UnixTime,
+    expires_at: Option<UnixTime>,
+) -> Result<Enrollment, ApiError> {
+    let rand_err = |e: crate::ids::RandomError| ApiError::Unhandled(e.to_string());
+    let token = crate::ids::new_token().map_err(rand_err)?;
+    let ttl = i64::try_from(w.shared.config.token_ttl.as_secs()).unwrap_or(i64::MAX);
+    let expires_at = expires_at.unwrap_or_else(|| now.saturating_add(ttl));
+    let jwt = w
+        .jwt
+        .sign(identity_id, &token, Method::Ott, Some(expires_at))
+        .map_err(|e| ApiError::Unhandled(e.to_string()))?;
+    Ok(Enrollment {
+        id: crate::ids::new_id().map_err(rand_err)?,
+        token,
+        method: Method::Ott,
+        identity_id: identity_id.to_string(),
+        ca_id: None,
+        created_at: now,
+        expires_at,
+        jwt,
+    })
+}
+
+fn parse_expires_at(v: Option<&str>, now: UnixTime) -> Result<Option<UnixTime>, ApiError> {
+    let Some(v) = v else { return Ok(None) };
+    let t = humantime::parse_rfc3339_weak(v)
+        .map(crate::clock::to_unix)
+        .map_err(|_| {
+            ApiError::CouldNotParseBody(format!("'expiresAt' is not an RFC 3339 time: '{v}'"))
+        })?;
+    if t <= now {
+        return Err(ApiError::CouldNotParseBody(
+            "'expiresAt' must be in the future".into(),
+        ));
+    }
+    Ok(Some(t))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct EnrollmentSpec {
+    #[serde(default)]
+    ott: Option<serde_json::Value>,
+    #[serde(default)]
+    ottca: Option<serde_json::Value>,
+    #[serde(default)]
+    updb: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateIdentity {
+    name: Option<String>,
+    #[serde(rename = "type")]
+    kind: Option<String>,
+    #[serde(default)]
+    is_admin: bool,
+    #[serde(default)]
+    role_attributes: Option<Vec<String>>,
+    #[serde(default)]
+    enrollment: Option<EnrollmentSpec>,
+}
+
+async fn create_identity(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
+    let body: CreateIdentity = json_body(req)?;
+    let name = body
+        .name
+        .ok_or_else(|| ApiError::CouldNotParseBody("the body has no 'name'".into()))?;
+    validate_name(&name)?;
+    let kind_text = body.kind.unwrap_or_else(|| "User".into());
+    let kind = IdentityType::parse(&kind_text).ok_or_else(|| {
+        ApiError::CouldNotParseBody(format!(
+            "'type' must be User, Device or Service, not '{}'",
+            kind_text.chars().take(32).collect::<String>()
+        ))
+    })?;
+    let role_attributes = body.role_attributes.unwrap_or_default();
+    if role_attributes.len() > 100
+        || role_attributes
+            .iter()
+            .any(|a| a.is_empty() || a.len() > 255)
+    {
+        return Err(ApiError::CouldNotParseBody(
+            "'roleAttributes' takes at most 100 non-empty strings of at most 255 bytes".into(),
+        ));
+    }
+    let wants_ott = match &body.enrollment {
+        None => false,
+        Some(spec) => {
+            if spec.ottca.is_some() {
+                return Err(ApiError::InvalidEnrollMethod(
+                    "enrollment method 'ottca' is not available on this gateway: it has no third-party CAs".into(),
+                ));
+            }
+            if spec.updb.is_some() {
+                return Err(ApiError::InvalidEnrollMethod(
+                    "enrollment method 'updb' (passwords) is not supported: enrollgate enrolls certificates".into(),
+                ));
+            }
+            !matches!(
+                spec.ott,
+                None | Some(serde_json::Value::Bool(false)) | Some(serde_json::Value::Null)
+            )
+        }
+    };
+
+    let now = w.shared.clock.unix_now();
+    let id = crate::ids::new_id().map_err(|e| ApiError::Unhandled(e.to_string()))?;
+    let enrollment = if wants_ott {
+        Some(new_ott_enrollment(w, &id, now, None)?)
+    } else {
+        None
+    };
+    let identity = Identity {
+        id,
+        name,
+        kind,
+        is_admin: body.is_admin,
+        role_attributes,
+        created_at: now,
+        updated_at: now,
+        enrollment_id: None,
+        authenticator: None,
+    };
+    let outcome = w
+        .shared
+        .commit
+        .submit(Command::CreateIdentity {
+            identity,
+            enrollment: enrollment.clone(),
+        })
+        .await?;
+    let Outcome::Identity(created) = outcome else {
+        return Err(ApiError::Unhandled("unexpected store outcome".into()));
+    };
+    tracing::info!(identity_id = %created.id, kind = created.kind.as_str(), "identity created");
+    let view = views::identity(&created, enrollment.as_ref());
+    Ok(Response::json(201, &json!({ "data": view, "meta": {} })))
+}
+
+fn list_enrollments(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
+    let (offset, limit) = page_params(req)?;
+    let page = w.shared.store.list_enrollments(offset, limit)?;
+    let data: Vec<_> = page.items.iter().map(views::enrollment).collect();
+    Ok(Response::json(
+        200,
+        &json!({ "data": data, "meta": pagination(offset, limit, page.total) }),
+    ))
+}
+
+async fn replace_enrollment(
+    w: &WorkerCtx,
+    identity_id: &str,
+    expires_at: Option<&str>,
+) -> Result<Response, ApiError> {
+    let now = w.shared.clock.unix_now();
+    let expires_at = parse_expires_at(expires_at, now)?;
+    let e = new_ott_enrollment(w, identity_id, now, expires_at)?;
+    w.shared
+        .commit
+        .submit(Command::ReplaceEnrollment {
+            identity_id: identity_id.to_string(),
+            enrollment: e.clone(),
+        })
+        .await?;
+    tracing::info!(identity_id = %identity_id, "enrollment token issued");
+    Ok(Response::json(
+        201,
+        &json!({ "data": views::enrollment(&e), "meta": {} }),
+    ))
+}
+
+async fn create_enrollment(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Body {
+        identity_id: Option<String>,
+        method: Option<String>,
+        expires_at: Option<String>,
+    }
+    let body: Body = json_body(req)?;
+    let identity_id = body
+        .identity_id
+        .ok_or_else(|| ApiError::CouldNotParseBody("the body has no 'identityId'".into()))?;
+    match body.method.as_deref() {
+        None | Some("ott") => {}
+        Some(other) => {
+            return Err(ApiError::InvalidEnrollMethod(format!(
+                "only 'ott' enrollments can be created here, not '{}'",
+                other.chars().take(32).collect::<String>()
+            )))
+        }
+    }
+    find_identity(w, &identity_id)?;
+    replace_enrollment(w, &identity_id, body.expires_at.as_deref()).await
+}
+
+async fn refresh_enrollment(w: &WorkerCtx, req: &Request, id: &str) -> Result<Response, ApiError> {
+    #[derive(Deserialize)]
+    #[serde(rename_all = "camelCase")]
+    struct Body {
+        expires_at: Option<String>,
+    }
+    let body: Body = json_body(req)?;
+    let e = find_enrollment(w, id)?;
+    replace_enrollment(w, &e.identity_id, body.expires_at.as_deref()).await
+}

@@ -1,0 +1,119 @@
+//! The HTTP API: the client (enrollment) API at the root and under `/edge/client/v1`, and
+//! the management API under `/edge/management/v1` (admin client certificate required).
+
+pub mod client;
+pub mod error;
+pub mod filter;
+pub mod management;
+pub mod views;
+
+use crate::app::WorkerCtx;
+use crate::http::{Head, Response};
+pub use error::ApiError;
+
+/// Prefix of the client API (also served at the root).
+pub const CLIENT_PREFIX: &str = "/edge/client/v1";
+/// Prefix of the management API.
+pub const MANAGEMENT_PREFIX: &str = "/edge/management/v1";
+
+/// A complete request.
+#[derive(Debug)]
+pub struct Request {
+    /// Method, path, query, headers.
+    pub head: Head,
+    /// Body (at most `limits.max_body_bytes`).
+    pub body: Vec<u8>,
+}
+
+/// What the TLS layer knows of the client.
+#[derive(Debug, Clone, Default)]
+pub struct Peer {
+    /// Remote address.
+    pub addr: Option<std::net::SocketAddr>,
+    /// Hex SHA-256 of the client certificate (leaf) that verified in the handshake.
+    pub cert_sha256: Option<String>,
+}
+
+/// Handles one request; every error becomes its JSON envelope.
+pub async fn handle(w: &WorkerCtx, req: &Request, peer: &Peer, request_id: &str) -> Response {
+    let result = route(w, req, peer).await;
+    match result {
+        Ok(resp) => resp,
+        Err(err) => {
+            let (status, code) = err.status_and_code();
+            if status >= 500 {
+                tracing::error!(request_id, code, error = %err, path = %req.head.path, "request failed");
+            } else {
+                tracing::debug!(request_id, code, path = %req.head.path, "request refused");
+            }
+            let mut resp = Response::json(status, &err.envelope(request_id));
+            if let ApiError::RateLimited { retry_after, .. } = err {
+                resp = resp.with_header("Retry-After", retry_after.to_string());
+            }
+            resp
+        }
+    }
+}
+
+/// `rest` of `path` after `prefix`, when `path` is `prefix` itself or below it.
+fn under<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
+    let rest = path.strip_prefix(prefix)?;
+    if rest.is_empty() {
+        Some("/")
+    } else if rest.starts_with('/') {
+        Some(rest)
+    } else {
+        None
+    }
+}
+
+async fn route(w: &WorkerCtx, req: &Request, peer: &Peer) -> Result<Response, ApiError> {
+    let path = req.head.path.as_str();
+    if let Some(rest) = under(path, MANAGEMENT_PREFIX) {
+        return management::route(w, req, peer, rest).await;
+    }
+    let rest = under(path, CLIENT_PREFIX).unwrap_or(path);
+    client::route(w, req, peer, rest).await
+}
+
+/// Refuses a method on a known path.
+pub(crate) fn method_not_allowed(req: &Request, allowed: &str) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{} is not allowed on {}; use {allowed}",
+        req.head.method, req.head.path
+    ))
+}
+
+/// Parses a JSON body, or explains why not.
+pub(crate) fn json_body<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
+    match req.head.content_type().as_deref() {
+        None | Some("application/json") => {}
+        Some(other) => {
+            return Err(ApiError::UnsupportedMedia(format!(
+                "content type '{other}' is not accepted here; send application/json"
+            )))
+        }
+    }
+    let body: &[u8] = if req.body.iter().all(u8::is_ascii_whitespace) {
+        b"{}"
+    } else {
+        &req.body
+    };
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::CouldNotParseBody(format!("invalid JSON body: {e}")))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn prefixes_match_whole_segments() {
+        assert_eq!(
+            under("/edge/client/v1/enroll", CLIENT_PREFIX),
+            Some("/enroll")
+        );
+        assert_eq!(under("/edge/client/v1", CLIENT_PREFIX), Some("/"));
+        assert_eq!(under("/edge/client/v12/enroll", CLIENT_PREFIX), None);
+    }
+}

@@ -1,0 +1,168 @@
+//! The gateway's state: what every worker shares ([`Shared`]) and what each worker owns
+//! ([`WorkerCtx`]: its own certificate signer and JWT key, loaded once, so the request path
+//! takes no lock).
+
+use std::sync::Arc;
+
+use base64::Engine as _;
+
+use crate::clock::Clock;
+use crate::config::{Config, PublicUrl};
+use crate::pki::{self, IssuePolicy, Signer};
+use crate::server::tls::{self, ServerTls};
+use crate::store::{CommitHandle, Store};
+use crate::token::JwtSigner;
+
+/// Why the gateway could not be assembled.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SetupError {
+    /// A PKI file.
+    #[error(transparent)]
+    Pki(#[from] pki::LoadError),
+    /// TLS configuration.
+    #[error("TLS configuration: {0}")]
+    Tls(#[from] rustls::Error),
+    /// JWT key.
+    #[error("JWT signing key: {0}")]
+    Jwt(#[from] crate::token::JwtError),
+    /// Signer.
+    #[error("certificate signer: {0}")]
+    Issue(#[from] pki::IssueError),
+    /// PKCS#7.
+    #[error("CA bundle: {0}")]
+    Pkcs7(#[from] pki::pkcs7::Pkcs7Error),
+}
+
+/// State shared by all workers.
+pub struct Shared {
+    /// Validated configuration.
+    pub config: Config,
+    /// Reads.
+    pub store: Store,
+    /// Writes.
+    pub commit: CommitHandle,
+    /// Time.
+    pub clock: Arc<dyn Clock>,
+    /// The public URL, `iss` of every JWT.
+    pub public_url: PublicUrl,
+    /// rustls configuration of the enrollment listener.
+    pub tls: Arc<rustls::ServerConfig>,
+    /// The CA bundle (PEM) returned with issued certificates.
+    pub ca_bundle_pem: String,
+    /// Base64 of the certs-only PKCS#7 served at `/.well-known/est/cacerts`.
+    pub cacerts_b64: String,
+    ca_der: Vec<u8>,
+    ca_key_path: std::path::PathBuf,
+    server_cert_der: Vec<u8>,
+    server_key_path: std::path::PathBuf,
+}
+
+impl std::fmt::Debug for Shared {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Shared")
+            .field("public_url", &self.public_url)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Shared {
+    /// Loads the PKI named by `config` and assembles the shared state.
+    pub fn new(
+        config: Config,
+        store: Store,
+        commit: CommitHandle,
+        clock: Arc<dyn Clock>,
+        public_url: PublicUrl,
+    ) -> Result<Self, SetupError> {
+        let ca_chain = pki::read_cert_chain(&config.ca_cert)?;
+        let server_chain = pki::read_cert_chain(&config.tls_cert)?;
+        let (_, server_key_pem) = pki::read_key(&config.tls_key)?;
+        let key_der = pem::parse(server_key_pem.as_bytes())
+            .map(|p| p.into_contents())
+            .map_err(|_| pki::LoadError::Invalid {
+                path: config.tls_key.display().to_string(),
+                reason: "not PEM".into(),
+            })?;
+        let tls = tls::server_config(ServerTls {
+            chain: server_chain.iter().map(|d| d.clone().into()).collect(),
+            key: rustls_pki_types::PrivatePkcs8KeyDer::from(key_der).into(),
+            client_roots: ca_chain.iter().map(|d| d.clone().into()).collect(),
+        })?;
+        let ca_bundle_pem = pki::pem_of_certs(&ca_chain);
+        let cacerts_b64 =
+            base64::engine::general_purpose::STANDARD.encode(pki::pkcs7::certs_only(&ca_chain)?);
+        let shared = Self {
+            ca_der: ca_chain[0].clone(),
+            ca_key_path: config.ca_key.clone(),
+            server_cert_der: server_chain[0].clone(),
+            server_key_path: config.tls_key.clone(),
+            config,
+            store,
+            commit,
+            clock,
+            public_url,
+            tls,
+            ca_bundle_pem,
+            cacerts_b64,
+        };
+        // Fail at start, not on the first request, if a worker could not load its keys.
+        shared.worker_keys()?;
+        Ok(shared)
+    }
+
+    /// Loads the keys one worker signs with (each worker has its own copy).
+    fn worker_keys(&self) -> Result<(Signer, JwtSigner), SetupError> {
+        let (ca_key, _) = pki::read_key(&self.ca_key_path)?;
+        let signer = Signer::new(&self.ca_der, ca_key, self.issue_policy())?;
+        let (server_key, server_key_pem) = pki::read_key(&self.server_key_path)?;
+        let jwt = JwtSigner::new(
+            &server_key,
+            &server_key_pem,
+            &self.server_cert_der,
+            self.public_url.origin(),
+        )?;
+        Ok((signer, jwt))
+    }
+
+    /// The issuing policy from the configuration.
+    pub fn issue_policy(&self) -> IssuePolicy {
+        IssuePolicy {
+            trust_domain: self.config.trust_domain.clone(),
+            lifetime_secs: i64::try_from(self.config.cert_lifetime.as_secs()).unwrap_or(i64::MAX),
+        }
+    }
+}
+
+/// One worker's context: the shared state plus keys loaded for this worker alone.
+pub struct WorkerCtx {
+    /// Shared state.
+    pub shared: Arc<Shared>,
+    /// Signs client certificates.
+    pub signer: Signer,
+    /// Signs enrollment JWTs.
+    pub jwt: JwtSigner,
+    /// Worker number.
+    pub index: usize,
+}
+
+impl std::fmt::Debug for WorkerCtx {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerCtx")
+            .field("index", &self.index)
+            .finish_non_exhaustive()
+    }
+}
+
+impl WorkerCtx {
+    /// Loads this worker's keys.
+    pub fn new(shared: Arc<Shared>, index: usize) -> Result<Self, SetupError> {
+        let (signer, jwt) = shared.worker_keys()?;
+        Ok(Self {
+            shared,
+            signer,
+            jwt,
+            index,
+        })
+    }
+}

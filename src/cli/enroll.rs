@@ -1,0 +1,201 @@
+//! `enrollgate enroll`: the device side of `ott` enrollment, as OpenZiti clients do it.
+//!
+//! 1. Read the JWT; learn `iss` without trusting anything yet.
+//! 2. Connect to `iss`, record the certificate the server presents (the handshake proves
+//!    the server holds its key), fetch the CA bundle.
+//! 3. Verify the JWT's signature against that certificate: only the real gateway could
+//!    have signed it. Check `exp`.
+//! 4. Generate the key here, send a CSR over a connection verified against the CA bundle.
+//! 5. Write the identity file (0600). The private key never leaves this machine.
+
+use std::io::Read as _;
+use std::path::PathBuf;
+
+use base64::Engine as _;
+use rustls_pki_types::CertificateDer;
+
+use super::CliError;
+use crate::client;
+use crate::clock::{rfc3339, Clock, SystemClock};
+use crate::config::PublicUrl;
+use crate::identity_file::IdentityFile;
+use crate::pki::pkcs7;
+use crate::token::jwt;
+
+/// Key types the client can generate.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ClientKey {
+    /// ECDSA P-256 (default).
+    Ec,
+    /// ECDSA P-384.
+    P384,
+    /// RSA 2048.
+    Rsa,
+    /// Ed25519.
+    Ed25519,
+}
+
+/// Arguments of `enroll`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EnrollArgs {
+    /// The enrollment JWT file, or `-` for standard input.
+    #[arg(long)]
+    pub jwt: String,
+    /// Identity file to write (must not exist).
+    #[arg(long)]
+    pub out: PathBuf,
+    /// Type of the key generated here.
+    #[arg(long, value_enum, default_value = "ec")]
+    pub key_type: ClientKey,
+}
+
+fn read_jwt(src: &str) -> Result<String, CliError> {
+    let mut text = String::new();
+    if src == "-" {
+        std::io::stdin()
+            .read_to_string(&mut text)
+            .map_err(|e| CliError::new(format!("reading the JWT from standard input: {e}")))?;
+    } else {
+        text = std::fs::read_to_string(src).map_err(|e| CliError::new(format!("{src}: {e}")))?;
+    }
+    let jwt = text.trim().to_string();
+    if jwt.is_empty() {
+        return Err(CliError::new("the enrollment JWT is empty"));
+    }
+    Ok(jwt)
+}
+
+fn generate(kind: ClientKey) -> Result<rcgen::KeyPair, rcgen::Error> {
+    match kind {
+        ClientKey::Ec => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+        ClientKey::P384 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
+        ClientKey::Ed25519 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519),
+        ClientKey::Rsa => {
+            rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+        }
+    }
+}
+
+/// Runs `enroll`.
+pub fn enroll(args: EnrollArgs) -> Result<(), CliError> {
+    if args.out.exists() {
+        return Err(CliError::new(format!(
+            "{} already exists; refusing to overwrite an identity file",
+            args.out.display()
+        )));
+    }
+    let token = read_jwt(&args.jwt)?;
+    let (_, claims) = jwt::peek(&token)?;
+    if claims.em != "ott" {
+        return Err(CliError::new(format!(
+            "this JWT is for enrollment method '{}'; this client enrolls 'ott' tokens",
+            claims.em
+        )));
+    }
+    let now = SystemClock.unix_now();
+    if let Some(exp) = claims.exp {
+        if now >= exp {
+            return Err(CliError::new(format!(
+                "ENROLLMENT_EXPIRED: the enrollment token expired at {}; ask an administrator to reissue it",
+                rfc3339(exp)
+            )));
+        }
+    }
+    let server = PublicUrl::parse(&claims.iss)
+        .map_err(|e| CliError::new(format!("the JWT's issuer: {e}")))?;
+
+    // 2. Fetch the CA bundle, recording the server's certificate.
+    let recorder = client::RecordingVerifier::new();
+    let resp = client::request(
+        recorder.config()?,
+        &server.host,
+        server.port,
+        "GET",
+        "/.well-known/est/cacerts",
+        &[("Accept", "application/pkcs7-mime")],
+        b"",
+    )?;
+    let chain = recorder.chain();
+    let leaf = chain
+        .first()
+        .ok_or_else(|| CliError::new("the server presented no certificate"))?;
+
+    // 3. The JWT must be signed by that server's key.
+    let verified = jwt::verify_with_cert(&token, leaf)?;
+    if verified.jti != claims.jti {
+        return Err(CliError::new("the JWT changed while being verified"));
+    }
+    if resp.status != 200 {
+        return Err(CliError::new(format!(
+            "fetching the CA bundle: the server answered HTTP {}",
+            resp.status
+        )));
+    }
+    let compact: Vec<u8> = resp
+        .body
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    let p7 = base64::engine::general_purpose::STANDARD
+        .decode(compact)
+        .map_err(|_| CliError::new("the CA bundle is not base64"))?;
+    let cas: Vec<CertificateDer<'static>> = pkcs7::read_certs(&p7)
+        .map_err(|e| CliError::new(format!("the CA bundle: {e}")))?
+        .into_iter()
+        .map(CertificateDer::from)
+        .collect();
+    if cas.is_empty() {
+        return Err(CliError::new("the CA bundle holds no certificate"));
+    }
+
+    // 4. Key and CSR, here.
+    let key = generate(args.key_type)?;
+    let mut params = rcgen::CertificateParams::default();
+    params.distinguished_name = rcgen::DistinguishedName::new();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, verified.sub.clone());
+    let csr = params.serialize_request(&key)?.pem()?;
+    let token_q: String = form_urlencoded::byte_serialize(verified.jti.as_bytes()).collect();
+    let resp = client::request(
+        client::config(&cas, None)?,
+        &server.host,
+        server.port,
+        "POST",
+        &format!(
+            "{}/enroll?method=ott&token={token_q}",
+            crate::api::CLIENT_PREFIX
+        ),
+        &[
+            ("Content-Type", "application/x-pem-file"),
+            ("Accept", "application/json"),
+        ],
+        csr.as_bytes(),
+    )?;
+    if resp.status != 200 {
+        return Err(match resp.api_error() {
+            Some((code, message)) => {
+                CliError::new(format!("enrollment refused: {code}: {message}"))
+            }
+            None => CliError::new(format!("enrollment refused: HTTP {}", resp.status)),
+        });
+    }
+    let body = resp.json()?;
+    let cert = body["data"]["cert"]
+        .as_str()
+        .ok_or_else(|| CliError::new("the server's answer has no certificate"))?;
+    let ca = match body["data"]["ca"].as_str() {
+        Some(ca) => ca.to_string(),
+        None => crate::pki::pem_of_certs(&cas.iter().map(|c| c.to_vec()).collect::<Vec<_>>()),
+    };
+
+    // 5. The identity file.
+    IdentityFile::new(&server, &key.serialize_pem(), cert, &ca).write_new(&args.out)?;
+    eprintln!(
+        "enrolled identity {}; wrote {}",
+        verified.sub,
+        args.out.display()
+    );
+    Ok(())
+}

@@ -1,0 +1,335 @@
+//! `enrollgate identity create|list|show|delete|jwt|reissue`: the management API, spoken
+//! with an admin identity file.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use serde_json::{json, Value};
+
+use super::{AdminArgs, CliError};
+use crate::client::{self, HttpResponse};
+use crate::config::PublicUrl;
+use crate::identity_file::{write_private, IdentityFile};
+
+/// Identity types as the CLI spells them.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Kind {
+    /// A person.
+    User,
+    /// A device.
+    Device,
+    /// A service.
+    Service,
+}
+
+/// `identity` subcommands.
+#[derive(Debug, clap::Subcommand)]
+pub enum IdentityCommand {
+    /// Create an identity with a one-time enrollment token and write its JWT.
+    Create {
+        /// user, device or service.
+        #[arg(value_enum)]
+        kind: Kind,
+        /// Unique name.
+        name: String,
+        /// Write the enrollment JWT here (mode 0600); default: standard output.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        /// Make the identity an administrator.
+        #[arg(long)]
+        admin: bool,
+        /// Role attributes, comma-separated.
+        #[arg(long, value_delimiter = ',')]
+        role_attributes: Vec<String>,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        admin_args: AdminArgs,
+    },
+    /// List identities.
+    List {
+        /// OpenZiti filter: name = "x", name contains "x", name startswith "x".
+        #[arg(long)]
+        filter: Option<String>,
+        /// Page size.
+        #[arg(long, default_value_t = 100)]
+        limit: usize,
+        /// Page start.
+        #[arg(long, default_value_t = 0)]
+        offset: usize,
+        /// Print the raw JSON.
+        #[arg(long)]
+        json: bool,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        admin_args: AdminArgs,
+    },
+    /// Show one identity (by name or id) as JSON.
+    Show {
+        /// Name or id.
+        #[arg(value_name = "NAME|ID")]
+        target: String,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        admin_args: AdminArgs,
+    },
+    /// Delete an identity (by name or id).
+    Delete {
+        /// Name or id.
+        #[arg(value_name = "NAME|ID")]
+        target: String,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        admin_args: AdminArgs,
+    },
+    /// Write the JWT of an identity's pending enrollment.
+    Jwt {
+        /// Name or id.
+        #[arg(value_name = "NAME|ID")]
+        target: String,
+        /// Output file (mode 0600); default: standard output.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        admin_args: AdminArgs,
+    },
+    /// Issue a new one-time token for an identity that has not enrolled (e.g. expired).
+    Reissue {
+        /// Name or id.
+        #[arg(value_name = "NAME|ID")]
+        target: String,
+        /// Output file (mode 0600); default: standard output.
+        #[arg(short = 'o', long = "output")]
+        output: Option<PathBuf>,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        admin_args: AdminArgs,
+    },
+}
+
+/// A management API client authenticated by an admin identity file.
+pub struct Admin {
+    config: Arc<rustls::ClientConfig>,
+    endpoint: PublicUrl,
+}
+
+impl Admin {
+    /// Loads the identity file.
+    pub fn load(args: &AdminArgs) -> Result<Self, CliError> {
+        let file = IdentityFile::read(&args.path()?)?;
+        let config = client::config(
+            &file.ca_certs()?,
+            Some((file.cert_chain()?, file.private_key()?)),
+        )?;
+        Ok(Self {
+            config,
+            endpoint: file.endpoint()?,
+        })
+    }
+
+    /// Calls the management API; returns the response if it is a success.
+    pub fn call(
+        &self,
+        method: &str,
+        path: &str,
+        body: Option<&Value>,
+    ) -> Result<HttpResponse, CliError> {
+        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        let mut headers = vec![("Accept", "application/json")];
+        if body.is_some() {
+            headers.push(("Content-Type", "application/json"));
+        }
+        let resp = client::request(
+            self.config.clone(),
+            &self.endpoint.host,
+            self.endpoint.port,
+            method,
+            &format!("{}{path}", crate::api::MANAGEMENT_PREFIX),
+            &headers,
+            &bytes,
+        )?;
+        if (200..300).contains(&resp.status) {
+            return Ok(resp);
+        }
+        Err(match resp.api_error() {
+            Some((code, message)) => {
+                CliError::new(format!("the server refused: {code}: {message}"))
+            }
+            None => CliError::new(format!("the server answered HTTP {}", resp.status)),
+        })
+    }
+
+    /// `data` of a JSON success.
+    pub fn data(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CliError> {
+        let v = self.call(method, path, body)?.json()?;
+        Ok(v.get("data").cloned().unwrap_or(Value::Null))
+    }
+
+    /// Finds an identity by name, else by id.
+    pub fn resolve(&self, name_or_id: &str) -> Result<Value, CliError> {
+        let escaped = name_or_id.replace('\\', "\\\\").replace('"', "\\\"");
+        let filter = format!("name = \"{escaped}\"");
+        let q: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("filter", &filter)
+            .finish();
+        let list = self.data("GET", &format!("/identities?{q}"), None)?;
+        if let Some(found) = list.as_array().and_then(|a| a.first()) {
+            return Ok(found.clone());
+        }
+        if crate::ids::is_well_formed(name_or_id) {
+            if let Ok(found) = self.data("GET", &format!("/identities/{name_or_id}"), None) {
+                return Ok(found);
+            }
+        }
+        Err(CliError::new(format!(
+            "no identity named or with id '{name_or_id}'"
+        )))
+    }
+}
+
+fn output_jwt(jwt: &str, output: Option<&PathBuf>) -> Result<(), CliError> {
+    match output {
+        Some(path) => {
+            write_private(path, format!("{jwt}\n").as_bytes())?;
+            eprintln!("wrote {}", path.display());
+        }
+        None => println!("{jwt}"),
+    }
+    Ok(())
+}
+
+fn text(v: &Value, key: &str) -> String {
+    match v.get(key) {
+        Some(Value::String(s)) => s.clone(),
+        Some(other) => other.to_string(),
+        None => String::new(),
+    }
+}
+
+/// Runs an `identity` subcommand.
+pub fn run(cmd: IdentityCommand) -> Result<(), CliError> {
+    match cmd {
+        IdentityCommand::Create {
+            kind,
+            name,
+            output,
+            admin,
+            role_attributes,
+            admin_args,
+        } => {
+            let api = Admin::load(&admin_args)?;
+            let kind = match kind {
+                Kind::User => "User",
+                Kind::Device => "Device",
+                Kind::Service => "Service",
+            };
+            let body = json!({
+                "name": name,
+                "type": kind,
+                "isAdmin": admin,
+                "roleAttributes": role_attributes,
+                "enrollment": { "ott": true },
+            });
+            let created = api.data("POST", "/identities", Some(&body))?;
+            eprintln!("created {kind} '{name}' with id {}", text(&created, "id"));
+            let jwt = created["enrollment"]["ott"]["jwt"]
+                .as_str()
+                .ok_or_else(|| CliError::new("the server returned no enrollment JWT"))?;
+            output_jwt(jwt, output.as_ref())
+        }
+        IdentityCommand::List {
+            filter,
+            limit,
+            offset,
+            json,
+            admin_args,
+        } => {
+            let api = Admin::load(&admin_args)?;
+            let mut q = form_urlencoded::Serializer::new(String::new());
+            q.append_pair("limit", &limit.to_string());
+            q.append_pair("offset", &offset.to_string());
+            if let Some(f) = &filter {
+                q.append_pair("filter", f);
+            }
+            let v = api
+                .call("GET", &format!("/identities?{}", q.finish()), None)?
+                .json()?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&v).unwrap_or_default());
+                return Ok(());
+            }
+            println!(
+                "{:<18} {:<32} {:<8} {:<6} ENROLLED",
+                "ID", "NAME", "TYPE", "ADMIN"
+            );
+            for i in v["data"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                println!(
+                    "{:<18} {:<32} {:<8} {:<6} {}",
+                    text(i, "id"),
+                    text(i, "name"),
+                    text(i, "type"),
+                    text(i, "isAdmin"),
+                    text(i, "hasEnrolled"),
+                );
+            }
+            let p = &v["meta"]["pagination"];
+            eprintln!(
+                "{} of {} identities",
+                v["data"].as_array().map_or(0, Vec::len),
+                p["totalCount"]
+            );
+            Ok(())
+        }
+        IdentityCommand::Show { target, admin_args } => {
+            let api = Admin::load(&admin_args)?;
+            let found = api.resolve(&target)?;
+            println!(
+                "{}",
+                serde_json::to_string_pretty(&found).unwrap_or_default()
+            );
+            Ok(())
+        }
+        IdentityCommand::Delete { target, admin_args } => {
+            let api = Admin::load(&admin_args)?;
+            let found = api.resolve(&target)?;
+            let id = text(&found, "id");
+            api.call("DELETE", &format!("/identities/{id}"), None)?;
+            eprintln!("deleted '{}' ({id})", text(&found, "name"));
+            Ok(())
+        }
+        IdentityCommand::Jwt {
+            target,
+            output,
+            admin_args,
+        } => {
+            let api = Admin::load(&admin_args)?;
+            let found = api.resolve(&target)?;
+            let jwt = found["enrollment"]["ott"]["jwt"].as_str().ok_or_else(|| {
+                CliError::new(format!(
+                    "'{}' has no pending enrollment (already enrolled, or none was created)",
+                    text(&found, "name")
+                ))
+            })?;
+            output_jwt(jwt, output.as_ref())
+        }
+        IdentityCommand::Reissue {
+            target,
+            output,
+            admin_args,
+        } => {
+            let api = Admin::load(&admin_args)?;
+            let found = api.resolve(&target)?;
+            let body = json!({ "identityId": text(&found, "id"), "method": "ott" });
+            let e = api.data("POST", "/enrollments", Some(&body))?;
+            let jwt = e["jwt"]
+                .as_str()
+                .ok_or_else(|| CliError::new("the server returned no enrollment JWT"))?;
+            eprintln!(
+                "new token for '{}', expires {}",
+                text(&found, "name"),
+                text(&e, "expiresAt")
+            );
+            output_jwt(jwt, output.as_ref())
+        }
+    }
+}

@@ -1,0 +1,230 @@
+//! `enrollgate init` and `enrollgate quickstart`.
+
+use std::net::SocketAddr;
+use std::os::unix::fs::{DirBuilderExt as _, PermissionsExt as _};
+use std::path::{Path, PathBuf};
+
+use super::CliError;
+use crate::clock::{Clock, SystemClock};
+use crate::config::{initial_file, PublicUrl};
+use crate::identity_file::{write_private, IdentityFile};
+use crate::model::{Authenticator, Identity, IdentityType, Method};
+use crate::pki::{self, fingerprint, Host, IssuePolicy, KeyType, Signer};
+use crate::store::{Command, Store};
+
+/// The data directory `quickstart` uses.
+pub const DEFAULT_DATA_DIR: &str = "./enrollgate-data";
+/// The enrollment listener `init` configures by default.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8443";
+
+/// Arguments of `init`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct InitArgs {
+    /// Directory to create (must not exist, or be empty).
+    #[arg(long)]
+    pub data_dir: PathBuf,
+    /// Address of the enrollment listener.
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+    /// Public URL of the enrollment listener (default: https://localhost:<listen port>).
+    #[arg(long)]
+    pub public_url: Option<String>,
+    /// Key type of the internal CA and server certificate (JWTs: ES256 or RS256).
+    #[arg(long, value_enum, default_value = "ec")]
+    pub key_type: KeyType,
+    /// Name of the first admin identity.
+    #[arg(long, default_value = "Default Admin")]
+    pub admin_name: String,
+}
+
+/// Arguments of `quickstart`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct QuickstartArgs {
+    /// Data directory, created on first use.
+    #[arg(long, default_value = DEFAULT_DATA_DIR)]
+    pub data_dir: PathBuf,
+    /// Address of the enrollment listener (first use only).
+    #[arg(long, default_value = DEFAULT_LISTEN)]
+    pub listen: SocketAddr,
+}
+
+/// What `init` made.
+#[derive(Debug, Clone)]
+pub struct Initialized {
+    /// The config file.
+    pub config: PathBuf,
+    /// The admin identity file.
+    pub admin: PathBuf,
+}
+
+fn mkdir_private(path: &Path) -> std::io::Result<()> {
+    std::fs::DirBuilder::new().mode(0o700).create(path)
+}
+
+/// Creates a data directory. On any failure nothing is left behind.
+pub fn init(args: InitArgs) -> Result<Initialized, CliError> {
+    let dir = &args.data_dir;
+    let existed = dir.exists();
+    if existed {
+        let mut entries =
+            std::fs::read_dir(dir).map_err(|e| CliError::new(format!("{}: {e}", dir.display())))?;
+        if entries.next().is_some() {
+            return Err(CliError::new(format!(
+                "{} already exists and is not empty; refusing to initialise over it (nothing was changed)",
+                dir.display()
+            )));
+        }
+    }
+    crate::enroll::validate_name(&args.admin_name)
+        .map_err(|e| CliError::new(format!("--admin-name: {e}")))?;
+    let public_url = match &args.public_url {
+        Some(u) => PublicUrl::parse(u).map_err(|e| CliError::new(format!("--public-url: {e}")))?,
+        None if args.listen.port() == 0 => PublicUrl::for_bound(args.listen),
+        None => PublicUrl {
+            host: "localhost".into(),
+            port: args.listen.port(),
+        },
+    };
+    let result = create_all(dir, existed, &args, &public_url);
+    if result.is_err() {
+        // Leave nothing half-made.
+        if existed {
+            if let Ok(entries) = std::fs::read_dir(dir) {
+                for e in entries.flatten() {
+                    let _ = std::fs::remove_dir_all(e.path())
+                        .or_else(|_| std::fs::remove_file(e.path()));
+                }
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+    result
+}
+
+fn create_all(
+    dir: &Path,
+    existed: bool,
+    args: &InitArgs,
+    public_url: &PublicUrl,
+) -> Result<Initialized, CliError> {
+    if existed {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+    } else {
+        std::fs::DirBuilder::new()
+            .recursive(true)
+            .mode(0o700)
+            .create(dir)?;
+    }
+    let pki_dir = dir.join("pki");
+    mkdir_private(&pki_dir)?;
+    let now = SystemClock.unix_now();
+
+    let material = pki::create(args.key_type, &[Host::parse(&public_url.host)], now)?;
+    write_private(&pki_dir.join("ca.crt"), material.ca_cert_pem.as_bytes())?;
+    write_private(&pki_dir.join("ca.key"), material.ca_key_pem.as_bytes())?;
+    write_private(
+        &pki_dir.join("server.crt"),
+        material.server_cert_pem.as_bytes(),
+    )?;
+    write_private(
+        &pki_dir.join("server.key"),
+        material.server_key_pem.as_bytes(),
+    )?;
+
+    // The first admin: an identity already enrolled with a certificate from the CA.
+    let admin_id = crate::ids::new_id().map_err(|e| CliError::new(e.to_string()))?;
+    let ca_der = pem::parse(&material.ca_cert_pem)
+        .map_err(|e| CliError::new(e.to_string()))?
+        .into_contents();
+    let ca_key = rcgen::KeyPair::from_pem(&material.ca_key_pem)?;
+    let signer = Signer::new(
+        &ca_der,
+        ca_key,
+        IssuePolicy {
+            trust_domain: "enrollgate".into(),
+            lifetime_secs: 365 * 86_400,
+        },
+    )?;
+    let admin_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;
+    let spki = rcgen::PublicKeyData::subject_public_key_info(&admin_key);
+    let cert = signer.issue_client(&spki, &admin_id, now)?;
+    let admin = Identity {
+        id: admin_id,
+        name: args.admin_name.clone(),
+        kind: IdentityType::User,
+        is_admin: true,
+        role_attributes: vec![],
+        created_at: now,
+        updated_at: now,
+        enrollment_id: None,
+        authenticator: Some(Authenticator {
+            fingerprint_sha256: fingerprint::sha256_hex(&cert.der),
+            fingerprint_sha1: fingerprint::sha1_hex(&cert.der),
+            cert_pem: cert.pem.clone(),
+            issued_by_network: true,
+            not_before: cert.not_before,
+            not_after: cert.not_after,
+            method: Method::Ott,
+            created_at: now,
+        }),
+    };
+    let store = Store::open(&dir.join("store"), true)?;
+    for r in store.apply_now(vec![Command::CreateIdentity {
+        identity: admin,
+        enrollment: None,
+    }])? {
+        r?;
+    }
+    drop(store);
+
+    let config = dir.join("enrollgate.toml");
+    // Port 0 means "any free port": the daemon then derives `iss` from the bound address.
+    let configured_url =
+        (args.public_url.is_some() || args.listen.port() != 0).then_some(public_url);
+    write_private(
+        &config,
+        initial_file(args.listen, configured_url).as_bytes(),
+    )?;
+    let admin_path = dir.join("admin.json");
+    IdentityFile::new(
+        public_url,
+        &admin_key.serialize_pem(),
+        &cert.pem,
+        &material.ca_cert_pem,
+    )
+    .write_new(&admin_path)?;
+    Ok(Initialized {
+        config,
+        admin: admin_path,
+    })
+}
+
+/// `quickstart`: init on first use, explain, serve.
+pub fn quickstart(args: QuickstartArgs) -> Result<(), CliError> {
+    let config = args.data_dir.join("enrollgate.toml");
+    if !config.exists() {
+        let made = init(InitArgs {
+            data_dir: args.data_dir.clone(),
+            listen: args.listen,
+            public_url: None,
+            key_type: KeyType::Ec,
+            admin_name: "Default Admin".into(),
+        })?;
+        eprintln!("initialised {}", args.data_dir.display());
+        let _ = made;
+    }
+    let admin = args.data_dir.join("admin.json");
+    let admin = std::fs::canonicalize(&admin).unwrap_or(admin);
+    let exe = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "enrollgate".into());
+    eprintln!(
+        "\nadmin identity: {admin}\n\nIn another terminal, create an identity and enroll it:\n\n  export ENROLLGATE_IDENTITY={admin}\n  {exe} identity create user NewUser -o NewUser.jwt\n  {exe} enroll --jwt NewUser.jwt --out NewUser.json\n",
+        admin = admin.display()
+    );
+    super::serve::serve(super::serve::ServeArgs {
+        config,
+        workers: None,
+    })
+}

@@ -1,0 +1,143 @@
+//! The command line: `init`, `serve`, `quickstart`, `identity ...` (management, with an
+//! admin identity file) and `enroll` (the device side).
+
+pub mod enroll;
+pub mod identity;
+pub mod init;
+pub mod logging;
+pub mod serve;
+
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+
+/// A CLI failure: one clear line, exit code 1.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct CliError(pub String);
+
+impl CliError {
+    /// A failure with this message.
+    pub fn new(msg: impl Into<String>) -> Self {
+        Self(msg.into())
+    }
+}
+
+macro_rules! cli_from {
+    ($($t:ty),*) => {$(
+        impl From<$t> for CliError {
+            fn from(e: $t) -> Self { Self(e.to_string()) }
+        }
+    )*};
+}
+cli_from!(
+    crate::config::ConfigError,
+    crate::store::StoreError,
+    crate::pki::IssueError,
+    crate::pki::LoadError,
+    crate::app::SetupError,
+    crate::identity_file::IdentityFileError,
+    crate::client::ClientError,
+    crate::token::JwtError,
+    rcgen::Error,
+    std::io::Error
+);
+
+/// enrollgate: an mTLS enrollment gateway speaking OpenZiti's enrollment protocol.
+#[derive(Debug, Parser)]
+#[command(name = "enrollgate", version, about, long_about = None)]
+pub struct Cli {
+    /// What to do.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Create a data directory: internal CA, server certificate, store, config, admin identity.
+    Init(init::InitArgs),
+    /// Run the gateway.
+    Serve(serve::ServeArgs),
+    /// Initialise ./enrollgate-data on first use, print how to enroll, and serve it.
+    Quickstart(init::QuickstartArgs),
+    /// Manage identities (needs an admin identity file).
+    #[command(subcommand)]
+    Identity(identity::IdentityCommand),
+    /// Enroll this machine with an enrollment JWT, writing an identity file.
+    Enroll(enroll::EnrollArgs),
+}
+
+/// Where management commands find the admin identity file.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AdminArgs {
+    /// Admin identity file (default: $ENROLLGATE_IDENTITY, else ./enrollgate-data/admin.json).
+    #[arg(long, env = "ENROLLGATE_IDENTITY", global = true)]
+    pub identity: Option<PathBuf>,
+}
+
+impl AdminArgs {
+    /// The identity file to use.
+    pub fn path(&self) -> Result<PathBuf, CliError> {
+        if let Some(p) = &self.identity {
+            return Ok(p.clone());
+        }
+        let fallback = PathBuf::from(init::DEFAULT_DATA_DIR).join("admin.json");
+        if fallback.exists() {
+            return Ok(fallback);
+        }
+        Err(CliError::new(
+            "no admin identity file: pass --identity FILE or set ENROLLGATE_IDENTITY",
+        ))
+    }
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> Result<(), CliError> {
+    match cli.command {
+        Command::Init(a) => init::init(a).map(|_| ()),
+        Command::Serve(a) => serve::serve(a),
+        Command::Quickstart(a) => init::quickstart(a),
+        Command::Identity(c) => identity::run(c),
+        Command::Enroll(a) => enroll::enroll(a),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory as _;
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        // Catches argument id collisions such as a positional named like a global option.
+        Cli::command().debug_assert();
+    }
+
+    #[test]
+    fn a_name_and_the_admin_file_are_separate_arguments() {
+        let cli = Cli::try_parse_from([
+            "enrollgate",
+            "identity",
+            "reissue",
+            "late",
+            "-o",
+            "t.jwt",
+            "--identity",
+            "admin.json",
+        ])
+        .unwrap();
+        match cli.command {
+            Command::Identity(identity::IdentityCommand::Reissue {
+                target,
+                output,
+                admin_args,
+            }) => {
+                assert_eq!(target, "late");
+                assert_eq!(output.unwrap(), PathBuf::from("t.jwt"));
+                assert_eq!(admin_args.identity.unwrap(), PathBuf::from("admin.json"));
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

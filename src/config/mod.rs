@@ -1,0 +1,573 @@
+//! Configuration: the raw file (`raw`) and the validated [`Config`] the daemon uses.
+//!
+//! Validation reports every problem at once, each with its key path
+//! (`limits.header_timeout: ...`), so an operator fixes a file in one pass.
+//! Relative paths in the file are relative to the file's own directory.
+
+pub mod raw;
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use crate::store::{CommitOptions, Durability};
+
+/// One problem in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Problem {
+    /// Dotted key path (`server.listen`), or `(file)` for the file as a whole.
+    pub key: String,
+    /// What is wrong and what is expected.
+    pub message: String,
+}
+
+impl fmt::Display for Problem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Every problem found in a configuration file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// The problems, in file order.
+    pub problems: Vec<Problem>,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}: {} problem(s)",
+            self.path.display(),
+            self.problems.len()
+        )?;
+        for p in &self.problems {
+            write!(f, "\n  {p}")?;
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The public address of the enrollment listener (`iss` of every JWT).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PublicUrl {
+    /// Host as written (DNS name, IPv4, or `[v6]`).
+    pub host: String,
+    /// Port.
+    pub port: u16,
+}
+
+impl PublicUrl {
+    /// Parses `https://HOST[:PORT]` (port 443 when absent; a path is not allowed).
+    pub fn parse(s: &str) -> Result<Self, String> {
+        let uri: http::Uri = s.parse().map_err(|_| format!("'{s}' is not a URL"))?;
+        if uri.scheme_str() != Some("https") {
+            return Err(format!("'{s}' must start with https://"));
+        }
+        let host = uri
+            .host()
+            .filter(|h| !h.is_empty())
+            .ok_or_else(|| format!("'{s}' has no host"))?;
+        if !matches!(uri.path(), "" | "/") || uri.query().is_some() {
+            return Err(format!(
+                "'{s}' must be only https://HOST:PORT, without a path"
+            ));
+        }
+        Ok(Self {
+            host: host.to_string(),
+            port: uri.port_u16().unwrap_or(443),
+        })
+    }
+
+    /// `https://host:port`
+    pub fn origin(&self) -> String {
+        format!("https://{}:{}", self.host, self.port)
+    }
+
+    /// The URL for a listener bound at `addr` when none was configured: its IP, or
+    /// `localhost` for an unspecified address.
+    pub fn for_bound(addr: SocketAddr) -> Self {
+        let host = if addr.ip().is_unspecified() {
+            "localhost".to_string()
+        } else if addr.is_ipv6() {
+            format!("[{}]", addr.ip())
+        } else {
+            addr.ip().to_string()
+        };
+        Self {
+            host,
+            port: addr.port(),
+        }
+    }
+}
+
+/// Connection and request limits (per worker where it says so).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    /// Largest request body accepted (`413` beyond).
+    pub max_body_bytes: usize,
+    /// Largest request head accepted (`431` beyond).
+    pub max_header_bytes: usize,
+    /// A TLS handshake must finish within this.
+    pub handshake_timeout: Duration,
+    /// A request head must arrive within this from its first byte.
+    pub header_timeout: Duration,
+    /// A request body must arrive within this.
+    pub body_timeout: Duration,
+    /// An idle keep-alive connection is closed after this.
+    pub idle_timeout: Duration,
+    /// Open connections per worker at most; beyond, new connections are closed at once.
+    pub max_connections: usize,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Self {
+            max_body_bytes: 64 * 1024,
+            max_header_bytes: 16 * 1024,
+            handshake_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            max_connections: 10_000,
+        }
+    }
+}
+
+/// Log output format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogFormat {
+    /// Human-readable lines.
+    Text,
+    /// One JSON object a line.
+    Json,
+}
+
+/// The validated configuration.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file it came from.
+    pub path: PathBuf,
+    /// Enrollment listener address.
+    pub listen: SocketAddr,
+    /// Public URL; derived from the bound address when absent.
+    pub public_url: Option<PublicUrl>,
+    /// Worker threads (0 = one per core).
+    pub workers: usize,
+    /// Server certificate chain (PEM).
+    pub tls_cert: PathBuf,
+    /// Server private key (PEM, PKCS#8); also signs JWTs.
+    pub tls_key: PathBuf,
+    /// Internal CA certificate.
+    pub ca_cert: PathBuf,
+    /// Internal CA private key.
+    pub ca_key: PathBuf,
+    /// SPIFFE trust domain of issued certificates.
+    pub trust_domain: String,
+    /// Lifetime of issued certificates.
+    pub cert_lifetime: Duration,
+    /// Lifetime of enrollment tokens.
+    pub token_ttl: Duration,
+    /// RocksDB directory.
+    pub store_path: PathBuf,
+    /// Committer tuning.
+    pub commit: CommitOptions,
+    /// Limits.
+    pub limits: Limits,
+    /// `tracing` filter (`info`, `enrollgate=debug`, ...).
+    pub log_level: String,
+    /// Log format.
+    pub log_format: LogFormat,
+}
+
+struct Checker {
+    base: PathBuf,
+    problems: Vec<Problem>,
+}
+
+impl Checker {
+    fn problem(&mut self, key: &str, message: impl Into<String>) {
+        self.problems.push(Problem {
+            key: key.to_string(),
+            message: message.into(),
+        });
+    }
+
+    fn duration(&mut self, key: &str, v: Option<&String>, default: Duration) -> Duration {
+        match v {
+            None => default,
+            Some(s) => match humantime::parse_duration(s) {
+                Ok(d) if !d.is_zero() => d,
+                Ok(_) => {
+                    self.problem(key, "must be longer than zero");
+                    default
+                }
+                Err(_) => {
+                    self.problem(
+                        key,
+                        format!("'{s}' is not a duration (e.g. \"10s\", \"24h\", \"365d\")"),
+                    );
+                    default
+                }
+            },
+        }
+    }
+
+    fn path(&mut self, key: &str, v: Option<&String>, default: &str) -> PathBuf {
+        let p = v.map(String::as_str).unwrap_or(default);
+        if p.is_empty() {
+            self.problem(key, "must not be empty");
+        }
+        let p = Path::new(p);
+        if p.is_absolute() {
+            p.to_path_buf()
+        } else {
+            self.base.join(p)
+        }
+    }
+
+    fn positive(&mut self, key: &str, v: Option<usize>, default: usize) -> usize {
+        match v {
+            Some(0) => {
+                self.problem(key, "must be at least 1");
+                default
+            }
+            Some(n) => n,
+            None => default,
+        }
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Self, ConfigError> {
+        let fail = |message: String| ConfigError {
+            path: path.to_path_buf(),
+            problems: vec![Problem {
+                key: "(file)".into(),
+                message,
+            }],
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        let (raw, unknown) = raw::parse(&text).map_err(fail)?;
+        Self::from_raw(path, raw, unknown)
+    }
+
+    /// Validates a parsed file.
+    pub fn from_raw(
+        path: &Path,
+        raw: raw::RawConfig,
+        unknown: Vec<String>,
+    ) -> Result<Self, ConfigError> {
+        let base = path
+            .parent()
+            .map(Path::to_path_buf)
+            .unwrap_or_else(|| PathBuf::from("."));
+        let mut c = Checker {
+            base,
+            problems: Vec::new(),
+        };
+        for key in unknown {
+            c.problem(&key, "unknown key");
+        }
+
+        let listen_text = raw.server.listen.as_deref().unwrap_or("127.0.0.1:8443");
+        let listen = listen_text.parse::<SocketAddr>().unwrap_or_else(|_| {
+            c.problem(
+                "server.listen",
+                format!("'{listen_text}' is not an IP:PORT address (e.g. \"0.0.0.0:8443\")"),
+            );
+            SocketAddr::from(([127, 0, 0, 1], 8443))
+        });
+        let public_url = raw.server.public_url.as_deref().and_then(|s| {
+            PublicUrl::parse(s)
+                .map_err(|m| c.problem("server.public_url", m))
+                .ok()
+        });
+        let workers = raw.server.workers.unwrap_or(0);
+        if workers > 1024 {
+            c.problem("server.workers", "at most 1024");
+        }
+
+        let tls_cert = c.path("tls.cert", raw.tls.cert.as_ref(), "pki/server.crt");
+        let tls_key = c.path("tls.key", raw.tls.key.as_ref(), "pki/server.key");
+        let ca_cert = c.path("pki.ca_cert", raw.pki.ca_cert.as_ref(), "pki/ca.crt");
+        let ca_key = c.path("pki.ca_key", raw.pki.ca_key.as_ref(), "pki/ca.key");
+        let trust_domain = raw
+            .pki
+            .trust_domain
+            .clone()
+            .unwrap_or_else(|| "enrollgate".into());
+        if trust_domain.is_empty()
+            || !trust_domain.bytes().all(|b| {
+                b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'.' || b == b'-' || b == b'_'
+            })
+        {
+            c.problem(
+                "pki.trust_domain",
+                format!("'{trust_domain}' is not a SPIFFE trust domain (lower-case letters, digits, '.', '-', '_')"),
+            );
+        }
+        let cert_lifetime = c.duration(
+            "pki.cert_lifetime",
+            raw.pki.cert_lifetime.as_ref(),
+            Duration::from_secs(365 * 86_400),
+        );
+        let token_ttl = c.duration(
+            "enrollment.token_ttl",
+            raw.enrollment.token_ttl.as_ref(),
+            Duration::from_secs(86_400),
+        );
+
+        let store_path = c.path("store.path", raw.store.path.as_ref(), "store");
+        let durability = match raw.store.durability.as_deref() {
+            None | Some("sync") => Durability::Sync,
+            Some("relaxed") => Durability::Relaxed,
+            Some(other) => {
+                c.problem(
+                    "store.durability",
+                    format!("'{other}' is not \"sync\" or \"relaxed\""),
+                );
+                Durability::Sync
+            }
+        };
+        let defaults = CommitOptions::default();
+        let commit = CommitOptions {
+            durability,
+            queue_capacity: c.positive(
+                "store.queue_capacity",
+                raw.store.queue_capacity,
+                defaults.queue_capacity,
+            ),
+            max_batch: c.positive("store.max_batch", raw.store.max_batch, defaults.max_batch),
+        };
+
+        let d = Limits::default();
+        let l = &raw.limits;
+        let limits = Limits {
+            max_body_bytes: c.positive("limits.max_body_bytes", l.max_body_bytes, d.max_body_bytes),
+            max_header_bytes: c.positive(
+                "limits.max_header_bytes",
+                l.max_header_bytes,
+                d.max_header_bytes,
+            ),
+            handshake_timeout: c.duration(
+                "limits.handshake_timeout",
+                l.handshake_timeout.as_ref(),
+                d.handshake_timeout,
+            ),
+            header_timeout: c.duration(
+                "limits.header_timeout",
+                l.header_timeout.as_ref(),
+                d.header_timeout,
+            ),
+            body_timeout: c.duration(
+                "limits.body_timeout",
+                l.body_timeout.as_ref(),
+                d.body_timeout,
+            ),
+            idle_timeout: c.duration(
+                "limits.idle_timeout",
+                l.idle_timeout.as_ref(),
+                d.idle_timeout,
+            ),
+            max_connections: c.positive(
+                "limits.max_connections",
+                l.max_connections,
+                d.max_connections,
+            ),
+        };
+        if limits.max_header_bytes < 1024 {
+            c.problem("limits.max_header_bytes", "at least 1024");
+        }
+
+        let log_level = raw.log.level.clone().unwrap_or_else(|| "info".into());
+        if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
+            c.problem(
+                "log.level",
+                format!("'{log_level}' is not a log filter (e.g. \"info\", \"enrollgate=debug\")"),
+            );
+        }
+        let log_format = match raw.log.format.as_deref() {
+            None | Some("text") => LogFormat::Text,
+            Some("json") => LogFormat::Json,
+            Some(other) => {
+                c.problem(
+                    "log.format",
+                    format!("'{other}' is not \"text\" or \"json\""),
+                );
+                LogFormat::Text
+            }
+        };
+
+        if !c.problems.is_empty() {
+            return Err(ConfigError {
+                path: path.to_path_buf(),
+                problems: c.problems,
+            });
+        }
+        Ok(Self {
+            path: path.to_path_buf(),
+            listen,
+            public_url,
+            workers,
+            tls_cert,
+            tls_key,
+            ca_cert,
+            ca_key,
+            trust_domain,
+            cert_lifetime,
+            token_ttl,
+            store_path,
+            commit,
+            limits,
+            log_level,
+            log_format,
+        })
+    }
+}
+
+/// The configuration file `init` writes.
+/// Without a public URL (listening on port 0), `iss` follows the bound address.
+pub fn initial_file(listen: SocketAddr, public_url: Option<&PublicUrl>) -> String {
+    let url_line = match public_url {
+        Some(u) => format!("public_url = \"{}\"", u.origin()),
+        None => "# public_url = \"https://HOST:PORT\"   # default: the bound address".to_string(),
+    };
+    format!(
+        r#"# enrollgate configuration. Relative paths are relative to this file's directory.
+# Every key is documented in README.md ("Configuration reference").
+
+[server]
+listen = "{listen}"
+{url_line}
+workers = 0                     # 0 = one worker per core
+
+[tls]                           # the enrollment listener's certificate; its key signs JWTs
+cert = "pki/server.crt"
+key = "pki/server.key"
+
+[pki]                           # the internal CA that signs `ott` certificates
+ca_cert = "pki/ca.crt"
+ca_key = "pki/ca.key"
+trust_domain = "enrollgate"
+cert_lifetime = "365d"
+
+[enrollment]
+token_ttl = "24h"
+
+[store]
+path = "store"
+durability = "sync"             # "relaxed" replies before the WAL is synced
+queue_capacity = 4096
+max_batch = 1024
+
+[limits]
+max_body_bytes = 65536
+max_header_bytes = 16384
+handshake_timeout = "10s"
+header_timeout = "10s"
+body_timeout = "30s"
+idle_timeout = "60s"
+max_connections = 10000         # per worker
+
+[log]
+level = "info"
+format = "text"                 # or "json"
+"#
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_text(text: &str) -> Result<Config, ConfigError> {
+        let (raw, unknown) = raw::parse(text).map_err(|m| ConfigError {
+            path: "t.toml".into(),
+            problems: vec![Problem {
+                key: "(file)".into(),
+                message: m,
+            }],
+        })?;
+        Config::from_raw(Path::new("/etc/enrollgate/enrollgate.toml"), raw, unknown)
+    }
+
+    #[test]
+    fn initial_file_is_valid_and_paths_are_relative_to_it() {
+        let url = PublicUrl::parse("https://gw.example:8443").unwrap();
+        let c = load_text(&initial_file("0.0.0.0:8443".parse().unwrap(), Some(&url))).unwrap();
+        assert_eq!(
+            load_text(&initial_file("127.0.0.1:0".parse().unwrap(), None))
+                .unwrap()
+                .public_url,
+            None
+        );
+        assert_eq!(c.tls_key, Path::new("/etc/enrollgate/pki/server.key"));
+        assert_eq!(c.public_url, Some(url));
+        assert_eq!(c.token_ttl, Duration::from_secs(86_400));
+        assert_eq!(c.commit.durability, Durability::Sync);
+    }
+
+    #[test]
+    fn empty_file_takes_defaults() {
+        let c = load_text("").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8443".parse().unwrap());
+        assert_eq!(c.limits, Limits::default());
+        assert_eq!(c.public_url, None);
+    }
+
+    #[test]
+    fn every_problem_is_reported_with_its_path() {
+        let err = load_text(
+            r#"
+            bogus = 1
+            [server]
+            listen = "nope"
+            colour = "blue"
+            [enrollment]
+            token_ttl = "forever"
+            [store]
+            durability = "maybe"
+            [limits]
+            max_body_bytes = 0
+            "#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.problems.iter().map(|p| p.key.as_str()).collect();
+        for expected in [
+            "bogus",
+            "server.colour",
+            "server.listen",
+            "enrollment.token_ttl",
+            "store.durability",
+            "limits.max_body_bytes",
+        ] {
+            assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
+        }
+    }
+
+    #[test]
+    fn public_urls() {
+        assert_eq!(
+            PublicUrl::parse("https://[::1]:9000").unwrap(),
+            PublicUrl {
+                host: "[::1]".into(),
+                port: 9000
+            }
+        );
+        assert_eq!(PublicUrl::parse("https://gw.example").unwrap().port, 443);
+        assert!(PublicUrl::parse("http://gw.example:80").is_err());
+        assert!(PublicUrl::parse("https://gw.example:80/path").is_err());
+        assert_eq!(
+            PublicUrl::for_bound("0.0.0.0:1234".parse().unwrap()).origin(),
+            "https://localhost:1234"
+        );
+    }
+}

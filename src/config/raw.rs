@@ -1,0 +1,98 @@
+//! The configuration file as the operator wrote it: every field optional, no validation.
+//! `config::Config::from_raw` turns it into the validated form.
+
+use serde::Deserialize;
+
+/// `enrollgate.toml`, as written.
+#[derive(Debug, Default, Deserialize)]
+#[allow(missing_docs)]
+pub struct RawConfig {
+    #[serde(default)]
+    pub server: RawServer,
+    #[serde(default)]
+    pub tls: RawTls,
+    #[serde(default)]
+    pub pki: RawPki,
+    #[serde(default)]
+    pub enrollment: RawEnrollment,
+    #[serde(default)]
+    pub store: RawStore,
+    #[serde(default)]
+    pub limits: RawLimits,
+    #[serde(default)]
+    pub log: RawLog,
+}
+
+/// `[server]`
+#[derive(Debug, Default, Deserialize)]
+#[allow(missing_docs)]
+pub struct RawServer {
+    pub listen: Option<String>,
+    pub public_url: Option<String>,
+    pub workers: Option<usize>,
+}
+
+/// `[tls]`
+#[derive(Debug, Default, Deserialize)]
+#[allow(missing_docs)]
+pub struct RawTls {
+    pub cert: Option<String>,
+    pub key: Option<String>,
+}
+
+/// `[pki]`
+#[derive(Debug, Default, Deserialize)]
+#[allow(missing_docs)]
+pub struct RawPki {
+    pub ca_cert: Option<String>,
+    pub ca_key: Option<String>,
+    pub trust_domain: Option<String>,
+    pub cert_lifetime: Option<String>,
+}
+
+/// `[enrollment]`
+#[derive(Debug, Default, Deserialize)]
+#[allow(missing_docs)]
+pub struct RawEnrollment {
+    pub token_ttl: Option<String>,
+}
+
+/// `[store]`
+#[derive(Debug, Default, Deserialize)]
+#[allow(missing_docs)]
+pub struct RawStore {
+    pub path: Option<String>,
+    pub durability: Option<String>,
+    pub queue_capacity: Option<usize>,
+    pub max_batch: Option<usize>,
+}
+
+/// `[limits]`
+#[derive(Debug, Default, Deserialize)]
+#[allow(missing_docs)]
+pub struct RawLimits {
+    pub max_body_bytes: Option<usize>,
+    pub max_header_bytes: Option<usize>,
+    pub handshake_timeout: Option<String>,
+    pub header_timeout: Option<String>,
+    pub body_timeout: Option<String>,
+    pub idle_timeout: Option<String>,
+    pub max_connections: Option<usize>,
+}
+
+/// `[log]`
+#[derive(Debug, Default, Deserialize)]
+#[allow(missing_docs)]
+pub struct RawLog {
+    pub level: Option<String>,
+    pub format: Option<String>,
+}
+
+/// Parses TOML text, collecting the path of every key the schema does not know.
+pub fn parse(text: &str) -> Result<(RawConfig, Vec<String>), String> {
+    let de = toml::Deserializer::parse(text).map_err(|e| e.to_string())?;
+    let mut unknown = Vec::new();
+    let raw: RawConfig = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()))
+        .map_err(|e| e.to_string())?;
+    Ok((raw, unknown))
+}

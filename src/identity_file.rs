@@ -1,0 +1,200 @@
+//! The OpenZiti identity file:
+//! `{"ztAPI":"https://host:port/edge/client/v1","id":{"key":"pem:...","cert":"pem:...","ca":"pem:..."}}`
+//! It holds a private key: written with mode 0600, never over an existing file.
+
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::Path;
+
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use serde::{Deserialize, Serialize};
+
+use crate::config::PublicUrl;
+
+/// The key, certificate and CA bundle of an identity.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct IdMaterial {
+    /// `pem:` + private key PEM.
+    pub key: String,
+    /// `pem:` + certificate chain PEM.
+    pub cert: String,
+    /// `pem:` + CA bundle PEM.
+    pub ca: String,
+}
+
+/// An identity file.
+#[derive(Clone, Serialize, Deserialize)]
+pub struct IdentityFile {
+    /// The client API URL.
+    #[serde(rename = "ztAPI")]
+    pub zt_api: String,
+    /// The credentials.
+    pub id: IdMaterial,
+}
+
+impl std::fmt::Debug for IdentityFile {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("IdentityFile")
+            .field("zt_api", &self.zt_api)
+            .field("key", &"...")
+            .finish_non_exhaustive()
+    }
+}
+
+/// An identity file could not be read, used or written.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum IdentityFileError {
+    /// IO.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The content is not an identity file.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+fn strip_pem(s: &str) -> &str {
+    s.strip_prefix("pem:").unwrap_or(s)
+}
+
+/// Writes `data` to a new file at `path` with mode 0600; refuses to replace a file.
+pub fn write_private(path: &Path, data: &[u8]) -> Result<(), IdentityFileError> {
+    let io = |source| IdentityFileError::Io {
+        path: path.display().to_string(),
+        source,
+    };
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)
+        .map_err(io)?;
+    f.write_all(data).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+impl IdentityFile {
+    /// A new identity file for `public_url`.
+    pub fn new(public_url: &PublicUrl, key_pem: &str, cert_pem: &str, ca_pem: &str) -> Self {
+        Self {
+            zt_api: format!("{}{}", public_url.origin(), crate::api::CLIENT_PREFIX),
+            id: IdMaterial {
+                key: format!("pem:{key_pem}"),
+                cert: format!("pem:{cert_pem}"),
+                ca: format!("pem:{ca_pem}"),
+            },
+        }
+    }
+
+    /// Writes the file (mode 0600, refusing to overwrite).
+    pub fn write_new(&self, path: &Path) -> Result<(), IdentityFileError> {
+        let mut json = serde_json::to_vec_pretty(self).map_err(|e| IdentityFileError::Invalid {
+            path: path.display().to_string(),
+            reason: e.to_string(),
+        })?;
+        json.push(b'\n');
+        write_private(path, &json)
+    }
+
+    /// Reads a file.
+    pub fn read(path: &Path) -> Result<Self, IdentityFileError> {
+        let text = std::fs::read(path).map_err(|source| IdentityFileError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        serde_json::from_slice(&text).map_err(|_| IdentityFileError::Invalid {
+            path: path.display().to_string(),
+            reason:
+                "not an identity file (expected {\"ztAPI\":...,\"id\":{\"key\",\"cert\",\"ca\"}})"
+                    .into(),
+        })
+    }
+
+    fn invalid(&self, reason: &str) -> IdentityFileError {
+        IdentityFileError::Invalid {
+            path: self.zt_api.clone(),
+            reason: reason.into(),
+        }
+    }
+
+    /// Host and port of the controller.
+    pub fn endpoint(&self) -> Result<PublicUrl, IdentityFileError> {
+        let uri: http::Uri = self
+            .zt_api
+            .parse()
+            .map_err(|_| self.invalid("ztAPI is not a URL"))?;
+        let host = uri
+            .host()
+            .ok_or_else(|| self.invalid("ztAPI has no host"))?;
+        Ok(PublicUrl {
+            host: host.to_string(),
+            port: uri.port_u16().unwrap_or(443),
+        })
+    }
+
+    /// The CA bundle, DER.
+    pub fn ca_certs(&self) -> Result<Vec<CertificateDer<'static>>, IdentityFileError> {
+        certs(strip_pem(&self.id.ca)).ok_or_else(|| self.invalid("id.ca holds no certificate"))
+    }
+
+    /// The certificate chain, DER.
+    pub fn cert_chain(&self) -> Result<Vec<CertificateDer<'static>>, IdentityFileError> {
+        certs(strip_pem(&self.id.cert)).ok_or_else(|| self.invalid("id.cert holds no certificate"))
+    }
+
+    /// The private key.
+    pub fn private_key(&self) -> Result<PrivateKeyDer<'static>, IdentityFileError> {
+        let block =
+            pem::parse(strip_pem(&self.id.key)).map_err(|_| self.invalid("id.key is not PEM"))?;
+        let der = block.contents().to_vec();
+        match block.tag() {
+            "PRIVATE KEY" => Ok(rustls_pki_types::PrivatePkcs8KeyDer::from(der).into()),
+            "EC PRIVATE KEY" => Ok(rustls_pki_types::PrivateSec1KeyDer::from(der).into()),
+            "RSA PRIVATE KEY" => Ok(rustls_pki_types::PrivatePkcs1KeyDer::from(der).into()),
+            _ => Err(self.invalid("id.key is not a private key")),
+        }
+    }
+}
+
+fn certs(text: &str) -> Option<Vec<CertificateDer<'static>>> {
+    let blocks = pem::parse_many(text).ok()?;
+    let out: Vec<CertificateDer<'static>> = blocks
+        .into_iter()
+        .filter(|b| b.tag() == "CERTIFICATE")
+        .map(|b| CertificateDer::from(b.into_contents()))
+        .collect();
+    (!out.is_empty()).then_some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn written_private_and_never_overwritten() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("id.json");
+        let url = PublicUrl::parse("https://gw.example:8443").unwrap();
+        let f = IdentityFile::new(&url, "KEY", "CERT", "CA");
+        f.write_new(&path).unwrap();
+        let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+        assert_eq!(mode, 0o600);
+        assert!(f.write_new(&path).is_err());
+        let back = IdentityFile::read(&path).unwrap();
+        assert_eq!(back.zt_api, "https://gw.example:8443/edge/client/v1");
+        assert_eq!(back.id.key, "pem:KEY");
+        assert_eq!(back.endpoint().unwrap(), url);
+        assert!(!format!("{back:?}").contains("KEY"));
+    }
+}

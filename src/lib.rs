@@ -1,0 +1,47 @@
+//! # enrollgate
+//!
+//! An mTLS enrollment gateway: it gives devices, users and services an X.509 identity and
+//! speaks OpenZiti's client enrollment protocol, so OpenZiti clients enroll unchanged.
+//!
+//! ## How a request flows
+//!
+//! ```text
+//!  socket (SO_REUSEPORT, one per worker)
+//!    │ accept                                   server::worker  (one monoio runtime per core)
+//!    ▼
+//!  TLS handshake (rustls, aws-lc-rs)            server::tls
+//!    │ peer certificate chain
+//!    ▼
+//!  HTTP/1.1 framing (httparse)                  http::request
+//!    │ Request
+//!    ▼
+//!  routing + handlers                           api::{client, management}
+//!    │  pure decisions: token rules, CSR policy  enroll, pki::{csr, issue}
+//!    ▼
+//!  group commit (one synced RocksDB write       store::commit  (one committer thread)
+//!    per batch of ready enrollments)            store::apply   (pure: command -> mutations)
+//!    │ reply after the write is durable
+//!    ▼
+//!  response (JSON envelope or PEM)              http::response, api::error
+//! ```
+//!
+//! Everything that decides something (is this token live, which key types are accepted,
+//! what goes into the issued certificate, which store mutations a command makes) is a
+//! plain function over plain values; sockets, files, RocksDB and the clock sit at the
+//! edges and feed them.
+
+pub mod api;
+pub mod app;
+pub mod cli;
+pub mod client;
+pub mod clock;
+pub mod config;
+pub mod enroll;
+pub mod http;
+pub mod identity_file;
+pub mod ids;
+pub mod model;
+pub mod pki;
+pub mod server;
+pub mod store;
+pub mod token;

@@ -1,0 +1,194 @@
+//! The records enrollgate keeps: identities, their authenticators and pending enrollments.
+//!
+//! These are the stored forms (serde, JSON in RocksDB). The API's JSON views are built
+//! from them in `api::views`, so the storage format and the wire format can evolve apart.
+
+use serde::{Deserialize, Serialize};
+
+use crate::clock::UnixTime;
+
+/// What an identity stands for. Functionally identical; the type records intent and never
+/// changes after creation.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum IdentityType {
+    /// A person.
+    User,
+    /// A device (the usual subject of fleet enrollment).
+    Device,
+    /// A service.
+    Service,
+}
+
+impl IdentityType {
+    /// Parses the API and CLI spelling, case-insensitively (`user`, `User`, `DEVICE`, ...).
+    pub fn parse(s: &str) -> Option<Self> {
+        match s.to_ascii_lowercase().as_str() {
+            "user" => Some(Self::User),
+            "device" => Some(Self::Device),
+            "service" => Some(Self::Service),
+            _ => None,
+        }
+    }
+
+    /// The canonical spelling (`User`, `Device`, `Service`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::User => "User",
+            Self::Device => "Device",
+            Self::Service => "Service",
+        }
+    }
+}
+
+/// The enrollment method a token or request is for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Method {
+    /// One-time token redeemed with a CSR that enrollgate signs.
+    Ott,
+    /// One-time token redeemed with a certificate from the operator's CA.
+    Ottca,
+    /// Auto-enrollment with a certificate from a verified third-party CA.
+    Ca,
+}
+
+impl Method {
+    /// Parses the wire spelling (`ott`, `ottca`, `ca`); anything else is not a method.
+    pub fn parse(s: &str) -> Option<Self> {
+        match s {
+            "ott" => Some(Self::Ott),
+            "ottca" => Some(Self::Ottca),
+            "ca" => Some(Self::Ca),
+            _ => None,
+        }
+    }
+
+    /// The wire spelling, as in the JWT's `em` claim.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Ott => "ott",
+            Self::Ottca => "ottca",
+            Self::Ca => "ca",
+        }
+    }
+}
+
+/// The certificate an identity authenticates with.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Authenticator {
+    /// Lower-case hex SHA-256 of the certificate's DER: the key of the fingerprint index (I1).
+    pub fingerprint_sha256: String,
+    /// Lower-case hex SHA-1 of the DER, shown because OpenZiti clients display it.
+    pub fingerprint_sha1: String,
+    /// The certificate, PEM.
+    pub cert_pem: String,
+    /// True when enrollgate's internal PKI signed it (method `ott`).
+    pub issued_by_network: bool,
+    /// Start of validity (Unix seconds).
+    pub not_before: UnixTime,
+    /// End of validity (Unix seconds).
+    pub not_after: UnixTime,
+    /// How it was bound.
+    pub method: Method,
+    /// When it was bound.
+    pub created_at: UnixTime,
+}
+
+/// A named principal.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Identity {
+    /// Opaque, URL-safe, unique.
+    pub id: String,
+    /// Unique (I2).
+    pub name: String,
+    /// Immutable.
+    #[serde(rename = "type")]
+    pub kind: IdentityType,
+    /// May use the management API.
+    pub is_admin: bool,
+    /// Free-form attributes used by policy elsewhere in the network.
+    pub role_attributes: Vec<String>,
+    /// Creation time.
+    pub created_at: UnixTime,
+    /// Last change.
+    pub updated_at: UnixTime,
+    /// The id of the pending enrollment, while there is one.
+    pub enrollment_id: Option<String>,
+    /// The bound certificate, once enrolled.
+    pub authenticator: Option<Authenticator>,
+}
+
+/// A pending, single-use right to enroll.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Enrollment {
+    /// Opaque id (management API).
+    pub id: String,
+    /// The secret redeemed by the device (the JWT's `jti`).
+    pub token: String,
+    /// `ott` or `ottca`.
+    pub method: Method,
+    /// The identity it enrolls.
+    pub identity_id: String,
+    /// For `ottca`: the CA whose certificates may redeem it.
+    pub ca_id: Option<String>,
+    /// Creation time.
+    pub created_at: UnixTime,
+    /// After this instant the token is refused with `ENROLLMENT_EXPIRED`.
+    pub expires_at: UnixTime,
+    /// The signed JWT carrying the token, kept so an admin can fetch it again.
+    pub jwt: String,
+}
+
+impl std::fmt::Debug for Enrollment {
+    // The token and the JWT are bearer secrets: never print them.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Enrollment")
+            .field("id", &self.id)
+            .field("token", &"...")
+            .field("method", &self.method)
+            .field("identity_id", &self.identity_id)
+            .field("ca_id", &self.ca_id)
+            .field("created_at", &self.created_at)
+            .field("expires_at", &self.expires_at)
+            .field("jwt", &"...")
+            .finish()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn identity_types_parse_case_insensitively() {
+        assert_eq!(IdentityType::parse("user"), Some(IdentityType::User));
+        assert_eq!(IdentityType::parse("DEVICE"), Some(IdentityType::Device));
+        assert_eq!(IdentityType::parse("Service"), Some(IdentityType::Service));
+        assert_eq!(IdentityType::parse("router"), None);
+    }
+
+    #[test]
+    fn methods_parse_exactly() {
+        assert_eq!(Method::parse("ott"), Some(Method::Ott));
+        assert_eq!(Method::parse("ottca"), Some(Method::Ottca));
+        assert_eq!(Method::parse("ca"), Some(Method::Ca));
+        assert_eq!(Method::parse("OTT"), None);
+        assert_eq!(Method::parse("updb"), None);
+    }
+
+    #[test]
+    fn enrollment_debug_hides_secrets() {
+        let e = Enrollment {
+            id: "e1".into(),
+            token: "SECRET-TOKEN".into(),
+            method: Method::Ott,
+            identity_id: "i1".into(),
+            ca_id: None,
+            created_at: 0,
+            expires_at: 1,
+            jwt: "SECRET.JWT.VALUE".into(),
+        };
+        let s = format!("{e:?}");
+        assert!(!s.contains("SECRET"), "{s}");
+    }
+}

@@ -1,0 +1,223 @@
+//! Accepting a certificate signing request: decode the body, verify the CSR's own
+//! signature, and keep only its public key, if the key is of a type and size we sign.
+//!
+//! Nothing else in the CSR is used: its subject, its requested extensions (SANs, key usage,
+//! `is_ca`, ...) are ignored; the certificate is built from the identity and policy
+//! (`pki::issue`). This is the guard against the rcgen hazard noted in STYLE.md.
+
+use base64::Engine as _;
+use x509_parser::certification_request::X509CertificationRequest;
+use x509_parser::oid_registry::{
+    OID_EC_P256, OID_KEY_TYPE_EC_PUBLIC_KEY, OID_NIST_EC_P384, OID_PKCS1_RSAENCRYPTION,
+    OID_SIG_ED25519,
+};
+use x509_parser::prelude::FromDer;
+use x509_parser::public_key::PublicKey;
+
+/// The smallest RSA modulus accepted, in bits.
+pub const MIN_RSA_BITS: usize = 2048;
+/// The largest RSA modulus accepted, in bits.
+pub const MAX_RSA_BITS: usize = 4096;
+
+/// Why a CSR is refused (`COULD_NOT_PROCESS_CSR`).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CsrError {
+    /// The body is empty.
+    #[error("the request body is empty: send a PEM-encoded PKCS#10 certificate signing request")]
+    Empty,
+    /// Not PEM, nor base64 DER, nor DER.
+    #[error("the body is not a PEM-encoded certificate signing request")]
+    NotPem,
+    /// PEM, but of another kind of object.
+    #[error("expected a PEM block 'CERTIFICATE REQUEST', found '{0}'")]
+    WrongPemLabel(String),
+    /// The bytes do not parse as PKCS#10.
+    #[error("the body is not a valid PKCS#10 certificate signing request")]
+    NotACsr,
+    /// The CSR's signature does not verify with its own public key.
+    #[error("the certificate signing request's signature does not verify")]
+    BadSignature,
+    /// A key type or size enrollgate does not sign.
+    #[error("unsupported key in the certificate signing request: {0}; accepted are EC P-256, EC P-384, RSA 2048-4096 and Ed25519")]
+    UnsupportedKey(String),
+}
+
+/// The kind of key a CSR carries (after it was accepted).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KeyKind {
+    /// ECDSA on P-256.
+    EcP256,
+    /// ECDSA on P-384.
+    EcP384,
+    /// RSA with the given modulus size in bits.
+    Rsa(usize),
+    /// Ed25519.
+    Ed25519,
+}
+
+/// A CSR whose signature verified and whose key we sign: only the public key survives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AcceptedCsr {
+    /// The SubjectPublicKeyInfo, DER.
+    pub spki_der: Vec<u8>,
+    /// What kind of key it is.
+    pub key: KeyKind,
+}
+
+/// Decodes a request body into CSR DER: PEM (`CERTIFICATE REQUEST` or the older
+/// `NEW CERTIFICATE REQUEST`), base64 of DER (as EST's `application/pkcs10` sends it), or
+/// raw DER.
+pub fn decode_body(body: &[u8]) -> Result<Vec<u8>, CsrError> {
+    let trimmed = body.trim_ascii();
+    if trimmed.is_empty() {
+        return Err(CsrError::Empty);
+    }
+    if trimmed.starts_with(b"-----BEGIN") {
+        let block = pem::parse(trimmed).map_err(|_| CsrError::NotPem)?;
+        return match block.tag() {
+            "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST" => Ok(block.into_contents()),
+            other => Err(CsrError::WrongPemLabel(other.chars().take(64).collect())),
+        };
+    }
+    if trimmed[0] == 0x30 {
+        return Ok(trimmed.to_vec());
+    }
+    let compact: Vec<u8> = trimmed
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    base64::engine::general_purpose::STANDARD
+        .decode(compact)
+        .map_err(|_| CsrError::NotPem)
+}
+
+/// Parses a CSR, verifies its signature and checks its key.
+pub fn accept(der: &[u8]) -> Result<AcceptedCsr, CsrError> {
+    let (rest, csr) = X509CertificationRequest::from_der(der).map_err(|_| CsrError::NotACsr)?;
+    if !rest.is_empty() {
+        return Err(CsrError::NotACsr);
+    }
+    let spki = &csr.certification_request_info.subject_pki;
+    let key = classify_key(spki)?;
+    csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
+    Ok(AcceptedCsr {
+        spki_der: spki.raw.to_vec(),
+        key,
+    })
+}
+
+fn classify_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<KeyKind, CsrError> {
+    let alg = &spki.algorithm.algorithm;
+    if *alg == OID_KEY_TYPE_EC_PUBLIC_KEY {
+        let curve = spki
+            .algorithm
+            .parameters
+            .as_ref()
+            .and_then(|p| p.as_oid().ok())
+            .ok_or_else(|| CsrError::UnsupportedKey("EC key without a named curve".into()))?;
+        if curve == OID_EC_P256 {
+            Ok(KeyKind::EcP256)
+        } else if curve == OID_NIST_EC_P384 {
+            Ok(KeyKind::EcP384)
+        } else {
+            Err(CsrError::UnsupportedKey(format!("EC curve {curve}")))
+        }
+    } else if *alg == OID_PKCS1_RSAENCRYPTION {
+        let bits = match spki.parsed() {
+            Ok(PublicKey::RSA(rsa)) => rsa.key_size(),
+            _ => return Err(CsrError::UnsupportedKey("malformed RSA key".into())),
+        };
+        if (MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
+            Ok(KeyKind::Rsa(bits))
+        } else {
+            Err(CsrError::UnsupportedKey(format!("RSA {bits} bits")))
+        }
+    } else if *alg == OID_SIG_ED25519 {
+        Ok(KeyKind::Ed25519)
+    } else {
+        Err(CsrError::UnsupportedKey(format!("algorithm {alg}")))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{CertificateParams, KeyPair};
+
+    fn csr_pem(key: &KeyPair) -> String {
+        let mut params = CertificateParams::new(vec!["evil.example".to_string()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params.serialize_request(key).unwrap().pem().unwrap()
+    }
+
+    #[test]
+    fn accepts_each_supported_key_type() {
+        let cases: [(&'static rcgen::SignatureAlgorithm, KeyKind); 3] = [
+            (&rcgen::PKCS_ECDSA_P256_SHA256, KeyKind::EcP256),
+            (&rcgen::PKCS_ECDSA_P384_SHA384, KeyKind::EcP384),
+            (&rcgen::PKCS_ED25519, KeyKind::Ed25519),
+        ];
+        for (alg, kind) in cases {
+            let key = KeyPair::generate_for(alg).unwrap();
+            let der = decode_body(csr_pem(&key).as_bytes()).unwrap();
+            let accepted = accept(&der).unwrap();
+            assert_eq!(accepted.key, kind);
+            assert_eq!(
+                accepted.spki_der,
+                rcgen::PublicKeyData::subject_public_key_info(&key)
+            );
+        }
+    }
+
+    #[test]
+    fn accepts_rsa_2048() {
+        let key =
+            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048).unwrap();
+        let der = decode_body(csr_pem(&key).as_bytes()).unwrap();
+        assert_eq!(accept(&der).unwrap().key, KeyKind::Rsa(2048));
+    }
+
+    #[test]
+    fn base64_and_der_bodies_decode_like_pem() {
+        let key = KeyPair::generate().unwrap();
+        let pem_text = csr_pem(&key);
+        let der = decode_body(pem_text.as_bytes()).unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
+        assert_eq!(decode_body(b64.as_bytes()).unwrap(), der);
+        assert_eq!(decode_body(&der).unwrap(), der);
+    }
+
+    #[test]
+    fn refuses_bad_bodies() {
+        assert_eq!(decode_body(b"  \n"), Err(CsrError::Empty));
+        assert_eq!(decode_body(b"hello world"), Err(CsrError::NotPem));
+        let cert_pem = "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n";
+        assert_eq!(
+            decode_body(cert_pem.as_bytes()),
+            Err(CsrError::WrongPemLabel("CERTIFICATE".into()))
+        );
+        assert_eq!(
+            accept(&[0x30, 0x03, 0x02, 0x01, 0x00]),
+            Err(CsrError::NotACsr)
+        );
+    }
+
+    #[test]
+    fn refuses_a_tampered_signature() {
+        let key = KeyPair::generate().unwrap();
+        let mut der = decode_body(csr_pem(&key).as_bytes()).unwrap();
+        let last = der.len() - 1;
+        der[last] ^= 0x01;
+        assert_eq!(accept(&der), Err(CsrError::BadSignature));
+    }
+
+    #[test]
+    fn refuses_trailing_bytes() {
+        let key = KeyPair::generate().unwrap();
+        let mut der = decode_body(csr_pem(&key).as_bytes()).unwrap();
+        der.push(0);
+        assert_eq!(accept(&der), Err(CsrError::NotACsr));
+    }
+}

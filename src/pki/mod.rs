@@ -1,0 +1,265 @@
+//! enrollgate's internal PKI: the root CA that signs `ott` certificates and the enrollment
+//! listener's TLS certificate, created by `enrollgate init` and loaded by the daemon.
+
+pub mod csr;
+pub mod fingerprint;
+pub mod issue;
+pub mod pkcs7;
+
+use std::net::IpAddr;
+use std::path::Path;
+
+use rcgen::{
+    BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
+    Issuer, KeyPair, KeyUsagePurpose, SanType,
+};
+
+use crate::clock::UnixTime;
+pub use issue::{IssueError, IssuePolicy, IssuedCert, Signer};
+
+/// Lifetime of the internal root CA (10 years).
+pub const CA_LIFETIME_SECS: i64 = 10 * 365 * 86_400;
+/// Lifetime of the enrollment listener's server certificate (2 years).
+pub const SERVER_CERT_LIFETIME_SECS: i64 = 2 * 365 * 86_400;
+
+/// The key type of the internal CA and server certificate (`init --key-type`), which also
+/// fixes the JWT algorithm: ES256 for EC P-256, RS256 for RSA.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Serialize, serde::Deserialize,
+)]
+#[serde(rename_all = "lowercase")]
+pub enum KeyType {
+    /// ECDSA P-256 (default): fast, and what current OpenZiti clients expect.
+    Ec,
+    /// RSA 3072: for old clients (OpenZiti C SDK before 2023) that verify only RS256.
+    Rsa,
+}
+
+/// A new private key of the given type.
+pub fn generate_key(kind: KeyType) -> Result<KeyPair, rcgen::Error> {
+    match kind {
+        KeyType::Ec => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
+        KeyType::Rsa => {
+            KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_3072)
+        }
+    }
+}
+
+/// A host name or address the server certificate is valid for.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Host {
+    /// A DNS name.
+    Dns(String),
+    /// An IP address.
+    Ip(IpAddr),
+}
+
+impl Host {
+    /// Parses a host as it appears in a URL (`example.org`, `10.0.0.1`, `[::1]`).
+    pub fn parse(s: &str) -> Self {
+        let bare = s.trim_start_matches('[').trim_end_matches(']');
+        match bare.parse::<IpAddr>() {
+            Ok(ip) => Self::Ip(ip),
+            Err(_) => Self::Dns(s.to_ascii_lowercase()),
+        }
+    }
+}
+
+/// The parameters of the internal root CA.
+pub fn root_ca_params(name: &str, now: UnixTime) -> Result<CertificateParams, IssueError> {
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "enrollgate");
+    dn.push(DnType::CommonName, name);
+    params.distinguished_name = dn;
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(1));
+    params.key_usages = vec![
+        KeyUsagePurpose::KeyCertSign,
+        KeyUsagePurpose::CrlSign,
+        KeyUsagePurpose::DigitalSignature,
+    ];
+    params.not_before = issue::offset_time(now - issue::BACKDATE_SECS)?;
+    params.not_after = issue::offset_time(now + CA_LIFETIME_SECS)?;
+    params.serial_number = Some(issue::random_serial()?);
+    Ok(params)
+}
+
+/// The parameters of the enrollment listener's TLS certificate, valid for `hosts` plus
+/// `localhost`, `127.0.0.1` and `::1`.
+pub fn server_params(hosts: &[Host], now: UnixTime) -> Result<CertificateParams, IssueError> {
+    let mut all = vec![
+        Host::Dns("localhost".into()),
+        Host::Ip(IpAddr::from([127, 0, 0, 1])),
+        Host::Ip(IpAddr::from([0u16, 0, 0, 0, 0, 0, 0, 1])),
+    ];
+    for h in hosts {
+        if !all.contains(h) {
+            all.push(h.clone());
+        }
+    }
+    let mut params = CertificateParams::default();
+    let mut dn = DistinguishedName::new();
+    dn.push(DnType::OrganizationName, "enrollgate");
+    let cn = match hosts.first() {
+        Some(Host::Dns(d)) => d.clone(),
+        Some(Host::Ip(ip)) => ip.to_string(),
+        None => "localhost".to_string(),
+    };
+    dn.push(DnType::CommonName, cn);
+    params.distinguished_name = dn;
+    for h in &all {
+        params.subject_alt_names.push(match h {
+            Host::Dns(d) => SanType::DnsName(d.clone().try_into()?),
+            Host::Ip(ip) => SanType::IpAddress(*ip),
+        });
+    }
+    params.is_ca = IsCa::ExplicitNoCa;
+    params.key_usages = vec![
+        KeyUsagePurpose::DigitalSignature,
+        KeyUsagePurpose::KeyEncipherment,
+    ];
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    params.not_before = issue::offset_time(now - issue::BACKDATE_SECS)?;
+    params.not_after = issue::offset_time(now + SERVER_CERT_LIFETIME_SECS)?;
+    params.serial_number = Some(issue::random_serial()?);
+    params.use_authority_key_identifier_extension = true;
+    Ok(params)
+}
+
+/// Freshly created PKI material, PEM, as `init` writes it.
+pub struct NewPki {
+    /// Root CA certificate.
+    pub ca_cert_pem: String,
+    /// Root CA private key (PKCS#8).
+    pub ca_key_pem: String,
+    /// Server certificate.
+    pub server_cert_pem: String,
+    /// Server private key (PKCS#8).
+    pub server_key_pem: String,
+}
+
+impl std::fmt::Debug for NewPki {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NewPki").finish_non_exhaustive()
+    }
+}
+
+/// Creates a root CA and a server certificate for `hosts`.
+pub fn create(kind: KeyType, hosts: &[Host], now: UnixTime) -> Result<NewPki, IssueError> {
+    let ca_key = generate_key(kind)?;
+    let ca_params = root_ca_params("enrollgate root CA", now)?;
+    let ca_cert = ca_params.self_signed(&ca_key)?;
+    let server_key = generate_key(kind)?;
+    let issuer = Issuer::from_params(&ca_params, &ca_key);
+    let server_cert = server_params(hosts, now)?.signed_by(&server_key, &issuer)?;
+    Ok(NewPki {
+        ca_cert_pem: ca_cert.pem(),
+        ca_key_pem: ca_key.serialize_pem(),
+        server_cert_pem: server_cert.pem(),
+        server_key_pem: server_key.serialize_pem(),
+    })
+}
+
+/// A PKI file that could not be loaded.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LoadError {
+    /// The file could not be read.
+    #[error("{path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// The file does not hold what it should.
+    #[error("{path}: {reason}")]
+    Invalid {
+        /// The file.
+        path: String,
+        /// Why.
+        reason: String,
+    },
+}
+
+/// Reads a file of PEM certificates and returns their DER, in order.
+pub fn read_cert_chain(path: &Path) -> Result<Vec<Vec<u8>>, LoadError> {
+    let text = std::fs::read(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    let invalid = |reason: String| LoadError::Invalid {
+        path: path.display().to_string(),
+        reason,
+    };
+    let blocks = pem::parse_many(&text).map_err(|e| invalid(e.to_string()))?;
+    let certs: Vec<Vec<u8>> = blocks
+        .into_iter()
+        .filter(|b| b.tag() == "CERTIFICATE")
+        .map(|b| b.into_contents())
+        .collect();
+    if certs.is_empty() {
+        return Err(invalid("no CERTIFICATE block".into()));
+    }
+    Ok(certs)
+}
+
+/// Reads a PEM private key (PKCS#8) as an rcgen key pair.
+pub fn read_key(path: &Path) -> Result<(KeyPair, String), LoadError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    // Never echo the file's content in the error: it is a private key.
+    let key = KeyPair::from_pem(&text).map_err(|_| LoadError::Invalid {
+        path: path.display().to_string(),
+        reason: "not a PKCS#8 PEM private key (EC P-256/P-384, RSA or Ed25519)".into(),
+    })?;
+    Ok((key, text))
+}
+
+/// PEM text (LF line endings, as rcgen and openssl write) of one DER object.
+pub fn pem_encode(tag: &str, der: &[u8]) -> String {
+    pem::encode_config(
+        &pem::Pem::new(tag, der.to_vec()),
+        pem::EncodeConfig::new().set_line_ending(pem::LineEnding::LF),
+    )
+}
+
+/// PEM text of DER certificates, concatenated.
+pub fn pem_of_certs(ders: &[Vec<u8>]) -> String {
+    ders.iter().map(|d| pem_encode("CERTIFICATE", d)).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts_parse() {
+        assert_eq!(Host::parse("Example.ORG"), Host::Dns("example.org".into()));
+        assert_eq!(
+            Host::parse("10.1.2.3"),
+            Host::Ip("10.1.2.3".parse().unwrap())
+        );
+        assert_eq!(Host::parse("[::1]"), Host::Ip("::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn created_server_cert_chains_to_the_ca_and_names_the_hosts() {
+        use x509_parser::prelude::*;
+        let pki = create(KeyType::Ec, &[Host::parse("gw.example.org")], 1_750_000_000).unwrap();
+        let ca = ::pem::parse(&pki.ca_cert_pem).unwrap();
+        let srv = ::pem::parse(&pki.server_cert_pem).unwrap();
+        let (_, ca) = X509Certificate::from_der(ca.contents()).unwrap();
+        let (_, srv) = X509Certificate::from_der(srv.contents()).unwrap();
+        srv.verify_signature(Some(ca.public_key())).unwrap();
+        assert!(ca.is_ca());
+        let san = srv.subject_alternative_name().unwrap().unwrap().value;
+        let names: Vec<String> = san.general_names.iter().map(|g| g.to_string()).collect();
+        for expected in ["DNSName(localhost)", "DNSName(gw.example.org)"] {
+            assert!(names.iter().any(|n| n == expected), "{names:?}");
+        }
+        assert_eq!(san.general_names.len(), 4);
+    }
+}

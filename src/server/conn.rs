@@ -1,0 +1,188 @@
+//! One client connection: TLS handshake (bounded in time), then HTTP/1.1 requests with
+//! keep-alive and pipelining, each bounded in size and time.
+//!
+//! | limit | what happens |
+//! |---|---|
+//! | `handshake_timeout` | the connection is closed |
+//! | `idle_timeout` (no request started) | the connection is closed |
+//! | `header_timeout` (head started, not complete) | `408`-less close (slowloris) |
+//! | `max_header_bytes` | `431 HEADERS_TOO_LARGE`, closed |
+//! | `max_body_bytes` | `413 REQUEST_TOO_LARGE` before the body is read, closed |
+//! | `body_timeout` | the connection is closed |
+
+use std::net::SocketAddr;
+use std::time::{Duration, Instant};
+
+use monoio::net::TcpStream;
+
+use super::tls::TlsStream;
+use super::ShutdownSignal;
+use crate::api::{self, ApiError, Peer, Request};
+use crate::app::WorkerCtx;
+use crate::config::Limits;
+use crate::http::{parse_head, BodyKind, Head, HeadError, Parsed, Response};
+use crate::pki::fingerprint;
+
+enum Next {
+    /// A request head and the bytes it took.
+    Head(Head, usize),
+    /// The connection ended or timed out: close quietly.
+    Close,
+    /// Answer this error and close.
+    Refuse(ApiError),
+}
+
+fn request_id() -> String {
+    crate::ids::new_id().unwrap_or_else(|_| "-".into())
+}
+
+/// Serves one connection to its end.
+pub async fn serve(ctx: &WorkerCtx, tcp: TcpStream, addr: SocketAddr, signal: &ShutdownSignal) {
+    let limits = ctx.shared.config.limits;
+    let handshake = TlsStream::accept(tcp, ctx.shared.tls.clone());
+    let mut tls = match monoio::time::timeout(limits.handshake_timeout, handshake).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => {
+            tracing::debug!(%addr, error = %e, "TLS handshake failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%addr, "TLS handshake timed out");
+            return;
+        }
+    };
+    let peer = Peer {
+        addr: Some(addr),
+        cert_sha256: tls
+            .peer_certificates()
+            .and_then(|chain| chain.first())
+            .map(|leaf| fingerprint::sha256_hex(leaf)),
+    };
+    let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    loop {
+        let (head, head_len) = match read_head(&mut tls, &mut buf, &limits, signal).await {
+            Next::Head(h, n) => (h, n),
+            Next::Close => return tls.close().await,
+            Next::Refuse(err) => return refuse(tls, err).await,
+        };
+        buf.drain(..head_len);
+        let body = match head.body {
+            BodyKind::None => Vec::new(),
+            BodyKind::Chunked => {
+                return refuse(
+                    tls,
+                    ApiError::LengthRequired(
+                        "chunked request bodies are not accepted; send Content-Length".into(),
+                    ),
+                )
+                .await
+            }
+            BodyKind::Length(n) if n > limits.max_body_bytes => {
+                return refuse(
+                    tls,
+                    ApiError::RequestTooLarge(format!(
+                        "the body is {n} bytes; at most {} are accepted",
+                        limits.max_body_bytes
+                    )),
+                )
+                .await
+            }
+            BodyKind::Length(n) => {
+                if head.expect_continue
+                    && buf.len() < n
+                    && tls
+                        .write_all_plain(b"HTTP/1.1 100 Continue\r\n\r\n")
+                        .await
+                        .is_err()
+                {
+                    return;
+                }
+                if !read_body(&mut tls, &mut buf, n, limits.body_timeout).await {
+                    return tls.close().await;
+                }
+                buf.drain(..n).collect()
+            }
+        };
+        let req = Request { head, body };
+        let id = request_id();
+        let resp = api::handle(ctx, &req, &peer, &id).await;
+        let keep_alive = req.head.keep_alive && !signal.is_set();
+        let bytes = resp.serialize(keep_alive, req.head.method == "HEAD");
+        if tls.write_all_plain(&bytes).await.is_err() {
+            return;
+        }
+        if !keep_alive {
+            return tls.close().await;
+        }
+    }
+}
+
+async fn refuse(mut tls: TlsStream, err: ApiError) {
+    let (status, _) = err.status_and_code();
+    let resp = Response::json(status, &err.envelope(&request_id()));
+    if tls
+        .write_all_plain(&resp.serialize(false, false))
+        .await
+        .is_ok()
+    {
+        tls.close_lingering(Duration::from_millis(500)).await;
+    }
+}
+
+async fn read_head(
+    tls: &mut TlsStream,
+    buf: &mut Vec<u8>,
+    limits: &Limits,
+    signal: &ShutdownSignal,
+) -> Next {
+    let mut deadline: Option<Instant> = None;
+    loop {
+        match parse_head(buf) {
+            Ok(Parsed::Complete(head, n)) => return Next::Head(head, n),
+            Ok(Parsed::Partial) => {}
+            Err(HeadError::TooManyHeaders) => {
+                return Next::Refuse(ApiError::HeadersTooLarge(
+                    HeadError::TooManyHeaders.to_string(),
+                ))
+            }
+            Err(e) => return Next::Refuse(ApiError::MalformedRequest(e.to_string())),
+        }
+        if buf.len() > limits.max_header_bytes {
+            return Next::Refuse(ApiError::HeadersTooLarge(format!(
+                "the request head exceeds {} bytes",
+                limits.max_header_bytes
+            )));
+        }
+        let room = limits.max_header_bytes + 1 - buf.len();
+        if buf.is_empty() {
+            // Between requests: wait up to the idle timeout, or until shutdown.
+            monoio::select! {
+                r = monoio::time::timeout(limits.idle_timeout, tls.read_plain(buf, room)) => match r {
+                    Ok(Ok(n)) if n > 0 => {}
+                    _ => return Next::Close,
+                },
+                _ = signal.wait() => return Next::Close,
+            }
+        } else {
+            let deadline = *deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout);
+            let left = deadline.saturating_duration_since(Instant::now());
+            match monoio::time::timeout(left, tls.read_plain(buf, room)).await {
+                Ok(Ok(n)) if n > 0 => {}
+                _ => return Next::Close,
+            }
+        }
+    }
+}
+
+/// Reads until `buf` holds at least `n` bytes; false on timeout or end of stream.
+async fn read_body(tls: &mut TlsStream, buf: &mut Vec<u8>, n: usize, limit: Duration) -> bool {
+    let deadline = Instant::now() + limit;
+    while buf.len() < n {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match monoio::time::timeout(left, tls.read_plain(buf, n - buf.len())).await {
+            Ok(Ok(m)) if m > 0 => {}
+            _ => return false,
+        }
+    }
+    true
+}

@@ -1,0 +1,223 @@
+//! TLS on a monoio socket, driven by rustls' `ServerConnection` (`read_tls` /
+//! `process_new_packets` / `write_tls`), and the rustls server configuration.
+//!
+//! The adapter is ours rather than `monoio-rustls` because an mTLS gateway must read the
+//! client's certificate chain after the handshake, which that crate keeps private, and
+//! because owning the loop lets the connection bound what it buffers.
+
+use std::io::{self, Read as _, Write as _};
+use std::sync::Arc;
+
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::TcpStream;
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig, ServerConnection};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+/// Ciphertext read from the socket at a time: one maximal TLS record and its header.
+const READ_CHUNK: usize = 16 * 1024 + 512;
+
+/// A server-side TLS stream over a monoio TCP socket.
+pub struct TlsStream {
+    io: TcpStream,
+    conn: ServerConnection,
+    rbuf: Vec<u8>,
+    rpos: usize,
+    wbuf: Vec<u8>,
+    eof: bool,
+}
+
+fn invalid(e: rustls::Error) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, e)
+}
+
+impl TlsStream {
+    /// Runs the server handshake on `io`.
+    pub async fn accept(io: TcpStream, config: Arc<ServerConfig>) -> io::Result<Self> {
+        let conn = ServerConnection::new(config).map_err(invalid)?;
+        let mut s = Self {
+            io,
+            conn,
+            rbuf: Vec::with_capacity(READ_CHUNK),
+            rpos: 0,
+            wbuf: Vec::with_capacity(4096),
+            eof: false,
+        };
+        while s.conn.is_handshaking() {
+            s.flush_tls().await?;
+            if !s.conn.is_handshaking() {
+                break;
+            }
+            s.fill().await?;
+        }
+        // The last flight (TLS 1.2 Finished, TLS 1.3 session tickets).
+        s.flush_tls().await?;
+        Ok(s)
+    }
+
+    /// The client's certificate chain (leaf first), when it sent one that verified.
+    pub fn peer_certificates(&self) -> Option<&[CertificateDer<'static>]> {
+        self.conn.peer_certificates()
+    }
+
+    /// The negotiated protocol version.
+    pub fn protocol_version(&self) -> Option<rustls::ProtocolVersion> {
+        self.conn.protocol_version()
+    }
+
+    /// Reads ciphertext from the socket (when none is buffered) and hands it to rustls.
+    async fn fill(&mut self) -> io::Result<()> {
+        if self.rpos == self.rbuf.len() {
+            if self.eof {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            let mut buf = std::mem::take(&mut self.rbuf);
+            buf.clear();
+            let (res, buf) = self.io.read(buf).await;
+            self.rbuf = buf;
+            self.rpos = 0;
+            if res? == 0 {
+                self.eof = true;
+                if self.conn.is_handshaking() {
+                    return Err(io::ErrorKind::UnexpectedEof.into());
+                }
+                // Tell rustls the peer is gone; the plaintext reader then reports it.
+                self.conn.read_tls(&mut &[][..])?;
+                self.conn.process_new_packets().map_err(invalid)?;
+                return Ok(());
+            }
+        }
+        let mut pending = &self.rbuf[self.rpos..];
+        let n = self.conn.read_tls(&mut pending)?;
+        self.rpos += n;
+        if let Err(e) = self.conn.process_new_packets() {
+            // Send the alert rustls queued, then fail.
+            let _ = self.flush_tls().await;
+            return Err(invalid(e));
+        }
+        Ok(())
+    }
+
+    async fn flush_tls(&mut self) -> io::Result<()> {
+        while self.conn.wants_write() {
+            let mut buf = std::mem::take(&mut self.wbuf);
+            buf.clear();
+            self.conn.write_tls(&mut buf)?;
+            let (res, buf) = self.io.write_all(buf).await;
+            self.wbuf = buf;
+            res?;
+        }
+        Ok(())
+    }
+
+    /// Reads plaintext, appending at most `max` bytes to `dst`. `Ok(0)` is a clean end
+    /// of stream (close_notify); a TCP close without it is `UnexpectedEof`.
+    pub async fn read_plain(&mut self, dst: &mut Vec<u8>, max: usize) -> io::Result<usize> {
+        if max == 0 {
+            return Err(io::Error::new(
+                io::ErrorKind::OutOfMemory,
+                "read buffer limit",
+            ));
+        }
+        loop {
+            let start = dst.len();
+            dst.resize(start + max.min(READ_CHUNK), 0);
+            let res = self.conn.reader().read(&mut dst[start..]);
+            match res {
+                Ok(n) => {
+                    dst.truncate(start + n);
+                    return Ok(n);
+                }
+                Err(e) if e.kind() == io::ErrorKind::WouldBlock => dst.truncate(start),
+                Err(e) => {
+                    dst.truncate(start);
+                    return Err(e);
+                }
+            }
+            self.fill().await?;
+            // Key updates and alerts may need an answer.
+            self.flush_tls().await?;
+        }
+    }
+
+    /// Writes all of `data` as application data.
+    pub async fn write_all_plain(&mut self, data: &[u8]) -> io::Result<()> {
+        let mut off = 0;
+        while off < data.len() {
+            off += self.conn.writer().write(&data[off..])?;
+            self.flush_tls().await?;
+        }
+        self.flush_tls().await
+    }
+
+    /// Sends close_notify and closes the write side.
+    pub async fn close(mut self) {
+        self.conn.send_close_notify();
+        let _ = self.flush_tls().await;
+        let _ = self.io.shutdown().await;
+    }
+
+    /// Closes after refusing a request whose remaining bytes were not read: sends
+    /// close_notify, shuts the write side, then reads and discards for up to `linger` (at
+    /// most 1 MiB) so the kernel does not answer the unread bytes with a reset that
+    /// would destroy the error response in flight.
+    pub async fn close_lingering(mut self, linger: std::time::Duration) {
+        self.conn.send_close_notify();
+        let _ = self.flush_tls().await;
+        let _ = self.io.shutdown().await;
+        let deadline = std::time::Instant::now() + linger;
+        let mut discarded = 0usize;
+        let mut buf = Vec::with_capacity(READ_CHUNK);
+        while discarded < (1 << 20) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            buf.clear();
+            match monoio::time::timeout(left, self.io.read(buf)).await {
+                Ok((Ok(n), b)) if n > 0 => {
+                    discarded += n;
+                    buf = b;
+                }
+                _ => break,
+            }
+        }
+    }
+}
+
+/// The material of the enrollment listener's TLS configuration.
+pub struct ServerTls {
+    /// Certificate chain, leaf first.
+    pub chain: Vec<CertificateDer<'static>>,
+    /// Private key.
+    pub key: PrivateKeyDer<'static>,
+    /// CAs whose client certificates the handshake accepts (the internal CA).
+    pub client_roots: Vec<CertificateDer<'static>>,
+}
+
+impl std::fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServerTls")
+            .field("chain", &self.chain.len())
+            .field("key", &"...")
+            .finish()
+    }
+}
+
+/// Builds the rustls server configuration: TLS 1.3 and 1.2 with the aws-lc-rs provider,
+/// client certificates asked for and optional (a device redeeming a one-time token has
+/// none yet), verified against the internal CA when sent.
+pub fn server_config(tls: ServerTls) -> Result<Arc<ServerConfig>, rustls::Error> {
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut roots = RootCertStore::empty();
+    for root in tls.client_roots {
+        roots.add(root)?;
+    }
+    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
+        .allow_unauthenticated()
+        .build()
+        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let mut config = ServerConfig::builder_with_provider(provider)
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
+        .with_client_cert_verifier(verifier)
+        .with_single_cert(tls.chain, tls.key)?;
+    config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    Ok(Arc::new(config))
+}

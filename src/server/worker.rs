@@ -1,0 +1,110 @@
+//! One worker: a monoio runtime (io_uring, or epoll where io_uring is refused) on its own
+//! thread, accepting on its own socket.
+
+use std::cell::Cell;
+use std::net::TcpListener;
+use std::rc::Rc;
+use std::sync::mpsc::Sender;
+use std::sync::Arc;
+use std::time::Instant;
+
+use crate::app::{Shared, WorkerCtx};
+
+use super::{conn, ShutdownSignal, DRAIN_GRACE};
+
+/// What a worker reports once it accepts.
+#[derive(Debug, Clone)]
+pub struct Started {
+    /// Worker number.
+    pub index: usize,
+    /// True when the runtime uses io_uring, false for epoll.
+    pub io_uring: bool,
+}
+
+/// Runs worker `index` until shutdown.
+pub fn run(
+    index: usize,
+    listener: TcpListener,
+    shared: Arc<Shared>,
+    signal: ShutdownSignal,
+    ready: Sender<std::io::Result<Started>>,
+) -> std::io::Result<()> {
+    let io_uring = monoio::utils::detect_uring();
+    let mut rt = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            let _ = ready.send(Err(std::io::Error::new(
+                e.kind(),
+                format!("worker {index}: runtime: {e}"),
+            )));
+            return Err(e);
+        }
+    };
+    rt.block_on(async move {
+        let setup = (|| {
+            let ctx = WorkerCtx::new(shared.clone(), index)
+                .map_err(|e| std::io::Error::other(format!("worker {index}: {e}")))?;
+            let listener = monoio::net::TcpListener::from_std(listener)?;
+            Ok::<_, std::io::Error>((ctx, listener))
+        })();
+        let (ctx, listener) = match setup {
+            Ok(v) => v,
+            Err(e) => {
+                let _ = ready.send(Err(std::io::Error::new(e.kind(), e.to_string())));
+                return Err(e);
+            }
+        };
+        let _ = ready.send(Ok(Started { index, io_uring }));
+        let ctx = Rc::new(ctx);
+        let open = Rc::new(Cell::new(0usize));
+        let max_connections = shared.config.limits.max_connections;
+        loop {
+            monoio::select! {
+                accepted = listener.accept() => match accepted {
+                    Ok((tcp, addr)) => {
+                        if open.get() >= max_connections {
+                            tracing::warn!(worker = index, %addr, max_connections, "connection limit reached; closing new connection");
+                            drop(tcp);
+                            continue;
+                        }
+                        let _ = tcp.set_nodelay(true);
+                        open.set(open.get() + 1);
+                        let guard = OpenGuard(open.clone());
+                        let ctx = ctx.clone();
+                        let signal = signal.clone();
+                        monoio::spawn(async move {
+                            conn::serve(&ctx, tcp, addr, &signal).await;
+                            drop(guard);
+                        });
+                    }
+                    Err(e) => {
+                        // Out of descriptors or a transient error: back off briefly.
+                        tracing::warn!(worker = index, error = %e, "accept failed");
+                        monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+                    }
+                },
+                _ = signal.wait() => break,
+            }
+        }
+        drop(listener);
+        let deadline = Instant::now() + DRAIN_GRACE;
+        while open.get() > 0 && Instant::now() < deadline {
+            monoio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        if open.get() > 0 {
+            tracing::warn!(worker = index, open = open.get(), "closing connections still open after the grace period");
+        }
+        Ok(())
+    })
+}
+
+struct OpenGuard(Rc<Cell<usize>>);
+
+impl Drop for OpenGuard {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}

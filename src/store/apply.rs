@@ -1,0 +1,541 @@
+//! Deciding store commands inside a batch.
+//!
+//! A [`Batch`] reads through to a [`Snapshot`] of the store, overlaid with the writes already
+//! decided in this batch, so two commands in one batch see each other: the second redemption
+//! of a token, the second binding of a certificate, the second use of a name all fail here,
+//! exactly as they would in separate writes. Each command checks everything first and only
+//! then records its writes, so a refused command leaves nothing behind.
+
+use std::collections::HashMap;
+
+use super::{get_json, keys, Snapshot, StoreError};
+use crate::clock::UnixTime;
+use crate::enroll::{check_token, EnrollError};
+use crate::model::{Authenticator, Enrollment, Identity, Method};
+
+/// A change to the store, decided by the committer.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Command {
+    /// Create an identity, optionally with a pending enrollment or an already-bound
+    /// authenticator (the admin made by `init`).
+    CreateIdentity {
+        /// The new identity.
+        identity: Identity,
+        /// Its pending enrollment, if any.
+        enrollment: Option<Enrollment>,
+    },
+    /// Redeem an `ott` token: consume the enrollment and bind the certificate, atomically.
+    RedeemOtt {
+        /// The token presented.
+        token: String,
+        /// The identity the handler signed the certificate for (read before signing; the
+        /// redemption fails if the token now enrolls someone else).
+        identity_id: String,
+        /// The certificate to bind.
+        authenticator: Authenticator,
+        /// The time of the decision.
+        now: UnixTime,
+    },
+    /// Delete an identity, its indexes and its pending enrollment.
+    DeleteIdentity {
+        /// The identity.
+        id: String,
+    },
+    /// Replace the pending enrollment of a not-yet-enrolled identity (token re-issue).
+    ReplaceEnrollment {
+        /// The identity.
+        identity_id: String,
+        /// The new enrollment.
+        enrollment: Enrollment,
+    },
+}
+
+/// The result of a successful command.
+#[derive(Debug, Clone)]
+#[non_exhaustive]
+pub enum Outcome {
+    /// The identity as it is after the command.
+    Identity(Box<Identity>),
+    /// The identity was deleted.
+    Deleted,
+}
+
+enum Write {
+    Put(Vec<u8>, Vec<u8>),
+    Delete(Vec<u8>),
+}
+
+/// The writes decided so far in one atomic batch.
+pub struct Batch<'a, S: Snapshot + ?Sized> {
+    snap: &'a S,
+    overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
+    writes: Vec<Write>,
+}
+
+impl<S: Snapshot + ?Sized> Snapshot for Batch<'_, S> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        match self.overlay.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.snap.get(key),
+        }
+    }
+}
+
+fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
+    // Serializing our own plain structs (strings, numbers, vectors) cannot fail.
+    serde_json::to_vec(v).expect("records serialize to JSON")
+}
+
+impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
+    /// An empty batch over `snap`.
+    pub fn new(snap: &'a S) -> Self {
+        Self {
+            snap,
+            overlay: HashMap::new(),
+            writes: Vec::new(),
+        }
+    }
+
+    /// Number of writes decided.
+    pub fn len(&self) -> usize {
+        self.writes.len()
+    }
+
+    /// True when nothing was decided.
+    pub fn is_empty(&self) -> bool {
+        self.writes.is_empty()
+    }
+
+    fn commit_writes(&mut self, writes: Vec<Write>) {
+        for w in writes {
+            match &w {
+                Write::Put(k, v) => self.overlay.insert(k.clone(), Some(v.clone())),
+                Write::Delete(k) => self.overlay.insert(k.clone(), None),
+            };
+            self.writes.push(w);
+        }
+    }
+
+    /// The decided writes as a RocksDB batch.
+    pub fn into_write_batch(self) -> rocksdb::WriteBatch {
+        let mut wb = rocksdb::WriteBatch::default();
+        for w in self.writes {
+            match w {
+                Write::Put(k, v) => wb.put(k, v),
+                Write::Delete(k) => wb.delete(k),
+            }
+        }
+        wb
+    }
+
+    /// The decided writes as a map (for tests).
+    pub fn into_map_changes(self) -> Vec<(Vec<u8>, Option<Vec<u8>>)> {
+        self.writes
+            .into_iter()
+            .map(|w| match w {
+                Write::Put(k, v) => (k, Some(v)),
+                Write::Delete(k) => (k, None),
+            })
+            .collect()
+    }
+
+    /// Decides one command; on success its writes join the batch.
+    pub fn apply(&mut self, cmd: Command) -> Result<Outcome, StoreError> {
+        match cmd {
+            Command::CreateIdentity {
+                identity,
+                enrollment,
+            } => self.create_identity(identity, enrollment),
+            Command::RedeemOtt {
+                token,
+                identity_id,
+                authenticator,
+                now,
+            } => self.redeem_ott(&token, &identity_id, authenticator, now),
+            Command::DeleteIdentity { id } => self.delete_identity(&id),
+            Command::ReplaceEnrollment {
+                identity_id,
+                enrollment,
+            } => self.replace_enrollment(&identity_id, enrollment),
+        }
+    }
+
+    fn create_identity(
+        &mut self,
+        mut identity: Identity,
+        enrollment: Option<Enrollment>,
+    ) -> Result<Outcome, StoreError> {
+        if self.get(&keys::identity(&identity.id))?.is_some() {
+            return Err(StoreError::InvalidState(format!(
+                "an identity with id '{}' already exists",
+                identity.id
+            )));
+        }
+        if self.get(&keys::name(&identity.name))?.is_some() {
+            return Err(StoreError::NameInUse(identity.name));
+        }
+        let mut writes = Vec::new();
+        if let Some(auth) = &identity.authenticator {
+            let fp = keys::fingerprint(&auth.fingerprint_sha256);
+            if self.get(&fp)?.is_some() {
+                return Err(StoreError::CertInUse);
+            }
+            writes.push(Write::Put(fp, identity.id.clone().into_bytes()));
+        }
+        if let Some(e) = &enrollment {
+            if self.get(&keys::token(&e.token))?.is_some() {
+                return Err(StoreError::InvalidState("token collision".into()));
+            }
+            identity.enrollment_id = Some(e.id.clone());
+            writes.push(Write::Put(keys::token(&e.token), to_json(e)));
+            writes.push(Write::Put(
+                keys::enrollment(&e.id),
+                e.token.clone().into_bytes(),
+            ));
+        }
+        writes.push(Write::Put(
+            keys::name(&identity.name),
+            identity.id.clone().into_bytes(),
+        ));
+        writes.push(Write::Put(keys::identity(&identity.id), to_json(&identity)));
+        self.commit_writes(writes);
+        Ok(Outcome::Identity(Box::new(identity)))
+    }
+
+    fn redeem_ott(
+        &mut self,
+        token: &str,
+        identity_id: &str,
+        authenticator: Authenticator,
+        now: UnixTime,
+    ) -> Result<Outcome, StoreError> {
+        let enrollment: Option<Enrollment> = get_json(self, &keys::token(token))?;
+        let enrollment = check_token(enrollment.as_ref(), Method::Ott, now)?;
+        if enrollment.identity_id != identity_id {
+            return Err(EnrollError::UnknownToken.into());
+        }
+        let mut identity: Identity =
+            get_json(self, &keys::identity(identity_id))?.ok_or(EnrollError::IdentityGone)?;
+        if identity.authenticator.is_some() {
+            return Err(EnrollError::UnknownToken.into());
+        }
+        let fp = keys::fingerprint(&authenticator.fingerprint_sha256);
+        if self.get(&fp)?.is_some() {
+            return Err(StoreError::CertInUse);
+        }
+        let writes = vec![
+            Write::Delete(keys::token(token)),
+            Write::Delete(keys::enrollment(&enrollment.id)),
+            Write::Put(fp, identity.id.clone().into_bytes()),
+        ];
+        identity.enrollment_id = None;
+        identity.updated_at = now;
+        identity.authenticator = Some(authenticator);
+        let mut writes = writes;
+        writes.push(Write::Put(keys::identity(&identity.id), to_json(&identity)));
+        self.commit_writes(writes);
+        Ok(Outcome::Identity(Box::new(identity)))
+    }
+
+    fn pending_token(&self, identity: &Identity) -> Result<Option<(String, String)>, StoreError> {
+        let Some(eid) = &identity.enrollment_id else {
+            return Ok(None);
+        };
+        Ok(self
+            .get(&keys::enrollment(eid))?
+            .map(|t| (eid.clone(), String::from_utf8_lossy(&t).into_owned())))
+    }
+
+    fn delete_identity(&mut self, id: &str) -> Result<Outcome, StoreError> {
+        let identity: Identity = get_json(self, &keys::identity(id))?
+            .ok_or_else(|| StoreError::NotFound(format!("no identity with id '{id}'")))?;
+        let mut writes = vec![
+            Write::Delete(keys::identity(id)),
+            Write::Delete(keys::name(&identity.name)),
+        ];
+        if let Some(auth) = &identity.authenticator {
+            writes.push(Write::Delete(keys::fingerprint(&auth.fingerprint_sha256)));
+        }
+        if let Some((eid, token)) = self.pending_token(&identity)? {
+            writes.push(Write::Delete(keys::enrollment(&eid)));
+            writes.push(Write::Delete(keys::token(&token)));
+        }
+        self.commit_writes(writes);
+        Ok(Outcome::Deleted)
+    }
+
+    fn replace_enrollment(
+        &mut self,
+        identity_id: &str,
+        enrollment: Enrollment,
+    ) -> Result<Outcome, StoreError> {
+        let mut identity: Identity = get_json(self, &keys::identity(identity_id))?
+            .ok_or_else(|| StoreError::NotFound(format!("no identity with id '{identity_id}'")))?;
+        if identity.authenticator.is_some() {
+            return Err(StoreError::InvalidState(format!(
+                "identity '{}' has already enrolled",
+                identity.name
+            )));
+        }
+        if self.get(&keys::token(&enrollment.token))?.is_some() {
+            return Err(StoreError::InvalidState("token collision".into()));
+        }
+        let mut writes = Vec::new();
+        if let Some((eid, token)) = self.pending_token(&identity)? {
+            writes.push(Write::Delete(keys::enrollment(&eid)));
+            writes.push(Write::Delete(keys::token(&token)));
+        }
+        writes.push(Write::Put(
+            keys::token(&enrollment.token),
+            to_json(&enrollment),
+        ));
+        writes.push(Write::Put(
+            keys::enrollment(&enrollment.id),
+            enrollment.token.clone().into_bytes(),
+        ));
+        identity.enrollment_id = Some(enrollment.id.clone());
+        identity.updated_at = enrollment.created_at;
+        writes.push(Write::Put(keys::identity(&identity.id), to_json(&identity)));
+        self.commit_writes(writes);
+        Ok(Outcome::Identity(Box::new(identity)))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::IdentityType;
+    use std::collections::BTreeMap;
+
+    type Map = BTreeMap<Vec<u8>, Vec<u8>>;
+
+    fn identity(id: &str, name: &str) -> Identity {
+        Identity {
+            id: id.into(),
+            name: name.into(),
+            kind: IdentityType::Device,
+            is_admin: false,
+            role_attributes: vec![],
+            created_at: 100,
+            updated_at: 100,
+            enrollment_id: None,
+            authenticator: None,
+        }
+    }
+
+    fn enrollment(id: &str, token: &str, identity_id: &str) -> Enrollment {
+        Enrollment {
+            id: id.into(),
+            token: token.into(),
+            method: Method::Ott,
+            identity_id: identity_id.into(),
+            ca_id: None,
+            created_at: 100,
+            expires_at: 1000,
+            jwt: "jwt".into(),
+        }
+    }
+
+    fn auth(fp: &str) -> Authenticator {
+        Authenticator {
+            fingerprint_sha256: fp.into(),
+            fingerprint_sha1: "s1".into(),
+            cert_pem: "pem".into(),
+            issued_by_network: true,
+            not_before: 0,
+            not_after: 10,
+            method: Method::Ott,
+            created_at: 200,
+        }
+    }
+
+    fn commit(map: &mut Map, cmds: Vec<Command>) -> Vec<Result<Outcome, StoreError>> {
+        let snapshot = map.clone();
+        let mut b = Batch::new(&snapshot);
+        let results = cmds.into_iter().map(|c| b.apply(c)).collect();
+        for (k, v) in b.into_map_changes() {
+            match v {
+                Some(v) => map.insert(k, v),
+                None => map.remove(&k),
+            };
+        }
+        results
+    }
+
+    fn redeem(token: &str, identity_id: &str, fp: &str, now: UnixTime) -> Command {
+        Command::RedeemOtt {
+            token: token.into(),
+            identity_id: identity_id.into(),
+            authenticator: auth(fp),
+            now,
+        }
+    }
+
+    fn with_pending(map: &mut Map, id: &str, name: &str, token: &str) {
+        let r = commit(
+            map,
+            vec![Command::CreateIdentity {
+                identity: identity(id, name),
+                enrollment: Some(enrollment(&format!("e-{id}"), token, id)),
+            }],
+        );
+        assert!(r[0].is_ok());
+    }
+
+    #[test]
+    fn a_token_is_redeemed_once_even_within_one_batch() {
+        let mut map = Map::new();
+        with_pending(&mut map, "i1", "dev1", "tok1");
+        let r = commit(
+            &mut map,
+            vec![
+                redeem("tok1", "i1", "fpA", 500),
+                redeem("tok1", "i1", "fpB", 500),
+            ],
+        );
+        assert!(r[0].is_ok());
+        assert_eq!(
+            r[1].as_ref().unwrap_err(),
+            &StoreError::Enroll(EnrollError::UnknownToken)
+        );
+        // The enrollment is gone, the certificate indexed, the identity bound.
+        assert!(!map.contains_key(&keys::token("tok1")));
+        assert!(!map.contains_key(&keys::enrollment("e-i1")));
+        assert_eq!(map.get(&keys::fingerprint("fpA")).unwrap(), b"i1");
+        assert!(!map.contains_key(&keys::fingerprint("fpB")));
+        let stored: Identity = get_json(&map, &keys::identity("i1")).unwrap().unwrap();
+        assert_eq!(stored.authenticator.unwrap().fingerprint_sha256, "fpA");
+        assert_eq!(stored.enrollment_id, None);
+        // A later batch sees the same.
+        let r = commit(&mut map, vec![redeem("tok1", "i1", "fpC", 500)]);
+        assert!(r[0].is_err());
+    }
+
+    #[test]
+    fn an_expired_token_is_refused_and_left_in_place() {
+        let mut map = Map::new();
+        with_pending(&mut map, "i1", "dev1", "tok1");
+        let before = map.clone();
+        let r = commit(&mut map, vec![redeem("tok1", "i1", "fpA", 1000)]);
+        assert!(matches!(
+            r[0],
+            Err(StoreError::Enroll(EnrollError::Expired { .. }))
+        ));
+        assert_eq!(map, before);
+    }
+
+    #[test]
+    fn a_certificate_binds_to_one_identity() {
+        let mut map = Map::new();
+        with_pending(&mut map, "i1", "dev1", "tok1");
+        with_pending(&mut map, "i2", "dev2", "tok2");
+        let r = commit(
+            &mut map,
+            vec![
+                redeem("tok1", "i1", "same", 500),
+                redeem("tok2", "i2", "same", 500),
+            ],
+        );
+        assert!(r[0].is_ok());
+        assert_eq!(r[1].as_ref().unwrap_err(), &StoreError::CertInUse);
+        // The loser's token is still pending.
+        assert!(map.contains_key(&keys::token("tok2")));
+    }
+
+    #[test]
+    fn names_are_unique_within_and_across_batches() {
+        let mut map = Map::new();
+        let r = commit(
+            &mut map,
+            vec![
+                Command::CreateIdentity {
+                    identity: identity("a", "same"),
+                    enrollment: None,
+                },
+                Command::CreateIdentity {
+                    identity: identity("b", "same"),
+                    enrollment: None,
+                },
+            ],
+        );
+        assert!(r[0].is_ok());
+        assert_eq!(
+            r[1].as_ref().unwrap_err(),
+            &StoreError::NameInUse("same".into())
+        );
+        assert!(!map.contains_key(&keys::identity("b")));
+    }
+
+    #[test]
+    fn a_token_of_another_identity_is_refused() {
+        let mut map = Map::new();
+        with_pending(&mut map, "i1", "dev1", "tok1");
+        let r = commit(&mut map, vec![redeem("tok1", "other", "fp", 500)]);
+        assert!(r[0].is_err());
+    }
+
+    #[test]
+    fn delete_removes_every_index() {
+        let mut map = Map::new();
+        with_pending(&mut map, "i1", "dev1", "tok1");
+        with_pending(&mut map, "i2", "dev2", "tok2");
+        commit(&mut map, vec![redeem("tok1", "i1", "fp1", 500)]);
+        let r = commit(
+            &mut map,
+            vec![
+                Command::DeleteIdentity { id: "i1".into() },
+                Command::DeleteIdentity { id: "i2".into() },
+            ],
+        );
+        assert!(r.iter().all(Result::is_ok));
+        assert!(map.is_empty(), "{:?}", map.keys().collect::<Vec<_>>());
+        let r = commit(&mut map, vec![Command::DeleteIdentity { id: "i1".into() }]);
+        assert!(matches!(r[0], Err(StoreError::NotFound(_))));
+    }
+
+    #[test]
+    fn delete_then_redeem_in_one_batch_fails_cleanly() {
+        let mut map = Map::new();
+        with_pending(&mut map, "i1", "dev1", "tok1");
+        let r = commit(
+            &mut map,
+            vec![
+                Command::DeleteIdentity { id: "i1".into() },
+                redeem("tok1", "i1", "fp", 500),
+            ],
+        );
+        assert!(r[0].is_ok());
+        assert!(r[1].is_err());
+        assert!(map.is_empty());
+    }
+
+    #[test]
+    fn replacing_an_enrollment_retires_the_old_token() {
+        let mut map = Map::new();
+        with_pending(&mut map, "i1", "dev1", "old");
+        let r = commit(
+            &mut map,
+            vec![Command::ReplaceEnrollment {
+                identity_id: "i1".into(),
+                enrollment: enrollment("e2", "new", "i1"),
+            }],
+        );
+        assert!(r[0].is_ok());
+        assert!(!map.contains_key(&keys::token("old")));
+        assert!(!map.contains_key(&keys::enrollment("e-i1")));
+        assert!(map.contains_key(&keys::token("new")));
+        let stored: Identity = get_json(&map, &keys::identity("i1")).unwrap().unwrap();
+        assert_eq!(stored.enrollment_id.as_deref(), Some("e2"));
+        // Not once enrolled.
+        commit(&mut map, vec![redeem("new", "i1", "fp", 500)]);
+        let r = commit(
+            &mut map,
+            vec![Command::ReplaceEnrollment {
+                identity_id: "i1".into(),
+                enrollment: enrollment("e3", "newer", "i1"),
+            }],
+        );
+        assert!(matches!(r[0], Err(StoreError::InvalidState(_))));
+    }
+}

@@ -1,0 +1,40 @@
+//! Key layout of the store (see the table in `store`).
+
+/// Prefix of identity records.
+pub const IDENTITY: &[u8] = b"i:";
+/// Prefix of the name index (I2).
+pub const NAME: &[u8] = b"n:";
+/// Prefix of pending enrollments, by token (I3).
+pub const TOKEN: &[u8] = b"t:";
+/// Prefix of the enrollment-id index.
+pub const ENROLLMENT: &[u8] = b"e:";
+/// Prefix of the fingerprint index (I1).
+pub const FINGERPRINT: &[u8] = b"f:";
+
+fn key(prefix: &[u8], s: &str) -> Vec<u8> {
+    let mut k = Vec::with_capacity(prefix.len() + s.len());
+    k.extend_from_slice(prefix);
+    k.extend_from_slice(s.as_bytes());
+    k
+}
+
+/// `i:<id>`
+pub fn identity(id: &str) -> Vec<u8> {
+    key(IDENTITY, id)
+}
+/// `n:<name>`
+pub fn name(name: &str) -> Vec<u8> {
+    key(NAME, name)
+}
+/// `t:<token>`
+pub fn token(token: &str) -> Vec<u8> {
+    key(TOKEN, token)
+}
+/// `e:<enrollment id>`
+pub fn enrollment(id: &str) -> Vec<u8> {
+    key(ENROLLMENT, id)
+}
+/// `f:<sha-256 hex>`
+pub fn fingerprint(sha256_hex: &str) -> Vec<u8> {
+    key(FINGERPRINT, sha256_hex)
+}

@@ -1,0 +1,256 @@
+//! The store: an embedded RocksDB holding identities, enrollments and the indexes that keep
+//! DESIGN.md's invariants.
+//!
+//! ## Schema (one column family, prefixed keys, JSON values)
+//!
+//! | key | value | keeps |
+//! |---|---|---|
+//! | `i:<identity id>` | `Identity` | |
+//! | `n:<name>` | identity id | I2: names are unique |
+//! | `t:<token>` | `Enrollment` | I3: a token exists until it is redeemed, once |
+//! | `e:<enrollment id>` | token | lookup by id for the management API |
+//! | `f:<sha-256 hex>` | identity id | I1: a certificate belongs to one identity |
+//!
+//! Every change goes through the single committer thread (`commit`), which decides each
+//! command against the store *plus the writes already decided in its batch* (`apply`) and
+//! writes the batch as one atomic, synced `WriteBatch` (I3-I5). Reads are lock-free
+//! RocksDB gets from any thread.
+
+pub mod apply;
+pub mod commit;
+pub mod keys;
+
+use std::path::Path;
+use std::sync::Arc;
+
+use crate::enroll::EnrollError;
+use crate::model::{Enrollment, Identity};
+
+pub use apply::{Command, Outcome};
+pub use commit::{CommitHandle, CommitOptions, Durability};
+
+/// A store operation failed.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum StoreError {
+    /// A token rule refused the redemption inside the atomic write.
+    #[error(transparent)]
+    Enroll(#[from] EnrollError),
+    /// I2.
+    #[error("an identity named '{0}' already exists")]
+    NameInUse(String),
+    /// I1.
+    #[error("this certificate is already bound to an identity")]
+    CertInUse,
+    /// No such record.
+    #[error("{0}")]
+    NotFound(String),
+    /// The record is not in a state the command applies to.
+    #[error("{0}")]
+    InvalidState(String),
+    /// The commit queue is full (admission control).
+    #[error("the gateway is busy committing enrollments; retry shortly")]
+    Busy,
+    /// The committer has stopped.
+    #[error("the gateway is shutting down")]
+    ShuttingDown,
+    /// RocksDB failed.
+    #[error("storage error: {0}")]
+    Db(String),
+    /// A stored value does not decode: the store was damaged or written by another version.
+    #[error("corrupt record at {0}")]
+    Corrupt(String),
+}
+
+impl From<rocksdb::Error> for StoreError {
+    fn from(e: rocksdb::Error) -> Self {
+        Self::Db(e.into_string())
+    }
+}
+
+/// Read access to stored values; implemented by RocksDB and, in tests, by a map.
+pub trait Snapshot {
+    /// The value at `key`.
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+}
+
+impl Snapshot for rocksdb::DB {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(rocksdb::DB::get(self, key)?)
+    }
+}
+
+impl Snapshot for std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Ok(std::collections::BTreeMap::get(self, key).cloned())
+    }
+}
+
+pub(crate) fn decode<T: serde::de::DeserializeOwned>(
+    key: &[u8],
+    value: &[u8],
+) -> Result<T, StoreError> {
+    serde_json::from_slice(value)
+        .map_err(|_| StoreError::Corrupt(String::from_utf8_lossy(key).into_owned()))
+}
+
+pub(crate) fn get_json<T: serde::de::DeserializeOwned>(
+    snap: &(impl Snapshot + ?Sized),
+    key: &[u8],
+) -> Result<Option<T>, StoreError> {
+    match snap.get(key)? {
+        Some(v) => decode(key, &v).map(Some),
+        None => Ok(None),
+    }
+}
+
+/// One page of a listing.
+#[derive(Debug, Clone)]
+pub struct Page<T> {
+    /// The items of the page.
+    pub items: Vec<T>,
+    /// How many items match in all.
+    pub total: usize,
+}
+
+/// A handle on the opened database (cheap to clone; all clones share one RocksDB).
+#[derive(Clone)]
+pub struct Store {
+    db: Arc<rocksdb::DB>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("path", &self.db.path())
+            .finish()
+    }
+}
+
+impl Store {
+    /// Opens the store at `path`; `create` makes a new one (and refuses an existing one).
+    pub fn open(path: &Path, create: bool) -> Result<Self, StoreError> {
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(create);
+        opts.set_error_if_exists(create);
+        opts.set_keep_log_file_num(4);
+        opts.increase_parallelism(2);
+        let db = rocksdb::DB::open(&opts, path)?;
+        Ok(Self { db: Arc::new(db) })
+    }
+
+    /// The underlying database (for the committer and maintenance tools).
+    pub fn db(&self) -> &rocksdb::DB {
+        &self.db
+    }
+
+    /// An identity by id.
+    pub fn identity(&self, id: &str) -> Result<Option<Identity>, StoreError> {
+        get_json(&*self.db, &keys::identity(id))
+    }
+
+    /// An identity by exact name.
+    pub fn identity_by_name(&self, name: &str) -> Result<Option<Identity>, StoreError> {
+        match self.db.get(keys::name(name))? {
+            Some(id) => self.identity(&String::from_utf8_lossy(&id)),
+            None => Ok(None),
+        }
+    }
+
+    /// The identity a certificate (by SHA-256 hex fingerprint) is bound to.
+    pub fn identity_by_fingerprint(
+        &self,
+        sha256_hex: &str,
+    ) -> Result<Option<Identity>, StoreError> {
+        match self.db.get(keys::fingerprint(sha256_hex))? {
+            Some(id) => self.identity(&String::from_utf8_lossy(&id)),
+            None => Ok(None),
+        }
+    }
+
+    /// The pending enrollment with this token.
+    pub fn enrollment_by_token(&self, token: &str) -> Result<Option<Enrollment>, StoreError> {
+        get_json(&*self.db, &keys::token(token))
+    }
+
+    /// The pending enrollment with this id.
+    pub fn enrollment(&self, id: &str) -> Result<Option<Enrollment>, StoreError> {
+        match self.db.get(keys::enrollment(id))? {
+            Some(token) => self.enrollment_by_token(&String::from_utf8_lossy(&token)),
+            None => Ok(None),
+        }
+    }
+
+    /// Identities in name order whose name satisfies `filter`, `limit` from `offset`.
+    pub fn list_identities(
+        &self,
+        offset: usize,
+        limit: usize,
+        filter: &dyn Fn(&str) -> bool,
+    ) -> Result<Page<Identity>, StoreError> {
+        let mut total = 0usize;
+        let mut ids = Vec::new();
+        for item in self.db.prefix_iterator(keys::NAME) {
+            let (k, v) = item?;
+            if !k.starts_with(keys::NAME) {
+                break;
+            }
+            let name = String::from_utf8_lossy(&k[keys::NAME.len()..]);
+            if filter(&name) {
+                if total >= offset && ids.len() < limit {
+                    ids.push(String::from_utf8_lossy(&v).into_owned());
+                }
+                total += 1;
+            }
+        }
+        let mut items = Vec::with_capacity(ids.len());
+        for id in ids {
+            if let Some(identity) = self.identity(&id)? {
+                items.push(identity);
+            }
+        }
+        Ok(Page { items, total })
+    }
+
+    /// Pending enrollments, ordered by id, `limit` from `offset`.
+    pub fn list_enrollments(
+        &self,
+        offset: usize,
+        limit: usize,
+    ) -> Result<Page<Enrollment>, StoreError> {
+        let mut total = 0usize;
+        let mut tokens = Vec::new();
+        for item in self.db.prefix_iterator(keys::ENROLLMENT) {
+            let (k, v) = item?;
+            if !k.starts_with(keys::ENROLLMENT) {
+                break;
+            }
+            if total >= offset && tokens.len() < limit {
+                tokens.push(String::from_utf8_lossy(&v).into_owned());
+            }
+            total += 1;
+        }
+        let mut items = Vec::with_capacity(tokens.len());
+        for t in tokens {
+            if let Some(e) = self.enrollment_by_token(&t)? {
+                items.push(e);
+            }
+        }
+        Ok(Page { items, total })
+    }
+
+    /// Applies commands at once, in one synced write, on the calling thread (used by
+    /// `init`, before any committer runs).
+    pub fn apply_now(
+        &self,
+        cmds: Vec<Command>,
+    ) -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
+        let mut batch = apply::Batch::new(&*self.db);
+        let results: Vec<_> = cmds.into_iter().map(|c| batch.apply(c)).collect();
+        let wb = batch.into_write_batch();
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(true);
+        self.db.write_opt(wb, &wo)?;
+        Ok(results)
+    }
+}

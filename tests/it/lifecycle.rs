@@ -1,0 +1,224 @@
+//! init, start, the public endpoints, stop, restart, the epoll fallback, RSA deployments.
+
+use std::collections::BTreeMap;
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::support::*;
+
+fn mode(p: &Path) -> u32 {
+    std::fs::metadata(p).unwrap().permissions().mode() & 0o777
+}
+
+fn tree(dir: &Path) -> BTreeMap<String, Vec<u8>> {
+    let mut out = BTreeMap::new();
+    for e in walk(dir) {
+        if e.is_file() {
+            out.insert(e.display().to_string(), std::fs::read(&e).unwrap());
+        }
+    }
+    out
+}
+
+fn walk(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for e in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = e.path();
+        if p.is_dir() {
+            out.extend(walk(&p));
+        }
+        out.push(p);
+    }
+    out
+}
+
+#[test]
+fn init_makes_private_files_and_refuses_to_run_twice() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    run_ok(
+        Command::new(BIN)
+            .args(["init", "--data-dir"])
+            .arg(&data)
+            .args(["--public-url", "https://gw.example.org:9443"]),
+    );
+    assert_eq!(mode(&data), 0o700);
+    assert_eq!(mode(&data.join("pki")), 0o700);
+    for f in [
+        "pki/ca.crt",
+        "pki/ca.key",
+        "pki/server.crt",
+        "pki/server.key",
+        "enrollgate.toml",
+        "admin.json",
+    ] {
+        assert_eq!(mode(&data.join(f)), 0o600, "{f}");
+    }
+    assert!(data.join("store/CURRENT").exists(), "a RocksDB store");
+    let cfg = std::fs::read_to_string(data.join("enrollgate.toml")).unwrap();
+    assert!(cfg.contains("public_url = \"https://gw.example.org:9443\""));
+    let admin: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(data.join("admin.json")).unwrap()).unwrap();
+    assert_eq!(admin["ztAPI"], "https://gw.example.org:9443/edge/client/v1");
+
+    // The server certificate names the public host and the loopback names.
+    let text = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-ext", "subjectAltName", "-in"])
+            .arg(data.join("pki/server.crt")),
+    );
+    for name in [
+        "DNS:localhost",
+        "DNS:gw.example.org",
+        "IP Address:127.0.0.1",
+        "IP Address:0:0:0:0:0:0:0:1",
+    ] {
+        assert!(text.contains(name), "{name} in {text}");
+    }
+    let verified = run_ok(
+        Command::new("openssl")
+            .args(["verify", "-CAfile"])
+            .arg(data.join("pki/ca.crt"))
+            .arg(data.join("pki/server.crt")),
+    );
+    assert!(verified.contains("OK"));
+
+    // A second init changes nothing.
+    let before = tree(&data);
+    let out = Command::new(BIN)
+        .args(["init", "--data-dir"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
+    assert_eq!(tree(&data), before);
+}
+
+#[test]
+fn version_and_cacerts_at_root_and_under_the_client_prefix() {
+    let gw = Gateway::start();
+    for prefix in ["", "/edge/client/v1"] {
+        let r = gw.request("GET", &format!("{prefix}/version"), &[], b"");
+        assert_eq!(r.status, 200);
+        let v = r.json().unwrap();
+        assert_eq!(
+            v["data"]["apiVersions"]["edge"]["v1"]["path"],
+            "/edge/client/v1"
+        );
+        assert!(v["data"]["version"].is_string());
+        assert_eq!(v["meta"], json!({}));
+
+        let r = gw.request(
+            "GET",
+            &format!("{prefix}/.well-known/est/cacerts"),
+            &[],
+            b"",
+        );
+        assert_eq!(r.status, 200);
+        assert_eq!(r.header("content-type"), Some("application/pkcs7-mime"));
+        let p7 = gw.dir.path().join("cacerts.b64");
+        std::fs::write(&p7, &r.body).unwrap();
+        let der = run_ok(Command::new("sh").arg("-c").arg(format!(
+            "base64 -d {} | openssl pkcs7 -inform DER -print_certs",
+            p7.display()
+        )));
+        assert!(
+            der.contains("subject=O = enrollgate, CN = enrollgate root CA"),
+            "{der}"
+        );
+    }
+}
+
+#[test]
+fn sigterm_stops_cleanly_and_enrollments_survive_a_restart() {
+    let mut gw = Gateway::start();
+    assert!(gw.log().contains("workers=2"), "{}", gw.log());
+    let (id, _, token) = gw.create_identity("durable", "Device", false);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let r = gw.request(
+        "POST",
+        &format!("/enroll?method=ott&token={token}"),
+        &[],
+        csr.as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+
+    let status = gw.stop();
+    assert!(status.success(), "exit status {status:?}\n{}", gw.log());
+    assert!(gw.log().contains("stopped"), "{}", gw.log());
+
+    gw.spawn(&[]);
+    let shown = gw
+        .mgmt("GET", &format!("/identities/{id}"), None)
+        .json()
+        .unwrap();
+    assert_eq!(shown["data"]["hasEnrolled"], true);
+    let r = gw.request(
+        "POST",
+        &format!("/enroll?method=ott&token={token}"),
+        &[],
+        csr.as_bytes(),
+    );
+    assert_eq!(
+        code(&r),
+        "INVALID_ENROLLMENT_TOKEN",
+        "a token is redeemed once, across restarts"
+    );
+}
+
+#[test]
+fn epoll_fallback_is_announced_and_serves() {
+    let gw = Gateway::start_with(|_| {}, &[("MONOIO_FORCE_LEGACY_DRIVER", "1")]);
+    assert!(
+        gw.log().contains("driver=\"epoll\"") || gw.log().contains("driver=epoll"),
+        "{}",
+        gw.log()
+    );
+    assert_eq!(gw.log().matches("io_uring is not available").count(), 1);
+    let out = gw.cli(&["identity", "create", "device", "epoll-dev", "-o", "e.jwt"]);
+    assert!(out.status.success());
+    let out = gw.cli(&["enroll", "--jwt", "e.jwt", "--out", "e.json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
+fn rsa_deployments_sign_rs256_and_enroll() {
+    let gw = Gateway::start_full(&["--key-type", "rsa"], |_| {}, &[]);
+    let (_, jwt, _) = gw.create_identity("old-sdk", "Device", false);
+    let (header, _) = enrollgate::token::jwt::peek(&jwt).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::RS256);
+    let text = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in"])
+            .arg(gw.ca_file()),
+    );
+    assert!(text.contains("Public-Key: (3072 bit)"), "{text}");
+    std::fs::write(gw.dir.path().join("old.jwt"), &jwt).unwrap();
+    let out = gw.cli(&[
+        "enroll",
+        "--jwt",
+        "old.jwt",
+        "--out",
+        "old.json",
+        "--key-type",
+        "rsa",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}

@@ -1,0 +1,10 @@
+//! Integration tests: the real daemon on loopback, real TLS, real RocksDB in a temp dir,
+//! driven by our CLI and client and by `openssl` and `curl`.
+
+#![allow(clippy::unwrap_used)]
+
+mod bad_input;
+mod lifecycle;
+mod management;
+mod ott;
+mod support;

@@ -1,0 +1,324 @@
+//! The management API: identities, enrollments, authorization.
+
+use std::process::Command;
+
+use serde_json::json;
+
+use crate::support::*;
+
+#[test]
+fn identities_are_created_listed_paged_filtered_shown_and_deleted() {
+    let gw = Gateway::start();
+    for i in 0..12 {
+        let kind = ["User", "Device", "Service"][i % 3];
+        gw.create_identity(&format!("dev-{i:02}"), kind, false);
+    }
+    gw.create_identity("other", "user", false);
+
+    let page = gw
+        .mgmt("GET", "/identities?limit=5&offset=3", None)
+        .json()
+        .unwrap();
+    assert_eq!(
+        page["meta"]["pagination"]["totalCount"], 14,
+        "12 + other + the admin"
+    );
+    assert_eq!(page["meta"]["pagination"]["limit"], 5);
+    assert_eq!(page["data"].as_array().unwrap().len(), 5);
+    let names: Vec<&str> = page["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap())
+        .collect();
+    assert_eq!(
+        names,
+        ["dev-02", "dev-03", "dev-04", "dev-05", "dev-06"],
+        "name order"
+    );
+
+    let big = gw.mgmt("GET", "/identities?limit=500", None);
+    assert_eq!(big.status, 200);
+    let filtered = gw
+        .mgmt(
+            "GET",
+            "/identities?filter=name%20contains%20%22dev-1%22",
+            None,
+        )
+        .json()
+        .unwrap();
+    assert_eq!(filtered["meta"]["pagination"]["totalCount"], 2);
+    let starts = gw
+        .mgmt(
+            "GET",
+            "/identities?filter=name%20startswith%20%22oth%22",
+            None,
+        )
+        .json()
+        .unwrap();
+    assert_eq!(starts["data"][0]["name"], "other");
+    assert_eq!(starts["data"][0]["type"], "User");
+
+    let bad = gw.mgmt("GET", "/identities?limit=0", None);
+    assert_eq!(
+        (bad.status, code(&bad).as_str()),
+        (400, "INVALID_PARAMETER")
+    );
+    let bad = gw.mgmt("GET", "/identities?filter=role%20%3D%20%22x%22", None);
+    assert_eq!(code(&bad), "INVALID_PARAMETER");
+
+    // Show, with the pending enrollment and its JWT.
+    let (id, jwt, token) = gw.create_identity("shown", "Device", false);
+    let shown = gw
+        .mgmt("GET", &format!("/identities/{id}"), None)
+        .json()
+        .unwrap();
+    let d = &shown["data"];
+    assert_eq!(d["name"], "shown");
+    assert_eq!(d["type"], "Device");
+    assert_eq!(d["isAdmin"], false);
+    assert_eq!(d["hasEnrolled"], false);
+    assert_eq!(d["enrollment"]["ott"]["jwt"], jwt.as_str());
+    let eid = d["enrollment"]["ott"]["id"].as_str().unwrap().to_string();
+    let jwt_resp = gw.mgmt("GET", &format!("/enrollments/{eid}/jwt"), None);
+    assert_eq!(jwt_resp.header("content-type"), Some("application/jwt"));
+    assert_eq!(String::from_utf8(jwt_resp.body).unwrap(), jwt);
+
+    // The JWT: signed by the listener's key, claims as DESIGN.md says.
+    let (header, claims) = enrollgate::token::jwt::peek(&jwt).unwrap();
+    assert_eq!(header.alg, jsonwebtoken::Algorithm::ES256);
+    assert_eq!(claims.iss, gw.url());
+    assert_eq!(claims.sub, id);
+    assert_eq!(claims.jti, token);
+    assert_eq!(claims.em, "ott");
+    let exp = claims.exp.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    assert!(
+        (exp - now - 86_400).abs() < 120,
+        "exp is 24 h out: {exp} vs {now}"
+    );
+
+    // Duplicate names are refused.
+    let dup = gw.mgmt(
+        "POST",
+        "/identities",
+        Some(&json!({"name": "shown", "type": "User"})),
+    );
+    assert_eq!((dup.status, code(&dup).as_str()), (409, "NAME_IN_USE"));
+
+    // Delete: gone, and its token with it.
+    let del = gw.mgmt("DELETE", &format!("/identities/{id}"), None);
+    assert_eq!(del.status, 200);
+    assert_eq!(
+        gw.mgmt("GET", &format!("/identities/{id}"), None).status,
+        404
+    );
+    let resp = gw.request(
+        "POST",
+        &format!("/enroll?method=ott&token={token}"),
+        &[],
+        b"x",
+    );
+    assert_eq!(code(&resp), "INVALID_ENROLLMENT_TOKEN");
+    assert_eq!(
+        gw.mgmt("DELETE", &format!("/identities/{id}"), None).status,
+        404
+    );
+}
+
+#[test]
+fn bad_create_requests_are_refused_with_their_codes() {
+    let gw = Gateway::start();
+    let before = gw.snapshot();
+    let cases = [
+        (json!({"type": "User"}), "COULD_NOT_PARSE_BODY"),
+        (
+            json!({"name": "x", "type": "Router"}),
+            "COULD_NOT_PARSE_BODY",
+        ),
+        (json!({"name": " padded", "type": "User"}), "INVALID_NAME"),
+        (json!({"name": "", "type": "User"}), "INVALID_NAME"),
+        (
+            json!({"name": "x", "enrollment": {"ottca": "someca"}}),
+            "INVALID_ENROLL_METHOD",
+        ),
+        (
+            json!({"name": "x", "enrollment": {"updb": "x"}}),
+            "INVALID_ENROLL_METHOD",
+        ),
+        (json!({"name": 5}), "COULD_NOT_PARSE_BODY"),
+    ];
+    for (body, want) in cases {
+        let r = gw.mgmt("POST", "/identities", Some(&body));
+        assert_eq!(code(&r), want, "{body}");
+        assert_eq!(r.status, 400, "{body}");
+    }
+    let r = gw.request_as(
+        &gw.admin_file(),
+        "POST",
+        "/edge/management/v1/identities",
+        None,
+    );
+    assert_eq!(r.status, 400, "an empty body has no name");
+    assert_eq!(gw.snapshot(), before);
+}
+
+#[test]
+fn expired_tokens_are_refused_and_can_be_reissued() {
+    let gw = Gateway::start();
+    let dir = gw.dir.path();
+    let (id, _, _) = gw.create_identity("late", "Device", false);
+    // A token that expires in a second.
+    let soon = humantime::format_rfc3339_seconds(
+        std::time::SystemTime::now() + std::time::Duration::from_secs(1),
+    )
+    .to_string();
+    let e = gw.mgmt(
+        "POST",
+        "/enrollments",
+        Some(&json!({"identityId": id, "method": "ott", "expiresAt": soon})),
+    );
+    assert_eq!(e.status, 201, "{}", String::from_utf8_lossy(&e.body));
+    let e = e.json().unwrap();
+    let token = e["data"]["token"].as_str().unwrap().to_string();
+    std::thread::sleep(std::time::Duration::from_millis(2100));
+
+    let (_, csr) = openssl_csr(
+        dir,
+        "late",
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    );
+    let csr = std::fs::read(&csr).unwrap();
+    let before = gw.snapshot();
+    let r = gw.request(
+        "POST",
+        &format!("/enroll?method=ott&token={token}"),
+        &[],
+        &csr,
+    );
+    assert_eq!((r.status, code(&r).as_str()), (400, "ENROLLMENT_EXPIRED"));
+    assert_eq!(gw.snapshot(), before, "an expired token changes nothing");
+
+    // The CLI says so without contacting the server.
+    std::fs::write(dir.join("late.jwt"), e["data"]["jwt"].as_str().unwrap()).unwrap();
+    let out = gw.cli(&["enroll", "--jwt", "late.jwt", "--out", "late.json"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("ENROLLMENT_EXPIRED"));
+
+    // Re-issue: a new token works, the old stays dead.
+    let out = gw.cli(&["identity", "reissue", "late", "-o", "late2.jwt"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = gw.cli(&["enroll", "--jwt", "late2.jwt", "--out", "late.json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = gw.request(
+        "POST",
+        &format!("/enroll?method=ott&token={token}"),
+        &[],
+        &csr,
+    );
+    assert_eq!(code(&r), "INVALID_ENROLLMENT_TOKEN");
+
+    // Once enrolled, no more tokens.
+    let r = gw.mgmt("POST", "/enrollments", Some(&json!({"identityId": id})));
+    assert_eq!((r.status, code(&r).as_str()), (409, "INVALID_STATE"));
+}
+
+#[test]
+fn management_needs_an_admin_certificate() {
+    let gw = Gateway::start();
+    // No client certificate at all (curl, a client we did not write).
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(gw.ca_file())
+        .arg(format!("{}/edge/management/v1/identities", gw.url()))
+        .output()
+        .unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["error"]["code"], "UNAUTHORIZED");
+    assert!(v["error"]["requestId"]
+        .as_str()
+        .is_some_and(|s| !s.is_empty()));
+
+    // The admin's certificate, through curl.
+    let admin: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(gw.admin_file()).unwrap()).unwrap();
+    let dir = gw.dir.path();
+    std::fs::write(
+        dir.join("admin.crt"),
+        admin["id"]["cert"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("pem:"),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("admin.key"),
+        admin["id"]["key"]
+            .as_str()
+            .unwrap()
+            .trim_start_matches("pem:"),
+    )
+    .unwrap();
+    let out = run_ok(
+        Command::new("curl")
+            .args(["-sS", "--fail-with-body", "--cacert"])
+            .arg(gw.ca_file())
+            .arg("--cert")
+            .arg(dir.join("admin.crt"))
+            .arg("--key")
+            .arg(dir.join("admin.key"))
+            .arg(format!("{}/edge/management/v1/identities", gw.url())),
+    );
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["data"][0]["isAdmin"], true);
+
+    // A certificate from another CA does not even complete the handshake.
+    let other = tempfile::tempdir().unwrap();
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-x509",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-subj",
+                "/CN=stranger",
+                "-days",
+                "1",
+                "-keyout",
+            ])
+            .arg(other.path().join("k.pem"))
+            .arg("-out")
+            .arg(other.path().join("c.pem")),
+    );
+    let out = Command::new("curl")
+        .args(["-sS", "--cacert"])
+        .arg(gw.ca_file())
+        .arg("--cert")
+        .arg(other.path().join("c.pem"))
+        .arg("--key")
+        .arg(other.path().join("k.pem"))
+        .arg(format!("{}/edge/management/v1/identities", gw.url()))
+        .output()
+        .unwrap();
+    assert!(
+        !out.status.success(),
+        "a stranger's certificate must not be accepted"
+    );
+    // ... and the gateway keeps serving.
+    assert_eq!(gw.request("GET", "/version", &[], b"").status, 200);
+}
