@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 
+use crate::ca::chain::{CaRegistry, WorkerCas};
 use crate::clock::Clock;
 use crate::config::{Config, PublicUrl};
 use crate::pki::{self, IssuePolicy, Signer};
@@ -32,6 +33,9 @@ pub enum SetupError {
     /// PKCS#7.
     #[error("CA bundle: {0}")]
     Pkcs7(#[from] pki::pkcs7::Pkcs7Error),
+    /// The store.
+    #[error("store: {0}")]
+    Store(#[from] crate::store::StoreError),
 }
 
 /// State shared by all workers.
@@ -52,6 +56,12 @@ pub struct Shared {
     pub ca_bundle_pem: String,
     /// Base64 of the certs-only PKCS#7 served at `/.well-known/est/cacerts`.
     pub cacerts_b64: String,
+    /// Third-party CAs, parsed; workers follow changes through [`WorkerCtx::cas`].
+    pub cas: CaRegistry,
+    /// API sessions made by `POST /authenticate?method=cert`.
+    pub sessions: crate::api::auth::Sessions,
+    /// The internal CA certificate (DER).
+    pub internal_ca_der: Vec<u8>,
     ca_der: Vec<u8>,
     ca_key_path: std::path::PathBuf,
     server_cert_der: Vec<u8>,
@@ -87,8 +97,8 @@ impl Shared {
         let tls = tls::server_config(ServerTls {
             chain: server_chain.iter().map(|d| d.clone().into()).collect(),
             key: rustls_pki_types::PrivatePkcs8KeyDer::from(key_der).into(),
-            client_roots: ca_chain.iter().map(|d| d.clone().into()).collect(),
         })?;
+        let cas = CaRegistry::load(&store)?;
         let ca_bundle_pem = pki::pem_of_certs(&ca_chain);
         let cacerts_b64 =
             base64::engine::general_purpose::STANDARD.encode(pki::pkcs7::certs_only(&ca_chain)?);
@@ -105,6 +115,9 @@ impl Shared {
             tls,
             ca_bundle_pem,
             cacerts_b64,
+            cas,
+            sessions: crate::api::auth::Sessions::default(),
+            internal_ca_der: ca_chain[0].clone(),
         };
         // Fail at start, not on the first request, if a worker could not load its keys.
         shared.worker_keys()?;
@@ -144,6 +157,8 @@ pub struct WorkerCtx {
     pub jwt: JwtSigner,
     /// Worker number.
     pub index: usize,
+    /// This worker's view of the third-party CAs.
+    pub cas: WorkerCas,
 }
 
 impl std::fmt::Debug for WorkerCtx {
@@ -163,6 +178,7 @@ impl WorkerCtx {
             signer,
             jwt,
             index,
+            cas: WorkerCas::new(),
         })
     }
 }

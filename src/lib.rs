@@ -32,6 +32,7 @@
 
 pub mod api;
 pub mod app;
+pub mod ca;
 pub mod cli;
 pub mod client;
 pub mod clock;

@@ -155,6 +155,53 @@ impl std::fmt::Debug for Enrollment {
     }
 }
 
+/// The default `identityNameFormat` of a third-party CA.
+pub const DEFAULT_NAME_FORMAT: &str = "[caName]-[commonName]";
+
+/// A third-party CA uploaded by an operator, whose certificates may enroll (`ottca`, `ca`)
+/// and authenticate.
+#[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Ca {
+    /// Opaque id.
+    pub id: String,
+    /// Unique name (I2).
+    pub name: String,
+    /// The CA certificate, PEM.
+    pub cert_pem: String,
+    /// Lower-case hex SHA-256 of the CA certificate's DER (unique among CAs).
+    pub fingerprint: String,
+    /// The operator proved possession of the CA key (`POST /cas/{id}/verify`).
+    pub is_verified: bool,
+    /// The common name the proof-of-possession certificate must carry, until verified.
+    pub verification_token: String,
+    /// Certificates from this CA may create identities on the spot (method `ca`).
+    pub is_auto_ca_enrollment_enabled: bool,
+    /// Certificates from this CA may redeem `ottca` tokens.
+    pub is_ott_ca_enrollment_enabled: bool,
+    /// Identities bound to certificates from this CA may authenticate.
+    pub is_auth_enabled: bool,
+    /// Role attributes given to identities this CA auto-enrolls.
+    pub identity_roles: Vec<String>,
+    /// Template of auto-enrolled identities' names.
+    pub identity_name_format: String,
+    /// Creation time.
+    pub created_at: UnixTime,
+    /// Last change.
+    pub updated_at: UnixTime,
+}
+
+impl std::fmt::Debug for Ca {
+    // The verification token is a (weak) secret until the CA is verified.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Ca")
+            .field("id", &self.id)
+            .field("name", &self.name)
+            .field("fingerprint", &self.fingerprint)
+            .field("is_verified", &self.is_verified)
+            .finish_non_exhaustive()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -6,12 +6,16 @@ use serde_json::json;
 
 use super::{json_body, method_not_allowed, ApiError, Peer, Request};
 use crate::app::WorkerCtx;
-use crate::enroll::check_token;
+use x509_parser::prelude::*;
+
+use crate::ca::name::NameVars;
+use crate::clock::{rfc3339, UnixTime};
+use crate::enroll::{check_token, validate_name};
 use crate::http::query::param;
 use crate::http::Response;
-use crate::model::{Authenticator, Method};
+use crate::model::{Authenticator, Identity, IdentityType, Method};
 use crate::pki::{csr, fingerprint};
-use crate::store::Command;
+use crate::store::{Command, Outcome};
 
 /// Media types accepted for a CSR body (and none at all).
 pub const CSR_MEDIA_TYPES: [&str; 3] =
@@ -56,7 +60,14 @@ pub(super) async fn route(
                         && !req.head.accepts("application/json");
                     enroll_ott(w, token, &req.body, want_pem).await
                 }
-                other => not_enabled(other),
+                Method::Ottca => {
+                    let token = param(&req.head.query, "token");
+                    enroll_ottca(w, peer, token).await
+                }
+                Method::Ca => {
+                    let name = requested_name(req)?;
+                    enroll_ca(w, peer, name).await
+                }
             }
         }
         "/enroll/ott" => {
@@ -75,18 +86,44 @@ pub(super) async fn route(
             })?;
             enroll_ott(w, body.token, csr.as_bytes(), false).await
         }
-        "/enroll/ottca" | "/enroll/ca" => {
+        "/enroll/ottca" => {
             if method != "POST" {
                 return Err(method_not_allowed(req, "POST"));
             }
-            let em = if path == "/enroll/ca" {
-                Method::Ca
-            } else {
-                Method::Ottca
-            };
-            let _ = peer;
-            not_enabled(em)
+            #[derive(Deserialize)]
+            struct Body {
+                token: Option<String>,
+            }
+            let body: Body = json_body(req)?;
+            enroll_ottca(w, peer, body.token).await
         }
+        "/enroll/ca" => {
+            if method != "POST" {
+                return Err(method_not_allowed(req, "POST"));
+            }
+            let name = requested_name(req)?;
+            enroll_ca(w, peer, name).await
+        }
+        "/authenticate" => {
+            if method != "POST" {
+                return Err(method_not_allowed(req, "POST"));
+            }
+            match param(&req.head.query, "method").as_deref() {
+                Some("cert") => authenticate_cert(w, peer),
+                other => Err(ApiError::InvalidAuth(format!(
+                    "authentication method '{}' is not supported; use method=cert",
+                    other
+                        .unwrap_or_default()
+                        .chars()
+                        .take(32)
+                        .collect::<String>()
+                ))),
+            }
+        }
+        "/current-identity" => match method {
+            "GET" | "HEAD" => current_identity(w, req),
+            _ => Err(method_not_allowed(req, "GET")),
+        },
         _ => Err(ApiError::NotFound(format!(
             "no such resource: {}",
             req.head.path
@@ -104,15 +141,213 @@ fn version() -> Response {
             "edge-client": v1(super::CLIENT_PREFIX),
             "edge-management": v1(super::MANAGEMENT_PREFIX),
         },
-        "capabilities": ["OTT_ENROLLMENT"],
+        "capabilities": ["OTT_ENROLLMENT", "OTTCA_ENROLLMENT", "CA_AUTO_ENROLLMENT", "CERT_AUTHENTICATION"],
     }))
 }
 
-fn not_enabled(em: Method) -> Result<Response, ApiError> {
-    Err(ApiError::InvalidEnrollMethod(format!(
-        "enrollment method '{}' is not available on this gateway: it has no third-party CAs",
-        em.as_str()
-    )))
+/// The optional `{"name": ...}` body of a `ca` enrollment.
+fn requested_name(req: &Request) -> Result<Option<String>, ApiError> {
+    #[derive(Deserialize)]
+    struct Body {
+        name: Option<String>,
+    }
+    let body: Body = json_body(req)?;
+    match body.name {
+        Some(n) if n.is_empty() => Ok(None),
+        Some(n) => {
+            validate_name(&n)?;
+            Ok(Some(n))
+        }
+        None => Ok(None),
+    }
+}
+
+/// The authenticator of a certificate the client presented (not issued by us).
+fn presented_authenticator(
+    leaf: &[u8],
+    method: Method,
+    now: UnixTime,
+) -> Result<Authenticator, ApiError> {
+    let (_, cert) = X509Certificate::from_der(leaf).map_err(|_| {
+        ApiError::CertificateFailedValidation("the client certificate does not parse".into())
+    })?;
+    Ok(Authenticator {
+        fingerprint_sha256: fingerprint::sha256_hex(leaf),
+        fingerprint_sha1: fingerprint::sha1_hex(leaf),
+        cert_pem: crate::pki::pem_encode("CERTIFICATE", leaf),
+        issued_by_network: false,
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+        method,
+        created_at: now,
+    })
+}
+
+/// Redeems an `ottca` token with the client certificate chain of the token's CA.
+async fn enroll_ottca(
+    w: &WorkerCtx,
+    peer: &Peer,
+    token: Option<String>,
+) -> Result<Response, ApiError> {
+    let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
+        ApiError::InvalidEnrollmentToken("the request has no enrollment token".into())
+    })?;
+    if !crate::ids::is_well_formed(&token) {
+        return Err(crate::enroll::EnrollError::UnknownToken.into());
+    }
+    let shared = &w.shared;
+    let now = shared.clock.unix_now();
+    let enrollment = shared.store.enrollment_by_token(&token)?;
+    let enrollment = check_token(enrollment.as_ref(), Method::Ottca, now)?;
+    let leaf = peer.chain.first().ok_or_else(|| {
+        ApiError::CertificateFailedValidation(
+            "ottca enrollment needs a client certificate from the enrollment's CA".into(),
+        )
+    })?;
+    let cas = w.cas.current(&shared.cas);
+    let ca_id = enrollment.ca_id.clone().unwrap_or_default();
+    match cas.get(&ca_id) {
+        Some(ca) if ca.is_verified && ca.is_ott_ca_enrollment_enabled => {}
+        Some(_) => {
+            return Err(ApiError::EnrollmentCaNotValid(
+                "the enrollment's CA is not verified or does not allow ottca enrollment".into(),
+            ))
+        }
+        None => {
+            return Err(ApiError::EnrollmentCaNotValid(
+                "the enrollment's CA no longer exists".into(),
+            ))
+        }
+    }
+    cas.verify(&peer.chain, now, "ottca enrollment", |ca| ca.id == ca_id)
+        .map_err(|e| ApiError::CertificateFailedValidation(e.to_string()))?;
+    let authenticator = presented_authenticator(leaf, Method::Ottca, now)?;
+    shared
+        .commit
+        .submit(Command::Redeem {
+            method: Method::Ottca,
+            ca_id: Some(ca_id),
+            token,
+            identity_id: enrollment.identity_id.clone(),
+            authenticator,
+            now,
+        })
+        .await?;
+    tracing::info!(identity_id = %enrollment.identity_id, method = "ottca", "identity enrolled");
+    Ok(Response::data(json!({})))
+}
+
+/// CA auto-enrollment: the identity is created on the spot for a chain from a verified CA
+/// that allows it.
+async fn enroll_ca(
+    w: &WorkerCtx,
+    peer: &Peer,
+    requested: Option<String>,
+) -> Result<Response, ApiError> {
+    let shared = &w.shared;
+    let leaf = peer.chain.first().ok_or_else(|| {
+        ApiError::CertFailedValidation("CA auto-enrollment needs a client certificate".into())
+    })?;
+    let now = shared.clock.unix_now();
+    let cas = w.cas.current(&shared.cas);
+    let ca = cas
+        .verify(&peer.chain, now, "auto-enrollment", |ca| {
+            ca.is_verified && ca.is_auto_ca_enrollment_enabled
+        })
+        .map_err(|e| ApiError::CertFailedValidation(e.to_string()))?;
+    let fp = fingerprint::sha256_hex(leaf);
+    if shared.store.identity_by_fingerprint(&fp)?.is_some() {
+        return Err(ApiError::CertInUse(
+            "this certificate is already bound to an identity".into(),
+        ));
+    }
+    let identity_id = crate::ids::new_id().map_err(|e| ApiError::Unhandled(e.to_string()))?;
+    let cn = crate::ca::chain::common_name(leaf);
+    let base = crate::ca::name::render(
+        &ca.identity_name_format,
+        &NameVars {
+            ca_name: &ca.name,
+            ca_id: &ca.id,
+            common_name: cn.as_deref(),
+            requested_name: requested.as_deref(),
+            identity_id: &identity_id,
+        },
+    )
+    .map_err(|e| ApiError::InvalidCommonName(e.to_string()))?;
+    if base.len() > crate::enroll::MAX_NAME_LEN - 7 {
+        return Err(ApiError::InvalidName(format!(
+            "the identity name would be longer than {} bytes",
+            crate::enroll::MAX_NAME_LEN - 7
+        )));
+    }
+    validate_name(&base)?;
+    let identity = Identity {
+        id: identity_id,
+        name: base,
+        kind: IdentityType::Device,
+        is_admin: false,
+        role_attributes: ca.identity_roles.clone(),
+        created_at: now,
+        updated_at: now,
+        enrollment_id: None,
+        authenticator: Some(presented_authenticator(leaf, Method::Ca, now)?),
+    };
+    let outcome = shared
+        .commit
+        .submit(Command::AutoEnroll {
+            ca_id: ca.id.clone(),
+            identity,
+        })
+        .await
+        .map_err(|e| match e {
+            crate::store::StoreError::CaNotUsable(m) => ApiError::CertFailedValidation(m),
+            other => other.into(),
+        })?;
+    let Outcome::Identity(created) = outcome else {
+        return Err(ApiError::Unhandled("unexpected store outcome".into()));
+    };
+    tracing::info!(identity_id = %created.id, ca_id = %ca.id, method = "ca", "identity auto-enrolled");
+    Ok(Response::data(json!({ "id": created.id })))
+}
+
+/// `POST /authenticate?method=cert`: an API session for the identity the certificate is
+/// bound to.
+fn authenticate_cert(w: &WorkerCtx, peer: &Peer) -> Result<Response, ApiError> {
+    let now = w.shared.clock.unix_now();
+    let identity = super::auth::authenticate(w, peer, now).map_err(|e| match e {
+        super::auth::AuthError::Store(m) => ApiError::Unhandled(m),
+        other => ApiError::InvalidAuth(other.to_string()),
+    })?;
+    let (token, expires_at) = w.shared.sessions.create(&identity.id, now)?;
+    Ok(Response::data(json!({
+        "token": token,
+        "expiresAt": rfc3339(expires_at),
+        "identity": { "id": identity.id, "name": identity.name },
+        "isAdmin": identity.is_admin,
+    }))
+    .with_header("zt-session", token))
+}
+
+/// `GET /current-identity` with a `zt-session` header.
+fn current_identity(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
+    let now = w.shared.clock.unix_now();
+    let session = req
+        .head
+        .header("zt-session")
+        .and_then(|t| w.shared.sessions.get(t, now))
+        .ok_or_else(|| ApiError::Unauthorized("a valid zt-session header is required".into()))?;
+    let identity = w
+        .shared
+        .store
+        .identity(&session.identity_id)?
+        .ok_or_else(|| ApiError::Unauthorized("the session's identity no longer exists".into()))?;
+    Ok(Response::data(json!({
+        "id": identity.id,
+        "name": identity.name,
+        "type": identity.kind.as_str(),
+        "isAdmin": identity.is_admin,
+        "roleAttributes": identity.role_attributes,
+    })))
 }
 
 fn check_csr_media(req: &Request) -> Result<(), ApiError> {
@@ -164,7 +399,9 @@ async fn enroll_ott(
     };
     shared
         .commit
-        .submit(Command::RedeemOtt {
+        .submit(Command::Redeem {
+            method: Method::Ott,
+            ca_id: None,
             token,
             identity_id: enrollment.identity_id.clone(),
             authenticator,

@@ -25,6 +25,26 @@ pub enum ApiError {
     /// `CERT_FAILED_VALIDATION` 400: no verified auto-enrollment CA accepts the chain.
     #[error("{0}")]
     CertFailedValidation(String),
+    /// `CERTIFICATE_FAILED_VALIDATION` 400: an `ottca` chain or a CA proof of possession
+    /// does not verify.
+    #[error("{0}")]
+    CertificateFailedValidation(String),
+    /// `ENROLLMENT_CA_NOT_VALID` 400: the CA of an `ottca` token is gone or disabled.
+    #[error("{0}")]
+    EnrollmentCaNotValid(String),
+    /// `INVALID_COMMON_NAME` 400: the proof-of-possession certificate's CN is not the
+    /// verification token, or a name template needs a CN the certificate lacks.
+    #[error("{0}")]
+    InvalidCommonName(String),
+    /// `EXPECTED_PEM_CERTIFICATE` 400: a body that should be a PEM certificate is not.
+    #[error("{0}")]
+    ExpectedPemCertificate(String),
+    /// `CA_ALREADY_VERIFIED` 409.
+    #[error("{0}")]
+    CaAlreadyVerified(String),
+    /// `CA_EXISTS` 409: a CA with the same certificate exists.
+    #[error("{0}")]
+    CaExists(String),
     /// `CERT_IN_USE` 409: the certificate is already bound to an identity.
     #[error("{0}")]
     CertInUse(String),
@@ -44,6 +64,9 @@ pub enum ApiError {
     /// (e.g. refreshing a token of an identity that has already enrolled).
     #[error("{0}")]
     InvalidState(String),
+    /// `INVALID_AUTH` 401: `/authenticate` with a certificate that does not authenticate.
+    #[error("{0}")]
+    InvalidAuth(String),
     /// `UNAUTHORIZED` 401: the management API needs an admin's client certificate.
     #[error("{0}")]
     Unauthorized(String),
@@ -95,12 +118,19 @@ impl ApiError {
             Self::InvalidEnrollMethod(_) => (400, "INVALID_ENROLL_METHOD"),
             Self::CouldNotProcessCsr(_) => (400, "COULD_NOT_PROCESS_CSR"),
             Self::CertFailedValidation(_) => (400, "CERT_FAILED_VALIDATION"),
+            Self::CertificateFailedValidation(_) => (400, "CERTIFICATE_FAILED_VALIDATION"),
+            Self::EnrollmentCaNotValid(_) => (400, "ENROLLMENT_CA_NOT_VALID"),
+            Self::InvalidCommonName(_) => (400, "INVALID_COMMON_NAME"),
+            Self::ExpectedPemCertificate(_) => (400, "EXPECTED_PEM_CERTIFICATE"),
+            Self::CaAlreadyVerified(_) => (409, "CA_ALREADY_VERIFIED"),
+            Self::CaExists(_) => (409, "CA_EXISTS"),
             Self::CertInUse(_) => (409, "CERT_IN_USE"),
             Self::NameInUse(_) => (409, "NAME_IN_USE"),
             Self::InvalidName(_) => (400, "INVALID_NAME"),
             Self::CouldNotParseBody(_) => (400, "COULD_NOT_PARSE_BODY"),
             Self::InvalidParameter(_) => (400, "INVALID_PARAMETER"),
             Self::InvalidState(_) => (409, "INVALID_STATE"),
+            Self::InvalidAuth(_) => (401, "INVALID_AUTH"),
             Self::Unauthorized(_) => (401, "UNAUTHORIZED"),
             Self::NotFound(_) => (404, "NOT_FOUND"),
             Self::MethodNotAllowed(_) => (405, "METHOD_NOT_ALLOWED"),
@@ -159,6 +189,9 @@ impl From<StoreError> for ApiError {
             StoreError::CertInUse => Self::CertInUse(msg),
             StoreError::NotFound(_) => Self::NotFound(msg),
             StoreError::InvalidState(_) => Self::InvalidState(msg),
+            StoreError::CaExists => Self::CaExists(msg),
+            StoreError::CaAlreadyVerified => Self::CaAlreadyVerified(msg),
+            StoreError::CaNotUsable(_) => Self::EnrollmentCaNotValid(msg),
             StoreError::Busy => Self::RateLimited {
                 message: msg,
                 retry_after: 1,

@@ -49,6 +49,15 @@ pub(super) async fn route(
             Ok(Response::bytes(200, "application/jwt", e.jwt.into_bytes()))
         }
         (["enrollments", id, "refresh"], "POST") => refresh_enrollment(w, req, id).await,
+        (["cas"], "GET") => super::cas::list(w),
+        (["cas"], "POST") => super::cas::create(w, req).await,
+        (["cas"], _) => Err(method_not_allowed(req, "GET or POST")),
+        (["cas", id], "GET") => Ok(Response::data(super::cas::view(&super::cas::find(w, id)?))),
+        (["cas", id], "PATCH" | "PUT") => super::cas::update(w, req, id).await,
+        (["cas", id], "DELETE") => super::cas::delete(w, id).await,
+        (["cas", _], _) => Err(method_not_allowed(req, "GET, PATCH or DELETE")),
+        (["cas", id, "verify"], "POST") => super::cas::verify(w, req, id).await,
+        (["cas", id, "jwt"], "GET") => super::cas::jwt(w, id),
         _ => Err(ApiError::NotFound(format!(
             "no such resource: {}",
             req.head.path
@@ -172,10 +181,12 @@ async fn delete_identity(w: &WorkerCtx, id: &str) -> Result<Response, ApiError> 
     Ok(Response::data(json!({})))
 }
 
-/// Builds a new `ott` enrollment (token + signed JWT) for `identity_id`.
-fn new_ott_enrollment(
+/// Builds a new one-time enrollment (`ott`, or `ottca` bound to `ca_id`).
+fn new_enrollment(
     w: &WorkerCtx,
     identity_id: &str,
+    method: Method,
+    ca_id: Option<String>,
     now: UnixTime,
     expires_at: Option<UnixTime>,
 ) -> Result<Enrollment, ApiError> {
@@ -185,14 +196,14 @@ fn new_ott_enrollment(
     let expires_at = expires_at.unwrap_or_else(|| now.saturating_add(ttl));
     let jwt = w
         .jwt
-        .sign(identity_id, &token, Method::Ott, Some(expires_at))
+        .sign(identity_id, &token, method, Some(expires_at))
         .map_err(|e| ApiError::Unhandled(e.to_string()))?;
     Ok(Enrollment {
         id: crate::ids::new_id().map_err(rand_err)?,
         token,
-        method: Method::Ott,
+        method,
         identity_id: identity_id.to_string(),
-        ca_id: None,
+        ca_id,
         created_at: now,
         expires_at,
         jwt,
@@ -262,32 +273,49 @@ async fn create_identity(w: &WorkerCtx, req: &Request) -> Result<Response, ApiEr
             "'roleAttributes' takes at most 100 non-empty strings of at most 255 bytes".into(),
         ));
     }
-    let wants_ott = match &body.enrollment {
-        None => false,
+    let wanted = match &body.enrollment {
+        None => None,
         Some(spec) => {
-            if spec.ottca.is_some() {
-                return Err(ApiError::InvalidEnrollMethod(
-                    "enrollment method 'ottca' is not available on this gateway: it has no third-party CAs".into(),
-                ));
-            }
             if spec.updb.is_some() {
                 return Err(ApiError::InvalidEnrollMethod(
                     "enrollment method 'updb' (passwords) is not supported: enrollgate enrolls certificates".into(),
                 ));
             }
-            !matches!(
+            let ott = !matches!(
                 spec.ott,
                 None | Some(serde_json::Value::Bool(false)) | Some(serde_json::Value::Null)
-            )
+            );
+            match (&spec.ottca, ott) {
+                (Some(_), true) => {
+                    return Err(ApiError::InvalidEnrollMethod(
+                        "choose one enrollment method: 'ott' or 'ottca'".into(),
+                    ))
+                }
+                (Some(serde_json::Value::String(ca_id)), false) => {
+                    let ca = super::cas::find(w, ca_id).map_err(|_| {
+                        ApiError::EnrollmentCaNotValid(format!(
+                            "no CA with id '{}' for the ottca enrollment",
+                            ca_id.chars().take(64).collect::<String>()
+                        ))
+                    })?;
+                    Some((Method::Ottca, Some(ca.id)))
+                }
+                (Some(_), false) => {
+                    return Err(ApiError::CouldNotParseBody(
+                        "'enrollment.ottca' must be the id of a CA".into(),
+                    ))
+                }
+                (None, true) => Some((Method::Ott, None)),
+                (None, false) => None,
+            }
         }
     };
 
     let now = w.shared.clock.unix_now();
     let id = crate::ids::new_id().map_err(|e| ApiError::Unhandled(e.to_string()))?;
-    let enrollment = if wants_ott {
-        Some(new_ott_enrollment(w, &id, now, None)?)
-    } else {
-        None
+    let enrollment = match wanted {
+        Some((method, ca_id)) => Some(new_enrollment(w, &id, method, ca_id, now, None)?),
+        None => None,
     };
     let identity = Identity {
         id,
@@ -329,11 +357,13 @@ fn list_enrollments(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> 
 async fn replace_enrollment(
     w: &WorkerCtx,
     identity_id: &str,
+    method: Method,
+    ca_id: Option<String>,
     expires_at: Option<&str>,
 ) -> Result<Response, ApiError> {
     let now = w.shared.clock.unix_now();
     let expires_at = parse_expires_at(expires_at, now)?;
-    let e = new_ott_enrollment(w, identity_id, now, expires_at)?;
+    let e = new_enrollment(w, identity_id, method, ca_id, now, expires_at)?;
     w.shared
         .commit
         .submit(Command::ReplaceEnrollment {
@@ -341,7 +371,7 @@ async fn replace_enrollment(
             enrollment: e.clone(),
         })
         .await?;
-    tracing::info!(identity_id = %identity_id, "enrollment token issued");
+    tracing::info!(identity_id = %identity_id, method = method.as_str(), "enrollment token issued");
     Ok(Response::json(
         201,
         &json!({ "data": views::enrollment(&e), "meta": {} }),
@@ -354,23 +384,36 @@ async fn create_enrollment(w: &WorkerCtx, req: &Request) -> Result<Response, Api
     struct Body {
         identity_id: Option<String>,
         method: Option<String>,
+        ca_id: Option<String>,
         expires_at: Option<String>,
     }
     let body: Body = json_body(req)?;
     let identity_id = body
         .identity_id
         .ok_or_else(|| ApiError::CouldNotParseBody("the body has no 'identityId'".into()))?;
-    match body.method.as_deref() {
-        None | Some("ott") => {}
+    let (method, ca_id) = match body.method.as_deref() {
+        None | Some("ott") => (Method::Ott, None),
+        Some("ottca") => {
+            let ca_id = body.ca_id.ok_or_else(|| {
+                ApiError::CouldNotParseBody("an ottca enrollment needs 'caId'".into())
+            })?;
+            let ca = super::cas::find(w, &ca_id).map_err(|_| {
+                ApiError::EnrollmentCaNotValid(format!(
+                    "no CA with id '{}'",
+                    ca_id.chars().take(64).collect::<String>()
+                ))
+            })?;
+            (Method::Ottca, Some(ca.id))
+        }
         Some(other) => {
             return Err(ApiError::InvalidEnrollMethod(format!(
-                "only 'ott' enrollments can be created here, not '{}'",
+                "only 'ott' and 'ottca' enrollments can be created, not '{}'",
                 other.chars().take(32).collect::<String>()
             )))
         }
-    }
+    };
     find_identity(w, &identity_id)?;
-    replace_enrollment(w, &identity_id, body.expires_at.as_deref()).await
+    replace_enrollment(w, &identity_id, method, ca_id, body.expires_at.as_deref()).await
 }
 
 async fn refresh_enrollment(w: &WorkerCtx, req: &Request, id: &str) -> Result<Response, ApiError> {
@@ -381,5 +424,13 @@ async fn refresh_enrollment(w: &WorkerCtx, req: &Request, id: &str) -> Result<Re
     }
     let body: Body = json_body(req)?;
     let e = find_enrollment(w, id)?;
-    replace_enrollment(w, &e.identity_id, body.expires_at.as_deref()).await
+    // The new token keeps the method (and CA) of the one it replaces.
+    replace_enrollment(
+        w,
+        &e.identity_id,
+        e.method,
+        e.ca_id,
+        body.expires_at.as_deref(),
+    )
+    .await
 }

@@ -1,6 +1,8 @@
 //! The HTTP API: the client (enrollment) API at the root and under `/edge/client/v1`, and
 //! the management API under `/edge/management/v1` (admin client certificate required).
 
+pub mod auth;
+pub mod cas;
 pub mod client;
 pub mod error;
 pub mod filter;
@@ -30,8 +32,12 @@ pub struct Request {
 pub struct Peer {
     /// Remote address.
     pub addr: Option<std::net::SocketAddr>,
-    /// Hex SHA-256 of the client certificate (leaf) that verified in the handshake.
+    /// Hex SHA-256 of the client certificate (leaf) the client proved it holds.
     pub cert_sha256: Option<String>,
+    /// The chain the client sent, leaf first (empty without a client certificate). Only
+    /// possession of the leaf's key was checked in the handshake; the chain itself is
+    /// judged per purpose by the handlers.
+    pub chain: Vec<rustls_pki_types::CertificateDer<'static>>,
 }
 
 /// Handles one request; every error becomes its JSON envelope.

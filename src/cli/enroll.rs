@@ -44,9 +44,18 @@ pub struct EnrollArgs {
     /// Identity file to write (must not exist).
     #[arg(long)]
     pub out: PathBuf,
-    /// Type of the key generated here.
+    /// Type of the key generated here (ott).
     #[arg(long, value_enum, default_value = "ec")]
     pub key_type: ClientKey,
+    /// The certificate (PEM, leaf first, intermediates after) to enroll with (ottca, ca).
+    #[arg(long, requires = "key")]
+    pub cert: Option<PathBuf>,
+    /// Its private key (PEM).
+    #[arg(long, requires = "cert")]
+    pub key: Option<PathBuf>,
+    /// The identity name to ask for (CA auto-enrollment).
+    #[arg(long)]
+    pub idname: Option<String>,
 }
 
 fn read_jwt(src: &str) -> Result<String, CliError> {
@@ -86,11 +95,30 @@ pub fn enroll(args: EnrollArgs) -> Result<(), CliError> {
     }
     let token = read_jwt(&args.jwt)?;
     let (_, claims) = jwt::peek(&token)?;
-    if claims.em != "ott" {
-        return Err(CliError::new(format!(
-            "this JWT is for enrollment method '{}'; this client enrolls 'ott' tokens",
-            claims.em
-        )));
+    let own_cert = match (claims.em.as_str(), &args.cert, &args.key) {
+        ("ott", None, None) => None,
+        ("ott", _, _) => {
+            return Err(CliError::new(
+                "this is an 'ott' token: the key is generated here; drop --cert/--key",
+            ))
+        }
+        ("ottca" | "ca", Some(c), Some(k)) => Some((c.clone(), k.clone())),
+        ("ottca" | "ca", _, _) => {
+            return Err(CliError::new(format!(
+                "this is an '{}' token: pass the certificate from your CA with --cert and --key",
+                claims.em
+            )))
+        }
+        (other, _, _) => {
+            return Err(CliError::new(format!(
+                "this JWT is for enrollment method '{other}', which this client does not know"
+            )))
+        }
+    };
+    if args.idname.is_some() && claims.em != "ca" {
+        return Err(CliError::new(
+            "--idname is for CA auto-enrollment ('ca' tokens) only",
+        ));
     }
     let now = SystemClock.unix_now();
     if let Some(exp) = claims.exp {
@@ -149,6 +177,10 @@ pub fn enroll(args: EnrollArgs) -> Result<(), CliError> {
         return Err(CliError::new("the CA bundle holds no certificate"));
     }
 
+    if let Some((cert_path, key_path)) = own_cert {
+        return enroll_with_certificate(&args, &verified, &server, &cas, &cert_path, &key_path);
+    }
+
     // 4. Key and CSR, here.
     let key = generate(args.key_type)?;
     let mut params = rcgen::CertificateParams::default();
@@ -197,5 +229,81 @@ pub fn enroll(args: EnrollArgs) -> Result<(), CliError> {
         verified.sub,
         args.out.display()
     );
+    Ok(())
+}
+
+/// `ottca` and `ca`: the device already has a certificate from its CA; the enrollment binds
+/// it (and, for `ca`, creates the identity).
+fn enroll_with_certificate(
+    args: &EnrollArgs,
+    claims: &jwt::Claims,
+    server: &PublicUrl,
+    cas: &[CertificateDer<'static>],
+    cert_path: &std::path::Path,
+    key_path: &std::path::Path,
+) -> Result<(), CliError> {
+    let cert_pem = std::fs::read_to_string(cert_path)
+        .map_err(|e| CliError::new(format!("{}: {e}", cert_path.display())))?;
+    let key_pem = std::fs::read_to_string(key_path)
+        .map_err(|e| CliError::new(format!("{}: {e}", key_path.display())))?;
+    let material = crate::identity_file::IdentityFile::new(server, &key_pem, &cert_pem, "");
+    let chain = material.cert_chain()?;
+    let key = material
+        .private_key()
+        .map_err(|_| CliError::new(format!("{}: not a PEM private key", key_path.display())))?;
+    let (path, body) = if claims.em == "ottca" {
+        let token_q: String = form_urlencoded::byte_serialize(claims.jti.as_bytes()).collect();
+        (
+            format!(
+                "{}/enroll?method=ottca&token={token_q}",
+                crate::api::CLIENT_PREFIX
+            ),
+            Vec::new(),
+        )
+    } else {
+        let body = match &args.idname {
+            Some(name) => serde_json::json!({ "name": name }).to_string().into_bytes(),
+            None => Vec::new(),
+        };
+        (
+            format!("{}/enroll?method=ca", crate::api::CLIENT_PREFIX),
+            body,
+        )
+    };
+    let mut headers = vec![("Accept", "application/json")];
+    if !body.is_empty() {
+        headers.push(("Content-Type", "application/json"));
+    }
+    let resp = client::request(
+        client::config(cas, Some((chain, key)))?,
+        &server.host,
+        server.port,
+        "POST",
+        &path,
+        &headers,
+        &body,
+    )?;
+    if resp.status != 200 {
+        return Err(match resp.api_error() {
+            Some((code, message)) => {
+                CliError::new(format!("enrollment refused: {code}: {message}"))
+            }
+            None => CliError::new(format!("enrollment refused: HTTP {}", resp.status)),
+        });
+    }
+    let ca_pem = crate::pki::pem_of_certs(&cas.iter().map(|c| c.to_vec()).collect::<Vec<_>>());
+    IdentityFile::new(server, &key_pem, &cert_pem, &ca_pem).write_new(&args.out)?;
+    let id = resp
+        .json()
+        .ok()
+        .and_then(|v| v["data"]["id"].as_str().map(str::to_string));
+    match id {
+        Some(id) => eprintln!("enrolled as identity {id}; wrote {}", args.out.display()),
+        None => eprintln!(
+            "enrolled identity {}; wrote {}",
+            claims.sub,
+            args.out.display()
+        ),
+    }
     Ok(())
 }

@@ -41,6 +41,9 @@ pub enum IdentityCommand {
         /// Role attributes, comma-separated.
         #[arg(long, value_delimiter = ',')]
         role_attributes: Vec<String>,
+        /// Enroll with a certificate from this third-party CA (name or id): method `ottca`.
+        #[arg(long, value_name = "CA")]
+        ca: Option<String>,
         #[command(flatten)]
         #[allow(missing_docs)]
         admin_args: AdminArgs,
@@ -134,10 +137,23 @@ impl Admin {
         path: &str,
         body: Option<&Value>,
     ) -> Result<HttpResponse, CliError> {
-        let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+        match body {
+            Some(b) => self.call_raw(method, path, "application/json", b.to_string().as_bytes()),
+            None => self.call_raw(method, path, "", b""),
+        }
+    }
+
+    /// Calls the management API with a body of any type (`content_type` empty: none).
+    pub fn call_raw(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        bytes: &[u8],
+    ) -> Result<HttpResponse, CliError> {
         let mut headers = vec![("Accept", "application/json")];
-        if body.is_some() {
-            headers.push(("Content-Type", "application/json"));
+        if !content_type.is_empty() {
+            headers.push(("Content-Type", content_type));
         }
         let resp = client::request(
             self.config.clone(),
@@ -146,7 +162,7 @@ impl Admin {
             method,
             &format!("{}{path}", crate::api::MANAGEMENT_PREFIX),
             &headers,
-            &bytes,
+            bytes,
         )?;
         if (200..300).contains(&resp.status) {
             return Ok(resp);
@@ -215,9 +231,17 @@ pub fn run(cmd: IdentityCommand) -> Result<(), CliError> {
             output,
             admin,
             role_attributes,
+            ca,
             admin_args,
         } => {
             let api = Admin::load(&admin_args)?;
+            let (method, enrollment) = match &ca {
+                Some(target) => {
+                    let ca = super::ca::resolve(&api, target)?;
+                    ("ottca", json!({ "ottca": ca["id"] }))
+                }
+                None => ("ott", json!({ "ott": true })),
+            };
             let kind = match kind {
                 Kind::User => "User",
                 Kind::Device => "Device",
@@ -228,11 +252,11 @@ pub fn run(cmd: IdentityCommand) -> Result<(), CliError> {
                 "type": kind,
                 "isAdmin": admin,
                 "roleAttributes": role_attributes,
-                "enrollment": { "ott": true },
+                "enrollment": enrollment,
             });
             let created = api.data("POST", "/identities", Some(&body))?;
             eprintln!("created {kind} '{name}' with id {}", text(&created, "id"));
-            let jwt = created["enrollment"]["ott"]["jwt"]
+            let jwt = created["enrollment"][method]["jwt"]
                 .as_str()
                 .ok_or_else(|| CliError::new("the server returned no enrollment JWT"))?;
             output_jwt(jwt, output.as_ref())
@@ -304,12 +328,16 @@ pub fn run(cmd: IdentityCommand) -> Result<(), CliError> {
         } => {
             let api = Admin::load(&admin_args)?;
             let found = api.resolve(&target)?;
-            let jwt = found["enrollment"]["ott"]["jwt"].as_str().ok_or_else(|| {
-                CliError::new(format!(
-                    "'{}' has no pending enrollment (already enrolled, or none was created)",
-                    text(&found, "name")
-                ))
-            })?;
+            let pending = &found["enrollment"];
+            let jwt = pending["ott"]["jwt"]
+                .as_str()
+                .or_else(|| pending["ottca"]["jwt"].as_str())
+                .ok_or_else(|| {
+                    CliError::new(format!(
+                        "'{}' has no pending enrollment (already enrolled, or none was created)",
+                        text(&found, "name")
+                    ))
+                })?;
             output_jwt(jwt, output.as_ref())
         }
         IdentityCommand::Reissue {
@@ -319,8 +347,23 @@ pub fn run(cmd: IdentityCommand) -> Result<(), CliError> {
         } => {
             let api = Admin::load(&admin_args)?;
             let found = api.resolve(&target)?;
-            let body = json!({ "identityId": text(&found, "id"), "method": "ott" });
-            let e = api.data("POST", "/enrollments", Some(&body))?;
+            // A pending (e.g. expired) enrollment is refreshed with its own method and CA;
+            // an identity without one gets an ott token.
+            let pending = &found["enrollment"];
+            let eid = pending["ott"]["id"]
+                .as_str()
+                .or_else(|| pending["ottca"]["id"].as_str());
+            let e = match eid {
+                Some(eid) => api.data(
+                    "POST",
+                    &format!("/enrollments/{eid}/refresh"),
+                    Some(&json!({})),
+                )?,
+                None => {
+                    let body = json!({ "identityId": text(&found, "id"), "method": "ott" });
+                    api.data("POST", "/enrollments", Some(&body))?
+                }
+            };
             let jwt = e["jwt"]
                 .as_str()
                 .ok_or_else(|| CliError::new("the server returned no enrollment JWT"))?;

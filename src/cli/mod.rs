@@ -1,6 +1,7 @@
 //! The command line: `init`, `serve`, `quickstart`, `identity ...` (management, with an
 //! admin identity file) and `enroll` (the device side).
 
+pub mod ca;
 pub mod enroll;
 pub mod identity;
 pub mod init;
@@ -64,6 +65,9 @@ pub enum Command {
     /// Manage identities (needs an admin identity file).
     #[command(subcommand)]
     Identity(identity::IdentityCommand),
+    /// Manage third-party CAs (needs an admin identity file).
+    #[command(subcommand)]
+    Ca(ca::CaCommand),
     /// Enroll this machine with an enrollment JWT, writing an identity file.
     Enroll(enroll::EnrollArgs),
 }
@@ -99,6 +103,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Serve(a) => serve::serve(a),
         Command::Quickstart(a) => init::quickstart(a),
         Command::Identity(c) => identity::run(c),
+        Command::Ca(c) => ca::run(c),
         Command::Enroll(a) => enroll::enroll(a),
     }
 }

@@ -51,12 +51,14 @@ pub async fn serve(ctx: &WorkerCtx, tcp: TcpStream, addr: SocketAddr, signal: &S
             return;
         }
     };
+    let chain = tls
+        .peer_certificates()
+        .map(<[_]>::to_vec)
+        .unwrap_or_default();
     let peer = Peer {
         addr: Some(addr),
-        cert_sha256: tls
-            .peer_certificates()
-            .and_then(|chain| chain.first())
-            .map(|leaf| fingerprint::sha256_hex(leaf)),
+        cert_sha256: chain.first().map(|leaf| fingerprint::sha256_hex(leaf)),
+        chain,
     };
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {

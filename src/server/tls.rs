@@ -10,9 +10,12 @@ use std::sync::Arc;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
-use rustls::server::WebPkiClientVerifier;
-use rustls::{RootCertStore, ServerConfig, ServerConnection};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls::client::danger::HandshakeSignatureValid;
+use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::{
+    DigitallySignedStruct, DistinguishedName, ServerConfig, ServerConnection, SignatureScheme,
+};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
 
 /// Ciphertext read from the socket at a time: one maximal TLS record and its header.
 const READ_CHUNK: usize = 16 * 1024 + 512;
@@ -188,8 +191,86 @@ pub struct ServerTls {
     pub chain: Vec<CertificateDer<'static>>,
     /// Private key.
     pub key: PrivateKeyDer<'static>,
-    /// CAs whose client certificates the handshake accepts (the internal CA).
-    pub client_roots: Vec<CertificateDer<'static>>,
+}
+
+/// The client-certificate policy of the handshake: a certificate is optional (a device
+/// redeeming a one-time token has none); when one is sent, the client must prove it holds
+/// the leaf's key (the CertificateVerify signature is checked), and the leaf must parse.
+///
+/// Whose certificate it is, and for what, is decided per request against the store and the
+/// cached CAs (`api::auth`, `ca::chain`): an expired certificate, an unknown CA or a CA
+/// that does not allow the purpose then gets its documented error code instead of an
+/// opaque handshake alert, and nothing a handler trusts comes from an unverified chain.
+#[derive(Debug)]
+pub struct PossessionVerifier {
+    provider: Arc<rustls::crypto::CryptoProvider>,
+}
+
+impl PossessionVerifier {
+    /// A verifier using `provider`'s signature algorithms.
+    pub fn new(provider: Arc<rustls::crypto::CryptoProvider>) -> Self {
+        Self { provider }
+    }
+}
+
+impl ClientCertVerifier for PossessionVerifier {
+    fn offer_client_auth(&self) -> bool {
+        true
+    }
+
+    fn client_auth_mandatory(&self) -> bool {
+        false
+    }
+
+    fn root_hint_subjects(&self) -> &[DistinguishedName] {
+        &[]
+    }
+
+    fn verify_client_cert(
+        &self,
+        end_entity: &CertificateDer<'_>,
+        _intermediates: &[CertificateDer<'_>],
+        _now: UnixTime,
+    ) -> Result<ClientCertVerified, rustls::Error> {
+        webpki::EndEntityCert::try_from(end_entity).map_err(|_| {
+            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
+        })?;
+        Ok(ClientCertVerified::assertion())
+    }
+
+    fn verify_tls12_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls12_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn verify_tls13_signature(
+        &self,
+        message: &[u8],
+        cert: &CertificateDer<'_>,
+        dss: &DigitallySignedStruct,
+    ) -> Result<HandshakeSignatureValid, rustls::Error> {
+        rustls::crypto::verify_tls13_signature(
+            message,
+            cert,
+            dss,
+            &self.provider.signature_verification_algorithms,
+        )
+    }
+
+    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+        self.provider
+            .signature_verification_algorithms
+            .supported_schemes()
+    }
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -202,18 +283,10 @@ impl std::fmt::Debug for ServerTls {
 }
 
 /// Builds the rustls server configuration: TLS 1.3 and 1.2 with the aws-lc-rs provider,
-/// client certificates asked for and optional (a device redeeming a one-time token has
-/// none yet), verified against the internal CA when sent.
+/// client certificates asked for and optional ([`PossessionVerifier`]).
 pub fn server_config(tls: ServerTls) -> Result<Arc<ServerConfig>, rustls::Error> {
     let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
-    let mut roots = RootCertStore::empty();
-    for root in tls.client_roots {
-        roots.add(root)?;
-    }
-    let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider.clone())
-        .allow_unauthenticated()
-        .build()
-        .map_err(|e| rustls::Error::General(e.to_string()))?;
+    let verifier = Arc::new(PossessionVerifier::new(provider.clone()));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)

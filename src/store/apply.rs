@@ -11,7 +11,10 @@ use std::collections::HashMap;
 use super::{get_json, keys, Snapshot, StoreError};
 use crate::clock::UnixTime;
 use crate::enroll::{check_token, EnrollError};
-use crate::model::{Authenticator, Enrollment, Identity, Method};
+use crate::model::{Authenticator, Ca, Enrollment, Identity, Method};
+
+/// Suffixes tried for a colliding auto-enrolled name (`dev-7-000001` ... `dev-7-999999`).
+pub const MAX_NAME_SUFFIX: u32 = 999_999;
 
 /// A change to the store, decided by the committer.
 #[derive(Debug, Clone)]
@@ -25,8 +28,13 @@ pub enum Command {
         /// Its pending enrollment, if any.
         enrollment: Option<Enrollment>,
     },
-    /// Redeem an `ott` token: consume the enrollment and bind the certificate, atomically.
-    RedeemOtt {
+    /// Redeem an `ott` or `ottca` token: consume the enrollment and bind the certificate,
+    /// atomically.
+    Redeem {
+        /// `ott` or `ottca`.
+        method: Method,
+        /// For `ottca`: the CA the presented chain verified against.
+        ca_id: Option<String>,
         /// The token presented.
         token: String,
         /// The identity the handler signed the certificate for (read before signing; the
@@ -49,6 +57,60 @@ pub enum Command {
         /// The new enrollment.
         enrollment: Enrollment,
     },
+    /// CA auto-enrollment: create `identity` (its name is the base; a taken name gets the
+    /// smallest free `-NNNNNN` suffix) bound to its authenticator, if the CA still allows it.
+    AutoEnroll {
+        /// The CA the chain verified against.
+        ca_id: String,
+        /// The identity to create, with its authenticator.
+        identity: Identity,
+    },
+    /// Create a third-party CA (name and fingerprint unique).
+    CreateCa {
+        /// The CA.
+        ca: Ca,
+    },
+    /// Change a CA's name, flags, roles or name format.
+    UpdateCa {
+        /// The CA.
+        id: String,
+        /// The changes.
+        changes: CaChanges,
+        /// The time of the change.
+        now: UnixTime,
+    },
+    /// Mark a CA verified (proof of possession checked by the handler).
+    VerifyCa {
+        /// The CA.
+        id: String,
+        /// The verification token the proof carried (must still be the CA's).
+        verification_token: String,
+        /// The time.
+        now: UnixTime,
+    },
+    /// Delete a CA. Identities bound to its certificates stay, but can no longer
+    /// authenticate; pending `ottca` enrollments for it can no longer be redeemed.
+    DeleteCa {
+        /// The CA.
+        id: String,
+    },
+}
+
+/// Fields of a CA an update may change (`None`: unchanged).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct CaChanges {
+    /// New name.
+    pub name: Option<String>,
+    /// `isAutoCaEnrollmentEnabled`.
+    pub auto: Option<bool>,
+    /// `isOttCaEnrollmentEnabled`.
+    pub ottca: Option<bool>,
+    /// `isAuthEnabled`.
+    pub auth: Option<bool>,
+    /// `identityRoles`.
+    pub identity_roles: Option<Vec<String>>,
+    /// `identityNameFormat`.
+    pub identity_name_format: Option<String>,
 }
 
 /// The result of a successful command.
@@ -57,8 +119,10 @@ pub enum Command {
 pub enum Outcome {
     /// The identity as it is after the command.
     Identity(Box<Identity>),
-    /// The identity was deleted.
+    /// The record was deleted.
     Deleted,
+    /// The CA as it is after the command.
+    Ca(Box<Ca>),
 }
 
 enum Write {
@@ -147,18 +211,165 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
                 identity,
                 enrollment,
             } => self.create_identity(identity, enrollment),
-            Command::RedeemOtt {
+            Command::Redeem {
+                method,
+                ca_id,
                 token,
                 identity_id,
                 authenticator,
                 now,
-            } => self.redeem_ott(&token, &identity_id, authenticator, now),
+            } => self.redeem(
+                method,
+                ca_id.as_deref(),
+                &token,
+                &identity_id,
+                authenticator,
+                now,
+            ),
             Command::DeleteIdentity { id } => self.delete_identity(&id),
             Command::ReplaceEnrollment {
                 identity_id,
                 enrollment,
             } => self.replace_enrollment(&identity_id, enrollment),
+            Command::AutoEnroll { ca_id, identity } => self.auto_enroll(&ca_id, identity),
+            Command::CreateCa { ca } => self.create_ca(ca),
+            Command::UpdateCa { id, changes, now } => self.update_ca(&id, changes, now),
+            Command::VerifyCa {
+                id,
+                verification_token,
+                now,
+            } => self.verify_ca(&id, &verification_token, now),
+            Command::DeleteCa { id } => self.delete_ca(&id),
         }
+    }
+
+    fn ca(&self, id: &str) -> Result<Option<Ca>, StoreError> {
+        get_json(self, &keys::ca(id))
+    }
+
+    fn auto_enroll(&mut self, ca_id: &str, mut identity: Identity) -> Result<Outcome, StoreError> {
+        let ca = self
+            .ca(ca_id)?
+            .filter(|ca| ca.is_verified && ca.is_auto_ca_enrollment_enabled)
+            .ok_or_else(|| {
+                StoreError::CaNotUsable("the CA no longer allows auto-enrollment".into())
+            })?;
+        let auth = identity.authenticator.as_ref().ok_or_else(|| {
+            StoreError::InvalidState("auto-enrollment needs a certificate".into())
+        })?;
+        let fp = keys::fingerprint(&auth.fingerprint_sha256);
+        if self.get(&fp)?.is_some() {
+            return Err(StoreError::CertInUse);
+        }
+        if self.get(&keys::identity(&identity.id))?.is_some() {
+            return Err(StoreError::InvalidState("identity id collision".into()));
+        }
+        // The collision check is part of this atomic decision, never a separate read.
+        let base = identity.name.clone();
+        let mut name = base.clone();
+        let mut suffix = 0u32;
+        while self.get(&keys::name(&name))?.is_some() {
+            suffix += 1;
+            if suffix > MAX_NAME_SUFFIX {
+                return Err(StoreError::NameInUse(base));
+            }
+            name = format!("{base}-{suffix:06}");
+        }
+        identity.name = name;
+        if identity.role_attributes.is_empty() {
+            identity.role_attributes = ca.identity_roles.clone();
+        }
+        let writes = vec![
+            Write::Put(fp, identity.id.clone().into_bytes()),
+            Write::Put(keys::name(&identity.name), identity.id.clone().into_bytes()),
+            Write::Put(keys::identity(&identity.id), to_json(&identity)),
+        ];
+        self.commit_writes(writes);
+        Ok(Outcome::Identity(Box::new(identity)))
+    }
+
+    fn create_ca(&mut self, ca: Ca) -> Result<Outcome, StoreError> {
+        if self.get(&keys::ca(&ca.id))?.is_some() {
+            return Err(StoreError::InvalidState("CA id collision".into()));
+        }
+        if self.get(&keys::ca_name(&ca.name))?.is_some() {
+            return Err(StoreError::NameInUse(ca.name));
+        }
+        if self.get(&keys::ca_fingerprint(&ca.fingerprint))?.is_some() {
+            return Err(StoreError::CaExists);
+        }
+        self.commit_writes(vec![
+            Write::Put(keys::ca_name(&ca.name), ca.id.clone().into_bytes()),
+            Write::Put(
+                keys::ca_fingerprint(&ca.fingerprint),
+                ca.id.clone().into_bytes(),
+            ),
+            Write::Put(keys::ca(&ca.id), to_json(&ca)),
+        ]);
+        Ok(Outcome::Ca(Box::new(ca)))
+    }
+
+    fn find_ca(&self, id: &str) -> Result<Ca, StoreError> {
+        self.ca(id)?
+            .ok_or_else(|| StoreError::NotFound(format!("no CA with id '{id}'")))
+    }
+
+    fn update_ca(&mut self, id: &str, c: CaChanges, now: UnixTime) -> Result<Outcome, StoreError> {
+        let mut ca = self.find_ca(id)?;
+        let mut writes = Vec::new();
+        if let Some(name) = c.name.filter(|n| *n != ca.name) {
+            if self.get(&keys::ca_name(&name))?.is_some() {
+                return Err(StoreError::NameInUse(name));
+            }
+            writes.push(Write::Delete(keys::ca_name(&ca.name)));
+            writes.push(Write::Put(keys::ca_name(&name), ca.id.clone().into_bytes()));
+            ca.name = name;
+        }
+        if let Some(v) = c.auto {
+            ca.is_auto_ca_enrollment_enabled = v;
+        }
+        if let Some(v) = c.ottca {
+            ca.is_ott_ca_enrollment_enabled = v;
+        }
+        if let Some(v) = c.auth {
+            ca.is_auth_enabled = v;
+        }
+        if let Some(v) = c.identity_roles {
+            ca.identity_roles = v;
+        }
+        if let Some(v) = c.identity_name_format {
+            ca.identity_name_format = v;
+        }
+        ca.updated_at = now;
+        writes.push(Write::Put(keys::ca(&ca.id), to_json(&ca)));
+        self.commit_writes(writes);
+        Ok(Outcome::Ca(Box::new(ca)))
+    }
+
+    fn verify_ca(&mut self, id: &str, token: &str, now: UnixTime) -> Result<Outcome, StoreError> {
+        let mut ca = self.find_ca(id)?;
+        if ca.is_verified {
+            return Err(StoreError::CaAlreadyVerified);
+        }
+        if ca.verification_token != token {
+            return Err(StoreError::InvalidState(
+                "the verification token changed; fetch the CA again".into(),
+            ));
+        }
+        ca.is_verified = true;
+        ca.updated_at = now;
+        self.commit_writes(vec![Write::Put(keys::ca(&ca.id), to_json(&ca))]);
+        Ok(Outcome::Ca(Box::new(ca)))
+    }
+
+    fn delete_ca(&mut self, id: &str) -> Result<Outcome, StoreError> {
+        let ca = self.find_ca(id)?;
+        self.commit_writes(vec![
+            Write::Delete(keys::ca(id)),
+            Write::Delete(keys::ca_name(&ca.name)),
+            Write::Delete(keys::ca_fingerprint(&ca.fingerprint)),
+        ]);
+        Ok(Outcome::Deleted)
     }
 
     fn create_identity(
@@ -203,17 +414,34 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
         Ok(Outcome::Identity(Box::new(identity)))
     }
 
-    fn redeem_ott(
+    fn redeem(
         &mut self,
+        method: Method,
+        ca_id: Option<&str>,
         token: &str,
         identity_id: &str,
         authenticator: Authenticator,
         now: UnixTime,
     ) -> Result<Outcome, StoreError> {
         let enrollment: Option<Enrollment> = get_json(self, &keys::token(token))?;
-        let enrollment = check_token(enrollment.as_ref(), Method::Ott, now)?;
+        let enrollment = check_token(enrollment.as_ref(), method, now)?;
         if enrollment.identity_id != identity_id {
             return Err(EnrollError::UnknownToken.into());
+        }
+        if method == Method::Ottca {
+            // The chain was checked against this CA by the handler; it must still be the
+            // token's CA and still allow ottca now.
+            let usable = match (enrollment.ca_id.as_deref(), ca_id) {
+                (Some(want), Some(got)) if want == got => self
+                    .ca(want)?
+                    .is_some_and(|ca| ca.is_verified && ca.is_ott_ca_enrollment_enabled),
+                _ => false,
+            };
+            if !usable {
+                return Err(StoreError::CaNotUsable(
+                    "the enrollment's CA no longer allows ottca enrollment".into(),
+                ));
+            }
         }
         let mut identity: Identity =
             get_json(self, &keys::identity(identity_id))?.ok_or(EnrollError::IdentityGone)?;
@@ -364,7 +592,9 @@ mod tests {
     }
 
     fn redeem(token: &str, identity_id: &str, fp: &str, now: UnixTime) -> Command {
-        Command::RedeemOtt {
+        Command::Redeem {
+            method: Method::Ott,
+            ca_id: None,
             token: token.into(),
             identity_id: identity_id.into(),
             authenticator: auth(fp),

@@ -11,6 +11,13 @@ pub const ENROLLMENT: &[u8] = b"e:";
 /// Prefix of the fingerprint index (I1).
 pub const FINGERPRINT: &[u8] = b"f:";
 
+/// Prefix of third-party CA records.
+pub const CA: &[u8] = b"c:";
+/// Prefix of the CA name index.
+pub const CA_NAME: &[u8] = b"cn:";
+/// Prefix of the CA fingerprint index.
+pub const CA_FINGERPRINT: &[u8] = b"cf:";
+
 fn key(prefix: &[u8], s: &str) -> Vec<u8> {
     let mut k = Vec::with_capacity(prefix.len() + s.len());
     k.extend_from_slice(prefix);
@@ -37,4 +44,16 @@ pub fn enrollment(id: &str) -> Vec<u8> {
 /// `f:<sha-256 hex>`
 pub fn fingerprint(sha256_hex: &str) -> Vec<u8> {
     key(FINGERPRINT, sha256_hex)
+}
+/// `c:<ca id>`
+pub fn ca(id: &str) -> Vec<u8> {
+    key(CA, id)
+}
+/// `cn:<ca name>`
+pub fn ca_name(name: &str) -> Vec<u8> {
+    key(CA_NAME, name)
+}
+/// `cf:<sha-256 hex>`
+pub fn ca_fingerprint(sha256_hex: &str) -> Vec<u8> {
+    key(CA_FINGERPRINT, sha256_hex)
 }

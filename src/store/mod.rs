@@ -24,9 +24,9 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::enroll::EnrollError;
-use crate::model::{Enrollment, Identity};
+use crate::model::{Ca, Enrollment, Identity};
 
-pub use apply::{Command, Outcome};
+pub use apply::{CaChanges, Command, Outcome};
 pub use commit::{CommitHandle, CommitOptions, Durability};
 
 /// A store operation failed.
@@ -48,6 +48,15 @@ pub enum StoreError {
     /// The record is not in a state the command applies to.
     #[error("{0}")]
     InvalidState(String),
+    /// A CA with this certificate already exists.
+    #[error("a CA with this certificate already exists")]
+    CaExists,
+    /// The CA was verified already.
+    #[error("the CA is already verified")]
+    CaAlreadyVerified,
+    /// The CA no longer allows what the request needs (deleted or a flag turned off).
+    #[error("{0}")]
+    CaNotUsable(String),
     /// The commit queue is full (admission control).
     #[error("the gateway is busy committing enrollments; retry shortly")]
     Busy,
@@ -210,6 +219,32 @@ impl Store {
             }
         }
         Ok(Page { items, total })
+    }
+
+    /// A CA by id.
+    pub fn ca(&self, id: &str) -> Result<Option<Ca>, StoreError> {
+        get_json(&*self.db, &keys::ca(id))
+    }
+
+    /// A CA by exact name.
+    pub fn ca_by_name(&self, name: &str) -> Result<Option<Ca>, StoreError> {
+        match self.db.get(keys::ca_name(name))? {
+            Some(id) => self.ca(&String::from_utf8_lossy(&id)),
+            None => Ok(None),
+        }
+    }
+
+    /// Every CA, in id order.
+    pub fn all_cas(&self) -> Result<Vec<Ca>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator(keys::CA) {
+            let (k, v) = item?;
+            if !k.starts_with(keys::CA) {
+                break;
+            }
+            out.push(decode(&k, &v)?);
+        }
+        Ok(out)
     }
 
     /// Pending enrollments, ordered by id, `limit` from `offset`.

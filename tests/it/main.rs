@@ -4,6 +4,8 @@
 #![allow(clippy::unwrap_used)]
 
 mod bad_input;
+mod cas;
+mod fleet;
 mod lifecycle;
 mod management;
 mod ott;

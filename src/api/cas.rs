@@ -1,0 +1,259 @@
+//! Third-party CA management (`/edge/management/v1/cas`): create, list, show, update,
+//! delete, verify (proof of possession), and the reusable CA JWT. Every change is followed
+//! by a reload of the CA cache, which every worker picks up on its next request.
+
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::{json_body, ApiError, Request};
+use crate::app::WorkerCtx;
+use crate::ca::{self, name::validate_format, pop, CaCertError};
+use crate::clock::rfc3339;
+use crate::enroll::validate_name;
+use crate::http::Response;
+use crate::model::{Ca, Method, DEFAULT_NAME_FORMAT};
+use crate::store::{CaChanges, Command, Outcome};
+
+/// A CA as the management API shows it.
+pub fn view(ca: &Ca) -> Value {
+    json!({
+        "id": ca.id,
+        "name": ca.name,
+        "certPem": ca.cert_pem,
+        "fingerprint": ca.fingerprint,
+        "isVerified": ca.is_verified,
+        "verificationToken": if ca.is_verified { Value::Null } else { Value::String(ca.verification_token.clone()) },
+        "isAutoCaEnrollmentEnabled": ca.is_auto_ca_enrollment_enabled,
+        "isOttCaEnrollmentEnabled": ca.is_ott_ca_enrollment_enabled,
+        "isAuthEnabled": ca.is_auth_enabled,
+        "identityRoles": ca.identity_roles,
+        "identityNameFormat": ca.identity_name_format,
+        "createdAt": rfc3339(ca.created_at),
+        "updatedAt": rfc3339(ca.updated_at),
+    })
+}
+
+impl From<CaCertError> for ApiError {
+    fn from(e: CaCertError) -> Self {
+        match e {
+            CaCertError::NotPem(m) => Self::ExpectedPemCertificate(m),
+            CaCertError::Invalid(m) => Self::CertificateFailedValidation(m),
+        }
+    }
+}
+
+fn check_roles(roles: &[String]) -> Result<(), ApiError> {
+    if roles.len() > 100 || roles.iter().any(|a| a.is_empty() || a.len() > 255) {
+        return Err(ApiError::CouldNotParseBody(
+            "'identityRoles' takes at most 100 non-empty strings of at most 255 bytes".into(),
+        ));
+    }
+    Ok(())
+}
+
+fn check_format(f: &str) -> Result<(), ApiError> {
+    validate_format(f)
+        .map_err(|e| ApiError::CouldNotParseBody(format!("'identityNameFormat': {e}")))
+}
+
+/// A CA by id, or 404.
+pub fn find(w: &WorkerCtx, id: &str) -> Result<Ca, ApiError> {
+    let not_found = || {
+        ApiError::NotFound(format!(
+            "no CA with id '{}'",
+            id.chars().take(64).collect::<String>()
+        ))
+    };
+    if !crate::ids::is_well_formed(id) {
+        return Err(not_found());
+    }
+    w.shared.store.ca(id)?.ok_or_else(not_found)
+}
+
+async fn commit_ca(w: &WorkerCtx, cmd: Command) -> Result<Option<Ca>, ApiError> {
+    let outcome = w.shared.commit.submit(cmd).await?;
+    w.shared.cas.reload(&w.shared.store)?;
+    Ok(match outcome {
+        Outcome::Ca(ca) => Some(*ca),
+        _ => None,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct CreateBody {
+    name: Option<String>,
+    cert_pem: Option<String>,
+    #[serde(default)]
+    is_auto_ca_enrollment_enabled: bool,
+    #[serde(default)]
+    is_ott_ca_enrollment_enabled: bool,
+    #[serde(default)]
+    is_auth_enabled: bool,
+    #[serde(default)]
+    identity_roles: Vec<String>,
+    identity_name_format: Option<String>,
+}
+
+/// `POST /cas`
+pub async fn create(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
+    let body: CreateBody = json_body(req)?;
+    let name = body
+        .name
+        .ok_or_else(|| ApiError::CouldNotParseBody("the body has no 'name'".into()))?;
+    validate_name(&name)?;
+    let cert_pem = body
+        .cert_pem
+        .ok_or_else(|| ApiError::CouldNotParseBody("the body has no 'certPem'".into()))?;
+    let parsed = ca::parse_ca_pem(cert_pem.as_bytes())?;
+    check_roles(&body.identity_roles)?;
+    let format = body
+        .identity_name_format
+        .unwrap_or_else(|| DEFAULT_NAME_FORMAT.to_string());
+    check_format(&format)?;
+    let now = w.shared.clock.unix_now();
+    let rand = |e: crate::ids::RandomError| ApiError::Unhandled(e.to_string());
+    let ca = Ca {
+        id: crate::ids::new_id().map_err(rand)?,
+        name,
+        cert_pem: parsed.pem,
+        fingerprint: parsed.fingerprint,
+        is_verified: false,
+        verification_token: crate::ids::new_id().map_err(rand)?,
+        is_auto_ca_enrollment_enabled: body.is_auto_ca_enrollment_enabled,
+        is_ott_ca_enrollment_enabled: body.is_ott_ca_enrollment_enabled,
+        is_auth_enabled: body.is_auth_enabled,
+        identity_roles: body.identity_roles,
+        identity_name_format: format,
+        created_at: now,
+        updated_at: now,
+    };
+    let created = commit_ca(w, Command::CreateCa { ca })
+        .await?
+        .ok_or_else(|| ApiError::Unhandled("unexpected store outcome".into()))?;
+    tracing::info!(ca_id = %created.id, "CA created");
+    Ok(Response::json(
+        201,
+        &json!({ "data": view(&created), "meta": {} }),
+    ))
+}
+
+/// `GET /cas`
+pub fn list(w: &WorkerCtx) -> Result<Response, ApiError> {
+    let cas = w.shared.store.all_cas()?;
+    let data: Vec<Value> = cas.iter().map(view).collect();
+    let n = data.len();
+    Ok(Response::json(
+        200,
+        &json!({ "data": data, "meta": { "pagination": { "limit": n, "offset": 0, "totalCount": n } } }),
+    ))
+}
+
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+struct UpdateBody {
+    name: Option<String>,
+    is_auto_ca_enrollment_enabled: Option<bool>,
+    is_ott_ca_enrollment_enabled: Option<bool>,
+    is_auth_enabled: Option<bool>,
+    identity_roles: Option<Vec<String>>,
+    identity_name_format: Option<String>,
+}
+
+/// `PATCH /cas/{id}` (and `PUT`: fields not sent are left as they are).
+pub async fn update(w: &WorkerCtx, req: &Request, id: &str) -> Result<Response, ApiError> {
+    find(w, id)?;
+    let body: UpdateBody = json_body(req)?;
+    if let Some(n) = &body.name {
+        validate_name(n)?;
+    }
+    if let Some(r) = &body.identity_roles {
+        check_roles(r)?;
+    }
+    if let Some(f) = &body.identity_name_format {
+        check_format(f)?;
+    }
+    let changes = CaChanges {
+        name: body.name,
+        auto: body.is_auto_ca_enrollment_enabled,
+        ottca: body.is_ott_ca_enrollment_enabled,
+        auth: body.is_auth_enabled,
+        identity_roles: body.identity_roles,
+        identity_name_format: body.identity_name_format,
+    };
+    let now = w.shared.clock.unix_now();
+    let ca = commit_ca(
+        w,
+        Command::UpdateCa {
+            id: id.to_string(),
+            changes,
+            now,
+        },
+    )
+    .await?
+    .ok_or_else(|| ApiError::Unhandled("unexpected store outcome".into()))?;
+    tracing::info!(ca_id = %ca.id, "CA updated");
+    Ok(Response::data(view(&ca)))
+}
+
+/// `DELETE /cas/{id}`
+pub async fn delete(w: &WorkerCtx, id: &str) -> Result<Response, ApiError> {
+    find(w, id)?;
+    commit_ca(w, Command::DeleteCa { id: id.to_string() }).await?;
+    tracing::info!(ca_id = %id, "CA deleted");
+    Ok(Response::data(json!({})))
+}
+
+/// `POST /cas/{id}/verify` with a PEM certificate whose CN is the verification token,
+/// signed by the CA.
+pub async fn verify(w: &WorkerCtx, req: &Request, id: &str) -> Result<Response, ApiError> {
+    let ca = find(w, id)?;
+    match req.head.content_type().as_deref() {
+        None
+        | Some("text/plain")
+        | Some("application/x-pem-file")
+        | Some("application/x-x509-ca-cert") => {}
+        Some(other) => {
+            return Err(ApiError::UnsupportedMedia(format!(
+                "content type '{}' is not accepted; send the PEM certificate as text/plain",
+                other.chars().take(64).collect::<String>()
+            )))
+        }
+    }
+    if ca.is_verified {
+        return Err(ApiError::CaAlreadyVerified(
+            "the CA is already verified".into(),
+        ));
+    }
+    let ca_der = pem::parse(&ca.cert_pem)
+        .map_err(|_| ApiError::Unhandled("stored CA certificate is not PEM".into()))?
+        .into_contents();
+    let now = w.shared.clock.unix_now();
+    pop::check(&req.body, &ca_der, &ca.verification_token, now).map_err(|e| match e {
+        pop::PopError::NotPem(m) => ApiError::ExpectedPemCertificate(m),
+        pop::PopError::WrongCommonName => ApiError::InvalidCommonName(e.to_string()),
+        pop::PopError::DoesNotVerify(_) => ApiError::CertificateFailedValidation(e.to_string()),
+    })?;
+    let verified = commit_ca(
+        w,
+        Command::VerifyCa {
+            id: id.to_string(),
+            verification_token: ca.verification_token,
+            now,
+        },
+    )
+    .await?
+    .ok_or_else(|| ApiError::Unhandled("unexpected store outcome".into()))?;
+    tracing::info!(ca_id = %id, "CA verified");
+    Ok(Response::data(view(&verified)))
+}
+
+/// `GET /cas/{id}/jwt`: the reusable CA JWT (`em=ca`, `sub`=`jti`= CA id, no expiry).
+pub fn jwt(w: &WorkerCtx, id: &str) -> Result<Response, ApiError> {
+    let ca = find(w, id)?;
+    let jwt = w
+        .jwt
+        .sign(&ca.id, &ca.id, Method::Ca, None)
+        .map_err(|e| ApiError::Unhandled(e.to_string()))?;
+    Ok(Response::bytes(200, "application/jwt", jwt.into_bytes()))
+}

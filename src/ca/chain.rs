@@ -1,0 +1,418 @@
+//! Client chain verification against the cached third-party CAs.
+//!
+//! The CAs are parsed once into a [`CaSet`] (trust anchors indexed by subject), shared as
+//! an `Arc` snapshot. A change to any CA (create, update, verify, delete) rebuilds the set
+//! and bumps a generation counter; each worker keeps its own `Arc` and compares one atomic
+//! integer per request, so the request path takes no lock and every worker follows CA
+//! changes without a restart.
+//!
+//! Verification (rustls-webpki) builds a path from the leaf through the intermediates the
+//! client sent to a CA accepted for the purpose, checks validity at the given time, the
+//! clientAuth EKU where present, and name and path-length constraints. Only anchors whose
+//! subject is the issuer of a certificate in the chain are tried, so the cost does not grow
+//! with the number of cached CAs.
+
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime as PkiTime};
+use x509_parser::prelude::*;
+
+use crate::clock::UnixTime;
+use crate::model::Ca;
+use crate::store::{Store, StoreError};
+
+/// Certificates a client chain may hold at most (leaf included).
+pub const MAX_CHAIN_LEN: usize = 10;
+
+/// One cached CA.
+pub struct CachedCa {
+    /// The stored record (flags, name, roles, format).
+    pub ca: Ca,
+    anchor: TrustAnchor<'static>,
+}
+
+/// Every CA, parsed, indexed by subject.
+#[derive(Default)]
+pub struct CaSet {
+    cas: Vec<CachedCa>,
+    by_subject: HashMap<Vec<u8>, Vec<usize>>,
+    by_id: HashMap<String, usize>,
+}
+
+impl std::fmt::Debug for CaSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaSet")
+            .field("cas", &self.cas.len())
+            .finish()
+    }
+}
+
+/// Why a chain is refused.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum ChainError {
+    /// No client certificate was presented.
+    #[error("no client certificate was presented")]
+    NoCertificate,
+    /// The chain is not made of X.509 certificates, or is too long.
+    #[error("the client certificate chain is malformed: {0}")]
+    Malformed(String),
+    /// No CA accepted for this purpose issued the chain.
+    #[error("{0}")]
+    NoAcceptedCa(String),
+    /// A path to an accepted CA was found but does not verify.
+    #[error("the client certificate chain does not verify: {0}")]
+    Invalid(String),
+}
+
+fn describe(e: &webpki::Error) -> String {
+    match e {
+        webpki::Error::CertExpired { .. } => "the certificate has expired".into(),
+        webpki::Error::CertNotValidYet { .. } => "the certificate is not valid yet".into(),
+        webpki::Error::UnknownIssuer => {
+            "no path to the CA (a missing intermediate, or another CA)".into()
+        }
+        webpki::Error::RequiredEkuNotFoundContext(_) => {
+            "the certificate is not for client authentication (extended key usage)".into()
+        }
+        webpki::Error::CaUsedAsEndEntity => {
+            "a CA certificate was presented as the client certificate".into()
+        }
+        webpki::Error::MaximumPathDepthExceeded => "the chain is too deep".into(),
+        other => format!("{other:?}"),
+    }
+}
+
+impl CaSet {
+    /// Parses `cas` into a set. A stored CA whose certificate no longer parses is skipped
+    /// with a log line (it was checked when it was created).
+    pub fn build(cas: Vec<Ca>) -> Self {
+        let mut set = CaSet::default();
+        for ca in cas {
+            let Some(der) = ::pem::parse(&ca.cert_pem).ok().map(|p| p.into_contents()) else {
+                tracing::error!(ca_id = %ca.id, "stored CA certificate is not PEM; skipped");
+                continue;
+            };
+            let subject = match X509Certificate::from_der(&der) {
+                Ok((_, c)) => c.subject().as_raw().to_vec(),
+                Err(_) => {
+                    tracing::error!(ca_id = %ca.id, "stored CA certificate does not parse; skipped");
+                    continue;
+                }
+            };
+            let der = CertificateDer::from(der);
+            let anchor = match webpki::anchor_from_trusted_cert(&der) {
+                Ok(a) => a.to_owned(),
+                Err(e) => {
+                    tracing::error!(ca_id = %ca.id, error = ?e, "stored CA is not a trust anchor; skipped");
+                    continue;
+                }
+            };
+            let i = set.cas.len();
+            set.by_subject.entry(subject).or_default().push(i);
+            set.by_id.insert(ca.id.clone(), i);
+            set.cas.push(CachedCa { ca, anchor });
+        }
+        set
+    }
+
+    /// Number of CAs.
+    pub fn len(&self) -> usize {
+        self.cas.len()
+    }
+
+    /// True when there is no CA.
+    pub fn is_empty(&self) -> bool {
+        self.cas.is_empty()
+    }
+
+    /// A CA by id.
+    pub fn get(&self, id: &str) -> Option<&Ca> {
+        self.by_id.get(id).map(|&i| &self.cas[i].ca)
+    }
+
+    /// Verifies `chain` (leaf first) at `now` against the CAs for which `accept` is true,
+    /// and returns the CA the path ends at.
+    pub fn verify(
+        &self,
+        chain: &[CertificateDer<'_>],
+        now: UnixTime,
+        purpose: &str,
+        accept: impl Fn(&Ca) -> bool,
+    ) -> Result<&Ca, ChainError> {
+        let leaf = chain.first().ok_or(ChainError::NoCertificate)?;
+        if chain.len() > MAX_CHAIN_LEN {
+            return Err(ChainError::Malformed(format!(
+                "{} certificates; at most {MAX_CHAIN_LEN} are accepted",
+                chain.len()
+            )));
+        }
+        // Issuers named anywhere in the chain select the candidate anchors.
+        let mut candidates: Vec<usize> = Vec::new();
+        let mut known_but_refused = false;
+        for der in chain {
+            let (_, cert) = X509Certificate::from_der(der)
+                .map_err(|_| ChainError::Malformed("a certificate does not parse".into()))?;
+            if let Some(idx) = self.by_subject.get(cert.issuer().as_raw()) {
+                for &i in idx {
+                    if candidates.contains(&i) {
+                        continue;
+                    }
+                    if accept(&self.cas[i].ca) {
+                        candidates.push(i);
+                    } else {
+                        known_but_refused = true;
+                    }
+                }
+            }
+        }
+        if candidates.is_empty() {
+            return Err(ChainError::NoAcceptedCa(if known_but_refused {
+                format!("the certificate's CA is not verified or does not allow {purpose}")
+            } else {
+                "the certificate was not issued by any CA known to this gateway".into()
+            }));
+        }
+        let anchors: Vec<TrustAnchor<'_>> = candidates
+            .iter()
+            .map(|&i| self.cas[i].anchor.clone())
+            .collect();
+        let end_entity = webpki::EndEntityCert::try_from(leaf)
+            .map_err(|e| ChainError::Malformed(describe(&e)))?;
+        let algs = rustls::crypto::aws_lc_rs::default_provider()
+            .signature_verification_algorithms
+            .all;
+        let time =
+            PkiTime::since_unix_epoch(std::time::Duration::from_secs(now.max(0).unsigned_abs()));
+        let path = end_entity
+            .verify_for_usage(
+                algs,
+                &anchors,
+                &chain[1..],
+                time,
+                webpki::KeyUsage::client_auth(),
+                None,
+                None,
+            )
+            .map_err(|e| ChainError::Invalid(describe(&e)))?;
+        let anchor = path.anchor();
+        candidates
+            .iter()
+            .map(|&i| &self.cas[i])
+            .find(|c| {
+                c.anchor.subject == anchor.subject
+                    && c.anchor.subject_public_key_info == anchor.subject_public_key_info
+            })
+            .map(|c| &c.ca)
+            .ok_or_else(|| ChainError::Invalid("the path ends at an unexpected anchor".into()))
+    }
+}
+
+/// The shared, current CA set and its generation.
+pub struct CaRegistry {
+    generation: AtomicU64,
+    current: Mutex<Arc<CaSet>>,
+}
+
+impl std::fmt::Debug for CaRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("CaRegistry")
+            .field("generation", &self.generation.load(Ordering::Relaxed))
+            .finish()
+    }
+}
+
+impl CaRegistry {
+    /// Loads every CA from the store.
+    pub fn load(store: &Store) -> Result<Self, StoreError> {
+        Ok(Self {
+            generation: AtomicU64::new(1),
+            current: Mutex::new(Arc::new(CaSet::build(store.all_cas()?))),
+        })
+    }
+
+    /// Rebuilds the set from the store (after a CA change was committed). Reading and
+    /// swapping happen under one lock, so the last rebuild always reflects the last commit.
+    pub fn reload(&self, store: &Store) -> Result<(), StoreError> {
+        let mut current = self
+            .current
+            .lock()
+            .map_err(|_| StoreError::InvalidState("CA cache lock poisoned".into()))?;
+        *current = Arc::new(CaSet::build(store.all_cas()?));
+        self.generation.fetch_add(1, Ordering::Release);
+        Ok(())
+    }
+
+    fn snapshot(&self) -> (u64, Arc<CaSet>) {
+        let current = match self.current.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        (self.generation.load(Ordering::Acquire), current.clone())
+    }
+}
+
+/// One worker's view of the registry.
+pub struct WorkerCas {
+    generation: Cell<u64>,
+    set: RefCell<Arc<CaSet>>,
+}
+
+impl std::fmt::Debug for WorkerCas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerCas")
+            .field("generation", &self.generation.get())
+            .finish()
+    }
+}
+
+impl WorkerCas {
+    /// A view that loads on first use.
+    pub fn new() -> Self {
+        Self {
+            generation: Cell::new(0),
+            set: RefCell::new(Arc::new(CaSet::default())),
+        }
+    }
+
+    /// The current set: one atomic load when nothing changed.
+    pub fn current(&self, registry: &CaRegistry) -> Arc<CaSet> {
+        if registry.generation.load(Ordering::Acquire) != self.generation.get() {
+            let (generation, set) = registry.snapshot();
+            self.generation.set(generation);
+            *self.set.borrow_mut() = set;
+        }
+        self.set.borrow().clone()
+    }
+}
+
+impl Default for WorkerCas {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+/// The subject common name of a certificate, if it has one.
+pub fn common_name(der: &[u8]) -> Option<String> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
+    let cn = cert.subject().iter_common_name().next()?;
+    cn.as_str().ok().map(str::to_string)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
+
+    const NOW: UnixTime = 1_800_000_000;
+
+    fn at(t: i64) -> ::time::OffsetDateTime {
+        ::time::OffsetDateTime::from_unix_timestamp(t).unwrap()
+    }
+
+    fn root(cn: &str) -> (CertificateParams, KeyPair, String) {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, cn);
+        p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        p.not_before = at(NOW - 1000);
+        p.not_after = at(NOW + 100_000);
+        let pem = p.self_signed(&key).unwrap().pem();
+        (p, key, pem)
+    }
+
+    fn leaf(
+        issuer: &(CertificateParams, KeyPair, String),
+        not_after: i64,
+    ) -> CertificateDer<'static> {
+        let key = KeyPair::generate().unwrap();
+        let mut p = CertificateParams::default();
+        p.distinguished_name.push(DnType::CommonName, "dev");
+        p.not_before = at(NOW - 100);
+        p.not_after = at(not_after);
+        let i = Issuer::from_params(&issuer.0, &issuer.1);
+        p.signed_by(&key, &i).unwrap().der().clone()
+    }
+
+    fn ca(id: &str, pem: &str, verified: bool) -> Ca {
+        Ca {
+            id: id.into(),
+            name: id.into(),
+            cert_pem: pem.into(),
+            fingerprint: id.into(),
+            is_verified: verified,
+            verification_token: "t".into(),
+            is_auto_ca_enrollment_enabled: true,
+            is_ott_ca_enrollment_enabled: false,
+            is_auth_enabled: true,
+            identity_roles: vec![],
+            identity_name_format: crate::model::DEFAULT_NAME_FORMAT.into(),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    #[test]
+    fn finds_the_issuing_ca_among_many() {
+        let a = root("a");
+        let b = root("b");
+        let mut cas: Vec<Ca> = (0..50)
+            .map(|i| ca(&format!("x{i}"), &root(&format!("x{i}")).2, true))
+            .collect();
+        cas.push(ca("A", &a.2, true));
+        cas.push(ca("B", &b.2, true));
+        let set = CaSet::build(cas);
+        assert_eq!(set.len(), 52);
+        let chain = [leaf(&b, NOW + 1000)];
+        assert_eq!(set.verify(&chain, NOW, "test", |_| true).unwrap().id, "B");
+    }
+
+    #[test]
+    fn refuses_for_purpose_time_and_unknown_issuers() {
+        let a = root("a");
+        let set = CaSet::build(vec![ca("A", &a.2, false)]);
+        let chain = [leaf(&a, NOW + 1000)];
+        assert!(matches!(
+            set.verify(&chain, NOW, "auto-enrollment", |c| c.is_verified),
+            Err(ChainError::NoAcceptedCa(m)) if m.contains("auto-enrollment")
+        ));
+        assert!(matches!(
+            set.verify(&chain, NOW + 5000, "x", |_| true),
+            Err(ChainError::Invalid(m)) if m.contains("expired")
+        ));
+        let stranger = root("stranger");
+        let chain = [leaf(&stranger, NOW + 1000)];
+        assert!(matches!(
+            set.verify(&chain, NOW, "x", |_| true),
+            Err(ChainError::NoAcceptedCa(_))
+        ));
+        assert_eq!(
+            set.verify(&[], NOW, "x", |_| true).unwrap_err(),
+            ChainError::NoCertificate
+        );
+    }
+
+    #[test]
+    fn workers_follow_the_registry_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), true).unwrap();
+        let registry = CaRegistry::load(&store).unwrap();
+        let view = WorkerCas::new();
+        assert!(view.current(&registry).is_empty());
+        let a = root("a");
+        store
+            .apply_now(vec![crate::store::Command::CreateCa {
+                ca: ca("A", &a.2, true),
+            }])
+            .unwrap()
+            .pop()
+            .unwrap()
+            .unwrap();
+        assert!(view.current(&registry).is_empty(), "not reloaded yet");
+        registry.reload(&store).unwrap();
+        assert_eq!(view.current(&registry).len(), 1);
+    }
+}

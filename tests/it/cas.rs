@@ -1,0 +1,718 @@
+//! Third-party CAs: management and proof of possession, ottca, CA auto-enrollment,
+//! authentication, bad chains, and one certificate per identity under races.
+
+use std::process::Command;
+use std::sync::{Arc, Barrier};
+
+use serde_json::{json, Value};
+
+use crate::fleet::*;
+use crate::support::*;
+
+fn ca_enroll(dev: &Device, gw: &Gateway, body: Option<&Value>) -> enrollgate::client::HttpResponse {
+    let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
+    let headers: &[(&str, &str)] = if body.is_some() {
+        &[("Content-Type", "application/json")]
+    } else {
+        &[]
+    };
+    dev.request(
+        gw,
+        "POST",
+        "/edge/client/v1/enroll?method=ca",
+        headers,
+        &bytes,
+    )
+}
+
+#[test]
+fn cas_are_created_verified_with_openssl_and_managed_from_the_cli() {
+    let gw = Gateway::start();
+    let dir = gw.dir.path();
+    let fleet = Fleet::new("acme");
+    std::fs::write(dir.join("ca.pem"), &fleet.root_pem).unwrap();
+    std::fs::write(dir.join("ca.key"), fleet.root_key.serialize_pem()).unwrap();
+
+    let out = gw.cli(&[
+        "ca",
+        "create",
+        "acme",
+        "--cert",
+        "ca.pem",
+        "--auto",
+        "--auth",
+        "--role-attributes",
+        "sensors,acme",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let id = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    let shown = gw.mgmt("GET", &format!("/cas/{id}"), None).json().unwrap()["data"].clone();
+    assert_eq!(shown["isVerified"], false);
+    assert_eq!(shown["identityNameFormat"], "[caName]-[commonName]");
+    assert_eq!(shown["identityRoles"], json!(["sensors", "acme"]));
+    let token = shown["verificationToken"].as_str().unwrap().to_string();
+
+    // Unverified: auto-enrollment refused.
+    let dev = fleet.device(&Spec::new("dev-1"));
+    let r = ca_enroll(&dev, &gw, None);
+    assert_eq!(
+        (r.status, code(&r).as_str()),
+        (400, "CERT_FAILED_VALIDATION")
+    );
+
+    // Duplicates.
+    let r = gw.mgmt(
+        "POST",
+        "/cas",
+        Some(&json!({"name": "acme2", "certPem": fleet.root_pem})),
+    );
+    assert_eq!((r.status, code(&r).as_str()), (409, "CA_EXISTS"));
+    let other = Fleet::new("other");
+    let r = gw.mgmt(
+        "POST",
+        "/cas",
+        Some(&json!({"name": "acme", "certPem": other.root_pem})),
+    );
+    assert_eq!((r.status, code(&r).as_str()), (409, "NAME_IN_USE"));
+
+    // Wrong proofs: a CN that is not the token, a certificate from another key.
+    let r = mgmt_raw(
+        &gw,
+        "POST",
+        &format!("/cas/{id}/verify"),
+        "text/plain",
+        fleet.proof("not-the-token").as_bytes(),
+    );
+    assert_eq!((r.status, code(&r).as_str()), (400, "INVALID_COMMON_NAME"));
+    let r = mgmt_raw(
+        &gw,
+        "POST",
+        &format!("/cas/{id}/verify"),
+        "text/plain",
+        other.proof(&token).as_bytes(),
+    );
+    assert_eq!(
+        (r.status, code(&r).as_str()),
+        (400, "CERTIFICATE_FAILED_VALIDATION")
+    );
+    let r = mgmt_raw(
+        &gw,
+        "POST",
+        &format!("/cas/{id}/verify"),
+        "text/plain",
+        b"garbage",
+    );
+    assert_eq!(
+        (r.status, code(&r).as_str()),
+        (400, "EXPECTED_PEM_CERTIFICATE")
+    );
+
+    // The two openssl commands of the README, then `ca verify`.
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+                "-nodes",
+                "-keyout",
+                "verify.key",
+                "-subj",
+            ])
+            .arg(format!("/CN={token}"))
+            .args(["-out", "verify.csr"])
+            .current_dir(dir),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "x509",
+                "-req",
+                "-in",
+                "verify.csr",
+                "-CA",
+                "ca.pem",
+                "-CAkey",
+                "ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-out",
+                "verify.pem",
+            ])
+            .current_dir(dir),
+    );
+    let out = gw.cli(&["ca", "verify", "acme", "--cert", "verify.pem"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = gw.mgmt("GET", &format!("/cas/{id}"), None).json().unwrap()["data"].clone();
+    assert_eq!(shown["isVerified"], true);
+    assert!(shown["verificationToken"].is_null());
+    let out = gw.cli(&["ca", "verify", "acme", "--cert", "verify.pem"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("CA_ALREADY_VERIFIED"));
+
+    // Verified: the same device now auto-enrolls; the cache followed without a restart.
+    let r = ca_enroll(&dev, &gw, None);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let new_id = r.json().unwrap()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let ident = gw
+        .mgmt("GET", &format!("/identities/{new_id}"), None)
+        .json()
+        .unwrap()["data"]
+        .clone();
+    assert_eq!(ident["name"], "acme-dev-1");
+    assert_eq!(ident["roleAttributes"], json!(["sensors", "acme"]));
+    assert_eq!(ident["authenticators"]["cert"]["issuedByNetwork"], false);
+
+    // Update from the CLI: turn auto-enrollment off.
+    let out = gw.cli(&[
+        "ca",
+        "update",
+        "acme",
+        "--auto",
+        "false",
+        "--name",
+        "acme-fleet",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = ca_enroll(&fleet.device(&Spec::new("dev-2")), &gw, None);
+    assert_eq!(code(&r), "CERT_FAILED_VALIDATION");
+    let out = gw.cli(&["ca", "list"]);
+    assert!(String::from_utf8_lossy(&out.stdout).contains("acme-fleet"));
+
+    // The CA JWT: em=ca, sub = jti = CA id, no expiry, signed by the listener's key.
+    let out = gw.cli(&["ca", "jwt", "acme-fleet", "-o", "ca.jwt"]);
+    assert!(out.status.success());
+    let jwt = std::fs::read_to_string(dir.join("ca.jwt")).unwrap();
+    let (_, claims) = enrollgate::token::jwt::peek(jwt.trim()).unwrap();
+    assert_eq!(
+        (claims.em.as_str(), claims.sub.as_str(), claims.jti.as_str()),
+        ("ca", id.as_str(), id.as_str())
+    );
+    assert_eq!(claims.exp, None);
+
+    // Delete: gone from the cache at once.
+    let out = gw.cli(&["ca", "delete", "acme-fleet"]);
+    assert!(out.status.success());
+    assert_eq!(gw.mgmt("GET", &format!("/cas/{id}"), None).status, 404);
+}
+
+#[test]
+fn bad_ca_uploads_get_their_codes() {
+    let gw = Gateway::start();
+    let fleet = Fleet::new("x");
+    let leaf = fleet.device(&Spec::new("leaf"));
+    let leaf_only = pem::parse_many(&leaf.chain_pem).unwrap();
+    let leaf_pem = pem::encode(&leaf_only[0]);
+    let cases = [
+        (
+            json!({"name": "a", "certPem": "garbage"}),
+            400,
+            "EXPECTED_PEM_CERTIFICATE",
+        ),
+        (
+            json!({"name": "a", "certPem": format!("{}{}", fleet.root_pem, fleet.inter_pem)}),
+            400,
+            "EXPECTED_PEM_CERTIFICATE",
+        ),
+        (
+            json!({"name": "a", "certPem": format!("junk {}", fleet.root_pem)}),
+            400,
+            "EXPECTED_PEM_CERTIFICATE",
+        ),
+        (
+            json!({"name": "a", "certPem": leaf_pem}),
+            400,
+            "CERTIFICATE_FAILED_VALIDATION",
+        ),
+        (json!({"name": "a"}), 400, "COULD_NOT_PARSE_BODY"),
+        (
+            json!({"name": "a", "certPem": fleet.root_pem, "identityNameFormat": "[caName]-[serial]"}),
+            400,
+            "COULD_NOT_PARSE_BODY",
+        ),
+    ];
+    let before = gw.mgmt("GET", "/cas", None).json().unwrap();
+    for (body, status, want) in cases {
+        let r = gw.mgmt("POST", "/cas", Some(&body));
+        assert_eq!((r.status, code(&r).as_str()), (status, want), "{body}");
+    }
+    assert_eq!(gw.mgmt("GET", "/cas", None).json().unwrap(), before);
+}
+
+#[test]
+fn auto_enrollment_by_curl_and_cli_names_collisions_and_authentication() {
+    let gw = Gateway::start();
+    let dir = gw.dir.path();
+    let fleet = Fleet::new("fleet");
+    let ca_id = fleet.register(&gw, "fleet", true, false, true);
+
+    // curl, a client we did not write, auto-enrolls with its certificate.
+    let dev = fleet.device(&Spec::new("sensor-7"));
+    let (crt, key) = dev.write(dir, "sensor-7");
+    let out = run_ok(
+        Command::new("curl")
+            .args(["-sS", "--fail-with-body", "-X", "POST", "--cacert"])
+            .arg(gw.ca_file())
+            .arg("--cert")
+            .arg(&crt)
+            .arg("--key")
+            .arg(&key)
+            .arg(format!(
+                "{}/edge/client/v1/enroll?method=ca&token=ignored",
+                gw.url()
+            )),
+    );
+    let v: Value = serde_json::from_str(&out).unwrap();
+    let id = v["data"]["id"].as_str().unwrap().to_string();
+    assert_eq!(
+        gw.mgmt("GET", &format!("/identities/{id}"), None)
+            .json()
+            .unwrap()["data"]["name"],
+        "fleet-sensor-7"
+    );
+
+    // The same certificate again: 409 CERT_IN_USE.
+    let r = ca_enroll(&dev, &gw, None);
+    assert_eq!((r.status, code(&r).as_str()), (409, "CERT_IN_USE"));
+
+    // Another device with the same CN: the smallest free suffix.
+    let twin = fleet.device(&Spec::new("sensor-7"));
+    let r = ca_enroll(&twin, &gw, None);
+    let twin_id = r.json().unwrap()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(
+        gw.mgmt("GET", &format!("/identities/{twin_id}"), None)
+            .json()
+            .unwrap()["data"]["name"],
+        "fleet-sensor-7-000001"
+    );
+
+    // A requested name, through the CLI with the CA JWT.
+    let jwt = gw.mgmt("GET", &format!("/cas/{ca_id}/jwt"), None);
+    assert_eq!(jwt.header("content-type"), Some("application/jwt"));
+    std::fs::write(dir.join("ca.jwt"), &jwt.body).unwrap();
+    let third = fleet.device(&Spec::new("sensor-8"));
+    third.write(dir, "sensor-8");
+    let out = gw.cli(&[
+        "enroll",
+        "--jwt",
+        "ca.jwt",
+        "--cert",
+        "sensor-8.crt",
+        "--key",
+        "sensor-8.key",
+        "--idname",
+        "hall-3-sensor",
+        "--out",
+        "s8.json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let list = gw
+        .mgmt(
+            "GET",
+            "/identities?filter=name%20%3D%20%22hall-3-sensor%22",
+            None,
+        )
+        .json()
+        .unwrap();
+    assert_eq!(list["meta"]["pagination"]["totalCount"], 1);
+
+    // The enrolled certificate authenticates...
+    let r = dev.request(
+        &gw,
+        "POST",
+        "/edge/client/v1/authenticate?method=cert",
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let session = r.header("zt-session").unwrap().to_string();
+    let v = r.json().unwrap();
+    assert_eq!(v["data"]["identity"]["id"], id.as_str());
+    let me = gw.request(
+        "GET",
+        "/edge/client/v1/current-identity",
+        &[("zt-session", &session)],
+        b"",
+    );
+    assert_eq!(me.json().unwrap()["data"]["name"], "fleet-sensor-7");
+    // ... an unbound one does not ...
+    let stranger = fleet.device(&Spec::new("unbound"));
+    let r = stranger.request(
+        &gw,
+        "POST",
+        "/edge/client/v1/authenticate?method=cert",
+        &[],
+        b"",
+    );
+    assert_eq!((r.status, code(&r).as_str()), (401, "INVALID_AUTH"));
+    // ... and once the CA loses isAuthEnabled, neither does the bound one.
+    let r = gw.mgmt(
+        "PATCH",
+        &format!("/cas/{ca_id}"),
+        Some(&json!({"isAuthEnabled": false})),
+    );
+    assert_eq!(r.status, 200);
+    let r = dev.request(
+        &gw,
+        "POST",
+        "/edge/client/v1/authenticate?method=cert",
+        &[],
+        b"",
+    );
+    assert_eq!((r.status, code(&r).as_str()), (401, "INVALID_AUTH"));
+}
+
+#[test]
+fn ottca_binds_a_certificate_from_the_tokens_ca_only() {
+    let gw = Gateway::start();
+    let dir = gw.dir.path();
+    let fleet = Fleet::new("ops");
+    let ca_id = fleet.register(&gw, "ops", false, true, true);
+    let other = Fleet::new("elsewhere");
+    other.register(&gw, "elsewhere", true, true, true);
+
+    let out = gw.cli(&[
+        "identity", "create", "device", "plc-1", "--ca", "ops", "-o", "plc.jwt",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let jwt = std::fs::read_to_string(dir.join("plc.jwt")).unwrap();
+    let (_, claims) = enrollgate::token::jwt::peek(jwt.trim()).unwrap();
+    assert_eq!(claims.em, "ottca");
+    let token = claims.jti;
+
+    // No certificate, a certificate from another CA: refused, token kept.
+    let r = gw.request(
+        "POST",
+        &format!("/enroll?method=ottca&token={token}"),
+        &[],
+        b"",
+    );
+    assert_eq!(code(&r), "CERTIFICATE_FAILED_VALIDATION");
+    let foreign = other.device(&Spec::new("plc-1"));
+    let r = foreign.request(
+        &gw,
+        "POST",
+        &format!("/enroll?method=ottca&token={token}"),
+        &[],
+        b"",
+    );
+    assert_eq!(code(&r), "CERTIFICATE_FAILED_VALIDATION");
+    // The ott route does not redeem an ottca token.
+    let r = gw.request(
+        "POST",
+        &format!("/enroll?method=ott&token={token}"),
+        &[],
+        b"x",
+    );
+    assert_eq!(code(&r), "INVALID_ENROLL_METHOD");
+
+    // The CLI enrolls with the right certificate.
+    let dev = fleet.device(&Spec::new("plc-1"));
+    dev.write(dir, "plc");
+    let out = gw.cli(&[
+        "enroll", "--jwt", "plc.jwt", "--cert", "plc.crt", "--key", "plc.key", "--out", "plc.json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let shown = gw
+        .mgmt("GET", "/identities?filter=name%20%3D%20%22plc-1%22", None)
+        .json()
+        .unwrap()["data"][0]
+        .clone();
+    assert_eq!(shown["hasEnrolled"], true);
+    assert_eq!(shown["authenticators"]["cert"]["method"], "ottca");
+    // Its identity file authenticates.
+    let r = gw.request_as(
+        &dir.join("plc.json"),
+        "POST",
+        "/authenticate?method=cert",
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
+    // Bound through ottca: it cannot also auto-enroll (the other direction below).
+    let r = ca_enroll(&dev, &gw, None);
+    assert_eq!(
+        code(&r),
+        "CERT_FAILED_VALIDATION",
+        "ops does not allow auto-enrollment"
+    );
+    let r = gw.mgmt(
+        "PATCH",
+        &format!("/cas/{ca_id}"),
+        Some(&json!({"isAutoCaEnrollmentEnabled": true})),
+    );
+    assert_eq!(r.status, 200);
+    let r = ca_enroll(&dev, &gw, None);
+    assert_eq!((r.status, code(&r).as_str()), (409, "CERT_IN_USE"));
+
+    // An auto-enrolled certificate cannot redeem an ottca token.
+    let auto_dev = fleet.device(&Spec::new("auto-1"));
+    assert_eq!(ca_enroll(&auto_dev, &gw, None).status, 200);
+    let r = gw.mgmt(
+        "POST",
+        "/identities",
+        Some(&json!({"name": "plc-2", "type": "Device", "enrollment": {"ottca": ca_id}})),
+    );
+    let token2 = r.json().unwrap()["data"]["enrollment"]["ottca"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = auto_dev.request(
+        &gw,
+        "POST",
+        "/enroll/ottca",
+        &[("Content-Type", "application/json")],
+        json!({"token": token2}).to_string().as_bytes(),
+    );
+    assert_eq!((r.status, code(&r).as_str()), (409, "CERT_IN_USE"));
+
+    // The CA loses ottca: the token can no longer be redeemed.
+    let r = gw.mgmt(
+        "PATCH",
+        &format!("/cas/{ca_id}"),
+        Some(&json!({"isOttCaEnrollmentEnabled": false})),
+    );
+    assert_eq!(r.status, 200);
+    let fresh = fleet.device(&Spec::new("plc-2"));
+    let r = fresh.request(
+        &gw,
+        "POST",
+        &format!("/enroll?method=ottca&token={token2}"),
+        &[],
+        b"",
+    );
+    assert_eq!(
+        (r.status, code(&r).as_str()),
+        (400, "ENROLLMENT_CA_NOT_VALID")
+    );
+}
+
+#[test]
+fn bad_chains_get_their_codes_and_change_nothing() {
+    let gw = Gateway::start();
+    let fleet = Fleet::new("fleet");
+    fleet.register(&gw, "fleet", true, true, true);
+    let unverified = Fleet::new("unverified");
+    let r = gw.mgmt("POST", "/cas", Some(&json!({"name": "unverified", "certPem": unverified.root_pem, "isAutoCaEnrollmentEnabled": true})));
+    assert_eq!(r.status, 201);
+    let disabled = Fleet::new("disabled");
+    disabled.register(&gw, "disabled", false, true, true);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+
+    let mut expired = Spec::new("expired");
+    expired.not_before = now - 10 * 86_400;
+    expired.not_after = now - 86_400;
+    let mut future = Spec::new("future");
+    future.not_before = now + 86_400;
+    future.not_after = now + 10 * 86_400;
+    let mut no_inter = Spec::new("no-intermediate");
+    no_inter.include_intermediate = false;
+    let mut server_only = Spec::new("server-eku");
+    server_only.eku = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let self_signed = {
+        let c = rcgen::generate_simple_self_signed(vec!["self".into()]).unwrap();
+        Device {
+            chain_pem: c.cert.pem(),
+            key_pem: c.signing_key.serialize_pem(),
+        }
+    };
+    let deep = {
+        // 20 certificates: the leaf and 19 copies of the intermediate.
+        let d = fleet.device(&Spec::new("deep"));
+        let leaf = pem::parse_many(&d.chain_pem).unwrap()[0].clone();
+        let mut chain = pem::encode(&leaf);
+        for _ in 0..19 {
+            chain.push_str(&fleet.inter_pem);
+        }
+        Device {
+            chain_pem: chain,
+            key_pem: d.key_pem,
+        }
+    };
+    let huge = {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let sans: Vec<String> = (0..600)
+            .map(|i| format!("host-{i:04}.a-rather-long-domain-name.example.org"))
+            .collect();
+        let cert = rcgen::CertificateParams::new(sans)
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        Device {
+            chain_pem: cert.pem(),
+            key_pem: key.serialize_pem(),
+        }
+    };
+    assert!(huge.chain_pem.len() > 30_000);
+
+    let before = gw.snapshot();
+    let cases: Vec<(&str, Device)> = vec![
+        ("expired", fleet.device(&expired)),
+        ("not yet valid", fleet.device(&future)),
+        ("unverified CA", unverified.device(&Spec::new("u"))),
+        ("auto disabled", disabled.device(&Spec::new("d"))),
+        ("missing intermediate", fleet.device(&no_inter)),
+        ("serverAuth only", fleet.device(&server_only)),
+        ("self-signed", self_signed),
+        ("20 deep", deep),
+        ("huge", huge),
+    ];
+    for (what, dev) in cases {
+        let r = ca_enroll(&dev, &gw, None);
+        assert_eq!(
+            (r.status, code(&r).as_str()),
+            (400, "CERT_FAILED_VALIDATION"),
+            "{what}: {}",
+            String::from_utf8_lossy(&r.body)
+        );
+    }
+    let r = gw.request("POST", "/enroll?method=ca", &[], b"");
+    assert_eq!(code(&r), "CERT_FAILED_VALIDATION", "no certificate");
+    let r = ca_enroll(
+        &fleet.device(&Spec::new("ok")),
+        &gw,
+        Some(&json!({"name": " bad"})),
+    );
+    assert_eq!(code(&r), "INVALID_NAME");
+    let mut no_cn = Spec::new("x");
+    no_cn.cn = None;
+    let r = ca_enroll(&fleet.device(&no_cn), &gw, None);
+    assert_eq!(code(&r), "INVALID_COMMON_NAME");
+    assert_eq!(gw.snapshot(), before);
+    assert!(!gw.log().contains("panicked"));
+    // Still serving.
+    assert_eq!(
+        ca_enroll(&fleet.device(&Spec::new("fine")), &gw, None).status,
+        200
+    );
+}
+
+#[test]
+fn a_thousand_racing_auto_enrollments() {
+    let gw = Gateway::start();
+    let fleet = Fleet::new("swarm");
+    fleet.register(&gw, "swarm", true, false, false);
+
+    // The same certificate, 1,000 times at once, over both workers: one identity.
+    let dev = fleet.device(&Spec::new("twin"));
+    let responses = race_exact(&gw, vec![dev; 1000]);
+    let ok = responses.iter().filter(|r| r.status == 200).count();
+    assert_eq!(ok, 1, "exactly one identity");
+    for r in responses.iter().filter(|r| r.status != 200) {
+        assert_eq!((r.status, code(r).as_str()), (409, "CERT_IN_USE"));
+    }
+
+    // 1,000 distinct certificates whose template yields the same name: 1,000 names.
+    let devices: Vec<Device> = (0..1000)
+        .map(|_| fleet.device(&Spec::new("same")))
+        .collect();
+    let responses = race_exact(&gw, devices);
+    assert!(
+        responses.iter().all(|r| r.status == 200),
+        "{:?}",
+        responses
+            .iter()
+            .find(|r| r.status != 200)
+            .map(|r| String::from_utf8_lossy(&r.body).into_owned())
+    );
+    let list = gw
+        .mgmt(
+            "GET",
+            "/identities?limit=1000&filter=name%20startswith%20%22swarm-same%22",
+            None,
+        )
+        .json()
+        .unwrap();
+    assert_eq!(list["meta"]["pagination"]["totalCount"], 1000);
+    let mut names: Vec<String> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    names.dedup();
+    assert_eq!(names.len(), 1000);
+    assert!(names.contains(&"swarm-same".to_string()));
+    assert!(names.contains(&"swarm-same-000999".to_string()));
+    assert!(!gw.log().contains("UNHANDLED"));
+}
+
+fn race_exact(gw: &Gateway, devices: Vec<Device>) -> Vec<enrollgate::client::HttpResponse> {
+    let n = devices.len();
+    let threads = 50.min(n);
+    let per = n.div_ceil(threads);
+    let chunks: Vec<Vec<Device>> = devices.chunks(per).map(<[Device]>::to_vec).collect();
+    let barrier = Arc::new(Barrier::new(chunks.len()));
+    let ca = gw.ca_certs();
+    let port = gw.port;
+    let handles: Vec<_> = chunks
+        .into_iter()
+        .map(|chunk| {
+            let barrier = barrier.clone();
+            let configs: Vec<_> = chunk
+                .iter()
+                .map(|d| enrollgate::client::config(&ca, Some((d.chain(), d.key()))).unwrap())
+                .collect();
+            std::thread::spawn(move || {
+                barrier.wait();
+                configs
+                    .into_iter()
+                    .map(|cfg| {
+                        enrollgate::client::request(
+                            cfg,
+                            "127.0.0.1",
+                            port,
+                            "POST",
+                            "/edge/client/v1/enroll?method=ca",
+                            &[],
+                            b"",
+                        )
+                        .unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect()
+}
