@@ -20,7 +20,10 @@ pub fn view(ca: &Ca) -> Value {
         "id": ca.id,
         "name": ca.name,
         "certPem": ca.cert_pem,
-        "fingerprint": ca.fingerprint,
+        "fingerprint": ::pem::parse(&ca.cert_pem)
+            .map(|p| crate::pki::fingerprint::sha1_hex(p.contents()))
+            .unwrap_or_default(),
+        "fingerprintSha256": ca.fingerprint,
         "isVerified": ca.is_verified,
         "verificationToken": if ca.is_verified { Value::Null } else { Value::String(ca.verification_token.clone()) },
         "isAutoCaEnrollmentEnabled": ca.is_auto_ca_enrollment_enabled,

@@ -145,11 +145,16 @@ fn version() -> Response {
     }))
 }
 
-/// The optional `{"name": ...}` body of a `ca` enrollment.
+/// The optional `{"name": ...}` body of a `ca` enrollment. As in OpenZiti, a body that is
+/// not JSON (older clients send `text/plain`, often empty) carries no name.
 fn requested_name(req: &Request) -> Result<Option<String>, ApiError> {
     #[derive(Deserialize)]
     struct Body {
         name: Option<String>,
+    }
+    match req.head.content_type().as_deref() {
+        None | Some("application/json") => {}
+        Some(_) => return Ok(None),
     }
     let body: Body = json_body(req)?;
     match body.name {
@@ -322,8 +327,11 @@ fn authenticate_cert(w: &WorkerCtx, peer: &Peer) -> Result<Response, ApiError> {
     Ok(Response::data(json!({
         "token": token,
         "expiresAt": rfc3339(expires_at),
+        "expirationSeconds": super::auth::SESSION_TTL_SECS,
         "identity": { "id": identity.id, "name": identity.name },
+        "identityId": identity.id,
         "isAdmin": identity.is_admin,
+        "isCertExtendable": false,
     }))
     .with_header("zt-session", token))
 }

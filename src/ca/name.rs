@@ -1,8 +1,9 @@
 //! Names of auto-enrolled identities, from a CA's `identityNameFormat`.
 //!
 //! Symbols: `[caName]`, `[caId]`, `[commonName]`, `[requestedName]`, `[identityId]`.
-//! A requested name fills `[requestedName]`; when the format does not use it, the requested
-//! name replaces the format's result. A name that collides later gets a numeric suffix in
+//! A requested name fills `[requestedName]` (without one, the new identity's id does, as in
+//! OpenZiti); when the format does not use it, the requested name replaces the format's
+//! result. A name that collides later gets a numeric suffix in
 //! the committer (`store::apply`), inside the same atomic write.
 
 /// The symbols a format may use.
@@ -88,7 +89,7 @@ pub fn render(format: &str, vars: &NameVars<'_>) -> Result<String, NameFormatErr
         .replace("[caName]", vars.ca_name)
         .replace("[caId]", vars.ca_id)
         .replace("[commonName]", vars.common_name.unwrap_or_default())
-        .replace("[requestedName]", requested.unwrap_or_default())
+        .replace("[requestedName]", requested.unwrap_or(vars.identity_id))
         .replace("[identityId]", vars.identity_id))
 }
 
@@ -136,6 +137,14 @@ mod tests {
         assert_eq!(
             render("[caName]-[commonName]", &vars(Some("cn"), Some(""))).unwrap(),
             "fleet-cn"
+        );
+    }
+
+    #[test]
+    fn requested_name_defaults_to_the_identity_id() {
+        assert_eq!(
+            render("[caName].[requestedName]", &vars(None, None)).unwrap(),
+            "fleet.ID9"
         );
     }
 

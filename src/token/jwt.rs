@@ -25,9 +25,29 @@ pub struct Claims {
     /// Expiry (absent for the reusable CA JWT).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub exp: Option<UnixTime>,
-    /// Audience. OpenZiti leaves it empty; kept for clients that expect the claim.
+    /// Audience: `["openziti-enroller"]`, as OpenZiti's controller writes it (a single
+    /// string is accepted when reading).
     #[serde(default)]
-    pub aud: String,
+    pub aud: Audience,
+}
+
+/// The audience OpenZiti puts in enrollment JWTs.
+pub const AUDIENCE: &str = "openziti-enroller";
+
+/// `aud`: one string or a list (RFC 7519 allows both).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(untagged)]
+pub enum Audience {
+    /// A list.
+    Many(Vec<String>),
+    /// One value.
+    One(String),
+}
+
+impl Default for Audience {
+    fn default() -> Self {
+        Self::Many(Vec::new())
+    }
 }
 
 impl std::fmt::Debug for Claims {
@@ -143,7 +163,7 @@ impl JwtSigner {
             jti: token.to_string(),
             em: method.as_str().to_string(),
             exp: expires_at,
-            aud: String::new(),
+            aud: Audience::Many(vec![AUDIENCE.to_string()]),
         };
         jsonwebtoken::encode(&self.header, &claims, &self.key)
             .map_err(|e| JwtError::Sign(e.to_string()))
@@ -227,6 +247,7 @@ mod tests {
         assert_eq!(claims.em, "ott");
         assert_eq!(claims.exp, Some(1_800_000_000));
         assert_eq!(claims.iss, "https://gw.example:8443");
+        assert_eq!(claims.aud, Audience::Many(vec!["openziti-enroller".into()]));
     }
 
     #[test]

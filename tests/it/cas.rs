@@ -308,6 +308,17 @@ fn auto_enrollment_by_curl_and_cli_names_collisions_and_authentication() {
         "fleet-sensor-7-000001"
     );
 
+    // As the Go SDK's older path sends it: text/plain, empty body (no name).
+    let sdk = fleet.device(&Spec::new("sdk-style"));
+    let r = sdk.request(
+        &gw,
+        "POST",
+        "/edge/client/v1/enroll?method=ca",
+        &[("Content-Type", "text/plain")],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+
     // A requested name, through the CLI with the CA JWT.
     let jwt = gw.mgmt("GET", &format!("/cas/{ca_id}/jwt"), None);
     assert_eq!(jwt.header("content-type"), Some("application/jwt"));
