@@ -62,6 +62,9 @@ pub struct Shared {
     pub sessions: crate::api::auth::Sessions,
     /// The internal CA certificate (DER).
     pub internal_ca_der: Vec<u8>,
+    /// Intermediates (PEM) appended to every issued certificate: the certificates of
+    /// `pki.ca_cert` that are not self-signed roots (empty with the default single root).
+    pub issued_chain_tail_pem: String,
     ca_der: Vec<u8>,
     ca_key_path: std::path::PathBuf,
     server_cert_der: Vec<u8>,
@@ -118,6 +121,13 @@ impl Shared {
             cas,
             sessions: crate::api::auth::Sessions::default(),
             internal_ca_der: ca_chain[0].clone(),
+            issued_chain_tail_pem: pki::pem_of_certs(
+                &ca_chain
+                    .iter()
+                    .filter(|der| !pki::is_self_signed(der))
+                    .cloned()
+                    .collect::<Vec<_>>(),
+            ),
         };
         // Fail at start, not on the first request, if a worker could not load its keys.
         shared.worker_keys()?;

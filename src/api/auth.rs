@@ -17,6 +17,9 @@ use crate::model::Identity;
 pub const SESSION_TTL_SECS: i64 = 30 * 60;
 /// Sessions kept at most; expired ones are pruned when this is reached.
 pub const MAX_SESSIONS: usize = 100_000;
+/// Live sessions one identity may hold; a new one replaces its oldest, so no identity can
+/// fill the table and lock the others out.
+pub const MAX_SESSIONS_PER_IDENTITY: usize = 16;
 
 /// Why a certificate does not authenticate (`401`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -91,9 +94,19 @@ pub struct Session {
 }
 
 /// API sessions, in memory (a restart ends them; clients authenticate again).
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct Sessions {
     map: DashMap<String, Session>,
+    by_identity: DashMap<String, Vec<String>>,
+}
+
+impl std::fmt::Debug for Sessions {
+    // Session tokens are bearer secrets.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sessions")
+            .field("live", &self.map.len())
+            .finish()
+    }
 }
 
 impl Sessions {
@@ -110,6 +123,15 @@ impl Sessions {
         }
         let token = crate::ids::new_token().map_err(|e| ApiError::Unhandled(e.to_string()))?;
         let expires_at = now + SESSION_TTL_SECS;
+        {
+            let mut mine = self.by_identity.entry(identity_id.to_string()).or_default();
+            mine.retain(|t| self.map.get(t).is_some_and(|s| s.expires_at > now));
+            while mine.len() >= MAX_SESSIONS_PER_IDENTITY {
+                let oldest = mine.remove(0);
+                self.map.remove(&oldest);
+            }
+            mine.push(token.clone());
+        }
         self.map.insert(
             token.clone(),
             Session {
@@ -143,5 +165,21 @@ mod tests {
         assert_eq!(s.get(&t, 101).unwrap().identity_id, "i1");
         assert!(s.get(&t, exp).is_none());
         assert!(s.get("nope", 101).is_none());
+    }
+
+    #[test]
+    fn one_identity_cannot_hoard_sessions() {
+        let s = Sessions::default();
+        let tokens: Vec<String> = (0..40)
+            .map(|_| s.create("greedy", 100).unwrap().0)
+            .collect();
+        let live = tokens.iter().filter(|t| s.get(t, 101).is_some()).count();
+        assert_eq!(live, MAX_SESSIONS_PER_IDENTITY);
+        assert!(
+            s.get(tokens.last().unwrap(), 101).is_some(),
+            "the newest is kept"
+        );
+        assert!(s.get(&tokens[0], 101).is_none(), "the oldest went");
+        assert!(s.create("other", 100).is_ok());
     }
 }

@@ -75,7 +75,11 @@ pub fn find(w: &WorkerCtx, id: &str) -> Result<Ca, ApiError> {
 
 async fn commit_ca(w: &WorkerCtx, cmd: Command) -> Result<Option<Ca>, ApiError> {
     let outcome = w.shared.commit.submit(cmd).await?;
-    w.shared.cas.reload(&w.shared.store)?;
+    // The change is committed whatever happens next; a failed reload leaves the old set in
+    // force until the next change, and is logged, not answered as a failure of the change.
+    if let Err(e) = w.shared.cas.reload(&w.shared.store) {
+        tracing::error!(error = %e, "CA cache reload failed; the previous CA set stays in force");
+    }
     Ok(match outcome {
         Outcome::Ca(ca) => Some(*ca),
         _ => None,

@@ -418,15 +418,17 @@ async fn enroll_ott(
         .await?;
     tracing::info!(identity_id = %enrollment.identity_id, method = "ott", "identity enrolled");
 
+    // The leaf and the intermediates a verifier needs to reach the root.
+    let cert_chain = format!("{}{}", issued.pem, shared.issued_chain_tail_pem);
     if want_pem {
         return Ok(Response::bytes(
             200,
             "application/x-pem-file",
-            issued.pem.into_bytes(),
+            cert_chain.into_bytes(),
         ));
     }
     Ok(Response::data(json!({
-        "cert": issued.pem,
+        "cert": cert_chain,
         "ca": shared.ca_bundle_pem,
     })))
 }

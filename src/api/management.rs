@@ -65,23 +65,10 @@ pub(super) async fn route(
     }
 }
 
+/// Admin check: a bound certificate, within its validity, whose CA (for third-party
+/// certificates) still allows authentication, of an identity with `isAdmin`.
 fn authorize(w: &WorkerCtx, peer: &Peer) -> Result<(), ApiError> {
-    let unauthorized = |why: &str| {
-        ApiError::Unauthorized(format!(
-            "the management API needs the client certificate of an admin identity: {why}"
-        ))
-    };
-    let fp = peer
-        .cert_sha256
-        .as_deref()
-        .ok_or_else(|| unauthorized("no client certificate was presented"))?;
-    match w.shared.store.identity_by_fingerprint(fp)? {
-        Some(identity) if identity.is_admin => Ok(()),
-        Some(_) => Err(unauthorized("this identity is not an admin")),
-        None => Err(unauthorized(
-            "this certificate is not bound to any identity",
-        )),
-    }
+    super::auth::require_admin(w, peer).map(|_| ())
 }
 
 fn page_params(req: &Request) -> Result<(usize, usize), ApiError> {

@@ -19,12 +19,22 @@ pub const CLIENT_PREFIX: &str = "/edge/client/v1";
 pub const MANAGEMENT_PREFIX: &str = "/edge/management/v1";
 
 /// A complete request.
-#[derive(Debug)]
 pub struct Request {
     /// Method, path, query, headers.
     pub head: Head,
     /// Body (at most `limits.max_body_bytes`).
     pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Request {
+    // The query (`?token=`), headers (`zt-session`) and body (CSRs) stay out of Debug.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.head.method)
+            .field("path", &self.head.path)
+            .field("body_len", &self.body.len())
+            .finish_non_exhaustive()
+    }
 }
 
 /// What the TLS layer knows of the client.

@@ -182,9 +182,7 @@ impl CaSet {
             .collect();
         let end_entity = webpki::EndEntityCert::try_from(leaf)
             .map_err(|e| ChainError::Malformed(describe(&e)))?;
-        let algs = rustls::crypto::aws_lc_rs::default_provider()
-            .signature_verification_algorithms
-            .all;
+        let algs = signature_algorithms();
         let time =
             PkiTime::since_unix_epoch(std::time::Duration::from_secs(now.max(0).unsigned_abs()));
         let path = end_entity
@@ -209,6 +207,16 @@ impl CaSet {
             .map(|c| &c.ca)
             .ok_or_else(|| ChainError::Invalid("the path ends at an unexpected anchor".into()))
     }
+}
+
+/// The signature algorithms chains are verified with (aws-lc-rs, built once).
+pub fn signature_algorithms(
+) -> &'static [&'static dyn rustls_pki_types::SignatureVerificationAlgorithm] {
+    static ALGS: std::sync::LazyLock<rustls::crypto::WebPkiSupportedAlgorithms> =
+        std::sync::LazyLock::new(|| {
+            rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
+        });
+    ALGS.all
 }
 
 /// The shared, current CA set and its generation.
@@ -237,10 +245,11 @@ impl CaRegistry {
     /// Rebuilds the set from the store (after a CA change was committed). Reading and
     /// swapping happen under one lock, so the last rebuild always reflects the last commit.
     pub fn reload(&self, store: &Store) -> Result<(), StoreError> {
-        let mut current = self
-            .current
-            .lock()
-            .map_err(|_| StoreError::InvalidState("CA cache lock poisoned".into()))?;
+        let mut current = match self.current.lock() {
+            Ok(g) => g,
+            // A panic while swapping cannot leave the Arc half-written: carry on.
+            Err(poisoned) => poisoned.into_inner(),
+        };
         *current = Arc::new(CaSet::build(store.all_cas()?));
         self.generation.fetch_add(1, Ordering::Release);
         Ok(())

@@ -85,12 +85,27 @@ pub fn render(format: &str, vars: &NameVars<'_>) -> Result<String, NameFormatErr
     if format.contains("[commonName]") && vars.common_name.is_none_or(str::is_empty) {
         return Err(NameFormatError::NoCommonName);
     }
-    Ok(format
-        .replace("[caName]", vars.ca_name)
-        .replace("[caId]", vars.ca_id)
-        .replace("[commonName]", vars.common_name.unwrap_or_default())
-        .replace("[requestedName]", requested.unwrap_or(vars.identity_id))
-        .replace("[identityId]", vars.identity_id))
+    // One left-to-right pass: a value that contains a symbol is not expanded again.
+    let mut out = String::with_capacity(format.len() + 32);
+    let mut rest = format;
+    while let Some(start) = rest.find('[') {
+        out.push_str(&rest[..start]);
+        let after = &rest[start..];
+        let end = after
+            .find(']')
+            .ok_or_else(|| NameFormatError::UnknownSymbol(after.into()))?;
+        out.push_str(match &after[..=end] {
+            "[caName]" => vars.ca_name,
+            "[caId]" => vars.ca_id,
+            "[commonName]" => vars.common_name.unwrap_or_default(),
+            "[requestedName]" => requested.unwrap_or(vars.identity_id),
+            "[identityId]" => vars.identity_id,
+            other => return Err(NameFormatError::UnknownSymbol(other.into())),
+        });
+        rest = &after[end + 1..];
+    }
+    out.push_str(rest);
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -137,6 +152,14 @@ mod tests {
         assert_eq!(
             render("[caName]-[commonName]", &vars(Some("cn"), Some(""))).unwrap(),
             "fleet-cn"
+        );
+    }
+
+    #[test]
+    fn values_are_not_expanded_again() {
+        assert_eq!(
+            render("[caName]-[commonName]", &vars(Some("[identityId]"), None)).unwrap(),
+            "fleet-[identityId]"
         );
     }
 

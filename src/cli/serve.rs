@@ -95,9 +95,11 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     });
     signals_handle.close();
     let _ = signal_thread.join();
-    // The last handles on the committer go with `shared`; it then drains and stops.
+    // Commit what is queued, then stop, whether or not every handle was dropped.
     drop(shared);
-    let _ = committer.join();
+    if !committer.stop(std::time::Duration::from_secs(10)) {
+        tracing::warn!("the committer did not stop within 10 s");
+    }
     result.map_err(|e| CliError::new(format!("server failed: {e}")))?;
     tracing::info!("stopped");
     Ok(())

@@ -122,6 +122,9 @@ pub struct Limits {
     pub body_timeout: Duration,
     /// An idle keep-alive connection is closed after this.
     pub idle_timeout: Duration,
+    /// A response (or a close) must be written within this; a client that stops reading
+    /// loses its connection.
+    pub write_timeout: Duration,
     /// Open connections per worker at most; beyond, new connections are closed at once.
     pub max_connections: usize,
 }
@@ -135,6 +138,7 @@ impl Default for Limits {
             header_timeout: Duration::from_secs(10),
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
+            write_timeout: Duration::from_secs(30),
             max_connections: 10_000,
         }
     }
@@ -377,6 +381,11 @@ impl Config {
                 l.idle_timeout.as_ref(),
                 d.idle_timeout,
             ),
+            write_timeout: c.duration(
+                "limits.write_timeout",
+                l.write_timeout.as_ref(),
+                d.write_timeout,
+            ),
             max_connections: c.positive(
                 "limits.max_connections",
                 l.max_connections,
@@ -475,6 +484,7 @@ handshake_timeout = "10s"
 header_timeout = "10s"
 body_timeout = "30s"
 idle_timeout = "60s"
+write_timeout = "30s"
 max_connections = 10000         # per worker
 
 [log]

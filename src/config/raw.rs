@@ -77,6 +77,7 @@ pub struct RawLimits {
     pub header_timeout: Option<String>,
     pub body_timeout: Option<String>,
     pub idle_timeout: Option<String>,
+    pub write_timeout: Option<String>,
     pub max_connections: Option<usize>,
 }
 

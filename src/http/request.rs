@@ -130,16 +130,27 @@ pub fn parse_head(buf: &[u8]) -> Result<Parsed, HeadError> {
     for (name, value) in &out {
         match name.as_str() {
             "content-length" => {
-                let n = value
-                    .parse::<usize>()
-                    .map_err(|_| HeadError::BadLength(value.chars().take(32).collect()))?;
+                let bad = || HeadError::BadLength(value.chars().take(32).collect());
+                if value.is_empty() || !value.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err(bad());
+                }
+                let n = value.parse::<usize>().map_err(|_| bad())?;
                 if length.is_some_and(|m| m != n) {
                     return Err(HeadError::BadLength("conflicting values".into()));
                 }
                 length = Some(n);
             }
-            "transfer-encoding" if value.to_ascii_lowercase().contains("chunked") => {
-                chunked = true;
+            "transfer-encoding" => {
+                // Only `chunked` is understood (and then refused with 411); any other coding
+                // would leave the body's end unknown.
+                if value.eq_ignore_ascii_case("chunked") {
+                    chunked = true;
+                } else {
+                    return Err(HeadError::Malformed(format!(
+                        "unsupported Transfer-Encoding '{}'",
+                        value.chars().take(32).collect::<String>()
+                    )));
+                }
             }
             "connection" => {
                 for token in value.split(',') {
@@ -245,6 +256,14 @@ mod tests {
         assert!(matches!(
             parse_head(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
             Err(HeadError::BadLength(_))
+        ));
+        assert!(matches!(
+            parse_head(b"POST / HTTP/1.1\r\nContent-Length: +5\r\n\r\n"),
+            Err(HeadError::BadLength(_))
+        ));
+        assert!(matches!(
+            parse_head(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip\r\n\r\n"),
+            Err(HeadError::Malformed(_))
         ));
     }
 

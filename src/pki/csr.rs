@@ -102,6 +102,13 @@ pub fn accept(der: &[u8]) -> Result<AcceptedCsr, CsrError> {
     let spki = &csr.certification_request_info.subject_pki;
     let key = classify_key(spki)?;
     csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
+    // The signer needs the exact algorithm identifier it knows (RSA with NULL parameters,
+    // Ed25519 without): a key encoded otherwise is refused here, never failing later.
+    rcgen::SubjectPublicKeyInfo::from_der(spki.raw).map_err(|_| {
+        CsrError::UnsupportedKey(
+            "the key's algorithm parameters are not encoded as expected".into(),
+        )
+    })?;
     Ok(AcceptedCsr {
         spki_der: spki.raw.to_vec(),
         key,
@@ -126,7 +133,7 @@ fn classify_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<Ke
         }
     } else if *alg == OID_PKCS1_RSAENCRYPTION {
         let bits = match spki.parsed() {
-            Ok(PublicKey::RSA(rsa)) => rsa.key_size(),
+            Ok(PublicKey::RSA(rsa)) => modulus_bits(rsa.modulus),
             _ => return Err(CsrError::UnsupportedKey("malformed RSA key".into())),
         };
         if (MIN_RSA_BITS..=MAX_RSA_BITS).contains(&bits) {
@@ -138,6 +145,15 @@ fn classify_key(spki: &x509_parser::x509::SubjectPublicKeyInfo<'_>) -> Result<Ke
         Ok(KeyKind::Ed25519)
     } else {
         Err(CsrError::UnsupportedKey(format!("algorithm {alg}")))
+    }
+}
+
+/// The bit length of a big-endian unsigned integer (leading zero bytes ignored).
+fn modulus_bits(bytes: &[u8]) -> usize {
+    let first = bytes.iter().position(|&b| b != 0);
+    match first {
+        None => 0,
+        Some(i) => (bytes.len() - i - 1) * 8 + (8 - bytes[i].leading_zeros() as usize),
     }
 }
 
@@ -211,6 +227,29 @@ mod tests {
         let last = der.len() - 1;
         der[last] ^= 0x01;
         assert_eq!(accept(&der), Err(CsrError::BadSignature));
+    }
+
+    #[test]
+    fn modulus_bits_are_exact() {
+        assert_eq!(modulus_bits(&[0x00, 0x80, 0x00]), 16);
+        assert_eq!(modulus_bits(&[0x01, 0x00]), 9);
+        assert_eq!(modulus_bits(&[0x7f; 256]), 2047);
+        let mut m = vec![0x01];
+        m.extend([0u8; 512]);
+        assert_eq!(
+            modulus_bits(&m),
+            4097,
+            "just over 4096 must not pass as 4096"
+        );
+        assert_eq!(modulus_bits(&[0, 0]), 0);
+    }
+
+    #[test]
+    fn accepted_keys_are_issuable() {
+        let key = KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
+        let der = decode_body(csr_pem(&key).as_bytes()).unwrap();
+        let accepted = accept(&der).unwrap();
+        assert!(rcgen::SubjectPublicKeyInfo::from_der(&accepted.spki_der).is_ok());
     }
 
     #[test]

@@ -218,6 +218,15 @@ pub fn read_key(path: &Path) -> Result<(KeyPair, String), LoadError> {
     Ok((key, text))
 }
 
+/// True when a certificate's issuer is its own subject (a root).
+pub fn is_self_signed(der: &[u8]) -> bool {
+    use x509_parser::prelude::FromDer as _;
+    match x509_parser::certificate::X509Certificate::from_der(der) {
+        Ok((_, c)) => c.issuer().as_raw() == c.subject().as_raw(),
+        Err(_) => false,
+    }
+}
+
 /// PEM text (LF line endings, as rcgen and openssl write) of one DER object.
 pub fn pem_encode(tag: &str, der: &[u8]) -> String {
     pem::encode_config(

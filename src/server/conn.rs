@@ -9,6 +9,7 @@
 //! | `max_header_bytes` | `431 HEADERS_TOO_LARGE`, closed |
 //! | `max_body_bytes` | `413 REQUEST_TOO_LARGE` before the body is read, closed |
 //! | `body_timeout` | the connection is closed |
+//! | `write_timeout` (a client that stops reading) | the connection is closed |
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -60,47 +61,39 @@ pub async fn serve(ctx: &WorkerCtx, tcp: TcpStream, addr: SocketAddr, signal: &S
         cert_sha256: chain.first().map(|leaf| fingerprint::sha256_hex(leaf)),
         chain,
     };
+    let wt = limits.write_timeout;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
         let (head, head_len) = match read_head(&mut tls, &mut buf, &limits, signal).await {
             Next::Head(h, n) => (h, n),
-            Next::Close => return tls.close().await,
-            Next::Refuse(err) => return refuse(tls, err).await,
+            Next::Close => return close(tls, wt).await,
+            Next::Refuse(err) => return refuse(tls, err, wt).await,
         };
         buf.drain(..head_len);
         let body = match head.body {
             BodyKind::None => Vec::new(),
             BodyKind::Chunked => {
-                return refuse(
-                    tls,
-                    ApiError::LengthRequired(
-                        "chunked request bodies are not accepted; send Content-Length".into(),
-                    ),
-                )
-                .await
+                let err = ApiError::LengthRequired(
+                    "chunked request bodies are not accepted; send Content-Length".into(),
+                );
+                return refuse(tls, err, wt).await;
             }
             BodyKind::Length(n) if n > limits.max_body_bytes => {
-                return refuse(
-                    tls,
-                    ApiError::RequestTooLarge(format!(
-                        "the body is {n} bytes; at most {} are accepted",
-                        limits.max_body_bytes
-                    )),
-                )
-                .await
+                let err = ApiError::RequestTooLarge(format!(
+                    "the body is {n} bytes; at most {} are accepted",
+                    limits.max_body_bytes
+                ));
+                return refuse(tls, err, wt).await;
             }
             BodyKind::Length(n) => {
                 if head.expect_continue
                     && buf.len() < n
-                    && tls
-                        .write_all_plain(b"HTTP/1.1 100 Continue\r\n\r\n")
-                        .await
-                        .is_err()
+                    && !write(&mut tls, b"HTTP/1.1 100 Continue\r\n\r\n", wt).await
                 {
                     return;
                 }
                 if !read_body(&mut tls, &mut buf, n, limits.body_timeout).await {
-                    return tls.close().await;
+                    return close(tls, wt).await;
                 }
                 buf.drain(..n).collect()
             }
@@ -110,24 +103,35 @@ pub async fn serve(ctx: &WorkerCtx, tcp: TcpStream, addr: SocketAddr, signal: &S
         let resp = api::handle(ctx, &req, &peer, &id).await;
         let keep_alive = req.head.keep_alive && !signal.is_set();
         let bytes = resp.serialize(keep_alive, req.head.method == "HEAD");
-        if tls.write_all_plain(&bytes).await.is_err() {
+        if !write(&mut tls, &bytes, wt).await {
             return;
         }
         if !keep_alive {
-            return tls.close().await;
+            return close(tls, wt).await;
         }
     }
 }
 
-async fn refuse(mut tls: TlsStream, err: ApiError) {
+/// Writes `bytes` within `limit`; false when the client did not take them in time (the
+/// caller then drops the connection).
+async fn write(tls: &mut TlsStream, bytes: &[u8], limit: Duration) -> bool {
+    matches!(
+        monoio::time::timeout(limit, tls.write_all_plain(bytes)).await,
+        Ok(Ok(()))
+    )
+}
+
+/// Closes cleanly, within `limit`.
+async fn close(tls: TlsStream, limit: Duration) {
+    let _ = monoio::time::timeout(limit, tls.close()).await;
+}
+
+async fn refuse(mut tls: TlsStream, err: ApiError, limit: Duration) {
     let (status, _) = err.status_and_code();
     let resp = Response::json(status, &err.envelope(&request_id()));
-    if tls
-        .write_all_plain(&resp.serialize(false, false))
-        .await
-        .is_ok()
-    {
-        tls.close_lingering(Duration::from_millis(500)).await;
+    if write(&mut tls, &resp.serialize(false, false), limit).await {
+        let linger = Duration::from_millis(500);
+        let _ = monoio::time::timeout(limit + linger, tls.close_lingering(linger)).await;
     }
 }
 

@@ -76,6 +76,9 @@ impl TlsStream {
             }
             let mut buf = std::mem::take(&mut self.rbuf);
             buf.clear();
+            // If this read is cancelled (timeout, select!), `rbuf` stays empty and `rpos`
+            // must agree with it; the connection is then closed, never read again.
+            self.rpos = 0;
             let (res, buf) = self.io.read(buf).await;
             self.rbuf = buf;
             self.rpos = 0;

@@ -17,7 +17,7 @@ use crate::model::{Authenticator, Ca, Enrollment, Identity, Method};
 pub const MAX_NAME_SUFFIX: u32 = 999_999;
 
 /// A change to the store, decided by the committer.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 #[non_exhaustive]
 pub enum Command {
     /// Create an identity, optionally with a pending enrollment or an already-bound
@@ -96,6 +96,33 @@ pub enum Command {
     },
 }
 
+impl std::fmt::Debug for Command {
+    // Tokens and verification tokens are secrets: only the kind and the ids are shown.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Self::CreateIdentity { identity, .. } => write!(f, "CreateIdentity({})", identity.id),
+            Self::Redeem {
+                method,
+                identity_id,
+                ..
+            } => {
+                write!(f, "Redeem({}, {identity_id})", method.as_str())
+            }
+            Self::DeleteIdentity { id } => write!(f, "DeleteIdentity({id})"),
+            Self::ReplaceEnrollment { identity_id, .. } => {
+                write!(f, "ReplaceEnrollment({identity_id})")
+            }
+            Self::AutoEnroll { ca_id, identity } => {
+                write!(f, "AutoEnroll({ca_id}, {})", identity.id)
+            }
+            Self::CreateCa { ca } => write!(f, "CreateCa({})", ca.id),
+            Self::UpdateCa { id, .. } => write!(f, "UpdateCa({id})"),
+            Self::VerifyCa { id, .. } => write!(f, "VerifyCa({id})"),
+            Self::DeleteCa { id } => write!(f, "DeleteCa({id})"),
+        }
+    }
+}
+
 /// Fields of a CA an update may change (`None`: unchanged).
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CaChanges {
@@ -130,11 +157,28 @@ enum Write {
     Delete(Vec<u8>),
 }
 
+/// Where the search for a free `-NNNNNN` suffix of a base name starts, kept by the
+/// committer across batches. Invariant: every suffix below a base's hint is taken, so the
+/// search still finds the smallest free one while a fleet of devices sharing a name costs
+/// one lookup each, not one per device already enrolled.
+pub type SuffixHints = HashMap<String, u32>;
+
 /// The writes decided so far in one atomic batch.
 pub struct Batch<'a, S: Snapshot + ?Sized> {
     snap: &'a S,
     overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
     writes: Vec<Write>,
+    hints: Option<&'a mut SuffixHints>,
+}
+
+/// `base` and `n` when `name` is `base-NNNNNN`.
+fn split_suffix(name: &str) -> Option<(&str, u32)> {
+    let (base, digits) = name.rsplit_once('-')?;
+    if digits.len() == 6 && digits.bytes().all(|b| b.is_ascii_digit()) {
+        Some((base, digits.parse().ok()?))
+    } else {
+        None
+    }
 }
 
 impl<S: Snapshot + ?Sized> Snapshot for Batch<'_, S> {
@@ -158,6 +202,15 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
             snap,
             overlay: HashMap::new(),
             writes: Vec::new(),
+            hints: None,
+        }
+    }
+
+    /// An empty batch over `snap` that uses and maintains `hints`.
+    pub fn with_hints(snap: &'a S, hints: &'a mut SuffixHints) -> Self {
+        Self {
+            hints: Some(hints),
+            ..Self::new(snap)
         }
     }
 
@@ -267,13 +320,25 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
         // The collision check is part of this atomic decision, never a separate read.
         let base = identity.name.clone();
         let mut name = base.clone();
-        let mut suffix = 0u32;
-        while self.get(&keys::name(&name))?.is_some() {
-            suffix += 1;
-            if suffix > MAX_NAME_SUFFIX {
-                return Err(StoreError::NameInUse(base));
+        let mut allocated = None;
+        if self.get(&keys::name(&name))?.is_some() {
+            let start = self
+                .hints
+                .as_ref()
+                .and_then(|h| h.get(&base).copied())
+                .unwrap_or(1);
+            let mut suffix = start.max(1);
+            loop {
+                if suffix > MAX_NAME_SUFFIX {
+                    return Err(StoreError::NameInUse(base));
+                }
+                name = format!("{base}-{suffix:06}");
+                if self.get(&keys::name(&name))?.is_none() {
+                    break;
+                }
+                suffix += 1;
             }
-            name = format!("{base}-{suffix:06}");
+            allocated = Some(suffix);
         }
         identity.name = name;
         if identity.role_attributes.is_empty() {
@@ -285,6 +350,9 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
             Write::Put(keys::identity(&identity.id), to_json(&identity)),
         ];
         self.commit_writes(writes);
+        if let (Some(n), Some(hints)) = (allocated, self.hints.as_mut()) {
+            hints.insert(base, n + 1);
+        }
         Ok(Outcome::Identity(Box::new(identity)))
     }
 
@@ -490,6 +558,13 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
             writes.push(Write::Delete(keys::token(&token)));
         }
         self.commit_writes(writes);
+        // A freed suffix is free again for the next device with that base name.
+        if let (Some((base, n)), Some(hints)) = (split_suffix(&identity.name), self.hints.as_mut())
+        {
+            if let Some(h) = hints.get_mut(base) {
+                *h = (*h).min(n);
+            }
+        }
         Ok(Outcome::Deleted)
     }
 
@@ -695,6 +770,107 @@ mod tests {
             &StoreError::NameInUse("same".into())
         );
         assert!(!map.contains_key(&keys::identity("b")));
+    }
+
+    fn auto(id: &str, name: &str, fp: &str) -> Command {
+        let mut i = identity(id, name);
+        i.authenticator = Some(auth(fp));
+        Command::AutoEnroll {
+            ca_id: "ca".into(),
+            identity: i,
+        }
+    }
+
+    fn ca_record() -> Ca {
+        Ca {
+            id: "ca".into(),
+            name: "ca".into(),
+            cert_pem: String::new(),
+            fingerprint: "cafp".into(),
+            is_verified: true,
+            verification_token: String::new(),
+            is_auto_ca_enrollment_enabled: true,
+            is_ott_ca_enrollment_enabled: false,
+            is_auth_enabled: true,
+            identity_roles: vec!["r".into()],
+            identity_name_format: String::new(),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn commit_hinted(
+        map: &mut Map,
+        hints: &mut SuffixHints,
+        cmds: Vec<Command>,
+    ) -> Vec<Result<Outcome, StoreError>> {
+        let snapshot = map.clone();
+        let mut b = Batch::with_hints(&snapshot, hints);
+        let results = cmds.into_iter().map(|c| b.apply(c)).collect();
+        for (k, v) in b.into_map_changes() {
+            match v {
+                Some(v) => map.insert(k, v),
+                None => map.remove(&k),
+            };
+        }
+        results
+    }
+
+    fn name_of(r: &Result<Outcome, StoreError>) -> String {
+        match r {
+            Ok(Outcome::Identity(i)) => i.name.clone(),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn colliding_names_get_the_smallest_free_suffix_with_or_without_hints() {
+        for use_hints in [false, true] {
+            let mut map = Map::new();
+            let mut hints = SuffixHints::new();
+            commit(&mut map, vec![Command::CreateCa { ca: ca_record() }]);
+            let mut run = |map: &mut Map, cmds| {
+                if use_hints {
+                    commit_hinted(map, &mut hints, cmds)
+                } else {
+                    commit(map, cmds)
+                }
+            };
+            let r = run(
+                &mut map,
+                (0..4)
+                    .map(|i| auto(&format!("i{i}"), "dev", &format!("fp{i}")))
+                    .collect(),
+            );
+            let names: Vec<String> = r.iter().map(name_of).collect();
+            assert_eq!(names, ["dev", "dev-000001", "dev-000002", "dev-000003"]);
+            // Freeing dev-000002 makes it the next one given.
+            assert!(run(&mut map, vec![Command::DeleteIdentity { id: "i2".into() }])[0].is_ok());
+            let r = run(
+                &mut map,
+                vec![auto("i9", "dev", "fp9"), auto("i10", "dev", "fp10")],
+            );
+            assert_eq!(name_of(&r[0]), "dev-000002", "hints={use_hints}");
+            assert_eq!(name_of(&r[1]), "dev-000004", "hints={use_hints}");
+            // The same certificate twice: one identity.
+            let r = run(&mut map, vec![auto("i11", "x", "fp0")]);
+            assert_eq!(r[0].as_ref().unwrap_err(), &StoreError::CertInUse);
+        }
+    }
+
+    #[test]
+    fn auto_enrollment_needs_the_ca_to_still_allow_it() {
+        let mut map = Map::new();
+        let r = commit(&mut map, vec![auto("i1", "dev", "fp")]);
+        assert!(matches!(r[0], Err(StoreError::CaNotUsable(_))));
+        assert!(map.is_empty());
+    }
+
+    #[test]
+    fn suffixes_parse() {
+        assert_eq!(split_suffix("dev-7-000001"), Some(("dev-7", 1)));
+        assert_eq!(split_suffix("dev-7"), None);
+        assert_eq!(split_suffix("dev-00001"), None);
     }
 
     #[test]

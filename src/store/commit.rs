@@ -13,9 +13,12 @@
 //!  worker N ──┘   (full: 429)      decide all      one write
 //! ```
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
 
-use super::apply::{Batch, Command, Outcome};
+use super::apply::{Batch, Command, Outcome, SuffixHints};
 use super::{Store, StoreError};
 
 /// Whether a reply waits for the WAL to reach the disk (I4).
@@ -104,23 +107,58 @@ impl CommitHandle {
     }
 }
 
-/// Starts the committer thread. It runs until every [`CommitHandle`] is dropped, then
-/// finishes what is queued and returns.
-pub fn spawn(store: Store, opts: CommitOptions) -> std::io::Result<(CommitHandle, JoinHandle<()>)> {
-    let (tx, rx) = flume::bounded::<Job>(opts.queue_capacity.max(1));
-    let handle = std::thread::Builder::new()
-        .name("enrollgate-commit".into())
-        .spawn(move || run(store, opts, rx))?;
-    Ok((CommitHandle { tx }, handle))
+/// The committer thread.
+#[derive(Debug)]
+pub struct Committer {
+    join: JoinHandle<()>,
+    stop: Arc<AtomicBool>,
 }
 
-fn run(store: Store, opts: CommitOptions, rx: flume::Receiver<Job>) {
+impl Committer {
+    /// Stops the committer once what is queued now is committed, waiting at most `limit`.
+    /// Returns false if it did not stop in time (the process is exiting anyway; every
+    /// acknowledged write is already durable).
+    pub fn stop(self, limit: Duration) -> bool {
+        self.stop.store(true, Ordering::Release);
+        let deadline = Instant::now() + limit;
+        while !self.join.is_finished() {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        self.join.join().is_ok()
+    }
+}
+
+/// How often an idle committer looks at its stop flag.
+const IDLE_POLL: Duration = Duration::from_millis(50);
+
+/// Starts the committer thread. It runs until [`Committer::stop`] (or until every
+/// [`CommitHandle`] is dropped), committing what is queued before it returns.
+pub fn spawn(store: Store, opts: CommitOptions) -> std::io::Result<(CommitHandle, Committer)> {
+    let (tx, rx) = flume::bounded::<Job>(opts.queue_capacity.max(1));
+    let stop = Arc::new(AtomicBool::new(false));
+    let flag = stop.clone();
+    let join = std::thread::Builder::new()
+        .name("enrollgate-commit".into())
+        .spawn(move || run(store, opts, rx, &flag))?;
+    Ok((CommitHandle { tx }, Committer { join, stop }))
+}
+
+fn run(store: Store, opts: CommitOptions, rx: flume::Receiver<Job>, stop: &AtomicBool) {
     let mut write_opts = rocksdb::WriteOptions::default();
     write_opts.set_sync(opts.durability == Durability::Sync);
     let max_batch = opts.max_batch.max(1);
     let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
-    // recv() fails only when every sender is gone and the queue is empty.
-    while let Ok(first) = rx.recv() {
+    let mut hints = SuffixHints::new();
+    loop {
+        let first = match rx.recv_timeout(IDLE_POLL) {
+            Ok(job) => job,
+            Err(flume::RecvTimeoutError::Timeout) if stop.load(Ordering::Acquire) => break,
+            Err(flume::RecvTimeoutError::Timeout) => continue,
+            Err(flume::RecvTimeoutError::Disconnected) => break,
+        };
         jobs.push(first);
         while jobs.len() < max_batch {
             match rx.try_recv() {
@@ -128,14 +166,19 @@ fn run(store: Store, opts: CommitOptions, rx: flume::Receiver<Job>) {
                 Err(_) => break,
             }
         }
-        commit_group(&store, &write_opts, &mut jobs);
+        commit_group(&store, &write_opts, &mut jobs, &mut hints);
     }
     tracing::debug!("committer stopped: no more submitters");
 }
 
-fn commit_group(store: &Store, write_opts: &rocksdb::WriteOptions, jobs: &mut Vec<Job>) {
+fn commit_group(
+    store: &Store,
+    write_opts: &rocksdb::WriteOptions,
+    jobs: &mut Vec<Job>,
+    hints: &mut SuffixHints,
+) {
     let db = store.db();
-    let mut batch = Batch::new(db);
+    let mut batch = Batch::with_hints(db, hints);
     let mut results: Vec<(Reply, Result<Outcome, StoreError>)> = Vec::with_capacity(jobs.len());
     for job in jobs.drain(..) {
         let result = batch.apply(job.cmd);
@@ -147,13 +190,12 @@ fn commit_group(store: &Store, write_opts: &rocksdb::WriteOptions, jobs: &mut Ve
         if let Err(e) = db.write_opt(wb, write_opts) {
             let err = StoreError::from(e);
             tracing::error!(error = %err, commands = n, "store write failed; the batch is refused");
-            for (reply, result) in results {
-                // Commands that were refused anyway keep their own answer.
-                let answer = match result {
-                    Ok(_) => Err(err.clone()),
-                    Err(e) => Err(e),
-                };
-                let _ = reply.send(answer);
+            // The hints may describe names that were never written.
+            hints.clear();
+            // Every command was decided against writes that never happened: all get the
+            // store error (a refusal decided in the batch may not hold against the store).
+            for (reply, _) in results {
+                let _ = reply.send(Err(err.clone()));
             }
             return;
         }
@@ -169,6 +211,20 @@ fn commit_group(store: &Store, write_opts: &rocksdb::WriteOptions, jobs: &mut Ve
 mod tests {
     use super::*;
     use crate::model::{Identity, IdentityType};
+
+    #[test]
+    fn stop_ends_an_idle_committer_even_with_handles_alive() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), true).unwrap();
+        let (handle, committer) = spawn(store, CommitOptions::default()).unwrap();
+        assert!(committer.stop(Duration::from_secs(5)));
+        assert_eq!(
+            handle
+                .submit_blocking(Command::DeleteIdentity { id: "x".into() })
+                .unwrap_err(),
+            StoreError::ShuttingDown
+        );
+    }
 
     fn identity(i: usize, name: &str) -> Identity {
         Identity {
@@ -208,7 +264,7 @@ mod tests {
             .filter(|r| r.is_err())
             .all(|r| matches!(r, Err(StoreError::NameInUse(_)))));
         drop(handle);
-        join.join().unwrap();
+        assert!(join.stop(Duration::from_secs(5)));
         let page = store.list_identities(0, 100, &|_| true).unwrap();
         assert_eq!(page.total, 1);
     }
@@ -240,7 +296,7 @@ mod tests {
                 })
                 .unwrap();
             drop(handle);
-            join.join().unwrap();
+            assert!(join.stop(Duration::from_secs(5)));
         }
         let store = Store::open(&path, false).unwrap();
         assert_eq!(store.identity_by_name("kept").unwrap().unwrap().id, "id1");

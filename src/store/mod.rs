@@ -99,8 +99,11 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
     key: &[u8],
     value: &[u8],
 ) -> Result<T, StoreError> {
-    serde_json::from_slice(value)
-        .map_err(|_| StoreError::Corrupt(String::from_utf8_lossy(key).into_owned()))
+    // Name the record's kind only: the rest of a key can be a token.
+    serde_json::from_slice(value).map_err(|_| {
+        let kind = key.split(|&b| b == b':').next().unwrap_or_default();
+        StoreError::Corrupt(format!("a '{}:' record", String::from_utf8_lossy(kind)))
+    })
 }
 
 pub(crate) fn get_json<T: serde::de::DeserializeOwned>(

@@ -15,7 +15,8 @@ fn short_timeouts(cfg: &mut String) {
     *cfg = cfg
         .replace("handshake_timeout = \"10s\"", "handshake_timeout = \"1s\"")
         .replace("header_timeout = \"10s\"", "header_timeout = \"1s\"")
-        .replace("idle_timeout = \"60s\"", "idle_timeout = \"1s\"");
+        .replace("idle_timeout = \"60s\"", "idle_timeout = \"1s\"")
+        .replace("write_timeout = \"30s\"", "write_timeout = \"1s\"");
 }
 
 fn csr_pem(dir: &std::path::Path, name: &str, spec: &[&str]) -> Vec<u8> {
@@ -259,6 +260,23 @@ fn broken_http_and_silent_clients_are_cut_off() {
     s.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\n\r\nGET /edge/client/v1/version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").unwrap();
     let text = String::from_utf8_lossy(&read_all(&mut s)).into_owned();
     assert_eq!(text.matches("HTTP/1.1 200 OK").count(), 2, "{text}");
+
+    // A client that pipelines requests and never reads its answers: once the socket
+    // buffers are full, the write timeout drops it, so writing eventually fails.
+    let mut s = raw_tls(&gw);
+    s.sock
+        .set_write_timeout(Some(Duration::from_secs(2)))
+        .unwrap();
+    let burst = b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n".repeat(2000);
+    let start = Instant::now();
+    let mut failed = false;
+    while start.elapsed() < Duration::from_secs(20) {
+        if s.write_all(&burst).and_then(|_| s.flush()).is_err() {
+            failed = true;
+            break;
+        }
+    }
+    assert!(failed, "a client that never reads must be disconnected");
 
     // TLS records of garbage.
     let mut tcp = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();

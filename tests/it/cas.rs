@@ -474,6 +474,61 @@ fn ottca_binds_a_certificate_from_the_tokens_ca_only() {
     );
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 
+    // An admin enrolled with a certificate from this CA manages only while the CA allows
+    // authentication.
+    let out = gw.cli(&[
+        "identity",
+        "create",
+        "user",
+        "ops-admin",
+        "--admin",
+        "--ca",
+        "ops",
+        "-o",
+        "adm.jwt",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let adm = fleet.device(&Spec::new("ops-admin"));
+    adm.write(dir, "adm");
+    let out = gw.cli(&[
+        "enroll", "--jwt", "adm.jwt", "--cert", "adm.crt", "--key", "adm.key", "--out", "adm.json",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let r = gw.request_as(
+        &dir.join("adm.json"),
+        "GET",
+        "/edge/management/v1/cas",
+        None,
+    );
+    assert_eq!(r.status, 200);
+    let r = gw.mgmt(
+        "PATCH",
+        &format!("/cas/{ca_id}"),
+        Some(&json!({"isAuthEnabled": false})),
+    );
+    assert_eq!(r.status, 200);
+    let r = gw.request_as(
+        &dir.join("adm.json"),
+        "GET",
+        "/edge/management/v1/cas",
+        None,
+    );
+    assert_eq!((r.status, code(&r).as_str()), (401, "UNAUTHORIZED"));
+    let r = gw.mgmt(
+        "PATCH",
+        &format!("/cas/{ca_id}"),
+        Some(&json!({"isAuthEnabled": true})),
+    );
+    assert_eq!(r.status, 200);
+
     // Bound through ottca: it cannot also auto-enroll (the other direction below).
     let r = ca_enroll(&dev, &gw, None);
     assert_eq!(
