@@ -62,6 +62,9 @@ pub struct Shared {
     pub sessions: crate::api::auth::Sessions,
     /// The internal CA certificate (DER).
     pub internal_ca_der: Vec<u8>,
+    /// One counter per worker, advanced by the worker's own runtime every 200 ms; the
+    /// systemd watchdog is fed only while all of them move.
+    pub heartbeats: Box<[std::sync::atomic::AtomicU64]>,
     /// Intermediates (PEM) appended to every issued certificate: the certificates of
     /// `pki.ca_cert` that are not self-signed roots (empty with the default single root).
     pub issued_chain_tail_pem: String,
@@ -87,6 +90,7 @@ impl Shared {
         commit: CommitHandle,
         clock: Arc<dyn Clock>,
         public_url: PublicUrl,
+        workers: usize,
     ) -> Result<Self, SetupError> {
         let ca_chain = pki::read_cert_chain(&config.ca_cert)?;
         let server_chain = pki::read_cert_chain(&config.tls_cert)?;
@@ -121,6 +125,9 @@ impl Shared {
             cas,
             sessions: crate::api::auth::Sessions::default(),
             internal_ca_der: ca_chain[0].clone(),
+            heartbeats: (0..workers.max(1))
+                .map(|_| std::sync::atomic::AtomicU64::new(0))
+                .collect(),
             issued_chain_tail_pem: pki::pem_of_certs(
                 &ca_chain
                     .iter()

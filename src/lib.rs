@@ -42,6 +42,7 @@ pub mod http;
 pub mod identity_file;
 pub mod ids;
 pub mod model;
+pub mod ops;
 pub mod pki;
 pub mod server;
 pub mod store;

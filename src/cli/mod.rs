@@ -6,6 +6,7 @@ pub mod enroll;
 pub mod identity;
 pub mod init;
 pub mod logging;
+pub mod ops;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -68,6 +69,14 @@ pub enum Command {
     /// Manage third-party CAs (needs an admin identity file).
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Check a configuration file and the files it names; exit 1 on any problem.
+    CheckConfig(ops::ConfigArg),
+    /// Check the store's invariants (I1-I5), also while the daemon serves.
+    Fsck(ops::ConfigArg),
+    /// Copy the store, consistently, while the daemon serves.
+    Backup(ops::BackupArgs),
+    /// Put a backup in place of the store (the daemon must be stopped).
+    Restore(ops::RestoreArgs),
     /// Enroll this machine with an enrollment JWT, writing an identity file.
     Enroll(enroll::EnrollArgs),
 }
@@ -104,6 +113,10 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Quickstart(a) => init::quickstart(a),
         Command::Identity(c) => identity::run(c),
         Command::Ca(c) => ca::run(c),
+        Command::CheckConfig(a) => ops::check_config(a),
+        Command::Fsck(a) => ops::fsck(a),
+        Command::Backup(a) => ops::backup(a),
+        Command::Restore(a) => ops::restore(a),
         Command::Enroll(a) => enroll::enroll(a),
     }
 }

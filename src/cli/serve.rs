@@ -10,6 +10,8 @@ use super::CliError;
 use crate::app::Shared;
 use crate::clock::SystemClock;
 use crate::config::{Config, PublicUrl};
+use crate::ops::{self, notify::Notifier};
+use crate::server::ShutdownSignal;
 use crate::server::{self, listener};
 use crate::store::{commit, Store};
 
@@ -55,10 +57,13 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
         commit_handle,
         Arc::new(SystemClock),
         public_url.clone(),
+        workers,
     )?);
+    let notifier = Arc::new(Notifier::from_env());
 
     let (shutdown, signal) = server::shutdown_pair();
     let trigger = shutdown.clone();
+    let stop_notifier = notifier.clone();
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
     let signals_handle = signals.handle();
     let signal_thread = std::thread::Builder::new()
@@ -72,6 +77,7 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
                         signal = sig,
                         "shutting down: no new connections, finishing open requests"
                     );
+                    stop_notifier.send("STOPPING=1\nSTATUS=draining open requests");
                     trigger.trigger();
                 } else {
                     tracing::warn!(signal = sig, "second signal: exiting at once");
@@ -80,6 +86,9 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
             }
         })?;
 
+    let watchdog_shared = shared.clone();
+    let watchdog_notifier = notifier.clone();
+    let watchdog_signal = signal.clone();
     let result = server::run(listeners, shared.clone(), &shutdown, signal, |started| {
         let uring = started.iter().all(|s| s.io_uring);
         if !uring {
@@ -92,6 +101,20 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
             driver = if uring { "io_uring" } else { "epoll" },
             "enrollgate ready"
         );
+        notifier.send(&format!(
+            "READY=1\nMAINPID={}\nSTATUS=serving {} with {} workers",
+            std::process::id(),
+            public_url.origin(),
+            started.len()
+        ));
+        if let Some(interval) = ops::notify::watchdog_interval() {
+            spawn_watchdog(
+                watchdog_shared,
+                watchdog_notifier,
+                watchdog_signal,
+                interval,
+            );
+        }
     });
     signals_handle.close();
     let _ = signal_thread.join();
@@ -103,4 +126,34 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     result.map_err(|e| CliError::new(format!("server failed: {e}")))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Feeds systemd's watchdog at half its interval, but only while every worker's heartbeat
+/// advances: a wedged runtime stops the pings and systemd restarts the service.
+fn spawn_watchdog(
+    shared: Arc<Shared>,
+    notifier: Arc<Notifier>,
+    signal: ShutdownSignal,
+    interval: std::time::Duration,
+) {
+    use std::sync::atomic::Ordering;
+    let period = interval / 2;
+    let spawned = std::thread::Builder::new().name("enrollgate-watchdog".into()).spawn(move || {
+        let mut last: Vec<u64> = shared.heartbeats.iter().map(|h| h.load(Ordering::Relaxed)).collect();
+        notifier.send("WATCHDOG=1");
+        while !signal.is_set() {
+            std::thread::sleep(period);
+            let now: Vec<u64> = shared.heartbeats.iter().map(|h| h.load(Ordering::Relaxed)).collect();
+            let stalled: Vec<usize> = now.iter().zip(&last).enumerate().filter(|(_, (a, b))| a == b).map(|(i, _)| i).collect();
+            if stalled.is_empty() {
+                notifier.send("WATCHDOG=1");
+            } else if !signal.is_set() {
+                tracing::error!(workers = ?stalled, "worker heartbeat stalled; not feeding the watchdog");
+            }
+            last = now;
+        }
+    });
+    if let Err(e) = spawned {
+        tracing::error!(error = %e, "could not start the watchdog thread");
+    }
 }

@@ -188,6 +188,8 @@ pub struct Config {
     pub log_level: String,
     /// Log format.
     pub log_format: LogFormat,
+    /// How long a stopping daemon lets open requests finish.
+    pub shutdown_grace: Duration,
 }
 
 struct Checker {
@@ -415,6 +417,12 @@ impl Config {
             }
         };
 
+        let shutdown_grace = c.duration(
+            "shutdown.grace",
+            raw.shutdown.grace.as_ref(),
+            Duration::from_secs(10),
+        );
+
         if !c.problems.is_empty() {
             return Err(ConfigError {
                 path: path.to_path_buf(),
@@ -438,6 +446,7 @@ impl Config {
             limits,
             log_level,
             log_format,
+            shutdown_grace,
         })
     }
 }
@@ -490,6 +499,9 @@ max_connections = 10000         # per worker
 [log]
 level = "info"
 format = "text"                 # or "json"
+
+[shutdown]
+grace = "10s"                   # open requests may finish within this after SIGTERM
 "#
     )
 }

@@ -21,6 +21,15 @@ pub struct RawConfig {
     pub limits: RawLimits,
     #[serde(default)]
     pub log: RawLog,
+    #[serde(default)]
+    pub shutdown: RawShutdown,
+}
+
+/// `[shutdown]`
+#[derive(Debug, Default, Deserialize)]
+#[allow(missing_docs)]
+pub struct RawShutdown {
+    pub grace: Option<String>,
 }
 
 /// `[server]`

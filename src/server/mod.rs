@@ -12,12 +12,8 @@ pub mod worker;
 
 use std::net::TcpListener;
 use std::sync::Arc;
-use std::time::Duration;
 
 use crate::app::Shared;
-
-/// How long a stopping worker waits for its open requests to finish.
-pub const DRAIN_GRACE: Duration = Duration::from_secs(5);
 
 /// Starts shutdown of every worker when triggered (or when its last clone is dropped).
 #[derive(Debug, Clone)]

@@ -10,7 +10,7 @@ use std::time::Instant;
 
 use crate::app::{Shared, WorkerCtx};
 
-use super::{conn, ShutdownSignal, DRAIN_GRACE};
+use super::{conn, ShutdownSignal};
 
 /// What a worker reports once it accepts.
 #[derive(Debug, Clone)]
@@ -58,6 +58,19 @@ pub fn run(
             }
         };
         let _ = ready.send(Ok(Started { index, io_uring }));
+        {
+            // Proof of life for the watchdog: only this runtime can advance the counter.
+            let shared = shared.clone();
+            let signal = signal.clone();
+            monoio::spawn(async move {
+                while !signal.is_set() {
+                    if let Some(h) = shared.heartbeats.get(index) {
+                        h.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    monoio::time::sleep(std::time::Duration::from_millis(200)).await;
+                }
+            });
+        }
         let ctx = Rc::new(ctx);
         let open = Rc::new(Cell::new(0usize));
         let max_connections = shared.config.limits.max_connections;
@@ -90,7 +103,7 @@ pub fn run(
             }
         }
         drop(listener);
-        let deadline = Instant::now() + DRAIN_GRACE;
+        let deadline = Instant::now() + shared.config.shutdown_grace;
         while open.get() > 0 && Instant::now() < deadline {
             monoio::time::sleep(std::time::Duration::from_millis(10)).await;
         }

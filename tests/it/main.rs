@@ -8,5 +8,6 @@ mod cas;
 mod fleet;
 mod lifecycle;
 mod management;
+mod ops;
 mod ott;
 mod support;

@@ -106,6 +106,8 @@ impl Gateway {
                 panic!("the daemon did not become ready:\n{}", self.log());
             }
         };
+        // Owned before anything below can panic, so Drop always kills it.
+        self.child = Some(child);
         let addr = ready
             .split_whitespace()
             .find_map(|w| w.strip_prefix("listen="))
@@ -115,7 +117,6 @@ impl Gateway {
             .next()
             .and_then(|p| p.parse().ok())
             .expect("port");
-        self.child = Some(child);
         // The admin identity file was written for port 0: point it at the real port.
         let path = self.data.join("admin.json");
         let mut admin: Value =

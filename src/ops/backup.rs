@@ -1,0 +1,160 @@
+//! Online backups and restores of the store.
+//!
+//! `backup` runs beside a serving daemon: it opens the store as a RocksDB *secondary*
+//! instance (made for reading while the primary writes; it takes no lock), catches up with
+//! the primary's WAL, and copies one consistent snapshot of every record into a new store
+//! at the destination, synced, then checks it with `fsck`. (A RocksDB checkpoint can only
+//! be made by the process that holds the store open.) `restore` puts a backup in place of a
+//! store that no daemon has open, keeping the old one beside it.
+
+use std::path::{Path, PathBuf};
+
+use super::fsck;
+
+/// One stored key and its value.
+pub type Record = (Vec<u8>, Vec<u8>);
+
+/// A backup or restore failed.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct BackupError(pub String);
+
+impl From<rocksdb::Error> for BackupError {
+    fn from(e: rocksdb::Error) -> Self {
+        Self(e.into_string())
+    }
+}
+
+/// What a backup holds.
+#[derive(Debug, Clone)]
+pub struct BackupSummary {
+    /// Records copied.
+    pub records: usize,
+    /// Its fsck report.
+    pub report: fsck::Report,
+}
+
+/// Every record of the store at `path`, read consistently beside a running daemon.
+pub fn read_all(path: &Path) -> Result<Vec<Record>, BackupError> {
+    let scratch = tempfile::Builder::new()
+        .prefix("enrollgate-secondary-")
+        .tempdir()
+        .map_err(|e| BackupError(format!("scratch directory: {e}")))?;
+    let mut opts = rocksdb::Options::default();
+    opts.set_max_open_files(-1);
+    let db = rocksdb::DB::open_as_secondary(&opts, path, scratch.path()).map_err(|e| {
+        BackupError(format!(
+            "cannot open the store at {}: {}",
+            path.display(),
+            e.into_string()
+        ))
+    })?;
+    db.try_catch_up_with_primary()?;
+    // An iterator reads one consistent point in time (it pins an implicit snapshot;
+    // secondary instances do not offer explicit ones).
+    let mut out = Vec::new();
+    for item in db.iterator(rocksdb::IteratorMode::Start) {
+        let (k, v) = item?;
+        out.push((k.to_vec(), v.to_vec()));
+    }
+    Ok(out)
+}
+
+/// Copies the store at `store` to a new store at `out` (which must not exist).
+pub fn backup(store: &Path, out: &Path) -> Result<BackupSummary, BackupError> {
+    if out.exists() {
+        return Err(BackupError(format!(
+            "{} already exists; choose a new directory",
+            out.display()
+        )));
+    }
+    let records = read_all(store)?;
+    let report = fsck::check(records.clone());
+    let mut opts = rocksdb::Options::default();
+    opts.create_if_missing(true);
+    opts.set_error_if_exists(true);
+    let db = rocksdb::DB::open(&opts, out)?;
+    for chunk in records.chunks(4096) {
+        let mut wb = rocksdb::WriteBatch::default();
+        for (k, v) in chunk {
+            wb.put(k, v);
+        }
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(true);
+        db.write_opt(wb, &wo)?;
+    }
+    db.flush()?;
+    drop(db);
+    restrict(out);
+    Ok(BackupSummary {
+        records: records.len(),
+        report,
+    })
+}
+
+fn restrict(dir: &Path) {
+    use std::os::unix::fs::PermissionsExt as _;
+    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+}
+
+/// Puts the backup at `from` in place of the store at `store`. Refuses while a daemon has
+/// the store open. Returns where the previous store was moved.
+pub fn restore(from: &Path, store: &Path) -> Result<Option<PathBuf>, BackupError> {
+    // The backup must be a store that passes fsck.
+    let records = read_all(from)?;
+    let report = fsck::check(records);
+    if !report.violations.is_empty() {
+        return Err(BackupError(format!(
+            "{} fails fsck ({} violations); not restoring it",
+            from.display(),
+            report.violations.len()
+        )));
+    }
+    let mut moved = None;
+    if store.exists() {
+        // Opening read-write takes the lock: it fails while a daemon serves this store.
+        let mut opts = rocksdb::Options::default();
+        opts.create_if_missing(false);
+        match rocksdb::DB::open(&opts, store) {
+            Ok(db) => drop(db),
+            Err(e) => {
+                return Err(BackupError(format!(
+                    "cannot take the store at {} (is enrollgate serving it? stop it first): {}",
+                    store.display(),
+                    e.into_string()
+                )))
+            }
+        }
+        let stamp = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.as_secs())
+            .unwrap_or_default();
+        let aside = store.with_file_name(format!(
+            "{}.before-restore-{stamp}",
+            store
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_else(|| "store".into())
+        ));
+        std::fs::rename(store, &aside)
+            .map_err(|e| BackupError(format!("moving the old store aside: {e}")))?;
+        moved = Some(aside);
+    }
+    copy_dir(from, store).map_err(|e| BackupError(format!("copying the backup: {e}")))?;
+    restrict(store);
+    Ok(moved)
+}
+
+fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let target = to.join(entry.file_name());
+        if entry.file_type()?.is_dir() {
+            copy_dir(&entry.path(), &target)?;
+        } else if entry.file_name() != "LOCK" {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    std::fs::File::open(to)?.sync_all()
+}

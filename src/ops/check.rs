@@ -1,0 +1,81 @@
+//! `enrollgate check-config`: everything `serve` would trip over, reported at once with
+//! key paths: the file's own problems (unknown keys, bad values), then the files it names
+//! (missing, unreadable, not what they should be, private keys readable by others, a TLS
+//! key that does not match its certificate), and the store.
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::Path;
+
+use crate::config::{Config, Problem};
+
+fn problem(key: &str, message: impl Into<String>) -> Problem {
+    Problem {
+        key: key.to_string(),
+        message: message.into(),
+    }
+}
+
+fn check_private(key: &str, path: &Path, out: &mut Vec<Problem>) {
+    match std::fs::metadata(path) {
+        Err(e) => out.push(problem(key, format!("{}: {e}", path.display()))),
+        Ok(m) => {
+            let mode = m.permissions().mode() & 0o777;
+            if mode & 0o077 != 0 {
+                out.push(problem(
+                    key,
+                    format!(
+                        "{}: mode {mode:04o}; a private key must not be readable by group or others (chmod 600)",
+                        path.display()
+                    ),
+                ));
+            }
+        }
+    }
+}
+
+/// Every problem of the configuration at `path` (empty: `serve` can start).
+pub fn check_config(path: &Path) -> Vec<Problem> {
+    let config = match Config::load(path) {
+        Ok(c) => c,
+        Err(e) => return e.problems,
+    };
+    let mut out = Vec::new();
+    let tls_cert = crate::pki::read_cert_chain(&config.tls_cert)
+        .map_err(|e| out.push(problem("tls.cert", e.to_string())))
+        .ok();
+    let tls_key = crate::pki::read_key(&config.tls_key)
+        .map_err(|e| out.push(problem("tls.key", e.to_string())))
+        .ok();
+    check_private("tls.key", &config.tls_key, &mut out);
+    if let (Some(chain), Some((key, _))) = (&tls_cert, &tls_key) {
+        use x509_parser::prelude::FromDer as _;
+        let matches = x509_parser::certificate::X509Certificate::from_der(&chain[0])
+            .map(|(_, c)| {
+                c.public_key().raw == rcgen::PublicKeyData::subject_public_key_info(key).as_slice()
+            })
+            .unwrap_or(false);
+        if !matches {
+            out.push(problem(
+                "tls.key",
+                "the key does not match the certificate in tls.cert",
+            ));
+        }
+    }
+    if let Err(e) = crate::pki::read_cert_chain(&config.ca_cert) {
+        out.push(problem("pki.ca_cert", e.to_string()));
+    }
+    if let Err(e) = crate::pki::read_key(&config.ca_key) {
+        out.push(problem("pki.ca_key", e.to_string()));
+    }
+    check_private("pki.ca_key", &config.ca_key, &mut out);
+    if !config.store_path.join("CURRENT").is_file() {
+        out.push(problem(
+            "store.path",
+            format!(
+                "{}: no RocksDB store here (run enrollgate init, or restore a backup)",
+                config.store_path.display()
+            ),
+        ));
+    }
+    out
+}

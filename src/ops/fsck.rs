@@ -1,0 +1,280 @@
+//! `enrollgate fsck`: checks the invariants of DESIGN.md over every record of a store.
+//!
+//! | check | invariant |
+//! |---|---|
+//! | every `f:` entry points at a live identity bound to that fingerprint | I1, I5 |
+//! | every bound identity is in the fingerprint index | I5 |
+//! | every `n:` entry points at the identity of that name; every identity is indexed | I2 |
+//! | every pending enrollment belongs to a live, unenrolled identity that names it, and is indexed by id | I3, I5 |
+//! | every record decodes | |
+
+use std::collections::BTreeMap;
+
+use super::super::model::{Ca, Enrollment, Identity};
+
+/// One broken invariant.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Violation {
+    /// `I1`, `I2`, `I3`, `I5` or `DECODE`.
+    pub invariant: &'static str,
+    /// What is wrong (never a token).
+    pub detail: String,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.invariant, self.detail)
+    }
+}
+
+/// What `fsck` counted and found.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Report {
+    /// Identities.
+    pub identities: usize,
+    /// Pending enrollments.
+    pub enrollments: usize,
+    /// Bound certificates.
+    pub certificates: usize,
+    /// Third-party CAs.
+    pub cas: usize,
+    /// Broken invariants.
+    pub violations: Vec<Violation>,
+}
+
+fn text(v: &[u8]) -> String {
+    String::from_utf8_lossy(v).into_owned()
+}
+
+/// Checks every record; `records` is the whole store in any order.
+pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
+    let mut identities: BTreeMap<String, Identity> = BTreeMap::new();
+    let mut names: BTreeMap<String, String> = BTreeMap::new();
+    let mut tokens: Vec<Enrollment> = Vec::new();
+    let mut enrollment_ids: BTreeMap<String, String> = BTreeMap::new();
+    let mut fingerprints: BTreeMap<String, String> = BTreeMap::new();
+    let mut r = Report::default();
+    let bad = |invariant: &'static str, detail: String| Violation { invariant, detail };
+    let mut violations = Vec::new();
+
+    for (k, v) in records {
+        let key = text(&k);
+        let kind = key.split(':').next().unwrap_or_default().to_string();
+        let rest = key.split_once(':').map(|x| x.1).unwrap_or_default().to_string();
+        match kind.as_str() {
+            "i" => match serde_json::from_slice::<Identity>(&v) {
+                Ok(i) => {
+                    identities.insert(rest, i);
+                }
+                Err(_) => violations.push(bad(
+                    "DECODE",
+                    format!("identity record {rest} does not decode"),
+                )),
+            },
+            "n" => {
+                names.insert(rest, text(&v));
+            }
+            "t" => match serde_json::from_slice::<Enrollment>(&v) {
+                Ok(e) => tokens.push(e),
+                Err(_) => {
+                    violations.push(bad("DECODE", "an enrollment record does not decode".into()))
+                }
+            },
+            "e" => {
+                enrollment_ids.insert(rest, text(&v));
+            }
+            "f" => {
+                fingerprints.insert(rest, text(&v));
+            }
+            "c" => match serde_json::from_slice::<Ca>(&v) {
+                Ok(_) => r.cas += 1,
+                Err(_) => {
+                    violations.push(bad("DECODE", format!("CA record {rest} does not decode")))
+                }
+            },
+            "cn" | "cf" => {}
+            _ => violations.push(bad("DECODE", format!("unknown record kind '{kind}:'"))),
+        }
+    }
+    r.identities = identities.len();
+    r.enrollments = tokens.len();
+    r.certificates = fingerprints.len();
+
+    for (fp, id) in &fingerprints {
+        match identities.get(id) {
+            None => violations.push(bad("I5", format!("certificate {fp} points at missing identity {id}"))),
+            Some(i) if i.authenticator.as_ref().map(|a| a.fingerprint_sha256.as_str()) != Some(fp.as_str()) => {
+                violations.push(bad("I1", format!("certificate {fp} points at identity {id}, which is bound to another certificate")))
+            }
+            Some(_) => {}
+        }
+    }
+    for (id, i) in &identities {
+        if let Some(a) = &i.authenticator {
+            if fingerprints.get(&a.fingerprint_sha256) != Some(id) {
+                violations.push(bad(
+                    "I5",
+                    format!(
+                        "identity {id} is bound to {}, which is not indexed to it",
+                        a.fingerprint_sha256
+                    ),
+                ));
+            }
+        }
+        if names.get(&i.name) != Some(id) {
+            violations.push(bad(
+                "I2",
+                format!(
+                    "identity {id} ('{}') is not the owner of its name in the index",
+                    i.name
+                ),
+            ));
+        }
+        if &i.id != id {
+            violations.push(bad(
+                "DECODE",
+                format!("identity record {id} holds id {}", i.id),
+            ));
+        }
+    }
+    for (name, id) in &names {
+        if identities.get(id).map(|i| &i.name) != Some(name) {
+            violations.push(bad(
+                "I2",
+                format!("name '{name}' points at {id}, which does not carry it"),
+            ));
+        }
+    }
+    for e in &tokens {
+        match identities.get(&e.identity_id) {
+            None => violations.push(bad(
+                "I5",
+                format!(
+                    "enrollment {} belongs to missing identity {}",
+                    e.id, e.identity_id
+                ),
+            )),
+            Some(i) if i.authenticator.is_some() => violations.push(bad(
+                "I3",
+                format!(
+                    "enrollment {} is still pending for identity {}, which has enrolled",
+                    e.id, i.id
+                ),
+            )),
+            Some(i) if i.enrollment_id.as_deref() != Some(e.id.as_str()) => violations.push(bad(
+                "I5",
+                format!(
+                    "enrollment {} is not the pending enrollment of identity {}",
+                    e.id, i.id
+                ),
+            )),
+            Some(_) => {}
+        }
+        if enrollment_ids.get(&e.id) != Some(&e.token) {
+            violations.push(bad(
+                "I5",
+                format!("enrollment {} is not indexed by its id", e.id),
+            ));
+        }
+    }
+    let live_tokens: std::collections::BTreeSet<&str> =
+        tokens.iter().map(|e| e.token.as_str()).collect();
+    for (eid, token) in &enrollment_ids {
+        if !live_tokens.contains(token.as_str()) {
+            violations.push(bad(
+                "I5",
+                format!("enrollment index {eid} points at no pending enrollment"),
+            ));
+        }
+    }
+    r.violations = violations;
+    r
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Authenticator, IdentityType, Method};
+
+    fn identity(id: &str, name: &str, fp: Option<&str>, eid: Option<&str>) -> Identity {
+        Identity {
+            id: id.into(),
+            name: name.into(),
+            kind: IdentityType::Device,
+            is_admin: false,
+            role_attributes: vec![],
+            created_at: 0,
+            updated_at: 0,
+            enrollment_id: eid.map(Into::into),
+            authenticator: fp.map(|fp| Authenticator {
+                fingerprint_sha256: fp.into(),
+                fingerprint_sha1: String::new(),
+                cert_pem: String::new(),
+                issued_by_network: true,
+                not_before: 0,
+                not_after: 1,
+                method: Method::Ott,
+                created_at: 0,
+            }),
+        }
+    }
+
+    fn rec(k: &str, v: impl serde::Serialize) -> (Vec<u8>, Vec<u8>) {
+        (k.as_bytes().to_vec(), serde_json::to_vec(&v).unwrap())
+    }
+
+    fn raw(k: &str, v: &str) -> (Vec<u8>, Vec<u8>) {
+        (k.as_bytes().to_vec(), v.as_bytes().to_vec())
+    }
+
+    fn enrollment(id: &str, token: &str, identity: &str) -> Enrollment {
+        Enrollment {
+            id: id.into(),
+            token: token.into(),
+            method: Method::Ott,
+            identity_id: identity.into(),
+            ca_id: None,
+            created_at: 0,
+            expires_at: 1,
+            jwt: String::new(),
+        }
+    }
+
+    fn healthy() -> Vec<(Vec<u8>, Vec<u8>)> {
+        vec![
+            rec("i:a", identity("a", "alpha", Some("fa"), None)),
+            raw("n:alpha", "a"),
+            raw("f:fa", "a"),
+            rec("i:b", identity("b", "beta", None, Some("eb"))),
+            raw("n:beta", "b"),
+            rec("t:tokb", enrollment("eb", "tokb", "b")),
+            raw("e:eb", "tokb"),
+        ]
+    }
+
+    #[test]
+    fn a_healthy_store_has_no_violation() {
+        let r = check(healthy());
+        assert_eq!(r.violations, vec![]);
+        assert_eq!((r.identities, r.enrollments, r.certificates), (2, 1, 1));
+    }
+
+    #[test]
+    fn each_broken_invariant_is_reported() {
+        let mut recs = healthy();
+        recs.retain(|(k, _)| k != b"f:fa"); // bound but not indexed
+        recs.push(raw("f:ghost", "zz")); // index to a missing identity
+        recs.push(raw("n:orphan", "zz")); // name of nobody
+        recs.push(rec("t:tokc", enrollment("ec", "tokc", "a"))); // pending for an enrolled identity
+        recs.push(raw("i:broken", "{not json"));
+        let r = check(recs);
+        let kinds: Vec<&str> = r.violations.iter().map(|v| v.invariant).collect();
+        for k in ["I5", "I2", "I3", "DECODE"] {
+            assert!(kinds.contains(&k), "{k} missing from {:?}", r.violations);
+        }
+        assert!(
+            !r.violations.iter().any(|v| v.detail.contains("tokc")),
+            "tokens are never printed"
+        );
+    }
+}

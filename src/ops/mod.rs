@@ -1,0 +1,7 @@
+//! Operations: invariant checking (`fsck`), configuration checking (`check`), online
+//! backups and restores (`backup`), and systemd's notification protocol (`notify`).
+
+pub mod backup;
+pub mod check;
+pub mod fsck;
+pub mod notify;
