@@ -57,14 +57,14 @@ pub struct Shared {
     /// Base64 of the certs-only PKCS#7 served at `/.well-known/est/cacerts`.
     pub cacerts_b64: String,
     /// Third-party CAs, parsed; workers follow changes through [`WorkerCtx::cas`].
-    pub cas: CaRegistry,
+    pub cas: Arc<CaRegistry>,
     /// API sessions made by `POST /authenticate?method=cert`.
-    pub sessions: crate::api::auth::Sessions,
+    pub sessions: Arc<crate::api::auth::Sessions>,
     /// The internal CA certificate (DER).
     pub internal_ca_der: Vec<u8>,
     /// One counter per worker, advanced by the worker's own runtime every 200 ms; the
     /// systemd watchdog is fed only while all of them move.
-    pub heartbeats: Box<[std::sync::atomic::AtomicU64]>,
+    pub heartbeats: Arc<[std::sync::atomic::AtomicU64]>,
     /// Intermediates (PEM) appended to every issued certificate: the certificates of
     /// `pki.ca_cert` that are not self-signed roots (empty with the default single root).
     pub issued_chain_tail_pem: String,
@@ -92,6 +92,48 @@ impl Shared {
         public_url: PublicUrl,
         workers: usize,
     ) -> Result<Self, SetupError> {
+        let cas = Arc::new(CaRegistry::load(&store)?);
+        let heartbeats: Arc<[std::sync::atomic::AtomicU64]> = (0..workers.max(1))
+            .map(|_| std::sync::atomic::AtomicU64::new(0))
+            .collect();
+        Self::build(
+            config,
+            store,
+            commit,
+            clock,
+            public_url,
+            cas,
+            Arc::default(),
+            heartbeats,
+        )
+    }
+
+    /// The state for a re-read configuration: new certificates, keys, limits and policy;
+    /// the same store, committer, CA cache, sessions and heartbeats.
+    pub fn reloaded(&self, config: Config, public_url: PublicUrl) -> Result<Self, SetupError> {
+        Self::build(
+            config,
+            self.store.clone(),
+            self.commit.clone(),
+            self.clock.clone(),
+            public_url,
+            self.cas.clone(),
+            self.sessions.clone(),
+            self.heartbeats.clone(),
+        )
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn build(
+        config: Config,
+        store: Store,
+        commit: CommitHandle,
+        clock: Arc<dyn Clock>,
+        public_url: PublicUrl,
+        cas: Arc<CaRegistry>,
+        sessions: Arc<crate::api::auth::Sessions>,
+        heartbeats: Arc<[std::sync::atomic::AtomicU64]>,
+    ) -> Result<Self, SetupError> {
         let ca_chain = pki::read_cert_chain(&config.ca_cert)?;
         let server_chain = pki::read_cert_chain(&config.tls_cert)?;
         let (_, server_key_pem) = pki::read_key(&config.tls_key)?;
@@ -105,7 +147,6 @@ impl Shared {
             chain: server_chain.iter().map(|d| d.clone().into()).collect(),
             key: rustls_pki_types::PrivatePkcs8KeyDer::from(key_der).into(),
         })?;
-        let cas = CaRegistry::load(&store)?;
         let ca_bundle_pem = pki::pem_of_certs(&ca_chain);
         let cacerts_b64 =
             base64::engine::general_purpose::STANDARD.encode(pki::pkcs7::certs_only(&ca_chain)?);
@@ -123,11 +164,9 @@ impl Shared {
             ca_bundle_pem,
             cacerts_b64,
             cas,
-            sessions: crate::api::auth::Sessions::default(),
+            sessions,
             internal_ca_der: ca_chain[0].clone(),
-            heartbeats: (0..workers.max(1))
-                .map(|_| std::sync::atomic::AtomicU64::new(0))
-                .collect(),
+            heartbeats,
             issued_chain_tail_pem: pki::pem_of_certs(
                 &ca_chain
                     .iter()
@@ -197,5 +236,57 @@ impl WorkerCtx {
             index,
             cas: WorkerCas::new(),
         })
+    }
+}
+
+/// The current [`Shared`] and its generation. SIGHUP swaps in a new one; each worker
+/// notices the new generation at its next accept (one atomic load), builds its context
+/// from it, and serves new connections with it while open connections finish with the
+/// context they started with.
+pub struct SharedRegistry {
+    generation: std::sync::atomic::AtomicU64,
+    current: std::sync::Mutex<Arc<Shared>>,
+}
+
+impl std::fmt::Debug for SharedRegistry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SharedRegistry")
+            .field("generation", &self.generation())
+            .finish()
+    }
+}
+
+impl SharedRegistry {
+    /// A registry holding `shared` as generation 1.
+    pub fn new(shared: Arc<Shared>) -> Self {
+        Self {
+            generation: std::sync::atomic::AtomicU64::new(1),
+            current: std::sync::Mutex::new(shared),
+        }
+    }
+
+    /// The current generation.
+    pub fn generation(&self) -> u64 {
+        self.generation.load(std::sync::atomic::Ordering::Acquire)
+    }
+
+    /// The current state and its generation.
+    pub fn current(&self) -> (u64, Arc<Shared>) {
+        let guard = match self.current.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        (self.generation(), guard.clone())
+    }
+
+    /// Installs a new state.
+    pub fn swap(&self, shared: Arc<Shared>) {
+        let mut guard = match self.current.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        *guard = shared;
+        self.generation
+            .fetch_add(1, std::sync::atomic::Ordering::Release);
     }
 }

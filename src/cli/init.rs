@@ -226,5 +226,6 @@ pub fn quickstart(args: QuickstartArgs) -> Result<(), CliError> {
     super::serve::serve(super::serve::ServeArgs {
         config,
         workers: None,
+        log_format: None,
     })
 }

@@ -4,10 +4,10 @@
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use signal_hook::consts::{SIGINT, SIGTERM};
+use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use super::CliError;
-use crate::app::Shared;
+use crate::app::{Shared, SharedRegistry};
 use crate::clock::SystemClock;
 use crate::config::{Config, PublicUrl};
 use crate::ops::{self, notify::Notifier};
@@ -24,12 +24,31 @@ pub struct ServeArgs {
     /// Worker threads (default: `server.workers`, else one per core).
     #[arg(long)]
     pub workers: Option<usize>,
+    /// Log format (default: `log.format`; JSON under systemd's journal).
+    #[arg(long, value_enum)]
+    pub log_format: Option<LogFormatArg>,
+}
+
+/// `--log-format`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormatArg {
+    /// Human-readable lines.
+    Text,
+    /// JSON lines.
+    Json,
 }
 
 /// Runs the gateway until SIGINT or SIGTERM.
 pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     let config = Config::load(&args.config)?;
-    super::logging::init(&config.log_level, config.log_format);
+    let forced = args.log_format.map(|f| match f {
+        LogFormatArg::Text => crate::config::LogFormat::Text,
+        LogFormatArg::Json => crate::config::LogFormat::Json,
+    });
+    let log_handle = super::logging::init(
+        &config.log_level,
+        super::logging::effective_format(config.log_format, forced),
+    );
 
     let workers = match args.workers.unwrap_or(config.workers) {
         0 => std::thread::available_parallelism()
@@ -60,17 +79,30 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
         workers,
     )?);
     let notifier = Arc::new(Notifier::from_env());
+    let registry = Arc::new(SharedRegistry::new(shared.clone()));
+    let reload_registry = registry.clone();
+    let reload_notifier = notifier.clone();
+    let config_path = args.config.clone();
 
     let (shutdown, signal) = server::shutdown_pair();
     let trigger = shutdown.clone();
     let stop_notifier = notifier.clone();
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM])?;
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let signals_handle = signals.handle();
     let signal_thread = std::thread::Builder::new()
         .name("enrollgate-signals".into())
         .spawn(move || {
             let mut seen = 0;
             for sig in signals.forever() {
+                if sig == SIGHUP {
+                    reload_notifier.send("RELOADING=1\nSTATUS=reloading the configuration");
+                    match reload(&reload_registry, &config_path, log_handle.as_ref()) {
+                        Ok(()) => tracing::info!(config = %config_path.display(), "configuration reloaded"),
+                        Err(e) => tracing::error!(config = %config_path.display(), error = %e, "reload refused; the previous configuration stays in force"),
+                    }
+                    reload_notifier.send("READY=1\nSTATUS=serving");
+                    continue;
+                }
                 seen += 1;
                 if seen == 1 {
                     tracing::info!(
@@ -89,7 +121,7 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     let watchdog_shared = shared.clone();
     let watchdog_notifier = notifier.clone();
     let watchdog_signal = signal.clone();
-    let result = server::run(listeners, shared.clone(), &shutdown, signal, |started| {
+    let result = server::run(listeners, registry.clone(), &shutdown, signal, |started| {
         let uring = started.iter().all(|s| s.io_uring);
         if !uring {
             tracing::warn!("io_uring is not available here (kernel or seccomp); workers use epoll");
@@ -120,6 +152,7 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     let _ = signal_thread.join();
     // Commit what is queued, then stop, whether or not every handle was dropped.
     drop(shared);
+    drop(registry);
     if !committer.stop(std::time::Duration::from_secs(10)) {
         tracing::warn!("the committer did not stop within 10 s");
     }
@@ -156,4 +189,44 @@ fn spawn_watchdog(
     if let Err(e) = spawned {
         tracing::error!(error = %e, "could not start the watchdog thread");
     }
+}
+
+/// SIGHUP: re-reads the configuration and the files it names, and installs them for new
+/// connections (certificates and keys, limits, token and certificate policy, log level),
+/// refreshing the CA cache. A configuration that does not load, or files that do not, are
+/// refused and the running one stays. The listen address, the store and the worker count
+/// need a restart.
+fn reload(
+    registry: &SharedRegistry,
+    path: &std::path::Path,
+    log: Option<&super::logging::LogHandle>,
+) -> Result<(), String> {
+    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let (_, current) = registry.current();
+    for (key, same) in [
+        ("server.listen", config.listen == current.config.listen),
+        ("store.path", config.store_path == current.config.store_path),
+        ("server.workers", config.workers == current.config.workers),
+    ] {
+        if !same {
+            tracing::warn!(key, "this change needs a restart; it is ignored until then");
+        }
+    }
+    let public_url = config
+        .public_url
+        .clone()
+        .unwrap_or_else(|| current.public_url.clone());
+    let next = current
+        .reloaded(config, public_url)
+        .map_err(|e| e.to_string())?;
+    if let Err(e) = next.cas.reload(&next.store) {
+        tracing::error!(error = %e, "CA cache refresh failed");
+    }
+    if let Some(handle) = log {
+        if let Err(e) = super::logging::set_level(handle, &next.config.log_level) {
+            tracing::warn!(error = %e, "could not change the log level");
+        }
+    }
+    registry.swap(Arc::new(next));
+    Ok(())
 }

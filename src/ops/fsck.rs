@@ -60,7 +60,11 @@ pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
     for (k, v) in records {
         let key = text(&k);
         let kind = key.split(':').next().unwrap_or_default().to_string();
-        let rest = key.split_once(':').map(|x| x.1).unwrap_or_default().to_string();
+        let rest = key
+            .split_once(':')
+            .map(|x| x.1)
+            .unwrap_or_default()
+            .to_string();
         match kind.as_str() {
             "i" => match serde_json::from_slice::<Identity>(&v) {
                 Ok(i) => {

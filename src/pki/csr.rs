@@ -69,6 +69,11 @@ pub struct AcceptedCsr {
 /// `NEW CERTIFICATE REQUEST`), base64 of DER (as EST's `application/pkcs10` sends it), or
 /// raw DER.
 pub fn decode_body(body: &[u8]) -> Result<Vec<u8>, CsrError> {
+    // Raw DER first and untouched: its last bytes may be 0x0a or 0x20, which trimming as
+    // text would cut off.
+    if body.first() == Some(&0x30) {
+        return Ok(body.to_vec());
+    }
     let trimmed = body.trim_ascii();
     if trimmed.is_empty() {
         return Err(CsrError::Empty);
@@ -79,9 +84,6 @@ pub fn decode_body(body: &[u8]) -> Result<Vec<u8>, CsrError> {
             "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST" => Ok(block.into_contents()),
             other => Err(CsrError::WrongPemLabel(other.chars().take(64).collect())),
         };
-    }
-    if trimmed[0] == 0x30 {
-        return Ok(trimmed.to_vec());
     }
     let compact: Vec<u8> = trimmed
         .iter()
@@ -202,6 +204,15 @@ mod tests {
         let der = decode_body(pem_text.as_bytes()).unwrap();
         let b64 = base64::engine::general_purpose::STANDARD.encode(&der);
         assert_eq!(decode_body(b64.as_bytes()).unwrap(), der);
+        assert_eq!(decode_body(&der).unwrap(), der);
+    }
+
+    #[test]
+    fn regression_der_ending_in_a_whitespace_byte_is_not_trimmed() {
+        // A DER body whose last byte is 0x0a (as ~2% of signatures are) must arrive whole.
+        let key = KeyPair::generate().unwrap();
+        let mut der = decode_body(csr_pem(&key).as_bytes()).unwrap();
+        der.push(b'\n');
         assert_eq!(decode_body(&der).unwrap(), der);
     }
 

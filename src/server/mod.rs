@@ -13,7 +13,7 @@ pub mod worker;
 use std::net::TcpListener;
 use std::sync::Arc;
 
-use crate::app::Shared;
+use crate::app::SharedRegistry;
 
 /// Starts shutdown of every worker when triggered (or when its last clone is dropped).
 #[derive(Debug, Clone)]
@@ -65,7 +65,7 @@ impl Shutdown {
 /// `shutdown` stops the others and the error is returned.
 pub fn run(
     listeners: Vec<TcpListener>,
-    shared: Arc<Shared>,
+    registry: Arc<SharedRegistry>,
     shutdown: &Shutdown,
     signal: ShutdownSignal,
     on_ready: impl FnOnce(&[worker::Started]),
@@ -73,13 +73,13 @@ pub fn run(
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let mut threads = Vec::with_capacity(listeners.len());
     for (index, listener) in listeners.into_iter().enumerate() {
-        let shared = shared.clone();
+        let registry = registry.clone();
         let signal = signal.clone();
         let ready = ready_tx.clone();
         threads.push(
             std::thread::Builder::new()
                 .name(format!("enrollgate-w{index}"))
-                .spawn(move || worker::run(index, listener, shared, signal, ready))?,
+                .spawn(move || worker::run(index, listener, registry, signal, ready))?,
         );
     }
     drop(ready_tx);

@@ -1,14 +1,14 @@
 //! One worker: a monoio runtime (io_uring, or epoll where io_uring is refused) on its own
 //! thread, accepting on its own socket.
 
-use std::cell::Cell;
+use std::cell::{Cell, RefCell};
 use std::net::TcpListener;
 use std::rc::Rc;
 use std::sync::mpsc::Sender;
 use std::sync::Arc;
 use std::time::Instant;
 
-use crate::app::{Shared, WorkerCtx};
+use crate::app::{SharedRegistry, WorkerCtx};
 
 use super::{conn, ShutdownSignal};
 
@@ -21,11 +21,48 @@ pub struct Started {
     pub io_uring: bool,
 }
 
+/// This worker's context, rebuilt when the registry's generation moves (SIGHUP).
+struct View {
+    index: usize,
+    registry: Arc<SharedRegistry>,
+    generation: Cell<u64>,
+    ctx: RefCell<Rc<WorkerCtx>>,
+}
+
+impl View {
+    fn new(index: usize, registry: Arc<SharedRegistry>) -> std::io::Result<Self> {
+        let (generation, shared) = registry.current();
+        let ctx = WorkerCtx::new(shared, index)
+            .map_err(|e| std::io::Error::other(format!("worker {index}: {e}")))?;
+        Ok(Self {
+            index,
+            registry,
+            generation: Cell::new(generation),
+            ctx: RefCell::new(Rc::new(ctx)),
+        })
+    }
+
+    /// The context for a new connection: one atomic load when nothing changed.
+    fn ctx(&self) -> Rc<WorkerCtx> {
+        if self.registry.generation() != self.generation.get() {
+            let (generation, shared) = self.registry.current();
+            self.generation.set(generation);
+            match WorkerCtx::new(shared, self.index) {
+                Ok(ctx) => *self.ctx.borrow_mut() = Rc::new(ctx),
+                Err(e) => {
+                    tracing::error!(worker = self.index, error = %e, "keeping the previous configuration")
+                }
+            }
+        }
+        self.ctx.borrow().clone()
+    }
+}
+
 /// Runs worker `index` until shutdown.
 pub fn run(
     index: usize,
     listener: TcpListener,
-    shared: Arc<Shared>,
+    registry: Arc<SharedRegistry>,
     signal: ShutdownSignal,
     ready: Sender<std::io::Result<Started>>,
 ) -> std::io::Result<()> {
@@ -45,12 +82,11 @@ pub fn run(
     };
     rt.block_on(async move {
         let setup = (|| {
-            let ctx = WorkerCtx::new(shared.clone(), index)
-                .map_err(|e| std::io::Error::other(format!("worker {index}: {e}")))?;
+            let view = View::new(index, registry)?;
             let listener = monoio::net::TcpListener::from_std(listener)?;
-            Ok::<_, std::io::Error>((ctx, listener))
+            Ok::<_, std::io::Error>((view, listener))
         })();
-        let (ctx, listener) = match setup {
+        let (view, listener) = match setup {
             Ok(v) => v,
             Err(e) => {
                 let _ = ready.send(Err(std::io::Error::new(e.kind(), e.to_string())));
@@ -60,24 +96,24 @@ pub fn run(
         let _ = ready.send(Ok(Started { index, io_uring }));
         {
             // Proof of life for the watchdog: only this runtime can advance the counter.
-            let shared = shared.clone();
+            let heartbeats = view.ctx().shared.heartbeats.clone();
             let signal = signal.clone();
             monoio::spawn(async move {
                 while !signal.is_set() {
-                    if let Some(h) = shared.heartbeats.get(index) {
+                    if let Some(h) = heartbeats.get(index) {
                         h.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                     }
                     monoio::time::sleep(std::time::Duration::from_millis(200)).await;
                 }
             });
         }
-        let ctx = Rc::new(ctx);
         let open = Rc::new(Cell::new(0usize));
-        let max_connections = shared.config.limits.max_connections;
         loop {
             monoio::select! {
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, addr)) => {
+                        let ctx = view.ctx();
+                        let max_connections = ctx.shared.config.limits.max_connections;
                         if open.get() >= max_connections {
                             tracing::warn!(worker = index, %addr, max_connections, "connection limit reached; closing new connection");
                             drop(tcp);
@@ -86,7 +122,6 @@ pub fn run(
                         let _ = tcp.set_nodelay(true);
                         open.set(open.get() + 1);
                         let guard = OpenGuard(open.clone());
-                        let ctx = ctx.clone();
                         let signal = signal.clone();
                         monoio::spawn(async move {
                             conn::serve(&ctx, tcp, addr, &signal).await;
@@ -103,7 +138,7 @@ pub fn run(
             }
         }
         drop(listener);
-        let deadline = Instant::now() + shared.config.shutdown_grace;
+        let deadline = Instant::now() + view.ctx().shared.config.shutdown_grace;
         while open.get() > 0 && Instant::now() < deadline {
             monoio::time::sleep(std::time::Duration::from_millis(10)).await;
         }

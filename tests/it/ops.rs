@@ -233,3 +233,135 @@ fn backup_while_serving_fsck_and_restore() {
     let out = run_ok(Command::new(BIN).arg("fsck").arg("--config").arg(&cfg));
     assert!(out.contains("no violations"), "{out}");
 }
+
+/// A new server certificate for 127.0.0.1, signed by the gateway's CA; returns its DER.
+fn rotate_server_certificate(gw: &Gateway) -> Vec<u8> {
+    let pki = gw.data.join("pki");
+    let ca_pem = std::fs::read_to_string(pki.join("ca.crt")).unwrap();
+    let ca_key =
+        rcgen::KeyPair::from_pem(&std::fs::read_to_string(pki.join("ca.key")).unwrap()).unwrap();
+    let issuer = rcgen::Issuer::from_ca_cert_pem(&ca_pem, ca_key).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut params = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    params
+        .subject_alt_names
+        .push(rcgen::SanType::IpAddress("127.0.0.1".parse().unwrap()));
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let cert = params.signed_by(&key, &issuer).unwrap();
+    for (name, text) in [
+        ("server.key", key.serialize_pem()),
+        ("server.crt", cert.pem()),
+    ] {
+        let tmp = pki.join(format!("{name}.new"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o600)).unwrap();
+        std::fs::rename(&tmp, pki.join(name)).unwrap();
+    }
+    cert.der().to_vec()
+}
+
+fn presented_certificate(gw: &Gateway) -> Vec<u8> {
+    let rec = enrollgate::client::RecordingVerifier::new();
+    enrollgate::client::request(
+        rec.config().unwrap(),
+        "127.0.0.1",
+        gw.port,
+        "GET",
+        "/version",
+        &[],
+        b"",
+    )
+    .unwrap();
+    rec.chain()[0].to_vec()
+}
+
+#[test]
+fn sighup_rotates_the_certificate_while_clients_enroll() {
+    use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+    use std::sync::Arc;
+    let gw = Arc::new(Gateway::start());
+    let old = presented_certificate(&gw);
+    let stop = Arc::new(AtomicBool::new(false));
+    let (ok, failed) = (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+    let worker = {
+        let (gw, stop, ok, failed) = (gw.clone(), stop.clone(), ok.clone(), failed.clone());
+        std::thread::spawn(move || {
+            let key = rcgen::KeyPair::generate().unwrap();
+            let csr = rcgen::CertificateParams::default()
+                .serialize_request(&key)
+                .unwrap()
+                .pem()
+                .unwrap();
+            let mut i = 0;
+            while !stop.load(Ordering::Relaxed) {
+                i += 1;
+                let (_, _, token) = gw.create_identity(&format!("rot-{i}"), "Device", false);
+                let r = gw.request(
+                    "POST",
+                    &format!("/enroll?method=ott&token={token}"),
+                    &[],
+                    csr.as_bytes(),
+                );
+                if r.status == 200 {
+                    ok.fetch_add(1, Ordering::Relaxed)
+                } else {
+                    failed.fetch_add(1, Ordering::Relaxed)
+                };
+            }
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    let new = rotate_server_certificate(&gw);
+    gw.signal("HUP");
+    gw.wait_log("configuration reloaded");
+    std::thread::sleep(Duration::from_millis(700));
+    stop.store(true, Ordering::Relaxed);
+    worker.join().unwrap();
+    assert_eq!(
+        failed.load(Ordering::Relaxed),
+        0,
+        "no request failed across the reload"
+    );
+    assert!(ok.load(Ordering::Relaxed) > 2);
+    let now = presented_certificate(&gw);
+    assert_ne!(now, old);
+    assert_eq!(now, new, "new connections get the rotated certificate");
+    // JWTs are now signed with the new key.
+    let (_, jwt, _) = gw.create_identity("after-rotation", "User", false);
+    assert!(enrollgate::token::jwt::verify_with_cert(&jwt, &new).is_ok());
+}
+
+#[test]
+fn sighup_applies_limits_and_refuses_a_bad_configuration() {
+    let gw = Gateway::start();
+    let cfg = gw.data.join("enrollgate.toml");
+    let original = std::fs::read_to_string(&cfg).unwrap();
+    let body = vec![b'A'; 2000];
+    let r = gw.request("POST", "/enroll?method=ott&token=x", &[], &body);
+    assert_eq!(
+        code(&r),
+        "INVALID_ENROLLMENT_TOKEN",
+        "2000 bytes are under the default limit"
+    );
+
+    std::fs::write(
+        &cfg,
+        original.replace("max_body_bytes = 65536", "max_body_bytes = 1024"),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    gw.wait_log("configuration reloaded");
+    let r = gw.request("POST", "/enroll?method=ott&token=x", &[], &body);
+    assert_eq!((r.status, code(&r).as_str()), (413, "REQUEST_TOO_LARGE"));
+
+    std::fs::write(&cfg, "this is [not toml").unwrap();
+    gw.signal("HUP");
+    gw.wait_log("reload refused");
+    let r = gw.request("POST", "/enroll?method=ott&token=x", &[], &body);
+    assert_eq!(
+        code(&r),
+        "REQUEST_TOO_LARGE",
+        "the previous configuration stays in force"
+    );
+    assert_eq!(gw.request("GET", "/version", &[], b"").status, 200);
+}

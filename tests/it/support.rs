@@ -240,6 +240,24 @@ impl Gateway {
             .expect("run cli")
     }
 
+    /// Sends a signal (`HUP`, `TERM`, ...) to the daemon.
+    pub fn signal(&self, sig: &str) {
+        signal(self.child.as_ref().expect("running"), sig);
+    }
+
+    /// Waits until the log contains `text` (at most 20 s).
+    pub fn wait_log(&self, text: &str) {
+        let start = std::time::Instant::now();
+        while !self.log().contains(text) {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no '{text}' in the log:\n{}",
+                self.log()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
