@@ -365,3 +365,84 @@ fn sighup_applies_limits_and_refuses_a_bad_configuration() {
     );
     assert_eq!(gw.request("GET", "/version", &[], b"").status, 200);
 }
+
+#[test]
+fn sigterm_during_a_burst_loses_no_acknowledged_enrollment() {
+    use std::sync::Arc;
+    let mut gw = Gateway::start();
+    let pending: Vec<(String, String)> = (0..320)
+        .map(|i| {
+            let (id, _, token) = gw.create_identity(&format!("burst-{i}"), "Device", false);
+            (id, token)
+        })
+        .collect();
+    let ca = gw.ca_certs();
+    let port = gw.port;
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = Arc::new(
+        rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .unwrap()
+            .pem()
+            .unwrap(),
+    );
+    let handles: Vec<_> = pending
+        .chunks(10)
+        .map(|chunk| {
+            let (chunk, ca, csr) = (chunk.to_vec(), ca.clone(), csr.clone());
+            std::thread::spawn(move || {
+                let cfg = enrollgate::client::config(&ca, None).unwrap();
+                chunk
+                    .into_iter()
+                    .map(|(id, token)| {
+                        let r = enrollgate::client::request(
+                            cfg.clone(),
+                            "127.0.0.1",
+                            port,
+                            "POST",
+                            &format!("/enroll?method=ott&token={token}"),
+                            &[],
+                            csr.as_bytes(),
+                        );
+                        (id, matches!(r, Ok(ref resp) if resp.status == 200))
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(40));
+    assert!(gw.stop().success(), "{}", gw.log());
+    let results: Vec<(String, bool)> = handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect();
+    let acknowledged: Vec<&String> = results
+        .iter()
+        .filter(|(_, ok)| *ok)
+        .map(|(id, _)| id)
+        .collect();
+
+    gw.spawn(&[]);
+    for id in &acknowledged {
+        let v = gw
+            .mgmt("GET", &format!("/identities/{id}"), None)
+            .json()
+            .unwrap();
+        assert_eq!(
+            v["data"]["hasEnrolled"], true,
+            "acknowledged enrollment of {id} lost"
+        );
+    }
+    let out = run_ok(
+        Command::new(BIN)
+            .arg("fsck")
+            .arg("--config")
+            .arg(gw.data.join("enrollgate.toml")),
+    );
+    assert!(out.contains("no violations"), "{out}");
+    eprintln!(
+        "{} of {} acknowledged before the stop",
+        acknowledged.len(),
+        results.len()
+    );
+}
