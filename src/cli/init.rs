@@ -35,6 +35,10 @@ pub struct InitArgs {
     /// Name of the first admin identity.
     #[arg(long, default_value = "Default Admin")]
     pub admin_name: String,
+    /// Write the configuration here instead of DATA_DIR/enrollgate.toml, with absolute
+    /// paths into the data directory (e.g. /etc/enrollgate/enrollgate.toml under systemd).
+    #[arg(long)]
+    pub config_out: Option<PathBuf>,
 }
 
 /// Arguments of `quickstart`.
@@ -178,14 +182,25 @@ fn create_all(
     }
     drop(store);
 
-    let config = dir.join("enrollgate.toml");
     // Port 0 means "any free port": the daemon then derives `iss` from the bound address.
     let configured_url =
         (args.public_url.is_some() || args.listen.port() != 0).then_some(public_url);
-    write_private(
-        &config,
-        initial_file(args.listen, configured_url).as_bytes(),
-    )?;
+    let config = match &args.config_out {
+        Some(out) => {
+            let absolute = std::fs::canonicalize(dir)?;
+            let text = initial_file(args.listen, configured_url, Some(&absolute));
+            write_private(out, text.as_bytes())?;
+            out.clone()
+        }
+        None => {
+            let c = dir.join("enrollgate.toml");
+            write_private(
+                &c,
+                initial_file(args.listen, configured_url, None).as_bytes(),
+            )?;
+            c
+        }
+    };
     let admin_path = dir.join("admin.json");
     IdentityFile::new(
         public_url,
@@ -210,6 +225,7 @@ pub fn quickstart(args: QuickstartArgs) -> Result<(), CliError> {
             public_url: None,
             key_type: KeyType::Ec,
             admin_name: "Default Admin".into(),
+            config_out: None,
         })?;
         eprintln!("initialised {}", args.data_dir.display());
         let _ = made;

@@ -452,8 +452,25 @@ impl Config {
 }
 
 /// The configuration file `init` writes.
-/// Without a public URL (listening on port 0), `iss` follows the bound address.
-pub fn initial_file(listen: SocketAddr, public_url: Option<&PublicUrl>) -> String {
+/// Without a public URL (listening on port 0), `iss` follows the bound address. With
+/// `data_dir`, file paths are absolute paths into it (for a configuration kept elsewhere,
+/// e.g. in systemd's `ConfigurationDirectory`); without, they are relative to the file.
+pub fn initial_file(
+    listen: SocketAddr,
+    public_url: Option<&PublicUrl>,
+    data_dir: Option<&Path>,
+) -> String {
+    let p = |rel: &str| match data_dir {
+        Some(d) => d.join(rel).display().to_string(),
+        None => rel.to_string(),
+    };
+    let (tls_cert, tls_key, ca_cert, ca_key, store) = (
+        p("pki/server.crt"),
+        p("pki/server.key"),
+        p("pki/ca.crt"),
+        p("pki/ca.key"),
+        p("store"),
+    );
     let url_line = match public_url {
         Some(u) => format!("public_url = \"{}\"", u.origin()),
         None => "# public_url = \"https://HOST:PORT\"   # default: the bound address".to_string(),
@@ -468,12 +485,12 @@ listen = "{listen}"
 workers = 0                     # 0 = one worker per core
 
 [tls]                           # the enrollment listener's certificate; its key signs JWTs
-cert = "pki/server.crt"
-key = "pki/server.key"
+cert = "{tls_cert}"
+key = "{tls_key}"
 
 [pki]                           # the internal CA that signs `ott` certificates
-ca_cert = "pki/ca.crt"
-ca_key = "pki/ca.key"
+ca_cert = "{ca_cert}"
+ca_key = "{ca_key}"
 trust_domain = "enrollgate"
 cert_lifetime = "365d"
 
@@ -481,7 +498,7 @@ cert_lifetime = "365d"
 token_ttl = "24h"
 
 [store]
-path = "store"
+path = "{store}"
 durability = "sync"             # "relaxed" replies before the WAL is synced
 queue_capacity = 4096
 max_batch = 1024
@@ -524,9 +541,14 @@ mod tests {
     #[test]
     fn initial_file_is_valid_and_paths_are_relative_to_it() {
         let url = PublicUrl::parse("https://gw.example:8443").unwrap();
-        let c = load_text(&initial_file("0.0.0.0:8443".parse().unwrap(), Some(&url))).unwrap();
+        let c = load_text(&initial_file(
+            "0.0.0.0:8443".parse().unwrap(),
+            Some(&url),
+            None,
+        ))
+        .unwrap();
         assert_eq!(
-            load_text(&initial_file("127.0.0.1:0".parse().unwrap(), None))
+            load_text(&initial_file("127.0.0.1:0".parse().unwrap(), None, None))
                 .unwrap()
                 .public_url,
             None

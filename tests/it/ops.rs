@@ -446,3 +446,69 @@ fn sigterm_during_a_burst_loses_no_acknowledged_enrollment() {
         results.len()
     );
 }
+
+#[test]
+fn a_config_kept_elsewhere_points_into_the_data_directory() {
+    let tmp = tempfile::tempdir().unwrap();
+    let etc = tmp.path().join("etc");
+    std::fs::create_dir(&etc).unwrap();
+    let data = tmp.path().join("var-lib");
+    run_ok(
+        Command::new(BIN)
+            .args(["init", "--data-dir"])
+            .arg(&data)
+            .arg("--config-out")
+            .arg(etc.join("enrollgate.toml")),
+    );
+    assert!(!data.join("enrollgate.toml").exists());
+    let text = std::fs::read_to_string(etc.join("enrollgate.toml")).unwrap();
+    assert!(
+        text.contains(&format!(
+            "{}/pki/server.key",
+            std::fs::canonicalize(&data).unwrap().display()
+        )),
+        "{text}"
+    );
+    let (ok, out) = check(&etc.join("enrollgate.toml"));
+    assert!(ok, "{out}");
+}
+
+#[test]
+fn no_token_key_or_csr_reaches_the_log_even_at_trace_level() {
+    let gw = Gateway::start_with(|_| {}, &[("RUST_LOG", "trace")]);
+    let (_, jwt, token) = gw.create_identity("quiet", "Device", false);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    let r = gw.request(
+        "POST",
+        &format!("/enroll?method=ott&token={token}"),
+        &[("Content-Type", "text/plain")],
+        csr.as_bytes(),
+    );
+    assert_eq!(r.status, 200);
+    let r = gw.request(
+        "POST",
+        "/enroll?method=ott&token=not-a-real-token-value",
+        &[],
+        csr.as_bytes(),
+    );
+    assert_eq!(r.status, 400);
+    std::thread::sleep(Duration::from_millis(200));
+    let log = gw.log();
+    assert!(log.lines().count() > 20, "trace logging is on: {log}");
+    let csr_body: String = csr.lines().nth(2).unwrap().to_string();
+    for secret in [
+        token.as_str(),
+        jwt.as_str(),
+        "not-a-real-token-value",
+        "PRIVATE KEY",
+        "CERTIFICATE REQUEST",
+        csr_body.as_str(),
+    ] {
+        assert!(!log.contains(secret), "'{secret}' reached the log");
+    }
+}

@@ -78,6 +78,7 @@ impl Gateway {
         cmd.args(["serve", "--workers", "2", "--config"])
             .arg(self.data.join("enrollgate.toml"))
             .env_remove("RUST_LOG")
+            .env_remove("JOURNAL_STREAM")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
