@@ -512,3 +512,29 @@ fn no_token_key_or_csr_reaches_the_log_even_at_trace_level() {
         assert!(!log.contains(secret), "'{secret}' reached the log");
     }
 }
+
+#[test]
+fn a_second_sigterm_exits_at_once() {
+    use std::io::Write as _;
+    let mut gw = Gateway::start_with(
+        |c| *c = c.replace("grace = \"10s\"", "grace = \"30s\""),
+        &[],
+    );
+    // A request in flight: its body never completes, so the drain would wait.
+    let cfg = enrollgate::client::config(&gw.ca_certs(), None).unwrap();
+    let tcp = std::net::TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+    let conn = rustls::ClientConnection::new(cfg, "127.0.0.1".try_into().unwrap()).unwrap();
+    let mut tls = rustls::StreamOwned::new(conn, tcp);
+    tls.write_all(b"POST /enroll?method=ott&token=x HTTP/1.1\r\nContent-Length: 100\r\n\r\nabc")
+        .unwrap();
+    tls.flush().unwrap();
+    std::thread::sleep(Duration::from_millis(200));
+    gw.signal("TERM");
+    gw.wait_log("shutting down");
+    std::thread::sleep(Duration::from_millis(300));
+    let start = Instant::now();
+    let status = gw.stop();
+    assert!(start.elapsed() < Duration::from_secs(5), "exited at once");
+    assert_eq!(status.code(), Some(130));
+    drop(tls);
+}
