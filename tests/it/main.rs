@@ -5,6 +5,7 @@
 
 mod bad_input;
 mod cas;
+mod crash;
 mod fleet;
 mod lifecycle;
 mod management;

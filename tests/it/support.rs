@@ -259,6 +259,13 @@ impl Gateway {
         }
     }
 
+    /// Kills the daemon with SIGKILL (a crash) and reaps it.
+    pub fn crash(&mut self) {
+        let mut child = self.child.take().expect("running");
+        child.kill().expect("SIGKILL");
+        child.wait().expect("reap");
+    }
+
     /// Sends SIGTERM and waits for the exit.
     pub fn stop(&mut self) -> ExitStatus {
         let mut child = self.child.take().expect("running");
