@@ -46,4 +46,5 @@ pub mod ops;
 pub mod pki;
 pub mod server;
 pub mod store;
+pub mod telemetry;
 pub mod token;

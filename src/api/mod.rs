@@ -52,7 +52,15 @@ pub struct Peer {
 
 /// Handles one request; every error becomes its JSON envelope.
 pub async fn handle(w: &WorkerCtx, req: &Request, peer: &Peer, request_id: &str) -> Response {
+    let started = std::time::Instant::now();
     let result = route(w, req, peer).await;
+    if let Some(method) = enrollment_method(req) {
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => e.status_and_code().1,
+        };
+        crate::telemetry::enrollment(method, outcome, started.elapsed());
+    }
     match result {
         Ok(resp) => resp,
         Err(err) => {
@@ -69,6 +77,24 @@ pub async fn handle(w: &WorkerCtx, req: &Request, peer: &Peer, request_id: &str)
             resp
         }
     }
+}
+
+/// The enrollment method of an enrollment request (for metrics), if it is one.
+fn enrollment_method(req: &Request) -> Option<&'static str> {
+    let path = req.head.path.as_str();
+    let path = under(path, CLIENT_PREFIX).unwrap_or(path);
+    let method = match path {
+        "/enroll" => crate::http::query::param(&req.head.query, "method")?,
+        "/enroll/ott" => "ott".into(),
+        "/enroll/ottca" => "ottca".into(),
+        "/enroll/ca" => "ca".into(),
+        _ => return None,
+    };
+    Some(match crate::model::Method::parse(&method)? {
+        crate::model::Method::Ott => "ott",
+        crate::model::Method::Ottca => "ottca",
+        crate::model::Method::Ca => "ca",
+    })
 }
 
 /// `rest` of `path` after `prefix`, when `path` is `prefix` itself or below it.

@@ -251,6 +251,7 @@ impl CaRegistry {
             Err(poisoned) => poisoned.into_inner(),
         };
         *current = Arc::new(CaSet::build(store.all_cas()?));
+        crate::telemetry::ca_cache(current.len());
         self.generation.fetch_add(1, Ordering::Release);
         Ok(())
     }

@@ -80,6 +80,13 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     )?);
     let notifier = Arc::new(Notifier::from_env());
     let registry = Arc::new(SharedRegistry::new(shared.clone()));
+    let metrics_addr = match shared.config.metrics_listen {
+        Some(addr) => Some(
+            crate::telemetry::endpoint::start(addr)
+                .map_err(|e| CliError::new(format!("cannot serve metrics on {addr}: {e}")))?,
+        ),
+        None => None,
+    };
     let reload_registry = registry.clone();
     let reload_notifier = notifier.clone();
     let config_path = args.config.clone();
@@ -109,6 +116,7 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
                         signal = sig,
                         "shutting down: no new connections, finishing open requests"
                     );
+                    crate::telemetry::set_ready(false);
                     stop_notifier.send("STOPPING=1\nSTATUS=draining open requests");
                     trigger.trigger();
                 } else {
@@ -129,10 +137,12 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
         tracing::info!(
             listen = %bound,
             public_url = %public_url.origin(),
+            metrics = %metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
             workers = started.len(),
             driver = if uring { "io_uring" } else { "epoll" },
             "enrollgate ready"
         );
+        crate::telemetry::set_ready(true);
         notifier.send(&format!(
             "READY=1\nMAINPID={}\nSTATUS=serving {} with {} workers",
             std::process::id(),

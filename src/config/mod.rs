@@ -190,6 +190,8 @@ pub struct Config {
     pub log_format: LogFormat,
     /// How long a stopping daemon lets open requests finish.
     pub shutdown_grace: Duration,
+    /// The metrics listener (`/metrics`, `/healthz`, `/readyz`); `None` when `"off"`.
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 struct Checker {
@@ -423,6 +425,23 @@ impl Config {
             Duration::from_secs(10),
         );
 
+        let metrics_listen = match raw.metrics.listen.as_deref() {
+            Some("off") => None,
+            other => {
+                let text = other.unwrap_or("127.0.0.1:9464");
+                match text.parse::<SocketAddr>() {
+                    Ok(a) => Some(a),
+                    Err(_) => {
+                        c.problem(
+                            "metrics.listen",
+                            format!("'{text}' is not an IP:PORT address or \"off\""),
+                        );
+                        None
+                    }
+                }
+            }
+        };
+
         if !c.problems.is_empty() {
             return Err(ConfigError {
                 path: path.to_path_buf(),
@@ -447,6 +466,7 @@ impl Config {
             log_level,
             log_format,
             shutdown_grace,
+            metrics_listen,
         })
     }
 }
@@ -519,6 +539,9 @@ format = "text"                 # or "json"
 
 [shutdown]
 grace = "10s"                   # open requests may finish within this after SIGTERM
+
+[metrics]
+listen = "127.0.0.1:9464"       # /metrics, /healthz, /readyz; "off" to disable
 "#
     )
 }

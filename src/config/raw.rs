@@ -23,6 +23,15 @@ pub struct RawConfig {
     pub log: RawLog,
     #[serde(default)]
     pub shutdown: RawShutdown,
+    #[serde(default)]
+    pub metrics: RawMetrics,
+}
+
+/// `[metrics]`
+#[derive(Debug, Default, Deserialize)]
+#[allow(missing_docs)]
+pub struct RawMetrics {
+    pub listen: Option<String>,
 }
 
 /// `[shutdown]`

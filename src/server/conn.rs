@@ -23,6 +23,7 @@ use crate::app::WorkerCtx;
 use crate::config::Limits;
 use crate::http::{parse_head, BodyKind, Head, HeadError, Parsed, Response};
 use crate::pki::fingerprint;
+use crate::telemetry;
 
 enum Next {
     /// A request head and the bytes it took.
@@ -40,14 +41,20 @@ fn request_id() -> String {
 /// Serves one connection to its end.
 pub async fn serve(ctx: &WorkerCtx, tcp: TcpStream, addr: SocketAddr, signal: &ShutdownSignal) {
     let limits = ctx.shared.config.limits;
+    let started = Instant::now();
     let handshake = TlsStream::accept(tcp, ctx.shared.tls.clone());
     let mut tls = match monoio::time::timeout(limits.handshake_timeout, handshake).await {
-        Ok(Ok(s)) => s,
+        Ok(Ok(s)) => {
+            telemetry::handshake("ok", Some(started.elapsed()));
+            s
+        }
         Ok(Err(e)) => {
+            telemetry::handshake("failed", None);
             tracing::debug!(%addr, error = %e, "TLS handshake failed");
             return;
         }
         Err(_) => {
+            telemetry::handshake("timeout", None);
             tracing::debug!(%addr, "TLS handshake timed out");
             return;
         }

@@ -121,6 +121,7 @@ pub fn run(
                         }
                         let _ = tcp.set_nodelay(true);
                         open.set(open.get() + 1);
+                        crate::telemetry::connections(1.0);
                         let guard = OpenGuard(open.clone());
                         let signal = signal.clone();
                         monoio::spawn(async move {
@@ -154,5 +155,6 @@ struct OpenGuard(Rc<Cell<usize>>);
 impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.set(self.0.get().saturating_sub(1));
+        crate::telemetry::connections(-1.0);
     }
 }

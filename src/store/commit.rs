@@ -166,7 +166,8 @@ fn run(store: Store, opts: CommitOptions, rx: flume::Receiver<Job>, stop: &Atomi
                 Err(_) => break,
             }
         }
-        commit_group(&store, &write_opts, &mut jobs, &mut hints);
+        let queued = rx.len();
+        commit_group(&store, &write_opts, &mut jobs, &mut hints, queued);
     }
     tracing::debug!("committer stopped: no more submitters");
 }
@@ -176,6 +177,7 @@ fn commit_group(
     write_opts: &rocksdb::WriteOptions,
     jobs: &mut Vec<Job>,
     hints: &mut SuffixHints,
+    queued: usize,
 ) {
     let db = store.db();
     let mut batch = Batch::with_hints(db, hints);
@@ -185,9 +187,12 @@ fn commit_group(
         results.push((job.reply, result));
     }
     let n = results.len();
+    let started = Instant::now();
     if !batch.is_empty() {
         let wb = batch.into_write_batch();
-        if let Err(e) = db.write_opt(wb, write_opts) {
+        let written = db.write_opt(wb, write_opts);
+        crate::telemetry::commit(n, started.elapsed(), queued);
+        if let Err(e) = written {
             let err = StoreError::from(e);
             tracing::error!(error = %err, commands = n, "store write failed; the batch is refused");
             // The hints may describe names that were never written.

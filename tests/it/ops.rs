@@ -538,3 +538,68 @@ fn a_second_sigterm_exits_at_once() {
     assert_eq!(status.code(), Some(130));
     drop(tls);
 }
+
+#[test]
+fn metrics_health_and_readiness_endpoints() {
+    let gw = Gateway::start();
+    let ready = gw
+        .log()
+        .lines()
+        .find(|l| l.contains("enrollgate ready"))
+        .unwrap()
+        .to_string();
+    let addr = ready
+        .split_whitespace()
+        .find_map(|w| w.strip_prefix("metrics="))
+        .expect("metrics= in the ready line")
+        .to_string();
+    let (_, _, token) = gw.create_identity("measured", "Device", false);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let csr = rcgen::CertificateParams::default()
+        .serialize_request(&key)
+        .unwrap()
+        .pem()
+        .unwrap();
+    assert_eq!(
+        gw.request(
+            "POST",
+            &format!("/enroll?method=ott&token={token}"),
+            &[],
+            csr.as_bytes()
+        )
+        .status,
+        200
+    );
+    assert_eq!(
+        gw.request(
+            "POST",
+            "/edge/client/v1/enroll?method=ott&token=nope",
+            &[],
+            csr.as_bytes()
+        )
+        .status,
+        400
+    );
+
+    let get = |path: &str| {
+        run_ok(
+            Command::new("curl")
+                .args(["-sS", "-w", "\n%{http_code}"])
+                .arg(format!("http://{addr}{path}")),
+        )
+    };
+    let metrics = get("/metrics");
+    for want in [
+        "enrollgate_enrollments_total{method=\"ott\",result=\"ok\"} 1",
+        "enrollgate_enrollments_total{method=\"ott\",result=\"INVALID_ENROLLMENT_TOKEN\"} 1",
+        "# HELP enrollgate_commit_duration_seconds",
+        "enrollgate_commit_batch_size_count",
+        "enrollgate_tls_handshakes_total{result=\"ok\"}",
+        "enrollgate_open_connections",
+    ] {
+        assert!(metrics.contains(want), "{want} missing from:\n{metrics}");
+    }
+    assert!(get("/healthz").ends_with("200"));
+    assert!(get("/readyz").ends_with("200"));
+    assert!(get("/nope").ends_with("404"));
+}

@@ -58,7 +58,10 @@ impl Gateway {
             String::from_utf8_lossy(&out.stderr)
         );
         let cfg_path = data.join("enrollgate.toml");
-        let mut cfg = std::fs::read_to_string(&cfg_path).expect("config");
+        // Tests run side by side: each gateway's metrics listener takes a free port.
+        let mut cfg = std::fs::read_to_string(&cfg_path)
+            .expect("config")
+            .replace("listen = \"127.0.0.1:9464\"", "listen = \"127.0.0.1:0\"");
         edit(&mut cfg);
         std::fs::write(&cfg_path, cfg).expect("write config");
         let mut gw = Self {

@@ -1,0 +1,91 @@
+//! The metrics listener: plain HTTP/1.1 on its own thread (default loopback only),
+//! `GET /metrics` (Prometheus text), `/healthz` (the process answers), `/readyz` (every
+//! worker accepts and the gateway is not draining).
+
+use std::io::{Read as _, Write as _};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::time::Duration;
+
+use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
+
+/// Installs the Prometheus recorder and serves the endpoints on `addr`. Returns the bound
+/// address.
+pub fn start(addr: SocketAddr) -> std::io::Result<SocketAddr> {
+    let buckets = [
+        0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
+    ];
+    let handle = PrometheusBuilder::new()
+        .set_buckets(&buckets)
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(super::BATCH_SIZE.into()),
+                &[
+                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+                ],
+            )
+        })
+        .and_then(|b| b.install_recorder())
+        .map_err(|e| std::io::Error::other(format!("metrics recorder: {e}")))?;
+    super::describe();
+    let listener = TcpListener::bind(addr)?;
+    let bound = listener.local_addr()?;
+    let upkeep = handle.clone();
+    std::thread::Builder::new()
+        .name("enrollgate-metrics-upkeep".into())
+        .spawn(move || loop {
+            std::thread::sleep(Duration::from_secs(5));
+            upkeep.run_upkeep();
+        })?;
+    std::thread::Builder::new()
+        .name("enrollgate-metrics".into())
+        .spawn(move || {
+            for stream in listener.incoming().flatten() {
+                let _ = answer(stream, &handle);
+            }
+        })?;
+    Ok(bound)
+}
+
+fn answer(mut s: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()> {
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let mut buf = Vec::with_capacity(1024);
+    let mut chunk = [0u8; 1024];
+    let path = loop {
+        let n = s.read(&mut chunk)?;
+        if n == 0 {
+            return Ok(());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        let mut headers = [httparse::EMPTY_HEADER; 32];
+        let mut req = httparse::Request::new(&mut headers);
+        match req.parse(&buf) {
+            Ok(httparse::Status::Complete(_)) => break req.path.unwrap_or("/").to_string(),
+            Ok(httparse::Status::Partial) if buf.len() < 8192 => continue,
+            _ => return reply(&mut s, 400, "text/plain", b"bad request\n"),
+        }
+    };
+    match path.split('?').next().unwrap_or("/") {
+        "/metrics" => reply(
+            &mut s,
+            200,
+            "text/plain; version=0.0.4",
+            handle.render().as_bytes(),
+        ),
+        "/healthz" => reply(&mut s, 200, "text/plain", b"ok\n"),
+        "/readyz" if super::is_ready() => reply(&mut s, 200, "text/plain", b"ready\n"),
+        "/readyz" => reply(&mut s, 503, "text/plain", b"not ready\n"),
+        _ => reply(&mut s, 404, "text/plain", b"not found\n"),
+    }
+}
+
+fn reply(s: &mut TcpStream, status: u16, content_type: &str, body: &[u8]) -> std::io::Result<()> {
+    let head = format!(
+        "HTTP/1.1 {status} {}\r\nContent-Type: {content_type}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+        crate::http::response::reason(status),
+        body.len()
+    );
+    s.write_all(head.as_bytes())?;
+    s.write_all(body)?;
+    s.flush()
+}

@@ -1,0 +1,110 @@
+//! Metrics through the `metrics` facade, exported in Prometheus text format on a separate
+//! listener (`metrics.listen`, default 127.0.0.1:9464) beside `/healthz` and `/readyz`.
+//!
+//! Recording happens where components hand results over (the committer's group write, the
+//! connection's handshake, the API's answer to an enrollment), not inside handlers.
+
+pub mod endpoint;
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+/// Enrollments answered, by method and result (`ok` or the error code).
+pub const ENROLLMENTS: &str = "enrollgate_enrollments_total";
+/// Enrollment latency, request read to answer ready.
+pub const ENROLLMENT_SECONDS: &str = "enrollgate_enrollment_duration_seconds";
+/// TLS handshakes, by result.
+pub const HANDSHAKES: &str = "enrollgate_tls_handshakes_total";
+/// TLS handshake latency.
+pub const HANDSHAKE_SECONDS: &str = "enrollgate_tls_handshake_duration_seconds";
+/// Open client connections.
+pub const CONNECTIONS: &str = "enrollgate_open_connections";
+/// Commands per group commit.
+pub const BATCH_SIZE: &str = "enrollgate_commit_batch_size";
+/// Duration of one group commit's write (the fsync when durable).
+pub const COMMIT_SECONDS: &str = "enrollgate_commit_duration_seconds";
+/// Commands waiting for the committer.
+pub const QUEUE_DEPTH: &str = "enrollgate_commit_queue_depth";
+/// Third-party CAs in the cache.
+pub const CA_CACHE_SIZE: &str = "enrollgate_ca_cache_size";
+
+static READY: AtomicBool = AtomicBool::new(false);
+
+/// Marks the gateway ready (every worker accepts) or not (starting, draining).
+pub fn set_ready(ready: bool) {
+    READY.store(ready, Ordering::Release);
+}
+
+/// Whether `/readyz` answers 200.
+pub fn is_ready() -> bool {
+    READY.load(Ordering::Acquire)
+}
+
+/// Registers the help text of every metric.
+pub fn describe() {
+    use metrics::{describe_counter, describe_gauge, describe_histogram, Unit};
+    describe_counter!(ENROLLMENTS, "Enrollment requests answered, by method (ott, ottca, ca) and result (ok, or the error code returned).");
+    describe_histogram!(
+        ENROLLMENT_SECONDS,
+        Unit::Seconds,
+        "Time from a complete enrollment request to its answer, including the durable commit."
+    );
+    describe_counter!(
+        HANDSHAKES,
+        "TLS handshakes on the enrollment listener, by result (ok, failed, timeout)."
+    );
+    describe_histogram!(
+        HANDSHAKE_SECONDS,
+        Unit::Seconds,
+        "Duration of completed TLS handshakes on the enrollment listener."
+    );
+    describe_gauge!(
+        CONNECTIONS,
+        "Client connections currently open on the enrollment listener."
+    );
+    describe_histogram!(
+        BATCH_SIZE,
+        "Commands decided and written together in one group commit."
+    );
+    describe_histogram!(
+        COMMIT_SECONDS,
+        Unit::Seconds,
+        "Duration of one group commit's RocksDB write, including the WAL fsync when durable."
+    );
+    describe_gauge!(QUEUE_DEPTH, "Commands waiting for the committer after it took a batch (bounded by store.queue_capacity).");
+    describe_gauge!(
+        CA_CACHE_SIZE,
+        "Third-party CAs parsed into the chain-verification cache."
+    );
+}
+
+/// Records one enrollment answer.
+pub fn enrollment(method: &'static str, result: &'static str, elapsed: Duration) {
+    metrics::counter!(ENROLLMENTS, "method" => method, "result" => result).increment(1);
+    metrics::histogram!(ENROLLMENT_SECONDS, "method" => method).record(elapsed.as_secs_f64());
+}
+
+/// Records a handshake outcome.
+pub fn handshake(result: &'static str, elapsed: Option<Duration>) {
+    metrics::counter!(HANDSHAKES, "result" => result).increment(1);
+    if let Some(e) = elapsed {
+        metrics::histogram!(HANDSHAKE_SECONDS).record(e.as_secs_f64());
+    }
+}
+
+/// Records a group commit.
+pub fn commit(batch: usize, elapsed: Duration, queued: usize) {
+    metrics::histogram!(BATCH_SIZE).record(batch as f64);
+    metrics::histogram!(COMMIT_SECONDS).record(elapsed.as_secs_f64());
+    metrics::gauge!(QUEUE_DEPTH).set(queued as f64);
+}
+
+/// Records a change in open connections.
+pub fn connections(delta: f64) {
+    metrics::gauge!(CONNECTIONS).increment(delta);
+}
+
+/// Records the CA cache size.
+pub fn ca_cache(size: usize) {
+    metrics::gauge!(CA_CACHE_SIZE).set(size as f64);
+}
