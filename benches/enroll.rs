@@ -59,36 +59,62 @@ fn bench_ott_floor(c: &mut Criterion) {
     let signer = Signer::new(
         &ca_der,
         ca_key,
-        IssuePolicy { trust_domain: "bench".into(), lifetime_secs: 86_400 },
+        IssuePolicy {
+            trust_domain: "bench".into(),
+            lifetime_secs: 86_400,
+        },
     )
     .expect("signer");
     let device = KeyPair::generate().expect("device key");
-    let csr_der = CertificateParams::default().serialize_request(&device).expect("csr").der().to_vec();
+    let csr_der = CertificateParams::default()
+        .serialize_request(&device)
+        .expect("csr")
+        .der()
+        .to_vec();
     let accepted = csr::accept(&csr_der).expect("accept");
 
     // TLS: the daemon's server configuration, and a client presenting a certificate.
     let server_cfg = enrollgate::server::tls::server_config(enrollgate::server::tls::ServerTls {
         chain: vec![CertificateDer::from(der_of(&material.server_cert_pem))],
         key: PrivatePkcs8KeyDer::from(der_of(&material.server_key_pem)).into(),
+        key_exchange: Vec::new(),
+        session_tickets: false,
     })
     .expect("server config");
-    let client_cert = signer.issue_client(&accepted.spki_der, "bench", NOW).expect("issue");
-    let client_key: PrivateKeyDer<'static> = PrivatePkcs8KeyDer::from(device.serialize_der()).into();
+    let client_cert = signer
+        .issue_client(&accepted.spki_der, "bench", NOW)
+        .expect("issue");
+    let client_key: PrivateKeyDer<'static> =
+        PrivatePkcs8KeyDer::from(device.serialize_der()).into();
     let mtls_client = enrollgate::client::config(
         &[CertificateDer::from(ca_der.clone())],
-        Some((vec![CertificateDer::from(client_cert.der.clone())], client_key)),
+        Some((
+            vec![CertificateDer::from(client_cert.der.clone())],
+            client_key,
+        )),
     )
     .expect("client config");
-    let plain_client =
-        enrollgate::client::config(&[CertificateDer::from(ca_der.clone())], None).expect("client config");
+    let plain_client = enrollgate::client::config(&[CertificateDer::from(ca_der.clone())], None)
+        .expect("client config");
 
     // The mutual case really sends and checks a client certificate.
     {
-        let mut cl = rustls::ClientConnection::new(mtls_client.clone(), "localhost".try_into().expect("name")).expect("client");
+        let mut cl = rustls::ClientConnection::new(
+            mtls_client.clone(),
+            "localhost".try_into().expect("name"),
+        )
+        .expect("client");
         let mut sv = rustls::ServerConnection::new(server_cfg.clone()).expect("server");
         handshake(&mut cl, &mut sv);
-        assert!(sv.peer_certificates().is_some(), "no client certificate in the mutual handshake");
-        let mut cl = rustls::ClientConnection::new(plain_client.clone(), "localhost".try_into().expect("name")).expect("client");
+        assert!(
+            sv.peer_certificates().is_some(),
+            "no client certificate in the mutual handshake"
+        );
+        let mut cl = rustls::ClientConnection::new(
+            plain_client.clone(),
+            "localhost".try_into().expect("name"),
+        )
+        .expect("client");
         let mut sv = rustls::ServerConnection::new(server_cfg.clone()).expect("server");
         handshake(&mut cl, &mut sv);
         assert!(sv.peer_certificates().is_none());
@@ -96,21 +122,55 @@ fn bench_ott_floor(c: &mut Criterion) {
     let mut g = c.benchmark_group("ott_floor");
     g.bench_function("tls_handshake_server_only_p256", |b| {
         b.iter(|| {
-            let mut cl = rustls::ClientConnection::new(plain_client.clone(), "localhost".try_into().expect("name")).expect("client");
+            let mut cl = rustls::ClientConnection::new(
+                plain_client.clone(),
+                "localhost".try_into().expect("name"),
+            )
+            .expect("client");
             let mut sv = rustls::ServerConnection::new(server_cfg.clone()).expect("server");
             handshake(&mut cl, &mut sv);
         })
     });
     g.bench_function("tls_handshake_mutual_p256", |b| {
         b.iter(|| {
-            let mut cl = rustls::ClientConnection::new(mtls_client.clone(), "localhost".try_into().expect("name")).expect("client");
+            let mut cl = rustls::ClientConnection::new(
+                mtls_client.clone(),
+                "localhost".try_into().expect("name"),
+            )
+            .expect("client");
             let mut sv = rustls::ServerConnection::new(server_cfg.clone()).expect("server");
             handshake(&mut cl, &mut sv);
         })
     });
-    g.bench_function("csr_accept_p256", |b| b.iter(|| csr::accept(&csr_der).expect("accept")));
+    // The same handshake with X25519 only, instead of the hybrid post-quantum default.
+    let x25519_server =
+        enrollgate::server::tls::server_config(enrollgate::server::tls::ServerTls {
+            chain: vec![CertificateDer::from(der_of(&material.server_cert_pem))],
+            key: PrivatePkcs8KeyDer::from(der_of(&material.server_key_pem)).into(),
+            key_exchange: vec!["x25519".into()],
+            session_tickets: false,
+        })
+        .expect("server config");
+    g.bench_function("tls_handshake_mutual_p256_x25519_only", |b| {
+        b.iter(|| {
+            let mut cl = rustls::ClientConnection::new(
+                mtls_client.clone(),
+                "localhost".try_into().expect("name"),
+            )
+            .expect("client");
+            let mut sv = rustls::ServerConnection::new(x25519_server.clone()).expect("server");
+            handshake(&mut cl, &mut sv);
+        })
+    });
+    g.bench_function("csr_accept_p256", |b| {
+        b.iter(|| csr::accept(&csr_der).expect("accept"))
+    });
     g.bench_function("issue_client_cert_p256", |b| {
-        b.iter(|| signer.issue_client(&accepted.spki_der, "bench-identity", NOW).expect("issue"))
+        b.iter(|| {
+            signer
+                .issue_client(&accepted.spki_der, "bench-identity", NOW)
+                .expect("issue")
+        })
     });
     g.finish();
 }
@@ -145,7 +205,10 @@ fn bench_commit(c: &mut Criterion) {
                         let cmds: Vec<Command> = (0..n)
                             .map(|_| {
                                 next += 1;
-                                Command::CreateIdentity { identity: identity(next), enrollment: None }
+                                Command::CreateIdentity {
+                                    identity: identity(next),
+                                    enrollment: None,
+                                }
                             })
                             .collect();
                         cmds
@@ -218,7 +281,8 @@ fn bench_chain_verify(c: &mut Criterion) {
         let mut cas: Vec<Ca> = (1..n)
             .map(|i| {
                 let mut p = CertificateParams::default();
-                p.distinguished_name.push(DnType::CommonName, format!("filler-{i}"));
+                p.distinguished_name
+                    .push(DnType::CommonName, format!("filler-{i}"));
                 p.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
                 ca_record(i, p.self_signed(&filler_key).expect("ca").pem())
             })

@@ -146,6 +146,8 @@ impl Shared {
         let tls = tls::server_config(ServerTls {
             chain: server_chain.iter().map(|d| d.clone().into()).collect(),
             key: rustls_pki_types::PrivatePkcs8KeyDer::from(key_der).into(),
+            key_exchange: config.key_exchange.clone(),
+            session_tickets: config.session_tickets,
         })?;
         let ca_bundle_pem = pki::pem_of_certs(&ca_chain);
         let cacerts_b64 =

@@ -13,6 +13,12 @@ use std::time::Duration;
 
 use crate::store::{CommitOptions, Durability};
 
+/// Key-exchange group names accepted in `tls.key_exchange`.
+pub const KX_GROUPS: [&str; 4] = ["x25519mlkem768", "x25519", "secp256r1", "secp384r1"];
+
+/// rustls' default order: hybrid post-quantum first.
+pub const DEFAULT_KX: [&str; 4] = ["x25519mlkem768", "x25519", "secp256r1", "secp384r1"];
+
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
@@ -127,6 +133,9 @@ pub struct Limits {
     pub write_timeout: Duration,
     /// Open connections per worker at most; beyond, new connections are closed at once.
     pub max_connections: usize,
+    /// TLS handshakes in progress per worker at most; beyond, new connections are closed
+    /// at once (a surge of handshakes cannot starve requests already admitted).
+    pub max_handshakes: usize,
 }
 
 impl Default for Limits {
@@ -140,6 +149,7 @@ impl Default for Limits {
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(30),
             max_connections: 10_000,
+            max_handshakes: 1024,
         }
     }
 }
@@ -168,6 +178,10 @@ pub struct Config {
     pub tls_cert: PathBuf,
     /// Server private key (PEM, PKCS#8); also signs JWTs.
     pub tls_key: PathBuf,
+    /// Key-exchange groups offered, in preference order (names as in [`KX_GROUPS`]).
+    pub key_exchange: Vec<String>,
+    /// Stateless session tickets for clients that reconnect (TLS 1.3 and 1.2).
+    pub session_tickets: bool,
     /// Internal CA certificate.
     pub ca_cert: PathBuf,
     /// Internal CA private key.
@@ -305,6 +319,25 @@ impl Config {
 
         let tls_cert = c.path("tls.cert", raw.tls.cert.as_ref(), "pki/server.crt");
         let tls_key = c.path("tls.key", raw.tls.key.as_ref(), "pki/server.key");
+        let key_exchange: Vec<String> = match &raw.tls.key_exchange {
+            None => DEFAULT_KX.iter().map(|s| s.to_string()).collect(),
+            Some(list) => {
+                let lower: Vec<String> = list.iter().map(|s| s.to_ascii_lowercase()).collect();
+                if lower.is_empty() {
+                    c.problem("tls.key_exchange", "needs at least one group");
+                }
+                for g in &lower {
+                    if !KX_GROUPS.contains(&g.as_str()) {
+                        c.problem(
+                            "tls.key_exchange",
+                            format!("unknown group '{g}'; known: {}", KX_GROUPS.join(", ")),
+                        );
+                    }
+                }
+                lower
+            }
+        };
+        let session_tickets = raw.tls.session_tickets.unwrap_or(false);
         let ca_cert = c.path("pki.ca_cert", raw.pki.ca_cert.as_ref(), "pki/ca.crt");
         let ca_key = c.path("pki.ca_key", raw.pki.ca_key.as_ref(), "pki/ca.key");
         let trust_domain = raw
@@ -395,6 +428,7 @@ impl Config {
                 l.max_connections,
                 d.max_connections,
             ),
+            max_handshakes: c.positive("limits.max_handshakes", l.max_handshakes, d.max_handshakes),
         };
         if limits.max_header_bytes < 1024 {
             c.problem("limits.max_header_bytes", "at least 1024");
@@ -455,6 +489,8 @@ impl Config {
             workers,
             tls_cert,
             tls_key,
+            key_exchange,
+            session_tickets,
             ca_cert,
             ca_key,
             trust_domain,
@@ -507,6 +543,8 @@ workers = 0                     # 0 = one worker per core
 [tls]                           # the enrollment listener's certificate; its key signs JWTs
 cert = "{tls_cert}"
 key = "{tls_key}"
+key_exchange = ["x25519mlkem768", "x25519", "secp256r1", "secp384r1"]
+session_tickets = false
 
 [pki]                           # the internal CA that signs `ott` certificates
 ca_cert = "{ca_cert}"
@@ -532,6 +570,7 @@ body_timeout = "30s"
 idle_timeout = "60s"
 write_timeout = "30s"
 max_connections = 10000         # per worker
+max_handshakes = 1024           # per worker
 
 [log]
 level = "info"

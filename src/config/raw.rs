@@ -56,6 +56,8 @@ pub struct RawServer {
 pub struct RawTls {
     pub cert: Option<String>,
     pub key: Option<String>,
+    pub key_exchange: Option<Vec<String>>,
+    pub session_tickets: Option<bool>,
 }
 
 /// `[pki]`
@@ -97,6 +99,7 @@ pub struct RawLimits {
     pub idle_timeout: Option<String>,
     pub write_timeout: Option<String>,
     pub max_connections: Option<usize>,
+    pub max_handshakes: Option<usize>,
 }
 
 /// `[log]`

@@ -11,7 +11,9 @@
 //! | `body_timeout` | the connection is closed |
 //! | `write_timeout` (a client that stops reading) | the connection is closed |
 
+use std::cell::Cell;
 use std::net::SocketAddr;
+use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
@@ -38,13 +40,37 @@ fn request_id() -> String {
     crate::ids::new_id().unwrap_or_else(|_| "-".into())
 }
 
-/// Serves one connection to its end.
-pub async fn serve(ctx: &WorkerCtx, tcp: TcpStream, addr: SocketAddr, signal: &ShutdownSignal) {
+/// Counts a worker's handshakes in progress while alive.
+struct Handshaking(Rc<Cell<usize>>);
+
+impl Drop for Handshaking {
+    fn drop(&mut self) {
+        self.0.set(self.0.get().saturating_sub(1));
+    }
+}
+
+/// Serves one connection to its end. `handshakes` counts this worker's handshakes in
+/// progress; beyond `limits.max_handshakes` a new connection is closed at once.
+pub async fn serve(
+    ctx: &WorkerCtx,
+    tcp: TcpStream,
+    addr: SocketAddr,
+    signal: &ShutdownSignal,
+    handshakes: &Rc<Cell<usize>>,
+) {
     let limits = ctx.shared.config.limits;
+    if handshakes.get() >= limits.max_handshakes {
+        telemetry::handshake("refused", None);
+        tracing::debug!(%addr, "too many handshakes in progress; connection closed");
+        return;
+    }
+    handshakes.set(handshakes.get() + 1);
+    let in_progress = Handshaking(handshakes.clone());
     let started = Instant::now();
     let handshake = TlsStream::accept(tcp, ctx.shared.tls.clone());
     let mut tls = match monoio::time::timeout(limits.handshake_timeout, handshake).await {
         Ok(Ok(s)) => {
+            drop(in_progress);
             telemetry::handshake("ok", Some(started.elapsed()));
             s
         }

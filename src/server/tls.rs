@@ -194,6 +194,21 @@ pub struct ServerTls {
     pub chain: Vec<CertificateDer<'static>>,
     /// Private key.
     pub key: PrivateKeyDer<'static>,
+    /// Key-exchange groups, by name ([`crate::config::KX_GROUPS`]); empty: rustls' default.
+    pub key_exchange: Vec<String>,
+    /// Issue session tickets.
+    pub session_tickets: bool,
+}
+
+fn kx_group(name: &str) -> Option<&'static dyn rustls::crypto::SupportedKxGroup> {
+    use rustls::crypto::aws_lc_rs::kx_group;
+    match name {
+        "x25519mlkem768" => Some(kx_group::X25519MLKEM768),
+        "x25519" => Some(kx_group::X25519),
+        "secp256r1" => Some(kx_group::SECP256R1),
+        "secp384r1" => Some(kx_group::SECP384R1),
+        _ => None,
+    }
 }
 
 /// The client-certificate policy of the handshake: a certificate is optional (a device
@@ -288,12 +303,27 @@ impl std::fmt::Debug for ServerTls {
 /// Builds the rustls server configuration: TLS 1.3 and 1.2 with the aws-lc-rs provider,
 /// client certificates asked for and optional ([`PossessionVerifier`]).
 pub fn server_config(tls: ServerTls) -> Result<Arc<ServerConfig>, rustls::Error> {
-    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    if !tls.key_exchange.is_empty() {
+        let groups: Vec<_> = tls
+            .key_exchange
+            .iter()
+            .filter_map(|n| kx_group(n))
+            .collect();
+        if groups.is_empty() {
+            return Err(rustls::Error::General("no known key-exchange group".into()));
+        }
+        provider.kx_groups = groups;
+    }
+    let provider = Arc::new(provider);
     let verifier = Arc::new(PossessionVerifier::new(provider.clone()));
     let mut config = ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])?
         .with_client_cert_verifier(verifier)
         .with_single_cert(tls.chain, tls.key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
+    if tls.session_tickets {
+        config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+    }
     Ok(Arc::new(config))
 }

@@ -108,6 +108,7 @@ pub fn run(
             });
         }
         let open = Rc::new(Cell::new(0usize));
+        let handshakes = Rc::new(Cell::new(0usize));
         loop {
             monoio::select! {
                 accepted = listener.accept() => match accepted {
@@ -124,8 +125,9 @@ pub fn run(
                         crate::telemetry::connections(1.0);
                         let guard = OpenGuard(open.clone());
                         let signal = signal.clone();
+                        let handshakes = handshakes.clone();
                         monoio::spawn(async move {
-                            conn::serve(&ctx, tcp, addr, &signal).await;
+                            conn::serve(&ctx, tcp, addr, &signal, &handshakes).await;
                             drop(guard);
                         });
                     }

@@ -51,7 +51,7 @@ pub fn describe() {
     );
     describe_counter!(
         HANDSHAKES,
-        "TLS handshakes on the enrollment listener, by result (ok, failed, timeout)."
+        "TLS handshakes on the enrollment listener, by result (ok, failed, timeout, refused: over limits.max_handshakes)."
     );
     describe_histogram!(
         HANDSHAKE_SECONDS,

@@ -315,3 +315,37 @@ fn curl_speaks_tls12_and_tls13() {
         );
     }
 }
+
+#[test]
+fn key_exchange_groups_are_configurable() {
+    let gw = Gateway::start_with(
+        |c| {
+            *c = c.replace(
+                "key_exchange = [\"x25519mlkem768\", \"x25519\", \"secp256r1\", \"secp384r1\"]",
+                "key_exchange = [\"secp256r1\"]",
+            )
+        },
+        &[],
+    );
+    let connect = |groups: &str| {
+        Command::new("openssl")
+            .args(["s_client", "-brief", "-connect"])
+            .arg(format!("127.0.0.1:{}", gw.port))
+            .args(["-groups", groups, "-CAfile"])
+            .arg(gw.ca_file())
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    };
+    let refused = connect("X25519");
+    assert!(
+        !refused.status.success(),
+        "an X25519-only client must be refused"
+    );
+    let accepted = connect("P-256");
+    let text = String::from_utf8_lossy(&accepted.stderr).into_owned();
+    assert!(
+        text.contains("CONNECTION ESTABLISHED") && text.contains("prime256v1"),
+        "{text}"
+    );
+}
