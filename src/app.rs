@@ -69,9 +69,11 @@ pub struct Shared {
     /// `pki.ca_cert` that are not self-signed roots (empty with the default single root).
     pub issued_chain_tail_pem: String,
     ca_der: Vec<u8>,
-    ca_key_path: std::path::PathBuf,
+    /// The CA key, PEM, read once per generation (workers parse their own copy).
+    ca_key_pem: String,
     server_cert_der: Vec<u8>,
-    server_key_path: std::path::PathBuf,
+    /// The TLS key, PEM, read once per generation.
+    server_key_pem: String,
 }
 
 impl std::fmt::Debug for Shared {
@@ -137,6 +139,16 @@ impl Shared {
         let ca_chain = pki::read_cert_chain(&config.ca_cert)?;
         let server_chain = pki::read_cert_chain(&config.tls_cert)?;
         let (_, server_key_pem) = pki::read_key(&config.tls_key)?;
+        let (ca_key, ca_key_pem) = pki::read_key(&config.ca_key)?;
+        // A CA key that does not match the CA certificate (a rotation caught half-way)
+        // would issue certificates that do not chain to the CA the gateway returns.
+        if !pki::key_matches_cert(&ca_key, &ca_chain[0]) {
+            return Err(pki::LoadError::Invalid {
+                path: config.ca_key.display().to_string(),
+                reason: "the key does not match the CA certificate in pki.ca_cert".into(),
+            }
+            .into());
+        }
         let key_der = pem::parse(server_key_pem.as_bytes())
             .map(|p| p.into_contents())
             .map_err(|_| pki::LoadError::Invalid {
@@ -154,9 +166,9 @@ impl Shared {
             base64::engine::general_purpose::STANDARD.encode(pki::pkcs7::certs_only(&ca_chain)?);
         let shared = Self {
             ca_der: ca_chain[0].clone(),
-            ca_key_path: config.ca_key.clone(),
+            ca_key_pem,
             server_cert_der: server_chain[0].clone(),
-            server_key_path: config.tls_key.clone(),
+            server_key_pem: server_key_pem.clone(),
             config,
             store,
             commit,
@@ -184,12 +196,21 @@ impl Shared {
 
     /// Loads the keys one worker signs with (each worker has its own copy).
     fn worker_keys(&self) -> Result<(Signer, JwtSigner), SetupError> {
-        let (ca_key, _) = pki::read_key(&self.ca_key_path)?;
+        let ca_key =
+            rcgen::KeyPair::from_pem(&self.ca_key_pem).map_err(|_| pki::LoadError::Invalid {
+                path: "pki.ca_key".into(),
+                reason: "not a PKCS#8 PEM private key".into(),
+            })?;
         let signer = Signer::new(&self.ca_der, ca_key, self.issue_policy())?;
-        let (server_key, server_key_pem) = pki::read_key(&self.server_key_path)?;
+        let server_key_pem = &self.server_key_pem;
+        let server_key =
+            rcgen::KeyPair::from_pem(server_key_pem).map_err(|_| pki::LoadError::Invalid {
+                path: "tls.key".into(),
+                reason: "not a PKCS#8 PEM private key".into(),
+            })?;
         let jwt = JwtSigner::new(
             &server_key,
-            &server_key_pem,
+            server_key_pem,
             &self.server_cert_der,
             self.public_url.origin(),
         )?;

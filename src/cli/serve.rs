@@ -107,7 +107,9 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
                         Ok(()) => tracing::info!(config = %config_path.display(), "configuration reloaded"),
                         Err(e) => tracing::error!(config = %config_path.display(), error = %e, "reload refused; the previous configuration stays in force"),
                     }
-                    reload_notifier.send("READY=1\nSTATUS=serving");
+                    if crate::telemetry::is_ready() {
+                        reload_notifier.send("READY=1\nSTATUS=serving");
+                    }
                     continue;
                 }
                 seen += 1;
@@ -217,6 +219,23 @@ fn reload(
         ("server.listen", config.listen == current.config.listen),
         ("store.path", config.store_path == current.config.store_path),
         ("server.workers", config.workers == current.config.workers),
+        (
+            "store.durability",
+            config.commit.durability == current.config.commit.durability,
+        ),
+        (
+            "store.queue_capacity",
+            config.commit.queue_capacity == current.config.commit.queue_capacity,
+        ),
+        (
+            "store.max_batch",
+            config.commit.max_batch == current.config.commit.max_batch,
+        ),
+        (
+            "metrics.listen",
+            config.metrics_listen == current.config.metrics_listen,
+        ),
+        ("log.format", config.log_format == current.config.log_format),
     ] {
         if !same {
             tracing::warn!(key, "this change needs a restart; it is ignored until then");

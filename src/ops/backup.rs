@@ -70,9 +70,28 @@ pub fn backup(store: &Path, out: &Path) -> Result<BackupSummary, BackupError> {
     }
     let records = read_all(store)?;
     let report = fsck::check(records.clone());
+    // The copy holds live tokens: private from the first byte, and gone if it fails.
+    {
+        use std::os::unix::fs::DirBuilderExt as _;
+        std::fs::DirBuilder::new()
+            .mode(0o700)
+            .create(out)
+            .map_err(|e| BackupError(format!("{}: {e}", out.display())))?;
+    }
+    let result = write_copy(out, &records);
+    if result.is_err() {
+        let _ = std::fs::remove_dir_all(out);
+    }
+    result?;
+    Ok(BackupSummary {
+        records: records.len(),
+        report,
+    })
+}
+
+fn write_copy(out: &Path, records: &[Record]) -> Result<(), BackupError> {
     let mut opts = rocksdb::Options::default();
     opts.create_if_missing(true);
-    opts.set_error_if_exists(true);
     let db = rocksdb::DB::open(&opts, out)?;
     for chunk in records.chunks(4096) {
         let mut wb = rocksdb::WriteBatch::default();
@@ -86,10 +105,7 @@ pub fn backup(store: &Path, out: &Path) -> Result<BackupSummary, BackupError> {
     db.flush()?;
     drop(db);
     restrict(out);
-    Ok(BackupSummary {
-        records: records.len(),
-        report,
-    })
+    Ok(())
 }
 
 fn restrict(dir: &Path) {

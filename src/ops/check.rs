@@ -61,11 +61,19 @@ pub fn check_config(path: &Path) -> Vec<Problem> {
             ));
         }
     }
-    if let Err(e) = crate::pki::read_cert_chain(&config.ca_cert) {
-        out.push(problem("pki.ca_cert", e.to_string()));
-    }
-    if let Err(e) = crate::pki::read_key(&config.ca_key) {
-        out.push(problem("pki.ca_key", e.to_string()));
+    let ca_cert = crate::pki::read_cert_chain(&config.ca_cert)
+        .map_err(|e| out.push(problem("pki.ca_cert", e.to_string())))
+        .ok();
+    let ca_key = crate::pki::read_key(&config.ca_key)
+        .map_err(|e| out.push(problem("pki.ca_key", e.to_string())))
+        .ok();
+    if let (Some(chain), Some((key, _))) = (&ca_cert, &ca_key) {
+        if !crate::pki::key_matches_cert(key, &chain[0]) {
+            out.push(problem(
+                "pki.ca_key",
+                "the key does not match the certificate in pki.ca_cert",
+            ));
+        }
     }
     check_private("pki.ca_key", &config.ca_key, &mut out);
     if !config.store_path.join("CURRENT").is_file() {

@@ -218,6 +218,16 @@ pub fn read_key(path: &Path) -> Result<(KeyPair, String), LoadError> {
     Ok((key, text))
 }
 
+/// True when `key` is the private key of the certificate `cert_der`.
+pub fn key_matches_cert(key: &KeyPair, cert_der: &[u8]) -> bool {
+    use x509_parser::prelude::FromDer as _;
+    x509_parser::certificate::X509Certificate::from_der(cert_der)
+        .map(|(_, c)| {
+            c.public_key().raw == rcgen::PublicKeyData::subject_public_key_info(key).as_slice()
+        })
+        .unwrap_or(false)
+}
+
 /// True when a certificate's issuer is its own subject (a root).
 pub fn is_self_signed(der: &[u8]) -> bool {
     use x509_parser::prelude::FromDer as _;
