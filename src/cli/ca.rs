@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
 
-use super::identity::Admin;
+use super::identity::{text, Admin};
 use super::{AdminArgs, CliError};
 use crate::identity_file::write_private;
 
@@ -127,14 +127,6 @@ pub fn resolve(api: &Admin, name_or_id: &str) -> Result<Value, CliError> {
         .or_else(|| list.iter().find(|c| c["id"] == name_or_id))
         .cloned()
         .ok_or_else(|| CliError::new(format!("no CA named or with id '{name_or_id}'")))
-}
-
-fn text(v: &Value, key: &str) -> String {
-    match v.get(key) {
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-        None => String::new(),
-    }
 }
 
 fn read(path: &PathBuf) -> Result<String, CliError> {

@@ -214,7 +214,8 @@ fn output_jwt(jwt: &str, output: Option<&PathBuf>) -> Result<(), CliError> {
     Ok(())
 }
 
-fn text(v: &Value, key: &str) -> String {
+/// A JSON field as display text (strings unquoted).
+pub(super) fn text(v: &Value, key: &str) -> String {
     match v.get(key) {
         Some(Value::String(s)) => s.clone(),
         Some(other) => other.to_string(),

@@ -13,11 +13,9 @@ use std::time::Duration;
 
 use crate::store::{CommitOptions, Durability};
 
-/// Key-exchange group names accepted in `tls.key_exchange`.
+/// Key-exchange group names accepted in `tls.key_exchange`, in the default order (rustls'
+/// own: hybrid post-quantum first).
 pub const KX_GROUPS: [&str; 4] = ["x25519mlkem768", "x25519", "secp256r1", "secp384r1"];
-
-/// rustls' default order: hybrid post-quantum first.
-pub const DEFAULT_KX: [&str; 4] = ["x25519mlkem768", "x25519", "secp256r1", "secp384r1"];
 
 /// One problem in a configuration file.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -320,7 +318,7 @@ impl Config {
         let tls_cert = c.path("tls.cert", raw.tls.cert.as_ref(), "pki/server.crt");
         let tls_key = c.path("tls.key", raw.tls.key.as_ref(), "pki/server.key");
         let key_exchange: Vec<String> = match &raw.tls.key_exchange {
-            None => DEFAULT_KX.iter().map(|s| s.to_string()).collect(),
+            None => KX_GROUPS.iter().map(|s| s.to_string()).collect(),
             Some(list) => {
                 let lower: Vec<String> = list.iter().map(|s| s.to_ascii_lowercase()).collect();
                 if lower.is_empty() {
