@@ -6,9 +6,11 @@ use std::sync::Arc;
 
 use base64::Engine as _;
 
+use crate::admission::{Limit, Limiter, Verdict};
 use crate::ca::chain::{CaRegistry, WorkerCas};
 use crate::clock::Clock;
 use crate::config::{Config, PublicUrl};
+use crate::pki::batch::{BatchOptions, BatchSigner};
 use crate::pki::{self, IssuePolicy, Signer};
 use crate::server::tls::{self, ServerTls};
 use crate::store::{CommitHandle, Store};
@@ -36,6 +38,9 @@ pub enum SetupError {
     /// The store.
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// A worker's signing thread could not be started.
+    #[error("could not start a signing thread: {0}")]
+    Thread(#[source] std::io::Error),
 }
 
 /// State shared by all workers.
@@ -68,6 +73,8 @@ pub struct Shared {
     /// Intermediates (PEM) appended to every issued certificate: the certificates of
     /// `pki.ca_cert` that are not self-signed roots (empty with the default single root).
     pub issued_chain_tail_pem: String,
+    /// Rate limits on enrollment requests; kept across reloads while their limit is unchanged.
+    pub rates: Arc<RateLimits>,
     ca_der: Vec<u8>,
     /// The CA key, PEM, read once per generation (workers parse their own copy).
     ca_key_pem: String,
@@ -98,6 +105,7 @@ impl Shared {
         let heartbeats: Arc<[std::sync::atomic::AtomicU64]> = (0..workers.max(1))
             .map(|_| std::sync::atomic::AtomicU64::new(0))
             .collect();
+        let rates = Arc::new(RateLimits::new(&config.limits));
         Self::build(
             config,
             store,
@@ -107,12 +115,18 @@ impl Shared {
             cas,
             Arc::default(),
             heartbeats,
+            rates,
         )
     }
 
     /// The state for a re-read configuration: new certificates, keys, limits and policy;
     /// the same store, committer, CA cache, sessions and heartbeats.
     pub fn reloaded(&self, config: Config, public_url: PublicUrl) -> Result<Self, SetupError> {
+        let rates = if self.rates.same_limits(&config.limits) {
+            self.rates.clone()
+        } else {
+            Arc::new(RateLimits::new(&config.limits))
+        };
         Self::build(
             config,
             self.store.clone(),
@@ -122,6 +136,7 @@ impl Shared {
             self.cas.clone(),
             self.sessions.clone(),
             self.heartbeats.clone(),
+            rates,
         )
     }
 
@@ -135,6 +150,7 @@ impl Shared {
         cas: Arc<CaRegistry>,
         sessions: Arc<crate::api::auth::Sessions>,
         heartbeats: Arc<[std::sync::atomic::AtomicU64]>,
+        rates: Arc<RateLimits>,
     ) -> Result<Self, SetupError> {
         let ca_chain = pki::read_cert_chain(&config.ca_cert)?;
         let server_chain = pki::read_cert_chain(&config.tls_cert)?;
@@ -181,6 +197,7 @@ impl Shared {
             sessions,
             internal_ca_der: ca_chain[0].clone(),
             heartbeats,
+            rates,
             issued_chain_tail_pem: pki::pem_of_certs(
                 &ca_chain
                     .iter()
@@ -230,8 +247,8 @@ impl Shared {
 pub struct WorkerCtx {
     /// Shared state.
     pub shared: Arc<Shared>,
-    /// Signs client certificates.
-    pub signer: Signer,
+    /// Checks CSRs and signs client certificates on this worker's signing thread.
+    pub signer: BatchSigner,
     /// Signs enrollment JWTs.
     pub jwt: JwtSigner,
     /// Worker number.
@@ -252,6 +269,16 @@ impl WorkerCtx {
     /// Loads this worker's keys.
     pub fn new(shared: Arc<Shared>, index: usize) -> Result<Self, SetupError> {
         let (signer, jwt) = shared.worker_keys()?;
+        let limits = &shared.config.limits;
+        let signer = BatchSigner::spawn(
+            signer,
+            format!("enrollgate-sign-{index}"),
+            BatchOptions {
+                queue_capacity: limits.sign_queue,
+                max_batch: limits.sign_batch,
+            },
+        )
+        .map_err(SetupError::Thread)?;
         Ok(Self {
             shared,
             signer,
@@ -311,5 +338,74 @@ impl SharedRegistry {
         *guard = shared;
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+}
+
+/// Client addresses tracked by the per-source limit at most (about 100 bytes each).
+pub const MAX_TRACKED_SOURCES: usize = 1 << 17;
+
+/// The configured rate limits on enrollment requests, shared by all workers.
+#[derive(Debug)]
+pub struct RateLimits {
+    epoch: std::time::Instant,
+    per_source: Option<(Limit, Limiter<std::net::IpAddr>)>,
+    per_ca: Option<(Limit, Limiter<String>)>,
+}
+
+/// Which limit refused a request, and for how long.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Refused {
+    /// `source` or `ca`.
+    pub limit: &'static str,
+    /// When the request would be admitted.
+    pub wait: std::time::Duration,
+}
+
+impl RateLimits {
+    /// Limiters for `limits` (none where a limit is off).
+    pub fn new(limits: &crate::config::Limits) -> Self {
+        Self {
+            epoch: std::time::Instant::now(),
+            per_source: limits
+                .per_source
+                .map(|l| (l, Limiter::new(l, MAX_TRACKED_SOURCES))),
+            // CAs are few (each is an admin-created record); the table is never the bound.
+            per_ca: limits.per_ca.map(|l| (l, Limiter::new(l, 1 << 16))),
+        }
+    }
+
+    fn same_limits(&self, limits: &crate::config::Limits) -> bool {
+        self.per_source.as_ref().map(|(l, _)| *l) == limits.per_source
+            && self.per_ca.as_ref().map(|(l, _)| *l) == limits.per_ca
+    }
+
+    fn now_ns(&self) -> u64 {
+        u64::try_from(self.epoch.elapsed().as_nanos()).unwrap_or(u64::MAX)
+    }
+
+    /// Admits one enrollment request from `ip` (per-source limit).
+    pub fn source(&self, ip: std::net::IpAddr) -> Result<(), Refused> {
+        let Some((_, limiter)) = &self.per_source else {
+            return Ok(());
+        };
+        verdict(
+            "source",
+            limiter.check(&crate::admission::source_key(ip), self.now_ns()),
+        )
+    }
+
+    /// Admits one enrollment through the third-party CA `ca_id` (per-CA limit).
+    pub fn ca(&self, ca_id: &str) -> Result<(), Refused> {
+        let Some((_, limiter)) = &self.per_ca else {
+            return Ok(());
+        };
+        verdict("ca", limiter.check(ca_id, self.now_ns()))
+    }
+}
+
+fn verdict(limit: &'static str, v: Verdict) -> Result<(), Refused> {
+    match v {
+        Verdict::Admit | Verdict::Untracked => Ok(()),
+        Verdict::Wait(wait) => Err(Refused { limit, wait }),
     }
 }

@@ -16,7 +16,9 @@
 //!    │ Request
 //!    ▼
 //!  routing + handlers                           api::{client, management}
+//!    │  rate limits (per source, per CA)         admission
 //!    │  pure decisions: token rules, CSR policy  enroll, pki::{csr, issue}
+//!    │  CSR check + signing, off the I/O path   pki::batch  (one signing thread per worker)
 //!    ▼
 //!  group commit (one synced RocksDB write       store::commit  (one committer thread)
 //!    per batch of ready enrollments)            store::apply   (pure: command -> mutations)
@@ -30,6 +32,7 @@
 //! plain function over plain values; sockets, files, RocksDB and the clock sit at the
 //! edges and feed them.
 
+pub mod admission;
 pub mod api;
 pub mod app;
 pub mod ca;

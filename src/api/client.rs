@@ -45,6 +45,7 @@ pub(super) async fn route(
             if method != "POST" {
                 return Err(method_not_allowed(req, "POST"));
             }
+            admit_source(w, peer)?;
             let name = param(&req.head.query, "method").unwrap_or_default();
             let em = Method::parse(&name).ok_or_else(|| {
                 ApiError::InvalidEnrollMethod(format!(
@@ -74,6 +75,7 @@ pub(super) async fn route(
             if method != "POST" {
                 return Err(method_not_allowed(req, "POST"));
             }
+            admit_source(w, peer)?;
             #[derive(Deserialize)]
             #[serde(rename_all = "camelCase")]
             struct Body {
@@ -90,6 +92,7 @@ pub(super) async fn route(
             if method != "POST" {
                 return Err(method_not_allowed(req, "POST"));
             }
+            admit_source(w, peer)?;
             #[derive(Deserialize)]
             struct Body {
                 token: Option<String>,
@@ -101,6 +104,7 @@ pub(super) async fn route(
             if method != "POST" {
                 return Err(method_not_allowed(req, "POST"));
             }
+            admit_source(w, peer)?;
             let name = requested_name(req)?;
             enroll_ca(w, peer, name).await
         }
@@ -128,6 +132,14 @@ pub(super) async fn route(
             "no such resource: {}",
             req.head.path
         ))),
+    }
+}
+
+/// The per-source rate limit, checked before any enrollment work.
+fn admit_source(w: &WorkerCtx, peer: &Peer) -> Result<(), ApiError> {
+    match peer.addr {
+        Some(addr) => Ok(w.shared.rates.source(addr.ip())?),
+        None => Ok(()),
     }
 }
 
@@ -224,6 +236,7 @@ async fn enroll_ottca(
             ))
         }
     }
+    shared.rates.ca(&ca_id)?;
     cas.verify(&peer.chain, now, "ottca enrollment", |ca| ca.id == ca_id)
         .map_err(|e| ApiError::CertificateFailedValidation(e.to_string()))?;
     let authenticator = presented_authenticator(leaf, Method::Ottca, now)?;
@@ -260,6 +273,7 @@ async fn enroll_ca(
             ca.is_verified && ca.is_auto_ca_enrollment_enabled
         })
         .map_err(|e| ApiError::CertFailedValidation(e.to_string()))?;
+    shared.rates.ca(&ca.id)?;
     let fp = fingerprint::sha256_hex(leaf);
     if shared.store.identity_by_fingerprint(&fp)?.is_some() {
         return Err(ApiError::CertInUse(
@@ -388,12 +402,10 @@ async fn enroll_ott(
     let enrollment = shared.store.enrollment_by_token(&token)?;
     let enrollment = check_token(enrollment.as_ref(), Method::Ott, now)?;
 
+    // Decoding the body is cheap and stays here; the CSR's signature check and the
+    // certificate's signature run on this worker's signing thread.
     let der = csr::decode_body(csr_body)?;
-    let accepted = csr::accept(&der)?;
-    let issued = w
-        .signer
-        .issue_client(&accepted.spki_der, &enrollment.identity_id, now)
-        .map_err(|e| ApiError::Unhandled(e.to_string()))?;
+    let (_, issued) = w.signer.sign(der, &enrollment.identity_id, now).await?;
 
     let authenticator = Authenticator {
         fingerprint_sha256: fingerprint::sha256_hex(&issued.der),

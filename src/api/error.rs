@@ -192,12 +192,47 @@ impl From<StoreError> for ApiError {
             StoreError::CaExists => Self::CaExists(msg),
             StoreError::CaAlreadyVerified => Self::CaAlreadyVerified(msg),
             StoreError::CaNotUsable(_) => Self::EnrollmentCaNotValid(msg),
-            StoreError::Busy => Self::RateLimited {
-                message: msg,
-                retry_after: 1,
-            },
+            StoreError::Busy => {
+                crate::telemetry::rate_limited("commit_queue");
+                Self::RateLimited {
+                    message: msg,
+                    retry_after: 1,
+                }
+            }
             StoreError::ShuttingDown => Self::ServiceUnavailable(msg),
             StoreError::Db(_) | StoreError::Corrupt(_) => Self::Unhandled(msg),
+        }
+    }
+}
+
+impl From<crate::pki::batch::SignError> for ApiError {
+    fn from(e: crate::pki::batch::SignError) -> Self {
+        use crate::pki::batch::SignError;
+        match e {
+            SignError::Csr(inner) => inner.into(),
+            SignError::Busy => {
+                crate::telemetry::rate_limited("sign_queue");
+                Self::RateLimited {
+                    message: "the gateway is signing at capacity; retry shortly".into(),
+                    retry_after: 1,
+                }
+            }
+            SignError::Stopped => Self::ServiceUnavailable("the gateway is shutting down".into()),
+            SignError::Issue(inner) => Self::Unhandled(inner.to_string()),
+        }
+    }
+}
+
+impl From<crate::app::Refused> for ApiError {
+    fn from(r: crate::app::Refused) -> Self {
+        crate::telemetry::rate_limited(r.limit);
+        let what = match r.limit {
+            "source" => "from this address",
+            _ => "through this CA",
+        };
+        Self::RateLimited {
+            message: format!("too many enrollment requests {what}; retry later"),
+            retry_after: crate::admission::retry_after_secs(r.wait),
         }
     }
 }

@@ -59,6 +59,9 @@ pub async fn handle(w: &WorkerCtx, req: &Request, peer: &Peer, request_id: &str)
             Ok(_) => "ok",
             Err(e) => e.status_and_code().1,
         };
+        if matches!(result, Err(ApiError::EnrollmentExpired(_))) {
+            crate::telemetry::token_expired(method);
+        }
         crate::telemetry::enrollment(method, outcome, started.elapsed());
     }
     match result {

@@ -135,13 +135,29 @@ impl CaSet {
     }
 
     /// Verifies `chain` (leaf first) at `now` against the CAs for which `accept` is true,
-    /// and returns the CA the path ends at.
+    /// and returns the CA the path ends at. Records the cache lookup (hit: some cached CA
+    /// is named as an issuer in the chain) and the verification time.
     pub fn verify(
         &self,
         chain: &[CertificateDer<'_>],
         now: UnixTime,
         purpose: &str,
         accept: impl Fn(&Ca) -> bool,
+    ) -> Result<&Ca, ChainError> {
+        let started = std::time::Instant::now();
+        let mut cache_hit = false;
+        let result = self.verify_inner(chain, now, purpose, accept, &mut cache_hit);
+        crate::telemetry::chain_verification(cache_hit, started.elapsed());
+        result
+    }
+
+    fn verify_inner(
+        &self,
+        chain: &[CertificateDer<'_>],
+        now: UnixTime,
+        purpose: &str,
+        accept: impl Fn(&Ca) -> bool,
+        cache_hit: &mut bool,
     ) -> Result<&Ca, ChainError> {
         let leaf = chain.first().ok_or(ChainError::NoCertificate)?;
         if chain.len() > MAX_CHAIN_LEN {
@@ -169,6 +185,7 @@ impl CaSet {
                 }
             }
         }
+        *cache_hit = known_but_refused || !candidates.is_empty();
         if candidates.is_empty() {
             return Err(ChainError::NoAcceptedCa(if known_but_refused {
                 format!("the certificate's CA is not verified or does not allow {purpose}")
@@ -236,9 +253,11 @@ impl std::fmt::Debug for CaRegistry {
 impl CaRegistry {
     /// Loads every CA from the store.
     pub fn load(store: &Store) -> Result<Self, StoreError> {
+        let set = CaSet::build(store.all_cas()?);
+        crate::telemetry::ca_cache(set.len());
         Ok(Self {
             generation: AtomicU64::new(1),
-            current: Mutex::new(Arc::new(CaSet::build(store.all_cas()?))),
+            current: Mutex::new(Arc::new(set)),
         })
     }
 

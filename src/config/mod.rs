@@ -11,6 +11,7 @@ use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use crate::admission::{Limit, Rate};
 use crate::store::{CommitOptions, Durability};
 
 /// Key-exchange group names accepted in `tls.key_exchange`, in the default order (rustls'
@@ -134,6 +135,15 @@ pub struct Limits {
     /// TLS handshakes in progress per worker at most; beyond, new connections are closed
     /// at once (a surge of handshakes cannot starve requests already admitted).
     pub max_handshakes: usize,
+    /// CSRs waiting for a worker's signing thread at most; beyond, `ott` enrollments get
+    /// `429 RATE_LIMITED`.
+    pub sign_queue: usize,
+    /// CSRs checked and signed in one batch at most (bounds a batch's latency).
+    pub sign_batch: usize,
+    /// Enrollment requests per client address (IPv6: per /64), if limited.
+    pub per_source: Option<Limit>,
+    /// Enrollments per third-party CA (`ottca` and `ca`), if limited.
+    pub per_ca: Option<Limit>,
 }
 
 impl Default for Limits {
@@ -148,6 +158,10 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             max_handshakes: 1024,
+            sign_queue: 1024,
+            sign_batch: 64,
+            per_source: None,
+            per_ca: None,
         }
     }
 }
@@ -250,6 +264,41 @@ impl Checker {
         } else {
             self.base.join(p)
         }
+    }
+
+    /// A rate limit: `rate` ("50/s", "off" or absent for none) and its burst (default:
+    /// the rate's count).
+    fn rate_limit(
+        &mut self,
+        rate_key: &str,
+        rate: Option<&str>,
+        burst_key: &str,
+        burst: Option<u32>,
+    ) -> Option<Limit> {
+        let rate = match rate {
+            None | Some("off") => {
+                if burst.is_some() {
+                    self.problem(burst_key, format!("has no effect without {rate_key}"));
+                }
+                return None;
+            }
+            Some(text) => match Rate::parse(text) {
+                Ok(r) => r,
+                Err(m) => {
+                    self.problem(rate_key, m);
+                    return None;
+                }
+            },
+        };
+        let burst = match burst {
+            Some(0) => {
+                self.problem(burst_key, "must be at least 1");
+                1
+            }
+            Some(b) => b,
+            None => rate.count,
+        };
+        Some(Limit { rate, burst })
     }
 
     fn positive(&mut self, key: &str, v: Option<usize>, default: usize) -> usize {
@@ -427,6 +476,20 @@ impl Config {
                 d.max_connections,
             ),
             max_handshakes: c.positive("limits.max_handshakes", l.max_handshakes, d.max_handshakes),
+            sign_queue: c.positive("limits.sign_queue", l.sign_queue, d.sign_queue),
+            sign_batch: c.positive("limits.sign_batch", l.sign_batch, d.sign_batch),
+            per_source: c.rate_limit(
+                "limits.per_source_rate",
+                l.per_source_rate.as_deref(),
+                "limits.per_source_burst",
+                l.per_source_burst,
+            ),
+            per_ca: c.rate_limit(
+                "limits.per_ca_rate",
+                l.per_ca_rate.as_deref(),
+                "limits.per_ca_burst",
+                l.per_ca_burst,
+            ),
         };
         if limits.max_header_bytes < 1024 {
             c.problem("limits.max_header_bytes", "at least 1024");
@@ -569,6 +632,12 @@ idle_timeout = "60s"
 write_timeout = "30s"
 max_connections = 10000         # per worker
 max_handshakes = 1024           # per worker
+sign_queue = 1024               # CSRs waiting per worker's signing thread; beyond: 429
+sign_batch = 64                 # CSRs signed in one batch at most
+# per_source_rate = "20/s"      # enrollment requests per client address (IPv6: per /64)
+# per_source_burst = 40
+# per_ca_rate = "1000/s"        # enrollments per third-party CA (ottca, ca)
+# per_ca_burst = 2000
 
 [log]
 level = "info"
@@ -641,6 +710,8 @@ mod tests {
             durability = "maybe"
             [limits]
             max_body_bytes = 0
+            per_source_rate = "5/fortnight"
+            per_ca_burst = 3
             "#,
         )
         .unwrap_err();
@@ -652,9 +723,29 @@ mod tests {
             "enrollment.token_ttl",
             "store.durability",
             "limits.max_body_bytes",
+            "limits.per_source_rate",
+            "limits.per_ca_burst",
         ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
         }
+    }
+
+    #[test]
+    fn rate_limits_are_off_by_default_and_burst_defaults_to_the_rate() {
+        assert_eq!(load_text("").unwrap().limits.per_source, None);
+        let c = load_text(
+            r#"
+            [limits]
+            per_source_rate = "20/s"
+            per_ca_rate = "600/min"
+            per_ca_burst = 50
+            "#,
+        )
+        .unwrap();
+        let src = c.limits.per_source.unwrap();
+        assert_eq!((src.rate.to_string(), src.burst), ("20/s".into(), 20));
+        let ca = c.limits.per_ca.unwrap();
+        assert_eq!((ca.rate.to_string(), ca.burst), ("600/min".into(), 50));
     }
 
     #[test]

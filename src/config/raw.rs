@@ -100,6 +100,12 @@ pub struct RawLimits {
     pub write_timeout: Option<String>,
     pub max_connections: Option<usize>,
     pub max_handshakes: Option<usize>,
+    pub sign_queue: Option<usize>,
+    pub sign_batch: Option<usize>,
+    pub per_source_rate: Option<String>,
+    pub per_source_burst: Option<u32>,
+    pub per_ca_rate: Option<String>,
+    pub per_ca_burst: Option<u32>,
 }
 
 /// `[log]`

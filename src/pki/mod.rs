@@ -1,6 +1,7 @@
 //! enrollgate's internal PKI: the root CA that signs `ott` certificates and the enrollment
 //! listener's TLS certificate, created by `enrollgate init` and loaded by the daemon.
 
+pub mod batch;
 pub mod csr;
 pub mod fingerprint;
 pub mod issue;

@@ -27,6 +27,20 @@ pub const COMMIT_SECONDS: &str = "enrollgate_commit_duration_seconds";
 pub const QUEUE_DEPTH: &str = "enrollgate_commit_queue_depth";
 /// Third-party CAs in the cache.
 pub const CA_CACHE_SIZE: &str = "enrollgate_ca_cache_size";
+/// Chain verifications, by whether a cached CA was found for the chain.
+pub const CA_CACHE_LOOKUPS: &str = "enrollgate_ca_cache_lookups_total";
+/// Chain verification latency.
+pub const CHAIN_SECONDS: &str = "enrollgate_chain_verification_duration_seconds";
+/// CSR checks and signatures per signing batch.
+pub const SIGN_BATCH_SIZE: &str = "enrollgate_sign_batch_size";
+/// Duration of one signing batch.
+pub const SIGN_SECONDS: &str = "enrollgate_sign_batch_duration_seconds";
+/// Jobs waiting for a worker's signing thread.
+pub const SIGN_QUEUE_DEPTH: &str = "enrollgate_sign_queue_depth";
+/// Requests refused by a rate limit, by limit.
+pub const RATE_LIMITED: &str = "enrollgate_rate_limited_total";
+/// Enrollment attempts with an expired token.
+pub const TOKENS_EXPIRED: &str = "enrollgate_tokens_expired_total";
 
 static READY: AtomicBool = AtomicBool::new(false);
 
@@ -76,6 +90,36 @@ pub fn describe() {
         CA_CACHE_SIZE,
         "Third-party CAs parsed into the chain-verification cache."
     );
+    describe_counter!(
+        CA_CACHE_LOOKUPS,
+        "Client chains looked up in the CA cache, by result: hit (a cached CA named as issuer in the chain) or miss (no cached CA issued it)."
+    );
+    describe_histogram!(
+        CHAIN_SECONDS,
+        Unit::Seconds,
+        "Duration of one client chain verification against the cached CAs."
+    );
+    describe_histogram!(
+        SIGN_BATCH_SIZE,
+        "CSR checks and certificate signatures done together in one batch on a worker's signing thread."
+    );
+    describe_histogram!(
+        SIGN_SECONDS,
+        Unit::Seconds,
+        "Duration of one signing batch (CSR signature checks and certificate signatures)."
+    );
+    describe_gauge!(
+        SIGN_QUEUE_DEPTH,
+        "Jobs left waiting for a signing thread after it took a batch (bounded by limits.sign_queue per worker)."
+    );
+    describe_counter!(
+        RATE_LIMITED,
+        "Enrollment requests answered 429 by a rate limit, by limit: source (limits.per_source_rate), ca (limits.per_ca_rate), sign_queue, commit_queue."
+    );
+    describe_counter!(
+        TOKENS_EXPIRED,
+        "Enrollment attempts whose one-time token had expired, by method."
+    );
 }
 
 /// Records one enrollment answer.
@@ -107,4 +151,28 @@ pub fn connections(delta: f64) {
 /// Records the CA cache size.
 pub fn ca_cache(size: usize) {
     metrics::gauge!(CA_CACHE_SIZE).set(size as f64);
+}
+
+/// Records a signing batch.
+pub fn sign_batch(size: usize, elapsed: Duration, queued: usize) {
+    metrics::histogram!(SIGN_BATCH_SIZE).record(size as f64);
+    metrics::histogram!(SIGN_SECONDS).record(elapsed.as_secs_f64());
+    metrics::gauge!(SIGN_QUEUE_DEPTH).set(queued as f64);
+}
+
+/// Records a chain lookup in the CA cache and its verification time.
+pub fn chain_verification(cache_hit: bool, elapsed: Duration) {
+    let result = if cache_hit { "hit" } else { "miss" };
+    metrics::counter!(CA_CACHE_LOOKUPS, "result" => result).increment(1);
+    metrics::histogram!(CHAIN_SECONDS).record(elapsed.as_secs_f64());
+}
+
+/// Records a refusal by a rate limit.
+pub fn rate_limited(limit: &'static str) {
+    metrics::counter!(RATE_LIMITED, "limit" => limit).increment(1);
+}
+
+/// Records an enrollment attempt with an expired token.
+pub fn token_expired(method: &'static str) {
+    metrics::counter!(TOKENS_EXPIRED, "method" => method).increment(1);
 }
