@@ -75,6 +75,9 @@ pub struct Shared {
     pub issued_chain_tail_pem: String,
     /// Rate limits on enrollment requests; kept across reloads while their limit is unchanged.
     pub rates: Arc<RateLimits>,
+    /// Set when a reload replaced this state: keep-alive connections still using it close
+    /// after their current response, so old keys and limits do not linger.
+    superseded: std::sync::atomic::AtomicBool,
     ca_der: Vec<u8>,
     /// The CA key, PEM, read once per generation (workers parse their own copy).
     ca_key_pem: String,
@@ -198,6 +201,7 @@ impl Shared {
             internal_ca_der: ca_chain[0].clone(),
             heartbeats,
             rates,
+            superseded: std::sync::atomic::AtomicBool::new(false),
             issued_chain_tail_pem: pki::pem_of_certs(
                 &ca_chain
                     .iter()
@@ -232,6 +236,11 @@ impl Shared {
             self.public_url.origin(),
         )?;
         Ok((signer, jwt))
+    }
+
+    /// True once a reload installed a newer state.
+    pub fn is_superseded(&self) -> bool {
+        self.superseded.load(std::sync::atomic::Ordering::Acquire)
     }
 
     /// The issuing policy from the configuration.
@@ -335,7 +344,9 @@ impl SharedRegistry {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
-        *guard = shared;
+        let old = std::mem::replace(&mut *guard, shared);
+        old.superseded
+            .store(true, std::sync::atomic::Ordering::Release);
         self.generation
             .fetch_add(1, std::sync::atomic::Ordering::Release);
     }

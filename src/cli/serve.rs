@@ -40,6 +40,9 @@ pub enum LogFormatArg {
 
 /// Runs the gateway until SIGINT or SIGTERM.
 pub fn serve(args: ServeArgs) -> Result<(), CliError> {
+    // Take over SIGINT, SIGTERM and SIGHUP first: one that arrives while the store opens
+    // waits in the iterator instead of killing the process with the default action.
+    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let config = Config::load(&args.config)?;
     let forced = args.log_format.map(|f| match f {
         LogFormatArg::Text => crate::config::LogFormat::Text,
@@ -80,7 +83,11 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     )?);
     let notifier = Arc::new(Notifier::from_env());
     let registry = Arc::new(SharedRegistry::new(shared.clone()));
-    let metrics_addr = match shared.config.metrics_listen {
+    // Only the registry keeps the state alive, so a reload can retire it (old keys).
+    let heartbeats = shared.heartbeats.clone();
+    let metrics_listen = shared.config.metrics_listen;
+    drop(shared);
+    let metrics_addr = match metrics_listen {
         Some(addr) => Some(
             crate::telemetry::endpoint::start(addr)
                 .map_err(|e| CliError::new(format!("cannot serve metrics on {addr}: {e}")))?,
@@ -94,7 +101,6 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     let (shutdown, signal) = server::shutdown_pair();
     let trigger = shutdown.clone();
     let stop_notifier = notifier.clone();
-    let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     let signals_handle = signals.handle();
     let signal_thread = std::thread::Builder::new()
         .name("enrollgate-signals".into())
@@ -128,7 +134,6 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
             }
         })?;
 
-    let watchdog_shared = shared.clone();
     let watchdog_notifier = notifier.clone();
     let watchdog_signal = signal.clone();
     let result = server::run(listeners, registry.clone(), &shutdown, signal, |started| {
@@ -153,7 +158,7 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
         ));
         if let Some(interval) = ops::notify::watchdog_interval() {
             spawn_watchdog(
-                watchdog_shared,
+                heartbeats.clone(),
                 watchdog_notifier,
                 watchdog_signal,
                 interval,
@@ -163,7 +168,6 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     signals_handle.close();
     let _ = signal_thread.join();
     // Commit what is queued, then stop, whether or not every handle was dropped.
-    drop(shared);
     drop(registry);
     if !committer.stop(std::time::Duration::from_secs(10)) {
         tracing::warn!("the committer did not stop within 10 s");
@@ -176,7 +180,7 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
 /// Feeds systemd's watchdog at half its interval, but only while every worker's heartbeat
 /// advances: a wedged runtime stops the pings and systemd restarts the service.
 fn spawn_watchdog(
-    shared: Arc<Shared>,
+    heartbeats: Arc<[std::sync::atomic::AtomicU64]>,
     notifier: Arc<Notifier>,
     signal: ShutdownSignal,
     interval: std::time::Duration,
@@ -184,11 +188,11 @@ fn spawn_watchdog(
     use std::sync::atomic::Ordering;
     let period = interval / 2;
     let spawned = std::thread::Builder::new().name("enrollgate-watchdog".into()).spawn(move || {
-        let mut last: Vec<u64> = shared.heartbeats.iter().map(|h| h.load(Ordering::Relaxed)).collect();
+        let mut last: Vec<u64> = heartbeats.iter().map(|h| h.load(Ordering::Relaxed)).collect();
         notifier.send("WATCHDOG=1");
         while !signal.is_set() {
             std::thread::sleep(period);
-            let now: Vec<u64> = shared.heartbeats.iter().map(|h| h.load(Ordering::Relaxed)).collect();
+            let now: Vec<u64> = heartbeats.iter().map(|h| h.load(Ordering::Relaxed)).collect();
             let stalled: Vec<usize> = now.iter().zip(&last).enumerate().filter(|(_, (a, b))| a == b).map(|(i, _)| i).collect();
             if stalled.is_empty() {
                 notifier.send("WATCHDOG=1");

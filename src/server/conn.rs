@@ -134,7 +134,8 @@ pub async fn serve(
         let req = Request { head, body };
         let id = request_id();
         let resp = api::handle(ctx, &req, &peer, &id).await;
-        let keep_alive = req.head.keep_alive && !signal.is_set();
+        // After a reload, a connection does not keep serving with the old keys and limits.
+        let keep_alive = req.head.keep_alive && !signal.is_set() && !ctx.shared.is_superseded();
         let bytes = resp.serialize(keep_alive, req.head.method == "HEAD");
         if !write(&mut tls, &bytes, wt).await {
             return;

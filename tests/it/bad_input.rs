@@ -184,7 +184,7 @@ fn bad_enrollment_requests_change_nothing() {
     assert!(!gw.log().contains("panicked"));
 }
 
-fn raw_tls(gw: &Gateway) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
+pub(crate) fn raw_tls(gw: &Gateway) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let cfg = enrollgate::client::config(&gw.ca_certs(), None).unwrap();
     let tcp = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
@@ -192,7 +192,7 @@ fn raw_tls(gw: &Gateway) -> rustls::StreamOwned<rustls::ClientConnection, TcpStr
     rustls::StreamOwned::new(conn, tcp)
 }
 
-fn read_all(s: &mut impl std::io::Read) -> Vec<u8> {
+pub(crate) fn read_all(s: &mut impl std::io::Read) -> Vec<u8> {
     let mut out = Vec::new();
     let mut buf = [0u8; 4096];
     loop {

@@ -367,6 +367,30 @@ fn sighup_applies_limits_and_refuses_a_bad_configuration() {
 }
 
 #[test]
+fn a_keep_alive_connection_closes_after_a_reload() {
+    use std::io::{Read as _, Write as _};
+    let gw = Gateway::start();
+    let mut tls = crate::bad_input::raw_tls(&gw);
+    let request = b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n";
+    tls.write_all(request).unwrap();
+    let mut first = vec![0u8; 4096];
+    let n = tls.read(&mut first).unwrap();
+    let first = String::from_utf8_lossy(&first[..n]).to_lowercase();
+    assert!(first.starts_with("http/1.1 200"), "{first}");
+    assert!(!first.contains("connection: close"), "{first}");
+
+    gw.signal("HUP");
+    gw.wait_log("configuration reloaded");
+    // The connection still answers the request in flight, then closes: it does not keep
+    // serving with the keys and limits of the replaced configuration.
+    tls.write_all(request).unwrap();
+    let rest = String::from_utf8_lossy(&crate::bad_input::read_all(&mut tls)).to_lowercase();
+    assert!(rest.starts_with("http/1.1 200"), "{rest}");
+    assert!(rest.contains("connection: close"), "{rest}");
+    assert_eq!(rest.matches("http/1.1").count(), 1);
+}
+
+#[test]
 fn sigterm_during_a_burst_loses_no_acknowledged_enrollment() {
     use std::sync::Arc;
     let mut gw = Gateway::start();
