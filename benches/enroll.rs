@@ -52,6 +52,43 @@ fn handshake(client: &mut rustls::ClientConnection, server: &mut rustls::ServerC
     }
 }
 
+/// The same handshake, returning only the time spent in the server's calls: the
+/// daemon's share of the handshake, which is what bounds its enrollments per core.
+fn handshake_server_share(
+    client: &mut rustls::ClientConnection,
+    server: &mut rustls::ServerConnection,
+) -> std::time::Duration {
+    let mut spent = std::time::Duration::ZERO;
+    let mut buf = Vec::with_capacity(16 * 1024);
+    while client.is_handshaking() || server.is_handshaking() {
+        buf.clear();
+        while client.wants_write() {
+            client.write_tls(&mut buf).expect("client write");
+        }
+        let started = std::time::Instant::now();
+        if !buf.is_empty() {
+            let mut s = &buf[..];
+            while !s.is_empty() {
+                server.read_tls(&mut s).expect("server read");
+            }
+            server.process_new_packets().expect("server process");
+        }
+        buf.clear();
+        while server.wants_write() {
+            server.write_tls(&mut buf).expect("server write");
+        }
+        spent += started.elapsed();
+        if !buf.is_empty() {
+            let mut s = &buf[..];
+            while !s.is_empty() {
+                client.read_tls(&mut s).expect("client read");
+            }
+            client.process_new_packets().expect("client process");
+        }
+    }
+    spent
+}
+
 fn bench_ott_floor(c: &mut Criterion) {
     let material = pki::create(KeyType::Ec, &[Host::parse("localhost")], NOW).expect("pki");
     let ca_der = der_of(&material.ca_cert_pem);
@@ -142,6 +179,29 @@ fn bench_ott_floor(c: &mut Criterion) {
             handshake(&mut cl, &mut sv);
         })
     });
+    // The server's share alone (the client's work is not timed).
+    for (name, cfg) in [
+        ("server_share_mutual_p256", &mtls_client),
+        ("server_share_server_only_p256", &plain_client),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    let mut cl = rustls::ClientConnection::new(
+                        cfg.clone(),
+                        "localhost".try_into().expect("name"),
+                    )
+                    .expect("client");
+                    let started = std::time::Instant::now();
+                    let mut sv = rustls::ServerConnection::new(server_cfg.clone()).expect("server");
+                    total += started.elapsed();
+                    total += handshake_server_share(&mut cl, &mut sv);
+                }
+                total
+            })
+        });
+    }
     // The same handshake with X25519 only, instead of the hybrid post-quantum default.
     let x25519_server =
         enrollgate::server::tls::server_config(enrollgate::server::tls::ServerTls {
