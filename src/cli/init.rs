@@ -79,6 +79,14 @@ pub fn init(args: InitArgs) -> Result<Initialized, CliError> {
             )));
         }
     }
+    if let Some(out) = &args.config_out {
+        if out.exists() {
+            return Err(CliError::new(format!(
+                "{} already exists; refusing to overwrite it (nothing was changed)",
+                out.display()
+            )));
+        }
+    }
     crate::enroll::validate_name(&args.admin_name)
         .map_err(|e| CliError::new(format!("--admin-name: {e}")))?;
     let public_url = match &args.public_url {
@@ -92,6 +100,9 @@ pub fn init(args: InitArgs) -> Result<Initialized, CliError> {
     let result = create_all(dir, existed, &args, &public_url);
     if result.is_err() {
         // Leave nothing half-made.
+        if let Some(out) = &args.config_out {
+            let _ = std::fs::remove_file(out);
+        }
         if existed {
             if let Ok(entries) = std::fs::read_dir(dir) {
                 for e in entries.flatten() {

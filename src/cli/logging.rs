@@ -25,9 +25,30 @@ fn filter(level: &str) -> EnvFilter {
 pub fn effective_format(configured: LogFormat, forced: Option<LogFormat>) -> LogFormat {
     match forced {
         Some(f) => f,
-        None if std::env::var_os("JOURNAL_STREAM").is_some() => LogFormat::Json,
+        None if stderr_is_the_journal() => LogFormat::Json,
         None => configured,
     }
+}
+
+/// True when standard error is the journal stream systemd announced in `JOURNAL_STREAM`
+/// (`device:inode`); a child that inherited the variable but writes elsewhere keeps text.
+fn stderr_is_the_journal() -> bool {
+    use std::os::unix::fs::MetadataExt as _;
+    let Some(announced) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Ok(stderr) = std::fs::metadata("/proc/self/fd/2") else {
+        return false;
+    };
+    announces(&announced.to_string_lossy(), stderr.dev(), stderr.ino())
+}
+
+/// Whether a `JOURNAL_STREAM` value names the file `dev`:`ino`.
+fn announces(journal_stream: &str, dev: u64, ino: u64) -> bool {
+    journal_stream
+        .split_once(':')
+        .and_then(|(d, i)| Some((d.parse::<u64>().ok()?, i.parse::<u64>().ok()?)))
+        == Some((dev, ino))
 }
 
 /// Installs the global subscriber; `RUST_LOG`, when set, overrides `level`.
@@ -53,4 +74,19 @@ pub fn init(level: &str, format: LogFormat) -> Option<LogHandle> {
 /// Applies a new level (ignored while `RUST_LOG` is set, which always wins).
 pub fn set_level(handle: &LogHandle, level: &str) -> Result<(), String> {
     handle.reload(filter(level)).map_err(|e| e.to_string())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn journal_stream_must_name_stderr() {
+        assert!(announces("64769:123456", 64769, 123456));
+        assert!(!announces("64769:123457", 64769, 123456));
+        assert!(!announces("1:123456", 64769, 123456));
+        for bad in ["", "64769", "x:y", "64769:123456:1", ":"] {
+            assert!(!announces(bad, 64769, 123456), "{bad}");
+        }
+    }
 }

@@ -73,6 +73,14 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
         .public_url
         .clone()
         .unwrap_or_else(|| PublicUrl::for_bound(bound));
+    // The recorder first, so what the state records while it loads (CA cache size) counts.
+    let metrics_addr = match config.metrics_listen {
+        Some(addr) => Some(
+            crate::telemetry::endpoint::start(addr)
+                .map_err(|e| CliError::new(format!("cannot serve metrics on {addr}: {e}")))?,
+        ),
+        None => None,
+    };
     let shared = Arc::new(Shared::new(
         config,
         store,
@@ -85,15 +93,7 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     let registry = Arc::new(SharedRegistry::new(shared.clone()));
     // Only the registry keeps the state alive, so a reload can retire it (old keys).
     let heartbeats = shared.heartbeats.clone();
-    let metrics_listen = shared.config.metrics_listen;
     drop(shared);
-    let metrics_addr = match metrics_listen {
-        Some(addr) => Some(
-            crate::telemetry::endpoint::start(addr)
-                .map_err(|e| CliError::new(format!("cannot serve metrics on {addr}: {e}")))?,
-        ),
-        None => None,
-    };
     let reload_registry = registry.clone();
     let reload_notifier = notifier.clone();
     let config_path = args.config.clone();

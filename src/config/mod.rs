@@ -577,9 +577,13 @@ pub fn initial_file(
     public_url: Option<&PublicUrl>,
     data_dir: Option<&Path>,
 ) -> String {
-    let p = |rel: &str| match data_dir {
-        Some(d) => d.join(rel).display().to_string(),
-        None => rel.to_string(),
+    // Quoted as TOML strings: a data directory may hold quotes or backslashes.
+    let p = |rel: &str| {
+        let path = match data_dir {
+            Some(d) => d.join(rel).display().to_string(),
+            None => rel.to_string(),
+        };
+        toml::Value::String(path).to_string()
     };
     let (tls_cert, tls_key, ca_cert, ca_key, store) = (
         p("pki/server.crt"),
@@ -602,14 +606,14 @@ listen = "{listen}"
 workers = 0                     # 0 = one worker per core
 
 [tls]                           # the enrollment listener's certificate; its key signs JWTs
-cert = "{tls_cert}"
-key = "{tls_key}"
+cert = {tls_cert}
+key = {tls_key}
 key_exchange = ["x25519mlkem768", "x25519", "secp256r1", "secp384r1"]
 session_tickets = false
 
 [pki]                           # the internal CA that signs `ott` certificates
-ca_cert = "{ca_cert}"
-ca_key = "{ca_key}"
+ca_cert = {ca_cert}
+ca_key = {ca_key}
 trust_domain = "enrollgate"
 cert_lifetime = "365d"
 
@@ -617,7 +621,7 @@ cert_lifetime = "365d"
 token_ttl = "24h"
 
 [store]
-path = "{store}"
+path = {store}
 durability = "sync"             # "relaxed" replies before the WAL is synced
 queue_capacity = 4096
 max_batch = 1024
@@ -686,6 +690,19 @@ mod tests {
         assert_eq!(c.public_url, Some(url));
         assert_eq!(c.token_ttl, Duration::from_secs(86_400));
         assert_eq!(c.commit.durability, Durability::Sync);
+    }
+
+    #[test]
+    fn data_directories_with_quotes_and_backslashes_are_quoted() {
+        let odd = Path::new("/srv/odd \"dir\" \\ here");
+        let c = load_text(&initial_file(
+            "127.0.0.1:0".parse().unwrap(),
+            None,
+            Some(odd),
+        ))
+        .unwrap();
+        assert_eq!(c.ca_key, odd.join("pki/ca.key"));
+        assert_eq!(c.store_path, odd.join("store"));
     }
 
     #[test]

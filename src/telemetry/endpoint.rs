@@ -4,7 +4,9 @@
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
-use std::time::Duration;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -38,20 +40,56 @@ pub fn start(addr: SocketAddr) -> std::io::Result<SocketAddr> {
         })?;
     std::thread::Builder::new()
         .name("enrollgate-metrics".into())
-        .spawn(move || {
-            for stream in listener.incoming().flatten() {
-                let _ = answer(stream, &handle);
-            }
-        })?;
+        .spawn(move || accept_loop(&listener, &handle))?;
     Ok(bound)
 }
 
+/// Scrapes answered at once at most; beyond, a new connection is closed unanswered.
+const MAX_CONCURRENT: usize = 8;
+/// A scrape's request must arrive, and its answer be taken, within this.
+const DEADLINE: Duration = Duration::from_secs(2);
+
+/// Each connection is answered on its own short-lived thread, so a client that connects
+/// and says nothing cannot hold up `/healthz` for the others.
+fn accept_loop(listener: &TcpListener, handle: &PrometheusHandle) {
+    let active = Arc::new(AtomicUsize::new(0));
+    loop {
+        let stream = match listener.accept() {
+            Ok((s, _)) => s,
+            Err(_) => {
+                // Out of descriptors, or the peer left before accept: do not spin.
+                std::thread::sleep(Duration::from_millis(10));
+                continue;
+            }
+        };
+        if active.fetch_add(1, Ordering::AcqRel) >= MAX_CONCURRENT {
+            active.fetch_sub(1, Ordering::AcqRel);
+            continue;
+        }
+        let (handle, done) = (handle.clone(), active.clone());
+        let spawned = std::thread::Builder::new()
+            .name("enrollgate-scrape".into())
+            .spawn(move || {
+                let _ = answer(stream, &handle);
+                done.fetch_sub(1, Ordering::AcqRel);
+            });
+        if spawned.is_err() {
+            active.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+}
+
 fn answer(mut s: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()> {
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    s.set_write_timeout(Some(Duration::from_secs(5)))?;
+    let deadline = Instant::now() + DEADLINE;
+    s.set_write_timeout(Some(DEADLINE))?;
     let mut buf = Vec::with_capacity(1024);
     let mut chunk = [0u8; 1024];
     let path = loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Ok(());
+        }
+        s.set_read_timeout(Some(left))?;
         let n = s.read(&mut chunk)?;
         if n == 0 {
             return Ok(());

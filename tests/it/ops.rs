@@ -98,6 +98,11 @@ fn check_config_reports_every_problem_with_its_key() {
             "store.path",
             original.replace("path = \"store\"", "path = \"nostore\""),
         ),
+        // A valid key that is not the CA certificate's (a rotation caught half-way).
+        (
+            "pki.ca_key",
+            original.replace("ca_key = \"pki/ca.key\"", "ca_key = \"pki/server.key\""),
+        ),
     ];
     for (key, text) in cases {
         std::fs::write(&cfg, &text).unwrap();
@@ -107,6 +112,9 @@ fn check_config_reports_every_problem_with_its_key() {
             out.contains(&format!("{key}:")),
             "{key} not named in: {out}"
         );
+        if key == "pki.ca_key" {
+            assert!(out.contains("does not match"), "{out}");
+        }
     }
     std::fs::write(&cfg, &original).unwrap();
 
@@ -495,6 +503,27 @@ fn a_config_kept_elsewhere_points_into_the_data_directory() {
     );
     let (ok, out) = check(&etc.join("enrollgate.toml"));
     assert!(ok, "{out}");
+
+    // An existing configuration is never overwritten, and nothing else is made.
+    let other = tmp.path().join("other-data");
+    let out = Command::new(BIN)
+        .args(["init", "--data-dir"])
+        .arg(&other)
+        .arg("--config-out")
+        .arg(etc.join("enrollgate.toml"))
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("refusing to overwrite"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!other.exists());
+    assert_eq!(
+        std::fs::read_to_string(etc.join("enrollgate.toml")).unwrap(),
+        text
+    );
 }
 
 #[test]
@@ -605,14 +634,19 @@ fn metrics_health_and_readiness_endpoints() {
         400
     );
 
+    // Scrapers that connect and say nothing do not hold up the others.
+    let silent: Vec<std::net::TcpStream> = (0..4)
+        .map(|_| std::net::TcpStream::connect(&addr).unwrap())
+        .collect();
     let get = |path: &str| {
         run_ok(
             Command::new("curl")
-                .args(["-sS", "-w", "\n%{http_code}"])
+                .args(["-sS", "--max-time", "4", "-w", "\n%{http_code}"])
                 .arg(format!("http://{addr}{path}")),
         )
     };
     let metrics = get("/metrics");
+    drop(silent);
     for want in [
         "enrollgate_enrollments_total{method=\"ott\",result=\"ok\"} 1",
         "enrollgate_enrollments_total{method=\"ott\",result=\"INVALID_ENROLLMENT_TOKEN\"} 1",
@@ -620,6 +654,9 @@ fn metrics_health_and_readiness_endpoints() {
         "enrollgate_commit_batch_size_count",
         "enrollgate_tls_handshakes_total{result=\"ok\"}",
         "enrollgate_open_connections",
+        "enrollgate_sign_batch_size_count",
+        "# HELP enrollgate_sign_queue_depth",
+        "enrollgate_ca_cache_size 0",
     ] {
         assert!(metrics.contains(want), "{want} missing from:\n{metrics}");
     }
