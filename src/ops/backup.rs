@@ -114,7 +114,9 @@ fn restrict(dir: &Path) {
 }
 
 /// Puts the backup at `from` in place of the store at `store`. Refuses while a daemon has
-/// the store open. Returns where the previous store was moved.
+/// the store open. The backup is copied (and synced) beside the store first, then renamed
+/// into place, so the store path always holds either the old store or the whole backup.
+/// Returns where the previous store was moved.
 pub fn restore(from: &Path, store: &Path) -> Result<Option<PathBuf>, BackupError> {
     // The backup must be a store that passes fsck.
     let records = read_all(from)?;
@@ -126,6 +128,37 @@ pub fn restore(from: &Path, store: &Path) -> Result<Option<PathBuf>, BackupError
             report.violations.len()
         )));
     }
+    // Copy first, beside the store, every file synced: a crash or a full disk during the
+    // copy leaves the current store untouched and only a stray `.restoring-*` directory.
+    let stamp = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default();
+    let base = store
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "store".into());
+    let staging = store.with_file_name(format!("{base}.restoring-{stamp}"));
+    if let Err(e) = copy_dir(from, &staging) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(BackupError(format!("copying the backup: {e}")));
+    }
+    restrict(&staging);
+    let swapped = swap_in(&staging, store, &base, stamp);
+    if swapped.is_err() {
+        let _ = std::fs::remove_dir_all(&staging);
+    }
+    swapped
+}
+
+/// Moves the current store aside (if any) and renames `staging` into its place, then
+/// syncs the parent directory so both renames survive a crash.
+fn swap_in(
+    staging: &Path,
+    store: &Path,
+    base: &str,
+    stamp: u64,
+) -> Result<Option<PathBuf>, BackupError> {
     let mut moved = None;
     if store.exists() {
         // Opening read-write takes the lock: it fails while a daemon serves this store.
@@ -141,23 +174,18 @@ pub fn restore(from: &Path, store: &Path) -> Result<Option<PathBuf>, BackupError
                 )))
             }
         }
-        let stamp = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs())
-            .unwrap_or_default();
-        let aside = store.with_file_name(format!(
-            "{}.before-restore-{stamp}",
-            store
-                .file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_else(|| "store".into())
-        ));
+        let aside = store.with_file_name(format!("{base}.before-restore-{stamp}"));
         std::fs::rename(store, &aside)
             .map_err(|e| BackupError(format!("moving the old store aside: {e}")))?;
         moved = Some(aside);
     }
-    copy_dir(from, store).map_err(|e| BackupError(format!("copying the backup: {e}")))?;
-    restrict(store);
+    std::fs::rename(staging, store)
+        .map_err(|e| BackupError(format!("moving the restored store into place: {e}")))?;
+    if let Some(parent) = store.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::File::open(parent)
+            .and_then(|d| d.sync_all())
+            .map_err(|e| BackupError(format!("syncing {}: {e}", parent.display())))?;
+    }
     Ok(moved)
 }
 
@@ -170,6 +198,7 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
             copy_dir(&entry.path(), &target)?;
         } else if entry.file_name() != "LOCK" {
             std::fs::copy(entry.path(), &target)?;
+            std::fs::File::open(&target)?.sync_all()?;
         }
     }
     std::fs::File::open(to)?.sync_all()

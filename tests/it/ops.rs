@@ -203,6 +203,15 @@ fn backup_while_serving_fsck_and_restore() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    let data = gw.data.clone();
+    let staged = || {
+        std::fs::read_dir(&data)
+            .unwrap()
+            .flatten()
+            .filter(|e| e.file_name().to_string_lossy().contains(".restoring-"))
+            .count()
+    };
+    assert_eq!(staged(), 0, "a refused restore leaves no staging copy");
 
     // Stopped: restore, restart, and the store is as it was at the backup.
     assert!(gw.stop().success());
@@ -215,6 +224,7 @@ fn backup_while_serving_fsck_and_restore() {
             .arg(&backup),
     );
     assert!(out.contains("previous store"), "{out}");
+    assert_eq!(staged(), 0, "the staging copy became the store");
     gw.spawn(&[]);
     let names: Vec<String> = gw
         .snapshot()
