@@ -179,29 +179,6 @@ fn bench_ott_floor(c: &mut Criterion) {
             handshake(&mut cl, &mut sv);
         })
     });
-    // The server's share alone (the client's work is not timed).
-    for (name, cfg) in [
-        ("server_share_mutual_p256", &mtls_client),
-        ("server_share_server_only_p256", &plain_client),
-    ] {
-        g.bench_function(name, |b| {
-            b.iter_custom(|iters| {
-                let mut total = std::time::Duration::ZERO;
-                for _ in 0..iters {
-                    let mut cl = rustls::ClientConnection::new(
-                        cfg.clone(),
-                        "localhost".try_into().expect("name"),
-                    )
-                    .expect("client");
-                    let started = std::time::Instant::now();
-                    let mut sv = rustls::ServerConnection::new(server_cfg.clone()).expect("server");
-                    total += started.elapsed();
-                    total += handshake_server_share(&mut cl, &mut sv);
-                }
-                total
-            })
-        });
-    }
     // The same handshake with X25519 only, instead of the hybrid post-quantum default.
     let x25519_server =
         enrollgate::server::tls::server_config(enrollgate::server::tls::ServerTls {
@@ -211,6 +188,52 @@ fn bench_ott_floor(c: &mut Criterion) {
             session_tickets: false,
         })
         .expect("server config");
+    // An RSA-3072 server certificate (`init --key-type rsa`), for old clients.
+    let rsa = pki::create(KeyType::Rsa, &[Host::parse("localhost")], NOW).expect("rsa pki");
+    let rsa_server = enrollgate::server::tls::server_config(enrollgate::server::tls::ServerTls {
+        chain: vec![CertificateDer::from(der_of(&rsa.server_cert_pem))],
+        key: PrivatePkcs8KeyDer::from(der_of(&rsa.server_key_pem)).into(),
+        key_exchange: Vec::new(),
+        session_tickets: false,
+    })
+    .expect("server config");
+    let rsa_mtls_client = enrollgate::client::config(
+        &[CertificateDer::from(der_of(&rsa.ca_cert_pem))],
+        Some((
+            vec![CertificateDer::from(client_cert.der.clone())],
+            PrivatePkcs8KeyDer::from(device.serialize_der()).into(),
+        )),
+    )
+    .expect("client config");
+    // The server's share alone (the client's work is not timed).
+    for (name, client_cfg, server) in [
+        ("server_share_mutual_p256", &mtls_client, &server_cfg),
+        ("server_share_server_only_p256", &plain_client, &server_cfg),
+        (
+            "server_share_mutual_p256_x25519_only",
+            &mtls_client,
+            &x25519_server,
+        ),
+        ("server_share_mutual_rsa3072", &rsa_mtls_client, &rsa_server),
+    ] {
+        g.bench_function(name, |b| {
+            b.iter_custom(|iters| {
+                let mut total = std::time::Duration::ZERO;
+                for _ in 0..iters {
+                    let mut cl = rustls::ClientConnection::new(
+                        client_cfg.clone(),
+                        "localhost".try_into().expect("name"),
+                    )
+                    .expect("client");
+                    let started = std::time::Instant::now();
+                    let mut sv = rustls::ServerConnection::new(server.clone()).expect("server");
+                    total += started.elapsed();
+                    total += handshake_server_share(&mut cl, &mut sv);
+                }
+                total
+            })
+        });
+    }
     g.bench_function("tls_handshake_mutual_p256_x25519_only", |b| {
         b.iter(|| {
             let mut cl = rustls::ClientConnection::new(
@@ -354,6 +377,30 @@ fn bench_chain_verify(c: &mut Criterion) {
             b.iter(|| set.verify(&chain, NOW, "bench", |_| true).expect("verify"))
         });
     }
+    // A fleet's usual shape: leaf, then an intermediate the client sends, then the root.
+    let inter_key = KeyPair::generate().expect("key");
+    let mut inter = CertificateParams::default();
+    inter
+        .distinguished_name
+        .push(DnType::CommonName, "device-intermediate");
+    inter.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    inter.not_before = time::OffsetDateTime::from_unix_timestamp(NOW - 100).expect("time");
+    inter.not_after = time::OffsetDateTime::from_unix_timestamp(NOW + 10_000).expect("time");
+    let inter_der = inter
+        .signed_by(&inter_key, &Issuer::from_params(&device_ca.0, &device_ca.1))
+        .expect("intermediate")
+        .der()
+        .clone();
+    let leaf2_der = leaf
+        .signed_by(&leaf_key, &Issuer::from_params(&inter, &inter_key))
+        .expect("leaf")
+        .der()
+        .clone();
+    let chain2 = [leaf2_der, inter_der];
+    let set = CaSet::build(vec![ca_record(0, device_ca.2.clone())]);
+    g.bench_function("1_with_intermediate", |b| {
+        b.iter(|| set.verify(&chain2, NOW, "bench", |_| true).expect("verify"))
+    });
     g.finish();
 }
 
