@@ -159,7 +159,7 @@ fn version() -> Response {
 
 /// The optional `{"name": ...}` body of a `ca` enrollment. As in OpenZiti, a body that is
 /// not JSON (older clients send `text/plain`, often empty) carries no name.
-fn requested_name(req: &Request) -> Result<Option<String>, ApiError> {
+pub(crate) fn requested_name(req: &Request) -> Result<Option<String>, ApiError> {
     #[derive(Deserialize)]
     struct Body {
         name: Option<String>,
@@ -273,13 +273,15 @@ async fn enroll_ca(
             ca.is_verified && ca.is_auto_ca_enrollment_enabled
         })
         .map_err(|e| ApiError::CertFailedValidation(e.to_string()))?;
-    shared.rates.ca(&ca.id)?;
     let fp = fingerprint::sha256_hex(leaf);
     if shared.store.identity_by_fingerprint(&fp)?.is_some() {
         return Err(ApiError::CertInUse(
             "this certificate is already bound to an identity".into(),
         ));
     }
+    // Charged after the cheap refusals, so an enrolled device retrying does not spend
+    // its CA's budget for the devices still waiting.
+    shared.rates.ca(&ca.id)?;
     let identity_id = crate::ids::new_id().map_err(|e| ApiError::Unhandled(e.to_string()))?;
     let cn = crate::ca::chain::common_name(leaf);
     let base = crate::ca::name::render(
@@ -372,7 +374,7 @@ fn current_identity(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> 
     })))
 }
 
-fn check_csr_media(req: &Request) -> Result<(), ApiError> {
+pub(crate) fn check_csr_media(req: &Request) -> Result<(), ApiError> {
     match req.head.content_type() {
         None => Ok(()),
         Some(t) if CSR_MEDIA_TYPES.contains(&t.as_str()) => Ok(()),

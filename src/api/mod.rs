@@ -83,7 +83,7 @@ pub async fn handle(w: &WorkerCtx, req: &Request, peer: &Peer, request_id: &str)
 }
 
 /// The enrollment method of an enrollment request (for metrics), if it is one.
-fn enrollment_method(req: &Request) -> Option<&'static str> {
+pub(crate) fn enrollment_method(req: &Request) -> Option<&'static str> {
     let path = req.head.path.as_str();
     let path = under(path, CLIENT_PREFIX).unwrap_or(path);
     let method = match path {
@@ -131,7 +131,16 @@ pub(crate) fn method_not_allowed(req: &Request, allowed: &str) -> ApiError {
 
 /// Parses a JSON body, or explains why not.
 pub(crate) fn json_body<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
+    let has_body = !req.body.iter().all(u8::is_ascii_whitespace);
     match req.head.content_type().as_deref() {
+        // A management body must say it is JSON: a browser holding an admin certificate
+        // can be made to send a body without a content type (no CORS preflight), never
+        // one labelled application/json.
+        None if has_body && under(&req.head.path, MANAGEMENT_PREFIX).is_some() => {
+            return Err(ApiError::UnsupportedMedia(
+                "a management request body needs Content-Type: application/json".into(),
+            ))
+        }
         None | Some("application/json") => {}
         Some(other) => {
             return Err(ApiError::UnsupportedMedia(format!(
@@ -139,11 +148,7 @@ pub(crate) fn json_body<T: serde::de::DeserializeOwned>(req: &Request) -> Result
             )))
         }
     }
-    let body: &[u8] = if req.body.iter().all(u8::is_ascii_whitespace) {
-        b"{}"
-    } else {
-        &req.body
-    };
+    let body: &[u8] = if !has_body { b"{}" } else { &req.body };
     serde_json::from_slice(body)
         .map_err(|e| ApiError::CouldNotParseBody(format!("invalid JSON body: {e}")))
 }

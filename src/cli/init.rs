@@ -67,6 +67,7 @@ fn mkdir_private(path: &Path) -> std::io::Result<()> {
 
 /// Creates a data directory. On any failure nothing is left behind.
 pub fn init(args: InitArgs) -> Result<Initialized, CliError> {
+    crate::ops::process::private_umask();
     let dir = &args.data_dir;
     let existed = dir.exists();
     if existed {

@@ -43,6 +43,8 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     // Take over SIGINT, SIGTERM and SIGHUP first: one that arrives while the store opens
     // waits in the iterator instead of killing the process with the default action.
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
+    ops::process::private_umask();
+    let open_files = ops::process::raise_open_files_limit();
     let config = Config::load(&args.config)?;
     let forced = args.log_format.map(|f| match f {
         LogFormatArg::Text => crate::config::LogFormat::Text,
@@ -66,7 +68,16 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
         ))
     })?;
     let (commit_handle, committer) = commit::spawn(store.clone(), config.commit)?;
-    let listeners = listener::bind(config.listen, workers)
+    // Each connection is a descriptor; warn when the limits cannot be reached.
+    let wanted = (config.limits.max_connections * workers) as u64 + 256;
+    if let Some(limit) = open_files.filter(|&l| l < wanted) {
+        tracing::warn!(
+            open_files = limit,
+            wanted,
+            "the open-files limit is below limits.max_connections x workers; raise LimitNOFILE"
+        );
+    }
+    let (listeners, _port_lock) = listener::bind(config.listen, workers)
         .map_err(|e| CliError::new(format!("cannot listen on {}: {e}", config.listen)))?;
     let bound = listeners[0].local_addr()?;
     let public_url = config

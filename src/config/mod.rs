@@ -112,6 +112,11 @@ impl PublicUrl {
     }
 }
 
+/// Longest `pki.cert_lifetime` accepted.
+pub const MAX_CERT_LIFETIME: Duration = Duration::from_secs(36_500 * 86_400);
+/// Longest `enrollment.token_ttl` accepted.
+pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(3_650 * 86_400);
+
 /// Connection and request limits (per worker where it says so).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -135,6 +140,9 @@ pub struct Limits {
     /// TLS handshakes in progress per worker at most; beyond, new connections are closed
     /// at once (a surge of handshakes cannot starve requests already admitted).
     pub max_handshakes: usize,
+    /// TLS handshakes in progress per worker from one client address (IPv6: one /64) at
+    /// most: one source cannot take every handshake slot.
+    pub max_handshakes_per_source: usize,
     /// CSRs waiting for a worker's signing thread at most; beyond, `ott` enrollments get
     /// `429 RATE_LIMITED`.
     pub sign_queue: usize,
@@ -158,6 +166,7 @@ impl Default for Limits {
             write_timeout: Duration::from_secs(30),
             max_connections: 10_000,
             max_handshakes: 1024,
+            max_handshakes_per_source: 256,
             sign_queue: 1024,
             sign_batch: 64,
             per_source: None,
@@ -412,6 +421,14 @@ impl Config {
             raw.enrollment.token_ttl.as_ref(),
             Duration::from_secs(86_400),
         );
+        // Upper bounds keep every computed date encodable (X.509 ends at year 9999) and
+        // refuse what is surely a typo.
+        if cert_lifetime > MAX_CERT_LIFETIME {
+            c.problem("pki.cert_lifetime", "at most 100 years (36500d)");
+        }
+        if token_ttl > MAX_TOKEN_TTL {
+            c.problem("enrollment.token_ttl", "at most 10 years (3650d)");
+        }
 
         let store_path = c.path("store.path", raw.store.path.as_ref(), "store");
         let durability = match raw.store.durability.as_deref() {
@@ -476,6 +493,11 @@ impl Config {
                 d.max_connections,
             ),
             max_handshakes: c.positive("limits.max_handshakes", l.max_handshakes, d.max_handshakes),
+            max_handshakes_per_source: c.positive(
+                "limits.max_handshakes_per_source",
+                l.max_handshakes_per_source,
+                d.max_handshakes_per_source,
+            ),
             sign_queue: c.positive("limits.sign_queue", l.sign_queue, d.sign_queue),
             sign_batch: c.positive("limits.sign_batch", l.sign_batch, d.sign_batch),
             per_source: c.rate_limit(
@@ -636,6 +658,7 @@ idle_timeout = "60s"
 write_timeout = "30s"
 max_connections = 10000         # per worker
 max_handshakes = 1024           # per worker
+max_handshakes_per_source = 256 # per worker, from one address (IPv6: one /64)
 sign_queue = 1024               # CSRs waiting per worker's signing thread; beyond: 429
 sign_batch = 64                 # CSRs signed in one batch at most
 # per_source_rate = "20/s"      # enrollment requests per client address (IPv6: per /64)
@@ -729,6 +752,8 @@ mod tests {
             max_body_bytes = 0
             per_source_rate = "5/fortnight"
             per_ca_burst = 3
+            [pki]
+            cert_lifetime = "9000y"
             "#,
         )
         .unwrap_err();
@@ -742,6 +767,7 @@ mod tests {
             "limits.max_body_bytes",
             "limits.per_source_rate",
             "limits.per_ca_burst",
+            "pki.cert_lifetime",
         ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
         }

@@ -100,6 +100,7 @@ pub struct RawLimits {
     pub write_timeout: Option<String>,
     pub max_connections: Option<usize>,
     pub max_handshakes: Option<usize>,
+    pub max_handshakes_per_source: Option<usize>,
     pub sign_queue: Option<usize>,
     pub sign_batch: Option<usize>,
     pub per_source_rate: Option<String>,

@@ -3,7 +3,6 @@
 //! (missing, unreadable, not what they should be, private keys readable by others, a TLS
 //! key that does not match its certificate), and the store.
 
-use std::os::unix::fs::PermissionsExt as _;
 use std::path::Path;
 
 use crate::config::{Config, Problem};
@@ -12,24 +11,6 @@ fn problem(key: &str, message: impl Into<String>) -> Problem {
     Problem {
         key: key.to_string(),
         message: message.into(),
-    }
-}
-
-fn check_private(key: &str, path: &Path, out: &mut Vec<Problem>) {
-    match std::fs::metadata(path) {
-        Err(e) => out.push(problem(key, format!("{}: {e}", path.display()))),
-        Ok(m) => {
-            let mode = m.permissions().mode() & 0o777;
-            if mode & 0o077 != 0 {
-                out.push(problem(
-                    key,
-                    format!(
-                        "{}: mode {mode:04o}; a private key must not be readable by group or others (chmod 600)",
-                        path.display()
-                    ),
-                ));
-            }
-        }
     }
 }
 
@@ -46,15 +27,8 @@ pub fn check_config(path: &Path) -> Vec<Problem> {
     let tls_key = crate::pki::read_key(&config.tls_key)
         .map_err(|e| out.push(problem("tls.key", e.to_string())))
         .ok();
-    check_private("tls.key", &config.tls_key, &mut out);
     if let (Some(chain), Some((key, _))) = (&tls_cert, &tls_key) {
-        use x509_parser::prelude::FromDer as _;
-        let matches = x509_parser::certificate::X509Certificate::from_der(&chain[0])
-            .map(|(_, c)| {
-                c.public_key().raw == rcgen::PublicKeyData::subject_public_key_info(key).as_slice()
-            })
-            .unwrap_or(false);
-        if !matches {
+        if !crate::pki::key_matches_cert(key, &chain[0]) {
             out.push(problem(
                 "tls.key",
                 "the key does not match the certificate in tls.cert",
@@ -75,7 +49,6 @@ pub fn check_config(path: &Path) -> Vec<Problem> {
             ));
         }
     }
-    check_private("pki.ca_key", &config.ca_key, &mut out);
     if !config.store_path.join("CURRENT").is_file() {
         out.push(problem(
             "store.path",

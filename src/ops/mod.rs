@@ -5,3 +5,4 @@ pub mod backup;
 pub mod check;
 pub mod fsck;
 pub mod notify;
+pub mod process;

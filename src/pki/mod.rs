@@ -205,8 +205,24 @@ pub fn read_cert_chain(path: &Path) -> Result<Vec<Vec<u8>>, LoadError> {
     Ok(certs)
 }
 
-/// Reads a PEM private key (PKCS#8) as an rcgen key pair.
+/// Reads a PEM private key (PKCS#8) as an rcgen key pair; refuses a file that group or
+/// others may read.
 pub fn read_key(path: &Path) -> Result<(KeyPair, String), LoadError> {
+    use std::os::unix::fs::PermissionsExt as _;
+    let meta = std::fs::metadata(path).map_err(|source| LoadError::Read {
+        path: path.display().to_string(),
+        source,
+    })?;
+    // A key others can read is a key others may have: refuse it, as sshd does.
+    let mode = meta.permissions().mode() & 0o777;
+    if mode & 0o077 != 0 {
+        return Err(LoadError::Invalid {
+            path: path.display().to_string(),
+            reason: format!(
+                "mode {mode:04o}; a private key must not be readable by group or others (chmod 600)"
+            ),
+        });
+    }
     let text = std::fs::read_to_string(path).map_err(|source| LoadError::Read {
         path: path.display().to_string(),
         source,

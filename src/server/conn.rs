@@ -10,9 +10,11 @@
 //! | `max_body_bytes` | `413 REQUEST_TOO_LARGE` before the body is read, closed |
 //! | `body_timeout` | the connection is closed |
 //! | `write_timeout` (a client that stops reading) | the connection is closed |
+//! | `max_handshakes` / `max_handshakes_per_source` (per worker) | a new connection is closed at once |
 
-use std::cell::Cell;
-use std::net::SocketAddr;
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::net::{IpAddr, SocketAddr};
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
@@ -40,32 +42,77 @@ fn request_id() -> String {
     crate::ids::new_id().unwrap_or_else(|_| "-".into())
 }
 
-/// Counts a worker's handshakes in progress while alive.
-struct Handshaking(Rc<Cell<usize>>);
+/// A worker's handshakes in progress: in all, and per source address (IPv6: per /64).
+#[derive(Debug, Default)]
+pub struct Handshakes {
+    total: Cell<usize>,
+    by_source: RefCell<HashMap<IpAddr, usize>>,
+}
+
+/// Counts one handshake in progress while alive.
+struct Handshaking {
+    counts: Rc<Handshakes>,
+    source: IpAddr,
+}
+
+impl Handshakes {
+    /// Admits a handshake from `source`, or says which limit refuses it.
+    fn admit(
+        self: &Rc<Self>,
+        source: IpAddr,
+        limits: &Limits,
+    ) -> Result<Handshaking, &'static str> {
+        if self.total.get() >= limits.max_handshakes {
+            return Err("limits.max_handshakes");
+        }
+        let source = crate::admission::source_key(source);
+        let mut by_source = self.by_source.borrow_mut();
+        let n = by_source.entry(source).or_insert(0);
+        if *n >= limits.max_handshakes_per_source {
+            return Err("limits.max_handshakes_per_source");
+        }
+        *n += 1;
+        self.total.set(self.total.get() + 1);
+        Ok(Handshaking {
+            counts: self.clone(),
+            source,
+        })
+    }
+}
 
 impl Drop for Handshaking {
     fn drop(&mut self) {
-        self.0.set(self.0.get().saturating_sub(1));
+        let c = &self.counts;
+        c.total.set(c.total.get().saturating_sub(1));
+        let mut by_source = c.by_source.borrow_mut();
+        if let Some(n) = by_source.get_mut(&self.source) {
+            *n -= 1;
+            if *n == 0 {
+                by_source.remove(&self.source);
+            }
+        }
     }
 }
 
 /// Serves one connection to its end. `handshakes` counts this worker's handshakes in
-/// progress; beyond `limits.max_handshakes` a new connection is closed at once.
+/// progress; beyond `limits.max_handshakes` in all, or
+/// `limits.max_handshakes_per_source` from one address, a new connection is closed at once.
 pub async fn serve(
     ctx: &WorkerCtx,
     tcp: TcpStream,
     addr: SocketAddr,
     signal: &ShutdownSignal,
-    handshakes: &Rc<Cell<usize>>,
+    handshakes: &Rc<Handshakes>,
 ) {
     let limits = ctx.shared.config.limits;
-    if handshakes.get() >= limits.max_handshakes {
-        telemetry::handshake("refused", None);
-        tracing::debug!(%addr, "too many handshakes in progress; connection closed");
-        return;
-    }
-    handshakes.set(handshakes.get() + 1);
-    let in_progress = Handshaking(handshakes.clone());
+    let in_progress = match handshakes.admit(addr.ip(), &limits) {
+        Ok(h) => h,
+        Err(limit) => {
+            telemetry::handshake("refused", None);
+            tracing::debug!(%addr, limit, "too many handshakes in progress; connection closed");
+            return;
+        }
+    };
     let started = Instant::now();
     let handshake = TlsStream::accept(tcp, ctx.shared.tls.clone());
     let mut tls = match monoio::time::timeout(limits.handshake_timeout, handshake).await {
@@ -142,6 +189,10 @@ pub async fn serve(
         }
         if !keep_alive {
             return close(tls, wt).await;
+        }
+        // An idle keep-alive connection holds a small buffer, whatever its last request was.
+        if buf.is_empty() && buf.capacity() > 16 * 1024 {
+            buf = Vec::with_capacity(4096);
         }
     }
 }
@@ -225,4 +276,41 @@ async fn read_body(tls: &mut TlsStream, buf: &mut Vec<u8>, n: usize, limit: Dura
         }
     }
     true
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn one_source_cannot_take_every_handshake_slot() {
+        let limits = Limits {
+            max_handshakes: 5,
+            max_handshakes_per_source: 2,
+            ..Limits::default()
+        };
+        let hs = Rc::new(Handshakes::default());
+        let a: IpAddr = "192.0.2.1".parse().unwrap();
+        let held: Vec<_> = (0..2).map(|_| hs.admit(a, &limits).unwrap()).collect();
+        assert_eq!(
+            hs.admit(a, &limits).err(),
+            Some("limits.max_handshakes_per_source")
+        );
+        // An IPv6 host cannot escape by changing the low 64 bits.
+        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
+        let _x = hs.admit(v6("2001:db8::1"), &limits).unwrap();
+        let _y = hs.admit(v6("2001:db8::2"), &limits).unwrap();
+        assert!(hs.admit(v6("2001:db8::3"), &limits).is_err());
+        // Others still get in, up to the worker's total.
+        let _b = hs.admit("192.0.2.2".parse().unwrap(), &limits).unwrap();
+        assert_eq!(
+            hs.admit("192.0.2.3".parse().unwrap(), &limits).err(),
+            Some("limits.max_handshakes")
+        );
+        // Finished handshakes give their slots back, and the table forgets the source.
+        drop(held);
+        assert!(hs.admit(a, &limits).is_ok());
+        assert_eq!(hs.by_source.borrow().get(&a), None);
+    }
 }

@@ -22,16 +22,54 @@ fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
     Ok(socket.into())
 }
 
+/// Proof that this process alone serves a port: an abstract Unix socket named after the
+/// port, which the kernel releases when the process ends (however it ends).
+///
+/// `SO_REUSEPORT` lets any process of the same user bind the same address and silently
+/// take a share of new connections: a second gateway started by mistake (another data
+/// directory, another CA) would enroll some devices into the wrong store. Holding this
+/// name makes the second one refuse to start instead.
+#[derive(Debug)]
+pub struct PortLock(#[allow(dead_code)] std::os::unix::net::UnixListener);
+
+impl PortLock {
+    /// Takes the lock for `port` (in this network namespace).
+    pub fn take(port: u16) -> io::Result<Self> {
+        use std::os::linux::net::SocketAddrExt as _;
+        let name = format!("enrollgate-port-{port}");
+        let addr = std::os::unix::net::SocketAddr::from_abstract_name(name.as_bytes())?;
+        std::os::unix::net::UnixListener::bind_addr(&addr)
+            .map(Self)
+            .map_err(|e| match e.kind() {
+                io::ErrorKind::AddrInUse => io::Error::new(
+                    io::ErrorKind::AddrInUse,
+                    format!("another enrollgate already serves port {port} on this host"),
+                ),
+                _ => e,
+            })
+    }
+}
+
 /// Binds `count` sockets on `addr`. When `addr` has port 0, the first socket picks the
-/// port and the others join it.
-pub fn bind(addr: SocketAddr, count: usize) -> io::Result<Vec<TcpListener>> {
+/// port and the others join it. The returned [`PortLock`] must live as long as the
+/// sockets serve.
+pub fn bind(addr: SocketAddr, count: usize) -> io::Result<(Vec<TcpListener>, PortLock)> {
+    // A fixed port is claimed before binding, so a second gateway never receives any
+    // connection; an ephemeral one is unique already and is claimed once known.
+    let early = (addr.port() != 0)
+        .then(|| PortLock::take(addr.port()))
+        .transpose()?;
     let first = bind_one(addr)?;
     let actual = first.local_addr()?;
+    let lock = match early {
+        Some(lock) => lock,
+        None => PortLock::take(actual.port())?,
+    };
     let mut out = vec![first];
     for _ in 1..count.max(1) {
         out.push(bind_one(actual)?);
     }
-    Ok(out)
+    Ok((out, lock))
 }
 
 #[cfg(test)]
@@ -39,8 +77,21 @@ mod tests {
     use super::*;
 
     #[test]
+    fn a_second_gateway_cannot_join_a_port() {
+        let (ls, _lock) = bind("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        let port = ls[0].local_addr().unwrap().port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], port));
+        let err = bind(addr, 1).unwrap_err();
+        assert_eq!(err.kind(), io::ErrorKind::AddrInUse);
+        assert!(err.to_string().contains("another enrollgate"), "{err}");
+        // Released with its holder.
+        drop((ls, _lock));
+        assert!(bind(addr, 1).is_ok());
+    }
+
+    #[test]
     fn sockets_share_one_ephemeral_port() {
-        let ls = bind("127.0.0.1:0".parse().unwrap(), 3).unwrap();
+        let (ls, _lock) = bind("127.0.0.1:0".parse().unwrap(), 3).unwrap();
         let ports: Vec<u16> = ls.iter().map(|l| l.local_addr().unwrap().port()).collect();
         assert!(ports[0] != 0);
         assert!(ports.iter().all(|p| *p == ports[0]));

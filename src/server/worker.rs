@@ -108,7 +108,9 @@ pub fn run(
             });
         }
         let open = Rc::new(Cell::new(0usize));
-        let handshakes = Rc::new(Cell::new(0usize));
+        let handshakes = Rc::new(conn::Handshakes::default());
+        let (warn_limit, warn_accept) = (Throttle::default(), Throttle::default());
+        let refused = Cell::new(0u64);
         loop {
             monoio::select! {
                 accepted = listener.accept() => match accepted {
@@ -116,7 +118,10 @@ pub fn run(
                         let ctx = view.ctx();
                         let max_connections = ctx.shared.config.limits.max_connections;
                         if open.get() >= max_connections {
-                            tracing::warn!(worker = index, %addr, max_connections, "connection limit reached; closing new connection");
+                            refused.set(refused.get() + 1);
+                            if warn_limit.due() {
+                                tracing::warn!(worker = index, %addr, max_connections, refused = refused.replace(0), "connection limit reached; closing new connections");
+                            }
                             drop(tcp);
                             continue;
                         }
@@ -132,8 +137,11 @@ pub fn run(
                         });
                     }
                     Err(e) => {
-                        // Out of descriptors or a transient error: back off briefly.
-                        tracing::warn!(worker = index, error = %e, "accept failed");
+                        // Out of descriptors or a transient error: back off briefly, and
+                        // say so at most once a second.
+                        if warn_accept.due() {
+                            tracing::warn!(worker = index, error = %e, "accept failed");
+                        }
                         monoio::time::sleep(std::time::Duration::from_millis(10)).await;
                     }
                 },
@@ -158,5 +166,23 @@ impl Drop for OpenGuard {
     fn drop(&mut self) {
         self.0.set(self.0.get().saturating_sub(1));
         crate::telemetry::connections(-1.0);
+    }
+}
+
+/// Lets a repeated warning through at most once a second, so a flood does not become a
+/// flood of log lines.
+#[derive(Default)]
+struct Throttle(Cell<Option<Instant>>);
+
+impl Throttle {
+    fn due(&self) -> bool {
+        let now = Instant::now();
+        match self.0.get() {
+            Some(last) if now.duration_since(last) < std::time::Duration::from_secs(1) => false,
+            _ => {
+                self.0.set(Some(now));
+                true
+            }
+        }
     }
 }

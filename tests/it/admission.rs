@@ -108,7 +108,7 @@ fn per_source_limit_refuses_the_excess_and_spares_other_routes() {
 
 #[test]
 fn per_ca_limit_applies_to_each_ca_separately() {
-    let gw = Gateway::start_with(limits("per_ca_rate = \"1/h\"\nper_ca_burst = 1"), &[]);
+    let gw = Gateway::start_with(limits("per_ca_rate = \"1/h\"\nper_ca_burst = 2"), &[]);
     let north = Fleet::new("north");
     north.register(&gw, "north", true, false, false);
     let south = Fleet::new("south");
@@ -116,9 +116,15 @@ fn per_ca_limit_applies_to_each_ca_separately() {
 
     let auto =
         |dev: &Device| dev.request(&gw, "POST", "/edge/client/v1/enroll?method=ca", &[], b"");
-    assert_eq!(auto(&north.device(&Spec::new("n1"))).status, 200);
+    let n1 = north.device(&Spec::new("n1"));
+    assert_eq!(auto(&n1).status, 200);
+    // An enrolled device retrying is refused as such, without spending the CA's budget.
+    for _ in 0..3 {
+        assert_eq!(code(&auto(&n1)), "CERT_IN_USE");
+    }
+    assert_eq!(auto(&north.device(&Spec::new("n2"))).status, 200);
     let before = gw.snapshot();
-    assert_rate_limited(&auto(&north.device(&Spec::new("n2"))));
+    assert_rate_limited(&auto(&north.device(&Spec::new("n3"))));
     assert_eq!(gw.snapshot(), before);
     // Another CA has its own budget.
     assert_eq!(auto(&south.device(&Spec::new("s1"))).status, 200);
@@ -132,7 +138,8 @@ fn per_ca_limit_applies_to_each_ca_separately() {
         .map(|i| i["name"].as_str().unwrap().to_string())
         .collect();
     assert!(names.contains(&"north-n1".to_string()), "{names:?}");
-    assert!(!names.contains(&"north-n2".to_string()), "{names:?}");
+    assert!(names.contains(&"north-n2".to_string()), "{names:?}");
+    assert!(!names.contains(&"north-n3".to_string()), "{names:?}");
     assert!(names.contains(&"south-s1".to_string()), "{names:?}");
 }
 

@@ -40,7 +40,10 @@ fn init_makes_private_files_and_refuses_to_run_twice() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
     run_ok(
-        Command::new(BIN)
+        Command::new("sh")
+            .arg("-c")
+            .arg("umask 022 && exec \"$0\" \"$@\"")
+            .arg(BIN)
             .args(["init", "--data-dir"])
             .arg(&data)
             .args(["--public-url", "https://gw.example.org:9443"]),
@@ -58,6 +61,11 @@ fn init_makes_private_files_and_refuses_to_run_twice() {
         assert_eq!(mode(&data.join(f)), 0o600, "{f}");
     }
     assert!(data.join("store/CURRENT").exists(), "a RocksDB store");
+    // The store's own files are private too, whatever the caller's umask (0022 here).
+    assert_eq!(mode(&data.join("store")), 0o700);
+    for e in std::fs::read_dir(data.join("store")).unwrap().flatten() {
+        assert_eq!(mode(&e.path()) & 0o077, 0, "{}", e.path().display());
+    }
     let cfg = std::fs::read_to_string(data.join("enrollgate.toml")).unwrap();
     assert!(cfg.contains("public_url = \"https://gw.example.org:9443\""));
     let admin: serde_json::Value =

@@ -332,3 +332,29 @@ fn management_needs_an_admin_certificate() {
     // ... and the gateway keeps serving.
     assert_eq!(gw.request("GET", "/version", &[], b"").status, 200);
 }
+
+#[test]
+fn a_management_body_without_a_json_content_type_is_refused() {
+    // What a cross-site page could make a browser holding an admin certificate send.
+    let gw = Gateway::start();
+    let before = gw.snapshot();
+    let cfg =
+        enrollgate::client::config(&gw.ca_certs(), Some(crate::fleet::admin_credentials(&gw)))
+            .unwrap();
+    let body = br#"{"name":"csrf","type":"User","isAdmin":true}"#;
+    let r = enrollgate::client::request(
+        cfg,
+        "127.0.0.1",
+        gw.port,
+        "POST",
+        "/edge/management/v1/identities",
+        &[],
+        body,
+    )
+    .unwrap();
+    assert_eq!((r.status, code(&r).as_str()), (415, "UNSUPPORTED_MEDIA"));
+    assert_eq!(gw.snapshot(), before);
+    // Labelled as JSON, the same body is accepted.
+    let r = crate::fleet::mgmt_raw(&gw, "POST", "/identities", "application/json", body);
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+}

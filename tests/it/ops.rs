@@ -382,6 +382,18 @@ fn sighup_applies_limits_and_refuses_a_bad_configuration() {
         "the previous configuration stays in force"
     );
     assert_eq!(gw.request("GET", "/version", &[], b"").status, 200);
+
+    // A private key others can read is refused at reload (and at start).
+    std::fs::write(&cfg, &original).unwrap();
+    let key = gw.data.join("pki/server.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    gw.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !gw.log().contains("mode 0644") {
+        assert!(Instant::now() < deadline, "{}", gw.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(gw.request("GET", "/version", &[], b"").status, 200);
 }
 
 #[test]
