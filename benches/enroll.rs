@@ -23,6 +23,15 @@ fn der_of(pem_text: &str) -> Vec<u8> {
     pem::parse(pem_text).expect("pem").into_contents()
 }
 
+/// A client that never resumes: every benchmarked handshake is a full one, as a device
+/// enrolling for the first time makes (a resumed one skips the certificates and their
+/// signatures, and would flatter every number).
+fn fresh(cfg: Arc<rustls::ClientConfig>) -> Arc<rustls::ClientConfig> {
+    let mut cfg = (*cfg).clone();
+    cfg.resumption = rustls::client::Resumption::disabled();
+    Arc::new(cfg)
+}
+
 /// Drives a client and a server connection to the end of the handshake in memory.
 fn handshake(client: &mut rustls::ClientConnection, server: &mut rustls::ServerConnection) {
     let mut buf = Vec::with_capacity(16 * 1024);
@@ -123,16 +132,20 @@ fn bench_ott_floor(c: &mut Criterion) {
         .expect("issue");
     let client_key: PrivateKeyDer<'static> =
         PrivatePkcs8KeyDer::from(device.serialize_der()).into();
-    let mtls_client = enrollgate::client::config(
-        &[CertificateDer::from(ca_der.clone())],
-        Some((
-            vec![CertificateDer::from(client_cert.der.clone())],
-            client_key,
-        )),
-    )
-    .expect("client config");
-    let plain_client = enrollgate::client::config(&[CertificateDer::from(ca_der.clone())], None)
-        .expect("client config");
+    let mtls_client = fresh(
+        enrollgate::client::config(
+            &[CertificateDer::from(ca_der.clone())],
+            Some((
+                vec![CertificateDer::from(client_cert.der.clone())],
+                client_key,
+            )),
+        )
+        .expect("client config"),
+    );
+    let plain_client = fresh(
+        enrollgate::client::config(&[CertificateDer::from(ca_der.clone())], None)
+            .expect("client config"),
+    );
 
     // The mutual case really sends and checks a client certificate.
     {
@@ -155,6 +168,18 @@ fn bench_ott_floor(c: &mut Criterion) {
         let mut sv = rustls::ServerConnection::new(server_cfg.clone()).expect("server");
         handshake(&mut cl, &mut sv);
         assert!(sv.peer_certificates().is_none());
+        // And a second handshake of the same client is full again (no resumption).
+        let mut cl = rustls::ClientConnection::new(
+            mtls_client.clone(),
+            "localhost".try_into().expect("name"),
+        )
+        .expect("client");
+        let mut sv = rustls::ServerConnection::new(server_cfg.clone()).expect("server");
+        handshake(&mut cl, &mut sv);
+        assert!(
+            sv.peer_certificates().is_some(),
+            "the second handshake resumed instead of being a full one"
+        );
     }
     let mut g = c.benchmark_group("ott_floor");
     g.bench_function("tls_handshake_server_only_p256", |b| {
@@ -197,14 +222,16 @@ fn bench_ott_floor(c: &mut Criterion) {
         session_tickets: false,
     })
     .expect("server config");
-    let rsa_mtls_client = enrollgate::client::config(
-        &[CertificateDer::from(der_of(&rsa.ca_cert_pem))],
-        Some((
-            vec![CertificateDer::from(client_cert.der.clone())],
-            PrivatePkcs8KeyDer::from(device.serialize_der()).into(),
-        )),
-    )
-    .expect("client config");
+    let rsa_mtls_client = fresh(
+        enrollgate::client::config(
+            &[CertificateDer::from(der_of(&rsa.ca_cert_pem))],
+            Some((
+                vec![CertificateDer::from(client_cert.der.clone())],
+                PrivatePkcs8KeyDer::from(device.serialize_der()).into(),
+            )),
+        )
+        .expect("client config"),
+    );
     // The server's share alone (the client's work is not timed).
     for (name, client_cfg, server) in [
         ("server_share_mutual_p256", &mtls_client, &server_cfg),

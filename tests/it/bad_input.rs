@@ -349,3 +349,33 @@ fn key_exchange_groups_are_configurable() {
         "{text}"
     );
 }
+
+#[test]
+fn the_server_chooses_aes_128_gcm_whatever_the_client_prefers() {
+    let gw = Gateway::start();
+    let out = Command::new("openssl")
+        .args(["s_client", "-brief", "-connect"])
+        .arg(format!("127.0.0.1:{}", gw.port))
+        .args([
+            "-ciphersuites",
+            "TLS_AES_256_GCM_SHA384:TLS_CHACHA20_POLY1305_SHA256:TLS_AES_128_GCM_SHA256",
+            "-CAfile",
+        ])
+        .arg(gw.ca_file())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(text.contains("TLS_AES_128_GCM_SHA256"), "{text}");
+    // A client that offers only another suite still connects with it.
+    let out = Command::new("openssl")
+        .args(["s_client", "-brief", "-connect"])
+        .arg(format!("127.0.0.1:{}", gw.port))
+        .args(["-ciphersuites", "TLS_CHACHA20_POLY1305_SHA256", "-CAfile"])
+        .arg(gw.ca_file())
+        .stdin(std::process::Stdio::null())
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(text.contains("TLS_CHACHA20_POLY1305_SHA256"), "{text}");
+}
