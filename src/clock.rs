@@ -55,8 +55,23 @@ pub fn from_unix(t: UnixTime) -> SystemTime {
 }
 
 /// RFC 3339 text of a Unix time, as the API shows timestamps (`2026-11-28T14:15:25Z`).
+/// Any value formats (a peer's JWT `exp` is any integer): times outside the years 0000 to
+/// 9999 are clamped to them.
 pub fn rfc3339(t: UnixTime) -> String {
-    humantime::format_rfc3339_seconds(from_unix(t)).to_string()
+    // 0000-01-01T00:00:00Z and 9999-12-31T23:59:59Z.
+    let t = t.clamp(-62_167_219_200, 253_402_300_799);
+    match time::OffsetDateTime::from_unix_timestamp(t) {
+        Ok(d) => format!(
+            "{:04}-{:02}-{:02}T{:02}:{:02}:{:02}Z",
+            d.year(),
+            u8::from(d.month()),
+            d.day(),
+            d.hour(),
+            d.minute(),
+            d.second()
+        ),
+        Err(_) => String::from("1970-01-01T00:00:00Z"),
+    }
 }
 
 #[cfg(test)]
@@ -74,5 +89,13 @@ mod tests {
     fn rfc3339_is_utc_seconds() {
         assert_eq!(rfc3339(0), "1970-01-01T00:00:00Z");
         assert_eq!(rfc3339(1_764_339_325), "2025-11-28T14:15:25Z");
+    }
+
+    #[test]
+    fn regression_rfc3339_of_any_integer_does_not_panic() {
+        assert_eq!(rfc3339(-1), "1969-12-31T23:59:59Z");
+        assert_eq!(rfc3339(i64::MIN), "0000-01-01T00:00:00Z");
+        assert_eq!(rfc3339(i64::MAX), "9999-12-31T23:59:59Z");
+        assert_eq!(rfc3339(253_402_300_800), "9999-12-31T23:59:59Z");
     }
 }

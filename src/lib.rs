@@ -41,6 +41,8 @@ pub mod client;
 pub mod clock;
 pub mod config;
 pub mod enroll;
+#[doc(hidden)]
+pub mod fuzzing;
 pub mod http;
 pub mod identity_file;
 pub mod ids;

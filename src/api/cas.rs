@@ -88,7 +88,7 @@ async fn commit_ca(w: &WorkerCtx, cmd: Command) -> Result<Option<Ca>, ApiError> 
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct CreateBody {
+pub(crate) struct CreateBody {
     name: Option<String>,
     cert_pem: Option<String>,
     #[serde(default)]
@@ -158,7 +158,7 @@ pub fn list(w: &WorkerCtx) -> Result<Response, ApiError> {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct UpdateBody {
+pub(crate) struct UpdateBody {
     name: Option<String>,
     is_auto_ca_enrollment_enabled: Option<bool>,
     is_ott_ca_enrollment_enabled: Option<bool>,

@@ -197,7 +197,10 @@ fn new_enrollment(
     })
 }
 
-fn parse_expires_at(v: Option<&str>, now: UnixTime) -> Result<Option<UnixTime>, ApiError> {
+pub(crate) fn parse_expires_at(
+    v: Option<&str>,
+    now: UnixTime,
+) -> Result<Option<UnixTime>, ApiError> {
     let Some(v) = v else { return Ok(None) };
     let t = humantime::parse_rfc3339_weak(v)
         .map(crate::clock::to_unix)
@@ -225,7 +228,7 @@ struct EnrollmentSpec {
 
 #[derive(Deserialize)]
 #[serde(rename_all = "camelCase")]
-struct CreateIdentity {
+pub(crate) struct CreateIdentity {
     name: Option<String>,
     #[serde(rename = "type")]
     kind: Option<String>,

@@ -1,0 +1,1 @@
+filter=name%20startswith%20%22dev%5C%22%22&limit=25&offset=5

@@ -1,0 +1,1 @@
+name=a%2Bb+c&method=ca&method=ott

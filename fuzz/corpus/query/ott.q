@@ -1,0 +1,1 @@
+method=ott&token=tokenAbc_-1

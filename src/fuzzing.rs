@@ -1,0 +1,1150 @@
+//! The bodies of the `cargo fuzz` targets in `fuzz/` (one function per target), kept in the
+//! library so the stable toolchain replays the committed corpus and every regression input
+//! in `cargo test` (see the tests at the end), without nightly.
+//!
+//! Each function feeds arbitrary bytes to the parsers the daemon (or the `enroll` client)
+//! runs on peer input, through the same functions the request path calls, and asserts
+//! invariants that must hold for every input: no panic, refusals are 4xx (never
+//! `UNHANDLED`/500), and what parses re-serializes consistently.
+//!
+//! | function | what it drives |
+//! |---|---|
+//! | [`http_request`] | `http::parse_head` over a pipelined byte stream, as `server::conn` frames it |
+//! | [`query`] | `http::query::param` and what the handlers do with each parameter |
+//! | [`json_bodies`] | `api::json_body` into every request body type, then the body's checks |
+//! | [`pem_der`] | CA upload PEM, proof of possession, PKCS#7 `cacerts`, certificate DER |
+//! | [`csr`] | `pki::csr::{decode_body, accept}`, then issuance of an accepted key |
+//! | [`chain`] | `ca::chain::CaSet::verify` against a fixed CA set, then the `ca` enrollment's name |
+//! | [`jwt`] | `token::jwt::{peek, verify_with_cert}` and the `enroll` client's claim checks |
+//! | [`name_template`] | `ca::name::{validate_format, render}` with fuzzed values |
+//!
+//! The fixed keys below are derived from constant scalars, so seeds made by
+//! [`seeds::write_all`] (certificates, chains, JWTs) verify against the same fixtures in
+//! every process. They are test fixtures, never used by the daemon.
+
+use std::sync::LazyLock;
+
+use rustls_pki_types::CertificateDer;
+use serde::Deserialize;
+use x509_parser::prelude::FromDer as _;
+
+use crate::api::{self, ApiError, Request};
+use crate::ca::chain::{CaSet, ChainError};
+use crate::ca::name::{self, NameVars};
+use crate::clock::UnixTime;
+use crate::http::{parse_head, BodyKind, Head, HeadError, Parsed, Response};
+use crate::model::{Ca, IdentityType, Method};
+use crate::pki::{csr as csr_mod, pkcs7};
+
+/// The instant every fuzz target judges validity at (2027-01-15).
+pub const NOW: UnixTime = 1_800_000_000;
+
+/// The verification token of the fixed CA (the CN a proof of possession must carry).
+pub const POP_TOKEN: &str = "fuzz-verification-token";
+
+const ROOT_SCALAR: u8 = 0x11;
+const OTHER_SCALAR: u8 = 0x22;
+const INTERMEDIATE_SCALAR: u8 = 0x33;
+const SERVER_SCALAR: u8 = 0x44;
+
+/// A P-256 key pair derived from a constant (`[byte; 32]` as the private scalar).
+fn fixed_key(byte: u8) -> rcgen::KeyPair {
+    use aws_lc_rs::{agreement, signature};
+    let scalar = [byte; 32];
+    let ecdh = agreement::PrivateKey::from_private_key(&agreement::ECDH_P256, &scalar)
+        .expect("a constant scalar below the group order is a valid P-256 key");
+    let public = ecdh
+        .compute_public_key()
+        .expect("a valid private key has a public key");
+    let pair = signature::EcdsaKeyPair::from_private_key_and_public_key(
+        &signature::ECDSA_P256_SHA256_ASN1_SIGNING,
+        &scalar,
+        public.as_ref(),
+    )
+    .expect("the public key was computed from this private key");
+    let pkcs8 = pair.to_pkcs8v1().expect("a P-256 key serializes to PKCS#8");
+    rcgen::KeyPair::try_from(pkcs8.as_ref()).expect("rcgen reads a P-256 PKCS#8 key")
+}
+
+fn at(t: UnixTime) -> time::OffsetDateTime {
+    time::OffsetDateTime::from_unix_timestamp(t).expect("fixture times are in range")
+}
+
+fn ca_params(cn: &str) -> rcgen::CertificateParams {
+    let mut p = rcgen::CertificateParams::default();
+    p.distinguished_name = rcgen::DistinguishedName::new();
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    p.not_before = at(NOW - 365 * 86_400);
+    p.not_after = at(NOW + 365 * 86_400);
+    p
+}
+
+/// A CA of the fixture set: its parameters, key and certificate DER.
+struct FixedCa {
+    params: rcgen::CertificateParams,
+    key: rcgen::KeyPair,
+    der: Vec<u8>,
+}
+
+impl FixedCa {
+    fn root(cn: &str, scalar: u8) -> Self {
+        let params = ca_params(cn);
+        let key = fixed_key(scalar);
+        let der = params
+            .self_signed(&key)
+            .expect("fixture CA signs")
+            .der()
+            .to_vec();
+        Self { params, key, der }
+    }
+
+    fn pem(&self) -> String {
+        crate::pki::pem_encode("CERTIFICATE", &self.der)
+    }
+
+    fn issuer(&self) -> rcgen::Issuer<'_, &rcgen::KeyPair> {
+        rcgen::Issuer::from_params(&self.params, &self.key)
+    }
+}
+
+/// The trusted root (`fuzz root`, verified, every enrollment flag on).
+static ROOT: LazyLock<FixedCa> = LazyLock::new(|| FixedCa::root("fuzz root", ROOT_SCALAR));
+/// A second root (`fuzz other`), known but not verified.
+static OTHER: LazyLock<FixedCa> = LazyLock::new(|| FixedCa::root("fuzz other", OTHER_SCALAR));
+
+fn ca_record(id: &str, ca: &FixedCa, verified: bool) -> Ca {
+    Ca {
+        id: id.into(),
+        name: id.into(),
+        cert_pem: ca.pem(),
+        fingerprint: crate::pki::fingerprint::sha256_hex(&ca.der),
+        is_verified: verified,
+        verification_token: POP_TOKEN.into(),
+        is_auto_ca_enrollment_enabled: true,
+        is_ott_ca_enrollment_enabled: true,
+        is_auth_enabled: true,
+        identity_roles: vec![],
+        identity_name_format: crate::model::DEFAULT_NAME_FORMAT.into(),
+        created_at: 0,
+        updated_at: 0,
+    }
+}
+
+/// The CA set chains are verified against, built once per process.
+static CA_SET: LazyLock<CaSet> = LazyLock::new(|| {
+    CaSet::build(vec![
+        ca_record("ROOT", &ROOT, true),
+        ca_record("OTHER", &OTHER, false),
+    ])
+});
+
+/// The internal signer `csr` issues with (the fixed root as its CA).
+static SIGNER: LazyLock<crate::pki::issue::Signer> = LazyLock::new(|| {
+    crate::pki::issue::Signer::new(
+        &ROOT.der,
+        fixed_key(ROOT_SCALAR),
+        crate::pki::IssuePolicy {
+            trust_domain: "fuzz.example".into(),
+            lifetime_secs: 86_400,
+        },
+    )
+    .expect("the fixture CA and its key make a signer")
+});
+
+/// The enrollment listener's certificate that JWTs are verified with.
+static SERVER_CERT: LazyLock<Vec<u8>> = LazyLock::new(|| {
+    let mut p = rcgen::CertificateParams::new(vec!["gw.fuzz.example".to_string()])
+        .expect("a DNS name is a valid SAN");
+    p.not_before = at(NOW - 86_400);
+    p.not_after = at(NOW + 365 * 86_400);
+    p.self_signed(&fixed_key(SERVER_SCALAR))
+        .expect("fixture server certificate signs")
+        .der()
+        .to_vec()
+});
+
+/// Asserts that a refusal of client input is the client's fault (4xx), as the issue's
+/// contract demands: never `UNHANDLED`/500.
+fn assert_client_error(err: &ApiError) {
+    let (status, code) = err.status_and_code();
+    assert!(
+        (400..500).contains(&status),
+        "client input answered {status} {code}: {err}"
+    );
+    // The envelope a refusal is answered with serializes for any message.
+    let _ = Response::json(status, &err.envelope("fuzz")).serialize(false, false);
+}
+
+// ---------------------------------------------------------------------------------------
+// HTTP framing
+
+/// HTTP/1.1 request framing, as `server::conn` does it: heads are parsed from the bytes
+/// received, a complete head is drained with its `Content-Length` body, and pipelined
+/// requests follow, until the buffer ends or the connection would be closed.
+pub fn http_request(data: &[u8]) {
+    let limits = crate::config::Limits::default();
+    let mut buf = data.to_vec();
+    for _ in 0..32 {
+        let (head, n) = match parse_head(&buf) {
+            Ok(Parsed::Complete(head, n)) => (head, n),
+            Ok(Parsed::Partial) => {
+                // A partial head within the limit waits for more bytes; beyond it, 431.
+                return;
+            }
+            Err(e) => {
+                let err = match e {
+                    HeadError::TooManyHeaders => ApiError::HeadersTooLarge(e.to_string()),
+                    other => ApiError::MalformedRequest(other.to_string()),
+                };
+                assert_client_error(&err);
+                return;
+            }
+        };
+        assert!(n > 0 && n <= buf.len(), "head length {n} of {}", buf.len());
+        // The head's own bytes parse to the same head: nothing after it changed it.
+        assert_eq!(
+            parse_head(&buf[..n]),
+            Ok(Parsed::Complete(head.clone(), n)),
+            "the head parses differently without what follows it"
+        );
+        assert!(head.path.starts_with('/'));
+        assert!(!head.path.contains('?'));
+        if n > limits.max_header_bytes {
+            // conn.rs refuses a head that needed more than the limit to complete.
+            return;
+        }
+        buf.drain(..n);
+        let body = match head.body {
+            BodyKind::None => Vec::new(),
+            BodyKind::Chunked => {
+                assert_client_error(&ApiError::LengthRequired("chunked".into()));
+                return;
+            }
+            BodyKind::Length(len) if len > limits.max_body_bytes => {
+                assert_client_error(&ApiError::RequestTooLarge(len.to_string()));
+                return;
+            }
+            BodyKind::Length(len) => {
+                assert!(len > 0);
+                if buf.len() < len {
+                    return;
+                }
+                buf.drain(..len).collect()
+            }
+        };
+        let req = Request { head, body };
+        route_pure(&req);
+        if !req.head.keep_alive {
+            return;
+        }
+    }
+}
+
+/// The parts of routing that need no worker: the metrics label, header helpers, and the
+/// checks each enrollment route makes on the request before it touches the store.
+fn route_pure(req: &Request) {
+    let _ = api::enrollment_method(req);
+    let _ = req.head.content_type();
+    let _ = req.head.accepts("application/x-pem-file");
+    let _ = req.head.accepts("application/json");
+    let _ = req.head.header("zt-session");
+    let _ = format!("{req:?}");
+    if let Err(e) = api::client::check_csr_media(req) {
+        assert_client_error(&e);
+    }
+    if let Err(e) = api::client::requested_name(req) {
+        assert_client_error(&e);
+    }
+    if let Err(e) = api::json_body::<serde_json::Value>(req) {
+        assert_client_error(&e);
+    }
+    query_str(&req.head.query);
+}
+
+// ---------------------------------------------------------------------------------------
+// Query strings
+
+/// Query strings: every parameter a handler reads, and what it does with the value.
+pub fn query(data: &[u8]) {
+    if let Ok(q) = std::str::from_utf8(data) {
+        query_str(q);
+    }
+}
+
+fn query_str(q: &str) {
+    use crate::http::query::param;
+    if let Some(m) = param(q, "method") {
+        if let Some(parsed) = Method::parse(&m) {
+            assert_eq!(parsed.as_str(), m);
+        }
+    }
+    if let Some(token) = param(q, "token") {
+        if crate::ids::is_well_formed(&token) {
+            // The `enroll` client's encoding of a token reads back as the same token.
+            let encoded: String = form_urlencoded::byte_serialize(token.as_bytes()).collect();
+            assert_eq!(
+                param(&format!("method=ott&token={encoded}"), "token").as_deref(),
+                Some(token.as_str())
+            );
+        }
+    }
+    let filter = match (param(q, "filter"), param(q, "name")) {
+        (Some(f), _) => crate::api::filter::NameFilter::parse(&f).ok(),
+        (None, Some(n)) => Some(crate::api::filter::NameFilter::Eq(n)),
+        (None, None) => Some(crate::api::filter::NameFilter::All),
+    };
+    if let Some(f) = filter {
+        let _ = f.matches(q);
+        let _ = f.matches("");
+    }
+    for name in ["limit", "offset"] {
+        if let Some(v) = param(q, name) {
+            let _ = v.parse::<usize>();
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// JSON bodies
+
+/// `/enroll/ott`'s body (declared inside its handler in `api::client`; same fields and
+/// serde attributes).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct OttBody {
+    token: Option<String>,
+    client_csr: Option<String>,
+}
+
+/// `/enroll/ottca`'s body (declared inside its handler in `api::client`).
+#[derive(Deserialize)]
+#[allow(dead_code)]
+struct OttcaBody {
+    token: Option<String>,
+}
+
+/// `POST /enrollments`' body (declared inside its handler in `api::management`).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct CreateEnrollmentBody {
+    identity_id: Option<String>,
+    method: Option<String>,
+    ca_id: Option<String>,
+    expires_at: Option<String>,
+}
+
+/// `POST /enrollments/{id}/refresh`'s body (declared inside its handler).
+#[derive(Deserialize)]
+#[serde(rename_all = "camelCase")]
+#[allow(dead_code)]
+struct RefreshBody {
+    expires_at: Option<String>,
+}
+
+const CONTENT_TYPES: [Option<&str>; 5] = [
+    None,
+    Some("application/json"),
+    Some("application/json; charset=utf-8"),
+    Some("text/plain"),
+    Some("application/x-www-form-urlencoded"),
+];
+
+fn post(content_type: Option<&str>, body: &[u8]) -> Request {
+    let headers = content_type
+        .map(|ct| vec![("content-type".to_string(), ct.to_string())])
+        .unwrap_or_default();
+    Request {
+        head: Head {
+            method: "POST".into(),
+            path: "/".into(),
+            query: String::new(),
+            version: 1,
+            headers,
+            body: BodyKind::Length(body.len()),
+            keep_alive: true,
+            expect_continue: false,
+        },
+        body: body.to_vec(),
+    }
+}
+
+fn check<T>(r: Result<T, ApiError>) -> Option<T> {
+    match r {
+        Ok(v) => Some(v),
+        Err(e) => {
+            assert_client_error(&e);
+            None
+        }
+    }
+}
+
+/// JSON request bodies: the first byte picks the `Content-Type`, the rest is the body.
+/// The body is read into every type the API deserializes, and the fields the handlers
+/// check before touching the store are checked as they are.
+pub fn json_bodies(data: &[u8]) {
+    let Some((&selector, body)) = data.split_first() else {
+        return;
+    };
+    let ct = CONTENT_TYPES[usize::from(selector) % CONTENT_TYPES.len()];
+    let req = post(ct, body);
+    check(api::json_body::<api::management::CreateIdentity>(&req));
+    check(api::json_body::<api::cas::CreateBody>(&req));
+    check(api::json_body::<api::cas::UpdateBody>(&req));
+    check(api::json_body::<OttBody>(&req));
+    check(api::json_body::<OttcaBody>(&req));
+    check(api::json_body::<CreateEnrollmentBody>(&req));
+    check(api::json_body::<RefreshBody>(&req));
+    check(api::client::requested_name(&req));
+    let Some(value) = check(api::json_body::<serde_json::Value>(&req)) else {
+        return;
+    };
+    // What parsed serializes and parses back to the same value (floats aside: without
+    // serde_json's `float_roundtrip` a float may come back one unit off, by design).
+    let text = serde_json::to_vec(&value).expect("a JSON value serializes");
+    let again: serde_json::Value =
+        serde_json::from_slice(&text).expect("serialized JSON parses back");
+    if !has_float(&value) {
+        assert_eq!(again, value);
+    }
+
+    let field = |k: &str| value.get(k).and_then(serde_json::Value::as_str);
+    if let Some(n) = field("name") {
+        let _ = crate::enroll::validate_name(n);
+    }
+    if let Some(t) = field("type") {
+        if let Some(kind) = IdentityType::parse(t) {
+            assert!(kind.as_str().eq_ignore_ascii_case(t));
+        }
+    }
+    if let Some(pem) = field("certPem") {
+        check(crate::ca::parse_ca_pem(pem.as_bytes()).map_err(ApiError::from));
+    }
+    if let Some(f) = field("identityNameFormat") {
+        let _ = name::validate_format(f);
+    }
+    if let Some(at) = field("expiresAt") {
+        if let Some(Some(t)) = check(api::management::parse_expires_at(Some(at), NOW)) {
+            assert!(t > NOW);
+            let _ = crate::clock::rfc3339(t);
+        }
+    }
+    if let Some(token) = field("token") {
+        let _ = crate::ids::is_well_formed(token);
+    }
+    if let Some(csr) = field("clientCsr") {
+        if let Some(der) = check(csr_mod::decode_body(csr.as_bytes()).map_err(ApiError::from)) {
+            check(csr_mod::accept(&der).map_err(ApiError::from));
+        }
+    }
+}
+
+fn has_float(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Number(n) => n.is_f64(),
+        serde_json::Value::Array(a) => a.iter().any(has_float),
+        serde_json::Value::Object(o) => o.values().any(has_float),
+        _ => false,
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// PEM and DER
+
+/// PEM and DER from peers: an uploaded CA certificate, a proof of possession of the fixed
+/// CA's key, the base64 PKCS#7 `cacerts` answer the `enroll` client reads, and a raw
+/// certificate as the chain code reads it.
+pub fn pem_der(data: &[u8]) {
+    let _ = crate::ca::single_pem_cert(data);
+    if let Ok(parsed) = crate::ca::parse_ca_pem(data) {
+        // The normalised PEM that is stored parses back to the same certificate.
+        let again = crate::ca::parse_ca_pem(parsed.pem.as_bytes())
+            .expect("a stored CA's normalised PEM is accepted again");
+        assert_eq!(again.der, parsed.der);
+        assert_eq!(again.fingerprint, parsed.fingerprint);
+    }
+    let _ = crate::ca::pop::check(data, &ROOT.der, POP_TOKEN, NOW);
+
+    pkcs7_round_trip(data);
+    // The `enroll` client: base64 (white space ignored), then PKCS#7.
+    use base64::Engine as _;
+    let compact: Vec<u8> = data
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    if let Ok(p7) = base64::engine::general_purpose::STANDARD.decode(compact) {
+        pkcs7_round_trip(&p7);
+    }
+
+    let _ = crate::ca::chain::common_name(data);
+    let _ = crate::pki::is_self_signed(data);
+    if let Ok((_, cert)) = x509_parser::certificate::X509Certificate::from_der(data) {
+        let v = cert.validity();
+        let _ = (v.not_before.timestamp(), v.not_after.timestamp());
+    }
+}
+
+fn pkcs7_round_trip(der: &[u8]) {
+    let Ok(certs) = pkcs7::read_certs(der) else {
+        return;
+    };
+    if let Ok(rebuilt) = pkcs7::certs_only(&certs) {
+        let mut again = pkcs7::read_certs(&rebuilt).expect("a PKCS#7 we built reads back");
+        let mut certs = certs;
+        certs.sort();
+        again.sort();
+        assert_eq!(again, certs, "PKCS#7 certificates change in a round trip");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// CSRs
+
+/// A CSR body as `ott` enrollment handles it: decode (PEM, base64 or DER), verify and
+/// classify (`accept`, on the signing thread), then issue for the accepted key. An
+/// accepted key must always be issuable, and the certificate must carry that key.
+pub fn csr(data: &[u8]) {
+    let der = match csr_mod::decode_body(data) {
+        Ok(der) => der,
+        Err(e) => {
+            assert_client_error(&ApiError::from(e));
+            return;
+        }
+    };
+    let accepted = match csr_mod::accept(&der) {
+        Ok(a) => a,
+        Err(e) => {
+            assert_client_error(&ApiError::from(e));
+            return;
+        }
+    };
+    let issued = SIGNER
+        .issue_client(&accepted.spki_der, "fuzz-identity", NOW)
+        .expect("an accepted CSR's key is issuable");
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&issued.der)
+        .expect("an issued certificate parses");
+    assert_eq!(cert.public_key().raw, accepted.spki_der.as_slice());
+}
+
+// ---------------------------------------------------------------------------------------
+// Certificate chains
+
+/// Splits `data` into DER elements (tag, length, value), as a TLS `Certificate` message
+/// delivers a chain; what does not fit is one last element.
+fn split_der(mut data: &[u8]) -> Vec<CertificateDer<'_>> {
+    let mut out = Vec::new();
+    while !data.is_empty() && out.len() <= crate::ca::chain::MAX_CHAIN_LEN {
+        let n = der_len(data).unwrap_or(data.len()).clamp(1, data.len());
+        let (one, rest) = data.split_at(n);
+        out.push(CertificateDer::from(one));
+        data = rest;
+    }
+    out
+}
+
+fn der_len(d: &[u8]) -> Option<usize> {
+    let first = usize::from(*d.get(1)?);
+    if first < 0x80 {
+        return Some(2 + first);
+    }
+    let k = first & 0x7f;
+    if k == 0 || k > 4 {
+        return None;
+    }
+    let len = d
+        .get(2..2 + k)?
+        .iter()
+        .fold(0usize, |a, &b| (a << 8) | usize::from(b));
+    len.checked_add(2 + k)
+}
+
+/// A purpose a chain is verified for, and which CAs it accepts.
+type Purpose = (&'static str, fn(&Ca) -> bool);
+
+/// A client certificate chain (DER certificates back to back) verified against the fixed
+/// CA set for each purpose, then, as `ca` auto-enrollment does, the identity's name made
+/// from the leaf's CN.
+pub fn chain(data: &[u8]) {
+    let chain = split_der(data);
+    let purposes: [Purpose; 4] = [
+        ("any", |_| true),
+        ("auto-enrollment", |c| {
+            c.is_verified && c.is_auto_ca_enrollment_enabled
+        }),
+        ("authentication", |c| c.is_verified && c.is_auth_enabled),
+        ("ottca enrollment", |c| {
+            c.is_verified && c.is_ott_ca_enrollment_enabled
+        }),
+    ];
+    for (purpose, accept) in purposes {
+        match CA_SET.verify(&chain, NOW, purpose, accept) {
+            Ok(ca) => {
+                assert!(accept(ca), "a CA refused for {purpose} verified a chain");
+                let leaf = chain.first().expect("a verified chain has a leaf");
+                enroll_ca_name(ca, leaf);
+            }
+            Err(e) => {
+                if chain.is_empty() {
+                    assert_eq!(e, ChainError::NoCertificate);
+                }
+                assert_client_error(&ApiError::CertFailedValidation(e.to_string()));
+            }
+        }
+    }
+}
+
+/// What `ca` auto-enrollment does with a verified leaf before the store.
+fn enroll_ca_name(ca: &Ca, leaf: &[u8]) {
+    let cn = crate::ca::chain::common_name(leaf);
+    let (_, cert) =
+        x509_parser::certificate::X509Certificate::from_der(leaf).expect("a verified leaf parses");
+    let vars = NameVars {
+        ca_name: &ca.name,
+        ca_id: &ca.id,
+        common_name: cn.as_deref(),
+        requested_name: None,
+        identity_id: "fuzzIdentity",
+    };
+    let name = match name::render(&ca.identity_name_format, &vars) {
+        Ok(base) if crate::enroll::validate_name(&base).is_ok() => base,
+        _ => return,
+    };
+    // The identity as it is stored and then shown by the management API.
+    let authenticator = crate::model::Authenticator {
+        fingerprint_sha256: crate::pki::fingerprint::sha256_hex(leaf),
+        fingerprint_sha1: crate::pki::fingerprint::sha1_hex(leaf),
+        cert_pem: crate::pki::pem_encode("CERTIFICATE", leaf),
+        issued_by_network: false,
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+        method: Method::Ca,
+        created_at: NOW,
+    };
+    let identity = crate::model::Identity {
+        id: "fuzzIdentity".into(),
+        name,
+        kind: IdentityType::Device,
+        is_admin: false,
+        role_attributes: ca.identity_roles.clone(),
+        created_at: NOW,
+        updated_at: NOW,
+        enrollment_id: None,
+        authenticator: Some(authenticator),
+    };
+    let view = api::views::identity(&identity, None);
+    let _ = Response::data(view).serialize(true, false);
+}
+
+// ---------------------------------------------------------------------------------------
+// JWTs
+
+/// An enrollment JWT as the `enroll` client handles it: read without verification (to
+/// learn `iss`, `em`, `exp`), checked, then verified with the fixed server certificate.
+pub fn jwt(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let token = text.trim();
+    if token.is_empty() {
+        return;
+    }
+    let peeked = crate::token::jwt::peek(token);
+    if let Ok((_, claims)) = &peeked {
+        let _ = format!("{claims:?}");
+        let _ = Method::parse(&claims.em);
+        if let Some(exp) = claims.exp {
+            if NOW >= exp {
+                // The client's refusal names the expiry.
+                let _ = crate::clock::rfc3339(exp);
+            }
+        }
+        let _ = crate::config::PublicUrl::parse(&claims.iss);
+    }
+    if let Ok(verified) = crate::token::jwt::verify_with_cert(token, &SERVER_CERT) {
+        let (_, claims) = peeked.expect("a JWT that verifies can be read");
+        assert_eq!(verified, claims, "verified and peeked claims differ");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// CA name templates
+
+/// A CA's `identityNameFormat` and the values it is rendered with. The input is UTF-8
+/// lines: format, CA name, CA id, CN (empty: none), requested name (absent: none),
+/// identity id.
+pub fn name_template(data: &[u8]) {
+    let Ok(text) = std::str::from_utf8(data) else {
+        return;
+    };
+    let mut lines = text.split('\n');
+    let format = lines.next().unwrap_or_default();
+    let ca_name = lines.next().unwrap_or("fleet");
+    let ca_id = lines.next().unwrap_or("CA1");
+    let common_name = lines.next().filter(|s| !s.is_empty());
+    let requested_name = lines.next();
+    let identity_id = lines.next().unwrap_or("ID9");
+    let vars = NameVars {
+        ca_name,
+        ca_id,
+        common_name,
+        requested_name,
+        identity_id,
+    };
+    let valid = name::validate_format(format);
+    match name::render(format, &vars) {
+        Ok(base) => {
+            assert!(valid.is_ok(), "a refused format rendered");
+            match requested_name.filter(|r| !r.is_empty()) {
+                Some(r) if !format.contains("[requestedName]") => assert_eq!(base, r),
+                None if !format.contains('[') => assert_eq!(base, format),
+                _ => {}
+            }
+            let _ = crate::enroll::validate_name(&base);
+        }
+        Err(e) => {
+            if valid.is_ok() {
+                assert_eq!(e, name::NameFormatError::NoCommonName);
+            }
+            assert_client_error(&ApiError::InvalidCommonName(e.to_string()));
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Seeds
+
+/// The seed corpus: valid (and a few near-valid) inputs for each target, made from the
+/// fixtures above. `cargo test --release --lib fuzzing::tests::write_seeds -- --ignored`
+/// writes them to `fuzz/corpus/<target>/`.
+pub mod seeds {
+    use super::*;
+
+    /// Every seed: (target, file name, bytes).
+    pub fn all() -> Vec<(&'static str, String, Vec<u8>)> {
+        let mut out = Vec::new();
+        let mut add = |target: &'static str, name: &str, bytes: Vec<u8>| {
+            out.push((target, name.to_string(), bytes));
+        };
+
+        // CSRs of each key type, in each body encoding.
+        let p256 = fixed_key(0x55);
+        let csr_of = |key: &rcgen::KeyPair| {
+            let mut p = rcgen::CertificateParams::new(vec!["device.example".to_string()])
+                .expect("a DNS name is a valid SAN");
+            p.distinguished_name
+                .push(rcgen::DnType::CommonName, "device");
+            p.serialize_request(key).expect("a CSR signs")
+        };
+        let p256_csr = csr_of(&p256);
+        let p256_pem = p256_csr.pem().expect("a CSR has PEM");
+        let p256_der = p256_csr.der().to_vec();
+        add("csr", "p256.pem", p256_pem.clone().into_bytes());
+        add("csr", "p256.der", p256_der.clone());
+        {
+            use base64::Engine as _;
+            add(
+                "csr",
+                "p256.b64",
+                base64::engine::general_purpose::STANDARD
+                    .encode(&p256_der)
+                    .into_bytes(),
+            );
+        }
+        let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).expect("Ed25519 key");
+        add("csr", "ed25519.der", csr_of(&ed).der().to_vec());
+        let p384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).expect("P-384");
+        add("csr", "p384.der", csr_of(&p384).der().to_vec());
+        let rsa =
+            rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
+                .expect("RSA key");
+        add("csr", "rsa2048.der", csr_of(&rsa).der().to_vec());
+
+        // Chains: leaf of the root, leaf via an intermediate, leaf of the unverified root,
+        // an expired leaf, a CA presented as a leaf.
+        let leaf = |issuer: &rcgen::Issuer<'_, &rcgen::KeyPair>, cn: &str, not_after| {
+            let mut p = rcgen::CertificateParams::default();
+            p.distinguished_name = rcgen::DistinguishedName::new();
+            p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+            p.not_before = at(NOW - 86_400);
+            p.not_after = at(not_after);
+            p.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+            p.signed_by(&fixed_key(0x66), issuer)
+                .expect("a leaf signs")
+                .der()
+                .to_vec()
+        };
+        let root_leaf = leaf(&ROOT.issuer(), "dev-7", NOW + 86_400);
+        add("chain", "root-leaf.der", root_leaf.clone());
+        let inter_params = ca_params("fuzz intermediate");
+        let inter_key = fixed_key(INTERMEDIATE_SCALAR);
+        let inter_der = inter_params
+            .signed_by(&inter_key, &ROOT.issuer())
+            .expect("intermediate signs")
+            .der()
+            .to_vec();
+        let inter = rcgen::Issuer::from_params(&inter_params, &inter_key);
+        let via = leaf(&inter, "dev-8", NOW + 86_400);
+        add(
+            "chain",
+            "intermediate.der",
+            [via, inter_der.clone()].concat(),
+        );
+        add(
+            "chain",
+            "other-leaf.der",
+            leaf(&OTHER.issuer(), "dev-9", NOW + 86_400),
+        );
+        add(
+            "chain",
+            "expired.der",
+            leaf(&ROOT.issuer(), "old", NOW - 10),
+        );
+        add("chain", "ca-as-leaf.der", inter_der.clone());
+
+        // PEM and DER.
+        add("pem_der", "ca.pem", ROOT.pem().into_bytes());
+        let mut pop = rcgen::CertificateParams::default();
+        pop.distinguished_name = rcgen::DistinguishedName::new();
+        pop.distinguished_name
+            .push(rcgen::DnType::CommonName, POP_TOKEN);
+        pop.not_before = at(NOW - 86_400);
+        pop.not_after = at(NOW + 86_400);
+        let pop_pem = pop
+            .signed_by(&fixed_key(0x77), &ROOT.issuer())
+            .expect("a proof signs")
+            .pem();
+        add("pem_der", "proof.pem", pop_pem.into_bytes());
+        let p7 = pkcs7::certs_only(&[ROOT.der.clone(), inter_der.clone()]).expect("PKCS#7");
+        add("pem_der", "cacerts.p7", p7.clone());
+        {
+            use base64::Engine as _;
+            add(
+                "pem_der",
+                "cacerts.b64",
+                base64::engine::general_purpose::STANDARD
+                    .encode(&p7)
+                    .into_bytes(),
+            );
+        }
+        add("pem_der", "leaf.der", root_leaf);
+
+        // JWTs signed with the fixed server key, and one from another key.
+        let server_key = fixed_key(SERVER_SCALAR);
+        let signer = crate::token::JwtSigner::new(
+            &server_key,
+            &server_key.serialize_pem(),
+            &SERVER_CERT,
+            "https://gw.fuzz.example:8443".into(),
+        )
+        .expect("fixture JWT signer");
+        let ott = signer
+            .sign("identity1", "tokenAbc_-1", Method::Ott, Some(NOW + 3600))
+            .expect("JWT signs");
+        add("jwt", "ott.jwt", ott.into_bytes());
+        let ca_jwt = signer
+            .sign("CA1", "CA1", Method::Ca, None)
+            .expect("JWT signs");
+        add("jwt", "ca.jwt", ca_jwt.into_bytes());
+        let expired = signer
+            .sign("identity2", "tok2", Method::Ottca, Some(NOW - 3600))
+            .expect("JWT signs");
+        add("jwt", "expired.jwt", expired.into_bytes());
+        let other_key = fixed_key(0x88);
+        let other = crate::token::JwtSigner::new(
+            &other_key,
+            &other_key.serialize_pem(),
+            &SERVER_CERT,
+            "https://elsewhere.example".into(),
+        )
+        .expect("fixture JWT signer")
+        .sign("x", "y", Method::Ott, Some(NOW + 60))
+        .expect("JWT signs");
+        add("jwt", "other-key.jwt", other.into_bytes());
+
+        // JSON bodies (first byte: content type selector, see CONTENT_TYPES).
+        let ca_pem_json = serde_json::to_string(&ROOT.pem()).expect("JSON string");
+        let csr_json = serde_json::to_string(&p256_pem).expect("JSON string");
+        let bodies: [(&str, u8, String); 8] = [
+            (
+                "identity.json",
+                1,
+                r#"{"name":"dev-1","type":"Device","isAdmin":false,"roleAttributes":["a","b"],"enrollment":{"ott":true}}"#.into(),
+            ),
+            (
+                "identity-ottca.json",
+                0,
+                r#"{"name":"dev-2","type":"user","enrollment":{"ottca":"CA1"}}"#.into(),
+            ),
+            (
+                "ca-create.json",
+                1,
+                format!(r#"{{"name":"fleet","certPem":{ca_pem_json},"isAutoCaEnrollmentEnabled":true,"identityRoles":["r"],"identityNameFormat":"[caName]-[commonName]"}}"#),
+            ),
+            (
+                "ca-update.json",
+                2,
+                r#"{"name":"fleet2","isAuthEnabled":false,"identityNameFormat":"[requestedName]"}"#.into(),
+            ),
+            (
+                "enroll-ott.json",
+                1,
+                format!(r#"{{"token":"tokenAbc_-1","clientCsr":{csr_json}}}"#),
+            ),
+            (
+                "enrollment.json",
+                1,
+                r#"{"identityId":"ID1","method":"ottca","caId":"CA1","expiresAt":"2030-01-01T00:00:00Z"}"#.into(),
+            ),
+            ("ca-name.json", 0, r#"{"name":"requested-name"}"#.into()),
+            ("empty-text.json", 3, " \n".into()),
+        ];
+        for (name, selector, body) in bodies {
+            add(
+                "json_bodies",
+                name,
+                [vec![selector], body.into_bytes()].concat(),
+            );
+        }
+
+        // HTTP requests of each route, and framing edge cases.
+        let csr_body = p256_pem.as_bytes();
+        let http = |head: &str, body: &[u8]| [head.as_bytes(), body].concat();
+        add(
+            "http_request",
+            "version.http",
+            http("GET /version HTTP/1.1\r\nHost: gw\r\n\r\n", b""),
+        );
+        add(
+            "http_request",
+            "enroll-ott.http",
+            http(
+                &format!(
+                    "POST /edge/client/v1/enroll?method=ott&token=tokenAbc_-1 HTTP/1.1\r\nHost: gw\r\nContent-Type: application/x-pem-file\r\nAccept: application/x-pem-file\r\nContent-Length: {}\r\n\r\n",
+                    csr_body.len()
+                ),
+                csr_body,
+            ),
+        );
+        let ca_body = br#"{"name":"mine"}"#;
+        add(
+            "http_request",
+            "enroll-ca.http",
+            http(
+                &format!(
+                    "POST /enroll?method=ca HTTP/1.1\r\nContent-Type: application/json\r\nExpect: 100-continue\r\nContent-Length: {}\r\n\r\n",
+                    ca_body.len()
+                ),
+                ca_body,
+            ),
+        );
+        add(
+            "http_request",
+            "pipelined.http",
+            http(
+                "GET /version HTTP/1.1\r\n\r\nPOST /edge/client/v1/authenticate?method=cert HTTP/1.1\r\nContent-Length: 0\r\n\r\nGET /edge/client/v1/current-identity HTTP/1.1\r\nzt-session: abc\r\nConnection: close\r\n\r\n",
+                b"",
+            ),
+        );
+        add(
+            "http_request",
+            "management.http",
+            http(
+                "GET /edge/management/v1/identities?filter=name%20contains%20%22dev%22&limit=10&offset=0 HTTP/1.0\r\nConnection: keep-alive\r\n\r\n",
+                b"",
+            ),
+        );
+        add(
+            "http_request",
+            "chunked.http",
+            http(
+                "POST /enroll/ott HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                b"",
+            ),
+        );
+
+        // Query strings.
+        for (name, q) in [
+            ("ott.q", "method=ott&token=tokenAbc_-1"),
+            (
+                "list.q",
+                "filter=name%20startswith%20%22dev%5C%22%22&limit=25&offset=5",
+            ),
+            ("name.q", "name=a%2Bb+c&method=ca&method=ott"),
+        ] {
+            add("query", name, q.as_bytes().to_vec());
+        }
+
+        // Name templates: format, CA name, CA id, CN, requested name, identity id.
+        for (name, t) in [
+            ("default.txt", "[caName]-[commonName]\nfleet\nCA1\ndev-7\n\nID9"),
+            (
+                "every-symbol.txt",
+                "[caName]/[caId]/[commonName]/[requestedName]/[identityId]\nfleet\nCA1\ncn\nreq\nID9",
+            ),
+            ("requested.txt", "[caName]-[commonName]\nfleet\nCA1\ncn\nmine\nID9"),
+            ("unknown.txt", "[caName]-[serial\nfleet\nCA1\ncn"),
+        ] {
+            add("name_template", name, t.as_bytes().to_vec());
+        }
+        out
+    }
+
+    /// Inputs that crashed a target once (see fuzz/README.md), made from the fixtures:
+    /// (target, file name, bytes).
+    pub fn regressions() -> Vec<(&'static str, String, Vec<u8>)> {
+        let mut out = Vec::new();
+        // An enrollment JWT whose `exp` is before 1970: the client's "expired at" message
+        // formatted it, which panicked.
+        let jwt = |claims: &str| {
+            use base64::Engine as _;
+            let b64 = |s: &str| base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(s);
+            format!(
+                "{}.{}.{}",
+                b64(r#"{"alg":"ES256","typ":"JWT"}"#),
+                b64(claims),
+                b64("not a signature")
+            )
+        };
+        for (name, exp) in [
+            ("exp-negative.jwt", "-1"),
+            ("exp-i64-min.jwt", "-9223372036854775808"),
+        ] {
+            let claims = format!(
+                r#"{{"iss":"https://gw.example","sub":"s","jti":"t","em":"ott","exp":{exp}}}"#
+            );
+            out.push(("jwt", name.to_string(), jwt(&claims).into_bytes()));
+        }
+        out
+    }
+
+    /// Writes every seed to `<dir>/<target>/<name>`.
+    pub fn write_all(dir: &std::path::Path) -> std::io::Result<usize> {
+        let seeds = all();
+        for (target, name, bytes) in &seeds {
+            let d = dir.join(target);
+            std::fs::create_dir_all(&d)?;
+            std::fs::write(d.join(name), bytes)?;
+        }
+        Ok(seeds.len())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Every target by name, as `fuzz/fuzz_targets/<name>.rs` calls it.
+    /// A target's name and function.
+    type Target = (&'static str, fn(&[u8]));
+
+    pub(super) const TARGETS: [Target; 8] = [
+        ("http_request", http_request),
+        ("query", query),
+        ("json_bodies", json_bodies),
+        ("pem_der", pem_der),
+        ("csr", csr),
+        ("chain", chain),
+        ("jwt", jwt),
+        ("name_template", name_template),
+    ];
+
+    fn fuzz_dir() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz")
+    }
+
+    /// Replays the committed corpus and every regression input through its target.
+    #[test]
+    fn replays_corpus_and_regressions() {
+        let mut replayed = 0;
+        for (target, run) in TARGETS {
+            for kind in ["corpus", "regressions"] {
+                let dir = fuzz_dir().join(kind).join(target);
+                let Ok(entries) = std::fs::read_dir(&dir) else {
+                    continue;
+                };
+                for entry in entries {
+                    let path = entry.expect("directory entry").path();
+                    if !path.is_file() {
+                        continue;
+                    }
+                    let bytes = std::fs::read(&path).expect("readable input");
+                    eprintln!("replaying {}", path.display());
+                    run(&bytes);
+                    replayed += 1;
+                }
+            }
+        }
+        assert!(replayed >= TARGETS.len(), "only {replayed} inputs replayed");
+    }
+
+    /// The seeds exercise the success paths they were made for.
+    #[test]
+    fn seeds_reach_their_success_paths() {
+        let seeds = seeds::all();
+        let get = |t: &str, n: &str| {
+            seeds
+                .iter()
+                .find(|(target, name, _)| *target == t && name == n)
+                .map(|(_, _, b)| b.clone())
+                .expect("seed exists")
+        };
+        let chain_der = get("chain", "intermediate.der");
+        let chain = split_der(&chain_der);
+        assert_eq!(chain.len(), 2);
+        assert_eq!(
+            CA_SET
+                .verify(&chain, NOW, "t", |_| true)
+                .expect("verifies")
+                .id,
+            "ROOT"
+        );
+        let other_der = get("chain", "other-leaf.der");
+        let other = split_der(&other_der);
+        assert!(matches!(
+            CA_SET.verify(&other, NOW, "t", |c| c.is_verified),
+            Err(ChainError::NoAcceptedCa(_))
+        ));
+        let jwt = String::from_utf8(get("jwt", "ott.jwt")).expect("UTF-8");
+        assert_eq!(
+            crate::token::jwt::verify_with_cert(&jwt, &SERVER_CERT)
+                .expect("verifies")
+                .sub,
+            "identity1"
+        );
+        for n in ["p256.pem", "p256.der", "p256.b64", "rsa2048.der"] {
+            let der = csr_mod::decode_body(&get("csr", n)).expect("decodes");
+            csr_mod::accept(&der).expect("accepted");
+        }
+        crate::ca::parse_ca_pem(&get("pem_der", "ca.pem")).expect("a CA");
+        crate::ca::pop::check(&get("pem_der", "proof.pem"), &ROOT.der, POP_TOKEN, NOW)
+            .expect("a valid proof");
+        assert_eq!(
+            pkcs7::read_certs(&get("pem_der", "cacerts.p7"))
+                .expect("reads")
+                .len(),
+            2
+        );
+    }
+
+    /// Writes the seed corpus (run by hand; the files are committed).
+    #[test]
+    #[ignore = "writes fuzz/corpus; run by hand after changing the seeds"]
+    fn write_seeds() {
+        let n = seeds::write_all(&fuzz_dir().join("corpus")).expect("seeds written");
+        assert!(n > 0);
+    }
+
+    /// Writes the regression inputs that are made from the fixtures (run by hand).
+    #[test]
+    #[ignore = "writes fuzz/regressions; run by hand after adding a regression"]
+    fn write_regressions() {
+        for (target, name, bytes) in seeds::regressions() {
+            let d = fuzz_dir().join("regressions").join(target);
+            std::fs::create_dir_all(&d).expect("regressions directory");
+            std::fs::write(d.join(name), bytes).expect("regression written");
+        }
+    }
+}
