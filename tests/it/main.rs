@@ -4,12 +4,15 @@
 #![allow(clippy::unwrap_used)]
 
 mod admission;
+mod attack;
 mod bad_input;
 mod cas;
 mod crash;
 mod fleet;
 mod lifecycle;
+mod loadtest;
 mod management;
 mod ops;
 mod ott;
+mod property;
 mod support;

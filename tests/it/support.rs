@@ -360,3 +360,184 @@ pub fn code(resp: &HttpResponse) -> String {
         )
     })
 }
+
+// ---- Helpers for the hostile-client and property tests (attack.rs, property.rs) ----
+
+impl Gateway {
+    /// The daemon's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().expect("running").id()
+    }
+
+    /// The Prometheus text of the metrics listener (its address is in the ready line).
+    pub fn metrics_text(&self) -> String {
+        let log = self.log();
+        let addr = log
+            .lines()
+            .find(|l| l.contains("enrollgate ready"))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("metrics="))
+            })
+            .expect("metrics= in the ready line")
+            .to_string();
+        run_ok(
+            Command::new("curl")
+                .args(["-sSf", "--max-time", "10"])
+                .arg(format!("http://{addr}/metrics")),
+        )
+    }
+}
+
+/// The value of one Prometheus series (`name{labels}` exactly as exposed), 0 when absent.
+pub fn metric(text: &str, series: &str) -> f64 {
+    text.lines()
+        .filter_map(|l| l.strip_prefix(series))
+        .filter_map(|rest| rest.strip_prefix(' '))
+        .filter_map(|v| v.trim().parse::<f64>().ok())
+        .sum::<f64>()
+        + 0.0
+}
+
+/// `VmRSS` and `VmHWM` (peak RSS) of a process, in KiB.
+pub fn memory_kib(pid: u32) -> (u64, u64) {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
+    let field = |name: &str| {
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix(name))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .unwrap_or(0)
+    };
+    (field("VmRSS:"), field("VmHWM:"))
+}
+
+/// Open file descriptors of a process (sockets included).
+pub fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+/// The soft and hard `Max open files` of a process, as `/proc/<pid>/limits` shows them.
+pub fn nofile_of(pid: u32) -> (String, String) {
+    let limits = std::fs::read_to_string(format!("/proc/{pid}/limits")).unwrap_or_default();
+    let line = limits
+        .lines()
+        .find(|l| l.starts_with("Max open files"))
+        .unwrap_or_default();
+    let mut words = line.split_whitespace().skip(3);
+    (
+        words.next().unwrap_or("?").to_string(),
+        words.next().unwrap_or("?").to_string(),
+    )
+}
+
+/// Raises this process' soft `RLIMIT_NOFILE` to its hard limit (daemons spawned afterwards
+/// inherit it); returns the new (soft, hard).
+pub fn raise_nofile_limit() -> (u64, u64) {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let (soft, hard) = getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit");
+    if soft < hard {
+        setrlimit(Resource::RLIMIT_NOFILE, hard, hard).expect("setrlimit");
+    }
+    getrlimit(Resource::RLIMIT_NOFILE).expect("getrlimit")
+}
+
+/// Sets `[limits]` keys of the config file `init` wrote, replacing each key's line.
+pub fn set_limits(pairs: &'static [(&'static str, &'static str)]) -> impl FnOnce(&mut String) {
+    move |cfg: &mut String| {
+        for (key, value) in pairs {
+            let prefix = format!("{key} =");
+            let mut found = false;
+            *cfg = cfg
+                .lines()
+                .map(|l| {
+                    if l.starts_with(&prefix) {
+                        found = true;
+                        format!("{key} = {value}")
+                    } else {
+                        l.to_string()
+                    }
+                })
+                .collect::<Vec<_>>()
+                .join("\n");
+            if !found {
+                *cfg = cfg.replace("[limits]\n", &format!("[limits]\n{key} = {value}\n"));
+            }
+        }
+    }
+}
+
+/// A fresh P-256 CSR, PEM.
+pub fn new_csr_pem() -> Vec<u8> {
+    let key = rcgen::KeyPair::generate().expect("key");
+    rcgen::CertificateParams::new(Vec::<String>::new())
+        .expect("params")
+        .serialize_request(&key)
+        .expect("csr")
+        .pem()
+        .expect("pem")
+        .into_bytes()
+}
+
+/// Splits `raw` into the HTTP responses it holds (interim 1xx responses skipped); the
+/// second value is the number of trailing bytes that are not a complete response.
+/// `head_only` says which responses answer HEAD requests (no body bytes).
+pub fn split_responses(
+    raw: &[u8],
+    head_only: impl Fn(usize) -> bool,
+) -> Result<(Vec<HttpResponse>, usize), String> {
+    let mut out = Vec::new();
+    let mut rest = raw;
+    while !rest.is_empty() {
+        let mut headers = [httparse::EMPTY_HEADER; 64];
+        let mut resp = httparse::Response::new(&mut headers);
+        let n = match resp.parse(rest) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok((out, rest.len())),
+            Err(e) => {
+                return Err(format!(
+                    "not HTTP ({e}): {:?}",
+                    String::from_utf8_lossy(&rest[..rest.len().min(200)])
+                ))
+            }
+        };
+        let status = resp.code.unwrap_or(0);
+        let headers: Vec<(String, String)> = resp
+            .headers
+            .iter()
+            .map(|h| {
+                (
+                    h.name.to_ascii_lowercase(),
+                    String::from_utf8_lossy(h.value).trim().to_string(),
+                )
+            })
+            .collect();
+        if (100..200).contains(&status) {
+            rest = &rest[n..];
+            continue;
+        }
+        let len = if head_only(out.len()) {
+            0
+        } else {
+            match headers.iter().find(|(k, _)| k == "content-length") {
+                Some((_, v)) => v
+                    .parse::<usize>()
+                    .map_err(|_| format!("bad Content-Length {v:?}"))?,
+                None => return Err(format!("a {status} response without Content-Length")),
+            }
+        };
+        if rest.len() < n + len {
+            return Ok((out, rest.len()));
+        }
+        out.push(HttpResponse {
+            status,
+            headers,
+            body: rest[n..n + len].to_vec(),
+        });
+        rest = &rest[n + len..];
+    }
+    Ok((out, 0))
+}

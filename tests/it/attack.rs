@@ -1,0 +1,1597 @@
+//! Hostile clients (issue #7, item 2): each attack is cut off by a documented limit
+//! (`src/server/conn.rs`, README "Configuration reference"), the daemon's memory stays
+//! under a stated bound, and a normal client keeps enrolling while the attack runs.
+//!
+//! Every test runs two small closed-loop enrollers during its attack: one on a keep-alive
+//! connection opened before the attack (a client already admitted), and one that opens a
+//! new connection per enrollment (a client arriving during the attack). Memory is the
+//! daemon's `VmRSS`/`VmHWM` from `/proc/<pid>/status`, sampled while the attack runs.
+//! Latencies and rates are printed (`--nocapture`), never asserted: the machine is shared.
+
+use std::io::{ErrorKind, Read as _, Write as _};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use enrollgate::client::{self, HttpResponse};
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
+
+use crate::bad_input::{raw_tls, read_all};
+use crate::support::*;
+
+type Tls = StreamOwned<ClientConnection, TcpStream>;
+
+const MIB_IN_KIB: u64 = 1024;
+
+// ---------------------------------------------------------------------------------------
+// The normal clients that must keep enrolling.
+
+/// One pending `ott` enrollment and the CSR that redeems it.
+struct Job {
+    token: String,
+    csr: Vec<u8>,
+}
+
+/// `n` identities with `ott` tokens, made before an attack starts.
+fn jobs(gw: &Gateway, label: &str, n: usize) -> Vec<Job> {
+    (0..n)
+        .map(|i| {
+            let (_, _, token) = gw.create_identity(&format!("{label}-{i}"), "Device", false);
+            Job {
+                token,
+                csr: new_csr_pem(),
+            }
+        })
+        .collect()
+}
+
+fn enroll_path(token: &str) -> String {
+    format!("/edge/client/v1/enroll?method=ott&token={token}")
+}
+
+/// What a closed-loop enroller saw.
+#[derive(Default)]
+struct Tally {
+    ok: usize,
+    failures: Vec<String>,
+    /// Connections that were refused or dropped and tried again.
+    retries: usize,
+    latencies: Vec<Duration>,
+    elapsed: Duration,
+}
+
+impl Tally {
+    fn line(&self, who: &str) -> String {
+        let mut l = self.latencies.clone();
+        l.sort();
+        let ms = |d: Option<&Duration>| d.map_or(0.0, |d| d.as_secs_f64() * 1000.0);
+        let busy: f64 = l.iter().map(Duration::as_secs_f64).sum();
+        format!(
+            "{who}: {} ok, {} failed, {} retries; latency p50 {:.1} ms, max {:.1} ms; \
+             {:.1} enrollments/s of service time, {:.1}/s wall (with think time)",
+            self.ok,
+            self.failures.len(),
+            self.retries,
+            ms(l.get(l.len() / 2)),
+            ms(l.last()),
+            if busy > 0.0 {
+                self.ok as f64 / busy
+            } else {
+                0.0
+            },
+            self.ok as f64 / self.elapsed.as_secs_f64().max(1e-9),
+        )
+    }
+}
+
+fn tls_connect(port: u16, cfg: &Arc<ClientConfig>) -> std::io::Result<Tls> {
+    let tcp = TcpStream::connect(("127.0.0.1", port))?;
+    tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
+    tcp.set_write_timeout(Some(Duration::from_secs(10)))?;
+    let conn = ClientConnection::new(cfg.clone(), "127.0.0.1".try_into().expect("name"))
+        .map_err(std::io::Error::other)?;
+    let mut s = StreamOwned::new(conn, tcp);
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock)?;
+    }
+    Ok(s)
+}
+
+/// One request on a keep-alive connection.
+fn keep_alive_post(s: &mut Tls, path: &str, body: &[u8]) -> Result<HttpResponse, String> {
+    let head = format!(
+        "POST {path} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/x-pem-file\r\nContent-Length: {}\r\n\r\n",
+        body.len()
+    );
+    let mut req = head.into_bytes();
+    req.extend_from_slice(body);
+    s.write_all(&req).map_err(|e| format!("write: {e}"))?;
+    s.flush().map_err(|e| format!("flush: {e}"))?;
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 8192];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => return Err("closed before a response".into()),
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e) => return Err(format!("read: {e}")),
+        }
+        if let Some(r) = client::parse_response(&raw).map_err(|e| e.to_string())? {
+            return Ok(r);
+        }
+    }
+}
+
+/// The two normal clients, started when the attack is on; they stop at their last job
+/// or when `stop` is set.
+struct Normal {
+    keep_alive: JoinHandle<Tally>,
+    fresh: JoinHandle<Tally>,
+    stop: Arc<AtomicBool>,
+}
+
+/// Pause between a client's enrollments, so that its enrollments spread over the attack.
+const THINK: Duration = Duration::from_millis(100);
+
+/// Tokens for the clients. The keep-alive connection is opened here, before the attack.
+struct Prepared {
+    keep_alive_conn: Tls,
+    keep_alive_jobs: Vec<Job>,
+    fresh_jobs: Vec<Job>,
+    cfg: Arc<ClientConfig>,
+    port: u16,
+}
+
+fn prepare(gw: &Gateway, label: &str, n: usize) -> Prepared {
+    let cfg = client::config(&gw.ca_certs(), None).expect("client config");
+    Prepared {
+        keep_alive_jobs: jobs(gw, &format!("{label}-ka"), n),
+        fresh_jobs: jobs(gw, &format!("{label}-new"), n),
+        keep_alive_conn: tls_connect(gw.port, &cfg).expect("keep-alive connection"),
+        cfg,
+        port: gw.port,
+    }
+}
+
+fn run_keep_alive(
+    mut s: Tls,
+    jobs: Vec<Job>,
+    cfg: Arc<ClientConfig>,
+    port: u16,
+    stop: Arc<AtomicBool>,
+) -> Tally {
+    let mut t = Tally::default();
+    let start = Instant::now();
+    for job in jobs {
+        if stop.load(Ordering::Relaxed) {
+            break;
+        }
+        let begun = Instant::now();
+        match keep_alive_post(&mut s, &enroll_path(&job.token), &job.csr) {
+            Ok(r) if r.status == 200 => {
+                t.ok += 1;
+                t.latencies.push(begun.elapsed());
+            }
+            Ok(r) => t.failures.push(format!("HTTP {}: {}", r.status, code(&r))),
+            Err(e) => {
+                t.failures.push(e);
+                t.retries += 1;
+                match tls_connect(port, &cfg) {
+                    Ok(n) => s = n,
+                    Err(e) => {
+                        t.failures.push(format!("reconnect: {e}"));
+                        break;
+                    }
+                }
+            }
+        }
+        std::thread::sleep(THINK);
+    }
+    t.elapsed = start.elapsed();
+    t
+}
+
+/// Each enrollment on a new connection; a connection that is refused or dropped before
+/// an answer is tried again (every 20 ms, for up to 10 s per enrollment), until `stop`.
+fn run_fresh(jobs: Vec<Job>, cfg: Arc<ClientConfig>, port: u16, stop: Arc<AtomicBool>) -> Tally {
+    let mut t = Tally::default();
+    let start = Instant::now();
+    'jobs: for job in jobs {
+        let begun = Instant::now();
+        loop {
+            if stop.load(Ordering::Relaxed) {
+                break 'jobs;
+            }
+            let r = client::request(
+                cfg.clone(),
+                "127.0.0.1",
+                port,
+                "POST",
+                &enroll_path(&job.token),
+                &[("Content-Type", "application/x-pem-file")],
+                &job.csr,
+            );
+            match r {
+                Ok(r) if r.status == 200 => {
+                    t.ok += 1;
+                    t.latencies.push(begun.elapsed());
+                }
+                Ok(r) => t.failures.push(format!("HTTP {}: {}", r.status, code(&r))),
+                Err(e) if begun.elapsed() < Duration::from_secs(10) => {
+                    let _ = e;
+                    t.retries += 1;
+                    std::thread::sleep(Duration::from_millis(20));
+                    continue;
+                }
+                Err(e) => t.failures.push(format!("gave up after 10 s: {e}")),
+            }
+            break;
+        }
+        std::thread::sleep(THINK);
+    }
+    t.elapsed = start.elapsed();
+    t
+}
+
+impl Prepared {
+    /// Starts both clients.
+    fn start(self) -> Normal {
+        let (cfg, port) = (self.cfg.clone(), self.port);
+        let stop = Arc::new(AtomicBool::new(false));
+        let keep_alive = std::thread::spawn({
+            let (s, jobs, stop) = (self.keep_alive_conn, self.keep_alive_jobs, stop.clone());
+            move || run_keep_alive(s, jobs, cfg, port, stop)
+        });
+        let fresh = std::thread::spawn({
+            let (jobs, cfg, stop) = (self.fresh_jobs, self.cfg, stop.clone());
+            move || run_fresh(jobs, cfg, port, stop)
+        });
+        Normal {
+            keep_alive,
+            fresh,
+            stop,
+        }
+    }
+}
+
+impl Normal {
+    fn finished(&self) -> bool {
+        self.keep_alive.is_finished() && self.fresh.is_finished()
+    }
+
+    /// Stops the clients after their current enrollment and collects what they saw.
+    fn stop(self) -> (Tally, Tally) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.join()
+    }
+
+    fn join(self) -> (Tally, Tally) {
+        (
+            self.keep_alive.join().expect("keep-alive client"),
+            self.fresh.join().expect("fresh client"),
+        )
+    }
+}
+
+/// The same clients without an attack, for comparison (printed).
+fn baseline(gw: &Gateway, label: &str, n: usize) {
+    let p = prepare(gw, &format!("{label}-base"), n);
+    let (ka, fresh) = p.start().join();
+    eprintln!("[{label}] baseline, no attack: {}", ka.line("keep-alive"));
+    eprintln!(
+        "[{label}] baseline, no attack: {}",
+        fresh.line("new connection")
+    );
+    assert_eq!(ka.ok + fresh.ok, 2 * n, "baseline enrollments must succeed");
+}
+
+/// The normal clients must all have enrolled during the attack; `fresh_must_pass` says
+/// whether the new-connection client must also have needed no retry.
+fn assert_kept_serving(label: &str, ka: &Tally, fresh: &Tally, n: usize, fresh_must_pass: bool) {
+    eprintln!("[{label}] during the attack: {}", ka.line("keep-alive"));
+    eprintln!(
+        "[{label}] during the attack: {}",
+        fresh.line("new connection")
+    );
+    assert_eq!(
+        (ka.ok, ka.retries),
+        (n, 0),
+        "[{label}] the keep-alive client: {:?}",
+        ka.failures
+    );
+    if fresh_must_pass {
+        assert_eq!(
+            (fresh.ok, fresh.retries),
+            (n, 0),
+            "[{label}] the new-connection client: {:?}",
+            fresh.failures
+        );
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Memory and descriptors of the daemon.
+
+struct Sampler {
+    stop: Arc<AtomicBool>,
+    handle: JoinHandle<(u64, usize)>,
+}
+
+/// Samples the daemon's RSS (KiB) and open descriptors until stopped; returns the maxima.
+fn sample(pid: u32, every: Duration) -> Sampler {
+    let stop = Arc::new(AtomicBool::new(false));
+    let handle = std::thread::spawn({
+        let stop = stop.clone();
+        move || {
+            let (mut rss, mut fds) = (0, 0);
+            loop {
+                rss = rss.max(memory_kib(pid).0);
+                fds = fds.max(open_fds(pid));
+                if stop.load(Ordering::Relaxed) {
+                    return (rss, fds);
+                }
+                std::thread::sleep(every);
+            }
+        }
+    });
+    Sampler { stop, handle }
+}
+
+impl Sampler {
+    fn finish(self) -> (u64, usize) {
+        self.stop.store(true, Ordering::Relaxed);
+        self.handle.join().expect("sampler")
+    }
+}
+
+/// Prints before/peak/after and asserts the peak stays within `allowance` of `before`.
+fn assert_memory(label: &str, pid: u32, before: u64, peak: u64, allowance: u64, why: &str) {
+    let (after, hwm) = memory_kib(pid);
+    let peak = peak.max(after);
+    eprintln!(
+        "[{label}] daemon RSS: before {} KiB, peak {} KiB (VmHWM {} KiB), after {} KiB; \
+         growth {} KiB, bound {} KiB ({why})",
+        before,
+        peak,
+        hwm,
+        after,
+        peak.saturating_sub(before),
+        allowance
+    );
+    assert!(
+        peak <= before + allowance,
+        "[{label}] RSS grew by {} KiB, over the bound of {} KiB ({why})",
+        peak - before,
+        allowance
+    );
+}
+
+// ---------------------------------------------------------------------------------------
+// Attack tools.
+
+/// A TCP connection from `source` (another loopback address, so that thousands of
+/// attack connections do not use up the ports the normal clients need).
+fn connect_from(source: [u8; 4], port: u16) -> std::io::Result<TcpStream> {
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None)?;
+    socket.bind(&SocketAddr::from((source, 0)).into())?;
+    socket.connect(&SocketAddr::from(([127, 0, 0, 1], port)).into())?;
+    Ok(socket.into())
+}
+
+/// Whether the daemon closed this socket: `Some(bytes read)` once closed, `None` while
+/// open. The socket must be non-blocking; bytes the daemon sends are read and counted.
+fn closed_by_peer(s: &mut TcpStream, received: &mut usize) -> bool {
+    let mut buf = [0u8; 16 * 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(n) => *received += n,
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(e) if e.kind() == ErrorKind::Interrupted => {}
+            Err(_) => return true,
+        }
+    }
+}
+
+/// The first flight of a real TLS client: a ClientHello record.
+fn client_hello(gw: &Gateway) -> Vec<u8> {
+    let cfg = client::config(&gw.ca_certs(), None).expect("config");
+    let mut conn = ClientConnection::new(cfg, "127.0.0.1".try_into().expect("name")).expect("conn");
+    let mut out = Vec::new();
+    while conn.wants_write() {
+        conn.write_tls(&mut out).expect("write_tls");
+    }
+    out
+}
+
+fn secs(d: Duration) -> String {
+    format!("{:.2}s", d.as_secs_f64())
+}
+
+/// Min, median, max of some durations, as text.
+fn spread(v: &mut [Duration]) -> String {
+    v.sort();
+    match (v.first(), v.get(v.len() / 2), v.last()) {
+        (Some(a), Some(m), Some(z)) => {
+            format!("min {} / median {} / max {}", secs(*a), secs(*m), secs(*z))
+        }
+        _ => "none".into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// Slowloris on request bodies.
+
+/// Headers complete, body trickled (1 byte / 100 ms) or stalled one byte short: the
+/// body timeout closes the connection without an answer, whatever the trickle. Bodies
+/// never grow past `max_body_bytes` (a larger Content-Length is refused before reading).
+#[test]
+fn slow_bodies_are_cut_off_by_the_body_timeout() {
+    const BODY_TIMEOUT: Duration = Duration::from_secs(2);
+    const CONNS: usize = 200;
+    const N: usize = 25;
+    let gw = Gateway::start_with(
+        set_limits(&[
+            ("body_timeout", "\"2s\""),
+            ("header_timeout", "\"2s\""),
+            ("handshake_timeout", "\"5s\""),
+            ("idle_timeout", "\"10s\""),
+            ("write_timeout", "\"5s\""),
+        ]),
+        &[],
+    );
+    let label = "slow bodies";
+    baseline(&gw, label, 10);
+    let pid = gw.pid();
+    let prepared = prepare(&gw, "slowbody", N);
+    let before = memory_kib(pid).0;
+    let sampler = sample(pid, Duration::from_millis(25));
+    let cfg = client::config(&gw.ca_certs(), None).unwrap();
+    let max_body = 65_536usize;
+    let head = format!(
+        "POST /edge/client/v1/enroll?method=ott&token=slow HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {max_body}\r\n\r\n"
+    );
+
+    struct Slow {
+        s: Tls,
+        trickle: bool,
+        since: Instant,
+        received: usize,
+    }
+    let open = |trickle: bool| -> Slow {
+        let mut s = tls_connect(gw.port, &cfg).expect("attack connection");
+        s.write_all(head.as_bytes()).unwrap();
+        if !trickle {
+            s.write_all(&vec![b'A'; max_body - 1]).unwrap();
+        }
+        s.flush().unwrap();
+        s.sock.set_nonblocking(true).unwrap();
+        Slow {
+            s,
+            trickle,
+            since: Instant::now(),
+            received: 0,
+        }
+    };
+    let mut live: Vec<Slow> = (0..CONNS).map(|i| open(i % 2 == 0)).collect();
+    let normal = prepared.start();
+    let mut cut: Vec<(bool, Duration, usize)> = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let mut last_trickle = Instant::now();
+    while !live.is_empty() && Instant::now() < deadline {
+        let trickle_now = last_trickle.elapsed() >= Duration::from_millis(100);
+        if trickle_now {
+            last_trickle = Instant::now();
+        }
+        let mut i = 0;
+        while i < live.len() {
+            let c = &mut live[i];
+            let mut closed = false;
+            if c.trickle && trickle_now {
+                let wrote = c.s.write(b"A").and_then(|_| c.s.flush());
+                closed = matches!(wrote, Err(ref e) if e.kind() != ErrorKind::WouldBlock);
+            }
+            let mut buf = [0u8; 4096];
+            loop {
+                match c.s.read(&mut buf) {
+                    Ok(0) => {
+                        closed = true;
+                        break;
+                    }
+                    Ok(n) => c.received += n,
+                    Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                    Err(_) => {
+                        closed = true;
+                        break;
+                    }
+                }
+            }
+            if closed {
+                let c = live.swap_remove(i);
+                cut.push((c.trickle, c.since.elapsed(), c.received));
+                // Sustained: a cut connection is replaced while the clients enroll.
+                if !normal.finished() {
+                    live.push(open(c.trickle));
+                }
+            } else {
+                i += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let (ka, fresh) = normal.join();
+    let (peak, peak_fds) = sampler.finish();
+    std::thread::sleep(Duration::from_millis(300));
+
+    let mut trickled: Vec<Duration> = cut.iter().filter(|c| c.0).map(|c| c.1).collect();
+    let mut stalled: Vec<Duration> = cut.iter().filter(|c| !c.0).map(|c| c.1).collect();
+    eprintln!(
+        "[{label}] {} attack connections cut ({} trickling: {}; {} stalled 1 byte short: {}); \
+         {} still open at the 60 s deadline; peak daemon descriptors {}",
+        cut.len(),
+        trickled.len(),
+        spread(&mut trickled),
+        stalled.len(),
+        spread(&mut stalled),
+        live.len(),
+        peak_fds
+    );
+    assert!(live.is_empty(), "every slow body is cut off");
+    assert!(cut.len() >= CONNS);
+    assert!(
+        cut.iter().all(|c| c.2 == 0),
+        "the body timeout closes without an answer"
+    );
+    // A lower bound is not a timing assertion: no other limit cut these off early.
+    let early = cut.iter().filter(|c| c.1 < BODY_TIMEOUT).count();
+    assert_eq!(early, 0, "no slow body was cut before body_timeout");
+    assert_kept_serving(label, &ka, &fresh, N, true);
+    // Per connection: the head (<= max_header_bytes), the body buffer (< 2 x
+    // max_body_bytes, with Vec growth) and rustls' buffers (~64 KiB): 256 KiB, for the
+    // CONNS connections open at once, plus 32 MiB for the enrollments' own work.
+    assert_memory(
+        label,
+        pid,
+        before,
+        peak,
+        CONNS as u64 * 256 + 32 * MIB_IN_KIB,
+        "200 connections x 256 KiB + 32 MiB",
+    );
+    assert!(!gw.log().contains("panicked"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Handshakes that never finish.
+
+/// A sustained flood of TLS handshakes that never finish, from 8 addresses: half send
+/// part of a ClientHello, half a whole ClientHello and then nothing, and every connection
+/// the daemon closes is opened again (every 50 ms). `max_handshakes` (per worker) bounds
+/// how many the daemon holds, the excess is closed at once, and `handshake_timeout` closes
+/// the rest. A client already admitted (keep-alive) keeps enrolling. A client that opens a
+/// new connection during the flood competes with the attackers for the slots: printed,
+/// not asserted (with enough sources, any global bound can be filled).
+#[test]
+fn unfinished_handshakes_are_cut_off_and_bounded_per_worker() {
+    let sources: Vec<[u8; 4]> = (2..10).map(|i| [127, 0, 0, i]).collect();
+    handshake_flood("unfinished handshakes, 8 sources", &sources, 64, false);
+}
+
+/// The same flood from one address: `max_handshakes_per_source` (32 here, of 64 slots per
+/// worker) keeps it from taking every slot, so a client that opens a new connection per
+/// enrollment during the flood keeps enrolling without a single refused connection.
+#[test]
+fn new_clients_keep_enrolling_during_a_single_source_handshake_flood() {
+    handshake_flood(
+        "unfinished handshakes, 1 source",
+        &[[127, 0, 0, 2]],
+        32,
+        true,
+    );
+}
+
+/// `held_per_worker`: the most handshakes the flood can hold in one worker (64 slots, at
+/// most 32 from one source).
+fn handshake_flood(label: &str, sources: &[[u8; 4]], held_per_worker: usize, strict_fresh: bool) {
+    const N: usize = 25;
+    const PER_KIND: usize = 300;
+    const MAX_HANDSHAKES: usize = 64;
+    const ATTACK: Duration = Duration::from_secs(6);
+    let timeout = Duration::from_secs(2);
+    let gw = Gateway::start_with(
+        set_limits(&[
+            ("max_handshakes", "64"),
+            ("max_handshakes_per_source", "32"),
+            ("handshake_timeout", "\"2s\""),
+            ("idle_timeout", "\"30s\""),
+        ]),
+        &[],
+    );
+    baseline(&gw, label, 10);
+    let pid = gw.pid();
+    let hello = client_hello(&gw);
+    let prepared = prepare(&gw, "hsflood", N);
+    let fds_before = open_fds(pid);
+    let before = memory_kib(pid).0;
+    let sampler = sample(pid, Duration::from_millis(10));
+
+    struct Half {
+        s: TcpStream,
+        whole_hello: bool,
+        since: Instant,
+        received: usize,
+    }
+    let port = gw.port;
+    let next = std::cell::Cell::new(0usize);
+    let open = |whole_hello: bool| -> Option<Half> {
+        let source = sources[next.get() % sources.len()];
+        next.set(next.get() + 1);
+        let mut s = connect_from(source, port).ok()?;
+        let part = if whole_hello {
+            &hello[..]
+        } else {
+            &hello[..60.min(hello.len())]
+        };
+        // The daemon may already have closed it (over max_handshakes).
+        let _ = s.write_all(part);
+        s.set_nonblocking(true).ok()?;
+        Some(Half {
+            s,
+            whole_hello,
+            since: Instant::now(),
+            received: 0,
+        })
+    };
+    let mut live: Vec<Half> = (0..2 * PER_KIND).filter_map(|i| open(i % 2 == 0)).collect();
+    let mut opened = live.len();
+    let started = Instant::now();
+    let normal = prepared.start();
+    let mut lifetimes: Vec<(bool, Duration)> = Vec::new();
+    let mut to_reopen: Vec<bool> = Vec::new();
+    let mut last_refill = Instant::now();
+    let deadline = started + Duration::from_secs(40);
+    let mut normal = Some(normal);
+    let mut clients = None;
+    while (!live.is_empty() || normal.is_some()) && Instant::now() < deadline {
+        let attacking = started.elapsed() < ATTACK
+            || normal.as_ref().is_some_and(|n| !n.keep_alive.is_finished());
+        if !attacking {
+            if let Some(n) = normal.take() {
+                clients = Some(n.stop());
+                to_reopen.clear();
+            }
+        }
+        let mut i = 0;
+        while i < live.len() {
+            let h = &mut live[i];
+            if closed_by_peer(&mut h.s, &mut h.received) {
+                let h = live.swap_remove(i);
+                lifetimes.push((h.whole_hello, h.since.elapsed()));
+                if attacking {
+                    to_reopen.push(h.whole_hello);
+                }
+            } else {
+                i += 1;
+            }
+        }
+        if attacking && last_refill.elapsed() >= Duration::from_millis(50) {
+            last_refill = Instant::now();
+            for whole in to_reopen.drain(..) {
+                if let Some(h) = open(whole) {
+                    live.push(h);
+                    opened += 1;
+                }
+            }
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    let (ka, fresh) = match (clients, normal) {
+        (Some(c), _) => c,
+        (None, Some(n)) => n.stop(),
+        (None, None) => unreachable!(),
+    };
+    let (peak, peak_fds) = sampler.finish();
+    std::thread::sleep(Duration::from_millis(300));
+    let metrics = gw.metrics_text();
+    let refused = metric(
+        &metrics,
+        "enrollgate_tls_handshakes_total{result=\"refused\"}",
+    );
+    let timed_out = metric(
+        &metrics,
+        "enrollgate_tls_handshakes_total{result=\"timeout\"}",
+    );
+    let failed = metric(
+        &metrics,
+        "enrollgate_tls_handshakes_total{result=\"failed\"}",
+    );
+
+    let fast = lifetimes.iter().filter(|l| l.1 < timeout / 2).count();
+    let mut held: Vec<Duration> = lifetimes
+        .iter()
+        .filter(|l| l.1 >= timeout / 2)
+        .map(|l| l.1)
+        .collect();
+    eprintln!(
+        "[{label}] {opened} attack connections over {} ({} with a partial ClientHello, the \
+         rest a whole one); {fast} closed at once (over max_handshakes), {} held then \
+         closed: {}; {} still open at the deadline",
+        secs(ATTACK),
+        lifetimes.iter().filter(|l| !l.0).count(),
+        held.len(),
+        spread(&mut held),
+        live.len()
+    );
+    eprintln!(
+        "[{label}] daemon: handshakes refused {refused}, timed out {timed_out}, failed \
+         {failed}; descriptors before {fds_before}, peak {peak_fds} (at most 2 workers x \
+         {held_per_worker} over the baseline, plus the clients; max_handshakes \
+         {MAX_HANDSHAKES}, max_handshakes_per_source 32)"
+    );
+    assert!(live.is_empty(), "every unfinished handshake is closed");
+    assert!(refused > 0.0, "the flood exceeded max_handshakes");
+    assert!(
+        timed_out > 0.0,
+        "the handshake timeout closed the held ones"
+    );
+    assert!(
+        held.iter()
+            .all(|d| *d >= timeout - Duration::from_millis(50)),
+        "a held handshake is closed by the handshake timeout, not before"
+    );
+    // Two workers, each holding at most max_handshakes handshakes, plus the clients'
+    // own connections and sockets accepted only to be closed at once.
+    assert!(
+        peak_fds <= fds_before + 2 * held_per_worker + 16,
+        "the daemon held {} descriptors over its baseline",
+        peak_fds - fds_before
+    );
+    assert_kept_serving(label, &ka, &fresh, N, strict_fresh);
+    // Per held handshake: rustls' state and buffers plus our 16.5 KiB read buffer
+    // (~64 KiB); 2 x max_handshakes of them, plus 32 MiB.
+    assert_memory(
+        label,
+        pid,
+        before,
+        peak,
+        2 * MAX_HANDSHAKES as u64 * 64 + 32 * MIB_IN_KIB,
+        "2 x max_handshakes x 64 KiB + 32 MiB",
+    );
+    assert!(!gw.log().contains("panicked"));
+}
+
+// ---------------------------------------------------------------------------------------
+// 10,000 idle connections.
+
+/// A TLS client that is cheap to run by the thousand: TLS 1.3 with X25519 only.
+fn cheap_client_config(gw: &Gateway) -> Arc<ClientConfig> {
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
+    provider.kx_groups = vec![rustls::crypto::aws_lc_rs::kx_group::X25519];
+    let mut roots = rustls::RootCertStore::empty();
+    for c in gw.ca_certs() {
+        roots.add(c).unwrap();
+    }
+    Arc::new(
+        ClientConfig::builder_with_provider(Arc::new(provider))
+            .with_protocol_versions(&[&rustls::version::TLS13])
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+    )
+}
+
+fn handshake_over(tcp: TcpStream, cfg: &Arc<ClientConfig>) -> std::io::Result<Tls> {
+    tcp.set_read_timeout(Some(Duration::from_secs(20)))?;
+    tcp.set_write_timeout(Some(Duration::from_secs(20)))?;
+    let conn = ClientConnection::new(cfg.clone(), "127.0.0.1".try_into().expect("name"))
+        .map_err(std::io::Error::other)?;
+    let mut s = StreamOwned::new(conn, tcp);
+    while s.conn.is_handshaking() {
+        s.conn.complete_io(&mut s.sock)?;
+    }
+    Ok(s)
+}
+
+/// Whether the daemon closed a (non-blocking) TLS stream.
+fn tls_closed(s: &mut Tls) -> bool {
+    let mut buf = [0u8; 1024];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if e.kind() == ErrorKind::WouldBlock => return false,
+            Err(_) => return true,
+        }
+    }
+}
+
+/// 10,000 connections that send nothing, then 10,000 that finish TLS and send no request.
+/// Silent TCP connections are bounded by `max_handshakes` (the excess is closed at once)
+/// and closed by `handshake_timeout`; idle TLS connections are bounded by
+/// `max_connections` (per worker; the excess is closed at accept) and closed by
+/// `idle_timeout`. The test raises its soft `RLIMIT_NOFILE` to the hard limit; the daemon
+/// inherits it (it does not raise its own: under systemd, `LimitNOFILE=1048576`).
+#[test]
+fn ten_thousand_idle_connections_are_bounded() {
+    const N: usize = 25;
+    const MAX_HANDSHAKES: usize = 1024; // the default
+    const MAX_CONNECTIONS: usize = 4000;
+    const WORKERS: usize = 2;
+    let handshake_timeout = Duration::from_secs(3);
+    let idle_timeout = Duration::from_secs(20);
+    let (soft, hard) = raise_nofile_limit();
+    let want = 10_000usize;
+    let n = want.min(
+        usize::try_from(hard)
+            .unwrap_or(usize::MAX)
+            .saturating_sub(500),
+    );
+    if n < want {
+        eprintln!("RLIMIT_NOFILE hard limit {hard}: {n} connections instead of {want}");
+    }
+    let gw = Gateway::start_with(
+        set_limits(&[
+            ("max_connections", "4000"),
+            ("handshake_timeout", "\"3s\""),
+            ("idle_timeout", "\"20s\""),
+        ]),
+        &[],
+    );
+    let pid = gw.pid();
+    let (dsoft, dhard) = nofile_of(pid);
+    eprintln!(
+        "RLIMIT_NOFILE: test process {soft}/{hard}, daemon {dsoft}/{dhard} (soft/hard); \
+         {n} connections per phase, max_handshakes {MAX_HANDSHAKES} and max_connections \
+         {MAX_CONNECTIONS} per worker, {WORKERS} workers"
+    );
+    // The daemon raises its own soft limit to the hard one (src/ops/process.rs); here it
+    // inherits ours anyway. Either way it must hold the connections this test opens.
+    let daemon_soft: usize = dsoft.parse().unwrap_or(usize::MAX);
+    assert!(
+        daemon_soft >= WORKERS * MAX_CONNECTIONS + 100,
+        "the daemon's open-files limit {dsoft} is below max_connections x workers"
+    );
+    baseline(&gw, "idle", 10);
+
+    // Phase 1: TCP connected, nothing sent.
+    let label = "10k silent TCP";
+    let prepared = prepare(&gw, "silent", N);
+    let m0 = gw.metrics_text();
+    let fds_before = open_fds(pid);
+    let before = memory_kib(pid).0;
+    let sampler = sample(pid, Duration::from_millis(50));
+    let started = Instant::now();
+    let mut socks: Vec<(TcpStream, Instant)> = Vec::with_capacity(n);
+    let mut connect_failed = 0usize;
+    // From 16 addresses, so that the per-source bound (256 per worker) does not bind
+    // before max_handshakes does.
+    for i in 0..n {
+        match connect_from([127, 0, 1, 1 + (i % 16) as u8], gw.port) {
+            Ok(s) => {
+                s.set_nonblocking(true).unwrap();
+                socks.push((s, Instant::now()));
+            }
+            Err(_) => connect_failed += 1,
+        }
+    }
+    let connected = socks.len();
+    let connect_time = started.elapsed();
+    let normal = prepared.start();
+    let mut lifetimes = Vec::new();
+    let deadline = Instant::now() + handshake_timeout + Duration::from_secs(20);
+    while !socks.is_empty() && Instant::now() < deadline {
+        let mut i = 0;
+        while i < socks.len() {
+            let mut got = 0;
+            if closed_by_peer(&mut socks[i].0, &mut got) {
+                lifetimes.push(socks.swap_remove(i).1.elapsed());
+            } else {
+                i += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    while !normal.keep_alive.is_finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (ka, fresh) = normal.stop();
+    let (peak, peak_fds) = sampler.finish();
+    let m1 = gw.metrics_text();
+    let delta = |series: &str| metric(&m1, series) - metric(&m0, series);
+    let refused = delta("enrollgate_tls_handshakes_total{result=\"refused\"}");
+    let timed_out = delta("enrollgate_tls_handshakes_total{result=\"timeout\"}");
+    let failed = delta("enrollgate_tls_handshakes_total{result=\"failed\"}");
+    let fast = lifetimes
+        .iter()
+        .filter(|d| **d < handshake_timeout / 2)
+        .count();
+    let mut held: Vec<Duration> = lifetimes
+        .iter()
+        .copied()
+        .filter(|d| *d >= handshake_timeout / 2)
+        .collect();
+    eprintln!(
+        "[{label}] {connected} connected in {} ({connect_failed} connects failed); {fast} \
+         closed at once, {} held then closed ({}); {} still open; daemon: refused \
+         {refused}, timed out {timed_out}, failed {failed}; descriptors {fds_before} -> \
+         peak {peak_fds}",
+        secs(connect_time),
+        held.len(),
+        spread(&mut held),
+        socks.len()
+    );
+    assert!(socks.is_empty(), "every silent connection is closed");
+    assert_eq!(connect_failed, 0);
+    // Each silent connection ends refused (over max_handshakes) or timed out; the other
+    // refusals are the new-connection client's own attempts.
+    assert!(
+        refused + timed_out >= connected as f64
+            && refused + timed_out <= (connected + fresh.retries) as f64,
+        "refused {refused} + timed out {timed_out}: {connected} silent connections and \
+         {} refused client attempts",
+        fresh.retries
+    );
+    assert!(
+        held.len() >= MAX_HANDSHAKES,
+        "the handshake slots were used"
+    );
+    assert!(
+        held.iter()
+            .all(|d| *d >= handshake_timeout - Duration::from_millis(50)),
+        "held connections are closed by the handshake timeout"
+    );
+    assert!(
+        peak_fds <= fds_before + WORKERS * MAX_HANDSHAKES + 16,
+        "the daemon held {} descriptors over its baseline",
+        peak_fds - fds_before
+    );
+    assert_kept_serving(label, &ka, &fresh, N, false);
+    // A silent connection holds rustls' server state and our 16.5 KiB read buffer.
+    assert_memory(
+        label,
+        pid,
+        before,
+        peak,
+        (WORKERS * MAX_HANDSHAKES) as u64 * 64 + 32 * MIB_IN_KIB,
+        "2 x max_handshakes x 64 KiB + 32 MiB",
+    );
+
+    // Phase 2: TLS done, no request.
+    let label = "10k idle TLS";
+    let prepared = prepare(&gw, "idle", N);
+    let log_before = gw.log().matches("connection limit reached").count();
+    let fds_before = open_fds(pid);
+    let before = memory_kib(pid).0;
+    let sampler = sample(pid, Duration::from_millis(100));
+    let cfg = cheap_client_config(&gw);
+    let started = Instant::now();
+    let threads = 4;
+    // Per thread: the connections it holds (with when each was made) and how many
+    // were refused.
+    type Held = (Vec<(Tls, Instant)>, usize);
+    let parts: Vec<JoinHandle<Held>> = (0..threads)
+        .map(|t| {
+            let cfg = cfg.clone();
+            let port = gw.port;
+            let count = n / threads + usize::from(t < n % threads);
+            std::thread::spawn(move || {
+                let mut ok = Vec::with_capacity(count);
+                let mut refused = 0;
+                for _ in 0..count {
+                    let s = connect_from([127, 0, 0, 3], port)
+                        .and_then(|tcp| handshake_over(tcp, &cfg));
+                    match s {
+                        Ok(s) => {
+                            s.sock.set_nonblocking(true).unwrap();
+                            ok.push((s, Instant::now()));
+                        }
+                        Err(_) => refused += 1,
+                    }
+                }
+                (ok, refused)
+            })
+        })
+        .collect();
+    let mut idle: Vec<(Tls, Instant)> = Vec::with_capacity(n);
+    let mut refused_at_accept = 0;
+    for p in parts {
+        let (ok, r) = p.join().unwrap();
+        idle.extend(ok);
+        refused_at_accept += r;
+    }
+    let established = idle.len();
+    let setup = started.elapsed();
+    let fds_held = open_fds(pid);
+    let (rss_held, _) = memory_kib(pid);
+    let open_gauge = metric(&gw.metrics_text(), "enrollgate_open_connections");
+    let normal = prepared.start();
+    while !normal.keep_alive.is_finished() && started.elapsed() < idle_timeout {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (ka, fresh) = normal.stop();
+    let mut lifetimes = Vec::new();
+    let deadline = Instant::now() + idle_timeout + Duration::from_secs(20);
+    while !idle.is_empty() && Instant::now() < deadline {
+        let mut i = 0;
+        while i < idle.len() {
+            if tls_closed(&mut idle[i].0) {
+                lifetimes.push(idle.swap_remove(i).1.elapsed());
+            } else {
+                i += 1;
+            }
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let (peak, peak_fds) = sampler.finish();
+    let limit_logged = gw.log().matches("connection limit reached").count() - log_before;
+    eprintln!(
+        "[{label}] {established} TLS connections established and {refused_at_accept} \
+         refused in {}; with them held: daemon descriptors {fds_before} -> {fds_held} (peak \
+         {peak_fds}), enrollgate_open_connections {open_gauge}, RSS {rss_held} KiB ({:.1} \
+         KiB per idle connection); 'connection limit reached' logged {limit_logged} times; \
+         closed by the idle timeout: {} ({}); {} still open",
+        secs(setup),
+        rss_held.saturating_sub(before) as f64 / established.max(1) as f64,
+        lifetimes.len(),
+        spread(&mut lifetimes),
+        idle.len()
+    );
+    assert!(idle.is_empty(), "every idle connection is closed");
+    assert!(
+        established <= WORKERS * MAX_CONNECTIONS,
+        "max_connections bounds the connections held"
+    );
+    if setup < idle_timeout {
+        assert!(
+            refused_at_accept >= n - WORKERS * MAX_CONNECTIONS,
+            "the excess is closed at accept"
+        );
+        assert!(limit_logged > 0);
+    }
+    assert!(
+        peak_fds <= fds_before + WORKERS * MAX_CONNECTIONS + 16,
+        "the daemon held {} descriptors over its baseline",
+        peak_fds - fds_before
+    );
+    assert!(
+        lifetimes
+            .iter()
+            .all(|d| *d >= idle_timeout - Duration::from_millis(50)),
+        "idle connections are closed by the idle timeout, not before"
+    );
+    assert_kept_serving(label, &ka, &fresh, N, false);
+    assert_memory(
+        label,
+        pid,
+        before,
+        peak,
+        (WORKERS * MAX_CONNECTIONS) as u64 * 64 + 32 * MIB_IN_KIB,
+        "2 x max_connections x 64 KiB + 32 MiB",
+    );
+    assert!(!gw.log().contains("panicked"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Client certificates of several megabytes.
+
+/// A self-signed certificate carrying an opaque, non-critical extension of `extra` bytes.
+fn padded_cert(
+    cn: &str,
+    extra: usize,
+) -> (rustls_pki_types::CertificateDer<'static>, rcgen::KeyPair) {
+    let key = rcgen::KeyPair::generate().unwrap();
+    let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+    if extra > 0 {
+        p.custom_extensions
+            .push(rcgen::CustomExtension::from_oid_content(
+                &[1, 3, 6, 1, 4, 1, 55555, 7],
+                vec![0x5a; extra],
+            ));
+    }
+    let cert = p.self_signed(&key).unwrap();
+    (cert.der().clone(), key)
+}
+
+fn client_auth_config(
+    gw: &Gateway,
+    chain: Vec<rustls_pki_types::CertificateDer<'static>>,
+    key: &rcgen::KeyPair,
+    tls12: bool,
+) -> Arc<ClientConfig> {
+    let mut roots = rustls::RootCertStore::empty();
+    for c in gw.ca_certs() {
+        roots.add(c).unwrap();
+    }
+    let versions: &[&rustls::SupportedProtocolVersion] = if tls12 {
+        &[&rustls::version::TLS12]
+    } else {
+        &[&rustls::version::TLS13]
+    };
+    let provider = Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+    let key = rustls_pki_types::PrivateKeyDer::Pkcs8(key.serialize_der().into());
+    let signer = provider.key_provider.load_private_key(key).unwrap();
+    // Not `with_client_auth_cert`: it parses the leaf, and a multi-MB certificate does
+    // not parse on the client side either. The resolver sends the chain as it is.
+    let resolver = SendAnyway(Arc::new(rustls::sign::CertifiedKey::new(chain, signer)));
+    Arc::new(
+        ClientConfig::builder_with_provider(provider)
+            .with_protocol_versions(versions)
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_client_cert_resolver(Arc::new(resolver)),
+    )
+}
+
+/// Offers one certificate chain, unchecked, whatever the server asks for.
+#[derive(Debug)]
+struct SendAnyway(Arc<rustls::sign::CertifiedKey>);
+
+impl rustls::client::ResolvesClientCert for SendAnyway {
+    fn resolve(
+        &self,
+        _root_hint_subjects: &[&[u8]],
+        _sigschemes: &[rustls::SignatureScheme],
+    ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+        Some(self.0.clone())
+    }
+
+    fn has_certs(&self) -> bool {
+        true
+    }
+}
+
+/// Handshake with `cfg`, then `GET /version`: the HTTP response, or the error that ended
+/// the exchange. (In TLS 1.3 the client's certificate travels after the server's
+/// Finished, so the client may think the handshake done before the server refused it.)
+fn try_with_certificate(
+    port: u16,
+    cfg: &Arc<ClientConfig>,
+    path: &str,
+) -> Result<HttpResponse, String> {
+    let mut s = tls_connect(port, cfg).map_err(|e| format!("handshake: {e}"))?;
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: x\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    s.write_all(req.as_bytes())
+        .map_err(|e| format!("write: {e}"))?;
+    let _ = s.flush();
+    let mut raw = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => break,
+            Ok(n) => raw.extend_from_slice(&chunk[..n]),
+            Err(e) if raw.is_empty() => return Err(format!("read: {e}")),
+            Err(_) => break,
+        }
+    }
+    client::parse_response(&raw)
+        .map_err(|e| e.to_string())?
+        .ok_or_else(|| "closed without a response".to_string())
+}
+
+/// rustls refuses a handshake message over 64 KiB (`MAX_HANDSHAKE_SIZE` = 0xffff in its
+/// deframer: "message buffer full", `HandshakePayloadTooLarge`), so a Certificate message
+/// of several MB — a chain of hundreds of certificates, or one huge certificate — ends
+/// the handshake after at most 64 KiB is buffered, in TLS 1.2 and 1.3 alike. A chain just
+/// under the limit is accepted by the handshake and refused per request with its code.
+#[test]
+fn client_certificates_of_several_megabytes_are_refused() {
+    const N: usize = 25;
+    const ATTACKERS: usize = 8;
+    let gw = Gateway::start_with(set_limits(&[("handshake_timeout", "\"5s\"")]), &[]);
+    let label = "multi-MB client certificates";
+    baseline(&gw, label, 10);
+    let pid = gw.pid();
+
+    let (leaf, key) = padded_cert("leaf", 0);
+    let (filler, _) = padded_cert("filler", 8 * 1024);
+    let mut long_chain = vec![leaf.clone()];
+    long_chain.extend(std::iter::repeat_n(filler.clone(), 400));
+    let (huge, huge_key) = padded_cert("huge", 3 << 20);
+    let size =
+        |c: &[rustls_pki_types::CertificateDer<'_>]| c.iter().map(|c| c.len()).sum::<usize>();
+    let variants = [
+        (
+            "401-certificate chain, TLS 1.3",
+            client_auth_config(&gw, long_chain.clone(), &key, false),
+            size(&long_chain),
+        ),
+        (
+            "401-certificate chain, TLS 1.2",
+            client_auth_config(&gw, long_chain.clone(), &key, true),
+            size(&long_chain),
+        ),
+        (
+            "one huge certificate, TLS 1.3",
+            client_auth_config(&gw, vec![huge.clone()], &huge_key, false),
+            huge.len(),
+        ),
+        (
+            "one huge certificate, TLS 1.2",
+            client_auth_config(&gw, vec![huge.clone()], &huge_key, true),
+            huge.len(),
+        ),
+    ];
+
+    // Just under the limit: 6 fillers (~50 KiB) pass the handshake; the request is
+    // answered with its documented code.
+    let mut short_chain = vec![leaf.clone()];
+    short_chain.extend(std::iter::repeat_n(filler.clone(), 6));
+    for tls12 in [false, true] {
+        let cfg = client_auth_config(&gw, short_chain.clone(), &key, tls12);
+        let r = try_with_certificate(gw.port, &cfg, "/edge/client/v1/enroll?method=ca").unwrap();
+        assert_eq!(
+            (r.status, code(&r).as_str()),
+            (400, "CERT_FAILED_VALIDATION")
+        );
+        let r = try_with_certificate(gw.port, &cfg, "/edge/management/v1/identities").unwrap();
+        assert_eq!((r.status, code(&r).as_str()), (401, "UNAUTHORIZED"));
+    }
+    eprintln!(
+        "[{label}] a {}-byte chain (7 certificates) passes the handshake and gets \
+         CERT_FAILED_VALIDATION / UNAUTHORIZED",
+        size(&short_chain)
+    );
+
+    let m0 = gw.metrics_text();
+    let prepared = prepare(&gw, "bigcert", N);
+    let before = memory_kib(pid).0;
+    let sampler = sample(pid, Duration::from_millis(10));
+    let done = Arc::new(AtomicBool::new(false));
+    let variants = Arc::new(variants);
+    // Per attempt: which variant, and what the client got.
+    type Attempts = Vec<(usize, Result<HttpResponse, String>)>;
+    let attackers: Vec<JoinHandle<Attempts>> = (0..ATTACKERS)
+        .map(|t| {
+            let (done, variants, port) = (done.clone(), variants.clone(), gw.port);
+            std::thread::spawn(move || {
+                let mut out = Vec::new();
+                let mut i = t;
+                // At least one round of every variant per attacker, then until the
+                // clients are done.
+                while i < t + variants.len() || !done.load(Ordering::Relaxed) {
+                    let v = i % variants.len();
+                    out.push((v, try_with_certificate(port, &variants[v].1, "/version")));
+                    i += 1;
+                }
+                out
+            })
+        })
+        .collect();
+    let normal = prepared.start();
+    let (ka, fresh) = normal.join();
+    done.store(true, Ordering::Relaxed);
+    let results: Vec<_> = attackers
+        .into_iter()
+        .flat_map(|a| a.join().unwrap())
+        .collect();
+    let (peak, _) = sampler.finish();
+    std::thread::sleep(Duration::from_millis(300));
+    let m1 = gw.metrics_text();
+    let failed = metric(&m1, "enrollgate_tls_handshakes_total{result=\"failed\"}")
+        - metric(&m0, "enrollgate_tls_handshakes_total{result=\"failed\"}");
+    for (v, (name, _, bytes)) in variants.iter().enumerate() {
+        let mine: Vec<_> = results.iter().filter(|r| r.0 == v).collect();
+        let mut errors: Vec<String> = mine
+            .iter()
+            .filter_map(|r| r.1.as_ref().err().cloned())
+            .collect();
+        errors.sort();
+        errors.dedup();
+        eprintln!(
+            "[{label}] {name} ({bytes} bytes): {} attempts, {} answered; client saw: {errors:?}",
+            mine.len(),
+            mine.iter().filter(|r| r.1.is_ok()).count()
+        );
+    }
+    eprintln!(
+        "[{label}] daemon: {failed} failed handshakes for {} attempts",
+        results.len()
+    );
+    assert!(
+        results.iter().all(|r| r.1.is_err()),
+        "no handshake with a multi-MB certificate message is served"
+    );
+    assert!(
+        failed >= results.len() as f64,
+        "the daemon ended every one of them as a failed handshake"
+    );
+    assert_kept_serving(label, &ka, &fresh, N, true);
+    // rustls buffers at most 64 KiB of a handshake message: per attacker connection
+    // 64 KiB plus its other buffers (256 KiB in all), plus 32 MiB.
+    assert_memory(
+        label,
+        pid,
+        before,
+        peak,
+        ATTACKERS as u64 * 256 + 32 * MIB_IN_KIB,
+        "8 concurrent attackers x 256 KiB + 32 MiB",
+    );
+    assert!(!gw.log().contains("panicked"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Renegotiation.
+
+/// `openssl s_client` over TLS 1.2, `R` (renegotiate), then a request; returns its output.
+fn openssl_renegotiate(gw: &Gateway, tls: &str, commands: &str) -> String {
+    let mut child = std::process::Command::new("openssl")
+        .args(["s_client", tls, "-connect"])
+        .arg(format!("127.0.0.1:{}", gw.port))
+        .arg("-CAfile")
+        .arg(gw.ca_file())
+        .stdin(std::process::Stdio::piped())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = child.stdin.take().unwrap();
+    std::thread::sleep(Duration::from_millis(300));
+    for line in commands.lines() {
+        let _ = stdin.write_all(format!("{line}\n").as_bytes());
+        let _ = stdin.flush();
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    std::thread::sleep(Duration::from_millis(300));
+    let _ = stdin.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+    let _ = stdin.flush();
+    std::thread::sleep(Duration::from_millis(500));
+    drop(stdin);
+    let start = Instant::now();
+    while start.elapsed() < Duration::from_secs(10) {
+        if let Ok(Some(_)) = child.try_wait() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let out = child.wait_with_output().unwrap();
+    format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    )
+}
+
+/// TLS 1.2 renegotiation: rustls answers a ClientHello after the handshake with a
+/// `no_renegotiation` warning (a second one is fatal: `TooManyRenegotiationRequests`);
+/// OpenSSL's client then gives up and the connection ends with no request served. In
+/// TLS 1.3, a flood of KeyUpdates without application data ends the connection after 32
+/// (rustls' `TooManyKeyUpdateRequests`). Neither disturbs other clients.
+#[test]
+fn renegotiation_and_key_update_floods_are_refused() {
+    const N: usize = 25;
+    let gw = Gateway::start();
+    let label = "renegotiation";
+    baseline(&gw, label, 10);
+    let pid = gw.pid();
+    let prepared = prepare(&gw, "reneg", N);
+    let before = memory_kib(pid).0;
+    let sampler = sample(pid, Duration::from_millis(25));
+    let normal = prepared.start();
+    let mut renegotiations = Vec::new();
+    let mut key_updates = Vec::new();
+    let mut few_key_updates = Vec::new();
+    while !normal.finished() || renegotiations.is_empty() {
+        renegotiations.push(openssl_renegotiate(&gw, "-tls1_2", "R"));
+        key_updates.push(openssl_renegotiate(&gw, "-tls1_3", &"k\n".repeat(40)));
+        few_key_updates.push(openssl_renegotiate(&gw, "-tls1_3", &"k\n".repeat(8)));
+    }
+    let (ka, fresh) = normal.join();
+    let (peak, _) = sampler.finish();
+    let served = |outs: &[String]| outs.iter().filter(|o| o.contains("HTTP/1.1 200")).count();
+    eprintln!(
+        "[{label}] {} TLS 1.2 renegotiations: {} refused by 'no renegotiation', {} served \
+         a request after; {} TLS 1.3 sessions with 40 KeyUpdates each: {} served a request \
+         after",
+        renegotiations.len(),
+        renegotiations
+            .iter()
+            .filter(|o| o.contains("RENEGOTIATING") && o.contains("no renegotiation"))
+            .count(),
+        served(&renegotiations),
+        key_updates.len(),
+        served(&key_updates)
+    );
+    for o in &renegotiations {
+        assert!(o.contains("RENEGOTIATING"), "{o}");
+        assert!(o.contains("no renegotiation"), "{o}");
+    }
+    assert_eq!(served(&renegotiations), 0);
+    assert_eq!(served(&key_updates), 0, "{}", key_updates[0]);
+    // The limit is rustls' (32 without application data in between), not a broken
+    // client: 8 KeyUpdates and the request is served.
+    assert_eq!(
+        served(&few_key_updates),
+        few_key_updates.len(),
+        "{}",
+        few_key_updates[0]
+    );
+    assert_kept_serving(label, &ka, &fresh, N, true);
+    assert_memory(label, pid, before, peak, 32 * MIB_IN_KIB, "32 MiB");
+    assert_eq!(gw.request("GET", "/version", &[], b"").status, 200);
+    assert!(!gw.log().contains("panicked"));
+}
+
+// ---------------------------------------------------------------------------------------
+// Pipelined junk after valid requests.
+
+/// Writes `bytes` on a new connection (ignoring a write cut short by the daemon closing),
+/// reads to the end, and returns the responses.
+fn pipeline(gw: &Gateway, bytes: &[u8]) -> Vec<HttpResponse> {
+    let mut s = raw_tls(gw);
+    for chunk in bytes.chunks(64 * 1024) {
+        if s.write_all(chunk).and_then(|_| s.flush()).is_err() {
+            break;
+        }
+    }
+    let raw = read_all(&mut s);
+    let (responses, trailing) = split_responses(&raw, |_| false).unwrap();
+    assert_eq!(trailing, 0, "a response was cut short");
+    responses
+}
+
+fn statuses(rs: &[HttpResponse]) -> Vec<(u16, String)> {
+    rs.iter()
+        .map(|r| {
+            let c = if r.status == 200 {
+                String::new()
+            } else {
+                code(r)
+            };
+            (r.status, c)
+        })
+        .collect()
+}
+
+/// Junk pipelined after valid requests: every valid request before it is answered (and
+/// an enrollment in the pipeline is committed), the junk gets its error code, and the
+/// connection is closed; the junk never reaches another request. 40 clients doing this
+/// with 256 KiB of junk each keep the daemon's memory bounded.
+#[test]
+fn pipelined_junk_after_valid_requests() {
+    const N: usize = 25;
+    const JUNKERS: usize = 40;
+    let gw = Gateway::start_with(
+        set_limits(&[
+            ("header_timeout", "\"2s\""),
+            ("idle_timeout", "\"5s\""),
+            ("write_timeout", "\"5s\""),
+        ]),
+        &[],
+    );
+    let label = "pipelined junk";
+    baseline(&gw, label, 10);
+    let pid = gw.pid();
+    let version = b"GET /version HTTP/1.1\r\nHost: x\r\n\r\n".to_vec();
+    let cat = |parts: &[&[u8]]| parts.concat();
+
+    let r = pipeline(&gw, &cat(&[&version, b"\x00\x01\x02 garbage\r\n\r\n"]));
+    assert_eq!(
+        statuses(&r),
+        [(200, "".into()), (400, "MALFORMED_REQUEST".into())]
+    );
+
+    let r = pipeline(
+        &gw,
+        &cat(&[&version.repeat(100), b"BREW /coffee HTCPCP/1.0\r\n\r\n"]),
+    );
+    assert_eq!(r.len(), 101);
+    assert!(r[..100].iter().all(|r| r.status == 200));
+    assert_eq!(
+        (r[100].status, code(&r[100]).as_str()),
+        (400, "MALFORMED_REQUEST")
+    );
+
+    // A head that never ends, past max_header_bytes: 431 after the valid answer.
+    let endless = cat(&[b"GET /", &vec![b'a'; 256 * 1024]]);
+    let r = pipeline(&gw, &cat(&[&version, &endless]));
+    assert_eq!(
+        statuses(&r),
+        [(200, "".into()), (431, "HEADERS_TOO_LARGE".into())]
+    );
+
+    // A body over max_body_bytes announced after a valid request: 413 before reading it.
+    let r = pipeline(
+        &gw,
+        &cat(&[
+            &version,
+            b"POST /enroll?method=ott&token=x HTTP/1.1\r\nContent-Length: 10000000\r\n\r\n",
+            &[b'x'; 4096],
+        ]),
+    );
+    assert_eq!(
+        statuses(&r),
+        [(200, "".into()), (413, "REQUEST_TOO_LARGE".into())]
+    );
+
+    // A chunked request after a valid one: 411.
+    let r = pipeline(
+        &gw,
+        &cat(&[
+            &version,
+            b"POST /enroll HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+        ]),
+    );
+    assert_eq!(
+        statuses(&r),
+        [(200, "".into()), (411, "LENGTH_REQUIRED".into())]
+    );
+
+    // A real enrollment followed by junk: enrolled, and the junk is refused.
+    let (id, _, token) = gw.create_identity("pipelined", "Device", false);
+    let csr = new_csr_pem();
+    let enroll = cat(&[
+        format!(
+            "POST /enroll?method=ott&token={token} HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: {}\r\n\r\n",
+            csr.len()
+        )
+        .as_bytes(),
+        &csr,
+    ]);
+    let r = pipeline(&gw, &cat(&[&enroll, b"\r\n\r\n\xff\xfe junk \x00\r\n\r\n"]));
+    assert_eq!(
+        statuses(&r),
+        [(200, "".into()), (400, "MALFORMED_REQUEST".into())]
+    );
+    let shown = gw
+        .mgmt("GET", &format!("/identities/{id}"), None)
+        .json()
+        .unwrap();
+    assert_eq!(
+        shown["data"]["hasEnrolled"], true,
+        "the pipelined enrollment was committed: {shown}"
+    );
+
+    // 40 clients pipelining 256 KiB of junk after a valid request, while others enroll.
+    let prepared = prepare(&gw, "junk", N);
+    let before = memory_kib(pid).0;
+    let sampler = sample(pid, Duration::from_millis(10));
+    let done = Arc::new(AtomicBool::new(false));
+    let payload = Arc::new(cat(&[&version, &endless]));
+    let gw = Arc::new(gw);
+    let junkers: Vec<JoinHandle<(usize, usize)>> = (0..JUNKERS)
+        .map(|_| {
+            let (done, payload, gw) = (done.clone(), payload.clone(), gw.clone());
+            std::thread::spawn(move || {
+                let (mut rounds, mut as_expected) = (0, 0);
+                while rounds == 0 || !done.load(Ordering::Relaxed) {
+                    let r = pipeline(&gw, &payload);
+                    rounds += 1;
+                    if statuses(&r) == [(200, "".into()), (431, "HEADERS_TOO_LARGE".into())] {
+                        as_expected += 1;
+                    }
+                }
+                (rounds, as_expected)
+            })
+        })
+        .collect();
+    let normal = prepared.start();
+    let (ka, fresh) = normal.join();
+    done.store(true, Ordering::Relaxed);
+    let (rounds, as_expected) = junkers
+        .into_iter()
+        .map(|j| j.join().unwrap())
+        .fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+    let (peak, peak_fds) = sampler.finish();
+    std::thread::sleep(Duration::from_millis(300));
+    eprintln!(
+        "[{label}] {JUNKERS} clients sent {rounds} pipelines of a valid request + 256 KiB of \
+         junk: {as_expected} answered 200 then 431; peak daemon descriptors {peak_fds}"
+    );
+    assert_eq!(rounds, as_expected);
+    assert_kept_serving(label, &ka, &fresh, N, true);
+    // Per junk connection: the head buffer (max_header_bytes + one 16.5 KiB read), rustls'
+    // buffers and the discard buffer while lingering: 256 KiB, plus 32 MiB.
+    assert_memory(
+        label,
+        pid,
+        before,
+        peak,
+        JUNKERS as u64 * 256 + 32 * MIB_IN_KIB,
+        "40 connections x 256 KiB + 32 MiB",
+    );
+    assert!(!gw.log().contains("panicked"));
+}
