@@ -89,9 +89,9 @@ wait_port() {
   echo "compare.sh: nothing listens on port $1" >&2
   return 1
 }
-pinned() {
-  if [[ -n $server_cpus ]]; then taskset -c "$server_cpus" "$@"; else "$@"; fi
-}
+# The command prefix that pins a server (taskset execs the server, so $! is its PID).
+pin=()
+if [[ -n $server_cpus ]]; then pin=(taskset -c "$server_cpus"); fi
 stop_server() {
   kill "$server_pid" 2>/dev/null || true
   wait "$server_pid" 2>/dev/null || true
@@ -115,7 +115,7 @@ measure() { # name port
 }
 
 # 1. enrollgate
-pinned "$bin/enrollgate" serve --config "$work/gw/enrollgate.toml" --workers "$workers" \
+"${pin[@]}" "$bin/enrollgate" serve --config "$work/gw/enrollgate.toml" --workers "$workers" \
   2>"$work/enrollgate.log" &
 server_pid=$!
 wait_port "$gw_port"
@@ -160,7 +160,7 @@ EOF
 for mode in optional_no_ca on; do
   port=$(free_port)
   nginx_conf "$mode" "$port"
-  pinned "$nginx_bin" -c "$work/nginx.conf" -p "$work" 2>>"$work/nginx-error.log" &
+  "${pin[@]}" "$nginx_bin" -c "$work/nginx.conf" -p "$work" 2>>"$work/nginx-error.log" &
   server_pid=$!
   wait_port "$port"
   measure "nginx-$mode" "$port"

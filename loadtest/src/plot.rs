@@ -168,7 +168,7 @@ pub fn svg(title: &str, timeline: &[Point], warmup_secs: f64) -> String {
     let rate = |f: fn(&Point) -> u64| -> Vec<(f64, f64)> {
         timeline
             .iter()
-            .filter(|p| p.secs > 0.0)
+            .filter(|p| p.secs >= 0.25)
             .map(|p| (p.t, f(p) as f64 / p.secs))
             .collect()
     };
