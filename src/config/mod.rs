@@ -135,13 +135,15 @@ pub struct Limits {
     /// A response (or a close) must be written within this; a client that stops reading
     /// loses its connection.
     pub write_timeout: Duration,
-    /// Open connections per worker at most; beyond, new connections are closed at once.
+    /// Open connections per worker at most; at the limit a new connection closes the one
+    /// idle longest between requests, and is itself closed when none is idle.
     pub max_connections: usize,
-    /// TLS handshakes in progress per worker at most; beyond, new connections are closed
-    /// at once (a surge of handshakes cannot starve requests already admitted).
+    /// TLS handshakes in progress per worker at most (a surge of handshakes cannot starve
+    /// requests already admitted); at the limit a new connection closes the handshake
+    /// waiting longest for its client, and is itself closed when none is waiting.
     pub max_handshakes: usize,
     /// TLS handshakes in progress per worker from one client address (IPv6: one /64) at
-    /// most: one source cannot take every handshake slot.
+    /// most, with the same rule within that address: one source cannot take every slot.
     pub max_handshakes_per_source: usize,
     /// CSRs waiting for a worker's signing thread at most; beyond, `ott` enrollments get
     /// `429 RATE_LIMITED`.

@@ -10,12 +10,16 @@
 //! | `max_body_bytes` | `413 REQUEST_TOO_LARGE` before the body is read, closed |
 //! | `body_timeout` | the connection is closed |
 //! | `write_timeout` (a client that stops reading) | the connection is closed |
-//! | `max_handshakes` / `max_handshakes_per_source` (per worker) | a new connection is closed at once |
+//! | `max_handshakes` / `max_handshakes_per_source` (per worker) | the handshake (of that source) waiting longest for its client is closed to make room; with none waiting, the new connection is closed |
+//! | `max_connections` (per worker, in `worker.rs`) | the connection idle longest is closed to make room; with none idle, the new connection is closed |
 
 use std::cell::{Cell, RefCell};
-use std::collections::HashMap;
+use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
 use std::rc::Rc;
+use std::task::{Context, Poll, Waker};
 use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
@@ -43,79 +47,314 @@ fn request_id() -> String {
 }
 
 /// A worker's handshakes in progress: in all, and per source address (IPv6: per /64).
+///
+/// The table is full at `limits.max_handshakes` (or, for one source, at
+/// `limits.max_handshakes_per_source`). A new connection then takes the slot of the
+/// handshake that has waited longest for its client (of its own source, when that source
+/// is at its cap), which is closed. Only when every handshake in that scope is being worked
+/// on by the server (a surge the CPU has not caught up with) is the new connection refused
+/// instead, so that work already done is not thrown away.
+///
+/// A flood of handshakes that never finish therefore cannot lock new clients out: a client
+/// loses its place only if, while it is the longest-waiting, enough newer connections
+/// arrive to fill the table. Holding every slot for the whole `handshake_timeout` would take
+/// `max_handshakes / handshake_timeout` new connections per second and per worker (100/s
+/// with the defaults); pushing out a client that takes 100 ms to answer takes 10,000/s.
 #[derive(Debug, Default)]
 pub struct Handshakes {
-    total: Cell<usize>,
-    by_source: RefCell<HashMap<IpAddr, usize>>,
+    next: Cell<u64>,
+    /// Live handshakes by admission order.
+    live: RefCell<BTreeMap<u64, Slot>>,
+    /// Live handshakes of each source, by admission order.
+    by_source: RefCell<HashMap<IpAddr, BTreeSet<u64>>>,
 }
 
-/// Counts one handshake in progress while alive.
+#[derive(Debug)]
+struct Slot {
+    source: IpAddr,
+    eviction: Rc<Eviction>,
+}
+
+/// One handshake in progress; gives its slot back when dropped.
 struct Handshaking {
     counts: Rc<Handshakes>,
-    source: IpAddr,
+    id: u64,
+    eviction: Rc<Eviction>,
+}
+
+/// Which limit a new connection met.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Full {
+    /// `limits.max_handshakes`.
+    Worker,
+    /// `limits.max_handshakes_per_source`.
+    Source,
+}
+
+impl Full {
+    fn key(self) -> &'static str {
+        match self {
+            Self::Worker => "limits.max_handshakes",
+            Self::Source => "limits.max_handshakes_per_source",
+        }
+    }
 }
 
 impl Handshakes {
-    /// Admits a handshake from `source`, or says which limit refuses it.
+    /// Admits a handshake from `source`. When a limit is reached, the handshake in its
+    /// scope that has waited longest for its client is evicted to make room, and the limit
+    /// is returned beside the slot; when none is waiting, the limit refuses the newcomer.
     fn admit(
         self: &Rc<Self>,
         source: IpAddr,
         limits: &Limits,
-    ) -> Result<Handshaking, &'static str> {
-        if self.total.get() >= limits.max_handshakes {
-            return Err("limits.max_handshakes");
-        }
+    ) -> Result<(Handshaking, Option<Full>), Full> {
         let source = crate::admission::source_key(source);
-        let mut by_source = self.by_source.borrow_mut();
-        let n = by_source.entry(source).or_insert(0);
-        if *n >= limits.max_handshakes_per_source {
-            return Err("limits.max_handshakes_per_source");
+        let own = self
+            .by_source
+            .borrow()
+            .get(&source)
+            .map_or(0, BTreeSet::len);
+        let full = if own >= limits.max_handshakes_per_source.max(1) {
+            Some(Full::Source)
+        } else if self.live.borrow().len() >= limits.max_handshakes.max(1) {
+            Some(Full::Worker)
+        } else {
+            None
+        };
+        if let Some(scope) = full {
+            let victim = {
+                let live = self.live.borrow();
+                let waiting = |id: &u64| {
+                    let since = live.get(id)?.eviction.waiting_since.get()?;
+                    Some((since, *id))
+                };
+                match scope {
+                    Full::Source => self
+                        .by_source
+                        .borrow()
+                        .get(&source)
+                        .and_then(|ids| ids.iter().filter_map(waiting).min()),
+                    Full::Worker => live.keys().filter_map(waiting).min(),
+                }
+            };
+            match victim {
+                Some((_, id)) => self.evict(id),
+                None => return Err(scope),
+            }
         }
-        *n += 1;
-        self.total.set(self.total.get() + 1);
-        Ok(Handshaking {
+        let id = self.next.get();
+        self.next.set(id + 1);
+        let eviction = Rc::new(Eviction::default());
+        self.live.borrow_mut().insert(
+            id,
+            Slot {
+                source,
+                eviction: eviction.clone(),
+            },
+        );
+        self.by_source
+            .borrow_mut()
+            .entry(source)
+            .or_default()
+            .insert(id);
+        let slot = Handshaking {
             counts: self.clone(),
-            source,
-        })
+            id,
+            eviction,
+        };
+        Ok((slot, full))
+    }
+
+    /// Frees slot `id`, when it is still held.
+    fn release(&self, id: u64) -> Option<Slot> {
+        let slot = self.live.borrow_mut().remove(&id)?;
+        let mut by_source = self.by_source.borrow_mut();
+        if let Some(ids) = by_source.get_mut(&slot.source) {
+            ids.remove(&id);
+            if ids.is_empty() {
+                by_source.remove(&slot.source);
+            }
+        }
+        Some(slot)
+    }
+
+    fn evict(&self, id: u64) {
+        if let Some(slot) = self.release(id) {
+            slot.eviction.evict();
+            telemetry::pushed_out("handshake");
+        }
+    }
+
+    /// Handshakes in progress.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.live.borrow().len()
+    }
+}
+
+impl Handshaking {
+    /// Resolves when a newer connection takes this slot.
+    fn evicted(&self) -> Evicted {
+        Evicted(self.eviction.clone())
+    }
+
+    /// When the handshake started waiting for its client; `None` while the server works.
+    fn waiting(&self) -> &Cell<Option<Instant>> {
+        &self.eviction.waiting_since
     }
 }
 
 impl Drop for Handshaking {
     fn drop(&mut self) {
-        let c = &self.counts;
-        c.total.set(c.total.get().saturating_sub(1));
-        let mut by_source = c.by_source.borrow_mut();
-        if let Some(n) = by_source.get_mut(&self.source) {
-            *n -= 1;
-            if *n == 0 {
-                by_source.remove(&self.source);
+        self.counts.release(self.id);
+    }
+}
+
+/// A worker's connections waiting for their next request, longest-waiting first.
+///
+/// At `limits.max_connections`, a new connection closes the connection idle longest
+/// (as a keep-alive close between requests, which HTTP clients expect) rather than being
+/// refused: thousands of connections that never send a request cannot lock out a device
+/// that wants to enroll. Only when no connection is idle is a new one refused.
+#[derive(Debug, Default)]
+pub struct Idle {
+    next: Cell<u64>,
+    live: RefCell<BTreeMap<u64, Rc<Eviction>>>,
+}
+
+/// One connection waiting for a request; leaves the idle set when dropped.
+struct Waiting {
+    idle: Rc<Idle>,
+    id: u64,
+    eviction: Rc<Eviction>,
+}
+
+impl Idle {
+    fn enter(self: &Rc<Self>) -> Waiting {
+        let id = self.next.get();
+        self.next.set(id + 1);
+        let eviction = Rc::new(Eviction::default());
+        self.live.borrow_mut().insert(id, eviction.clone());
+        Waiting {
+            idle: self.clone(),
+            id,
+            eviction,
+        }
+    }
+
+    /// Closes the connection idle longest; false when no connection is idle.
+    pub fn close_oldest(&self) -> bool {
+        let oldest = self.live.borrow_mut().pop_first();
+        match oldest {
+            Some((_, eviction)) => {
+                eviction.evict();
+                telemetry::pushed_out("idle");
+                true
             }
+            None => false,
+        }
+    }
+
+    /// Connections waiting for a request.
+    #[cfg(test)]
+    fn len(&self) -> usize {
+        self.live.borrow().len()
+    }
+}
+
+impl Waiting {
+    fn evicted(&self) -> Evicted {
+        Evicted(self.eviction.clone())
+    }
+}
+
+impl Drop for Waiting {
+    fn drop(&mut self) {
+        self.idle.live.borrow_mut().remove(&self.id);
+    }
+}
+
+/// A worker's connection tables: handshakes in progress and connections between requests.
+#[derive(Debug, Default)]
+pub struct Tables {
+    /// Handshakes in progress.
+    pub handshakes: Rc<Handshakes>,
+    /// Connections waiting for a request.
+    pub idle: Rc<Idle>,
+}
+
+/// Tells a connection that a newer one took its place.
+#[derive(Debug, Default)]
+struct Eviction {
+    evicted: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+    /// Since when the connection has been waiting for its client (handshakes only).
+    waiting_since: Cell<Option<Instant>>,
+}
+
+impl Eviction {
+    fn evict(&self) {
+        self.evicted.set(true);
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
         }
     }
 }
 
-/// Serves one connection to its end. `handshakes` counts this worker's handshakes in
-/// progress; beyond `limits.max_handshakes` in all, or
-/// `limits.max_handshakes_per_source` from one address, a new connection is closed at once.
+/// Resolves once the connection holding it has been evicted.
+struct Evicted(Rc<Eviction>);
+
+impl Future for Evicted {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.0.evicted.get() {
+            return Poll::Ready(());
+        }
+        *self.0.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+/// Serves one connection to its end. `tables` holds this worker's handshakes in progress
+/// (see [`Handshakes`] for what happens at `limits.max_handshakes`) and its connections
+/// between requests (see [`Idle`]).
 pub async fn serve(
     ctx: &WorkerCtx,
     tcp: TcpStream,
     addr: SocketAddr,
     signal: &ShutdownSignal,
-    handshakes: &Rc<Handshakes>,
+    tables: &Tables,
 ) {
     let limits = ctx.shared.config.limits;
-    let in_progress = match handshakes.admit(addr.ip(), &limits) {
-        Ok(h) => h,
-        Err(limit) => {
+    let in_progress = match tables.handshakes.admit(addr.ip(), &limits) {
+        Ok((slot, full)) => {
+            if let Some(full) = full {
+                tracing::debug!(%addr, limit = full.key(), "handshake table full; the handshake waiting longest was closed");
+            }
+            slot
+        }
+        Err(full) => {
             telemetry::handshake("refused", None);
-            tracing::debug!(%addr, limit, "too many handshakes in progress; connection closed");
+            tracing::debug!(%addr, limit = full.key(), "handshake table full and every handshake busy; connection closed");
             return;
         }
     };
     let started = Instant::now();
-    let handshake = TlsStream::accept(tcp, ctx.shared.tls.clone());
-    let mut tls = match monoio::time::timeout(limits.handshake_timeout, handshake).await {
+    let handshake = TlsStream::accept(tcp, ctx.shared.tls.clone(), in_progress.waiting());
+    let bounded = monoio::time::timeout(limits.handshake_timeout, handshake);
+    let evicted = in_progress.evicted();
+    let outcome = monoio::select! {
+        r = bounded => Some(r),
+        () = evicted => None,
+    };
+    let Some(outcome) = outcome else {
+        telemetry::handshake("evicted", None);
+        tracing::debug!(%addr, "TLS handshake evicted by a newer connection");
+        return;
+    };
+    let mut tls = match outcome {
         Ok(Ok(s)) => {
             drop(in_progress);
             telemetry::handshake("ok", Some(started.elapsed()));
@@ -144,11 +383,12 @@ pub async fn serve(
     let wt = limits.write_timeout;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
-        let (head, head_len) = match read_head(&mut tls, &mut buf, &limits, signal).await {
-            Next::Head(h, n) => (h, n),
-            Next::Close => return close(tls, wt).await,
-            Next::Refuse(err) => return refuse(tls, err, wt).await,
-        };
+        let (head, head_len) =
+            match read_head(&mut tls, &mut buf, &limits, signal, &tables.idle).await {
+                Next::Head(h, n) => (h, n),
+                Next::Close => return close(tls, wt).await,
+                Next::Refuse(err) => return refuse(tls, err, wt).await,
+            };
         buf.drain(..head_len);
         let body = match head.body {
             BodyKind::None => Vec::new(),
@@ -225,6 +465,7 @@ async fn read_head(
     buf: &mut Vec<u8>,
     limits: &Limits,
     signal: &ShutdownSignal,
+    idle: &Rc<Idle>,
 ) -> Next {
     let mut deadline: Option<Instant> = None;
     loop {
@@ -246,13 +487,16 @@ async fn read_head(
         }
         let room = limits.max_header_bytes + 1 - buf.len();
         if buf.is_empty() {
-            // Between requests: wait up to the idle timeout, or until shutdown.
+            // Between requests: wait up to the idle timeout, until shutdown, or until a
+            // new connection needs this one's place.
+            let waiting = idle.enter();
             monoio::select! {
                 r = monoio::time::timeout(limits.idle_timeout, tls.read_plain(buf, room)) => match r {
                     Ok(Ok(n)) if n > 0 => {}
                     _ => return Next::Close,
                 },
                 _ = signal.wait() => return Next::Close,
+                () = waiting.evicted() => return Next::Close,
             }
         } else {
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout);
@@ -283,34 +527,138 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
 
+    fn ip(s: &str) -> IpAddr {
+        s.parse().unwrap()
+    }
+
+    fn admit(hs: &Rc<Handshakes>, source: &str, limits: &Limits) -> (Handshaking, Option<Full>) {
+        hs.admit(ip(source), limits).unwrap()
+    }
+
+    /// Marks a handshake as waiting for its client since `ms` milliseconds ago.
+    fn waits(h: &Handshaking, ms: u64) {
+        h.waiting()
+            .set(Some(Instant::now() - Duration::from_millis(ms)));
+    }
+
+    fn evicted(h: &Handshaking) -> bool {
+        h.eviction.evicted.get()
+    }
+
     #[test]
-    fn one_source_cannot_take_every_handshake_slot() {
+    fn a_source_at_its_cap_replaces_its_own_longest_waiting_handshake() {
         let limits = Limits {
             max_handshakes: 5,
+            max_handshakes_per_source: 3,
+            ..Limits::default()
+        };
+        let hs = Rc::new(Handshakes::default());
+        let (first, full) = admit(&hs, "192.0.2.1", &limits);
+        assert_eq!(full, None);
+        let (second, _) = admit(&hs, "192.0.2.1", &limits);
+        let (third, _) = admit(&hs, "192.0.2.1", &limits);
+        let (other, _) = admit(&hs, "192.0.2.9", &limits);
+        waits(&other, 900);
+        // Every handshake of the source is being worked on: the newcomer is refused.
+        assert_eq!(hs.admit(ip("192.0.2.1"), &limits).err(), Some(Full::Source));
+        // The one waiting longest for its client goes, not the oldest.
+        waits(&first, 10);
+        waits(&second, 50);
+        let (fourth, full) = admit(&hs, "192.0.2.1", &limits);
+        assert_eq!(full, Some(Full::Source));
+        assert!(evicted(&second));
+        assert!(!evicted(&first) && !evicted(&third) && !evicted(&fourth));
+        assert!(!evicted(&other), "another source's slot is kept");
+        assert_eq!(hs.len(), 4);
+        // The evicted slot is free already: dropping it later frees nothing else.
+        drop(second);
+        assert_eq!(hs.len(), 4);
+    }
+
+    #[test]
+    fn a_full_worker_replaces_its_longest_waiting_handshake() {
+        let limits = Limits {
+            max_handshakes: 3,
             max_handshakes_per_source: 2,
             ..Limits::default()
         };
         let hs = Rc::new(Handshakes::default());
-        let a: IpAddr = "192.0.2.1".parse().unwrap();
-        let held: Vec<_> = (0..2).map(|_| hs.admit(a, &limits).unwrap()).collect();
+        // An IPv6 host cannot escape its cap by changing the low 64 bits.
+        let (x, _) = admit(&hs, "2001:db8::1", &limits);
+        let (y, _) = admit(&hs, "2001:db8::2", &limits);
+        waits(&x, 5);
+        let (_z, full) = admit(&hs, "2001:db8::3", &limits);
+        assert_eq!(full, Some(Full::Source));
+        assert!(evicted(&x) && !evicted(&y));
+        let (a, _) = admit(&hs, "192.0.2.1", &limits);
+        assert_eq!(hs.len(), 3);
         assert_eq!(
-            hs.admit(a, &limits).err(),
-            Some("limits.max_handshakes_per_source")
+            hs.admit(ip("192.0.2.2"), &limits).err(),
+            Some(Full::Worker),
+            "nobody waits: refused"
         );
-        // An IPv6 host cannot escape by changing the low 64 bits.
-        let v6 = |s: &str| s.parse::<IpAddr>().unwrap();
-        let _x = hs.admit(v6("2001:db8::1"), &limits).unwrap();
-        let _y = hs.admit(v6("2001:db8::2"), &limits).unwrap();
-        assert!(hs.admit(v6("2001:db8::3"), &limits).is_err());
-        // Others still get in, up to the worker's total.
-        let _b = hs.admit("192.0.2.2".parse().unwrap(), &limits).unwrap();
-        assert_eq!(
-            hs.admit("192.0.2.3".parse().unwrap(), &limits).err(),
-            Some("limits.max_handshakes")
-        );
-        // Finished handshakes give their slots back, and the table forgets the source.
+        waits(&a, 1);
+        waits(&y, 2);
+        let (_b, full) = admit(&hs, "192.0.2.2", &limits);
+        assert_eq!(full, Some(Full::Worker));
+        assert!(evicted(&y) && !evicted(&a));
+    }
+
+    #[test]
+    fn finished_handshakes_give_their_slots_back() {
+        let limits = Limits {
+            max_handshakes: 3,
+            max_handshakes_per_source: 3,
+            ..Limits::default()
+        };
+        let hs = Rc::new(Handshakes::default());
+        let held: Vec<_> = (0..3).map(|_| admit(&hs, "192.0.2.1", &limits).0).collect();
+        assert!(hs.admit(ip("192.0.2.1"), &limits).is_err());
         drop(held);
-        assert!(hs.admit(a, &limits).is_ok());
-        assert_eq!(hs.by_source.borrow().get(&a), None);
+        assert_eq!(hs.len(), 0);
+        assert!(
+            hs.by_source.borrow().is_empty(),
+            "the table forgets the source"
+        );
+        let (_s, full) = admit(&hs, "192.0.2.1", &limits);
+        assert_eq!(full, None);
+    }
+
+    #[test]
+    fn the_longest_idle_connection_is_closed_first() {
+        let idle = Rc::new(Idle::default());
+        assert!(!idle.close_oldest(), "nothing idle, nothing closed");
+        let first = idle.enter();
+        let second = idle.enter();
+        let third = idle.enter();
+        // A connection that took a request is no longer idle.
+        drop(first);
+        assert!(idle.close_oldest());
+        assert!(second.eviction.evicted.get());
+        assert!(!third.eviction.evicted.get());
+        assert_eq!(idle.len(), 1);
+        drop(second);
+        assert_eq!(idle.len(), 1, "an evicted connection left the set already");
+        assert!(idle.close_oldest());
+        assert!(third.eviction.evicted.get());
+        assert!(!idle.close_oldest());
+    }
+
+    #[test]
+    fn the_evicted_future_resolves_only_after_eviction() {
+        let limits = Limits {
+            max_handshakes: 1,
+            ..Limits::default()
+        };
+        let hs = Rc::new(Handshakes::default());
+        let (old, _) = admit(&hs, "192.0.2.1", &limits);
+        waits(&old, 1);
+        let mut evicted = std::pin::pin!(old.evicted());
+        let waker = Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        assert!(evicted.as_mut().poll(&mut cx).is_pending());
+        let (_new, full) = admit(&hs, "192.0.2.2", &limits);
+        assert_eq!(full, Some(Full::Worker));
+        assert!(evicted.as_mut().poll(&mut cx).is_ready());
     }
 }

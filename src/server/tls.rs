@@ -5,8 +5,10 @@
 //! client's certificate chain after the handshake, which that crate keeps private, and
 //! because owning the loop lets the connection bound what it buffers.
 
+use std::cell::Cell;
 use std::io::{self, Read as _, Write as _};
 use std::sync::Arc;
+use std::time::Instant;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 use monoio::net::TcpStream;
@@ -35,8 +37,13 @@ fn invalid(e: rustls::Error) -> io::Error {
 }
 
 impl TlsStream {
-    /// Runs the server handshake on `io`.
-    pub async fn accept(io: TcpStream, config: Arc<ServerConfig>) -> io::Result<Self> {
+    /// Runs the server handshake on `io`. `waiting` holds, while the handshake waits for
+    /// the client's next bytes, since when (and `None` while the server works).
+    pub async fn accept(
+        io: TcpStream,
+        config: Arc<ServerConfig>,
+        waiting: &Cell<Option<Instant>>,
+    ) -> io::Result<Self> {
         let conn = ServerConnection::new(config).map_err(invalid)?;
         let mut s = Self {
             io,
@@ -51,7 +58,10 @@ impl TlsStream {
             if !s.conn.is_handshaking() {
                 break;
             }
-            s.fill().await?;
+            waiting.set(Some(Instant::now()));
+            let filled = s.fill().await;
+            waiting.set(None);
+            filled?;
         }
         // The last flight (TLS 1.2 Finished, TLS 1.3 session tickets).
         s.flush_tls().await?;

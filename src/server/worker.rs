@@ -108,7 +108,7 @@ pub fn run(
             });
         }
         let open = Rc::new(Cell::new(0usize));
-        let handshakes = Rc::new(conn::Handshakes::default());
+        let tables = Rc::new(conn::Tables::default());
         let (warn_limit, warn_accept) = (Throttle::default(), Throttle::default());
         let refused = Cell::new(0u64);
         loop {
@@ -117,10 +117,12 @@ pub fn run(
                     Ok((tcp, addr)) => {
                         let ctx = view.ctx();
                         let max_connections = ctx.shared.config.limits.max_connections;
-                        if open.get() >= max_connections {
+                        // At the limit, the connection idle longest makes room (it closes
+                        // as soon as this task yields); with none idle, the new one is refused.
+                        if open.get() >= max_connections && !tables.idle.close_oldest() {
                             refused.set(refused.get() + 1);
                             if warn_limit.due() {
-                                tracing::warn!(worker = index, %addr, max_connections, refused = refused.replace(0), "connection limit reached; closing new connections");
+                                tracing::warn!(worker = index, %addr, max_connections, refused = refused.replace(0), "connection limit reached and no connection idle; closing new connections");
                             }
                             drop(tcp);
                             continue;
@@ -130,9 +132,9 @@ pub fn run(
                         crate::telemetry::connections(1.0);
                         let guard = OpenGuard(open.clone());
                         let signal = signal.clone();
-                        let handshakes = handshakes.clone();
+                        let tables = tables.clone();
                         monoio::spawn(async move {
-                            conn::serve(&ctx, tcp, addr, &signal, &handshakes).await;
+                            conn::serve(&ctx, tcp, addr, &signal, &tables).await;
                             drop(guard);
                         });
                     }

@@ -41,6 +41,8 @@ pub const SIGN_QUEUE_DEPTH: &str = "enrollgate_sign_queue_depth";
 pub const RATE_LIMITED: &str = "enrollgate_rate_limited_total";
 /// Enrollment attempts with an expired token.
 pub const TOKENS_EXPIRED: &str = "enrollgate_tokens_expired_total";
+/// Connections closed to make room for a new one, by what they were doing.
+pub const PUSHED_OUT: &str = "enrollgate_connections_pushed_out_total";
 
 static READY: AtomicBool = AtomicBool::new(false);
 
@@ -65,7 +67,7 @@ pub fn describe() {
     );
     describe_counter!(
         HANDSHAKES,
-        "TLS handshakes on the enrollment listener, by result (ok, failed, timeout, refused: over limits.max_handshakes)."
+        "TLS handshakes on the enrollment listener, by result (ok, failed, timeout, evicted: pushed out by a newer connection over limits.max_handshakes or limits.max_handshakes_per_source)."
     );
     describe_histogram!(
         HANDSHAKE_SECONDS,
@@ -117,6 +119,10 @@ pub fn describe() {
         "Enrollment requests answered 429 by a rate limit, by limit: source (limits.per_source_rate), ca (limits.per_ca_rate), sign_queue, commit_queue."
     );
     describe_counter!(
+        PUSHED_OUT,
+        "Connections closed to admit a new one, by state: handshake (the oldest handshake, over limits.max_handshakes or limits.max_handshakes_per_source) or idle (the longest-idle keep-alive connection, over limits.max_connections)."
+    );
+    describe_counter!(
         TOKENS_EXPIRED,
         "Enrollment attempts whose one-time token had expired, by method."
     );
@@ -141,6 +147,11 @@ pub fn commit(batch: usize, elapsed: Duration, queued: usize) {
     metrics::histogram!(BATCH_SIZE).record(batch as f64);
     metrics::histogram!(COMMIT_SECONDS).record(elapsed.as_secs_f64());
     metrics::gauge!(QUEUE_DEPTH).set(queued as f64);
+}
+
+/// Records a connection closed to make room for a new one (`state`: handshake, idle).
+pub fn pushed_out(state: &'static str) {
+    metrics::counter!(PUSHED_OUT, "state" => state).increment(1);
 }
 
 /// Records a change in open connections.
