@@ -352,8 +352,16 @@ pub fn server_config(tls: ServerTls) -> Result<Arc<ServerConfig>, rustls::Error>
         .with_single_cert(tls.chain, tls.key)?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
     config.ignore_client_order = true;
+    // rustls' default keeps a stateful session cache behind a mutex shared by every worker
+    // and sends two TLS 1.3 tickets after every handshake. A device enrolls once, so that
+    // is work (and a global lock) on every handshake for nothing: with tickets off there is
+    // no resumption at all; with them on, one stateless ticket, sealed by a rotating key.
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     if tls.session_tickets {
         config.ticketer = rustls::crypto::aws_lc_rs::Ticketer::new()?;
+        config.send_tls13_tickets = 1;
+    } else {
+        config.send_tls13_tickets = 0;
     }
     Ok(Arc::new(config))
 }

@@ -379,3 +379,51 @@ fn the_server_chooses_aes_128_gcm_whatever_the_client_prefers() {
     let text = String::from_utf8_lossy(&out.stderr).into_owned();
     assert!(text.contains("TLS_CHACHA20_POLY1305_SHA256"), "{text}");
 }
+
+/// Two connections from one rustls client (which keeps its session cache): with
+/// `tls.session_tickets = false` (the default) the second is a full handshake again, the
+/// server having issued nothing to resume; with it on, the second resumes.
+#[test]
+fn session_resumption_follows_the_session_tickets_setting() {
+    fn second_handshake(gw: &Gateway) -> rustls::HandshakeKind {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in gw.ca_certs() {
+            roots.add(c).unwrap();
+        }
+        let cfg = std::sync::Arc::new(
+            rustls::ClientConfig::builder_with_provider(std::sync::Arc::new(
+                rustls::crypto::aws_lc_rs::default_provider(),
+            ))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_root_certificates(roots)
+            .with_no_client_auth(),
+        );
+        let mut kinds = Vec::new();
+        for _ in 0..2 {
+            let tcp = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
+            tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+            let conn =
+                rustls::ClientConnection::new(cfg.clone(), "127.0.0.1".try_into().unwrap())
+                    .unwrap();
+            let mut s = rustls::StreamOwned::new(conn, tcp);
+            // A whole request and answer, so that any ticket sent after the handshake
+            // has arrived before the connection ends.
+            s.write_all(b"GET /version HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .unwrap();
+            let mut answer = Vec::new();
+            let _ = s.read_to_end(&mut answer);
+            assert!(answer.starts_with(b"HTTP/1.1 200"), "{answer:?}");
+            kinds.push(s.conn.handshake_kind().unwrap());
+        }
+        assert_eq!(kinds[0], rustls::HandshakeKind::Full);
+        kinds[1]
+    }
+    let off = Gateway::start();
+    assert_eq!(second_handshake(&off), rustls::HandshakeKind::Full);
+    let on = Gateway::start_with(
+        |c| *c = c.replace("session_tickets = false", "session_tickets = true"),
+        &[],
+    );
+    assert_eq!(second_handshake(&on), rustls::HandshakeKind::Resumed);
+}
