@@ -179,11 +179,10 @@ fn expired_tokens_are_refused_and_can_be_reissued() {
     let gw = Gateway::start();
     let dir = gw.dir.path();
     let (id, _, _) = gw.create_identity("late", "Device", false);
-    // A token that expires in a second.
-    let soon = humantime::format_rfc3339_seconds(
-        std::time::SystemTime::now() + std::time::Duration::from_secs(1),
-    )
-    .to_string();
+    // A token that expires in a few seconds (whole seconds: the request must still see
+    // it in the future on a loaded machine).
+    let expiry = std::time::SystemTime::now() + std::time::Duration::from_secs(3);
+    let soon = humantime::format_rfc3339_seconds(expiry).to_string();
     let e = gw.mgmt(
         "POST",
         "/enrollments",
@@ -192,7 +191,10 @@ fn expired_tokens_are_refused_and_can_be_reissued() {
     assert_eq!(e.status, 201, "{}", String::from_utf8_lossy(&e.body));
     let e = e.json().unwrap();
     let token = e["data"]["token"].as_str().unwrap().to_string();
-    std::thread::sleep(std::time::Duration::from_millis(2100));
+    // Past the expiry (which the seconds format may have moved up to a second earlier).
+    while std::time::SystemTime::now() < expiry + std::time::Duration::from_millis(100) {
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 
     let (_, csr) = openssl_csr(
         dir,
