@@ -90,7 +90,7 @@ pub fn backup(store: &Path, out: &Path) -> Result<BackupSummary, BackupError> {
 }
 
 fn write_copy(out: &Path, records: &[Record]) -> Result<(), BackupError> {
-    let mut opts = rocksdb::Options::default();
+    let mut opts = crate::store::options();
     opts.create_if_missing(true);
     let db = rocksdb::DB::open(&opts, out)?;
     for chunk in records.chunks(4096) {
