@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
-use super::tls::TlsStream;
+use super::tls::{Progress, TlsStream};
 use super::ShutdownSignal;
 use crate::api::{self, ApiError, Peer, Request};
 use crate::app::WorkerCtx;
@@ -51,9 +51,11 @@ fn request_id() -> String {
 /// The table is full at `limits.max_handshakes` (or, for one source, at
 /// `limits.max_handshakes_per_source`). A new connection then takes the slot of the
 /// handshake that has waited longest for its client (of its own source, when that source
-/// is at its cap), which is closed. Only when every handshake in that scope is being worked
-/// on by the server (a surge the CPU has not caught up with) is the new connection refused
-/// instead, so that work already done is not thrown away.
+/// is at its cap), which is closed. A handshake whose client has answered (its bytes have
+/// arrived, the server has not read them yet) waits for the server, and is kept: when
+/// every handshake in that scope is the server's turn (a surge the CPU has not caught up
+/// with), the new connection is refused instead, so that work already done is not thrown
+/// away.
 ///
 /// A flood of handshakes that never finish therefore cannot lock new clients out: a client
 /// loses its place only if, while it is the longest-waiting, enough newer connections
@@ -125,8 +127,8 @@ impl Handshakes {
         if let Some(scope) = full {
             let victim = {
                 let live = self.live.borrow();
-                let waiting = |id: &u64| {
-                    let since = live.get(id)?.eviction.waiting_since.get()?;
+                let silent = |id: &u64| {
+                    let since = live.get(id)?.eviction.progress.silent_since()?;
                     Some((since, *id))
                 };
                 match scope {
@@ -134,8 +136,8 @@ impl Handshakes {
                         .by_source
                         .borrow()
                         .get(&source)
-                        .and_then(|ids| ids.iter().filter_map(waiting).min()),
-                    Full::Worker => live.keys().filter_map(waiting).min(),
+                        .and_then(|ids| ids.iter().filter_map(silent).min()),
+                    Full::Worker => live.keys().filter_map(silent).min(),
                 }
             };
             match victim {
@@ -199,9 +201,9 @@ impl Handshaking {
         Evicted(self.eviction.clone())
     }
 
-    /// When the handshake started waiting for its client; `None` while the server works.
-    fn waiting(&self) -> &Cell<Option<Instant>> {
-        &self.eviction.waiting_since
+    /// What the handshake waits for, kept up to date by [`TlsStream::accept`].
+    fn progress(&self) -> &Progress {
+        &self.eviction.progress
     }
 }
 
@@ -289,8 +291,8 @@ pub struct Tables {
 struct Eviction {
     evicted: Cell<bool>,
     waker: RefCell<Option<Waker>>,
-    /// Since when the connection has been waiting for its client (handshakes only).
-    waiting_since: Cell<Option<Instant>>,
+    /// What the handshake waits for (handshakes only).
+    progress: Progress,
 }
 
 impl Eviction {
@@ -342,7 +344,7 @@ pub async fn serve(
         }
     };
     let started = Instant::now();
-    let handshake = TlsStream::accept(tcp, ctx.shared.tls.clone(), in_progress.waiting());
+    let handshake = TlsStream::accept(tcp, ctx.shared.tls.clone(), in_progress.progress());
     let bounded = monoio::time::timeout(limits.handshake_timeout, handshake);
     let evicted = in_progress.evicted();
     let outcome = monoio::select! {
@@ -537,8 +539,8 @@ mod tests {
 
     /// Marks a handshake as waiting for its client since `ms` milliseconds ago.
     fn waits(h: &Handshaking, ms: u64) {
-        h.waiting()
-            .set(Some(Instant::now() - Duration::from_millis(ms)));
+        h.progress()
+            .waiting_since(Instant::now() - Duration::from_millis(ms));
     }
 
     fn evicted(h: &Handshaking) -> bool {
@@ -602,6 +604,28 @@ mod tests {
         let (_b, full) = admit(&hs, "192.0.2.2", &limits);
         assert_eq!(full, Some(Full::Worker));
         assert!(evicted(&y) && !evicted(&a));
+    }
+
+    #[test]
+    fn a_handshake_whose_client_answered_is_not_pushed_out() {
+        let limits = Limits {
+            max_handshakes: 2,
+            max_handshakes_per_source: 2,
+            ..Limits::default()
+        };
+        let hs = Rc::new(Handshakes::default());
+        let (a, _) = admit(&hs, "192.0.2.1", &limits);
+        let (b, _) = admit(&hs, "192.0.2.2", &limits);
+        // Both wait, `a` longer; but `a`'s client has answered (its read woke the task).
+        waits(&a, 100);
+        waits(&b, 10);
+        a.progress().answered.wake_by_ref();
+        let (_c, full) = admit(&hs, "192.0.2.3", &limits);
+        assert_eq!(full, Some(Full::Worker));
+        assert!(!evicted(&a), "the server's turn: kept");
+        assert!(evicted(&b), "waiting on a silent client: pushed out");
+        // Now only `a` (answered) and the newcomer (working) are left: refused.
+        assert_eq!(hs.admit(ip("192.0.2.4"), &limits).err(), Some(Full::Worker));
     }
 
     #[test]

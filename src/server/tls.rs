@@ -6,8 +6,12 @@
 //! because owning the loop lets the connection bound what it buffers.
 
 use std::cell::Cell;
+use std::future::Future;
 use std::io::{self, Read as _, Write as _};
+use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
+use std::task::{Context, Poll, Wake, Waker};
 use std::time::Instant;
 
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
@@ -37,12 +41,12 @@ fn invalid(e: rustls::Error) -> io::Error {
 }
 
 impl TlsStream {
-    /// Runs the server handshake on `io`. `waiting` holds, while the handshake waits for
-    /// the client's next bytes, since when (and `None` while the server works).
+    /// Runs the server handshake on `io`, keeping `progress` up to date: whether it waits
+    /// for the client, since when, and whether the client's bytes have arrived.
     pub async fn accept(
         io: TcpStream,
         config: Arc<ServerConfig>,
-        waiting: &Cell<Option<Instant>>,
+        progress: &Progress,
     ) -> io::Result<Self> {
         let conn = ServerConnection::new(config).map_err(invalid)?;
         let mut s = Self {
@@ -58,9 +62,13 @@ impl TlsStream {
             if !s.conn.is_handshaking() {
                 break;
             }
-            waiting.set(Some(Instant::now()));
-            let filled = s.fill().await;
-            waiting.set(None);
+            progress.waiting_since(Instant::now());
+            let filled = Answered {
+                inner: std::pin::pin!(s.fill()),
+                flag: &progress.answered,
+            }
+            .await;
+            progress.working();
             filled?;
         }
         // The last flight (TLS 1.2 Finished, TLS 1.3 session tickets).
@@ -195,6 +203,81 @@ impl TlsStream {
                 _ => break,
             }
         }
+    }
+}
+
+/// What a handshake in progress is waiting for, for the worker's handshake table (which
+/// makes room by closing the handshake that has waited longest for a silent client).
+#[derive(Debug, Default)]
+pub struct Progress {
+    since: Cell<Option<Instant>>,
+    /// Set when the pending read is woken (the client's bytes arrived), before the task
+    /// runs again.
+    pub(crate) answered: Arc<AnsweredFlag>,
+}
+
+impl Progress {
+    /// The handshake now waits for the client's next bytes.
+    pub(crate) fn waiting_since(&self, since: Instant) {
+        self.answered.0.store(false, Ordering::Relaxed);
+        self.since.set(Some(since));
+    }
+
+    /// The handshake is the server's turn.
+    fn working(&self) {
+        self.since.set(None);
+    }
+
+    /// Since when the handshake has waited for a client that has not answered yet.
+    pub fn silent_since(&self) -> Option<Instant> {
+        let since = self.since.get()?;
+        (!self.answered.0.load(Ordering::Relaxed)).then_some(since)
+    }
+}
+
+/// Raised by the wake-up of a read that waits for the client.
+#[derive(Debug, Default)]
+pub struct AnsweredFlag(AtomicBool);
+
+impl AnsweredFlag {
+    /// Records that the client's bytes arrived.
+    pub(crate) fn wake_by_ref(&self) {
+        self.0.store(true, Ordering::Relaxed);
+    }
+}
+
+/// Forwards a wake-up to the task after raising the flag.
+struct FlagWaker {
+    flag: Arc<AnsweredFlag>,
+    task: Waker,
+}
+
+impl Wake for FlagWaker {
+    fn wake(self: Arc<Self>) {
+        self.wake_by_ref();
+    }
+
+    fn wake_by_ref(self: &Arc<Self>) {
+        self.flag.wake_by_ref();
+        self.task.wake_by_ref();
+    }
+}
+
+/// Polls a read with a waker that raises `flag` when the read completes.
+struct Answered<'a, F> {
+    inner: Pin<&'a mut F>,
+    flag: &'a Arc<AnsweredFlag>,
+}
+
+impl<F: Future> Future for Answered<'_, F> {
+    type Output = F::Output;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<F::Output> {
+        let waker = Waker::from(Arc::new(FlagWaker {
+            flag: self.flag.clone(),
+            task: cx.waker().clone(),
+        }));
+        self.inner.as_mut().poll(&mut Context::from_waker(&waker))
     }
 }
 
@@ -364,4 +447,55 @@ pub fn server_config(tls: ServerTls) -> Result<Arc<ServerConfig>, rustls::Error>
         config.send_tls13_tickets = 0;
     }
     Ok(Arc::new(config))
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use std::sync::Mutex;
+
+    /// A read that waits until its waker is called from outside.
+    struct Pending<'a>(&'a Mutex<Option<Waker>>, bool);
+
+    impl Future for Pending<'_> {
+        type Output = ();
+
+        fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+            if self.1 {
+                return Poll::Ready(());
+            }
+            self.1 = true;
+            *self.0.lock().unwrap() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn a_waiting_handshake_is_silent_until_its_read_is_woken() {
+        let progress = Progress::default();
+        assert_eq!(progress.silent_since(), None, "working, not waiting");
+        let at = Instant::now();
+        progress.waiting_since(at);
+        assert_eq!(progress.silent_since(), Some(at));
+        let slot = Mutex::new(None);
+        let mut read = std::pin::pin!(Pending(&slot, false));
+        let fut = Answered {
+            inner: read.as_mut(),
+            flag: &progress.answered,
+        };
+        let mut fut = std::pin::pin!(fut);
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(fut.as_mut().poll(&mut cx).is_pending());
+        assert_eq!(progress.silent_since(), Some(at));
+        // The client's bytes arrive: the driver wakes the read.
+        slot.lock().unwrap().take().unwrap().wake();
+        assert_eq!(progress.silent_since(), None, "answered: the server's turn");
+        assert!(fut.as_mut().poll(&mut cx).is_ready());
+        // Waiting again starts silent.
+        progress.waiting_since(Instant::now());
+        assert!(progress.silent_since().is_some());
+        progress.working();
+        assert_eq!(progress.silent_since(), None);
+    }
 }
