@@ -90,6 +90,7 @@ fn tls_connect(port: u16, cfg: &Arc<ClientConfig>) -> std::io::Result<Tls> {
     let tcp = TcpStream::connect(("127.0.0.1", port))?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
     tcp.set_write_timeout(Some(Duration::from_secs(10)))?;
+    tcp.set_nodelay(true)?;
     let conn = ClientConnection::new(cfg.clone(), "127.0.0.1".try_into().expect("name"))
         .map_err(std::io::Error::other)?;
     let mut s = StreamOwned::new(conn, tcp);
@@ -886,7 +887,7 @@ fn ten_thousand_idle_connections_are_bounded() {
         }
         std::thread::sleep(Duration::from_millis(20));
     }
-    while !normal.keep_alive.is_finished() && Instant::now() < deadline {
+    while !normal.finished() && Instant::now() < deadline {
         std::thread::sleep(Duration::from_millis(20));
     }
     let (ka, fresh) = normal.stop();
