@@ -426,11 +426,12 @@ pub async fn serve(
         // After a reload, a connection does not keep serving with the old keys and limits.
         let keep_alive = req.head.keep_alive && !signal.is_set() && !ctx.shared.is_superseded();
         let bytes = resp.serialize(keep_alive, req.head.method == "HEAD");
-        if !write(&mut tls, &bytes, wt).await {
+        if !keep_alive {
+            let _ = monoio::time::timeout(wt, tls.write_and_close(&bytes)).await;
             return;
         }
-        if !keep_alive {
-            return close(tls, wt).await;
+        if !write(&mut tls, &bytes, wt).await {
+            return;
         }
         // An idle keep-alive connection holds a small buffer, whatever its last request was.
         if buf.is_empty() && buf.capacity() > 16 * 1024 {

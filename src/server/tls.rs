@@ -181,6 +181,22 @@ impl TlsStream {
         let _ = self.io.shutdown().await;
     }
 
+    /// Writes all of `data` and close_notify together, in as few socket writes as they
+    /// fit, then closes the write side: the last answer of a connection costs one write,
+    /// not two.
+    pub async fn write_and_close(mut self, data: &[u8]) -> io::Result<()> {
+        let mut off = 0;
+        while off < data.len() {
+            off += self.conn.writer().write(&data[off..])?;
+            if off < data.len() {
+                self.flush_tls().await?;
+            }
+        }
+        self.conn.send_close_notify();
+        self.flush_tls().await?;
+        self.io.shutdown().await
+    }
+
     /// Closes after refusing a request whose remaining bytes were not read: sends
     /// close_notify, shuts the write side, then reads and discards for up to `linger` (at
     /// most 1 MiB) so the kernel does not answer the unread bytes with a reset that
