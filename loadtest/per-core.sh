@@ -1,0 +1,134 @@
+#!/usr/bin/env bash
+# Daemon CPU per enrollment, end to end, for each method, against its crypto floor: the
+# "End to end" table of BENCHMARKS.md in one command.
+#
+# Usage: loadtest/per-core.sh [--count N] [--concurrency C] [--modes "handshake ott ottca ca"]
+#                             [--relaxed] [--keep DIR] [--no-build]
+#
+# One gateway (`serve --workers 1`, pinned to CPU 0, durable commits unless --relaxed) and
+# the load tool (pinned to CPU 1) on loopback, in a temporary directory. For each mode it
+# reads the daemon's utime + stime (all threads: worker, signing thread, committer) from
+# /proc/PID/stat before and after N fresh-connection requests and divides by the
+# successes. The floors come from criterion's last `cargo bench --bench enroll` results in
+# $CARGO_TARGET_DIR/criterion (server share of the handshake + CSR check + signing for
+# ott; + chain with an intermediate for ottca and ca); without them, only the CPU figures
+# are printed.
+set -euo pipefail
+
+count=5000
+concurrency=64
+modes="handshake ott ottca ca"
+relaxed=0
+keep=""
+build=1
+while [[ $# -gt 0 ]]; do
+  case "$1" in
+    --count) count=$2; shift 2 ;;
+    --concurrency) concurrency=$2; shift 2 ;;
+    --modes) modes=$2; shift 2 ;;
+    --relaxed) relaxed=1; shift ;;
+    --keep) keep=$2; shift 2 ;;
+    --no-build) build=0; shift ;;
+    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    *) echo "per-core.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
+  esac
+done
+[[ $(nproc) -ge 2 ]] || { echo "per-core.sh: needs 2 CPUs (daemon on 0, tool on 1)" >&2; exit 1; }
+
+cd "$(dirname "$0")/.."
+target="${CARGO_TARGET_DIR:-target}"
+bin="$target/release"
+if [[ $build == 1 ]]; then
+  cargo build --release -p enrollgate --bin enrollgate -p enrollgate-loadtest --bin enrollgate-loadtest
+fi
+command -v python3 >/dev/null || { echo "per-core.sh: needs python3 (to read the JSON reports)" >&2; exit 1; }
+
+if [[ -n $keep ]]; then
+  work=$(realpath -m "$keep"); mkdir -p "$work"
+else
+  work=$(mktemp -d /tmp/enrollgate-per-core.XXXXXX)
+fi
+server_pid=""
+cleanup() {
+  if [[ -n $server_pid ]] && kill -0 "$server_pid" 2>/dev/null; then
+    kill "$server_pid" 2>/dev/null || true
+    wait "$server_pid" 2>/dev/null || true
+  fi
+  [[ -n $keep ]] || rm -rf "$work"
+}
+trap cleanup EXIT
+
+port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+"$bin/enrollgate" init --data-dir "$work/gw" --listen "127.0.0.1:$port" >/dev/null
+cfg="$work/gw/enrollgate.toml"
+sed -i 's/^listen = "127.0.0.1:9464".*/listen = "off"/; s/^level = "info"/level = "warn"/' "$cfg"
+grep -q '^durability = "sync"' "$cfg" || { echo "per-core.sh: no 'durability' key in the generated config" >&2; exit 1; }
+if [[ $relaxed == 1 ]]; then sed -i 's/^durability = "sync"/durability = "relaxed"/' "$cfg"; fi
+
+# Devices: ottca takes `count`, ca the next `count`, handshake reuses the first ones.
+"$bin/enrollgate-loadtest" fleet --ca-out "$work/fleet" --devices $((2 * count + 100)) 2>&1 | tail -1
+
+taskset -c 0 "$bin/enrollgate" serve --config "$cfg" --workers 1 2>"$work/enrollgate.log" &
+server_pid=$!
+for _ in $(seq 1 100); do
+  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
+  sleep 0.1
+done
+admin="$work/gw/admin.json"
+gw="https://127.0.0.1:$port"
+"$bin/enrollgate-loadtest" register-ca --fleet "$work/fleet" --identity "$admin" --name fleet --auto --ottca >/dev/null
+[[ " $modes " == *" ott "* ]] && "$bin/enrollgate-loadtest" prepare-ott --identity "$admin" --count "$count" --out "$work/tok-ott" --prefix ott >/dev/null
+[[ " $modes " == *" ottca "* ]] && "$bin/enrollgate-loadtest" prepare-ott --identity "$admin" --count "$count" --out "$work/tok-ottca" --method ottca --ca fleet --prefix ottca >/dev/null
+
+cpu_ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat"; }
+run() { # mode, extra args...
+  local mode=$1; shift
+  local t0 t1
+  t0=$(cpu_ticks)
+  "$bin/enrollgate-loadtest" run --target "$gw" --mode "$mode" --concurrency "$concurrency" \
+    --count "$count" --cpus 1 --quiet --json "$work/$mode.json" "$@" >&2
+  t1=$(cpu_ticks)
+  echo "$mode $((t1 - t0))" >>"$work/cpu"
+}
+: >"$work/cpu"
+for mode in $modes; do
+  case $mode in
+    handshake) run handshake --fleet "$work/fleet" --ca-file "$work/gw/pki/ca.crt" ;;
+    ott) run ott --tokens "$work/tok-ott" ;;
+    ottca) run ottca --tokens "$work/tok-ottca" --fleet "$work/fleet" ;;
+    ca) run ca --fleet "$work/fleet" --device-offset "$count" --ca-file "$work/gw/pki/ca.crt" ;;
+    *) echo "per-core.sh: unknown mode '$mode'" >&2; exit 2 ;;
+  esac
+done
+
+python3 - "$work" "$target/criterion" "$(getconf CLK_TCK)" "$relaxed" <<'PY'
+import json, os, sys
+work, crit, hz, relaxed = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+def est(path):
+    try:
+        with open(os.path.join(crit, path, "new", "estimates.json")) as f:
+            return json.load(f)["mean"]["point_estimate"] / 1000.0  # ns -> us
+    except OSError:
+        return None
+hs = est("ott_floor/server_share_mutual_p256")
+csr, sign = est("ott_floor/csr_accept_p256"), est("ott_floor/issue_client_cert_p256")
+chain = est("chain_verify/1_with_intermediate")
+floors = {
+    "handshake": hs,
+    "ott": None if None in (hs, csr, sign) else hs + csr + sign,
+    "ottca": None if None in (hs, chain) else hs + chain,
+    "ca": None if None in (hs, chain) else hs + chain,
+}
+print(f"\n{'durable' if not relaxed else 'relaxed'} commits, serve --workers 1 on CPU 0, tool on CPU 1")
+print(f"{'mode':<10}{'ok':>7}{'errors':>8}{'per s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU/req':>11}{'floor':>9}{'floor/CPU':>11}")
+for line in open(os.path.join(work, "cpu")):
+    mode, ticks = line.split()
+    with open(os.path.join(work, f"{mode}.json")) as f:
+        j = json.load(f)
+    ok = j["ok"]
+    cpu = int(ticks) / hz * 1e6 / max(ok, 1)
+    fl = floors.get(mode)
+    ratio = f"{fl / cpu:.0%}" if fl else "-"
+    print(f"{mode:<10}{ok:>7}{j['errors']:>8}{j['throughput_per_s']:>9.0f}{j['latency_ms']['p50']:>9.1f}"
+          f"{j['latency_ms']['p99']:>9.1f}{cpu:>9.0f}us{(f'{fl:.0f}us' if fl else '-'):>9}{ratio:>11}")
+PY
