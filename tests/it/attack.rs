@@ -462,6 +462,10 @@ fn slow_bodies_are_cut_off_by_the_body_timeout() {
     }
     let open = |trickle: bool| -> Slow {
         let mut s = tls_connect(gw.port, &cfg).expect("attack connection");
+        // Before the head: the daemon cannot start the body's clock earlier, so a lifetime
+        // measured from here is never shorter than the daemon's (a loaded machine may take
+        // a while to write the 64 KiB below).
+        let since = Instant::now();
         s.write_all(head.as_bytes()).unwrap();
         if !trickle {
             s.write_all(&vec![b'A'; max_body - 1]).unwrap();
@@ -471,7 +475,7 @@ fn slow_bodies_are_cut_off_by_the_body_timeout() {
         Slow {
             s,
             trickle,
-            since: Instant::now(),
+            since,
             received: 0,
         }
     };
