@@ -48,7 +48,7 @@ pub enum ApiError {
     /// `CERT_IN_USE` 409: the certificate is already bound to an identity.
     #[error("{0}")]
     CertInUse(String),
-    /// `NAME_IN_USE` 409: another identity has this name.
+    /// `NAME_IN_USE` 409: another identity, or another CA, has this name.
     #[error("{0}")]
     NameInUse(String),
     /// `INVALID_NAME` 400.
@@ -185,7 +185,7 @@ impl From<StoreError> for ApiError {
         let msg = e.to_string();
         match e {
             StoreError::Enroll(inner) => inner.into(),
-            StoreError::NameInUse(_) => Self::NameInUse(msg),
+            StoreError::NameInUse(_) | StoreError::CaNameInUse(_) => Self::NameInUse(msg),
             StoreError::CertInUse => Self::CertInUse(msg),
             StoreError::NotFound(_) => Self::NotFound(msg),
             StoreError::InvalidState(_) => Self::InvalidState(msg),
@@ -299,6 +299,24 @@ mod tests {
             code(EnrollError::WrongMethod(String::new())),
             "INVALID_ENROLL_METHOD"
         );
+    }
+
+    #[test]
+    fn a_taken_name_says_whether_an_identity_or_a_ca_holds_it() {
+        for (e, message) in [
+            (
+                StoreError::NameInUse("x".into()),
+                "an identity named 'x' already exists",
+            ),
+            (
+                StoreError::CaNameInUse("x".into()),
+                "a CA named 'x' already exists",
+            ),
+        ] {
+            let e = ApiError::from(e);
+            assert_eq!(e.status_and_code(), (409, "NAME_IN_USE"));
+            assert_eq!(e.to_string(), message);
+        }
     }
 
     #[test]
