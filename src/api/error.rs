@@ -19,7 +19,8 @@ pub enum ApiError {
     /// `INVALID_ENROLL_METHOD` 400: unknown method, or a token used with another method.
     #[error("{0}")]
     InvalidEnrollMethod(String),
-    /// `COULD_NOT_PROCESS_CSR` 400: not PEM, not a CSR, bad signature, unsupported key.
+    /// `COULD_NOT_PROCESS_CSR` 400: not PEM, not exactly one PEM block, not a CSR, bad
+    /// signature, unsupported key.
     #[error("{0}")]
     CouldNotProcessCsr(String),
     /// `CERT_FAILED_VALIDATION` 400: no verified auto-enrollment CA accepts the chain.
