@@ -19,7 +19,8 @@ pub enum ApiError {
     /// `INVALID_ENROLL_METHOD` 400: unknown method, or a token used with another method.
     #[error("{0}")]
     InvalidEnrollMethod(String),
-    /// `COULD_NOT_PROCESS_CSR` 400: not PEM, not a CSR, bad signature, unsupported key.
+    /// `COULD_NOT_PROCESS_CSR` 400: not PEM, not exactly one PEM block, not a CSR, bad
+    /// signature, unsupported key.
     #[error("{0}")]
     CouldNotProcessCsr(String),
     /// `CERT_FAILED_VALIDATION` 400: no verified auto-enrollment CA accepts the chain.
@@ -48,7 +49,7 @@ pub enum ApiError {
     /// `CERT_IN_USE` 409: the certificate is already bound to an identity.
     #[error("{0}")]
     CertInUse(String),
-    /// `NAME_IN_USE` 409: another identity has this name.
+    /// `NAME_IN_USE` 409: another identity, or another CA, has this name.
     #[error("{0}")]
     NameInUse(String),
     /// `INVALID_NAME` 400.
@@ -185,7 +186,7 @@ impl From<StoreError> for ApiError {
         let msg = e.to_string();
         match e {
             StoreError::Enroll(inner) => inner.into(),
-            StoreError::NameInUse(_) => Self::NameInUse(msg),
+            StoreError::NameInUse(_) | StoreError::CaNameInUse(_) => Self::NameInUse(msg),
             StoreError::CertInUse => Self::CertInUse(msg),
             StoreError::NotFound(_) => Self::NotFound(msg),
             StoreError::InvalidState(_) => Self::InvalidState(msg),
@@ -299,6 +300,24 @@ mod tests {
             code(EnrollError::WrongMethod(String::new())),
             "INVALID_ENROLL_METHOD"
         );
+    }
+
+    #[test]
+    fn a_taken_name_says_whether_an_identity_or_a_ca_holds_it() {
+        for (e, message) in [
+            (
+                StoreError::NameInUse("x".into()),
+                "an identity named 'x' already exists",
+            ),
+            (
+                StoreError::CaNameInUse("x".into()),
+                "a CA named 'x' already exists",
+            ),
+        ] {
+            let e = ApiError::from(e);
+            assert_eq!(e.status_and_code(), (409, "NAME_IN_USE"));
+            assert_eq!(e.to_string(), message);
+        }
     }
 
     #[test]

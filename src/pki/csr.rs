@@ -32,6 +32,13 @@ pub enum CsrError {
     /// PEM, but of another kind of object.
     #[error("expected a PEM block 'CERTIFICATE REQUEST', found '{0}'")]
     WrongPemLabel(String),
+    /// The CSR's PEM block is followed by another PEM block: which one was meant is not
+    /// guessed.
+    #[error("the body holds more than one PEM block: send exactly one 'CERTIFICATE REQUEST'")]
+    MoreThanOnePemBlock,
+    /// The CSR's PEM block is followed by something other than whitespace.
+    #[error("the body holds data after its PEM block: send exactly one 'CERTIFICATE REQUEST' and nothing else")]
+    TrailingData,
     /// The bytes do not parse as PKCS#10.
     #[error("the body is not a valid PKCS#10 certificate signing request")]
     NotACsr,
@@ -67,7 +74,7 @@ pub struct AcceptedCsr {
 
 /// Decodes a request body into CSR DER: PEM (`CERTIFICATE REQUEST` or the older
 /// `NEW CERTIFICATE REQUEST`), base64 of DER (as EST's `application/pkcs10` sends it), or
-/// raw DER.
+/// raw DER. A PEM body holds exactly one block; only whitespace may surround it.
 pub fn decode_body(body: &[u8]) -> Result<Vec<u8>, CsrError> {
     // Raw DER first and untouched: its last bytes may be 0x0a or 0x20, which trimming as
     // text would cut off.
@@ -80,10 +87,18 @@ pub fn decode_body(body: &[u8]) -> Result<Vec<u8>, CsrError> {
     }
     if trimmed.starts_with(b"-----BEGIN") {
         let block = pem::parse(trimmed).map_err(|_| CsrError::NotPem)?;
-        return match block.tag() {
-            "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST" => Ok(block.into_contents()),
-            other => Err(CsrError::WrongPemLabel(other.chars().take(64).collect())),
-        };
+        match block.tag() {
+            "CERTIFICATE REQUEST" | "NEW CERTIFICATE REQUEST" => {}
+            other => return Err(CsrError::WrongPemLabel(other.chars().take(64).collect())),
+        }
+        let rest = after_first_pem_block(trimmed).ok_or(CsrError::NotPem)?;
+        if find(rest, b"-----BEGIN ").is_some() {
+            return Err(CsrError::MoreThanOnePemBlock);
+        }
+        if !rest.trim_ascii().is_empty() {
+            return Err(CsrError::TrailingData);
+        }
+        return Ok(block.into_contents());
     }
     let compact: Vec<u8> = trimmed
         .iter()
@@ -93,6 +108,27 @@ pub fn decode_body(body: &[u8]) -> Result<Vec<u8>, CsrError> {
     base64::engine::general_purpose::STANDARD
         .decode(compact)
         .map_err(|_| CsrError::NotPem)
+}
+
+/// What follows the END line of the first PEM block in `text`, framed as `pem::parse`
+/// frames it: the first `-----END ` after the BEGIN line, up to the next `-----`. Taking
+/// the first occurrence of each marker can only end the block earlier than `pem::parse`
+/// did, which leaves more to refuse, never less.
+fn after_first_pem_block(text: &[u8]) -> Option<&[u8]> {
+    let rest = skip_past(text, b"-----BEGIN ")?;
+    let rest = skip_past(rest, b"-----")?;
+    let rest = skip_past(rest, b"-----END ")?;
+    skip_past(rest, b"-----")
+}
+
+/// The bytes after the first occurrence of `marker` in `hay`.
+fn skip_past<'a>(hay: &'a [u8], marker: &[u8]) -> Option<&'a [u8]> {
+    find(hay, marker).map(|i| &hay[i + marker.len()..])
+}
+
+/// The position of the first occurrence of `marker` in `hay`.
+fn find(hay: &[u8], marker: &[u8]) -> Option<usize> {
+    hay.windows(marker.len()).position(|w| w == marker)
 }
 
 /// Parses a CSR, verifies its signature and checks its key.
@@ -228,6 +264,56 @@ mod tests {
         assert_eq!(
             accept(&[0x30, 0x03, 0x02, 0x01, 0x00]),
             Err(CsrError::NotACsr)
+        );
+    }
+
+    #[test]
+    fn a_pem_body_holds_exactly_one_block() {
+        let key = KeyPair::generate().unwrap();
+        let csr = csr_pem(&key);
+        let other = csr_pem(&KeyPair::generate().unwrap());
+        let cert = "-----BEGIN CERTIFICATE-----\nMAA=\n-----END CERTIFICATE-----\n";
+        let der = decode_body(csr.as_bytes()).unwrap();
+
+        // Whitespace around the one block is fine, CRLF included.
+        for ok in [
+            format!("\n\n{csr}\n \t\r\n"),
+            csr.replace('\n', "\r\n"),
+            csr.trim_end().to_string(),
+        ] {
+            assert_eq!(decode_body(ok.as_bytes()), Ok(der.clone()), "{ok:?}");
+        }
+
+        // A second block of any kind, even the same CSR again.
+        for two in [
+            format!("{csr}{other}"),
+            format!("{csr}{csr}"),
+            format!("{csr}\n{cert}"),
+            format!("{csr}junk\n{other}"),
+        ] {
+            assert_eq!(
+                decode_body(two.as_bytes()),
+                Err(CsrError::MoreThanOnePemBlock),
+                "{two:?}"
+            );
+        }
+        // Anything else after the block.
+        for trailing in [
+            format!("{csr}x"),
+            format!("{csr}\n\ngarbage\n"),
+            format!("{csr}-----END CERTIFICATE REQUEST-----\n"),
+            format!("{csr}\0"),
+        ] {
+            assert_eq!(
+                decode_body(trailing.as_bytes()),
+                Err(CsrError::TrailingData),
+                "{trailing:?}"
+            );
+        }
+        // A first block that is not a CSR is still named as such.
+        assert_eq!(
+            decode_body(format!("{cert}{csr}").as_bytes()),
+            Err(CsrError::WrongPemLabel("CERTIFICATE".into()))
         );
     }
 

@@ -361,7 +361,7 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
             return Err(StoreError::InvalidState("CA id collision".into()));
         }
         if self.get(&keys::ca_name(&ca.name))?.is_some() {
-            return Err(StoreError::NameInUse(ca.name));
+            return Err(StoreError::CaNameInUse(ca.name));
         }
         if self.get(&keys::ca_fingerprint(&ca.fingerprint))?.is_some() {
             return Err(StoreError::CaExists);
@@ -387,7 +387,7 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
         let mut writes = Vec::new();
         if let Some(name) = c.name.filter(|n| *n != ca.name) {
             if self.get(&keys::ca_name(&name))?.is_some() {
-                return Err(StoreError::NameInUse(name));
+                return Err(StoreError::CaNameInUse(name));
             }
             writes.push(Write::Delete(keys::ca_name(&ca.name)));
             writes.push(Write::Put(keys::ca_name(&name), ca.id.clone().into_bytes()));
@@ -856,6 +856,46 @@ mod tests {
             let r = run(&mut map, vec![auto("i11", "x", "fp0")]);
             assert_eq!(r[0].as_ref().unwrap_err(), &StoreError::CertInUse);
         }
+    }
+
+    #[test]
+    fn a_taken_ca_name_is_reported_as_a_ca_name() {
+        let mut map = Map::new();
+        let mut other = ca_record();
+        other.id = "ca2".into();
+        other.name = "other".into();
+        other.fingerprint = "otherfp".into();
+        commit(
+            &mut map,
+            vec![
+                Command::CreateCa { ca: ca_record() },
+                Command::CreateCa { ca: other },
+            ],
+        );
+        let mut dup = ca_record();
+        dup.id = "ca3".into();
+        dup.fingerprint = "dupfp".into();
+        let rename = CaChanges {
+            name: Some("ca".into()),
+            ..CaChanges::default()
+        };
+        let r = commit(
+            &mut map,
+            vec![
+                Command::CreateCa { ca: dup },
+                Command::UpdateCa {
+                    id: "ca2".into(),
+                    changes: rename,
+                    now: 1,
+                },
+            ],
+        );
+        for e in r {
+            let e = e.unwrap_err();
+            assert_eq!(e, StoreError::CaNameInUse("ca".into()));
+            assert_eq!(e.to_string(), "a CA named 'ca' already exists");
+        }
+        assert!(!map.contains_key(&keys::ca("ca3")));
     }
 
     #[test]

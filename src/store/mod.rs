@@ -36,9 +36,12 @@ pub enum StoreError {
     /// A token rule refused the redemption inside the atomic write.
     #[error(transparent)]
     Enroll(#[from] EnrollError),
-    /// I2.
+    /// I2, for identities.
     #[error("an identity named '{0}' already exists")]
     NameInUse(String),
+    /// I2, for CAs.
+    #[error("a CA named '{0}' already exists")]
+    CaNameInUse(String),
     /// I1.
     #[error("this certificate is already bound to an identity")]
     CertInUse,

@@ -184,6 +184,63 @@ fn bad_enrollment_requests_change_nothing() {
     assert!(!gw.log().contains("panicked"));
 }
 
+/// Regression: a body holding a CSR followed by another PEM block (or other data) was
+/// enrolled with the first block. Now it is refused, the token stays redeemable.
+#[test]
+fn a_csr_body_with_more_than_one_pem_block_is_refused() {
+    let gw = Gateway::start();
+    let dir = gw.dir.path();
+    let (_, _, token) = gw.create_identity("target", "Device", false);
+    let ec = ["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"];
+    let good = csr_pem(dir, "good", &ec);
+    let other = csr_pem(dir, "other", &ec);
+    let cert_pem = std::fs::read(gw.ca_file()).unwrap();
+    let two_blocks =
+        "the body holds more than one PEM block: send exactly one 'CERTIFICATE REQUEST'";
+    let trailing = "the body holds data after its PEM block: send exactly one 'CERTIFICATE REQUEST' and nothing else";
+    let cases: Vec<(Vec<u8>, &str)> = vec![
+        ([good.clone(), other].concat(), two_blocks),
+        ([good.clone(), good.clone()].concat(), two_blocks),
+        ([good.clone(), cert_pem].concat(), two_blocks),
+        (
+            [good.clone(), b"trailing garbage\n".to_vec()].concat(),
+            trailing,
+        ),
+    ];
+    let before = gw.snapshot();
+    let path = format!("/edge/client/v1/enroll?method=ott&token={token}");
+    for (body, message) in &cases {
+        let r = gw.request("POST", &path, &[("Content-Type", "text/plain")], body);
+        assert_eq!(r.status, 400);
+        assert_eq!(
+            r.api_error().unwrap(),
+            ("COULD_NOT_PROCESS_CSR".to_string(), message.to_string())
+        );
+        // The JSON variant decodes the CSR the same way.
+        let json = serde_json::json!({
+            "token": token,
+            "clientCsr": String::from_utf8(body.clone()).unwrap(),
+        });
+        let r = gw.request(
+            "POST",
+            "/edge/client/v1/enroll/ott",
+            &[("Content-Type", "application/json")],
+            json.to_string().as_bytes(),
+        );
+        assert_eq!(
+            (r.status, code(&r).as_str()),
+            (400, "COULD_NOT_PROCESS_CSR")
+        );
+    }
+
+    // Nothing changed, and the token redeems with the one CSR (trailing whitespace is fine).
+    assert_eq!(gw.snapshot(), before);
+    let body = [good, b"\r\n \n".to_vec()].concat();
+    let r = gw.request("POST", &path, &[("Content-Type", "text/plain")], &body);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert!(!gw.log().contains("panicked"));
+}
+
 pub(crate) fn raw_tls(gw: &Gateway) -> rustls::StreamOwned<rustls::ClientConnection, TcpStream> {
     let cfg = enrollgate::client::config(&gw.ca_certs(), None).unwrap();
     let tcp = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();

@@ -25,6 +25,67 @@ fn ca_enroll(dev: &Device, gw: &Gateway, body: Option<&Value>) -> enrollgate::cl
     )
 }
 
+/// Regression: a taken CA name was answered `NAME_IN_USE` with "an identity named ...
+/// already exists". The code stays; the message names what holds the name.
+#[test]
+fn name_in_use_says_whether_an_identity_or_a_ca_holds_the_name() {
+    let gw = Gateway::start();
+    let error = |r: &enrollgate::client::HttpResponse| (r.status, r.api_error().unwrap());
+    let taken = |what: &str| {
+        (
+            409,
+            (
+                "NAME_IN_USE".to_string(),
+                format!("{what} named 'taken' already exists"),
+            ),
+        )
+    };
+
+    gw.create_identity("taken", "User", false);
+    let r = gw.mgmt(
+        "POST",
+        "/identities",
+        Some(&json!({"name": "taken", "type": "Device"})),
+    );
+    assert_eq!(error(&r), taken("an identity"));
+
+    // Identity names and CA names are separate: the CA may take the same name.
+    let first = Fleet::new("first");
+    let r = gw.mgmt(
+        "POST",
+        "/cas",
+        Some(&json!({"name": "taken", "certPem": first.root_pem})),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+
+    // A second CA with that name, created or renamed to it.
+    let second = Fleet::new("second");
+    let r = gw.mgmt(
+        "POST",
+        "/cas",
+        Some(&json!({"name": "taken", "certPem": second.root_pem})),
+    );
+    assert_eq!(error(&r), taken("a CA"));
+    let r = gw.mgmt(
+        "POST",
+        "/cas",
+        Some(&json!({"name": "free", "certPem": second.root_pem})),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let second_id = r.json().unwrap()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = gw.mgmt(
+        "PATCH",
+        &format!("/cas/{second_id}"),
+        Some(&json!({"name": "taken"})),
+    );
+    assert_eq!(error(&r), taken("a CA"));
+    let shown = gw.mgmt("GET", &format!("/cas/{second_id}"), None);
+    assert_eq!(shown.json().unwrap()["data"]["name"], "free");
+}
+
 #[test]
 fn cas_are_created_verified_with_openssl_and_managed_from_the_cli() {
     let gw = Gateway::start();

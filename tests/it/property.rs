@@ -602,7 +602,7 @@ fn bad_csr(good: Vec<u8>, cert_pem: Vec<u8>) -> BoxedStrategy<Vec<u8>> {
     prop_oneof![
         Just(Vec::new()),
         Just(b"this is not PEM".to_vec()),
-        Just(cert_pem),
+        Just(cert_pem.clone()),
         Just(
             b"-----BEGIN CERTIFICATE REQUEST-----\nMIIB\n-----END CERTIFICATE REQUEST-----\n"
                 .to_vec()
@@ -619,10 +619,20 @@ fn bad_csr(good: Vec<u8>, cert_pem: Vec<u8>) -> BoxedStrategy<Vec<u8>> {
                 pem::encode(&pem::Pem::new("CERTIFICATE REQUEST", d)).into_bytes()
             }
         }),
-        // The right DER under another label. (Not the right PEM with data around it:
-        // the daemon takes the first CSR block and ignores the rest, which redeems the
-        // token.)
+        // The right DER under another label.
         Just(pem::encode(&pem::Pem::new("CERTIFICATE", der.clone())).into_bytes()),
+        // The right PEM with another block, or anything but whitespace, after it (only
+        // whitespace may follow the one block), or with data before it.
+        Just([good.clone(), good.clone()].concat()),
+        Just([good.clone(), cert_pem.clone()].concat()),
+        any_bytes(400).prop_map({
+            let g = good.clone();
+            move |b| [g.clone(), b"x".to_vec(), b].concat()
+        }),
+        any_bytes(400).prop_map({
+            let g = good.clone();
+            move |b| [b"x".to_vec(), b, g.clone()].concat()
+        }),
         any_bytes(400),
         (60_000usize..70_000).prop_map(|n| vec![b'A'; n]),
     ]
