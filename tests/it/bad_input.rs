@@ -460,9 +460,8 @@ fn session_resumption_follows_the_session_tickets_setting() {
         for _ in 0..2 {
             let tcp = TcpStream::connect(("127.0.0.1", gw.port)).unwrap();
             tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-            let conn =
-                rustls::ClientConnection::new(cfg.clone(), "127.0.0.1".try_into().unwrap())
-                    .unwrap();
+            let conn = rustls::ClientConnection::new(cfg.clone(), "127.0.0.1".try_into().unwrap())
+                .unwrap();
             let mut s = rustls::StreamOwned::new(conn, tcp);
             // A whole request and answer, so that any ticket sent after the handshake
             // has arrived before the connection ends.
