@@ -70,6 +70,8 @@ pub struct Shared {
     /// One counter per worker, advanced by the worker's own runtime every 200 ms; the
     /// systemd watchdog is fed only while all of them move.
     pub heartbeats: Arc<[std::sync::atomic::AtomicU64]>,
+    /// Open connections across workers and the ceiling `limits.max_memory` puts on them.
+    pub memory: Arc<crate::ops::memory::MemoryGuard>,
     /// Intermediates (PEM) appended to every issued certificate: the certificates of
     /// `pki.ca_cert` that are not self-signed roots (empty with the default single root).
     pub issued_chain_tail_pem: String,
@@ -118,12 +120,13 @@ impl Shared {
             cas,
             Arc::default(),
             heartbeats,
+            Arc::default(),
             rates,
         )
     }
 
     /// The state for a re-read configuration: new certificates, keys, limits and policy;
-    /// the same store, committer, CA cache, sessions and heartbeats.
+    /// the same store, committer, CA cache, sessions, heartbeats and memory guard.
     pub fn reloaded(&self, config: Config, public_url: PublicUrl) -> Result<Self, SetupError> {
         let rates = if self.rates.same_limits(&config.limits) {
             self.rates.clone()
@@ -139,6 +142,7 @@ impl Shared {
             self.cas.clone(),
             self.sessions.clone(),
             self.heartbeats.clone(),
+            self.memory.clone(),
             rates,
         )
     }
@@ -153,6 +157,7 @@ impl Shared {
         cas: Arc<CaRegistry>,
         sessions: Arc<crate::api::auth::Sessions>,
         heartbeats: Arc<[std::sync::atomic::AtomicU64]>,
+        memory: Arc<crate::ops::memory::MemoryGuard>,
         rates: Arc<RateLimits>,
     ) -> Result<Self, SetupError> {
         let ca_chain = pki::read_cert_chain(&config.ca_cert)?;
@@ -200,6 +205,7 @@ impl Shared {
             sessions,
             internal_ca_der: ca_chain[0].clone(),
             heartbeats,
+            memory,
             rates,
             superseded: std::sync::atomic::AtomicBool::new(false),
             issued_chain_tail_pem: pki::pem_of_certs(

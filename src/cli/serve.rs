@@ -104,6 +104,22 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     let registry = Arc::new(SharedRegistry::new(shared.clone()));
     // Only the registry keeps the state alive, so a reload can retire it (old keys).
     let heartbeats = shared.heartbeats.clone();
+    let memory = shared.memory.clone();
+    if let Ok(rss) = ops::memory::resident_bytes() {
+        let inputs = ops::memory::Inputs {
+            cap: shared.config.limits.max_memory,
+            store_bytes: shared.store.memory_bytes(),
+        };
+        if let (rest, Some(share)) = ops::memory::outside_store(rss, inputs) {
+            if rest >= share / 10 * 8 {
+                tracing::warn!(
+                    rss_mib = rss >> 20,
+                    cap_mib = inputs.cap.map(|c| c >> 20),
+                    "resident memory is already near limits.max_memory; connections will be few"
+                );
+            }
+        }
+    }
     drop(shared);
     let reload_registry = registry.clone();
     let reload_notifier = notifier.clone();
@@ -144,6 +160,21 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
                 }
             }
         })?;
+
+    // limits.max_memory: the sampler sets the connection ceiling the workers keep to.
+    let memory_registry = registry.clone();
+    let memory_signal = signal.clone();
+    ops::memory::spawn_sampler(
+        memory,
+        move || {
+            let (_, shared) = memory_registry.current();
+            ops::memory::Inputs {
+                cap: shared.config.limits.max_memory,
+                store_bytes: shared.store.memory_bytes(),
+            }
+        },
+        move || memory_signal.is_set(),
+    )?;
 
     let watchdog_notifier = notifier.clone();
     let watchdog_signal = signal.clone();

@@ -117,6 +117,32 @@ pub const MAX_CERT_LIFETIME: Duration = Duration::from_secs(36_500 * 86_400);
 /// Longest `enrollment.token_ttl` accepted.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(3_650 * 86_400);
 
+/// `limits.max_memory` when the file does not set it.
+pub const DEFAULT_MAX_MEMORY: u64 = 1 << 30;
+/// Smallest `limits.max_memory` accepted: the store's budget
+/// ([`crate::store::MEMORY_BUDGET`]) and 64 MiB for the process at rest and its
+/// connections.
+pub const MIN_MAX_MEMORY: u64 = crate::store::MEMORY_BUDGET + (64 << 20);
+
+/// Parses a size with a binary unit ("512MiB", "1GiB", "65536KiB"), or "off".
+pub fn parse_size(text: &str) -> Result<Option<u64>, String> {
+    if text == "off" {
+        return Ok(None);
+    }
+    let bad = || format!("'{text}' is not a size (e.g. \"512MiB\", \"2GiB\") or \"off\"");
+    let digits = text.bytes().take_while(u8::is_ascii_digit).count();
+    let (number, unit) = text.split_at(digits);
+    let shift = match unit.trim_start() {
+        "KiB" => 10,
+        "MiB" => 20,
+        "GiB" => 30,
+        "TiB" => 40,
+        _ => return Err(bad()),
+    };
+    let n: u64 = number.parse().map_err(|_| bad())?;
+    n.checked_mul(1 << shift).map(Some).ok_or_else(bad)
+}
+
 /// Connection and request limits (per worker where it says so).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Limits {
@@ -136,15 +162,19 @@ pub struct Limits {
     /// loses its connection.
     pub write_timeout: Duration,
     /// Open connections per worker at most; at the limit a new connection closes the one
-    /// idle longest between requests, and is itself closed when none is idle.
+    /// idle longest between requests, and when none is idle, newcomers wait in the kernel's
+    /// accept queue.
     pub max_connections: usize,
     /// TLS handshakes in progress per worker at most (a surge of handshakes cannot starve
     /// requests already admitted); at the limit a new connection closes the handshake
-    /// waiting longest for its client, and is itself closed when none is waiting.
+    /// waiting longest for its client, and when none is waiting, it queues for a slot.
     pub max_handshakes: usize,
     /// TLS handshakes in progress per worker from one client address (IPv6: one /64) at
     /// most, with the same rule within that address: one source cannot take every slot.
     pub max_handshakes_per_source: usize,
+    /// Resident memory the process stays under, if capped (see [`crate::ops::memory`]):
+    /// at 90% of it, the connections open become a ceiling on open connections.
+    pub max_memory: Option<u64>,
     /// CSRs waiting for a worker's signing thread at most; beyond, `ott` enrollments get
     /// `429 RATE_LIMITED`.
     pub sign_queue: usize,
@@ -169,6 +199,7 @@ impl Default for Limits {
             max_connections: 10_000,
             max_handshakes: 1024,
             max_handshakes_per_source: 256,
+            max_memory: Some(DEFAULT_MAX_MEMORY),
             sign_queue: 1024,
             sign_batch: 64,
             per_source: None,
@@ -500,6 +531,25 @@ impl Config {
                 l.max_handshakes_per_source,
                 d.max_handshakes_per_source,
             ),
+            max_memory: match l.max_memory.as_deref().map(parse_size) {
+                None => d.max_memory,
+                Some(Ok(Some(n))) if n < MIN_MAX_MEMORY => {
+                    c.problem(
+                        "limits.max_memory",
+                        format!(
+                            "at least {}MiB (the store's caches take up to {}MiB), or \"off\"",
+                            MIN_MAX_MEMORY.div_ceil(1 << 20),
+                            crate::store::MEMORY_BUDGET.div_ceil(1 << 20)
+                        ),
+                    );
+                    d.max_memory
+                }
+                Some(Ok(v)) => v,
+                Some(Err(m)) => {
+                    c.problem("limits.max_memory", m);
+                    d.max_memory
+                }
+            },
             sign_queue: c.positive("limits.sign_queue", l.sign_queue, d.sign_queue),
             sign_batch: c.positive("limits.sign_batch", l.sign_batch, d.sign_batch),
             per_source: c.rate_limit(
@@ -661,6 +711,7 @@ write_timeout = "30s"
 max_connections = 10000         # per worker
 max_handshakes = 1024           # per worker
 max_handshakes_per_source = 256 # per worker, from one address (IPv6: one /64)
+max_memory = "1GiB"             # resident memory cap, whole process; "off" for none
 sign_queue = 1024               # CSRs waiting per worker's signing thread; beyond: 429
 sign_batch = 64                 # CSRs signed in one batch at most
 # per_source_rate = "20/s"      # enrollment requests per client address (IPv6: per /64)
@@ -791,6 +842,27 @@ mod tests {
         assert_eq!((src.rate.to_string(), src.burst), ("20/s".into(), 20));
         let ca = c.limits.per_ca.unwrap();
         assert_eq!((ca.rate.to_string(), ca.burst), ("600/min".into(), 50));
+    }
+
+    #[test]
+    fn the_memory_cap_takes_binary_units_or_off() {
+        assert_eq!(load_text("").unwrap().limits.max_memory, Some(1 << 30));
+        let cap = |v: &str| load_text(&format!("[limits]\nmax_memory = \"{v}\"\n"));
+        assert_eq!(cap("512MiB").unwrap().limits.max_memory, Some(512 << 20));
+        assert_eq!(cap("2GiB").unwrap().limits.max_memory, Some(2 << 30));
+        assert_eq!(cap("off").unwrap().limits.max_memory, None);
+        for bad in [
+            "512MB",
+            "1.5GiB",
+            "",
+            "MiB",
+            "-1GiB",
+            "99999999999TiB",
+            "64MiB",
+        ] {
+            let err = cap(bad).unwrap_err();
+            assert_eq!(err.problems[0].key, "limits.max_memory", "{bad}");
+        }
     }
 
     #[test]

@@ -101,6 +101,7 @@ pub struct RawLimits {
     pub max_connections: Option<usize>,
     pub max_handshakes: Option<usize>,
     pub max_handshakes_per_source: Option<usize>,
+    pub max_memory: Option<String>,
     pub sign_queue: Option<usize>,
     pub sign_batch: Option<usize>,
     pub per_source_rate: Option<String>,

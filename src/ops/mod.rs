@@ -4,5 +4,6 @@
 pub mod backup;
 pub mod check;
 pub mod fsck;
+pub mod memory;
 pub mod notify;
 pub mod process;

@@ -10,11 +10,13 @@
 //! | `max_body_bytes` | `413 REQUEST_TOO_LARGE` before the body is read, closed |
 //! | `body_timeout` | the connection is closed |
 //! | `write_timeout` (a client that stops reading) | the connection is closed |
-//! | `max_handshakes` / `max_handshakes_per_source` (per worker) | the handshake (of that source) waiting longest for its client is closed to make room; with none waiting, the new connection is closed |
-//! | `max_connections` (per worker, in `worker.rs`) | the connection idle longest is closed to make room; with none idle, the new connection is closed |
+//! | `max_handshakes` (per worker) | the handshake waiting longest for its client is closed to make room; with none waiting (every handshake is the server's turn), the new connection queues for a slot, holding only its socket, at most `idle_timeout` |
+//! | `max_handshakes_per_source` (per worker) | that source's handshake waiting longest for its client is closed to make room; with none waiting, the new connection is closed |
+//! | `max_connections` (per worker, in `worker.rs`) | the connection idle longest is closed to make room; with none idle, new connections wait in the kernel's accept queue |
+//! | `max_memory` (process, in `gate.rs`) | at the connection ceiling, a new connection waits (holding only its socket, at most `idle_timeout`) and the connection idle longest is closed to make room |
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -24,6 +26,7 @@ use std::time::{Duration, Instant};
 
 use monoio::net::TcpStream;
 
+use super::gate::Gate;
 use super::tls::{Progress, TlsStream};
 use super::ShutdownSignal;
 use crate::api::{self, ApiError, Peer, Request};
@@ -53,9 +56,9 @@ fn request_id() -> String {
 /// handshake that has waited longest for its client (of its own source, when that source
 /// is at its cap), which is closed. A handshake whose client has answered (its bytes have
 /// arrived, the server has not read them yet) waits for the server, and is kept: when
-/// every handshake in that scope is the server's turn (a surge the CPU has not caught up
-/// with), the new connection is refused instead, so that work already done is not thrown
-/// away.
+/// every handshake is the server's turn (a surge the CPU has not caught up with), the new
+/// connection queues for a slot in arrival order instead ([`Queued`]), so that work already
+/// done is not thrown away; at a source's cap it is closed.
 ///
 /// A flood of handshakes that never finish therefore cannot lock new clients out: a client
 /// loses its place only if, while it is the longest-waiting, enough newer connections
@@ -69,6 +72,66 @@ pub struct Handshakes {
     live: RefCell<BTreeMap<u64, Slot>>,
     /// Live handshakes of each source, by admission order.
     by_source: RefCell<HashMap<IpAddr, BTreeSet<u64>>>,
+    /// Connections waiting for a slot because every handshake was the server's turn,
+    /// oldest first.
+    queue: RefCell<VecDeque<Rc<Turn>>>,
+    /// Slots freed and promised to queued connections that have not taken them yet.
+    reserved: Cell<usize>,
+    /// Queued connections still waiting (the queue may also hold places given up).
+    waiting: Cell<usize>,
+}
+
+/// A queued connection's place: granted when a slot is freed for it.
+#[derive(Debug, Default)]
+struct Turn {
+    granted: Cell<bool>,
+    waker: RefCell<Option<Waker>>,
+}
+
+/// A connection waiting in [`Handshakes`]' queue; resolves when a slot is granted, and
+/// passes a granted slot on if dropped before taking it.
+struct Queued {
+    table: Rc<Handshakes>,
+    turn: Rc<Turn>,
+    taken: bool,
+}
+
+impl Future for Queued {
+    type Output = ();
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if self.turn.granted.get() {
+            return Poll::Ready(());
+        }
+        *self.turn.waker.borrow_mut() = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl Queued {
+    /// Takes the granted slot for `source` (the table's limits do not apply: the slot was
+    /// freed for this connection).
+    fn take(mut self, source: IpAddr) -> Handshaking {
+        self.taken = true;
+        self.table
+            .reserved
+            .set(self.table.reserved.get().saturating_sub(1));
+        self.table.insert(crate::admission::source_key(source))
+    }
+}
+
+impl Drop for Queued {
+    fn drop(&mut self) {
+        self.table
+            .waiting
+            .set(self.table.waiting.get().saturating_sub(1));
+        if self.turn.granted.get() && !self.taken {
+            self.table
+                .reserved
+                .set(self.table.reserved.get().saturating_sub(1));
+            self.table.grant_next();
+        }
+    }
 }
 
 #[derive(Debug)]
@@ -119,7 +182,9 @@ impl Handshakes {
             .map_or(0, BTreeSet::len);
         let full = if own >= limits.max_handshakes_per_source.max(1) {
             Some(Full::Source)
-        } else if self.live.borrow().len() >= limits.max_handshakes.max(1) {
+        } else if self.live.borrow().len() + self.reserved.get() >= limits.max_handshakes.max(1)
+            || self.waiting.get() > 0
+        {
             Some(Full::Worker)
         } else {
             None
@@ -142,9 +207,14 @@ impl Handshakes {
             };
             match victim {
                 Some((_, id)) => self.evict(id),
+                // With connections queued and a slot free, the newcomer queues behind them.
                 None => return Err(scope),
             }
         }
+        Ok((self.insert(source), full))
+    }
+
+    fn insert(self: &Rc<Self>, source: IpAddr) -> Handshaking {
         let id = self.next.get();
         self.next.set(id + 1);
         let eviction = Rc::new(Eviction::default());
@@ -160,12 +230,51 @@ impl Handshakes {
             .entry(source)
             .or_default()
             .insert(id);
-        let slot = Handshaking {
+        Handshaking {
             counts: self.clone(),
             id,
             eviction,
-        };
-        Ok((slot, full))
+        }
+    }
+
+    /// Queues a connection for the next slot freed (see [`Queued`]); a slot free now goes
+    /// to the oldest queued connection at once.
+    fn enqueue(self: &Rc<Self>, limits: &Limits) -> Queued {
+        let turn = Rc::new(Turn::default());
+        self.queue.borrow_mut().push_back(turn.clone());
+        self.waiting.set(self.waiting.get() + 1);
+        if self.live.borrow().len() + self.reserved.get() < limits.max_handshakes.max(1) {
+            self.grant_next();
+        }
+        Queued {
+            table: self.clone(),
+            turn,
+            taken: false,
+        }
+    }
+
+    /// Connections queued for a slot.
+    pub fn queued(&self) -> usize {
+        self.waiting.get()
+    }
+
+    /// Promises a freed slot to the oldest queued connection still waiting.
+    fn grant_next(&self) {
+        loop {
+            let Some(turn) = self.queue.borrow_mut().pop_front() else {
+                return;
+            };
+            if Rc::strong_count(&turn) == 1 {
+                continue;
+            }
+            turn.granted.set(true);
+            self.reserved.set(self.reserved.get() + 1);
+            let waker = turn.waker.borrow_mut().take();
+            if let Some(w) = waker {
+                w.wake();
+            }
+            return;
+        }
     }
 
     /// Frees slot `id`, when it is still held.
@@ -209,7 +318,10 @@ impl Handshaking {
 
 impl Drop for Handshaking {
     fn drop(&mut self) {
-        self.counts.release(self.id);
+        // An evicted slot was released already, and went to the connection that evicted it.
+        if self.counts.release(self.id).is_some() {
+            self.counts.grant_next();
+        }
     }
 }
 
@@ -277,13 +389,27 @@ impl Drop for Waiting {
     }
 }
 
-/// A worker's connection tables: handshakes in progress and connections between requests.
-#[derive(Debug, Default)]
+/// A worker's connection tables: the memory gate, handshakes in progress and connections
+/// between requests.
+#[derive(Debug)]
 pub struct Tables {
+    /// Where connections wait while the process is at its memory ceiling.
+    pub gate: Rc<Gate>,
     /// Handshakes in progress.
     pub handshakes: Rc<Handshakes>,
     /// Connections waiting for a request.
     pub idle: Rc<Idle>,
+}
+
+impl Tables {
+    /// Empty tables whose gate counts against `memory`.
+    pub fn new(memory: std::sync::Arc<crate::ops::memory::MemoryGuard>) -> Self {
+        Self {
+            gate: Gate::new(memory),
+            handshakes: Rc::default(),
+            idle: Rc::default(),
+        }
+    }
 }
 
 /// Tells a connection that a newer one took its place.
@@ -330,6 +456,16 @@ pub async fn serve(
     tables: &Tables,
 ) {
     let limits = ctx.shared.config.limits;
+    // Nothing is allocated for the connection before the memory gate admits it.
+    let admitted = monoio::select! {
+        a = tables.gate.admit(&tables.idle, limits.idle_timeout) => a,
+        _ = signal.wait() => None,
+    };
+    let Some(admitted) = admitted else {
+        telemetry::handshake("refused", None);
+        tracing::debug!(%addr, "closed after waiting for the memory ceiling (limits.max_memory)");
+        return;
+    };
     let in_progress = match tables.handshakes.admit(addr.ip(), &limits) {
         Ok((slot, full)) => {
             if let Some(full) = full {
@@ -337,12 +473,43 @@ pub async fn serve(
             }
             slot
         }
-        Err(full) => {
+        Err(Full::Source) => {
             telemetry::handshake("refused", None);
-            tracing::debug!(%addr, limit = full.key(), "handshake table full and every handshake busy; connection closed");
+            tracing::debug!(%addr, "every handshake of this source is busy; connection closed");
             return;
         }
+        // Every handshake is the server's turn (a surge the CPU has not caught up with):
+        // wait for a slot in arrival order, holding only the socket.
+        Err(Full::Worker) => {
+            let mut queued = tables.handshakes.enqueue(&limits);
+            let granted = monoio::select! {
+                () = &mut queued => true,
+                _ = monoio::time::sleep(limits.idle_timeout) => false,
+                _ = signal.wait() => false,
+            };
+            if !granted {
+                telemetry::handshake("refused", None);
+                tracing::debug!(%addr, "no handshake slot came free in time; connection closed");
+                return;
+            }
+            queued.take(addr.ip())
+        }
     };
+    // The rest of the connection's state is allocated now, not while it waits (a waiting
+    // connection's task stays small).
+    Box::pin(serve_admitted(ctx, tcp, addr, signal, tables, in_progress)).await;
+    drop(admitted);
+}
+
+async fn serve_admitted(
+    ctx: &WorkerCtx,
+    tcp: TcpStream,
+    addr: SocketAddr,
+    signal: &ShutdownSignal,
+    tables: &Tables,
+    in_progress: Handshaking,
+) {
+    let limits = ctx.shared.config.limits;
     let started = Instant::now();
     let handshake = TlsStream::accept(tcp, ctx.shared.tls.clone(), in_progress.progress());
     let bounded = monoio::time::timeout(limits.handshake_timeout, handshake);
@@ -423,8 +590,12 @@ pub async fn serve(
         let req = Request { head, body };
         let id = request_id();
         let resp = api::handle(ctx, &req, &peer, &id).await;
-        // After a reload, a connection does not keep serving with the old keys and limits.
-        let keep_alive = req.head.keep_alive && !signal.is_set() && !ctx.shared.is_superseded();
+        // After a reload, a connection does not keep serving with the old keys and limits;
+        // at the memory ceiling, it gives its place to a newcomer.
+        let keep_alive = req.head.keep_alive
+            && !signal.is_set()
+            && !ctx.shared.is_superseded()
+            && !ctx.shared.memory.at_ceiling();
         let bytes = resp.serialize(keep_alive, req.head.method == "HEAD");
         if !keep_alive {
             let _ = monoio::time::timeout(wt, tls.write_and_close(&bytes)).await;
@@ -576,6 +747,68 @@ mod tests {
         // The evicted slot is free already: dropping it later frees nothing else.
         drop(second);
         assert_eq!(hs.len(), 4);
+    }
+
+    #[test]
+    fn when_every_handshake_is_busy_newcomers_queue_and_take_freed_slots_in_order() {
+        let limits = Limits {
+            max_handshakes: 2,
+            max_handshakes_per_source: 2,
+            ..Limits::default()
+        };
+        let hs = Rc::new(Handshakes::default());
+        let (a, _) = admit(&hs, "192.0.2.1", &limits);
+        let (b, _) = admit(&hs, "192.0.2.2", &limits);
+        assert_eq!(hs.admit(ip("192.0.2.3"), &limits).err(), Some(Full::Worker));
+        let first = hs.enqueue(&limits);
+        let second = hs.enqueue(&limits);
+        let gave_up = hs.enqueue(&limits);
+        let third = hs.enqueue(&limits);
+        assert_eq!(hs.queued(), 4);
+        // A finished handshake's slot goes to the oldest queued connection...
+        drop(a);
+        assert!(first.turn.granted.get() && !second.turn.granted.get());
+        // ...and is not taken by a newcomer, which queues behind.
+        assert_eq!(hs.admit(ip("192.0.2.9"), &limits).err(), Some(Full::Worker));
+        let f = first.take(ip("192.0.2.3"));
+        assert_eq!((hs.len(), hs.queued()), (2, 3));
+        drop(gave_up);
+        drop(b);
+        assert!(second.turn.granted.get());
+        // A connection that leaves with a granted slot passes it on, past those who left.
+        drop(second);
+        assert!(third.turn.granted.get());
+        let t = third.take(ip("192.0.2.4"));
+        assert_eq!((hs.len(), hs.queued()), (2, 0));
+        drop((f, t));
+        assert_eq!(hs.len(), 0);
+        // Nobody queued and room: admission is direct again; a slot free when a
+        // connection queues is granted at once.
+        let (_c, full) = admit(&hs, "192.0.2.5", &limits);
+        assert_eq!(full, None);
+        let q = hs.enqueue(&limits);
+        assert!(q.turn.granted.get());
+    }
+
+    #[test]
+    fn a_newcomer_still_pushes_out_a_silent_handshake_while_others_queue() {
+        let limits = Limits {
+            max_handshakes: 2,
+            ..Limits::default()
+        };
+        let hs = Rc::new(Handshakes::default());
+        let (a, _) = admit(&hs, "192.0.2.1", &limits);
+        let (b, _) = admit(&hs, "192.0.2.2", &limits);
+        let queued = hs.enqueue(&limits);
+        waits(&b, 5);
+        let (_c, full) = admit(&hs, "192.0.2.3", &limits);
+        assert_eq!(full, Some(Full::Worker));
+        assert!(evicted(&b) && !evicted(&a));
+        // The evicted slot went to the newcomer, not to the queue.
+        drop(b);
+        assert!(!queued.turn.granted.get());
+        drop(a);
+        assert!(queued.turn.granted.get());
     }
 
     #[test]

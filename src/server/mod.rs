@@ -6,6 +6,7 @@
 //! server on port 0 in-process or through the binary alike.
 
 pub mod conn;
+pub mod gate;
 pub mod listener;
 pub mod tls;
 pub mod worker;

@@ -108,36 +108,47 @@ pub fn run(
             });
         }
         let open = Rc::new(Cell::new(0usize));
-        let tables = Rc::new(conn::Tables::default());
+        // The memory guard is the same across reloads: it counts every worker's connections.
+        let tables = Rc::new(conn::Tables::new(view.ctx().shared.memory.clone()));
         let (warn_limit, warn_accept) = (Throttle::default(), Throttle::default());
-        let refused = Cell::new(0u64);
+        let paused = Cell::new(0u64);
         loop {
+            let limits = view.ctx().shared.config.limits;
+            // At max_connections the connection idle longest makes room (it closes as soon
+            // as this task yields). With none idle, or with max_handshakes connections
+            // already waiting at the memory gate, newcomers wait in the kernel's accept
+            // queue until a connection closes: nothing is accepted only to be dropped.
+            let full = open.get() >= limits.max_connections && !tables.idle.close_oldest();
+            if full || tables.gate.waiting() >= limits.max_handshakes {
+                if full {
+                    paused.set(paused.get() + 1);
+                    if warn_limit.due() {
+                        tracing::warn!(worker = index, max_connections = limits.max_connections, pauses = paused.replace(0), "connection limit reached and no connection idle; new connections wait in the accept queue");
+                    }
+                }
+                monoio::select! {
+                    _ = monoio::time::sleep(std::time::Duration::from_millis(5)) => continue,
+                    _ = signal.wait() => break,
+                }
+            }
+            let spawn = |tcp: monoio::net::TcpStream, addr: std::net::SocketAddr| {
+                let ctx = view.ctx();
+                let _ = tcp.set_nodelay(true);
+                open.set(open.get() + 1);
+                crate::telemetry::connections(1.0);
+                let guard = OpenGuard(open.clone());
+                let signal = signal.clone();
+                let tables = tables.clone();
+                let task = async move {
+                    conn::serve(&ctx, tcp, addr, &signal, &tables).await;
+                    drop(guard);
+                };
+                debug_assert!(std::mem::size_of_val(&task) <= 2048, "a connection task is {} bytes before admission", std::mem::size_of_val(&task));
+                monoio::spawn(task);
+            };
             monoio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((tcp, addr)) => {
-                        let ctx = view.ctx();
-                        let max_connections = ctx.shared.config.limits.max_connections;
-                        // At the limit, the connection idle longest makes room (it closes
-                        // as soon as this task yields); with none idle, the new one is refused.
-                        if open.get() >= max_connections && !tables.idle.close_oldest() {
-                            refused.set(refused.get() + 1);
-                            if warn_limit.due() {
-                                tracing::warn!(worker = index, %addr, max_connections, refused = refused.replace(0), "connection limit reached and no connection idle; closing new connections");
-                            }
-                            drop(tcp);
-                            continue;
-                        }
-                        let _ = tcp.set_nodelay(true);
-                        open.set(open.get() + 1);
-                        crate::telemetry::connections(1.0);
-                        let guard = OpenGuard(open.clone());
-                        let signal = signal.clone();
-                        let tables = tables.clone();
-                        monoio::spawn(async move {
-                            conn::serve(&ctx, tcp, addr, &signal, &tables).await;
-                            drop(guard);
-                        });
-                    }
+                    Ok((tcp, addr)) => spawn(tcp, addr),
                     Err(e) => {
                         // Out of descriptors or a transient error: back off briefly, and
                         // say so at most once a second.

@@ -130,6 +130,12 @@ pub struct Page<T> {
 
 /// Block cache shared by the store's table files (index, filter and data blocks).
 const BLOCK_CACHE_BYTES: usize = 64 << 20;
+/// One memtable; at most [`MEMTABLES`] of them exist (one filling, one being flushed).
+const MEMTABLE_BYTES: usize = 32 << 20;
+const MEMTABLES: usize = 2;
+/// The most memory the store's caches and memtables take (plus their bloom filters):
+/// `limits.max_memory` keeps this much for the store.
+pub const MEMORY_BUDGET: u64 = (BLOCK_CACHE_BYTES + MEMTABLES * MEMTABLE_BYTES * 21 / 20) as u64;
 
 /// The RocksDB options of a store (also used for the copy a backup writes).
 pub fn options() -> rocksdb::Options {
@@ -149,6 +155,8 @@ pub fn options() -> rocksdb::Options {
     table.set_block_cache(&rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES));
     opts.set_block_based_table_factory(&table);
     opts.set_level_compaction_dynamic_level_bytes(true);
+    opts.set_write_buffer_size(MEMTABLE_BYTES);
+    opts.set_max_write_buffer_number(MEMTABLES as i32);
     opts
 }
 
@@ -179,6 +187,13 @@ impl Store {
     /// The underlying database (for the committer and maintenance tools).
     pub fn db(&self) -> &rocksdb::DB {
         &self.db
+    }
+
+    /// Bytes held now by the store's memtables and block cache (at most
+    /// [`MEMORY_BUDGET`]); 0 where RocksDB does not say.
+    pub fn memory_bytes(&self) -> u64 {
+        let property = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
+        property("rocksdb.cur-size-all-mem-tables") + property("rocksdb.block-cache-usage")
     }
 
     /// An identity by id.

@@ -44,6 +44,11 @@ pub const TOKENS_EXPIRED: &str = "enrollgate_tokens_expired_total";
 /// Connections closed to make room for a new one, by what they were doing.
 pub const PUSHED_OUT: &str = "enrollgate_connections_pushed_out_total";
 
+/// Resident set size of the process.
+pub const RESIDENT_MEMORY: &str = "enrollgate_resident_memory_bytes";
+/// The ceiling on open connections set by `limits.max_memory` (0: none).
+pub const MEMORY_CEILING: &str = "enrollgate_memory_connection_ceiling";
+
 static READY: AtomicBool = AtomicBool::new(false);
 
 /// Marks the gateway ready (every worker accepts) or not (starting, draining).
@@ -120,7 +125,16 @@ pub fn describe() {
     );
     describe_counter!(
         PUSHED_OUT,
-        "Connections closed to admit a new one, by state: handshake (the oldest handshake, over limits.max_handshakes or limits.max_handshakes_per_source) or idle (the longest-idle keep-alive connection, over limits.max_connections)."
+        "Connections closed to admit a new one, by state: handshake (the oldest handshake, over limits.max_handshakes or limits.max_handshakes_per_source) or idle (the longest-idle keep-alive connection, over limits.max_connections or the memory ceiling of limits.max_memory)."
+    );
+    describe_gauge!(
+        RESIDENT_MEMORY,
+        Unit::Bytes,
+        "Resident set size of the gateway process, sampled every 10 ms (limits.max_memory caps it)."
+    );
+    describe_gauge!(
+        MEMORY_CEILING,
+        "Open connections allowed across workers since resident memory reached 90% of limits.max_memory; 0 when there is no ceiling."
     );
     describe_counter!(
         TOKENS_EXPIRED,
@@ -186,4 +200,14 @@ pub fn rate_limited(limit: &'static str) {
 /// Records an enrollment attempt with an expired token.
 pub fn token_expired(method: &'static str) {
     metrics::counter!(TOKENS_EXPIRED, "method" => method).increment(1);
+}
+
+/// Records the resident set size.
+pub fn resident_memory(bytes: u64) {
+    metrics::gauge!(RESIDENT_MEMORY).set(bytes as f64);
+}
+
+/// Records the memory cap's connection ceiling (`None`: no ceiling).
+pub fn memory_ceiling(ceiling: Option<usize>) {
+    metrics::gauge!(MEMORY_CEILING).set(ceiling.map_or(0.0, |c| c as f64));
 }

@@ -1100,6 +1100,141 @@ fn ten_thousand_idle_connections_are_bounded() {
 }
 
 // ---------------------------------------------------------------------------------------
+// The memory cap.
+
+/// `limits.max_memory = "200MiB"`: the store keeps its budget (about 131 MiB) and the
+/// rest, 68.8 MiB, is for the process and its connections. 3,000 idle TLS connections
+/// would take about 130 MiB; at 90% of the share the connections open become a ceiling,
+/// and every connection past it pushes out an idle one (src/ops/memory.rs). Resident
+/// memory stays within the share, a client that opens a new connection per enrollment
+/// keeps enrolling, and the daemon reports the ceiling.
+#[test]
+fn the_memory_cap_holds_against_thousands_of_idle_connections() {
+    const N: usize = 25;
+    const FLOOD: usize = 3000;
+    const CAP_MIB: u64 = 200;
+    const {
+        assert!(
+            enrollgate::config::MIN_MAX_MEMORY <= CAP_MIB << 20,
+            "the test's cap is under the smallest accepted"
+        )
+    };
+    let share_kib = (CAP_MIB << 10) - enrollgate::store::MEMORY_BUDGET / 1024;
+    raise_nofile_limit();
+    let gw = Gateway::start_with(set_limits(&[("max_memory", "\"200MiB\"")]), &[]);
+    let pid = gw.pid();
+    let before = memory_kib(pid).0;
+    let prepared = prepare(&gw, "mem", N);
+    let sampler = sample(pid, Duration::from_millis(5));
+    let cfg = cheap_client_config(&gw);
+    let started = Instant::now();
+    let threads = 4;
+    let parts: Vec<JoinHandle<(Vec<Tls>, usize)>> = (0..threads)
+        .map(|t| {
+            let cfg = cfg.clone();
+            let port = gw.port;
+            let count = FLOOD / threads + usize::from(t < FLOOD % threads);
+            std::thread::spawn(move || {
+                let mut held = Vec::with_capacity(count);
+                let mut refused = 0;
+                for _ in 0..count {
+                    match connect_from([127, 0, 0, 4], port)
+                        .and_then(|tcp| handshake_over(tcp, &cfg))
+                    {
+                        Ok(s) => {
+                            s.sock.set_nonblocking(true).unwrap();
+                            held.push(s);
+                        }
+                        Err(_) => refused += 1,
+                    }
+                }
+                (held, refused)
+            })
+        })
+        .collect();
+    let mut idle = Vec::with_capacity(FLOOD);
+    let mut refused = 0;
+    for p in parts {
+        let (held, r) = p.join().unwrap();
+        idle.extend(held);
+        refused += r;
+    }
+    let setup = started.elapsed();
+    let normal = prepared.start();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !normal.finished() && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (ka, fresh) = normal.stop();
+    let held_open = idle
+        .iter_mut()
+        .map(|s| !tls_closed(s))
+        .filter(|open| *open)
+        .count();
+    let (peak, _) = sampler.finish();
+    let m = gw.metrics_text();
+    let ceiling = metric(&m, "enrollgate_memory_connection_ceiling");
+    let open = metric(&m, "enrollgate_open_connections");
+    let pushed = metric(
+        &m,
+        "enrollgate_connections_pushed_out_total{state=\"idle\"}",
+    );
+    let resident = metric(&m, "enrollgate_resident_memory_bytes");
+    eprintln!(
+        "[memory cap] {FLOOD} idle TLS connections in {} ({refused} refused); still open \
+         {held_open}; daemon: ceiling {ceiling}, open {open}, pushed out {pushed}, resident \
+         {:.1} MiB; RSS before {before} KiB, peak {peak} KiB, share {share_kib} KiB",
+        secs(setup),
+        resident / 1048576.0
+    );
+    eprintln!("[memory cap] {}", ka.line("keep-alive"));
+    eprintln!("[memory cap] {}", fresh.line("new connection"));
+    assert!(gw.log().contains("resident memory near limits.max_memory"));
+    assert!(ceiling >= 1.0, "the daemon reports its connection ceiling");
+    assert_eq!(
+        refused, 0,
+        "each newcomer made room by pushing out an idle connection"
+    );
+    // The flood's connections past the ceiling pushed out idle ones (and the clients'
+    // own connections may have).
+    let floor = (enrollgate::ops::memory::FLOOR_PER_WORKER * 2) as f64;
+    assert!(
+        open <= ceiling + floor + 2.0,
+        "{open} connections open over a ceiling of {ceiling}"
+    );
+    assert!(
+        pushed >= (FLOOD as f64) - ceiling - floor,
+        "{pushed} idle connections pushed out"
+    );
+    assert!(
+        held_open as f64 <= open,
+        "the client holds {held_open} live connections"
+    );
+    // The memory: under the cap, and within the connections' share (the store holds
+    // almost nothing here) give or take the growth before the ceiling is lowered.
+    assert!(
+        peak <= CAP_MIB << 10,
+        "RSS peaked at {peak} KiB, over the cap"
+    );
+    assert!(
+        peak <= share_kib + 16 * MIB_IN_KIB,
+        "RSS peaked at {peak} KiB; the connections' share is {share_kib} KiB"
+    );
+    // At the ceiling keep-alive is off (each answer says Connection: close), so the
+    // keep-alive client reconnects; every answer it got was a success.
+    assert_eq!((fresh.ok, fresh.retries), (N, 0), "{:?}", fresh.failures);
+    assert!(ka.ok >= 1, "{:?}", ka.failures);
+    assert!(
+        ka.failures.iter().all(|f| !f.starts_with("HTTP")),
+        "{:?}",
+        ka.failures
+    );
+    drop(idle);
+    baseline(&gw, "after the flood", 5);
+    assert!(!gw.log().contains("panicked"));
+}
+
+// ---------------------------------------------------------------------------------------
 // Client certificates of several megabytes.
 
 /// A self-signed certificate carrying an opaque, non-critical extension of `extra` bytes.
