@@ -94,12 +94,14 @@ impl Gateway {
         let (tx, rx) = mpsc::channel();
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-                if line.contains("enrollgate ready") {
-                    let _ = tx.send(line.clone());
-                }
+                // Into the log first: a test that reads the log once the daemon is ready
+                // must find the ready line there.
                 if let Ok(mut l) = log.lock() {
                     l.push_str(&line);
                     l.push('\n');
+                }
+                if line.contains("enrollgate ready") {
+                    let _ = tx.send(line);
                 }
             }
         });
