@@ -67,10 +67,7 @@ pub fn run(
     ready: Sender<std::io::Result<Started>>,
 ) -> std::io::Result<()> {
     let io_uring = monoio::utils::detect_uring();
-    let mut rt = match monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .build()
-    {
+    let mut rt = match runtime(true).or_else(|_| runtime(false)) {
         Ok(rt) => rt,
         Err(e) => {
             let _ = ready.send(Err(std::io::Error::new(
@@ -171,6 +168,27 @@ pub fn run(
         }
         Ok(())
     })
+}
+
+/// The worker's runtime. `tuned`: an io_uring that runs completion work when the worker
+/// enters the kernel rather than interrupting it for each one (`IORING_SETUP_COOP_TASKRUN`),
+/// and knows that only this thread submits (`IORING_SETUP_SINGLE_ISSUER`); kernels before
+/// 6.0 refuse these, and get the default ring.
+fn runtime(
+    tuned: bool,
+) -> std::io::Result<
+    monoio::FusionRuntime<
+        monoio::time::TimeDriver<monoio::IoUringDriver>,
+        monoio::time::TimeDriver<monoio::LegacyDriver>,
+    >,
+> {
+    let mut builder = monoio::RuntimeBuilder::<monoio::FusionDriver>::new().enable_timer();
+    if tuned {
+        let mut urb = io_uring::IoUring::builder();
+        urb.setup_coop_taskrun().setup_single_issuer();
+        builder = builder.uring_builder(urb);
+    }
+    builder.build()
 }
 
 struct OpenGuard(Rc<Cell<usize>>);
