@@ -6,7 +6,7 @@
 //! a handshake has run), so the rest of the cap is kept by bounding connections.
 //!
 //! A sampler thread reads the resident set size (`/proc/self/statm`) and the store's
-//! memory every 10 ms. When the resident memory outside the store reaches 90% of the cap
+//! memory every 10 ms (every 50 ms while under half of the share). When the resident memory outside the store reaches 90% of the cap
 //! less the store's budget, the number of connections open at that moment becomes a
 //! *ceiling* on open connections, for all workers together. At the ceiling new
 //! connections wait in their worker's gate ([`crate::server::gate`]), holding only their
@@ -31,8 +31,11 @@ use std::time::Duration;
 /// Connections each worker admits whatever the memory ceiling.
 pub const FLOOR_PER_WORKER: usize = 32;
 
-/// How often the resident set size is read.
+/// How often the resident set size is read once the memory outside the store passes half
+/// its share of the cap, or while a ceiling is in force.
 pub const SAMPLE_EVERY: Duration = Duration::from_millis(10);
+/// How often it is read otherwise (each sample wakes a thread on a busy core).
+pub const SAMPLE_EVERY_AT_EASE: Duration = Duration::from_millis(50);
 
 /// No ceiling.
 const NONE: usize = usize::MAX;
@@ -237,6 +240,7 @@ pub fn spawn_sampler(
             let mut controller = Controller::default();
             let mut warned = false;
             while !stop() {
+                let mut pause = SAMPLE_EVERY_AT_EASE;
                 match resident_bytes() {
                     Ok(rss) => {
                         guard.rss.store(rss, Ordering::Relaxed);
@@ -245,6 +249,9 @@ pub fn spawn_sampler(
                         let (rest, share) = outside_store(rss, inputs);
                         let open = guard.open();
                         let waiting = guard.waiting();
+                        if controller.ceiling().is_some() || share.is_some_and(|s| rest >= s / 2) {
+                            pause = SAMPLE_EVERY;
+                        }
                         if let Some(change) = controller.observe(rest, open, waiting, share) {
                             let ceiling = controller.ceiling().unwrap_or(NONE);
                             guard.ceiling.store(ceiling, Ordering::Relaxed);
@@ -267,7 +274,7 @@ pub fn spawn_sampler(
                         }
                     }
                 }
-                std::thread::sleep(SAMPLE_EVERY);
+                std::thread::sleep(pause);
             }
         })
 }

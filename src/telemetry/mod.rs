@@ -130,7 +130,7 @@ pub fn describe() {
     describe_gauge!(
         RESIDENT_MEMORY,
         Unit::Bytes,
-        "Resident set size of the gateway process, sampled every 10 ms (limits.max_memory caps it)."
+        "Resident set size of the gateway process, sampled every 10 ms, or 50 ms while well under limits.max_memory (which caps it)."
     );
     describe_gauge!(
         MEMORY_CEILING,
