@@ -72,7 +72,7 @@ pub fn describe() {
     );
     describe_counter!(
         HANDSHAKES,
-        "TLS handshakes on the enrollment listener, by result (ok, failed, timeout, evicted: pushed out by a newer connection over limits.max_handshakes or limits.max_handshakes_per_source)."
+        "TLS handshakes on the enrollment listener, by result (ok, failed, timeout, evicted: pushed out by a newer connection over limits.max_handshakes or limits.max_handshakes_per_source, refused: closed before TLS, because its source was at limits.max_handshakes_per_source with every handshake busy, or it waited limits.idle_timeout in vain for a handshake slot or below the memory ceiling)."
     );
     describe_histogram!(
         HANDSHAKE_SECONDS,
