@@ -568,6 +568,17 @@ impl Config {
         if limits.max_header_bytes < 1024 {
             c.problem("limits.max_header_bytes", "at least 1024");
         }
+        // Connections still in their handshake are not idle, so they cannot be pushed out
+        // at max_connections: silent connects would lock clients out if they could fill it.
+        if limits.max_handshakes >= limits.max_connections {
+            c.problem(
+                "limits.max_handshakes",
+                format!(
+                    "must be below limits.max_connections ({})",
+                    limits.max_connections
+                ),
+            );
+        }
 
         let log_level = raw.log.level.clone().unwrap_or_else(|| "info".into());
         if tracing_subscriber::EnvFilter::try_new(&log_level).is_err() {
@@ -842,6 +853,14 @@ mod tests {
         assert_eq!((src.rate.to_string(), src.burst), ("20/s".into(), 20));
         let ca = c.limits.per_ca.unwrap();
         assert_eq!((ca.rate.to_string(), ca.burst), ("600/min".into(), 50));
+    }
+
+    #[test]
+    fn handshake_slots_must_be_fewer_than_connections() {
+        let err =
+            load_text("[limits]\nmax_connections = 1000\nmax_handshakes = 1000\n").unwrap_err();
+        assert_eq!(err.problems[0].key, "limits.max_handshakes");
+        assert!(load_text("[limits]\nmax_connections = 1001\nmax_handshakes = 1000\n").is_ok());
     }
 
     #[test]

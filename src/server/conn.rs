@@ -41,6 +41,9 @@ enum Next {
     Head(Head, usize),
     /// The connection ended or timed out: close quietly.
     Close,
+    /// A newcomer took this idle connection's place: close at once (a close_notify if the
+    /// socket takes it now, no waiting on a client that does not read).
+    PushedOut,
     /// Answer this error and close.
     Refuse(ApiError),
 }
@@ -77,7 +80,8 @@ pub struct Handshakes {
     queue: RefCell<VecDeque<Rc<Turn>>>,
     /// Slots freed and promised to queued connections that have not taken them yet.
     reserved: Cell<usize>,
-    /// Queued connections still waiting (the queue may also hold places given up).
+    /// Queued connections still there, granted a slot or not (the queue may also hold
+    /// places given up); those not granted yet are `waiting - reserved`.
     waiting: Cell<usize>,
 }
 
@@ -183,7 +187,7 @@ impl Handshakes {
         let full = if own >= limits.max_handshakes_per_source.max(1) {
             Some(Full::Source)
         } else if self.live.borrow().len() + self.reserved.get() >= limits.max_handshakes.max(1)
-            || self.waiting.get() > 0
+            || self.waiting.get() > self.reserved.get()
         {
             Some(Full::Worker)
         } else {
@@ -556,6 +560,7 @@ async fn serve_admitted(
             match read_head(&mut tls, &mut buf, &limits, signal, &tables.idle).await {
                 Next::Head(h, n) => (h, n),
                 Next::Close => return close(tls, wt).await,
+                Next::PushedOut => return close(tls, PUSHED_OUT_CLOSE).await,
                 Next::Refuse(err) => return refuse(tls, err, wt).await,
             };
         buf.drain(..head_len);
@@ -621,6 +626,10 @@ async fn write(tls: &mut TlsStream, bytes: &[u8], limit: Duration) -> bool {
 }
 
 /// Closes cleanly, within `limit`.
+/// How long a connection pushed out for a newcomer may take to close: it stays counted
+/// against `max_connections` until it has.
+const PUSHED_OUT_CLOSE: Duration = Duration::from_millis(100);
+
 async fn close(tls: TlsStream, limit: Duration) {
     let _ = monoio::time::timeout(limit, tls.close()).await;
 }
@@ -663,14 +672,16 @@ async fn read_head(
         if buf.is_empty() {
             // Between requests: wait up to the idle timeout, until shutdown, or until a
             // new connection needs this one's place.
+            // The read first: a request that has arrived is served, not pushed out.
             let waiting = idle.enter();
             monoio::select! {
+                biased;
                 r = monoio::time::timeout(limits.idle_timeout, tls.read_plain(buf, room)) => match r {
                     Ok(Ok(n)) if n > 0 => {}
                     _ => return Next::Close,
                 },
                 _ = signal.wait() => return Next::Close,
-                () = waiting.evicted() => return Next::Close,
+                () = waiting.evicted() => return Next::PushedOut,
             }
         } else {
             let deadline = *deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout);
@@ -801,7 +812,7 @@ mod tests {
         let (b, _) = admit(&hs, "192.0.2.2", &limits);
         let queued = hs.enqueue(&limits);
         waits(&b, 5);
-        let (_c, full) = admit(&hs, "192.0.2.3", &limits);
+        let (c, full) = admit(&hs, "192.0.2.3", &limits);
         assert_eq!(full, Some(Full::Worker));
         assert!(evicted(&b) && !evicted(&a));
         // The evicted slot went to the newcomer, not to the queue.
@@ -809,6 +820,16 @@ mod tests {
         assert!(!queued.turn.granted.get());
         drop(a);
         assert!(queued.turn.granted.get());
+        // A slot is promised but not taken yet, and one is free: a newcomer takes the free
+        // one without pushing out the silent handshake.
+        let limits = Limits {
+            max_handshakes: 3,
+            ..limits
+        };
+        waits(&c, 5);
+        let (_d, full) = admit(&hs, "192.0.2.4", &limits);
+        assert_eq!(full, None);
+        assert!(!evicted(&c));
     }
 
     #[test]

@@ -107,9 +107,12 @@ impl Gate {
     /// connection idle longest in `idle` is closed for each newcomer, and idle connections
     /// are closed while the open ones exceed a lowered ceiling.
     pub async fn admit(self: &Rc<Self>, idle: &Rc<Idle>, limit: Duration) -> Option<Admitted> {
+        // Room made since the last tick goes to those already waiting first.
+        self.pump();
         if self.waiting.borrow().is_empty() && self.may_admit() {
             return Some(self.take_place());
         }
+        // Here the gate is at the ceiling (pump admits while there is room).
         let ticket = Rc::new(Ticket::default());
         self.waiting.borrow_mut().push_back(ticket.clone());
         self.memory.wait_started();
@@ -174,8 +177,20 @@ impl Future for Waiter {
 
 impl Drop for Waiter {
     fn drop(&mut self) {
-        if self.ticket.admitted.get() && !self.taken {
-            drop(Admitted(self.gate.clone()));
+        if self.ticket.admitted.get() {
+            if !self.taken {
+                drop(Admitted(self.gate.clone()));
+            }
+            return;
+        }
+        // Gave up waiting: leave the queue, so that nobody makes room for it.
+        let before = self.gate.waiting.borrow().len();
+        self.gate
+            .waiting
+            .borrow_mut()
+            .retain(|t| !Rc::ptr_eq(t, &self.ticket));
+        if self.gate.waiting.borrow().len() < before {
+            self.gate.memory.wait_ended();
         }
     }
 }
@@ -252,6 +267,8 @@ mod tests {
             let gave_up = gate.admit(&idle, Duration::from_millis(20)).await;
             assert!(gave_up.is_none());
             assert_eq!(memory.open(), FLOOR_PER_WORKER);
+            // It left the queue at once: nothing is closed or held for it.
+            assert_eq!((gate.waiting(), memory.waiting()), (0, 0));
             // The abandoned ticket is skipped, not admitted.
             drop(held);
             assert_eq!(memory.open(), 0);

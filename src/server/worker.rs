@@ -115,8 +115,10 @@ pub fn run(
             // as this task yields). With none idle, or with max_handshakes connections
             // already waiting at the memory gate, newcomers wait in the kernel's accept
             // queue until a connection closes: nothing is accepted only to be dropped.
-            let full = open.get() >= limits.max_connections && !tables.idle.close_oldest();
-            if full || tables.gate.waiting() >= limits.max_handshakes {
+            let gate_full = tables.gate.waiting() >= limits.max_handshakes;
+            let full =
+                !gate_full && open.get() >= limits.max_connections && !tables.idle.close_oldest();
+            if full || gate_full {
                 if full {
                     paused.set(paused.get() + 1);
                     if warn_limit.due() {
