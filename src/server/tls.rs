@@ -57,12 +57,20 @@ impl TlsStream {
             wbuf: Vec::with_capacity(4096),
             eof: false,
         };
+        // The client's turn starts when the server has sent its flight (or at accept), and
+        // only then: a client that trickles a record a byte at a time does not look as if
+        // it had just started waiting.
+        let mut turn = Instant::now();
         while s.conn.is_handshaking() {
+            let sending = s.conn.wants_write();
             s.flush_tls().await?;
+            if sending {
+                turn = Instant::now();
+            }
             if !s.conn.is_handshaking() {
                 break;
             }
-            progress.waiting_since(Instant::now());
+            progress.waiting_since(turn);
             let filled = Answered {
                 inner: std::pin::pin!(s.fill()),
                 flag: &progress.answered,
@@ -469,7 +477,9 @@ pub fn server_config(tls: ServerTls) -> Result<Arc<ServerConfig>, rustls::Error>
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+    use std::rc::Rc;
     use std::sync::Mutex;
+    use std::time::Duration;
 
     /// A read that waits until its waker is called from outside.
     struct Pending<'a>(&'a Mutex<Option<Waker>>, bool);
@@ -485,6 +495,74 @@ mod tests {
             *self.0.lock().unwrap() = Some(cx.waker().clone());
             Poll::Pending
         }
+    }
+
+    #[test]
+    fn a_client_that_trickles_bytes_keeps_the_start_of_its_turn() {
+        use std::io::Write as _;
+        let now = crate::clock::to_unix(std::time::SystemTime::now());
+        let pki = crate::pki::create(
+            crate::pki::KeyType::Ec,
+            &[crate::pki::Host::parse("localhost")],
+            now,
+        )
+        .unwrap();
+        let der = |p: &str| pem::parse(p).unwrap().into_contents();
+        let config = server_config(ServerTls {
+            chain: vec![CertificateDer::from(der(&pki.server_cert_pem))],
+            key: rustls_pki_types::PrivatePkcs8KeyDer::from(der(&pki.server_key_pem)).into(),
+            key_exchange: Vec::new(),
+            session_tickets: false,
+        })
+        .unwrap();
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap();
+        // The client: a real ClientHello, sent one byte every 20 ms (12 bytes).
+        let client = std::thread::spawn(move || {
+            let cfg = crate::client::config(&[], None).unwrap();
+            let mut conn =
+                rustls::ClientConnection::new(cfg, "localhost".try_into().unwrap()).unwrap();
+            let mut hello = Vec::new();
+            conn.write_tls(&mut hello).unwrap();
+            let mut tcp = std::net::TcpStream::connect(addr).unwrap();
+            tcp.set_nodelay(true).unwrap();
+            for b in &hello[..12] {
+                std::thread::sleep(Duration::from_millis(20));
+                tcp.write_all(&[*b]).unwrap();
+            }
+            std::thread::sleep(Duration::from_millis(100));
+        });
+        let (tcp, _) = listener.accept().unwrap();
+        tcp.set_nonblocking(true).unwrap();
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let tcp = monoio::net::TcpStream::from_std(tcp).unwrap();
+            let progress = Rc::new(Progress::default());
+            let started = Instant::now();
+            let accept = TlsStream::accept(tcp, config, &progress);
+            let watch = async {
+                let mut seen = Vec::new();
+                for _ in 0..12 {
+                    monoio::time::sleep(Duration::from_millis(20)).await;
+                    if let Some(since) = progress.since.get() {
+                        seen.push(since);
+                    }
+                }
+                seen
+            };
+            let seen = monoio::select! {
+                _ = accept => panic!("the handshake ended"),
+                seen = watch => seen,
+            };
+            assert!(seen.len() >= 10, "{} samples", seen.len());
+            // Every sample shows the same start, at accept, however many bytes came.
+            assert!(seen.iter().all(|s| *s == seen[0]));
+            assert!(seen[0] <= started + Duration::from_millis(10));
+        });
+        client.join().unwrap();
     }
 
     #[test]
