@@ -6,8 +6,9 @@
 //! a handshake has run), so the rest of the cap is kept by bounding connections.
 //!
 //! A sampler thread reads the resident set size (`/proc/self/statm`) and the store's
-//! memory every 10 ms (every 50 ms while under half of the share). When the resident memory outside the store reaches 90% of the cap
-//! less the store's budget, the number of connections open at that moment becomes a
+//! memory every 10 ms (every 50 ms while under half of the share). When the resident
+//! memory outside the store reaches 90% of the cap less the store's budget, the number of
+//! connections open at that moment becomes a
 //! *ceiling* on open connections, for all workers together. At the ceiling new
 //! connections wait in their worker's gate ([`crate::server::gate`]), holding only their
 //! socket, and for each of them the connection idle longest is closed, as at
@@ -20,11 +21,11 @@
 //! seldom falls after a surge. The ceiling therefore stays while that memory stays above
 //! 80% of its share: it is the number of connections the cap holds. If it still grows by
 //! more than 1/64 of its share while above 90% (fragmentation, larger requests), the
-//! ceiling is lowered by an eighth each time. Below 80% a ceiling that binds is raised by an
-//! eighth (at least 16) every sample, so that connections waiting at the gate enter
-//! gradually, and it is lifted once it is twice the connections open.
+//! ceiling is lowered by an eighth each time. Below 80% it is raised by [`FLOOR_PER_WORKER`]
+//! every 100 ms while connections wait at the gates, so that they enter gradually, and it
+//! is lifted when none waits.
 
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -48,7 +49,6 @@ pub struct MemoryGuard {
     open: AtomicUsize,
     waiting: AtomicUsize,
     ceiling: AtomicUsize,
-    rss: AtomicU64,
 }
 
 impl Default for MemoryGuard {
@@ -57,7 +57,6 @@ impl Default for MemoryGuard {
             open: AtomicUsize::new(0),
             waiting: AtomicUsize::new(0),
             ceiling: AtomicUsize::new(NONE),
-            rss: AtomicU64::new(0),
         }
     }
 }
@@ -112,11 +111,6 @@ impl MemoryGuard {
     /// The ceiling in force, if any.
     pub fn ceiling(&self) -> Option<usize> {
         Some(self.ceiling.load(Ordering::Relaxed)).filter(|&c| c != NONE)
-    }
-
-    /// The resident set size at the last sample (0 before the first).
-    pub fn rss(&self) -> u64 {
-        self.rss.load(Ordering::Relaxed)
     }
 }
 
@@ -243,7 +237,6 @@ pub fn spawn_sampler(
                 let mut pause = SAMPLE_EVERY_AT_EASE;
                 match resident_bytes() {
                     Ok(rss) => {
-                        guard.rss.store(rss, Ordering::Relaxed);
                         crate::telemetry::resident_memory(rss);
                         let inputs = inputs();
                         let (rest, share) = outside_store(rss, inputs);

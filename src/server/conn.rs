@@ -16,7 +16,7 @@
 //! | `max_memory` (process, in `gate.rs`) | at the connection ceiling, a new connection waits (holding only its socket, at most `idle_timeout`) and the connection idle longest is closed to make room |
 
 use std::cell::{Cell, RefCell};
-use std::collections::{BTreeMap, BTreeSet, HashMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::pin::Pin;
@@ -28,6 +28,7 @@ use monoio::net::TcpStream;
 
 use super::gate::Gate;
 use super::tls::{Progress, TlsStream};
+use super::turns::{Turn, Turns};
 use super::ShutdownSignal;
 use crate::api::{self, ApiError, Peer, Request};
 use crate::app::WorkerCtx;
@@ -75,25 +76,14 @@ pub struct Handshakes {
     live: RefCell<BTreeMap<u64, Slot>>,
     /// Live handshakes of each source, by admission order.
     by_source: RefCell<HashMap<IpAddr, BTreeSet<u64>>>,
-    /// Connections waiting for a slot because every handshake was the server's turn,
-    /// oldest first.
-    queue: RefCell<VecDeque<Rc<Turn>>>,
+    /// Connections waiting for a slot because every handshake was the server's turn.
+    queue: Turns,
     /// Slots freed and promised to queued connections that have not taken them yet.
     reserved: Cell<usize>,
-    /// Queued connections still there, granted a slot or not (the queue may also hold
-    /// places given up); those not granted yet are `waiting - reserved`.
-    waiting: Cell<usize>,
 }
 
-/// A queued connection's place: granted when a slot is freed for it.
-#[derive(Debug, Default)]
-struct Turn {
-    granted: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
-}
-
-/// A connection waiting in [`Handshakes`]' queue; resolves when a slot is granted, and
-/// passes a granted slot on if dropped before taking it.
+/// A connection waiting in [`Handshakes`]' queue; resolves when a slot is granted, passes a
+/// granted slot on if dropped before taking it, and leaves the queue if dropped before.
 struct Queued {
     table: Rc<Handshakes>,
     turn: Rc<Turn>,
@@ -104,11 +94,7 @@ impl Future for Queued {
     type Output = ();
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.turn.granted.get() {
-            return Poll::Ready(());
-        }
-        *self.turn.waker.borrow_mut() = Some(cx.waker().clone());
-        Poll::Pending
+        self.turn.poll_granted(cx)
     }
 }
 
@@ -126,10 +112,9 @@ impl Queued {
 
 impl Drop for Queued {
     fn drop(&mut self) {
-        self.table
-            .waiting
-            .set(self.table.waiting.get().saturating_sub(1));
-        if self.turn.granted.get() && !self.taken {
+        if !self.turn.granted() {
+            self.table.queue.leave(&self.turn);
+        } else if !self.taken {
             self.table
                 .reserved
                 .set(self.table.reserved.get().saturating_sub(1));
@@ -187,7 +172,7 @@ impl Handshakes {
         let full = if own >= limits.max_handshakes_per_source.max(1) {
             Some(Full::Source)
         } else if self.live.borrow().len() + self.reserved.get() >= limits.max_handshakes.max(1)
-            || self.waiting.get() > self.reserved.get()
+            || !self.queue.is_empty()
         {
             Some(Full::Worker)
         } else {
@@ -244,9 +229,7 @@ impl Handshakes {
     /// Queues a connection for the next slot freed (see [`Queued`]); a slot free now goes
     /// to the oldest queued connection at once.
     fn enqueue(self: &Rc<Self>, limits: &Limits) -> Queued {
-        let turn = Rc::new(Turn::default());
-        self.queue.borrow_mut().push_back(turn.clone());
-        self.waiting.set(self.waiting.get() + 1);
+        let turn = self.queue.join();
         if self.live.borrow().len() + self.reserved.get() < limits.max_handshakes.max(1) {
             self.grant_next();
         }
@@ -257,27 +240,16 @@ impl Handshakes {
         }
     }
 
-    /// Connections queued for a slot.
-    pub fn queued(&self) -> usize {
-        self.waiting.get()
+    /// Connections queued for a slot and not granted one yet.
+    #[cfg(test)]
+    fn queued(&self) -> usize {
+        self.queue.len()
     }
 
-    /// Promises a freed slot to the oldest queued connection still waiting.
+    /// Promises a freed slot to the oldest queued connection.
     fn grant_next(&self) {
-        loop {
-            let Some(turn) = self.queue.borrow_mut().pop_front() else {
-                return;
-            };
-            if Rc::strong_count(&turn) == 1 {
-                continue;
-            }
-            turn.granted.set(true);
+        if self.queue.grant_next() {
             self.reserved.set(self.reserved.get() + 1);
-            let waker = turn.waker.borrow_mut().take();
-            if let Some(w) = waker {
-                w.wake();
-            }
-            return;
         }
     }
 
@@ -625,11 +597,11 @@ async fn write(tls: &mut TlsStream, bytes: &[u8], limit: Duration) -> bool {
     )
 }
 
-/// Closes cleanly, within `limit`.
 /// How long a connection pushed out for a newcomer may take to close: it stays counted
 /// against `max_connections` until it has.
 const PUSHED_OUT_CLOSE: Duration = Duration::from_millis(100);
 
+/// Closes cleanly, within `limit`.
 async fn close(tls: TlsStream, limit: Duration) {
     let _ = monoio::time::timeout(limit, tls.close()).await;
 }
@@ -671,8 +643,8 @@ async fn read_head(
         let room = limits.max_header_bytes + 1 - buf.len();
         if buf.is_empty() {
             // Between requests: wait up to the idle timeout, until shutdown, or until a
-            // new connection needs this one's place.
-            // The read first: a request that has arrived is served, not pushed out.
+            // new connection needs this one's place. The read is polled first: a request
+            // that has arrived is served, not pushed out.
             let waiting = idle.enter();
             monoio::select! {
                 biased;
@@ -778,17 +750,17 @@ mod tests {
         assert_eq!(hs.queued(), 4);
         // A finished handshake's slot goes to the oldest queued connection...
         drop(a);
-        assert!(first.turn.granted.get() && !second.turn.granted.get());
+        assert!(first.turn.granted() && !second.turn.granted());
         // ...and is not taken by a newcomer, which queues behind.
         assert_eq!(hs.admit(ip("192.0.2.9"), &limits).err(), Some(Full::Worker));
         let f = first.take(ip("192.0.2.3"));
         assert_eq!((hs.len(), hs.queued()), (2, 3));
         drop(gave_up);
         drop(b);
-        assert!(second.turn.granted.get());
+        assert!(second.turn.granted());
         // A connection that leaves with a granted slot passes it on, past those who left.
         drop(second);
-        assert!(third.turn.granted.get());
+        assert!(third.turn.granted());
         let t = third.take(ip("192.0.2.4"));
         assert_eq!((hs.len(), hs.queued()), (2, 0));
         drop((f, t));
@@ -798,7 +770,7 @@ mod tests {
         let (_c, full) = admit(&hs, "192.0.2.5", &limits);
         assert_eq!(full, None);
         let q = hs.enqueue(&limits);
-        assert!(q.turn.granted.get());
+        assert!(q.turn.granted());
     }
 
     #[test]
@@ -817,9 +789,9 @@ mod tests {
         assert!(evicted(&b) && !evicted(&a));
         // The evicted slot went to the newcomer, not to the queue.
         drop(b);
-        assert!(!queued.turn.granted.get());
+        assert!(!queued.turn.granted());
         drop(a);
-        assert!(queued.turn.granted.get());
+        assert!(queued.turn.granted());
         // A slot is promised but not taken yet, and one is free: a newcomer takes the free
         // one without pushing out the silent handshake.
         let limits = Limits {

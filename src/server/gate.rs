@@ -8,20 +8,21 @@
 //! `limits.max_connections`; they are admitted as admitted connections close. Waiting here
 //! rather than in the kernel's accept queue matters: a full accept queue drops the
 //! handshakes' last ACKs, and clients that believe they are connected are eventually
-//! reset. A waiting connection costs a socket and a task; it is bounded by
-//! `limits.max_connections` and waits at most `limits.idle_timeout`. Each worker admits up
+//! reset. A waiting connection costs a socket and a task of at most 2 KiB; at most
+//! `limits.max_handshakes` wait per worker (then the worker stops accepting), each at most
+//! `limits.idle_timeout`. Each worker admits up
 //! to [`FLOOR_PER_WORKER`] connections whatever the ceiling.
 
-use std::cell::{Cell, RefCell};
-use std::collections::VecDeque;
+use std::cell::Cell;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::sync::Arc;
-use std::task::{Context, Poll, Waker};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use super::conn::Idle;
+use super::turns::{Turn, Turns};
 use crate::ops::memory::{MemoryGuard, FLOOR_PER_WORKER};
 
 /// How often a gate with waiters looks at the ceiling again (it moves with the sampler,
@@ -34,14 +35,8 @@ pub struct Gate {
     memory: Arc<MemoryGuard>,
     /// This worker's admitted connections.
     admitted: Cell<usize>,
-    waiting: RefCell<VecDeque<Rc<Ticket>>>,
+    waiting: Turns,
     ticking: Cell<bool>,
-}
-
-#[derive(Debug, Default)]
-struct Ticket {
-    admitted: Cell<bool>,
-    waker: RefCell<Option<Waker>>,
 }
 
 /// An admitted connection; gives its place back when dropped.
@@ -62,7 +57,7 @@ impl Gate {
         Rc::new(Self {
             memory,
             admitted: Cell::new(0),
-            waiting: RefCell::default(),
+            waiting: Turns::default(),
             ticking: Cell::new(false),
         })
     }
@@ -71,35 +66,23 @@ impl Gate {
         self.admitted.get() < FLOOR_PER_WORKER || !self.memory.at_ceiling()
     }
 
-    fn take_place(self: &Rc<Self>) -> Admitted {
+    /// Counts one more admitted connection (the [`Admitted`] guard gives it back).
+    fn count_in(&self) {
         self.admitted.set(self.admitted.get() + 1);
         self.memory.opened();
-        Admitted(self.clone())
     }
 
-    /// Admits waiters in arrival order while there is room; skips those that left.
+    /// Admits waiters in arrival order while there is room.
     fn pump(&self) {
-        while self.may_admit() {
-            let Some(ticket) = self.waiting.borrow_mut().pop_front() else {
-                return;
-            };
+        while self.may_admit() && self.waiting.grant_next() {
             self.memory.wait_ended();
-            if Rc::strong_count(&ticket) == 1 {
-                continue;
-            }
-            ticket.admitted.set(true);
-            self.admitted.set(self.admitted.get() + 1);
-            self.memory.opened();
-            let waker = ticket.waker.borrow_mut().take();
-            if let Some(w) = waker {
-                w.wake();
-            }
+            self.count_in();
         }
     }
 
     /// Connections waiting.
     pub fn waiting(&self) -> usize {
-        self.waiting.borrow().len()
+        self.waiting.len()
     }
 
     /// Admits a new connection, at once when there is room, else after the connections
@@ -109,18 +92,18 @@ impl Gate {
     pub async fn admit(self: &Rc<Self>, idle: &Rc<Idle>, limit: Duration) -> Option<Admitted> {
         // Room made since the last tick goes to those already waiting first.
         self.pump();
-        if self.waiting.borrow().is_empty() && self.may_admit() {
-            return Some(self.take_place());
+        if self.waiting.is_empty() && self.may_admit() {
+            self.count_in();
+            return Some(Admitted(self.clone()));
         }
         // Here the gate is at the ceiling (pump admits while there is room).
-        let ticket = Rc::new(Ticket::default());
-        self.waiting.borrow_mut().push_back(ticket.clone());
+        let turn = self.waiting.join();
         self.memory.wait_started();
         idle.close_oldest();
         self.start_ticking(idle);
         let waiter = Waiter {
             gate: self.clone(),
-            ticket,
+            turn,
             taken: false,
         };
         monoio::select! {
@@ -154,11 +137,11 @@ impl Gate {
     }
 }
 
-/// Waits for its ticket; an admission it did not take (the wait was given up at the
-/// moment it came) is given back.
+/// Waits for its turn; an admission it did not take (the wait was given up at the moment
+/// it came) is given back, and a turn given up leaves the queue.
 struct Waiter {
     gate: Rc<Gate>,
-    ticket: Rc<Ticket>,
+    turn: Rc<Turn>,
     taken: bool,
 }
 
@@ -166,30 +149,21 @@ impl Future for Waiter {
     type Output = Option<Admitted>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        if self.ticket.admitted.get() {
-            self.taken = true;
-            return Poll::Ready(Some(Admitted(self.gate.clone())));
+        if self.turn.poll_granted(cx).is_pending() {
+            return Poll::Pending;
         }
-        *self.ticket.waker.borrow_mut() = Some(cx.waker().clone());
-        Poll::Pending
+        self.taken = true;
+        Poll::Ready(Some(Admitted(self.gate.clone())))
     }
 }
 
 impl Drop for Waiter {
     fn drop(&mut self) {
-        if self.ticket.admitted.get() {
+        if self.turn.granted() {
             if !self.taken {
                 drop(Admitted(self.gate.clone()));
             }
-            return;
-        }
-        // Gave up waiting: leave the queue, so that nobody makes room for it.
-        let before = self.gate.waiting.borrow().len();
-        self.gate
-            .waiting
-            .borrow_mut()
-            .retain(|t| !Rc::ptr_eq(t, &self.ticket));
-        if self.gate.waiting.borrow().len() < before {
+        } else if self.gate.waiting.leave(&self.turn) {
             self.gate.memory.wait_ended();
         }
     }
@@ -198,6 +172,13 @@ impl Drop for Waiter {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::cell::RefCell;
+
+    /// A guard with no ceiling, a gate on it, an empty idle table.
+    fn parts() -> (Arc<MemoryGuard>, Rc<Gate>, Rc<Idle>) {
+        let memory = Arc::new(MemoryGuard::default());
+        (memory.clone(), Gate::new(memory), Rc::new(Idle::default()))
+    }
 
     fn rt() -> monoio::Runtime<monoio::time::TimeDriver<monoio::LegacyDriver>> {
         monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
@@ -209,9 +190,7 @@ mod tests {
     #[test]
     fn without_a_ceiling_every_connection_is_admitted_at_once() {
         rt().block_on(async {
-            let memory = Arc::new(MemoryGuard::default());
-            let gate = Gate::new(memory.clone());
-            let idle = Rc::new(Idle::default());
+            let (memory, gate, idle) = parts();
             let held = admit_n(&gate, &idle, FLOOR_PER_WORKER * 3).await;
             assert_eq!(memory.open(), FLOOR_PER_WORKER * 3);
             drop(held);
@@ -222,9 +201,7 @@ mod tests {
     #[test]
     fn at_the_ceiling_newcomers_wait_in_order_and_enter_as_others_leave() {
         rt().block_on(async {
-            let memory = Arc::new(MemoryGuard::default());
-            let gate = Gate::new(memory.clone());
-            let idle = Rc::new(Idle::default());
+            let (memory, gate, idle) = parts();
             let mut held = admit_n(&gate, &idle, FLOOR_PER_WORKER).await;
             memory.set_ceiling_for_test(FLOOR_PER_WORKER);
             let order = Rc::new(RefCell::new(Vec::new()));
@@ -259,9 +236,7 @@ mod tests {
     #[test]
     fn a_waiter_that_gives_up_leaves_no_place_taken() {
         rt().block_on(async {
-            let memory = Arc::new(MemoryGuard::default());
-            let gate = Gate::new(memory.clone());
-            let idle = Rc::new(Idle::default());
+            let (memory, gate, idle) = parts();
             let held = admit_n(&gate, &idle, FLOOR_PER_WORKER).await;
             memory.set_ceiling_for_test(FLOOR_PER_WORKER);
             let gave_up = gate.admit(&idle, Duration::from_millis(20)).await;
@@ -269,7 +244,6 @@ mod tests {
             assert_eq!(memory.open(), FLOOR_PER_WORKER);
             // It left the queue at once: nothing is closed or held for it.
             assert_eq!((gate.waiting(), memory.waiting()), (0, 0));
-            // The abandoned ticket is skipped, not admitted.
             drop(held);
             assert_eq!(memory.open(), 0);
             assert_eq!((gate.waiting(), memory.waiting()), (0, 0));

@@ -9,6 +9,7 @@ pub mod conn;
 pub mod gate;
 pub mod listener;
 pub mod tls;
+mod turns;
 pub mod worker;
 
 use std::net::TcpListener;
