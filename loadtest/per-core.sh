@@ -3,16 +3,19 @@
 # "End to end" table of BENCHMARKS.md in one command.
 #
 # Usage: loadtest/per-core.sh [--count N] [--concurrency C] [--modes "handshake ott ottca ca"]
-#                             [--relaxed] [--keep DIR] [--no-build]
+#                             [--relaxed] [--keep DIR] [--no-build] [--cached-floors]
 #
 # One gateway (`serve --workers 1`, pinned to CPU 0, durable commits unless --relaxed) and
 # the load tool (pinned to CPU 1) on loopback, in a temporary directory. For each mode it
 # reads the daemon's utime + stime (all threads: worker, signing thread, committer) from
 # /proc/PID/stat before and after N fresh-connection requests and divides by the
-# successes. The floors come from criterion's last `cargo bench --bench enroll` results in
-# $CARGO_TARGET_DIR/criterion (server share of the handshake + CSR check + signing for
-# ott; + chain with an intermediate for ottca and ca); without them, only the CPU figures
-# are printed.
+# successes. The floors are measured in the same run, just before, on the same CPU (the
+# crypto benches of `benches/enroll.rs`, criterion medians): the server's share of a mutual
+# handshake for handshake mode; of a server-only handshake (an ott device has no
+# certificate yet) + CSR check + signing for ott; of a mutual handshake + a chain with an
+# intermediate for ottca and ca. This VM's speed drifts by 10-20% from hour to hour, so a
+# ratio is only read from floors and CPU figures of one run. --cached-floors reads
+# criterion's last results in $CARGO_TARGET_DIR/criterion instead (faster, less exact).
 set -euo pipefail
 
 count=5000
@@ -21,6 +24,7 @@ modes="handshake ott ottca ca"
 relaxed=0
 keep=""
 build=1
+cached_floors=0
 while [[ $# -gt 0 ]]; do
   case "$1" in
     --count) count=$2; shift 2 ;;
@@ -29,7 +33,8 @@ while [[ $# -gt 0 ]]; do
     --relaxed) relaxed=1; shift ;;
     --keep) keep=$2; shift 2 ;;
     --no-build) build=0; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    --cached-floors) cached_floors=1; shift ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "per-core.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -40,6 +45,7 @@ target="${CARGO_TARGET_DIR:-target}"
 bin="$target/release"
 if [[ $build == 1 ]]; then
   cargo build --release -p enrollgate --bin enrollgate -p enrollgate-loadtest --bin enrollgate-loadtest
+  [[ $cached_floors == 1 ]] || cargo bench --bench enroll --no-run
 fi
 command -v python3 >/dev/null || { echo "per-core.sh: needs python3 (to read the JSON reports)" >&2; exit 1; }
 
@@ -57,6 +63,18 @@ cleanup() {
   [[ -n $keep ]] || rm -rf "$work"
 }
 trap cleanup EXIT
+
+criterion="$target/criterion"
+if [[ $cached_floors == 0 ]]; then
+  # The bench binary itself (not `cargo bench`, which could rebuild the daemon under test).
+  bench_bin=$(ls -t "$target"/release/deps/enroll-* 2>/dev/null | grep -v '\.d$' | head -1 || true)
+  [[ -x $bench_bin ]] || { echo "per-core.sh: no bench binary; run without --no-build, or 'cargo bench --bench enroll --no-run'" >&2; exit 1; }
+  criterion="$work/criterion"
+  echo "measuring the crypto floors on CPU 0 (about a minute)" >&2
+  CRITERION_HOME="$criterion" taskset -c 0 "$bench_bin" --bench --measurement-time 3 --warm-up-time 1 \
+    'ott_floor/(server_share_mutual_p256|server_share_server_only_p256|csr_accept_p256|issue_client_cert_p256)$|chain_verify/1_with_intermediate$' \
+    >"$work/floors.log" 2>&1 || { cat "$work/floors.log" >&2; exit 1; }
+fi
 
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$bin/enrollgate" init --data-dir "$work/gw" --listen "127.0.0.1:$port" >/dev/null
@@ -101,25 +119,33 @@ for mode in $modes; do
   esac
 done
 
-python3 - "$work" "$target/criterion" "$(getconf CLK_TCK)" "$relaxed" <<'PY'
+python3 - "$work" "$criterion" "$(getconf CLK_TCK)" "$relaxed" "$cached_floors" <<'PY'
 import json, os, sys
 work, crit, hz, relaxed = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
+cached = sys.argv[5] == "1"
 def est(path):
     try:
         with open(os.path.join(crit, path, "new", "estimates.json")) as f:
-            return json.load(f)["mean"]["point_estimate"] / 1000.0  # ns -> us
+            return json.load(f)["median"]["point_estimate"] / 1000.0  # ns -> us
     except OSError:
         return None
+# handshake, ottca and ca present a client certificate (mutual handshake: the server also
+# checks its CertificateVerify); an ott device has none yet (server-only handshake).
 hs = est("ott_floor/server_share_mutual_p256")
+hs_plain = est("ott_floor/server_share_server_only_p256")
 csr, sign = est("ott_floor/csr_accept_p256"), est("ott_floor/issue_client_cert_p256")
 chain = est("chain_verify/1_with_intermediate")
 floors = {
     "handshake": hs,
-    "ott": None if None in (hs, csr, sign) else hs + csr + sign,
+    "ott": None if None in (hs_plain, csr, sign) else hs_plain + csr + sign,
     "ottca": None if None in (hs, chain) else hs + chain,
     "ca": None if None in (hs, chain) else hs + chain,
 }
 print(f"\n{'durable' if not relaxed else 'relaxed'} commits, serve --workers 1 on CPU 0, tool on CPU 1")
+if None not in (hs, hs_plain, csr, sign, chain):
+    print(f"floors ({'criterion, last results' if cached else 'measured in this run'}, median): "
+          f"handshake {hs:.0f}us (server-only {hs_plain:.0f}us), CSR check {csr:.0f}us, "
+          f"signing {sign:.0f}us, chain with an intermediate {chain:.0f}us")
 print(f"{'mode':<10}{'ok':>7}{'errors':>8}{'per s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU/req':>11}{'floor':>9}{'floor/CPU':>11}")
 for line in open(os.path.join(work, "cpu")):
     mode, ticks = line.split()
