@@ -10,6 +10,7 @@ use std::sync::Arc;
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
 use enrollgate::ca::chain::CaSet;
+use enrollgate::ca::memo::{self, SignatureMemo};
 use enrollgate::model::{Ca, Identity, IdentityType};
 use enrollgate::pki::{self, csr, Host, IssuePolicy, KeyType, Signer};
 use enrollgate::store::apply::Batch;
@@ -401,7 +402,10 @@ fn bench_chain_verify(c: &mut Criterion) {
         let set = Arc::new(CaSet::build(cas));
         assert_eq!(set.len(), n);
         g.bench_with_input(BenchmarkId::from_parameter(n), &n, |b, _| {
-            b.iter(|| set.verify(&chain, NOW, "bench", |_| true).expect("verify"))
+            b.iter(|| {
+                set.verify(&chain, NOW, "bench", &SignatureMemo::off(), |_| true)
+                    .expect("verify")
+            })
         });
     }
     // A fleet's usual shape: leaf, then an intermediate the client sends, then the root.
@@ -423,10 +427,36 @@ fn bench_chain_verify(c: &mut Criterion) {
         .expect("leaf")
         .der()
         .clone();
-    let chain2 = [leaf2_der, inter_der];
+    let chain2 = [leaf2_der, inter_der.clone()];
     let set = CaSet::build(vec![ca_record(0, device_ca.2.clone())]);
+    // Every signature checked: the floor of a chain with an intermediate.
     g.bench_function("1_with_intermediate", |b| {
-        b.iter(|| set.verify(&chain2, NOW, "bench", |_| true).expect("verify"))
+        b.iter(|| {
+            set.verify(&chain2, NOW, "bench", &SignatureMemo::off(), |_| true)
+                .expect("verify")
+        })
+    });
+    // What a worker pays for the next device of a fleet: a new leaf each time (distinct
+    // serials, more of them than the memo holds, so no leaf is ever remembered), its
+    // intermediate's signature remembered from the devices before.
+    let fleet_chains: Vec<[CertificateDer<'static>; 2]> = (0..4 * memo::PER_GENERATION)
+        .map(|_| {
+            let leaf = leaf
+                .signed_by(&leaf_key, &Issuer::from_params(&inter, &inter_key))
+                .expect("leaf")
+                .der()
+                .clone();
+            [leaf, inter_der.clone()]
+        })
+        .collect();
+    let worker_memo = SignatureMemo::default();
+    let mut next = 0usize;
+    g.bench_function("1_with_intermediate_remembered", |b| {
+        b.iter(|| {
+            next = (next + 1) % fleet_chains.len();
+            set.verify(&fleet_chains[next], NOW, "bench", &worker_memo, |_| true)
+                .expect("verify")
+        })
     });
     g.finish();
 }

@@ -30,6 +30,7 @@ use x509_parser::prelude::FromDer as _;
 
 use crate::api::{self, ApiError, Request};
 use crate::ca::chain::{CaSet, ChainError};
+use crate::ca::memo::SignatureMemo;
 use crate::ca::name::{self, NameVars};
 use crate::clock::UnixTime;
 use crate::http::{parse_head, BodyKind, Head, HeadError, Parsed, Response};
@@ -132,6 +133,9 @@ fn ca_record(id: &str, ca: &FixedCa, verified: bool) -> Ca {
 }
 
 /// The CA set chains are verified against, built once per process.
+/// The memo the `chain` target checks against a memo-less verification.
+static MEMO: LazyLock<SignatureMemo> = LazyLock::new(|| SignatureMemo::new(64));
+
 static CA_SET: LazyLock<CaSet> = LazyLock::new(|| {
     CaSet::build(vec![
         ca_record("ROOT", &ROOT, true),
@@ -580,7 +584,16 @@ pub fn chain(data: &[u8]) {
         }),
     ];
     for (purpose, accept) in purposes {
-        match CA_SET.verify(&chain, NOW, purpose, accept) {
+        // Remembered signatures never change an answer: the same chain checked with every
+        // signature verified gives the same result.
+        let remembered = CA_SET.verify(&chain, NOW, purpose, &MEMO, accept);
+        let checked = CA_SET.verify(&chain, NOW, purpose, &SignatureMemo::off(), accept);
+        assert_eq!(
+            remembered.as_ref().map(|ca| &ca.id),
+            checked.as_ref().map(|ca| &ca.id),
+            "the signature memo changed the answer for {purpose}"
+        );
+        match remembered {
             Ok(ca) => {
                 assert!(accept(ca), "a CA refused for {purpose} verified a chain");
                 let leaf = chain.first().expect("a verified chain has a leaf");
@@ -1096,7 +1109,7 @@ mod tests {
         assert_eq!(chain.len(), 2);
         assert_eq!(
             CA_SET
-                .verify(&chain, NOW, "t", |_| true)
+                .verify(&chain, NOW, "t", &SignatureMemo::off(), |_| true)
                 .expect("verifies")
                 .id,
             "ROOT"
@@ -1104,7 +1117,7 @@ mod tests {
         let other_der = get("chain", "other-leaf.der");
         let other = split_der(&other_der);
         assert!(matches!(
-            CA_SET.verify(&other, NOW, "t", |c| c.is_verified),
+            CA_SET.verify(&other, NOW, "t", &SignatureMemo::off(), |c| c.is_verified),
             Err(ChainError::NoAcceptedCa(_))
         ));
         let jwt = String::from_utf8(get("jwt", "ott.jwt")).expect("UTF-8");

@@ -60,7 +60,7 @@ pub fn authenticate(w: &WorkerCtx, peer: &Peer, now: UnixTime) -> Result<Identit
     }
     if !auth.issued_by_network {
         let cas = w.cas.current(&w.shared.cas);
-        cas.verify(&peer.chain, now, "authentication", |ca| {
+        cas.verify(&peer.chain, now, "authentication", w.cas.memo(), |ca| {
             ca.is_verified && ca.is_auth_enabled
         })
         .map_err(|e| AuthError::CaRefused(e.to_string()))?;

@@ -237,8 +237,10 @@ async fn enroll_ottca(
         }
     }
     shared.rates.ca(&ca_id)?;
-    cas.verify(&peer.chain, now, "ottca enrollment", |ca| ca.id == ca_id)
-        .map_err(|e| ApiError::CertificateFailedValidation(e.to_string()))?;
+    cas.verify(&peer.chain, now, "ottca enrollment", w.cas.memo(), |ca| {
+        ca.id == ca_id
+    })
+    .map_err(|e| ApiError::CertificateFailedValidation(e.to_string()))?;
     let authenticator = presented_authenticator(leaf, Method::Ottca, now)?;
     shared
         .commit
@@ -269,7 +271,7 @@ async fn enroll_ca(
     let now = shared.clock.unix_now();
     let cas = w.cas.current(&shared.cas);
     let ca = cas
-        .verify(&peer.chain, now, "auto-enrollment", |ca| {
+        .verify(&peer.chain, now, "auto-enrollment", w.cas.memo(), |ca| {
             ca.is_verified && ca.is_auto_ca_enrollment_enabled
         })
         .map_err(|e| ApiError::CertFailedValidation(e.to_string()))?;

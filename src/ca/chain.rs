@@ -10,7 +10,8 @@
 //! client sent to a CA accepted for the purpose, checks validity at the given time, the
 //! clientAuth EKU where present, and name and path-length constraints. Only anchors whose
 //! subject is the issuer of a certificate in the chain are tried, so the cost does not grow
-//! with the number of cached CAs.
+//! with the number of cached CAs. Each worker's [`SignatureMemo`] skips the arithmetic of a
+//! signature it already verified (a fleet's shared intermediate), never any other check.
 
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -20,6 +21,7 @@ use std::sync::{Arc, Mutex};
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime as PkiTime};
 use x509_parser::prelude::*;
 
+use super::memo::{Counts, SignatureMemo};
 use crate::clock::UnixTime;
 use crate::model::Ca;
 use crate::store::{Store, StoreError};
@@ -135,27 +137,34 @@ impl CaSet {
     }
 
     /// Verifies `chain` (leaf first) at `now` against the CAs for which `accept` is true,
-    /// and returns the CA the path ends at. Records the cache lookup (hit: some cached CA
-    /// is named as an issuer in the chain) and the verification time.
+    /// and returns the CA the path ends at. Signatures `memo` holds are not checked again
+    /// ([`SignatureMemo::off`] checks every one). Records the cache lookup (hit: some
+    /// cached CA is named as an issuer in the chain), the signatures checked and
+    /// remembered, and the verification time.
     pub fn verify(
         &self,
         chain: &[CertificateDer<'_>],
         now: UnixTime,
         purpose: &str,
+        memo: &SignatureMemo,
         accept: impl Fn(&Ca) -> bool,
     ) -> Result<&Ca, ChainError> {
         let started = std::time::Instant::now();
         let mut cache_hit = false;
-        let result = self.verify_inner(chain, now, purpose, accept, &mut cache_hit);
-        crate::telemetry::chain_verification(cache_hit, started.elapsed());
+        let counts = Counts::default();
+        let result = self.verify_inner(chain, now, purpose, memo, &counts, accept, &mut cache_hit);
+        crate::telemetry::chain_verification(cache_hit, counts.get(), started.elapsed());
         result
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn verify_inner(
         &self,
         chain: &[CertificateDer<'_>],
         now: UnixTime,
         purpose: &str,
+        memo: &SignatureMemo,
+        counts: &Counts,
         accept: impl Fn(&Ca) -> bool,
         cache_hit: &mut bool,
     ) -> Result<&Ca, ChainError> {
@@ -199,12 +208,16 @@ impl CaSet {
             .collect();
         let end_entity = webpki::EndEntityCert::try_from(leaf)
             .map_err(|e| ChainError::Malformed(describe(&e)))?;
-        let algs = signature_algorithms();
+        let remembering = memo.wrap(signature_algorithms(), counts);
+        let algs: Vec<&dyn rustls_pki_types::SignatureVerificationAlgorithm> = remembering
+            .iter()
+            .map(|a| a as &dyn rustls_pki_types::SignatureVerificationAlgorithm)
+            .collect();
         let time =
             PkiTime::since_unix_epoch(std::time::Duration::from_secs(now.max(0).unsigned_abs()));
         let path = end_entity
             .verify_for_usage(
-                algs,
+                &algs,
                 &anchors,
                 &chain[1..],
                 time,
@@ -284,10 +297,11 @@ impl CaRegistry {
     }
 }
 
-/// One worker's view of the registry.
+/// One worker's view of the registry, and the signatures it already checked.
 pub struct WorkerCas {
     generation: Cell<u64>,
     set: RefCell<Arc<CaSet>>,
+    memo: SignatureMemo,
 }
 
 impl std::fmt::Debug for WorkerCas {
@@ -304,7 +318,13 @@ impl WorkerCas {
         Self {
             generation: Cell::new(0),
             set: RefCell::new(Arc::new(CaSet::default())),
+            memo: SignatureMemo::default(),
         }
+    }
+
+    /// This worker's remembered signature checks (they hold whatever the CA set is).
+    pub fn memo(&self) -> &SignatureMemo {
+        &self.memo
     }
 
     /// The current set: one atomic load when nothing changed.
@@ -396,7 +416,12 @@ mod tests {
         let set = CaSet::build(cas);
         assert_eq!(set.len(), 52);
         let chain = [leaf(&b, NOW + 1000)];
-        assert_eq!(set.verify(&chain, NOW, "test", |_| true).unwrap().id, "B");
+        assert_eq!(
+            set.verify(&chain, NOW, "test", &SignatureMemo::off(), |_| true)
+                .unwrap()
+                .id,
+            "B"
+        );
     }
 
     #[test]
@@ -405,22 +430,116 @@ mod tests {
         let set = CaSet::build(vec![ca("A", &a.2, false)]);
         let chain = [leaf(&a, NOW + 1000)];
         assert!(matches!(
-            set.verify(&chain, NOW, "auto-enrollment", |c| c.is_verified),
+            set.verify(&chain, NOW, "auto-enrollment", &SignatureMemo::off(), |c| c.is_verified),
             Err(ChainError::NoAcceptedCa(m)) if m.contains("auto-enrollment")
         ));
         assert!(matches!(
-            set.verify(&chain, NOW + 5000, "x", |_| true),
+            set.verify(&chain, NOW + 5000, "x", &SignatureMemo::off(), |_| true),
             Err(ChainError::Invalid(m)) if m.contains("expired")
         ));
         let stranger = root("stranger");
         let chain = [leaf(&stranger, NOW + 1000)];
         assert!(matches!(
-            set.verify(&chain, NOW, "x", |_| true),
+            set.verify(&chain, NOW, "x", &SignatureMemo::off(), |_| true),
             Err(ChainError::NoAcceptedCa(_))
         ));
         assert_eq!(
-            set.verify(&[], NOW, "x", |_| true).unwrap_err(),
+            set.verify(&[], NOW, "x", &SignatureMemo::off(), |_| true)
+                .unwrap_err(),
             ChainError::NoCertificate
+        );
+    }
+
+    /// root -> intermediate (valid until `inter_not_after`) -> `leaves` leaves.
+    fn fleet(
+        inter_not_after: i64,
+        leaves: usize,
+    ) -> (
+        String,
+        CertificateDer<'static>,
+        Vec<CertificateDer<'static>>,
+    ) {
+        let r = root("fleet-root");
+        let inter_key = KeyPair::generate().unwrap();
+        let mut inter = CertificateParams::default();
+        inter
+            .distinguished_name
+            .push(DnType::CommonName, "fleet-intermediate");
+        inter.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+        inter.not_before = at(NOW - 1000);
+        inter.not_after = at(inter_not_after);
+        let inter_der = inter
+            .signed_by(&inter_key, &Issuer::from_params(&r.0, &r.1))
+            .unwrap()
+            .der()
+            .clone();
+        let issuer = (inter, inter_key, String::new());
+        let leaves = (0..leaves).map(|_| leaf(&issuer, NOW + 50_000)).collect();
+        (r.2, inter_der, leaves)
+    }
+
+    fn verify_counted(
+        set: &CaSet,
+        chain: &[CertificateDer<'_>],
+        at: UnixTime,
+        memo: &SignatureMemo,
+    ) -> (Result<String, ChainError>, crate::ca::memo::MemoCounts) {
+        let counts = Counts::default();
+        let mut hit = false;
+        let r = set
+            .verify_inner(chain, at, "t", memo, &counts, |_| true, &mut hit)
+            .map(|ca| ca.id.clone());
+        (r, counts.get())
+    }
+
+    #[test]
+    fn a_fleet_intermediate_is_checked_once_per_worker() {
+        let (root_pem, inter, leaves) = fleet(NOW + 100_000, 3);
+        let set = CaSet::build(vec![ca("R", &root_pem, true)]);
+        let memo = SignatureMemo::default();
+        let mut checked = Vec::new();
+        for l in &leaves {
+            let (r, counts) = verify_counted(&set, &[l.clone(), inter.clone()], NOW, &memo);
+            assert_eq!(r.unwrap(), "R");
+            checked.push((counts.checked, counts.remembered));
+        }
+        // The first device pays for both signatures; the next ones only for their leaf.
+        assert_eq!(checked, vec![(2, 0), (1, 1), (1, 1)]);
+        // The same chain again: both known, and the answer is still computed in full.
+        let (r, counts) = verify_counted(&set, &[leaves[0].clone(), inter.clone()], NOW, &memo);
+        assert_eq!(
+            (r.unwrap().as_str(), counts.checked, counts.remembered),
+            ("R", 0, 2)
+        );
+        // Without a memo every signature is checked.
+        let (_, counts) = verify_counted(
+            &set,
+            &[leaves[1].clone(), inter.clone()],
+            NOW,
+            &SignatureMemo::off(),
+        );
+        assert_eq!((counts.checked, counts.remembered), (2, 0));
+    }
+
+    #[test]
+    fn a_remembered_intermediate_is_still_checked_for_time_and_leaves_for_signatures() {
+        let (root_pem, inter, leaves) = fleet(NOW + 2_000, 1);
+        let set = CaSet::build(vec![ca("R", &root_pem, true)]);
+        let memo = SignatureMemo::default();
+        let chain = [leaves[0].clone(), inter.clone()];
+        assert_eq!(verify_counted(&set, &chain, NOW, &memo).0.unwrap(), "R");
+        // The intermediate's signature is remembered, its validity is not: expired later.
+        let (r, counts) = verify_counted(&set, &chain, NOW + 3_000, &memo);
+        assert!(matches!(r, Err(ChainError::Invalid(m)) if m.contains("expired")));
+        assert_eq!(counts.checked, 0, "refused on time, before any signature");
+        // A leaf whose signature was tampered with fails, with its intermediate remembered.
+        let mut forged = leaves[0].to_vec();
+        let last = forged.len() - 2;
+        forged[last] ^= 0x01;
+        let (r, _) = verify_counted(&set, &[CertificateDer::from(forged), inter], NOW, &memo);
+        assert!(
+            matches!(&r, Err(ChainError::Invalid(m)) if m.contains("Signature")),
+            "a forged leaf: {r:?}"
         );
     }
 

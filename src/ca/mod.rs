@@ -1,8 +1,10 @@
 //! Third-party CAs: what an uploaded CA certificate must be (`parse_ca_pem`), the proof
 //! that the operator holds its key (`pop`), the names auto-enrolled identities get
-//! (`name`), and the verification of client chains against the cached CAs (`chain`).
+//! (`name`), and the verification of client chains against the cached CAs (`chain`), with
+//! each worker remembering the signatures it already checked (`memo`).
 
 pub mod chain;
+pub mod memo;
 pub mod name;
 pub mod pop;
 

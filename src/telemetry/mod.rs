@@ -29,6 +29,8 @@ pub const QUEUE_DEPTH: &str = "enrollgate_commit_queue_depth";
 pub const CA_CACHE_SIZE: &str = "enrollgate_ca_cache_size";
 /// Chain verifications, by whether a cached CA was found for the chain.
 pub const CA_CACHE_LOOKUPS: &str = "enrollgate_ca_cache_lookups_total";
+/// Signatures of client chains, by whether they were checked or already known.
+pub const CHAIN_SIGNATURES: &str = "enrollgate_chain_signatures_total";
 /// Chain verification latency.
 pub const CHAIN_SECONDS: &str = "enrollgate_chain_verification_duration_seconds";
 /// CSR checks and signatures per signing batch.
@@ -100,6 +102,10 @@ pub fn describe() {
     describe_counter!(
         CA_CACHE_LOOKUPS,
         "Client chains looked up in the CA cache, by result: hit (a cached CA named as issuer in the chain) or miss (no cached CA issued it)."
+    );
+    describe_counter!(
+        CHAIN_SIGNATURES,
+        "Signatures on client chain paths, by result: checked (verified now) or remembered (this worker verified the same signature before, e.g. a fleet's shared intermediate)."
     );
     describe_histogram!(
         CHAIN_SECONDS,
@@ -185,10 +191,23 @@ pub fn sign_batch(size: usize, elapsed: Duration, queued: usize) {
     metrics::gauge!(SIGN_QUEUE_DEPTH).set(queued as f64);
 }
 
-/// Records a chain lookup in the CA cache and its verification time.
-pub fn chain_verification(cache_hit: bool, elapsed: Duration) {
+/// Records a chain lookup in the CA cache, how its signatures were settled, and its
+/// verification time.
+pub fn chain_verification(
+    cache_hit: bool,
+    signatures: crate::ca::memo::MemoCounts,
+    elapsed: Duration,
+) {
     let result = if cache_hit { "hit" } else { "miss" };
     metrics::counter!(CA_CACHE_LOOKUPS, "result" => result).increment(1);
+    if signatures.checked > 0 {
+        metrics::counter!(CHAIN_SIGNATURES, "result" => "checked")
+            .increment(u64::from(signatures.checked));
+    }
+    if signatures.remembered > 0 {
+        metrics::counter!(CHAIN_SIGNATURES, "result" => "remembered")
+            .increment(u64::from(signatures.remembered));
+    }
     metrics::histogram!(CHAIN_SECONDS).record(elapsed.as_secs_f64());
 }
 

@@ -800,6 +800,21 @@ fn a_thousand_racing_auto_enrollments() {
     assert!(names.contains(&"swarm-same".to_string()));
     assert!(names.contains(&"swarm-same-000999".to_string()));
     assert!(!gw.log().contains("UNHANDLED"));
+
+    // 2,000 chains of two signatures each. Each worker checks the shared intermediate's
+    // signature once (the twin's leaf too), then remembers it: about 1,000 leaf checks in
+    // all, not 4,000 checks.
+    let m = gw.metrics_text();
+    let checked = metric(&m, "enrollgate_chain_signatures_total{result=\"checked\"}");
+    let remembered = metric(
+        &m,
+        "enrollgate_chain_signatures_total{result=\"remembered\"}",
+    );
+    assert_eq!(checked + remembered, 4000.0, "{m}");
+    assert!(
+        checked <= 1004.0 && remembered >= 2996.0,
+        "{checked} / {remembered}"
+    );
 }
 
 fn race_exact(gw: &Gateway, devices: Vec<Device>) -> Vec<enrollgate::client::HttpResponse> {
