@@ -4,10 +4,12 @@
 # open-loop run at FACTOR times that rate: successes, 429s, other answers, connections
 # closed or reset, timeouts, and the daemon's peak RSS sampled every 50 ms.
 #
-# Usage: loadtest/overload.sh [--mode ott|ca] [--factor 4] [--quota 25] [--duration 10s]
-#                             [--concurrency 4096] [--limits "key = value; ..."]
-#                             [--keep DIR] [--no-build]
+# Usage: loadtest/overload.sh [--mode ott|ca] [--factor 4] [--rate N] [--quota 25]
+#                             [--duration 10s] [--concurrency 4096]
+#                             [--limits "key = value; ..."] [--keep DIR] [--no-build]
 #
+# --rate offers N requests/s instead of FACTOR times the sustained rate (which moves with
+# this VM's speed from run to run): to compare two builds or settings at one rate.
 # The daemon (`serve --workers 1`) runs pinned to CPU 0 in a cgroup v1 cpu controller
 # group with cpu.cfs_quota_us = QUOTA% of one core (needs root and /sys/fs/cgroup/cpu), so
 # that the load tool, on CPU 1, can offer several times what the daemon sustains.
@@ -16,6 +18,7 @@ set -euo pipefail
 
 mode=ott
 factor=4
+fixed_rate=""
 quota=25
 duration=10s
 concurrency=4096
@@ -26,13 +29,14 @@ while [[ $# -gt 0 ]]; do
   case "$1" in
     --mode) mode=$2; shift 2 ;;
     --factor) factor=$2; shift 2 ;;
+    --rate) fixed_rate=$2; shift 2 ;;
     --quota) quota=$2; shift 2 ;;
     --duration) duration=$2; shift 2 ;;
     --concurrency) concurrency=$2; shift 2 ;;
     --limits) limits=$2; shift 2 ;;
     --keep) keep=$2; shift 2 ;;
     --no-build) build=0; shift ;;
-    -h|--help) sed -n '2,16p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
     *) echo "overload.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
@@ -113,6 +117,7 @@ echo "== sustained: closed loop, 64 connections, 1,500 requests" >&2
   --cpus 1 --quiet --json "$work/closed.json" >&2
 rate=$(python3 -c "import json; print(round(json.load(open('$work/closed.json'))['throughput_per_s']))")
 offered=$((rate * factor))
+[[ -z $fixed_rate ]] || offered=$fixed_rate
 extra=()
 case $mode in
   ott)

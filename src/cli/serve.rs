@@ -189,6 +189,9 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
             metrics = %metrics_addr.map(|a| a.to_string()).unwrap_or_else(|| "off".into()),
             workers = started.len(),
             driver = if uring { "io_uring" } else { "epoll" },
+            accept_queue = %listener::accept_queue_depth()
+                .map(|d| d.to_string())
+                .unwrap_or_else(|| "unknown".into()),
             "enrollgate ready"
         );
         crate::telemetry::set_ready(true);

@@ -6,8 +6,21 @@ use std::net::{SocketAddr, TcpListener};
 
 use socket2::{Domain, Protocol, Socket, Type};
 
-/// Accept backlog of each socket.
-pub const BACKLOG: i32 = 4096;
+/// Accept backlog asked for each socket: as deep as the kernel allows (it caps the value
+/// at `net.core.somaxconn`, 4,096 by default). In a surge, connections the workers cannot
+/// take yet wait in this queue at no cost to the daemon; when it overflows, the kernel
+/// drops SYNs or answers with SYN cookies that can fail, and clients are reset. At 3,300
+/// new connections/s against one worker sustaining about 700/s, a queue of 4,096 reset 7%
+/// of clients and one of 32,768 none (BENCHMARKS.md, "Overload").
+pub const BACKLOG: i32 = 65535;
+
+/// The accept queue each socket really gets: [`BACKLOG`] capped by `net.core.somaxconn`,
+/// or `None` when that cannot be read (a sandbox without `/proc/sys`).
+pub fn accept_queue_depth() -> Option<u32> {
+    let text = std::fs::read_to_string("/proc/sys/net/core/somaxconn").ok()?;
+    let somaxconn: u32 = text.trim().parse().ok()?;
+    Some(somaxconn.min(BACKLOG as u32))
+}
 
 fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
     let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;

@@ -628,6 +628,16 @@ fn metrics_health_and_readiness_endpoints() {
         .find_map(|w| w.strip_prefix("metrics="))
         .expect("metrics= in the ready line")
         .to_string();
+    // The accept queue is as deep as the kernel allows (it caps the backlog asked for).
+    let somaxconn: u32 = std::fs::read_to_string("/proc/sys/net/core/somaxconn")
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    assert!(
+        ready.contains(&format!("accept_queue={}", somaxconn.min(65535))),
+        "{ready}"
+    );
     let (_, _, token) = gw.create_identity("measured", "Device", false);
     let key = rcgen::KeyPair::generate().unwrap();
     let csr = rcgen::CertificateParams::default()
