@@ -69,7 +69,8 @@ trap cleanup EXIT
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$bin/enrollgate" init --data-dir "$work/gw" --listen "127.0.0.1:$port" >/dev/null
 cfg="$work/gw/enrollgate.toml"
-sed -i 's/^listen = "127.0.0.1:9464".*/listen = "off"/; s/^level = "info"/level = "warn"/' "$cfg"
+mport=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
+sed -i "s/^listen = \"127.0.0.1:9464\".*/listen = \"127.0.0.1:$mport\"/; s/^level = \"info\"/level = \"warn\"/" "$cfg"
 if [[ -n $limits ]]; then
   python3 - "$cfg" "$limits" <<'PY'
 import sys
@@ -141,6 +142,10 @@ sampler_pid=$!
 sleep 0.2
 kill "$sampler_pid" 2>/dev/null || true
 sampler_pid=""
+# What the daemon says it did: handshakes, connections it closed to make room, refusals.
+curl -s --max-time 5 "http://127.0.0.1:$mport/metrics" >"$work/metrics.txt" || true
+grep -E '^enrollgate_(tls_handshakes_total|connections_pushed_out_total|rate_limited_total)' \
+  "$work/metrics.txt" | sed 's/^/daemon metric: /' >&2 || true
 grep -E "requests|errors|by code|by kind|throughput|latency|start lag|  [A-Z_a-z]+ +[0-9]+" "$work/open.txt" >&2 || true
 python3 - "$work" "$rate" "$offered" "$rss_base" "$quota" <<'PY'
 import json, sys
