@@ -436,11 +436,13 @@ fn bench_chain_verify(c: &mut Criterion) {
                 .expect("verify")
         })
     });
-    // What a worker pays for the next device of a fleet: a new leaf each time (distinct
-    // serials, more of them than the memo holds, so no leaf is ever remembered), its
-    // intermediate's signature remembered from the devices before.
-    let fleet_chains: Vec<[CertificateDer<'static>; 2]> = (0..4 * memo::PER_GENERATION)
-        .map(|_| {
+    // What a worker pays for the next device of a fleet: a new leaf each time (its own
+    // serial, so its signed body differs too; more leaves than the memo holds, so no leaf
+    // is ever remembered), its intermediate's signature remembered from the devices before.
+    let fleet_chains: Vec<[CertificateDer<'static>; 2]> = (0..4 * memo::PER_GENERATION as u64)
+        .map(|i| {
+            let mut leaf = leaf.clone();
+            leaf.serial_number = Some(rcgen::SerialNumber::from(i + 1));
             let leaf = leaf
                 .signed_by(&leaf_key, &Issuer::from_params(&inter, &inter_key))
                 .expect("leaf")

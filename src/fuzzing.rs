@@ -132,10 +132,10 @@ fn ca_record(id: &str, ca: &FixedCa, verified: bool) -> Ca {
     }
 }
 
-/// The CA set chains are verified against, built once per process.
 /// The memo the `chain` target checks against a memo-less verification.
 static MEMO: LazyLock<SignatureMemo> = LazyLock::new(|| SignatureMemo::new(64));
 
+/// The CA set chains are verified against, built once per process.
 static CA_SET: LazyLock<CaSet> = LazyLock::new(|| {
     CaSet::build(vec![
         ca_record("ROOT", &ROOT, true),

@@ -208,7 +208,7 @@ impl CaSet {
             .collect();
         let end_entity = webpki::EndEntityCert::try_from(leaf)
             .map_err(|e| ChainError::Malformed(describe(&e)))?;
-        let remembering = memo.wrap(signature_algorithms(), counts);
+        let remembering = memo.wrap(counts);
         let algs: Vec<&dyn rustls_pki_types::SignatureVerificationAlgorithm> = remembering
             .iter()
             .map(|a| a as &dyn rustls_pki_types::SignatureVerificationAlgorithm)

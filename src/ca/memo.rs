@@ -137,9 +137,15 @@ impl SignatureMemo {
         g.current.insert(key);
     }
 
-    /// `algs`, each wrapped to consult and feed this memo; the wrappers count what they did
-    /// into `counts`.
-    pub(crate) fn wrap<'a>(
+    /// The chain verification algorithms ([`super::chain::signature_algorithms`]), each
+    /// wrapped to consult and feed this memo; the wrappers count what they did into
+    /// `counts`. The list is fixed here, not taken from callers: a key holds an algorithm's
+    /// position in it, which must always mean the same algorithm.
+    pub(crate) fn wrap<'a>(&'a self, counts: &'a Counts) -> Vec<Remembering<'a>> {
+        self.wrap_list(super::chain::signature_algorithms(), counts)
+    }
+
+    fn wrap_list<'a>(
         &'a self,
         algs: &'a [&'a dyn SignatureVerificationAlgorithm],
         counts: &'a Counts,
@@ -252,7 +258,7 @@ mod tests {
     fn check(memo: &SignatureMemo, alg: &Exact, index: usize, msg: &[u8], sig: &[u8]) -> bool {
         let counts = Counts::default();
         let algs: Vec<&dyn SignatureVerificationAlgorithm> = vec![alg; index + 1];
-        let wrapped = memo.wrap(&algs, &counts);
+        let wrapped = memo.wrap_list(&algs, &counts);
         wrapped[index].verify_signature(b"key", msg, sig).is_ok()
     }
 

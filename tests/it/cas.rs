@@ -811,8 +811,10 @@ fn a_thousand_racing_auto_enrollments() {
         "enrollgate_chain_signatures_total{result=\"remembered\"}",
     );
     assert_eq!(checked + remembered, 4000.0, "{m}");
+    // Gateway::start runs 2 workers; each checks the twin's two signatures once.
+    let workers = 2.0;
     assert!(
-        checked <= 1004.0 && remembered >= 2996.0,
+        checked <= 1000.0 + 2.0 * workers && remembered >= 3000.0 - 2.0 * workers,
         "{checked} / {remembered}"
     );
 }
