@@ -3,7 +3,8 @@
 # "End to end" table of BENCHMARKS.md in one command.
 #
 # Usage: loadtest/per-core.sh [--count N] [--concurrency C] [--modes "handshake ott ottca ca"]
-#                             [--relaxed] [--keep DIR] [--no-build] [--cached-floors]
+#                             [--repeat R] [--relaxed] [--keep DIR] [--no-build]
+#                             [--cached-floors]
 #
 # One gateway (`serve --workers 1`, pinned to CPU 0, durable commits unless --relaxed) and
 # the load tool (pinned to CPU 1) on loopback, in a temporary directory. For each mode it
@@ -16,9 +17,13 @@
 # intermediate for ottca and ca. This VM's speed drifts by 10-20% from hour to hour, so a
 # ratio is only read from floors and CPU figures of one run. --cached-floors reads
 # criterion's last results in $CARGO_TARGET_DIR/criterion instead (faster, less exact).
+# --repeat R runs the modes R times, interleaved (mode after mode, then again), each time on
+# fresh tokens and devices, and prints per mode the median CPU per enrollment (the ratio is
+# taken from it) with the lowest and highest: one noisy run no longer makes the headline.
 set -euo pipefail
 
 count=5000
+repeat=1
 concurrency=64
 modes="handshake ott ottca ca"
 relaxed=0
@@ -30,14 +35,16 @@ while [[ $# -gt 0 ]]; do
     --count) count=$2; shift 2 ;;
     --concurrency) concurrency=$2; shift 2 ;;
     --modes) modes=$2; shift 2 ;;
+    --repeat) repeat=$2; shift 2 ;;
     --relaxed) relaxed=1; shift ;;
     --keep) keep=$2; shift 2 ;;
     --no-build) build=0; shift ;;
     --cached-floors) cached_floors=1; shift ;;
-    -h|--help) sed -n '2,19p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "per-core.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
+[[ $repeat =~ ^[1-9][0-9]*$ ]] || { echo "per-core.sh: --repeat takes a positive integer" >&2; exit 2; }
 [[ $(nproc) -ge 2 ]] || { echo "per-core.sh: needs 2 CPUs (daemon on 0, tool on 1)" >&2; exit 1; }
 
 cd "$(dirname "$0")/.."
@@ -83,8 +90,9 @@ sed -i 's/^listen = "127.0.0.1:9464".*/listen = "off"/; s/^level = "info"/level 
 grep -q '^durability = "sync"' "$cfg" || { echo "per-core.sh: no 'durability' key in the generated config" >&2; exit 1; }
 if [[ $relaxed == 1 ]]; then sed -i 's/^durability = "sync"/durability = "relaxed"/' "$cfg"; fi
 
-# Devices: ottca takes `count`, ca the next `count`, handshake reuses the first ones.
-"$bin/enrollgate-loadtest" fleet --ca-out "$work/fleet" --devices $((2 * count + 100)) 2>&1 | tail -1
+# Devices: in repeat r (from 0), ottca takes [2r*count, (2r+1)*count), ca the next `count`;
+# handshake reuses the first ones.
+"$bin/enrollgate-loadtest" fleet --ca-out "$work/fleet" --devices $((2 * count * repeat + 100)) 2>&1 | tail -1
 
 taskset -c 0 "$bin/enrollgate" serve --config "$cfg" --workers 1 2>"$work/enrollgate.log" &
 server_pid=$!
@@ -95,28 +103,32 @@ done
 admin="$work/gw/admin.json"
 gw="https://127.0.0.1:$port"
 "$bin/enrollgate-loadtest" register-ca --fleet "$work/fleet" --identity "$admin" --name fleet --auto --ottca >/dev/null
-[[ " $modes " == *" ott "* ]] && "$bin/enrollgate-loadtest" prepare-ott --identity "$admin" --count "$count" --out "$work/tok-ott" --prefix ott >/dev/null
-[[ " $modes " == *" ottca "* ]] && "$bin/enrollgate-loadtest" prepare-ott --identity "$admin" --count "$count" --out "$work/tok-ottca" --method ottca --ca fleet --prefix ottca >/dev/null
+[[ " $modes " == *" ott "* ]] && "$bin/enrollgate-loadtest" prepare-ott --identity "$admin" --count $((count * repeat)) --out "$work/tok-ott" --prefix ott >/dev/null
+[[ " $modes " == *" ottca "* ]] && "$bin/enrollgate-loadtest" prepare-ott --identity "$admin" --count $((count * repeat)) --out "$work/tok-ottca" --method ottca --ca fleet --prefix ottca >/dev/null
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat"; }
-run() { # mode, extra args...
-  local mode=$1; shift
+run() { # mode, repeat, extra args...
+  local mode=$1 r=$2; shift 2
   local t0 t1
   t0=$(cpu_ticks)
   "$bin/enrollgate-loadtest" run --target "$gw" --mode "$mode" --concurrency "$concurrency" \
-    --count "$count" --cpus 1 --quiet --json "$work/$mode.json" "$@" >&2
+    --count "$count" --cpus 1 --quiet --json "$work/$mode.$r.json" "$@" >&2
   t1=$(cpu_ticks)
-  echo "$mode $((t1 - t0))" >>"$work/cpu"
+  echo "$mode $r $((t1 - t0))" >>"$work/cpu"
 }
 : >"$work/cpu"
-for mode in $modes; do
-  case $mode in
-    handshake) run handshake --fleet "$work/fleet" --ca-file "$work/gw/pki/ca.crt" ;;
-    ott) run ott --tokens "$work/tok-ott" ;;
-    ottca) run ottca --tokens "$work/tok-ottca" --fleet "$work/fleet" ;;
-    ca) run ca --fleet "$work/fleet" --device-offset "$count" --ca-file "$work/gw/pki/ca.crt" ;;
-    *) echo "per-core.sh: unknown mode '$mode'" >&2; exit 2 ;;
-  esac
+for ((r = 0; r < repeat; r++)); do
+  for mode in $modes; do
+    case $mode in
+      handshake) run handshake "$r" --fleet "$work/fleet" --ca-file "$work/gw/pki/ca.crt" ;;
+      ott) run ott "$r" --tokens "$work/tok-ott" --token-offset $((r * count)) ;;
+      ottca) run ottca "$r" --tokens "$work/tok-ottca" --token-offset $((r * count)) \
+        --fleet "$work/fleet" --device-offset $((2 * r * count)) ;;
+      ca) run ca "$r" --fleet "$work/fleet" --device-offset $(((2 * r + 1) * count)) \
+        --ca-file "$work/gw/pki/ca.crt" ;;
+      *) echo "per-core.sh: unknown mode '$mode'" >&2; exit 2 ;;
+    esac
+  done
 done
 
 python3 - "$work" "$criterion" "$(getconf CLK_TCK)" "$relaxed" "$cached_floors" <<'PY'
@@ -152,19 +164,29 @@ if None not in (hs, hs_plain, csr, sign, chain):
           f"signing {sign:.0f}us, chain with an intermediate {chain:.0f}us "
           f"({remembered or 0:.0f}us with it remembered)")
 fleet = {m: hs + remembered for m in ("ottca", "ca")} if None not in (hs, remembered) else {}
-print(f"{'mode':<10}{'ok':>7}{'errors':>8}{'per s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU/req':>11}{'floor':>9}{'floor/CPU':>11}"
-      f"{'remembered':>12}{'floor/CPU':>11}")
+runs = {}
 for line in open(os.path.join(work, "cpu")):
-    mode, ticks = line.split()
-    with open(os.path.join(work, f"{mode}.json")) as f:
+    mode, r, ticks = line.split()
+    with open(os.path.join(work, f"{mode}.{r}.json")) as f:
         j = json.load(f)
-    ok = j["ok"]
-    cpu = int(ticks) / hz * 1e6 / max(ok, 1)
+    cpu = int(ticks) / hz * 1e6 / max(j["ok"], 1)
+    runs.setdefault(mode, []).append((cpu, j))
+repeats = max(len(v) for v in runs.values())
+if repeats > 1:
+    print(f"{repeats} runs of each mode, interleaved; per mode the run of median CPU, and the range")
+print(f"{'mode':<10}{'ok':>7}{'errors':>8}{'per s':>9}{'p50 ms':>9}{'p99 ms':>9}{'CPU/req':>11}{'floor':>9}{'floor/CPU':>11}"
+      f"{'remembered':>12}{'floor/CPU':>11}" + (f"{'CPU range':>16}" if repeats > 1 else ""))
+for mode, rs in runs.items():
+    rs.sort(key=lambda x: x[0])
+    cpu, j = rs[(len(rs) - 1) // 2]
+    ok = sum(x[1]["ok"] for x in rs)
+    errors = sum(x[1]["errors"] for x in rs)
     fl = floors.get(mode)
     ratio = f"{fl / cpu:.0%}" if fl else "-"
     ff = fleet.get(mode)
     second = f"{ff:.0f}us{ff / cpu:>11.0%}" if ff else f"{'-':>4}{'-':>11}"
-    print(f"{mode:<10}{ok:>7}{j['errors']:>8}{j['throughput_per_s']:>9.0f}{j['latency_ms']['p50']:>9.1f}"
+    spread = f"{rs[0][0]:>9.0f}-{rs[-1][0]:.0f}us" if repeats > 1 else ""
+    print(f"{mode:<10}{ok:>7}{errors:>8}{j['throughput_per_s']:>9.0f}{j['latency_ms']['p50']:>9.1f}"
           f"{j['latency_ms']['p99']:>9.1f}{cpu:>9.0f}us{(f'{fl:.0f}us' if fl else '-'):>9}{ratio:>11}"
-          f"{second:>23}")
+          f"{second:>23}{spread}")
 PY
