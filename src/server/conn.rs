@@ -80,6 +80,9 @@ pub struct Handshakes {
     queue: Turns,
     /// Slots freed and promised to queued connections that have not taken them yet.
     reserved: Cell<usize>,
+    /// `limits.max_handshakes` as of the last admission: a reload that changes it is seen
+    /// by the next connection, and slots are only granted below it.
+    limit: Cell<usize>,
 }
 
 /// A connection waiting in [`Handshakes`]' queue; resolves when a slot is granted, passes a
@@ -118,7 +121,7 @@ impl Drop for Queued {
             self.table
                 .reserved
                 .set(self.table.reserved.get().saturating_sub(1));
-            self.table.grant_next();
+            self.table.grant_free();
         }
     }
 }
@@ -163,6 +166,9 @@ impl Handshakes {
         source: IpAddr,
         limits: &Limits,
     ) -> Result<(Handshaking, Option<Full>), Full> {
+        self.limit.set(limits.max_handshakes.max(1));
+        // After a reload that raised the limit, the queue takes the new room first.
+        self.grant_free();
         let source = crate::admission::source_key(source);
         let own = self
             .by_source
@@ -229,10 +235,9 @@ impl Handshakes {
     /// Queues a connection for the next slot freed (see [`Queued`]); a slot free now goes
     /// to the oldest queued connection at once.
     fn enqueue(self: &Rc<Self>, limits: &Limits) -> Queued {
+        self.limit.set(limits.max_handshakes.max(1));
         let turn = self.queue.join();
-        if self.live.borrow().len() + self.reserved.get() < limits.max_handshakes.max(1) {
-            self.grant_next();
-        }
+        self.grant_free();
         Queued {
             table: self.clone(),
             turn,
@@ -246,9 +251,12 @@ impl Handshakes {
         self.queue.len()
     }
 
-    /// Promises a freed slot to the oldest queued connection.
-    fn grant_next(&self) {
-        if self.queue.grant_next() {
+    /// Promises the free slots, below the current limit, to the oldest queued connections.
+    fn grant_free(&self) {
+        while self.live.borrow().len() + self.reserved.get() < self.limit.get() {
+            if !self.queue.grant_next() {
+                break;
+            }
             self.reserved.set(self.reserved.get() + 1);
         }
     }
@@ -296,7 +304,7 @@ impl Drop for Handshaking {
     fn drop(&mut self) {
         // An evicted slot was released already, and went to the connection that evicted it.
         if self.counts.release(self.id).is_some() {
-            self.counts.grant_next();
+            self.counts.grant_free();
         }
     }
 }
@@ -771,6 +779,44 @@ mod tests {
         assert_eq!(full, None);
         let q = hs.enqueue(&limits);
         assert!(q.turn.granted());
+    }
+
+    #[test]
+    fn a_reload_of_max_handshakes_reaches_the_queue_at_the_next_connection() {
+        let two = Limits {
+            max_handshakes: 2,
+            max_handshakes_per_source: 8,
+            ..Limits::default()
+        };
+        let hs = Rc::new(Handshakes::default());
+        let (a, _) = admit(&hs, "192.0.2.1", &two);
+        let (b, _) = admit(&hs, "192.0.2.2", &two);
+        let q1 = hs.enqueue(&two);
+        let q2 = hs.enqueue(&two);
+        assert!(!q1.turn.granted() && !q2.turn.granted());
+        // Raised to 4: the next connection's admission grants the new room to those
+        // queued first (in order), and the newcomer queues behind them.
+        let four = Limits {
+            max_handshakes: 4,
+            ..two
+        };
+        assert_eq!(hs.admit(ip("192.0.2.3"), &four).err(), Some(Full::Worker));
+        assert!(q1.turn.granted() && q2.turn.granted(), "no release needed");
+        let t1 = q1.take(ip("192.0.2.4"));
+        let t2 = q2.take(ip("192.0.2.5"));
+        assert_eq!(hs.len(), 4);
+        // Lowered to 2 with 4 in progress: a finished handshake frees no slot for the
+        // queue until the table is under the new limit.
+        let q3 = hs.enqueue(&two);
+        drop(a);
+        drop(b);
+        assert!(
+            !q3.turn.granted(),
+            "3 and then 2 in progress: not under 2 yet"
+        );
+        drop(t1);
+        assert!(q3.turn.granted());
+        drop(t2);
     }
 
     #[test]
