@@ -792,6 +792,43 @@ fn handshake_over(tcp: TcpStream, cfg: &Arc<ClientConfig>) -> std::io::Result<Tl
 }
 
 /// Whether the daemon closed a (non-blocking) TLS stream.
+/// Idle TLS connections, each with when it was made, and how many were refused.
+type Held = (Vec<(Tls, Instant)>, usize);
+
+/// Opens `n` TLS connections from `source` over 4 threads and holds them idle
+/// (non-blocking, no request).
+fn hold_idle_tls(port: u16, cfg: &Arc<ClientConfig>, source: [u8; 4], n: usize) -> Held {
+    let threads = 4;
+    let parts: Vec<JoinHandle<Held>> = (0..threads)
+        .map(|t| {
+            let cfg = cfg.clone();
+            let count = n / threads + usize::from(t < n % threads);
+            std::thread::spawn(move || {
+                let mut held = Vec::with_capacity(count);
+                let mut refused = 0;
+                for _ in 0..count {
+                    match connect_from(source, port).and_then(|tcp| handshake_over(tcp, &cfg)) {
+                        Ok(s) => {
+                            s.sock.set_nonblocking(true).unwrap();
+                            held.push((s, Instant::now()));
+                        }
+                        Err(_) => refused += 1,
+                    }
+                }
+                (held, refused)
+            })
+        })
+        .collect();
+    let mut held = Vec::with_capacity(n);
+    let mut refused = 0;
+    for p in parts {
+        let (h, r) = p.join().unwrap();
+        held.extend(h);
+        refused += r;
+    }
+    (held, refused)
+}
+
 fn tls_closed(s: &mut Tls) -> bool {
     let mut buf = [0u8; 1024];
     loop {
@@ -971,40 +1008,7 @@ fn ten_thousand_idle_connections_are_bounded() {
     let sampler = sample(pid, Duration::from_millis(100));
     let cfg = cheap_client_config(&gw);
     let started = Instant::now();
-    let threads = 4;
-    // Per thread: the connections it holds (with when each was made) and how many
-    // were refused.
-    type Held = (Vec<(Tls, Instant)>, usize);
-    let parts: Vec<JoinHandle<Held>> = (0..threads)
-        .map(|t| {
-            let cfg = cfg.clone();
-            let port = gw.port;
-            let count = n / threads + usize::from(t < n % threads);
-            std::thread::spawn(move || {
-                let mut ok = Vec::with_capacity(count);
-                let mut refused = 0;
-                for _ in 0..count {
-                    let s = connect_from([127, 0, 0, 3], port)
-                        .and_then(|tcp| handshake_over(tcp, &cfg));
-                    match s {
-                        Ok(s) => {
-                            s.sock.set_nonblocking(true).unwrap();
-                            ok.push((s, Instant::now()));
-                        }
-                        Err(_) => refused += 1,
-                    }
-                }
-                (ok, refused)
-            })
-        })
-        .collect();
-    let mut idle: Vec<(Tls, Instant)> = Vec::with_capacity(n);
-    let mut refused_at_accept = 0;
-    for p in parts {
-        let (ok, r) = p.join().unwrap();
-        idle.extend(ok);
-        refused_at_accept += r;
-    }
+    let (mut idle, refused_at_accept) = hold_idle_tls(gw.port, &cfg, [127, 0, 0, 3], n);
     let established = idle.len();
     let setup = started.elapsed();
     let fds_held = open_fds(pid);
@@ -1128,37 +1132,8 @@ fn the_memory_cap_holds_against_thousands_of_idle_connections() {
     let sampler = sample(pid, Duration::from_millis(5));
     let cfg = cheap_client_config(&gw);
     let started = Instant::now();
-    let threads = 4;
-    let parts: Vec<JoinHandle<(Vec<Tls>, usize)>> = (0..threads)
-        .map(|t| {
-            let cfg = cfg.clone();
-            let port = gw.port;
-            let count = FLOOD / threads + usize::from(t < FLOOD % threads);
-            std::thread::spawn(move || {
-                let mut held = Vec::with_capacity(count);
-                let mut refused = 0;
-                for _ in 0..count {
-                    match connect_from([127, 0, 0, 4], port)
-                        .and_then(|tcp| handshake_over(tcp, &cfg))
-                    {
-                        Ok(s) => {
-                            s.sock.set_nonblocking(true).unwrap();
-                            held.push(s);
-                        }
-                        Err(_) => refused += 1,
-                    }
-                }
-                (held, refused)
-            })
-        })
-        .collect();
-    let mut idle = Vec::with_capacity(FLOOD);
-    let mut refused = 0;
-    for p in parts {
-        let (held, r) = p.join().unwrap();
-        idle.extend(held);
-        refused += r;
-    }
+    let (held, refused) = hold_idle_tls(gw.port, &cfg, [127, 0, 0, 4], FLOOD);
+    let mut idle: Vec<Tls> = held.into_iter().map(|(s, _)| s).collect();
     let setup = started.elapsed();
     let normal = prepared.start();
     let deadline = Instant::now() + Duration::from_secs(60);
