@@ -161,8 +161,14 @@ pub struct Limits {
     /// A response (or a close) must be written within this; a client that stops reading
     /// loses its connection.
     pub write_timeout: Duration,
+    /// A request whose head or body has been arriving for longer than this, the
+    /// connection waiting for its client's next bytes, is slow: at `max_connections` or
+    /// the memory ceiling, once no connection is idle, a new connection closes the slow
+    /// request that began first.
+    pub slow_request_grace: Duration,
     /// Open connections per worker at most; at the limit a new connection closes the one
-    /// idle longest between requests, and when none is idle, newcomers wait in the kernel's
+    /// idle longest between requests (or, with none idle, the slowest request, see
+    /// `slow_request_grace`), and when there is neither, newcomers wait in the kernel's
     /// accept queue.
     pub max_connections: usize,
     /// TLS handshakes in progress per worker at most (a surge of handshakes cannot starve
@@ -196,6 +202,7 @@ impl Default for Limits {
             body_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             write_timeout: Duration::from_secs(30),
+            slow_request_grace: Duration::from_secs(2),
             max_connections: 10_000,
             max_handshakes: 1024,
             max_handshakes_per_source: 256,
@@ -267,6 +274,9 @@ struct Checker {
     problems: Vec<Problem>,
 }
 
+/// The longest duration a setting takes.
+const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
+
 impl Checker {
     fn problem(&mut self, key: &str, message: impl Into<String>) {
         self.problems.push(Problem {
@@ -279,6 +289,12 @@ impl Checker {
         match v {
             None => default,
             Some(s) => match humantime::parse_duration(s) {
+                // Deadlines are instants from now: a duration past any clock's range would
+                // overflow where it is added.
+                Ok(d) if d > MAX_DURATION => {
+                    self.problem(key, "must be at most 100 years");
+                    default
+                }
                 Ok(d) if !d.is_zero() => d,
                 Ok(_) => {
                     self.problem(key, "must be longer than zero");
@@ -520,6 +536,11 @@ impl Config {
                 l.write_timeout.as_ref(),
                 d.write_timeout,
             ),
+            slow_request_grace: c.duration(
+                "limits.slow_request_grace",
+                l.slow_request_grace.as_ref(),
+                d.slow_request_grace,
+            ),
             max_connections: c.positive(
                 "limits.max_connections",
                 l.max_connections,
@@ -719,6 +740,7 @@ header_timeout = "10s"
 body_timeout = "30s"
 idle_timeout = "60s"
 write_timeout = "30s"
+slow_request_grace = "2s"       # a request arriving longer may give its place (see max_connections)
 max_connections = 10000         # per worker
 max_handshakes = 1024           # per worker
 max_handshakes_per_source = 256 # per worker, from one address (IPv6: one /64)
@@ -816,6 +838,8 @@ mod tests {
             max_body_bytes = 0
             per_source_rate = "5/fortnight"
             per_ca_burst = 3
+            slow_request_grace = "0s"
+            header_timeout = "300000000000y"
             [pki]
             cert_lifetime = "9000y"
             "#,
@@ -831,10 +855,17 @@ mod tests {
             "limits.max_body_bytes",
             "limits.per_source_rate",
             "limits.per_ca_burst",
+            "limits.slow_request_grace",
+            "limits.header_timeout",
             "pki.cert_lifetime",
         ] {
             assert!(keys.contains(&expected), "{expected} missing from {keys:?}");
         }
+        let too_long = err
+            .problems
+            .iter()
+            .find(|p| p.key == "limits.header_timeout");
+        assert!(too_long.is_some_and(|p| p.message.contains("at most 100 years")));
     }
 
     #[test]

@@ -98,6 +98,7 @@ pub struct RawLimits {
     pub body_timeout: Option<String>,
     pub idle_timeout: Option<String>,
     pub write_timeout: Option<String>,
+    pub slow_request_grace: Option<String>,
     pub max_connections: Option<usize>,
     pub max_handshakes: Option<usize>,
     pub max_handshakes_per_source: Option<usize>,

@@ -12,7 +12,7 @@
 //! | `write_timeout` (a client that stops reading) | the connection is closed |
 //! | `max_handshakes` (per worker) | the handshake waiting longest for its client is closed to make room; with none waiting (every handshake is the server's turn), the new connection queues for a slot, holding only its socket, at most `idle_timeout` |
 //! | `max_handshakes_per_source` (per worker) | that source's handshake waiting longest for its client is closed to make room; with none waiting, the new connection is closed |
-//! | `max_connections` (per worker, in `worker.rs`) | the connection idle longest is closed to make room; with none idle, new connections wait in the kernel's accept queue |
+//! | `max_connections` (per worker, in `worker.rs`) | the connection idle longest is closed to make room; with none idle, the request that began first of those still arriving for longer than `slow_request_grace`; with neither, new connections wait in the kernel's accept queue |
 //! | `max_memory` (process, in `gate.rs`) | at the connection ceiling, a new connection waits (holding only its socket, at most `idle_timeout`) and the connection idle longest is closed to make room |
 
 use std::cell::{Cell, RefCell};
@@ -309,48 +309,106 @@ impl Drop for Handshaking {
     }
 }
 
-/// A worker's connections waiting for their next request, longest-waiting first.
+/// A worker's connections waiting for their client: between requests (idle), or in the
+/// middle of a request whose bytes are still arriving (slow).
 ///
-/// At `limits.max_connections`, a new connection closes the connection idle longest
-/// (as a keep-alive close between requests, which HTTP clients expect) rather than being
-/// refused: thousands of connections that never send a request cannot lock out a device
-/// that wants to enroll. Only when no connection is idle is a new one refused.
+/// At `limits.max_connections` (or the memory ceiling), a new connection closes the
+/// connection idle longest (as a keep-alive close between requests, which HTTP clients
+/// expect) rather than being refused: thousands of connections that never send a request
+/// cannot lock out a device that wants to enroll. With none idle, it closes the slow request
+/// that began first, if that began more than `limits.slow_request_grace` ago: connections
+/// that trickle a head or a body cannot hold every place for `header_timeout` or
+/// `body_timeout` either. A request's clock starts at its first byte and does not restart
+/// with each byte it trickles. Only when there is neither is a new one refused.
 #[derive(Debug, Default)]
 pub struct Idle {
     next: Cell<u64>,
     live: RefCell<BTreeMap<u64, Rc<Eviction>>>,
+    /// Slow requests waiting for their client, by the instant they may be pushed out
+    /// (their start plus the grace), then arrival order.
+    slow: RefCell<BTreeMap<(Instant, u64), Rc<Eviction>>>,
 }
 
-/// One connection waiting for a request; leaves the idle set when dropped.
+/// One connection waiting for its client; leaves its set when dropped.
 struct Waiting {
     idle: Rc<Idle>,
-    id: u64,
+    key: WaitKey,
     eviction: Rc<Eviction>,
 }
 
+enum WaitKey {
+    Idle(u64),
+    Slow((Instant, u64)),
+}
+
+/// A request whose head or body is still arriving: when it began, and whether a newcomer
+/// has taken its place (which holds across its reads: a byte that arrives after the
+/// newcomer came does not win the place back).
+struct SlowRequest {
+    since: Instant,
+    eviction: Rc<Eviction>,
+}
+
+impl SlowRequest {
+    fn starting_now() -> Self {
+        Self {
+            since: Instant::now(),
+            eviction: Rc::default(),
+        }
+    }
+
+    fn pushed_out(&self) -> bool {
+        self.eviction.evicted.get()
+    }
+}
+
 impl Idle {
-    fn enter(self: &Rc<Self>) -> Waiting {
+    fn id(&self) -> u64 {
         let id = self.next.get();
         self.next.set(id + 1);
+        id
+    }
+
+    fn enter(self: &Rc<Self>) -> Waiting {
+        let id = self.id();
         let eviction = Rc::new(Eviction::default());
         self.live.borrow_mut().insert(id, eviction.clone());
         Waiting {
             idle: self.clone(),
-            id,
+            key: WaitKey::Idle(id),
             eviction,
         }
     }
 
-    /// Closes the connection idle longest; false when no connection is idle.
+    /// Registers `request` as waiting for its client, to be pushed out no earlier than
+    /// `grace` after it began.
+    fn enter_slow(self: &Rc<Self>, request: &SlowRequest, grace: Duration) -> Waiting {
+        let key = (request.since + grace, self.id());
+        self.slow.borrow_mut().insert(key, request.eviction.clone());
+        Waiting {
+            idle: self.clone(),
+            key: WaitKey::Slow(key),
+            eviction: request.eviction.clone(),
+        }
+    }
+
+    /// Closes the connection idle longest or, with none idle, the slow request that began
+    /// first once its grace is over; false when there is neither.
     pub fn close_oldest(&self) -> bool {
         let oldest = self.live.borrow_mut().pop_first();
-        match oldest {
-            Some((_, eviction)) => {
-                eviction.evict();
-                telemetry::pushed_out("idle");
+        if let Some((_, eviction)) = oldest {
+            eviction.evict();
+            telemetry::pushed_out("idle");
+            return true;
+        }
+        let mut slow = self.slow.borrow_mut();
+        match slow.first_entry() {
+            Some(first) if first.key().0 <= Instant::now() => {
+                first.remove().evict();
+                telemetry::pushed_out("slow_request");
                 true
             }
-            None => false,
+            _ => false,
         }
     }
 
@@ -369,7 +427,14 @@ impl Waiting {
 
 impl Drop for Waiting {
     fn drop(&mut self) {
-        self.idle.live.borrow_mut().remove(&self.id);
+        match self.key {
+            WaitKey::Idle(id) => {
+                self.idle.live.borrow_mut().remove(&id);
+            }
+            WaitKey::Slow(key) => {
+                self.idle.slow.borrow_mut().remove(&key);
+            }
+        }
     }
 }
 
@@ -536,8 +601,10 @@ async fn serve_admitted(
     let wt = limits.write_timeout;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
+        // Set once the request turns out to be slow (its bytes are not all in).
+        let mut slow: Option<SlowRequest> = None;
         let (head, head_len) =
-            match read_head(&mut tls, &mut buf, &limits, signal, &tables.idle).await {
+            match read_head(&mut tls, &mut buf, &limits, signal, &tables.idle, &mut slow).await {
                 Next::Head(h, n) => (h, n),
                 Next::Close => return close(tls, wt).await,
                 Next::PushedOut => return close(tls, PUSHED_OUT_CLOSE).await,
@@ -566,8 +633,11 @@ async fn serve_admitted(
                 {
                     return;
                 }
-                if !read_body(&mut tls, &mut buf, n, limits.body_timeout).await {
-                    return close(tls, wt).await;
+                let request = (&tables.idle, &mut slow);
+                match read_body(&mut tls, &mut buf, n, &limits, request).await {
+                    More::Got => {}
+                    More::Close => return close(tls, wt).await,
+                    More::PushedOut => return close(tls, PUSHED_OUT_CLOSE).await,
                 }
                 buf.drain(..n).collect()
             }
@@ -629,8 +699,8 @@ async fn read_head(
     limits: &Limits,
     signal: &ShutdownSignal,
     idle: &Rc<Idle>,
+    slow: &mut Option<SlowRequest>,
 ) -> Next {
-    let mut deadline: Option<Instant> = None;
     loop {
         match parse_head(buf) {
             Ok(Parsed::Complete(head, n)) => return Next::Head(head, n),
@@ -664,27 +734,75 @@ async fn read_head(
                 () = waiting.evicted() => return Next::PushedOut,
             }
         } else {
-            let deadline = *deadline.get_or_insert_with(|| Instant::now() + limits.header_timeout);
-            let left = deadline.saturating_duration_since(Instant::now());
-            match monoio::time::timeout(left, tls.read_plain(buf, room)).await {
-                Ok(Ok(n)) if n > 0 => {}
-                _ => return Next::Close,
+            // The head started with the bytes in `buf`: its clock runs from here.
+            let request = slow.get_or_insert_with(SlowRequest::starting_now);
+            let left =
+                (request.since + limits.header_timeout).saturating_duration_since(Instant::now());
+            match read_more(tls, buf, room, left, request, idle, limits).await {
+                More::Got => {}
+                More::Close => return Next::Close,
+                More::PushedOut => return Next::PushedOut,
             }
         }
     }
 }
 
-/// Reads until `buf` holds at least `n` bytes; false on timeout or end of stream.
-async fn read_body(tls: &mut TlsStream, buf: &mut Vec<u8>, n: usize, limit: Duration) -> bool {
-    let deadline = Instant::now() + limit;
+/// What waiting for more of a request gave.
+enum More {
+    /// Bytes arrived.
+    Got,
+    /// Timeout or end of stream.
+    Close,
+    /// A newcomer took the place of this slow request.
+    PushedOut,
+}
+
+/// Reads more of a request that is still arriving, at most `max` bytes, within `left`.
+/// Meanwhile the connection waits for its client, and a newcomer may take its place once
+/// the request is past `limits.slow_request_grace` ([`Idle`]). Bytes that have arrived are
+/// read first, but once pushed out the request stays pushed out.
+async fn read_more(
+    tls: &mut TlsStream,
+    buf: &mut Vec<u8>,
+    max: usize,
+    left: Duration,
+    request: &SlowRequest,
+    idle: &Rc<Idle>,
+    limits: &Limits,
+) -> More {
+    if request.pushed_out() {
+        return More::PushedOut;
+    }
+    let waiting = idle.enter_slow(request, limits.slow_request_grace);
+    monoio::select! {
+        biased;
+        r = monoio::time::timeout(left, tls.read_plain(buf, max)) => match r {
+            Ok(Ok(n)) if n > 0 => More::Got,
+            _ => More::Close,
+        },
+        () = waiting.evicted() => More::PushedOut,
+    }
+}
+
+/// Reads until `buf` holds at least `n` bytes, within `limits.body_timeout`; the request
+/// is slow from its head's first byte, or from now if the head came whole.
+async fn read_body(
+    tls: &mut TlsStream,
+    buf: &mut Vec<u8>,
+    n: usize,
+    limits: &Limits,
+    (idle, slow): (&Rc<Idle>, &mut Option<SlowRequest>),
+) -> More {
+    let deadline = Instant::now() + limits.body_timeout;
     while buf.len() < n {
+        let request = slow.get_or_insert_with(SlowRequest::starting_now);
         let left = deadline.saturating_duration_since(Instant::now());
-        match monoio::time::timeout(left, tls.read_plain(buf, n - buf.len())).await {
-            Ok(Ok(m)) if m > 0 => {}
-            _ => return false,
+        match read_more(tls, buf, n - buf.len(), left, request, idle, limits).await {
+            More::Got => {}
+            other => return other,
         }
     }
-    true
+    More::Got
 }
 
 #[cfg(test)]
@@ -939,6 +1057,73 @@ mod tests {
         assert!(idle.close_oldest());
         assert!(third.eviction.evicted.get());
         assert!(!idle.close_oldest());
+    }
+
+    fn slow_request(began_ago: Duration) -> SlowRequest {
+        SlowRequest {
+            since: Instant::now() - began_ago,
+            eviction: Rc::default(),
+        }
+    }
+
+    #[test]
+    fn a_slow_request_gives_its_place_only_after_the_grace() {
+        let idle = Rc::new(Idle::default());
+        let grace = Duration::from_secs(2);
+        let young = slow_request(Duration::from_millis(100));
+        let _w = idle.enter_slow(&young, grace);
+        assert!(!idle.close_oldest(), "a request within its grace is kept");
+        assert!(!young.pushed_out());
+        let old = slow_request(Duration::from_secs(3));
+        let older = slow_request(Duration::from_secs(5));
+        let (_a, _b) = (idle.enter_slow(&old, grace), idle.enter_slow(&older, grace));
+        assert!(idle.close_oldest());
+        assert!(
+            older.pushed_out(),
+            "the request that began first goes first"
+        );
+        assert!(!old.pushed_out());
+        assert!(idle.close_oldest());
+        assert!(old.pushed_out());
+        assert!(!idle.close_oldest());
+        assert!(!young.pushed_out());
+    }
+
+    #[test]
+    fn idle_connections_go_before_slow_requests() {
+        let idle = Rc::new(Idle::default());
+        let slow = slow_request(Duration::from_secs(60));
+        let _s = idle.enter_slow(&slow, Duration::from_secs(1));
+        let waiting = idle.enter();
+        assert!(idle.close_oldest());
+        assert!(
+            waiting.eviction.evicted.get(),
+            "the idle connection, however new"
+        );
+        assert!(!slow.pushed_out());
+        assert!(idle.close_oldest());
+        assert!(slow.pushed_out());
+    }
+
+    #[test]
+    fn a_trickling_request_keeps_its_start_and_stays_pushed_out() {
+        let idle = Rc::new(Idle::default());
+        let grace = Duration::from_secs(2);
+        let request = slow_request(Duration::from_secs(3));
+        // Each read registers the request again (a byte arrived in between): its place in
+        // line is still its start, ahead of a request that began later.
+        drop(idle.enter_slow(&request, grace));
+        let later = slow_request(Duration::from_millis(2500));
+        let _l = idle.enter_slow(&later, grace);
+        let w = idle.enter_slow(&request, grace);
+        assert!(idle.close_oldest());
+        assert!(request.pushed_out());
+        assert!(!later.pushed_out());
+        // Its read won the race (bytes had arrived): the request is still pushed out, and
+        // leaves no entry behind.
+        drop(w);
+        assert!(request.pushed_out());
+        assert_eq!(idle.slow.borrow().len(), 1);
     }
 
     #[test]

@@ -567,6 +567,165 @@ fn slow_bodies_are_cut_off_by_the_body_timeout() {
 }
 
 // ---------------------------------------------------------------------------------------
+// Slow requests holding every connection place.
+
+/// An attack connection: a request that never ends, a byte every 100 ms.
+struct Trickle {
+    s: Tls,
+    /// Before the request's first byte: the daemon's clock cannot start earlier.
+    since: Instant,
+    received: usize,
+}
+
+/// Opens a connection and starts a request that never ends: half a head (`body` false) or a
+/// whole head and half a body. `None` when the daemon gave it no place in time.
+fn start_trickle(port: u16, cfg: &Arc<ClientConfig>, body: bool) -> Option<Trickle> {
+    let mut s = tls_connect(port, cfg).ok()?;
+    let since = Instant::now();
+    let start: &[u8] = if body {
+        b"POST /edge/client/v1/enroll?method=ott&token=slow HTTP/1.1\r\nHost: x\r\nContent-Type: text/plain\r\nContent-Length: 4096\r\n\r\nAAAA"
+    } else {
+        b"POST /edge/client/v1/enroll?method=ott&token=slow HTTP/1.1\r\nHost: x\r\nX-Pad: "
+    };
+    s.write_all(start).ok()?;
+    s.flush().ok()?;
+    s.sock.set_nonblocking(true).ok()?;
+    Some(Trickle {
+        s,
+        since,
+        received: 0,
+    })
+}
+
+/// Every connection place of both workers held by requests that trickle a byte every
+/// 100 ms (half in their head, half in their body), each one the daemon closes opened
+/// again. `header_timeout` and `body_timeout` (60 s here) would let them hold their places
+/// for a minute while new clients wait in the accept queue; instead, once no connection is
+/// idle, each new connection closes the slow request that began first, when it began more
+/// than `slow_request_grace` ago (300 ms here). A client opening a new connection per
+/// enrollment enrolls 10 of 10 with no retry; every attack connection closed was closed
+/// without an answer, and none before its grace.
+#[test]
+fn slow_requests_give_their_places_to_new_clients() {
+    const WORKERS: usize = 2;
+    const MAX_CONNECTIONS: usize = 8;
+    const GRACE: Duration = Duration::from_millis(300);
+    const N: usize = 10;
+    let gw = Gateway::start_with(
+        set_limits(&[
+            ("max_connections", "8"),
+            ("max_handshakes", "4"),
+            ("slow_request_grace", "\"300ms\""),
+            ("header_timeout", "\"60s\""),
+            ("body_timeout", "\"60s\""),
+        ]),
+        &[],
+    );
+    let label = "slow requests";
+    let jobs = jobs(&gw, "slowreq", N);
+    let cfg = client::config(&gw.ca_certs(), None).unwrap();
+    // More than both workers hold, so that each worker is full whatever the kernel's
+    // spread: the extra ones take places only by pushing out older ones.
+    let attackers = WORKERS * MAX_CONNECTIONS + 8;
+    let stop = Arc::new(AtomicBool::new(false));
+    let attack = std::thread::spawn({
+        let (cfg, stop, port) = (cfg.clone(), stop.clone(), gw.port);
+        move || {
+            let mut live: Vec<Trickle> = Vec::new();
+            let mut cut: Vec<(Duration, usize)> = Vec::new();
+            let mut opened = 0usize;
+            while !stop.load(Ordering::Relaxed) {
+                while live.len() < attackers && !stop.load(Ordering::Relaxed) {
+                    if let Some(t) = start_trickle(port, &cfg, opened % 2 == 0) {
+                        live.push(t);
+                    }
+                    opened += 1;
+                }
+                let mut i = 0;
+                while i < live.len() {
+                    let t = &mut live[i];
+                    let wrote = t.s.write(b"A").and_then(|_| t.s.flush());
+                    let mut closed =
+                        matches!(wrote, Err(ref e) if e.kind() != ErrorKind::WouldBlock);
+                    let mut buf = [0u8; 1024];
+                    loop {
+                        match t.s.read(&mut buf) {
+                            Ok(0) => closed = true,
+                            Ok(n) => {
+                                t.received += n;
+                                continue;
+                            }
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => {}
+                            Err(_) => closed = true,
+                        }
+                        break;
+                    }
+                    if closed {
+                        let t = live.swap_remove(i);
+                        cut.push((t.since.elapsed(), t.received));
+                    } else {
+                        i += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            (cut, opened, live.len())
+        }
+    });
+    // Let the attack take every place and pass its grace.
+    std::thread::sleep(Duration::from_secs(2));
+    let fresh = run_fresh(jobs, cfg, gw.port, Arc::new(AtomicBool::new(false)));
+    stop.store(true, Ordering::Relaxed);
+    let (cut, opened, still) = attack.join().unwrap();
+    let metrics = gw.metrics_text();
+    let pushed = metric(
+        &metrics,
+        "enrollgate_connections_pushed_out_total{state=\"slow_request\"}",
+    );
+    let mut lifetimes: Vec<Duration> = cut.iter().map(|c| c.0).collect();
+    eprintln!(
+        "[{label}] {opened} attack connections opened, {} closed by the daemon (after {}), \
+         {still} open at the end; {pushed} slow requests pushed out",
+        cut.len(),
+        spread(&mut lifetimes)
+    );
+    assert_eq!(
+        (fresh.ok, fresh.retries),
+        (N, 0),
+        "[{label}] the new-connection client: {:?}",
+        fresh.failures
+    );
+    eprintln!(
+        "[{label}] during the attack: {}",
+        fresh.line("new connection")
+    );
+    // Not a timing assertion: the bound is 100 times the grace, and without the rule each
+    // enrollment would wait for an attack connection's 60 s timeout.
+    let slowest = fresh.latencies.iter().max().copied().unwrap_or_default();
+    assert!(
+        slowest < Duration::from_secs(30),
+        "a new client waited {slowest:?}: for the attack's timeouts, not for its grace"
+    );
+    assert!(
+        pushed >= N as f64,
+        "each new client took the place of a slow request: {pushed}"
+    );
+    assert!(
+        cut.len() >= N,
+        "the attack saw its connections closed: {}",
+        cut.len()
+    );
+    assert!(
+        cut.iter().all(|c| c.1 == 0),
+        "a slow request pushed out gets no answer"
+    );
+    // A lower bound is not a timing assertion: no slow request lost its place early.
+    let early = cut.iter().filter(|c| c.0 < GRACE).count();
+    assert_eq!(early, 0, "no slow request was pushed out within its grace");
+    assert!(!gw.log().contains("panicked"));
+}
+
+// ---------------------------------------------------------------------------------------
 // Handshakes that never finish.
 
 /// A sustained flood of TLS handshakes that never finish, from 8 addresses: half send
