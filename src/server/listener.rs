@@ -30,6 +30,10 @@ fn bind_one(addr: SocketAddr) -> io::Result<TcpListener> {
         socket.set_only_v6(false)?;
     }
     socket.set_nonblocking(true)?;
+    // Accepted connections inherit it (Linux copies the listener's TCP options): handshake
+    // flights and answers are small writes that must not wait for an ACK, and no
+    // connection pays a setsockopt of its own.
+    socket.set_nodelay(true)?;
     socket.bind(&addr.into())?;
     socket.listen(BACKLOG)?;
     Ok(socket.into())
@@ -100,6 +104,15 @@ mod tests {
         // Released with its holder.
         drop((ls, _lock));
         assert!(bind(addr, 1).is_ok());
+    }
+
+    #[test]
+    fn accepted_connections_inherit_no_delay() {
+        let (ls, _lock) = bind("127.0.0.1:0".parse().unwrap(), 1).unwrap();
+        ls[0].set_nonblocking(false).unwrap();
+        let _client = std::net::TcpStream::connect(ls[0].local_addr().unwrap()).unwrap();
+        let (accepted, _) = ls[0].accept().unwrap();
+        assert!(accepted.nodelay().unwrap());
     }
 
     #[test]

@@ -132,7 +132,6 @@ pub fn run(
             }
             let spawn = |tcp: monoio::net::TcpStream, addr: std::net::SocketAddr| {
                 let ctx = view.ctx();
-                let _ = tcp.set_nodelay(true);
                 open.set(open.get() + 1);
                 crate::telemetry::connections(1.0);
                 let guard = OpenGuard(open.clone());
