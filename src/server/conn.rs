@@ -319,7 +319,8 @@ impl Drop for Handshaking {
 /// that began first, if that began more than `limits.slow_request_grace` ago: connections
 /// that trickle a head or a body cannot hold every place for `header_timeout` or
 /// `body_timeout` either. A request's clock starts at its first byte and does not restart
-/// with each byte it trickles. Only when there is neither is a new one refused.
+/// with each byte it trickles. Only when there is neither does the newcomer wait (in the
+/// kernel's accept queue, or at the memory gate).
 #[derive(Debug, Default)]
 pub struct Idle {
     next: Cell<u64>,
