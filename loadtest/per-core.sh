@@ -107,14 +107,24 @@ gw="https://127.0.0.1:$port"
 [[ " $modes " == *" ottca "* ]] && "$bin/enrollgate-loadtest" prepare-ott --identity "$admin" --count $((count * repeat)) --out "$work/tok-ottca" --method ottca --ca fleet --prefix ottca >/dev/null
 
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$server_pid/stat"; }
+# utime + stime of the daemon's threads by role: the worker, its signing thread, the
+# committer, and RocksDB's background threads (memtable flushes, compactions).
+thread_ticks() {
+  cat /proc/"$server_pid"/task/*/stat 2>/dev/null | awk '{
+    c = $2; gsub(/[()]/, "", c); g = "";
+    if (c ~ /^enrollgate-w[0-9]/) g = "worker"; else if (c ~ /^enrollgate-sign/) g = "signer";
+    else if (c ~ /^enrollgate-comm/) g = "committer"; else if (c ~ /^rocksdb/) g = "store_bg";
+    if (g != "") s[g] += $14 + $15 }
+    END { printf "worker=%d signer=%d committer=%d store_bg=%d", s["worker"], s["signer"], s["committer"], s["store_bg"] }'
+}
 run() { # mode, repeat, extra args...
   local mode=$1 r=$2; shift 2
-  local t0 t1
-  t0=$(cpu_ticks)
+  local t0 t1 g0 g1
+  g0=$(thread_ticks); t0=$(cpu_ticks)
   "$bin/enrollgate-loadtest" run --target "$gw" --mode "$mode" --concurrency "$concurrency" \
     --count "$count" --cpus 1 --quiet --json "$work/$mode.$r.json" "$@" >&2
-  t1=$(cpu_ticks)
-  echo "$mode $r $((t1 - t0))" >>"$work/cpu"
+  t1=$(cpu_ticks); g1=$(thread_ticks)
+  echo "$mode $r $((t1 - t0)) $g0 $g1" >>"$work/cpu"
 }
 : >"$work/cpu"
 for ((r = 0; r < repeat; r++)); do
@@ -165,11 +175,18 @@ if None not in (hs, hs_plain, csr, sign, chain):
           f"({remembered or 0:.0f}us with it remembered)")
 fleet = {m: hs + remembered for m in ("ottca", "ca")} if None not in (hs, remembered) else {}
 runs = {}
+ROLES = ("worker", "signer", "committer", "store_bg")
 for line in open(os.path.join(work, "cpu")):
-    mode, r, ticks = line.split()
+    mode, r, ticks, *groups = line.split()
     with open(os.path.join(work, f"{mode}.{r}.json")) as f:
         j = json.load(f)
-    cpu = int(ticks) / hz * 1e6 / max(j["ok"], 1)
+    per = 1 / hz * 1e6 / max(j["ok"], 1)
+    cpu = int(ticks) * per
+    before = dict(g.split("=") for g in groups[:4])
+    after = dict(g.split("=") for g in groups[4:])
+    split = {k: (int(after[k]) - int(before[k])) * per for k in ROLES}
+    split["other"] = max(cpu - sum(split.values()), 0.0)
+    j["split"] = split
     runs.setdefault(mode, []).append((cpu, j))
 repeats = max(len(v) for v in runs.values())
 if repeats > 1:
@@ -189,4 +206,12 @@ for mode, rs in runs.items():
     print(f"{mode:<10}{ok:>7}{errors:>8}{j['throughput_per_s']:>9.0f}{j['latency_ms']['p50']:>9.1f}"
           f"{j['latency_ms']['p99']:>9.1f}{cpu:>9.0f}us{(f'{fl:.0f}us' if fl else '-'):>9}{ratio:>11}"
           f"{second:>23}{spread}")
+# Where the CPU of that run went, by thread. store bg is RocksDB flushing memtables and
+# compacting: work for whatever was written before, not only by this mode (the tokens
+# prepared for ott and ottca are flushed during whichever mode runs when the memtable fills).
+print(f"\n{'CPU/req by thread':<18}{'worker':>9}{'signer':>9}{'committer':>11}{'store bg':>10}{'other':>8}")
+for mode, rs in runs.items():
+    sp = rs[(len(rs) - 1) // 2][1]["split"]
+    print(f"{mode:<18}" + "".join(f"{sp[k]:>{w}.0f}us" for k, w in
+          (("worker", 7), ("signer", 7), ("committer", 9), ("store_bg", 8), ("other", 6))))
 PY
