@@ -20,6 +20,8 @@
 # --repeat R runs the modes R times, interleaved (mode after mode, then again), each time on
 # fresh tokens and devices, and prints per mode the median CPU per enrollment (the ratio is
 # taken from it) with the lowest and highest: one noisy run no longer makes the headline.
+# Then, for that run, the CPU per request by thread: the worker, its signing thread, the
+# committer, and RocksDB's background threads (store bg: memtable flushes, compactions).
 set -euo pipefail
 
 count=5000
@@ -40,7 +42,7 @@ while [[ $# -gt 0 ]]; do
     --keep) keep=$2; shift 2 ;;
     --no-build) build=0; shift ;;
     --cached-floors) cached_floors=1; shift ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,25p' "$0"; exit 0 ;;
     *) echo "per-core.sh: unknown argument '$1' (see --help)" >&2; exit 2 ;;
   esac
 done
