@@ -161,15 +161,14 @@ pub struct Limits {
     /// A response (or a close) must be written within this; a client that stops reading
     /// loses its connection.
     pub write_timeout: Duration,
-    /// A request whose head or body has been arriving for longer than this, the
-    /// connection waiting for its client's next bytes, is slow: at `max_connections` or
-    /// the memory ceiling, once no connection is idle, a new connection closes the slow
-    /// request that began first.
+    /// A request whose head or body is still arriving, the connection waiting for its
+    /// client's next bytes, counts as waiting from its first byte plus this: before, it
+    /// cannot be closed for a newcomer (see `max_connections`).
     pub slow_request_grace: Duration,
-    /// Open connections per worker at most; at the limit a new connection closes the one
-    /// idle longest between requests (or, with none idle, the slowest request, see
-    /// `slow_request_grace`), and when there is neither, newcomers wait in the kernel's
-    /// accept queue.
+    /// Open connections per worker at most; at the limit a new connection, once accepted,
+    /// closes the one that has waited longest for its client (idle between requests, or a
+    /// request still arriving, see `slow_request_grace`), and when there is none, newcomers
+    /// wait in the kernel's accept queue.
     pub max_connections: usize,
     /// TLS handshakes in progress per worker at most (a surge of handshakes cannot starve
     /// requests already admitted); at the limit a new connection closes the handshake

@@ -12,7 +12,7 @@
 //! | `write_timeout` (a client that stops reading) | the connection is closed |
 //! | `max_handshakes` (per worker) | the handshake waiting longest for its client is closed to make room; with none waiting (every handshake is the server's turn), the new connection queues for a slot, holding only its socket, at most `idle_timeout` |
 //! | `max_handshakes_per_source` (per worker) | that source's handshake waiting longest for its client is closed to make room; with none waiting, the new connection is closed |
-//! | `max_connections` (per worker, in `worker.rs`) | the connection idle longest is closed to make room; with none idle, the request that began first of those still arriving for longer than `slow_request_grace`; with neither, new connections wait in the kernel's accept queue |
+//! | `max_connections` (per worker, in `worker.rs`) | a new connection, once accepted, closes the one that has waited longest for its client: idle between requests, or a request still arriving past `slow_request_grace` (counted from its end); with none, new connections wait in the kernel's accept queue |
 //! | `max_memory` (process, in `gate.rs`) | at the connection ceiling, a new connection waits (holding only its socket, at most `idle_timeout`) and the connection idle longest is closed to make room |
 
 use std::cell::{Cell, RefCell};
@@ -312,21 +312,23 @@ impl Drop for Handshaking {
 /// A worker's connections waiting for their client: between requests (idle), or in the
 /// middle of a request whose bytes are still arriving (slow).
 ///
-/// At `limits.max_connections` (or the memory ceiling), a new connection closes the
-/// connection idle longest (as a keep-alive close between requests, which HTTP clients
-/// expect) rather than being refused: thousands of connections that never send a request
-/// cannot lock out a device that wants to enroll. With none idle, it closes the slow request
-/// that began first, if that began more than `limits.slow_request_grace` ago: connections
-/// that trickle a head or a body cannot hold every place for `header_timeout` or
-/// `body_timeout` either. A request's clock starts at its first byte and does not restart
-/// with each byte it trickles. Only when there is neither does the newcomer wait (in the
-/// kernel's accept queue, or at the memory gate).
+/// At `limits.max_connections` (or the memory ceiling), a new connection closes the one of
+/// them that has waited longest for its client rather than being refused: thousands of
+/// connections that never send a request, or that trickle one, cannot lock out a device
+/// that wants to enroll. An idle connection waits from the end of its last answer (or of its
+/// handshake), and is closed as a keep-alive close between requests, which HTTP clients
+/// expect. A slow request waits from its first byte plus `limits.slow_request_grace`, and
+/// only after that can be closed: its clock does not restart with each byte it trickles,
+/// and a client whose request takes less than the grace keeps its place. Room is made for a
+/// newcomer the worker has accepted, never ahead of one. When there is no such connection,
+/// the newcomer waits (in the kernel's accept queue, or at the memory gate).
 #[derive(Debug, Default)]
 pub struct Idle {
     next: Cell<u64>,
-    live: RefCell<BTreeMap<u64, Rc<Eviction>>>,
-    /// Slow requests waiting for their client, by the instant they may be pushed out
-    /// (their start plus the grace), then arrival order.
+    /// Idle connections, by the instant they started waiting, then arrival order.
+    live: RefCell<BTreeMap<(Instant, u64), Rc<Eviction>>>,
+    /// Slow requests, by the instant they may be pushed out (their start plus the grace),
+    /// then arrival order.
     slow: RefCell<BTreeMap<(Instant, u64), Rc<Eviction>>>,
 }
 
@@ -338,7 +340,7 @@ struct Waiting {
 }
 
 enum WaitKey {
-    Idle(u64),
+    Idle((Instant, u64)),
     Slow((Instant, u64)),
 }
 
@@ -363,6 +365,13 @@ impl SlowRequest {
     }
 }
 
+/// Which set holds the connection that has waited longest.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Longest {
+    Idle,
+    Slow,
+}
+
 impl Idle {
     fn id(&self) -> u64 {
         let id = self.next.get();
@@ -371,12 +380,16 @@ impl Idle {
     }
 
     fn enter(self: &Rc<Self>) -> Waiting {
-        let id = self.id();
+        self.enter_since(Instant::now())
+    }
+
+    fn enter_since(self: &Rc<Self>, since: Instant) -> Waiting {
+        let key = (since, self.id());
         let eviction = Rc::new(Eviction::default());
-        self.live.borrow_mut().insert(id, eviction.clone());
+        self.live.borrow_mut().insert(key, eviction.clone());
         Waiting {
             idle: self.clone(),
-            key: WaitKey::Idle(id),
+            key: WaitKey::Idle(key),
             eviction,
         }
     }
@@ -393,23 +406,45 @@ impl Idle {
         }
     }
 
-    /// Closes the connection idle longest or, with none idle, the slow request that began
-    /// first once its grace is over; false when there is neither.
-    pub fn close_oldest(&self) -> bool {
-        let oldest = self.live.borrow_mut().pop_first();
-        if let Some((_, eviction)) = oldest {
-            eviction.evict();
-            telemetry::pushed_out("idle");
-            return true;
+    /// The set of the connection that has waited longest, among idle connections and slow
+    /// requests past their grace.
+    fn longest(&self) -> Option<Longest> {
+        let idle = self.live.borrow().first_key_value().map(|(k, _)| k.0);
+        let slow = self
+            .slow
+            .borrow()
+            .first_key_value()
+            .map(|(k, _)| k.0)
+            .filter(|at| *at <= Instant::now());
+        match (idle, slow) {
+            (Some(i), Some(s)) if s < i => Some(Longest::Slow),
+            (Some(_), _) => Some(Longest::Idle),
+            (None, Some(_)) => Some(Longest::Slow),
+            (None, None) => None,
         }
-        let mut slow = self.slow.borrow_mut();
-        match slow.first_entry() {
-            Some(first) if first.key().0 <= Instant::now() => {
-                first.remove().evict();
-                telemetry::pushed_out("slow_request");
+    }
+
+    /// Whether a newcomer could take a place now ([`Idle::close_oldest`] would close one).
+    pub fn has_room(&self) -> bool {
+        self.longest().is_some()
+    }
+
+    /// Closes the connection that has waited longest for its client, for a newcomer that is
+    /// there; false when there is none.
+    pub fn close_oldest(&self) -> bool {
+        let (set, state) = match self.longest() {
+            Some(Longest::Idle) => (&self.live, "idle"),
+            Some(Longest::Slow) => (&self.slow, "slow_request"),
+            None => return false,
+        };
+        let oldest = set.borrow_mut().pop_first();
+        match oldest {
+            Some((_, eviction)) => {
+                eviction.evict();
+                telemetry::pushed_out(state);
                 true
             }
-            _ => false,
+            None => false,
         }
     }
 
@@ -429,8 +464,8 @@ impl Waiting {
 impl Drop for Waiting {
     fn drop(&mut self) {
         match self.key {
-            WaitKey::Idle(id) => {
-                self.idle.live.borrow_mut().remove(&id);
+            WaitKey::Idle(key) => {
+                self.idle.live.borrow_mut().remove(&key);
             }
             WaitKey::Slow(key) => {
                 self.idle.slow.borrow_mut().remove(&key);
@@ -775,14 +810,20 @@ async fn read_more(
         return More::PushedOut;
     }
     let waiting = idle.enter_slow(request, limits.slow_request_grace);
-    monoio::select! {
+    let more = monoio::select! {
         biased;
         r = monoio::time::timeout(left, tls.read_plain(buf, max)) => match r {
             Ok(Ok(n)) if n > 0 => More::Got,
             _ => More::Close,
         },
         () = waiting.evicted() => More::PushedOut,
+    };
+    // Bytes that arrived in the same turn as the newcomer do not win the place back: the
+    // worker has admitted the newcomer already.
+    if request.pushed_out() {
+        return More::PushedOut;
     }
+    more
 }
 
 /// Reads until `buf` holds at least `n` bytes, within `limits.body_timeout`; the request
@@ -1062,7 +1103,7 @@ mod tests {
 
     fn slow_request(began_ago: Duration) -> SlowRequest {
         SlowRequest {
-            since: Instant::now() - began_ago,
+            since: ago(began_ago),
             eviction: Rc::default(),
         }
     }
@@ -1090,20 +1131,49 @@ mod tests {
         assert!(!young.pushed_out());
     }
 
+    fn ago(d: Duration) -> Instant {
+        Instant::now()
+            .checked_sub(d)
+            .expect("a clock that started a minute ago")
+    }
+
     #[test]
-    fn idle_connections_go_before_slow_requests() {
+    fn the_connection_waiting_longest_goes_first_a_slow_one_from_the_end_of_its_grace() {
         let idle = Rc::new(Idle::default());
-        let slow = slow_request(Duration::from_secs(60));
-        let _s = idle.enter_slow(&slow, Duration::from_secs(1));
-        let waiting = idle.enter();
+        let grace = Duration::from_secs(1);
+        // Idle for 30 s; a request begun 20 s ago (waiting, by this count, 19 s); a
+        // connection idle for 10 s; a connection idle since just now.
+        let long_idle = idle.enter_since(ago(Duration::from_secs(30)));
+        let slow = slow_request(Duration::from_secs(20));
+        let _s = idle.enter_slow(&slow, grace);
+        let idle_10s = idle.enter_since(ago(Duration::from_secs(10)));
+        let fresh = idle.enter();
         assert!(idle.close_oldest());
-        assert!(
-            waiting.eviction.evicted.get(),
-            "the idle connection, however new"
-        );
-        assert!(!slow.pushed_out());
+        assert!(long_idle.eviction.evicted.get());
         assert!(idle.close_oldest());
-        assert!(slow.pushed_out());
+        assert!(slow.pushed_out(), "before connections idle for less long");
+        assert!(!idle_10s.eviction.evicted.get());
+        assert!(idle.close_oldest());
+        assert!(idle_10s.eviction.evicted.get());
+        assert!(idle.close_oldest());
+        assert!(fresh.eviction.evicted.get());
+        assert!(!idle.has_room());
+    }
+
+    #[test]
+    fn a_request_within_its_grace_gives_no_room() {
+        let idle = Rc::new(Idle::default());
+        let young = slow_request(Duration::ZERO);
+        let _y = idle.enter_slow(&young, Duration::from_secs(1));
+        assert!(!idle.has_room());
+        assert!(!idle.close_oldest());
+        // A connection that has just finished its handshake, or its last answer, is idle:
+        // that is room, and it goes before the young request.
+        let fresh = idle.enter();
+        assert!(idle.has_room());
+        assert!(idle.close_oldest());
+        assert!(fresh.eviction.evicted.get());
+        assert!(!young.pushed_out());
     }
 
     #[test]

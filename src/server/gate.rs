@@ -4,7 +4,8 @@
 //!
 //! A connection is *admitted* before its TLS handshake allocates anything. While the
 //! ceiling is not reached, admission is immediate. At the ceiling, newcomers queue here in
-//! arrival order and the gate closes the connection idle longest for each of them, as at
+//! arrival order and the gate closes the connection that has waited longest for its client
+//! (idle, or a slow request past its grace: [`Idle`]) for each of them, as at
 //! `limits.max_connections`; they are admitted as admitted connections close. Waiting here
 //! rather than in the kernel's accept queue matters: a full accept queue drops the
 //! handshakes' last ACKs, and clients that believe they are connected are eventually
@@ -87,7 +88,7 @@ impl Gate {
 
     /// Admits a new connection, at once when there is room, else after the connections
     /// ahead of it. `None` when it waited `limit` in vain. While connections wait, the
-    /// connection idle longest in `idle` is closed for each newcomer, and idle connections
+    /// connection waiting longest in `idle` is closed for each newcomer, and such connections
     /// are closed while the open ones exceed a lowered ceiling.
     pub async fn admit(self: &Rc<Self>, idle: &Rc<Idle>, limit: Duration) -> Option<Admitted> {
         // Room made since the last tick goes to those already waiting first.

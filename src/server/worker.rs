@@ -111,13 +111,15 @@ pub fn run(
         let paused = Cell::new(0u64);
         loop {
             let limits = view.ctx().shared.config.limits;
-            // At max_connections the connection idle longest makes room (it closes as soon
-            // as this task yields). With none idle, or with max_handshakes connections
-            // already waiting at the memory gate, newcomers wait in the kernel's accept
-            // queue until a connection closes: nothing is accepted only to be dropped.
+            // At max_connections a newcomer, once accepted, closes the connection that has
+            // waited longest for its client (idle, or a slow request past its grace; it
+            // closes as soon as this task yields); nothing is closed ahead of a newcomer.
+            // With none, or with max_handshakes connections already waiting at the memory
+            // gate, newcomers wait in the kernel's accept queue until a connection closes:
+            // nothing is accepted only to be dropped.
             let gate_full = tables.gate.waiting() >= limits.max_handshakes;
-            let full =
-                !gate_full && open.get() >= limits.max_connections && !tables.idle.close_oldest();
+            let at_limit = !gate_full && open.get() >= limits.max_connections;
+            let full = at_limit && !tables.idle.has_room();
             if full || gate_full {
                 if full {
                     paused.set(paused.get() + 1);
@@ -146,7 +148,15 @@ pub fn run(
             };
             monoio::select! {
                 accepted = listener.accept() => match accepted {
-                    Ok((tcp, addr)) => spawn(tcp, addr),
+                    Ok((tcp, addr)) => {
+                        // The room seen above may be gone (that idle connection's request
+                        // arrived): the newcomer is kept, one over the limit until a
+                        // connection closes.
+                        if at_limit {
+                            tables.idle.close_oldest();
+                        }
+                        spawn(tcp, addr)
+                    }
                     Err(e) => {
                         // Out of descriptors or a transient error: back off briefly, and
                         // say so at most once a second.
