@@ -474,6 +474,40 @@ impl Drop for Waiting {
     }
 }
 
+/// Places a worker owes at `limits.max_connections`: newcomers accepted for room that was
+/// gone when they came (an idle connection's request arrived meanwhile), kept one over the
+/// limit. Each is paid back by closing the next connection that can make room, before any
+/// other newcomer is accepted, so the excess does not grow.
+#[derive(Debug, Default)]
+pub struct Owed(Cell<usize>);
+
+impl Owed {
+    /// A newcomer accepted at the limit takes the place of the connection waiting longest,
+    /// or is owed one.
+    pub fn make_room(&self, idle: &Idle) {
+        if !idle.close_oldest() {
+            self.0.set(self.0.get() + 1);
+        }
+    }
+
+    /// Pays back what room there is now; forgets the debt once `open` is within `max`.
+    pub fn settle(&self, idle: &Idle, open: usize, max: usize) {
+        if open <= max {
+            self.0.set(0);
+            return;
+        }
+        while self.0.get() > 0 && idle.close_oldest() {
+            self.0.set(self.0.get() - 1);
+        }
+    }
+
+    /// Places owed.
+    #[cfg(test)]
+    fn get(&self) -> usize {
+        self.0.get()
+    }
+}
+
 /// A worker's connection tables: the memory gate, handshakes in progress and connections
 /// between requests.
 #[derive(Debug)]
@@ -1174,6 +1208,32 @@ mod tests {
         assert!(idle.close_oldest());
         assert!(fresh.eviction.evicted.get());
         assert!(!young.pushed_out());
+    }
+
+    #[test]
+    fn a_newcomer_kept_without_room_is_paid_back_at_the_next_room() {
+        let idle = Rc::new(Idle::default());
+        let owed = Owed::default();
+        // Room was seen, then gone (the idle connection's request arrived) when the newcomer
+        // was accepted: 11 open against 10.
+        owed.make_room(&idle);
+        assert_eq!(owed.get(), 1);
+        owed.settle(&idle, 11, 10);
+        assert_eq!(owed.get(), 1, "nothing to close yet");
+        let waiting = idle.enter();
+        owed.settle(&idle, 11, 10);
+        assert!(
+            waiting.eviction.evicted.get(),
+            "the next room pays the debt"
+        );
+        assert_eq!(owed.get(), 0);
+        // A debt is forgotten once the worker is back within its limit.
+        owed.make_room(&idle);
+        owed.settle(&idle, 10, 10);
+        assert_eq!(owed.get(), 0);
+        let other = idle.enter();
+        owed.settle(&idle, 11, 10);
+        assert!(!other.eviction.evicted.get());
     }
 
     #[test]

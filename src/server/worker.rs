@@ -109,8 +109,10 @@ pub fn run(
         let tables = Rc::new(conn::Tables::new(view.ctx().shared.memory.clone()));
         let (warn_limit, warn_accept) = (Throttle::default(), Throttle::default());
         let paused = Cell::new(0u64);
+        let owed = conn::Owed::default();
         loop {
             let limits = view.ctx().shared.config.limits;
+            owed.settle(&tables.idle, open.get(), limits.max_connections);
             // At max_connections a newcomer, once accepted, closes the connection that has
             // waited longest for its client (idle, or a slow request past its grace; it
             // closes as soon as this task yields); nothing is closed ahead of a newcomer.
@@ -150,10 +152,10 @@ pub fn run(
                 accepted = listener.accept() => match accepted {
                     Ok((tcp, addr)) => {
                         // The room seen above may be gone (that idle connection's request
-                        // arrived): the newcomer is kept, one over the limit until a
-                        // connection closes.
+                        // arrived): the newcomer is then kept, one over the limit, and the
+                        // next room goes to it (`Owed`).
                         if at_limit {
-                            tables.idle.close_oldest();
+                            owed.make_room(&tables.idle);
                         }
                         spawn(tcp, addr)
                     }
