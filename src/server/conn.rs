@@ -344,27 +344,6 @@ enum WaitKey {
     Slow((Instant, u64)),
 }
 
-/// A request whose head or body is still arriving: when it began, and whether a newcomer
-/// has taken its place (which holds across its reads: a byte that arrives after the
-/// newcomer came does not win the place back).
-struct SlowRequest {
-    since: Instant,
-    eviction: Rc<Eviction>,
-}
-
-impl SlowRequest {
-    fn starting_now() -> Self {
-        Self {
-            since: Instant::now(),
-            eviction: Rc::default(),
-        }
-    }
-
-    fn pushed_out(&self) -> bool {
-        self.eviction.evicted.get()
-    }
-}
-
 /// Which set holds the connection that has waited longest.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Longest {
@@ -394,15 +373,17 @@ impl Idle {
         }
     }
 
-    /// Registers `request` as waiting for its client, to be pushed out no earlier than
-    /// `grace` after it began.
-    fn enter_slow(self: &Rc<Self>, request: &SlowRequest, grace: Duration) -> Waiting {
-        let key = (request.since + grace, self.id());
-        self.slow.borrow_mut().insert(key, request.eviction.clone());
+    /// Registers a request begun at `since` as waiting for its client, to be pushed out no
+    /// earlier than `grace` after that. Each read of a trickling request registers again
+    /// with the same `since`, so its place in line does not move.
+    fn enter_slow(self: &Rc<Self>, since: Instant, grace: Duration) -> Waiting {
+        let key = (since + grace, self.id());
+        let eviction = Rc::new(Eviction::default());
+        self.slow.borrow_mut().insert(key, eviction.clone());
         Waiting {
             idle: self.clone(),
             key: WaitKey::Slow(key),
-            eviction: request.eviction.clone(),
+            eviction,
         }
     }
 
@@ -458,6 +439,10 @@ impl Idle {
 impl Waiting {
     fn evicted(&self) -> Evicted {
         Evicted(self.eviction.clone())
+    }
+
+    fn pushed_out(&self) -> bool {
+        self.eviction.evicted.get()
     }
 }
 
@@ -671,8 +656,9 @@ async fn serve_admitted(
     let wt = limits.write_timeout;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
     loop {
-        // Set once the request turns out to be slow (its bytes are not all in).
-        let mut slow: Option<SlowRequest> = None;
+        // When the request began, set once it turns out to be slow (its bytes are not all
+        // in).
+        let mut slow: Option<Instant> = None;
         let (head, head_len) =
             match read_head(&mut tls, &mut buf, &limits, signal, &tables.idle, &mut slow).await {
                 Next::Head(h, n) => (h, n),
@@ -703,8 +689,7 @@ async fn serve_admitted(
                 {
                     return;
                 }
-                let request = (&tables.idle, &mut slow);
-                match read_body(&mut tls, &mut buf, n, &limits, request).await {
+                match read_body(&mut tls, &mut buf, n, &limits, &tables.idle, &mut slow).await {
                     More::Got => {}
                     More::Close => return close(tls, wt).await,
                     More::PushedOut => return close(tls, PUSHED_OUT_CLOSE).await,
@@ -769,7 +754,7 @@ async fn read_head(
     limits: &Limits,
     signal: &ShutdownSignal,
     idle: &Rc<Idle>,
-    slow: &mut Option<SlowRequest>,
+    slow: &mut Option<Instant>,
 ) -> Next {
     loop {
         match parse_head(buf) {
@@ -805,10 +790,9 @@ async fn read_head(
             }
         } else {
             // The head started with the bytes in `buf`: its clock runs from here.
-            let request = slow.get_or_insert_with(SlowRequest::starting_now);
-            let left =
-                (request.since + limits.header_timeout).saturating_duration_since(Instant::now());
-            match read_more(tls, buf, room, left, request, idle, limits).await {
+            let since = *slow.get_or_insert_with(Instant::now);
+            let left = (since + limits.header_timeout).saturating_duration_since(Instant::now());
+            match read_more(tls, buf, room, left, since, idle, limits).await {
                 More::Got => {}
                 More::Close => return Next::Close,
                 More::PushedOut => return Next::PushedOut,
@@ -827,23 +811,21 @@ enum More {
     PushedOut,
 }
 
-/// Reads more of a request that is still arriving, at most `max` bytes, within `left`.
-/// Meanwhile the connection waits for its client, and a newcomer may take its place once
-/// the request is past `limits.slow_request_grace` ([`Idle`]). Bytes that have arrived are
-/// read first, but once pushed out the request stays pushed out.
+/// Reads more of a request begun at `since` and still arriving, at most `max` bytes, within
+/// `left`. Meanwhile the connection waits for its client, and a newcomer may take its place
+/// once the request is past `limits.slow_request_grace` ([`Idle`]). Bytes that arrived in
+/// the same turn as the newcomer do not win the place back: the worker has admitted the
+/// newcomer already.
 async fn read_more(
     tls: &mut TlsStream,
     buf: &mut Vec<u8>,
     max: usize,
     left: Duration,
-    request: &SlowRequest,
+    since: Instant,
     idle: &Rc<Idle>,
     limits: &Limits,
 ) -> More {
-    if request.pushed_out() {
-        return More::PushedOut;
-    }
-    let waiting = idle.enter_slow(request, limits.slow_request_grace);
+    let waiting = idle.enter_slow(since, limits.slow_request_grace);
     let more = monoio::select! {
         biased;
         r = monoio::time::timeout(left, tls.read_plain(buf, max)) => match r {
@@ -852,28 +834,27 @@ async fn read_more(
         },
         () = waiting.evicted() => More::PushedOut,
     };
-    // Bytes that arrived in the same turn as the newcomer do not win the place back: the
-    // worker has admitted the newcomer already.
-    if request.pushed_out() {
+    if waiting.pushed_out() {
         return More::PushedOut;
     }
     more
 }
 
 /// Reads until `buf` holds at least `n` bytes, within `limits.body_timeout`; the request
-/// is slow from its head's first byte, or from now if the head came whole.
+/// is slow from its head's first byte (`slow`), or from now if the head came whole.
 async fn read_body(
     tls: &mut TlsStream,
     buf: &mut Vec<u8>,
     n: usize,
     limits: &Limits,
-    (idle, slow): (&Rc<Idle>, &mut Option<SlowRequest>),
+    idle: &Rc<Idle>,
+    slow: &mut Option<Instant>,
 ) -> More {
     let deadline = Instant::now() + limits.body_timeout;
     while buf.len() < n {
-        let request = slow.get_or_insert_with(SlowRequest::starting_now);
+        let since = *slow.get_or_insert_with(Instant::now);
         let left = deadline.saturating_duration_since(Instant::now());
-        match read_more(tls, buf, n - buf.len(), left, request, idle, limits).await {
+        match read_more(tls, buf, n - buf.len(), left, since, idle, limits).await {
             More::Got => {}
             other => return other,
         }
@@ -1135,24 +1116,21 @@ mod tests {
         assert!(!idle.close_oldest());
     }
 
-    fn slow_request(began_ago: Duration) -> SlowRequest {
-        SlowRequest {
-            since: ago(began_ago),
-            eviction: Rc::default(),
-        }
+    fn ago(d: Duration) -> Instant {
+        Instant::now()
+            .checked_sub(d)
+            .expect("a clock that started a minute ago")
     }
 
     #[test]
     fn a_slow_request_gives_its_place_only_after_the_grace() {
         let idle = Rc::new(Idle::default());
         let grace = Duration::from_secs(2);
-        let young = slow_request(Duration::from_millis(100));
-        let _w = idle.enter_slow(&young, grace);
+        let young = idle.enter_slow(ago(Duration::from_millis(100)), grace);
         assert!(!idle.close_oldest(), "a request within its grace is kept");
         assert!(!young.pushed_out());
-        let old = slow_request(Duration::from_secs(3));
-        let older = slow_request(Duration::from_secs(5));
-        let (_a, _b) = (idle.enter_slow(&old, grace), idle.enter_slow(&older, grace));
+        let old = idle.enter_slow(ago(Duration::from_secs(3)), grace);
+        let older = idle.enter_slow(ago(Duration::from_secs(5)), grace);
         assert!(idle.close_oldest());
         assert!(
             older.pushed_out(),
@@ -1165,12 +1143,6 @@ mod tests {
         assert!(!young.pushed_out());
     }
 
-    fn ago(d: Duration) -> Instant {
-        Instant::now()
-            .checked_sub(d)
-            .expect("a clock that started a minute ago")
-    }
-
     #[test]
     fn the_connection_waiting_longest_goes_first_a_slow_one_from_the_end_of_its_grace() {
         let idle = Rc::new(Idle::default());
@@ -1178,27 +1150,25 @@ mod tests {
         // Idle for 30 s; a request begun 20 s ago (waiting, by this count, 19 s); a
         // connection idle for 10 s; a connection idle since just now.
         let long_idle = idle.enter_since(ago(Duration::from_secs(30)));
-        let slow = slow_request(Duration::from_secs(20));
-        let _s = idle.enter_slow(&slow, grace);
+        let slow = idle.enter_slow(ago(Duration::from_secs(20)), grace);
         let idle_10s = idle.enter_since(ago(Duration::from_secs(10)));
         let fresh = idle.enter();
         assert!(idle.close_oldest());
-        assert!(long_idle.eviction.evicted.get());
+        assert!(long_idle.pushed_out());
         assert!(idle.close_oldest());
         assert!(slow.pushed_out(), "before connections idle for less long");
-        assert!(!idle_10s.eviction.evicted.get());
+        assert!(!idle_10s.pushed_out());
         assert!(idle.close_oldest());
-        assert!(idle_10s.eviction.evicted.get());
+        assert!(idle_10s.pushed_out());
         assert!(idle.close_oldest());
-        assert!(fresh.eviction.evicted.get());
+        assert!(fresh.pushed_out());
         assert!(!idle.has_room());
     }
 
     #[test]
     fn a_request_within_its_grace_gives_no_room() {
         let idle = Rc::new(Idle::default());
-        let young = slow_request(Duration::ZERO);
-        let _y = idle.enter_slow(&young, Duration::from_secs(1));
+        let young = idle.enter_slow(Instant::now(), Duration::from_secs(1));
         assert!(!idle.has_room());
         assert!(!idle.close_oldest());
         // A connection that has just finished its handshake, or its last answer, is idle:
@@ -1206,7 +1176,7 @@ mod tests {
         let fresh = idle.enter();
         assert!(idle.has_room());
         assert!(idle.close_oldest());
-        assert!(fresh.eviction.evicted.get());
+        assert!(fresh.pushed_out());
         assert!(!young.pushed_out());
     }
 
@@ -1222,10 +1192,7 @@ mod tests {
         assert_eq!(owed.get(), 1, "nothing to close yet");
         let waiting = idle.enter();
         owed.settle(&idle, 11, 10);
-        assert!(
-            waiting.eviction.evicted.get(),
-            "the next room pays the debt"
-        );
+        assert!(waiting.pushed_out(), "the next room pays the debt");
         assert_eq!(owed.get(), 0);
         // A debt is forgotten once the worker is back within its limit.
         owed.make_room(&idle);
@@ -1233,27 +1200,24 @@ mod tests {
         assert_eq!(owed.get(), 0);
         let other = idle.enter();
         owed.settle(&idle, 11, 10);
-        assert!(!other.eviction.evicted.get());
+        assert!(!other.pushed_out());
     }
 
     #[test]
-    fn a_trickling_request_keeps_its_start_and_stays_pushed_out() {
+    fn a_trickling_request_keeps_its_place_in_line() {
         let idle = Rc::new(Idle::default());
         let grace = Duration::from_secs(2);
-        let request = slow_request(Duration::from_secs(3));
+        let since = ago(Duration::from_secs(3));
         // Each read registers the request again (a byte arrived in between): its place in
         // line is still its start, ahead of a request that began later.
-        drop(idle.enter_slow(&request, grace));
-        let later = slow_request(Duration::from_millis(2500));
-        let _l = idle.enter_slow(&later, grace);
-        let w = idle.enter_slow(&request, grace);
+        drop(idle.enter_slow(since, grace));
+        let later = idle.enter_slow(ago(Duration::from_millis(2500)), grace);
+        let again = idle.enter_slow(since, grace);
         assert!(idle.close_oldest());
-        assert!(request.pushed_out());
+        assert!(again.pushed_out());
         assert!(!later.pushed_out());
-        // Its read won the race (bytes had arrived): the request is still pushed out, and
-        // leaves no entry behind.
-        drop(w);
-        assert!(request.pushed_out());
+        // It left the line when pushed out: dropping it later removes nothing else.
+        drop(again);
         assert_eq!(idle.slow.borrow().len(), 1);
     }
 
