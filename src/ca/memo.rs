@@ -107,10 +107,9 @@ impl SignatureMemo {
         key
     }
 
+    /// Whether `key` was remembered (only asked of a memo that remembers: see
+    /// [`Remembering`], which checks every signature of one that does not).
     fn recall(&self, key: &Key) -> bool {
-        if self.per_generation == 0 {
-            return false;
-        }
         let mut g = self.lock();
         if g.current.contains(key) {
             return true;
@@ -123,9 +122,6 @@ impl SignatureMemo {
     }
 
     fn remember(&self, key: Key) {
-        if self.per_generation == 0 {
-            return;
-        }
         let mut g = self.lock();
         Self::insert(&mut g, key, self.per_generation);
     }
