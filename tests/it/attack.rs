@@ -87,14 +87,21 @@ impl Tally {
 }
 
 fn tls_connect(port: u16, cfg: &Arc<ClientConfig>) -> std::io::Result<Tls> {
+    tls_connect_sending(port, cfg, b"")
+}
+
+/// A TLS connection whose first plaintext, `first`, leaves with the handshake's last
+/// flight.
+fn tls_connect_sending(port: u16, cfg: &Arc<ClientConfig>, first: &[u8]) -> std::io::Result<Tls> {
     let tcp = TcpStream::connect(("127.0.0.1", port))?;
     tcp.set_read_timeout(Some(Duration::from_secs(10)))?;
     tcp.set_write_timeout(Some(Duration::from_secs(10)))?;
     tcp.set_nodelay(true)?;
-    let conn = ClientConnection::new(cfg.clone(), "127.0.0.1".try_into().expect("name"))
+    let mut conn = ClientConnection::new(cfg.clone(), "127.0.0.1".try_into().expect("name"))
         .map_err(std::io::Error::other)?;
+    conn.writer().write_all(first)?;
     let mut s = StreamOwned::new(conn, tcp);
-    while s.conn.is_handshaking() {
+    while s.conn.is_handshaking() || s.conn.wants_write() {
         s.conn.complete_io(&mut s.sock)?;
     }
     Ok(s)
@@ -587,17 +594,9 @@ fn start_trickle(port: u16, cfg: &Arc<ClientConfig>, body: bool) -> Option<Trick
     } else {
         b"POST /edge/client/v1/enroll?method=ott&token=slow HTTP/1.1\r\nHost: x\r\nX-Pad: "
     };
-    let tcp = TcpStream::connect(("127.0.0.1", port)).ok()?;
-    tcp.set_read_timeout(Some(Duration::from_secs(10))).ok()?;
-    tcp.set_write_timeout(Some(Duration::from_secs(10))).ok()?;
-    tcp.set_nodelay(true).ok()?;
-    let mut conn = ClientConnection::new(cfg.clone(), "127.0.0.1".try_into().ok()?).ok()?;
+    // Before connecting: the daemon cannot start the request's clock earlier.
     let since = Instant::now();
-    conn.writer().write_all(start).ok()?;
-    let mut s = StreamOwned::new(conn, tcp);
-    while s.conn.is_handshaking() || s.conn.wants_write() {
-        s.conn.complete_io(&mut s.sock).ok()?;
-    }
+    let s = tls_connect_sending(port, cfg, start).ok()?;
     s.sock.set_nonblocking(true).ok()?;
     Some(Trickle {
         s,
