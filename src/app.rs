@@ -186,8 +186,7 @@ impl Shared {
             session_tickets: config.session_tickets,
         })?;
         let ca_bundle_pem = pki::pem_of_certs(&ca_chain);
-        let cacerts_b64 =
-            base64::engine::general_purpose::STANDARD.encode(pki::pkcs7::certs_only(&ca_chain)?);
+        let cacerts_b64 = base64_lines(&pki::pkcs7::certs_only(&ca_chain)?);
         let shared = Self {
             ca_der: ca_chain[0].clone(),
             ca_key_pem,
@@ -424,5 +423,40 @@ fn verdict(limit: &'static str, v: Verdict) -> Result<(), Refused> {
     match v {
         Verdict::Admit | Verdict::Untracked => Ok(()),
         Verdict::Wait(wait) => Err(Refused { limit, wait }),
+    }
+}
+
+/// Base64 in lines of 64 characters, each ending in a newline, as OpenZiti's controller
+/// writes `/.well-known/est/cacerts`: OpenSSL's base64 BIO, which the C SDK (through
+/// tlsuv) reads it with, needs line breaks and skips lines over 1,024 characters; a
+/// single line fails there however short.
+fn base64_lines(der: &[u8]) -> String {
+    let one = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut out = String::with_capacity(one.len() + one.len() / 64 + 1);
+    for line in one.as_bytes().chunks(64) {
+        // Base64 is ASCII: every chunk is a str.
+        out.push_str(&String::from_utf8_lossy(line));
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cacerts_base64_is_in_lines_of_64() {
+        let der: Vec<u8> = (0..=255u8).cycle().take(1000).collect();
+        let text = base64_lines(&der);
+        assert!(text.ends_with('\n'));
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines.iter().all(|l| l.len() <= 64));
+        assert!(lines[..lines.len() - 1].iter().all(|l| l.len() == 64));
+        let joined: String = lines.concat();
+        let back = base64::engine::general_purpose::STANDARD
+            .decode(joined)
+            .unwrap();
+        assert_eq!(back, der);
     }
 }

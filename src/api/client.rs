@@ -38,7 +38,8 @@ pub(super) async fn route(
                 200,
                 "application/pkcs7-mime",
                 w.shared.cacerts_b64.clone().into_bytes(),
-            )),
+            )
+            .with_header("Content-Transfer-Encoding", "base64".into())),
             _ => Err(method_not_allowed(req, "GET")),
         },
         "/enroll" => {

@@ -128,10 +128,16 @@ fn version_and_cacerts_at_root_and_under_the_client_prefix() {
         );
         assert_eq!(r.status, 200);
         assert_eq!(r.header("content-type"), Some("application/pkcs7-mime"));
+        assert_eq!(r.header("content-transfer-encoding"), Some("base64"));
+        // OpenSSL's base64 decoder, which the C SDK reads this with, needs lines (of at
+        // most 1,024 characters; OpenZiti's controller writes 64).
+        let text = String::from_utf8(r.body.clone()).unwrap();
+        assert!(text.ends_with('\n'), "{text}");
+        assert!(text.lines().all(|l| l.len() <= 64), "{text}");
         let p7 = gw.dir.path().join("cacerts.b64");
         std::fs::write(&p7, &r.body).unwrap();
         let der = run_ok(Command::new("sh").arg("-c").arg(format!(
-            "base64 -d {} | openssl pkcs7 -inform DER -print_certs",
+            "openssl base64 -d -in {} | openssl pkcs7 -inform DER -print_certs",
             p7.display()
         )));
         assert!(
