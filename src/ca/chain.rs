@@ -84,6 +84,11 @@ fn describe(e: &webpki::Error) -> String {
             "a CA certificate was presented as the client certificate".into()
         }
         webpki::Error::MaximumPathDepthExceeded => "the chain is too deep".into(),
+        webpki::Error::UnsupportedCertVersion => {
+            "the certificate is not X.509 version 3 (openssl x509 -req makes version 1 \
+             unless given extensions, e.g. -extfile)"
+                .into()
+        }
         other => format!("{other:?}"),
     }
 }

@@ -248,6 +248,16 @@ fn enroll_with_certificate(
         .map_err(|e| CliError::new(format!("{}: {e}", key_path.display())))?;
     let material = crate::identity_file::IdentityFile::new(server, &key_pem, &cert_pem, "");
     let chain = material.cert_chain()?;
+    if let Some(version) = chain.first().and_then(|leaf| x509_version(leaf)) {
+        if version != 3 {
+            return Err(CliError::new(format!(
+                "{}: the certificate is X.509 version {version}; enrollment needs version 3 \
+                 (`openssl x509 -req` makes version 1 unless given extensions with -extfile: \
+                 see the README)",
+                cert_path.display()
+            )));
+        }
+    }
     let key = material
         .private_key()
         .map_err(|_| CliError::new(format!("{}: not a PEM private key", key_path.display())))?;
@@ -274,8 +284,15 @@ fn enroll_with_certificate(
     if !body.is_empty() {
         headers.push(("Content-Type", "application/json"));
     }
+    let tls = client::config(cas, Some((chain, key))).map_err(|e| {
+        CliError::new(format!(
+            "{} with {}: {e}",
+            cert_path.display(),
+            key_path.display()
+        ))
+    })?;
     let resp = client::request(
-        client::config(cas, Some((chain, key)))?,
+        tls,
         &server.host,
         server.port,
         "POST",
@@ -306,4 +323,11 @@ fn enroll_with_certificate(
         ),
     }
     Ok(())
+}
+
+/// The X.509 version (1 to 3) of a DER certificate, when it parses.
+fn x509_version(der: &[u8]) -> Option<u32> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    Some(cert.version().0 + 1)
 }

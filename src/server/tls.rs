@@ -21,7 +21,7 @@ use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{
     DigitallySignedStruct, DistinguishedName, ServerConfig, ServerConnection, SignatureScheme,
 };
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, UnixTime};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, SubjectPublicKeyInfoDer, UnixTime};
 
 /// Ciphertext read from the socket at a time: one maximal TLS record and its header.
 const READ_CHUNK: usize = 16 * 1024 + 512;
@@ -331,6 +331,10 @@ fn kx_group(name: &str) -> Option<&'static dyn rustls::crypto::SupportedKxGroup>
 /// The client-certificate policy of the handshake: a certificate is optional (a device
 /// redeeming a one-time token has none); when one is sent, the client must prove it holds
 /// the leaf's key (the CertificateVerify signature is checked), and the leaf must parse.
+/// A leaf that parses as X.509 but that webpki does not take (version 1 or 2, which
+/// `openssl x509 -req` makes without an extensions file) is checked against its public key
+/// read with x509-parser: the request then gets `CERT_FAILED_VALIDATION` saying why,
+/// rather than a handshake alert that names nothing.
 ///
 /// Whose certificate it is, and for what, is decided per request against the store and the
 /// cached CAs (`api::auth`, `ca::chain`): an expired certificate, an unknown CA or a CA
@@ -367,9 +371,11 @@ impl ClientCertVerifier for PossessionVerifier {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        webpki::EndEntityCert::try_from(end_entity).map_err(|_| {
-            rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding)
-        })?;
+        if webpki::EndEntityCert::try_from(end_entity).is_err() && spki_of(end_entity).is_none() {
+            return Err(rustls::Error::InvalidCertificate(
+                rustls::CertificateError::BadEncoding,
+            ));
+        }
         Ok(ClientCertVerified::assertion())
     }
 
@@ -379,12 +385,14 @@ impl ClientCertVerifier for PossessionVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls12_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        let algs = &self.provider.signature_verification_algorithms;
+        match rustls::crypto::verify_tls12_signature(message, cert, dss, algs) {
+            Err(e) if webpki_refused(&e) => {
+                let spki = spki_of(cert).ok_or(e)?;
+                verify_tls12_with_spki(message, &spki, dss.scheme, dss.signature(), algs)
+            }
+            other => other,
+        }
     }
 
     fn verify_tls13_signature(
@@ -393,12 +401,14 @@ impl ClientCertVerifier for PossessionVerifier {
         cert: &CertificateDer<'_>,
         dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        rustls::crypto::verify_tls13_signature(
-            message,
-            cert,
-            dss,
-            &self.provider.signature_verification_algorithms,
-        )
+        let algs = &self.provider.signature_verification_algorithms;
+        match rustls::crypto::verify_tls13_signature(message, cert, dss, algs) {
+            Err(e) if webpki_refused(&e) => {
+                let spki = spki_of(cert).ok_or(e)?;
+                rustls::crypto::verify_tls13_signature_with_raw_key(message, &spki, dss, algs)
+            }
+            other => other,
+        }
     }
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
@@ -406,6 +416,57 @@ impl ClientCertVerifier for PossessionVerifier {
             .signature_verification_algorithms
             .supported_schemes()
     }
+}
+
+/// Whether rustls refused `cert` because webpki could not take it (its version, its
+/// encoding), as opposed to a signature that does not verify.
+fn webpki_refused(e: &rustls::Error) -> bool {
+    matches!(
+        e,
+        rustls::Error::InvalidCertificate(
+            rustls::CertificateError::BadEncoding | rustls::CertificateError::Other(_)
+        )
+    )
+}
+
+/// The subject public key of a certificate x509-parser reads (any version).
+fn spki_of(cert: &CertificateDer<'_>) -> Option<SubjectPublicKeyInfoDer<'static>> {
+    use x509_parser::prelude::FromDer as _;
+    let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert).ok()?;
+    Some(SubjectPublicKeyInfoDer::from(
+        parsed.tbs_certificate.subject_pki.raw.to_vec(),
+    ))
+}
+
+/// The TLS 1.2 CertificateVerify check against a bare public key (rustls offers it for
+/// TLS 1.3 only): each algorithm of the scheme is tried, as rustls does with a parsed
+/// certificate, until one takes the key.
+fn verify_tls12_with_spki(
+    message: &[u8],
+    spki: &SubjectPublicKeyInfoDer<'_>,
+    scheme: SignatureScheme,
+    signature: &[u8],
+    algs: &rustls::crypto::WebPkiSupportedAlgorithms,
+) -> Result<HandshakeSignatureValid, rustls::Error> {
+    let bad = || rustls::Error::InvalidCertificate(rustls::CertificateError::BadSignature);
+    let key = webpki::RawPublicKeyEntity::try_from(spki)
+        .map_err(|_| rustls::Error::InvalidCertificate(rustls::CertificateError::BadEncoding))?;
+    let candidates = algs
+        .mapping
+        .iter()
+        .find(|(s, _)| *s == scheme)
+        .map(|(_, candidates)| *candidates)
+        .ok_or(rustls::Error::PeerMisbehaved(
+            rustls::PeerMisbehaved::SignedHandshakeWithUnadvertisedSigScheme,
+        ))?;
+    for alg in candidates {
+        match key.verify_signature(*alg, message, signature) {
+            Ok(()) => return Ok(HandshakeSignatureValid::assertion()),
+            Err(webpki::Error::UnsupportedSignatureAlgorithmForPublicKeyContext(_)) => continue,
+            Err(_) => return Err(bad()),
+        }
+    }
+    Err(bad())
 }
 
 impl std::fmt::Debug for ServerTls {
@@ -563,6 +624,47 @@ mod tests {
             assert!(seen[0] <= started + Duration::from_millis(10));
         });
         client.join().unwrap();
+    }
+
+    #[test]
+    fn the_tls12_check_against_a_bare_key_takes_its_signer_only() {
+        let algs = rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms;
+        let message = b"the handshake transcript";
+        for alg in [&rcgen::PKCS_ECDSA_P256_SHA256, &rcgen::PKCS_ED25519] {
+            let key = rcgen::KeyPair::generate_for(alg).unwrap();
+            let other = rcgen::KeyPair::generate_for(alg).unwrap();
+            let cert = rcgen::CertificateParams::new(vec!["device".into()])
+                .unwrap()
+                .self_signed(&key)
+                .unwrap();
+            let spki = spki_of(cert.der()).unwrap();
+            {
+                use rcgen::PublicKeyData as _;
+                assert_eq!(spki.as_ref(), key.subject_public_key_info().as_slice());
+            }
+            let scheme = if alg == &rcgen::PKCS_ED25519 {
+                SignatureScheme::ED25519
+            } else {
+                SignatureScheme::ECDSA_NISTP256_SHA256
+            };
+            let sign = |k: &rcgen::KeyPair| {
+                use rcgen::SigningKey as _;
+                k.sign(message).unwrap()
+            };
+            assert!(verify_tls12_with_spki(message, &spki, scheme, &sign(&key), &algs).is_ok());
+            assert!(
+                verify_tls12_with_spki(message, &spki, scheme, &sign(&other), &algs).is_err(),
+                "another key's signature"
+            );
+            assert!(verify_tls12_with_spki(
+                b"another transcript",
+                &spki,
+                scheme,
+                &sign(&key),
+                &algs
+            )
+            .is_err());
+        }
     }
 
     #[test]

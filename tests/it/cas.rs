@@ -860,3 +860,145 @@ fn race_exact(gw: &Gateway, devices: Vec<Device>) -> Vec<enrollgate::client::Htt
         .flat_map(|h| h.join().unwrap())
         .collect()
 }
+
+/// `openssl x509 -req` without an extensions file makes an X.509 version 1 certificate,
+/// which webpki does not take. A device presenting one still completes the handshake
+/// (its key is checked) and gets `CERT_FAILED_VALIDATION` saying why, over TLS 1.3 and
+/// 1.2, with nothing stored; our CLI says so before connecting; the same key certified as
+/// version 3 (the README's recipe, with -extfile) enrolls.
+#[test]
+fn a_version_1_device_certificate_is_refused_with_its_reason() {
+    let gw = Gateway::start();
+    let dir = gw.dir.path();
+    let fleet = Fleet::new("v1");
+    let ca_id = fleet.register(&gw, "v1", true, false, true);
+    std::fs::write(dir.join("v1-ca.pem"), &fleet.root_pem).unwrap();
+    std::fs::write(dir.join("v1-ca.key"), fleet.root_key.serialize_pem()).unwrap();
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "req",
+                "-new",
+                "-newkey",
+                "ec",
+                "-pkeyopt",
+                "ec_paramgen_curve:P-256",
+            ])
+            .args([
+                "-nodes",
+                "-keyout",
+                "dev.key",
+                "-subj",
+                "/CN=dev-1",
+                "-out",
+                "dev.csr",
+            ])
+            .current_dir(dir),
+    );
+    let sign = |out: &str, extfile: Option<&str>| {
+        let mut cmd = Command::new("openssl");
+        cmd.args(["x509", "-req", "-in", "dev.csr", "-CA", "v1-ca.pem"])
+            .args([
+                "-CAkey",
+                "v1-ca.key",
+                "-CAcreateserial",
+                "-days",
+                "1",
+                "-out",
+                out,
+            ]);
+        if let Some(ext) = extfile {
+            cmd.args(["-extfile", ext]);
+        }
+        run_ok(cmd.current_dir(dir));
+    };
+    sign("dev-v1.pem", None);
+    let text = run_ok(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-text", "-in", "dev-v1.pem"])
+            .current_dir(dir),
+    );
+    assert!(text.contains("Version: 1"), "{text}");
+    let identities = || {
+        gw.mgmt("GET", "/identities", None).json().unwrap()["meta"]["pagination"]["totalCount"]
+            .clone()
+    };
+    let before = identities();
+    let url = format!("{}/edge/client/v1/enroll?method=ca", gw.url());
+    let curl = |cert: &str, tls: &[&str]| {
+        let out = Command::new("curl")
+            .args(["-sS", "-X", "POST", "-w", "\n%{http_code}", "--cacert"])
+            .arg(gw.ca_file())
+            .args(tls)
+            .args(["--cert", cert, "--key", "dev.key"])
+            .arg(&url)
+            .current_dir(dir)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+        let (body, status) = stdout.rsplit_once('\n').unwrap_or(("", ""));
+        (
+            status.trim().to_string(),
+            body.to_string(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for tls in [&["--tlsv1.3"][..], &["--tls-max", "1.2"][..]] {
+        let (status, body, stderr) = curl("dev-v1.pem", tls);
+        assert_eq!(status, "400", "{tls:?}: {body} {stderr}");
+        let v: Value = serde_json::from_str(&body).unwrap();
+        assert_eq!(v["error"]["code"], "CERT_FAILED_VALIDATION", "{body}");
+        assert!(
+            v["error"]["message"]
+                .as_str()
+                .unwrap()
+                .contains("not X.509 version 3"),
+            "{body}"
+        );
+    }
+    assert_eq!(identities(), before, "nothing was stored");
+
+    // Our CLI refuses it before connecting, naming the file and the cure.
+    let jwt = gw.mgmt("GET", &format!("/cas/{ca_id}/jwt"), None);
+    std::fs::write(dir.join("v1.jwt"), &jwt.body).unwrap();
+    let out = gw.cli(&[
+        "enroll",
+        "--jwt",
+        "v1.jwt",
+        "--cert",
+        "dev-v1.pem",
+        "--key",
+        "dev.key",
+        "--out",
+        "dev.json",
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(
+        stderr.contains("dev-v1.pem: the certificate is X.509 version 1")
+            && stderr.contains("-extfile"),
+        "{stderr}"
+    );
+    assert!(!dir.join("dev.json").exists());
+
+    // The README's recipe: the same key, certified as version 3.
+    std::fs::write(
+        dir.join("device.ext"),
+        "basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\n\
+         extendedKeyUsage=clientAuth\n",
+    )
+    .unwrap();
+    sign("dev-v3.pem", Some("device.ext"));
+    let (status, body, stderr) = curl("dev-v3.pem", &["--tlsv1.3"]);
+    assert_eq!(status, "200", "{body} {stderr}");
+    assert_eq!(
+        gw.mgmt(
+            "GET",
+            "/identities?filter=name%20%3D%20%22v1-dev-1%22",
+            None
+        )
+        .json()
+        .unwrap()["meta"]["pagination"]["totalCount"],
+        1
+    );
+}
