@@ -612,8 +612,6 @@ pub fn chain(data: &[u8]) {
 /// What `ca` auto-enrollment does with a verified leaf before the store.
 fn enroll_ca_name(ca: &Ca, leaf: &[u8]) {
     let cn = crate::ca::chain::common_name(leaf);
-    let (_, cert) =
-        x509_parser::certificate::X509Certificate::from_der(leaf).expect("a verified leaf parses");
     let vars = NameVars {
         ca_name: &ca.name,
         ca_id: &ca.id,
@@ -626,16 +624,8 @@ fn enroll_ca_name(ca: &Ca, leaf: &[u8]) {
         _ => return,
     };
     // The identity as it is stored and then shown by the management API.
-    let authenticator = crate::model::Authenticator {
-        fingerprint_sha256: crate::pki::fingerprint::sha256_hex(leaf),
-        fingerprint_sha1: crate::pki::fingerprint::sha1_hex(leaf),
-        cert_pem: crate::pki::pem_encode("CERTIFICATE", leaf),
-        issued_by_network: false,
-        not_before: cert.validity().not_before.timestamp(),
-        not_after: cert.validity().not_after.timestamp(),
-        method: Method::Ca,
-        created_at: NOW,
-    };
+    let authenticator = crate::pki::fingerprint::authenticator(leaf, false, Method::Ca, NOW)
+        .expect("a verified leaf parses");
     let identity = crate::model::Identity {
         id: "fuzzIdentity".into(),
         name,

@@ -80,6 +80,13 @@ pub struct Authenticator {
     pub fingerprint_sha256: String,
     /// Lower-case hex SHA-1 of the DER, shown because OpenZiti clients display it.
     pub fingerprint_sha1: String,
+    /// Lower-case hex SHA-256 of the certificate's to-be-signed part: the key of the
+    /// content index (I1). Unlike the DER, it is the same for every encoding of the
+    /// certificate's signature: an ECDSA signature (r, s) verifies as (r, n - s) too, so
+    /// the fingerprint alone would let one device certificate bind twice. Empty in
+    /// records written before it existed, until the store's next open fills it in.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub tbs_sha256: String,
     /// The certificate, PEM.
     pub cert_pem: String,
     /// True when enrollgate's internal PKI signed it (method `ott`).

@@ -6,7 +6,6 @@ use serde_json::json;
 
 use super::{json_body, method_not_allowed, ApiError, Peer, Request};
 use crate::app::WorkerCtx;
-use x509_parser::prelude::*;
 
 use crate::ca::name::NameVars;
 use crate::clock::{rfc3339, UnixTime};
@@ -186,18 +185,8 @@ fn presented_authenticator(
     method: Method,
     now: UnixTime,
 ) -> Result<Authenticator, ApiError> {
-    let (_, cert) = X509Certificate::from_der(leaf).map_err(|_| {
+    fingerprint::authenticator(leaf, false, method, now).ok_or_else(|| {
         ApiError::CertificateFailedValidation("the client certificate does not parse".into())
-    })?;
-    Ok(Authenticator {
-        fingerprint_sha256: fingerprint::sha256_hex(leaf),
-        fingerprint_sha1: fingerprint::sha1_hex(leaf),
-        cert_pem: crate::pki::pem_encode("CERTIFICATE", leaf),
-        issued_by_network: false,
-        not_before: cert.validity().not_before.timestamp(),
-        not_after: cert.validity().not_after.timestamp(),
-        method,
-        created_at: now,
     })
 }
 
@@ -412,16 +401,8 @@ async fn enroll_ott(
     let der = csr::decode_body(csr_body)?;
     let (_, issued) = w.signer.sign(der, &enrollment.identity_id, now).await?;
 
-    let authenticator = Authenticator {
-        fingerprint_sha256: fingerprint::sha256_hex(&issued.der),
-        fingerprint_sha1: fingerprint::sha1_hex(&issued.der),
-        cert_pem: issued.pem.clone(),
-        issued_by_network: true,
-        not_before: issued.not_before,
-        not_after: issued.not_after,
-        method: Method::Ott,
-        created_at: now,
-    };
+    let authenticator = fingerprint::authenticator(&issued.der, true, Method::Ott, now)
+        .ok_or_else(|| ApiError::Unhandled("the issued certificate does not parse".into()))?;
     shared
         .commit
         .submit(Command::Redeem {

@@ -8,7 +8,7 @@ use super::CliError;
 use crate::clock::{Clock, SystemClock};
 use crate::config::{initial_file, PublicUrl};
 use crate::identity_file::{write_private, IdentityFile};
-use crate::model::{Authenticator, Identity, IdentityType, Method};
+use crate::model::{Identity, IdentityType, Method};
 use crate::pki::{self, fingerprint, Host, IssuePolicy, KeyType, Signer};
 use crate::store::{Command, Store};
 
@@ -174,16 +174,10 @@ fn create_all(
         created_at: now,
         updated_at: now,
         enrollment_id: None,
-        authenticator: Some(Authenticator {
-            fingerprint_sha256: fingerprint::sha256_hex(&cert.der),
-            fingerprint_sha1: fingerprint::sha1_hex(&cert.der),
-            cert_pem: cert.pem.clone(),
-            issued_by_network: true,
-            not_before: cert.not_before,
-            not_after: cert.not_after,
-            method: Method::Ott,
-            created_at: now,
-        }),
+        authenticator: Some(
+            fingerprint::authenticator(&cert.der, true, Method::Ott, now)
+                .ok_or_else(|| CliError::new("the admin certificate does not parse"))?,
+        ),
     };
     let store = Store::open(&dir.join("store"), true)?;
     for r in store.apply_now(vec![Command::CreateIdentity {

@@ -53,6 +53,7 @@ pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
     let mut tokens: Vec<Enrollment> = Vec::new();
     let mut enrollment_ids: BTreeMap<String, String> = BTreeMap::new();
     let mut fingerprints: BTreeMap<String, String> = BTreeMap::new();
+    let mut contents: BTreeMap<String, String> = BTreeMap::new();
     let mut r = Report::default();
     let bad = |invariant: &'static str, detail: String| Violation { invariant, detail };
     let mut violations = Vec::new();
@@ -90,6 +91,10 @@ pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
             "f" => {
                 fingerprints.insert(rest, text(&v));
             }
+            "b" => {
+                contents.insert(rest, text(&v));
+            }
+            "m" => {}
             "c" => match serde_json::from_slice::<Ca>(&v) {
                 Ok(_) => r.cas += 1,
                 Err(_) => {
@@ -113,7 +118,36 @@ pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
             Some(_) => {}
         }
     }
+    for (tbs, id) in &contents {
+        match identities.get(id) {
+            None => violations.push(bad(
+                "I5",
+                format!("certificate content {tbs} points at missing identity {id}"),
+            )),
+            Some(i) if i.authenticator.as_ref().map(|a| a.tbs_sha256.as_str()) != Some(tbs.as_str()) => {
+                violations.push(bad("I1", format!("certificate content {tbs} points at identity {id}, which is bound to another certificate")))
+            }
+            Some(_) => {}
+        }
+    }
     for (id, i) in &identities {
+        // An empty content hash is a record from before the content index, which the
+        // store indexes when it is next opened.
+        if let Some(a) = i
+            .authenticator
+            .as_ref()
+            .filter(|a| !a.tbs_sha256.is_empty())
+        {
+            if contents.get(&a.tbs_sha256) != Some(id) {
+                violations.push(bad(
+                    "I1",
+                    format!(
+                        "identity {id} is bound to certificate content {}, which is not indexed to it",
+                        a.tbs_sha256
+                    ),
+                ));
+            }
+        }
         if let Some(a) = &i.authenticator {
             if fingerprints.get(&a.fingerprint_sha256) != Some(id) {
                 violations.push(bad(
@@ -213,6 +247,7 @@ mod tests {
             authenticator: fp.map(|fp| Authenticator {
                 fingerprint_sha256: fp.into(),
                 fingerprint_sha1: String::new(),
+                tbs_sha256: String::new(),
                 cert_pem: String::new(),
                 issued_by_network: true,
                 not_before: 0,
@@ -280,5 +315,34 @@ mod tests {
             !r.violations.iter().any(|v| v.detail.contains("tokc")),
             "tokens are never printed"
         );
+    }
+
+    #[test]
+    fn the_content_index_is_checked_and_older_records_are_tolerated() {
+        // A record from before the content index (no content hash): no violation.
+        let r = check(healthy().into_iter().chain([raw("m:content-index", "1")]));
+        assert_eq!(r.violations, vec![]);
+        let with_content = |tbs: &str| {
+            let mut a = identity("a", "alpha", Some("fa"), None);
+            if let Some(auth) = a.authenticator.as_mut() {
+                auth.tbs_sha256 = tbs.into();
+            }
+            let mut recs = healthy();
+            recs[0] = rec("i:a", a);
+            recs
+        };
+        let mut recs = with_content("ca");
+        recs.push(raw("b:ca", "a"));
+        assert_eq!(check(recs).violations, vec![]);
+        // Bound by content but not indexed; an index entry to another content.
+        let r = check(with_content("ca"));
+        assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
+        assert_eq!(r.violations[0].invariant, "I1");
+        let mut recs = with_content("ca");
+        recs.push(raw("b:ca", "a"));
+        recs.push(raw("b:other", "a"));
+        let r = check(recs);
+        assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
+        assert!(r.violations[0].detail.contains("other"));
     }
 }

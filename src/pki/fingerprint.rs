@@ -1,7 +1,12 @@
-//! Certificate fingerprints: SHA-256 (the key of the fingerprint index, invariant I1) and
-//! SHA-1 (shown because OpenZiti clients display it).
+//! Certificate fingerprints: SHA-256 (the key of the fingerprint index, invariant I1),
+//! SHA-1 (shown because OpenZiti clients display it), and SHA-256 of the to-be-signed part
+//! (the key of the content index, I1 whatever the signature's encoding).
 
 use aws_lc_rs::digest;
+use x509_parser::prelude::FromDer as _;
+
+use crate::clock::UnixTime;
+use crate::model::{Authenticator, Method};
 
 /// Lower-case hex SHA-256 of a certificate's DER.
 pub fn sha256_hex(der: &[u8]) -> String {
@@ -11,6 +16,40 @@ pub fn sha256_hex(der: &[u8]) -> String {
 /// Lower-case hex SHA-1 of a certificate's DER.
 pub fn sha1_hex(der: &[u8]) -> String {
     hex::encode(digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, der))
+}
+
+/// Lower-case hex SHA-256 of a certificate's to-be-signed part, when the DER parses.
+pub fn tbs_sha256_hex(der: &[u8]) -> Option<String> {
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    Some(hex::encode(digest::digest(
+        &digest::SHA256,
+        cert.tbs_certificate.as_ref(),
+    )))
+}
+
+/// The authenticator of the certificate `der` (PEM-encoded in the record), bound `now` by
+/// `method`; `None` when the DER does not parse.
+pub fn authenticator(
+    der: &[u8],
+    issued_by_network: bool,
+    method: Method,
+    now: UnixTime,
+) -> Option<Authenticator> {
+    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
+    Some(Authenticator {
+        fingerprint_sha256: sha256_hex(der),
+        fingerprint_sha1: sha1_hex(der),
+        tbs_sha256: hex::encode(digest::digest(
+            &digest::SHA256,
+            cert.tbs_certificate.as_ref(),
+        )),
+        cert_pem: crate::pki::pem_encode("CERTIFICATE", der),
+        issued_by_network,
+        not_before: cert.validity().not_before.timestamp(),
+        not_after: cert.validity().not_after.timestamp(),
+        method,
+        created_at: now,
+    })
 }
 
 #[cfg(test)]

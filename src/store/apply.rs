@@ -296,6 +296,18 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
         }
     }
 
+    /// The index keys that will bind `auth`, once none of them binds another identity
+    /// (I1): neither this certificate's DER nor another encoding of its signature.
+    fn unbound(&self, auth: &Authenticator) -> Result<Vec<Vec<u8>>, StoreError> {
+        let bound = keys::bound(auth);
+        for k in &bound {
+            if self.get(k)?.is_some() {
+                return Err(StoreError::CertInUse);
+            }
+        }
+        Ok(bound)
+    }
+
     fn ca(&self, id: &str) -> Result<Option<Ca>, StoreError> {
         get_json(self, &keys::ca(id))
     }
@@ -310,10 +322,7 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
         let auth = identity.authenticator.as_ref().ok_or_else(|| {
             StoreError::InvalidState("auto-enrollment needs a certificate".into())
         })?;
-        let fp = keys::fingerprint(&auth.fingerprint_sha256);
-        if self.get(&fp)?.is_some() {
-            return Err(StoreError::CertInUse);
-        }
+        let bound = self.unbound(auth)?;
         if self.get(&keys::identity(&identity.id))?.is_some() {
             return Err(StoreError::InvalidState("identity id collision".into()));
         }
@@ -344,11 +353,15 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
         if identity.role_attributes.is_empty() {
             identity.role_attributes = ca.identity_roles.clone();
         }
-        let writes = vec![
-            Write::Put(fp, identity.id.clone().into_bytes()),
-            Write::Put(keys::name(&identity.name), identity.id.clone().into_bytes()),
-            Write::Put(keys::identity(&identity.id), to_json(&identity)),
-        ];
+        let mut writes: Vec<Write> = bound
+            .into_iter()
+            .map(|k| Write::Put(k, identity.id.clone().into_bytes()))
+            .collect();
+        writes.push(Write::Put(
+            keys::name(&identity.name),
+            identity.id.clone().into_bytes(),
+        ));
+        writes.push(Write::Put(keys::identity(&identity.id), to_json(&identity)));
         self.commit_writes(writes);
         if let (Some(n), Some(hints)) = (allocated, self.hints.as_mut()) {
             hints.insert(base, n + 1);
@@ -456,11 +469,9 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
         }
         let mut writes = Vec::new();
         if let Some(auth) = &identity.authenticator {
-            let fp = keys::fingerprint(&auth.fingerprint_sha256);
-            if self.get(&fp)?.is_some() {
-                return Err(StoreError::CertInUse);
+            for k in self.unbound(auth)? {
+                writes.push(Write::Put(k, identity.id.clone().into_bytes()));
             }
-            writes.push(Write::Put(fp, identity.id.clone().into_bytes()));
         }
         if let Some(e) = &enrollment {
             if self.get(&keys::token(&e.token))?.is_some() {
@@ -516,19 +527,17 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
         if identity.authenticator.is_some() {
             return Err(EnrollError::UnknownToken.into());
         }
-        let fp = keys::fingerprint(&authenticator.fingerprint_sha256);
-        if self.get(&fp)?.is_some() {
-            return Err(StoreError::CertInUse);
-        }
-        let writes = vec![
+        let bound = self.unbound(&authenticator)?;
+        let mut writes = vec![
             Write::Delete(keys::token(token)),
             Write::Delete(keys::enrollment(&enrollment.id)),
-            Write::Put(fp, identity.id.clone().into_bytes()),
         ];
+        for k in bound {
+            writes.push(Write::Put(k, identity.id.clone().into_bytes()));
+        }
         identity.enrollment_id = None;
         identity.updated_at = now;
         identity.authenticator = Some(authenticator);
-        let mut writes = writes;
         writes.push(Write::Put(keys::identity(&identity.id), to_json(&identity)));
         self.commit_writes(writes);
         Ok(Outcome::Identity(Box::new(identity)))
@@ -551,7 +560,7 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
             Write::Delete(keys::name(&identity.name)),
         ];
         if let Some(auth) = &identity.authenticator {
-            writes.push(Write::Delete(keys::fingerprint(&auth.fingerprint_sha256)));
+            writes.extend(keys::bound(auth).into_iter().map(Write::Delete));
         }
         if let Some((eid, token)) = self.pending_token(&identity)? {
             writes.push(Write::Delete(keys::enrollment(&eid)));
@@ -640,10 +649,12 @@ mod tests {
         }
     }
 
+    /// An authenticator whose certificate content is the fingerprint's ("c-<fp>").
     fn auth(fp: &str) -> Authenticator {
         Authenticator {
             fingerprint_sha256: fp.into(),
             fingerprint_sha1: "s1".into(),
+            tbs_sha256: format!("c-{fp}"),
             cert_pem: "pem".into(),
             issued_by_network: true,
             not_before: 0,
@@ -746,6 +757,46 @@ mod tests {
         assert_eq!(r[1].as_ref().unwrap_err(), &StoreError::CertInUse);
         // The loser's token is still pending.
         assert!(map.contains_key(&keys::token("tok2")));
+    }
+
+    /// Another encoding of a bound certificate's signature (an ECDSA (r, n - s)) has
+    /// another fingerprint but the same content: it binds no second identity, by any
+    /// method, within a batch or across batches, until the first identity is deleted.
+    #[test]
+    fn another_encoding_of_a_bound_certificate_binds_nothing() {
+        let twin = |id: &str, name: &str| {
+            let mut i = identity(id, name);
+            i.authenticator = Some(Authenticator {
+                fingerprint_sha256: "fpB".into(),
+                tbs_sha256: "c-fpA".into(),
+                ..auth("fpB")
+            });
+            Command::AutoEnroll {
+                ca_id: "ca".into(),
+                identity: i,
+            }
+        };
+        let mut map = Map::new();
+        commit(&mut map, vec![Command::CreateCa { ca: ca_record() }]);
+        let r = commit(&mut map, vec![auto("i1", "dev", "fpA"), twin("i2", "dev")]);
+        assert!(r[0].is_ok());
+        assert_eq!(r[1].as_ref().unwrap_err(), &StoreError::CertInUse);
+        let r = commit(&mut map, vec![twin("i3", "dev")]);
+        assert_eq!(r[0].as_ref().unwrap_err(), &StoreError::CertInUse);
+        with_pending(&mut map, "i4", "plc", "tok4");
+        let mut redeem_twin = redeem("tok4", "i4", "fpB", 500);
+        if let Command::Redeem { authenticator, .. } = &mut redeem_twin {
+            authenticator.tbs_sha256 = "c-fpA".into();
+        }
+        let r = commit(&mut map, vec![redeem_twin.clone()]);
+        assert_eq!(r[0].as_ref().unwrap_err(), &StoreError::CertInUse);
+        assert_eq!(map.get(&keys::content("c-fpA")).unwrap(), b"i1");
+        // Deleted, the content is free again.
+        let r = commit(&mut map, vec![Command::DeleteIdentity { id: "i1".into() }]);
+        assert!(r[0].is_ok());
+        assert!(!map.contains_key(&keys::content("c-fpA")));
+        let r = commit(&mut map, vec![redeem_twin]);
+        assert!(r[0].is_ok(), "{r:?}");
     }
 
     #[test]

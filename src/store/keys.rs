@@ -10,6 +10,11 @@ pub const TOKEN: &[u8] = b"t:";
 pub const ENROLLMENT: &[u8] = b"e:";
 /// Prefix of the fingerprint index (I1).
 pub const FINGERPRINT: &[u8] = b"f:";
+/// Prefix of the content index (I1 whatever the encoding of the certificate's signature).
+pub const CONTENT: &[u8] = b"b:";
+/// The marker of a store whose content index is complete (records written before it
+/// existed were indexed when the store was opened).
+pub const CONTENT_INDEXED: &[u8] = b"m:content-index";
 
 /// Prefix of third-party CA records.
 pub const CA: &[u8] = b"c:";
@@ -44,6 +49,19 @@ pub fn enrollment(id: &str) -> Vec<u8> {
 /// `f:<sha-256 hex>`
 pub fn fingerprint(sha256_hex: &str) -> Vec<u8> {
     key(FINGERPRINT, sha256_hex)
+}
+/// `b:<sha-256 hex of the to-be-signed part>`
+pub fn content(tbs_sha256_hex: &str) -> Vec<u8> {
+    key(CONTENT, tbs_sha256_hex)
+}
+/// The index keys binding a certificate to its identity: its fingerprint and, when known,
+/// its content.
+pub fn bound(auth: &crate::model::Authenticator) -> Vec<Vec<u8>> {
+    let mut keys = vec![fingerprint(&auth.fingerprint_sha256)];
+    if !auth.tbs_sha256.is_empty() {
+        keys.push(content(&auth.tbs_sha256));
+    }
+    keys
 }
 /// `c:<ca id>`
 pub fn ca(id: &str) -> Vec<u8> {

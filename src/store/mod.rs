@@ -10,6 +10,8 @@
 //! | `t:<token>` | `Enrollment` | I3: a token exists until it is redeemed, once |
 //! | `e:<enrollment id>` | token | lookup by id for the management API |
 //! | `f:<sha-256 hex>` | identity id | I1: a certificate belongs to one identity |
+//! | `b:<sha-256 hex of the to-be-signed part>` | identity id | I1 whatever the encoding of the certificate's signature |
+//! | `m:content-index` | `1` | every record written before the content index is indexed |
 //!
 //! Every change goes through the single committer thread (`commit`), which decides each
 //! command against the store *plus the writes already decided in its batch* (`apply`) and
@@ -160,6 +162,62 @@ pub fn options() -> rocksdb::Options {
     opts
 }
 
+/// Fills in the content index for the identities bound before it existed, once (the
+/// marker key records that it is done): until then, another encoding of such an
+/// identity's certificate signature could bind a second identity. Runs at open, before any
+/// committer. Two records already sharing one content (bound twice before this index) keep
+/// their bindings; the first is indexed and the other logged for the operator to resolve.
+fn index_content(db: &rocksdb::DB) -> Result<(), StoreError> {
+    if db.get(keys::CONTENT_INDEXED)?.is_some() {
+        return Ok(());
+    }
+    let mut wb = rocksdb::WriteBatch::default();
+    let mut indexed: std::collections::HashMap<String, String> = Default::default();
+    for item in db.prefix_iterator(keys::IDENTITY) {
+        let (k, v) = item?;
+        if !k.starts_with(keys::IDENTITY) {
+            break;
+        }
+        let mut identity: Identity = decode(&k, &v)?;
+        let id = identity.id.clone();
+        let Some(auth) = identity.authenticator.as_mut() else {
+            continue;
+        };
+        if !auth.tbs_sha256.is_empty() {
+            continue;
+        }
+        let Some(tbs) = ::pem::parse(&auth.cert_pem)
+            .ok()
+            .and_then(|p| crate::pki::fingerprint::tbs_sha256_hex(p.contents()))
+        else {
+            tracing::error!(identity_id = %id, "a bound certificate does not parse; not indexed by content");
+            continue;
+        };
+        if let Some(first) = indexed.get(&tbs) {
+            tracing::error!(identity_id = %id, other_identity_id = %first, "two identities are bound to encodings of one certificate; delete one");
+            continue;
+        }
+        auth.tbs_sha256 = tbs.clone();
+        wb.put(keys::content(&tbs), id.as_bytes());
+        wb.put(
+            &k,
+            serde_json::to_vec(&identity).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        );
+        indexed.insert(tbs, id);
+    }
+    if !indexed.is_empty() {
+        tracing::info!(
+            identities = indexed.len(),
+            "indexed bound certificates by content"
+        );
+    }
+    wb.put(keys::CONTENT_INDEXED, b"1");
+    let mut wo = rocksdb::WriteOptions::default();
+    wo.set_sync(true);
+    db.write_opt(wb, &wo)?;
+    Ok(())
+}
+
 /// A handle on the opened database (cheap to clone; all clones share one RocksDB).
 #[derive(Clone)]
 pub struct Store {
@@ -181,6 +239,7 @@ impl Store {
         opts.create_if_missing(create);
         opts.set_error_if_exists(create);
         let db = rocksdb::DB::open(&opts, path)?;
+        index_content(&db)?;
         Ok(Self { db: Arc::new(db) })
     }
 
@@ -330,5 +389,81 @@ impl Store {
         wo.set_sync(true);
         self.db.write_opt(wb, &wo)?;
         Ok(results)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::model::{Authenticator, IdentityType, Method};
+
+    fn bound_identity(id: &str, cert_der: &[u8]) -> Identity {
+        let mut auth: Authenticator =
+            crate::pki::fingerprint::authenticator(cert_der, false, Method::Ca, 1).unwrap();
+        // As written before the content index existed.
+        auth.tbs_sha256 = String::new();
+        Identity {
+            id: id.into(),
+            name: id.into(),
+            kind: IdentityType::Device,
+            is_admin: false,
+            role_attributes: vec![],
+            created_at: 1,
+            updated_at: 1,
+            enrollment_id: None,
+            authenticator: Some(auth),
+        }
+    }
+
+    /// A store from before the content index: its bound identities are indexed by content
+    /// when it is opened, once; two bound to one content keep their bindings, and only the
+    /// first is indexed.
+    #[test]
+    fn opening_an_older_store_indexes_its_certificates_by_content() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["dev".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let other = rcgen::CertificateParams::new(vec!["other".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let tbs = crate::pki::fingerprint::tbs_sha256_hex(cert.der()).unwrap();
+        {
+            let store = Store::open(&path, true).unwrap();
+            let db = store.db();
+            assert!(
+                db.get(keys::CONTENT_INDEXED).unwrap().is_some(),
+                "a new store is complete"
+            );
+            for (id, der) in [("a", cert.der()), ("b", cert.der()), ("c", other.der())] {
+                let i = bound_identity(id, der);
+                let fp = &i.authenticator.as_ref().unwrap().fingerprint_sha256;
+                db.put(keys::identity(id), serde_json::to_vec(&i).unwrap())
+                    .unwrap();
+                db.put(keys::fingerprint(&format!("{fp}-{id}")), id)
+                    .unwrap();
+            }
+            db.delete(keys::CONTENT_INDEXED).unwrap();
+        }
+        let store = Store::open(&path, false).unwrap();
+        assert_eq!(store.db().get(keys::content(&tbs)).unwrap().unwrap(), b"a");
+        let a = store.identity("a").unwrap().unwrap();
+        assert_eq!(a.authenticator.unwrap().tbs_sha256, tbs);
+        let b = store.identity("b").unwrap().unwrap();
+        assert!(
+            b.authenticator.unwrap().tbs_sha256.is_empty(),
+            "left for the operator"
+        );
+        let c = store.identity("c").unwrap().unwrap();
+        let c_tbs = c.authenticator.unwrap().tbs_sha256;
+        assert_eq!(
+            store.db().get(keys::content(&c_tbs)).unwrap().unwrap(),
+            b"c"
+        );
+        assert!(store.db().get(keys::CONTENT_INDEXED).unwrap().is_some());
     }
 }

@@ -1002,3 +1002,51 @@ fn a_version_1_device_certificate_is_refused_with_its_reason() {
         1
     );
 }
+
+/// An ECDSA signature (r, s) also verifies as (r, n - s): a device re-encoding its
+/// certificate's signature has a new DER and a new fingerprint, but the same certificate.
+/// It binds no second identity (CERT_IN_USE, by content), and the mauled copy does not
+/// authenticate as the first; our signature check accepts it, so this is not refused
+/// earlier.
+#[test]
+fn another_encoding_of_a_bound_certificate_binds_no_second_identity() {
+    let gw = Gateway::start();
+    let fleet = Fleet::new("maul");
+    fleet.register(&gw, "maul", true, false, true);
+    let dev = fleet.device(&Spec::new("dev-7"));
+    let twin = dev.with_mauled_signature();
+    assert_ne!(dev.chain()[0], twin.chain()[0], "another DER");
+    let count = || {
+        gw.mgmt("GET", "/identities", None).json().unwrap()["meta"]["pagination"]["totalCount"]
+            .as_u64()
+            .unwrap()
+    };
+    let before = count();
+    let r = ca_enroll(&dev, &gw, None);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // The twin completes the handshake and passes the chain check: its signature is good.
+    let r = ca_enroll(&twin, &gw, None);
+    assert_eq!(
+        (r.status, code(&r).as_str()),
+        (409, "CERT_IN_USE"),
+        "{}",
+        String::from_utf8_lossy(&r.body)
+    );
+    assert_eq!(count(), before + 1, "one identity for one certificate");
+    let r = twin.request(
+        &gw,
+        "POST",
+        "/edge/client/v1/authenticate?method=cert",
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
+    let r = dev.request(
+        &gw,
+        "POST",
+        "/edge/client/v1/authenticate?method=cert",
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}

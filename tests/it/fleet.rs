@@ -42,6 +42,19 @@ impl Device {
         PrivatePkcs8KeyDer::from(pem::parse(&self.key_pem).unwrap().into_contents()).into()
     }
 
+    /// The same device with its leaf's ECDSA signature (r, s) re-encoded as (r, n - s)
+    /// (P-256): another DER, another fingerprint, the same certificate, and a signature
+    /// that still verifies.
+    pub fn with_mauled_signature(&self) -> Device {
+        let mut blocks = pem::parse_many(&self.chain_pem).unwrap();
+        let leaf = maul_ecdsa_p256(blocks[0].contents());
+        blocks[0] = pem::Pem::new("CERTIFICATE", leaf);
+        Device {
+            chain_pem: pem::encode_many(&blocks),
+            key_pem: self.key_pem.clone(),
+        }
+    }
+
     /// Writes cert and key files into `dir`; returns their paths.
     pub fn write(&self, dir: &Path, name: &str) -> (PathBuf, PathBuf) {
         let c = dir.join(format!("{name}.crt"));
@@ -248,4 +261,91 @@ pub fn mgmt_raw(
         body,
     )
     .unwrap()
+}
+
+/// One DER element of `input`: (tag, content, rest).
+fn der_element(input: &[u8]) -> (u8, &[u8], &[u8]) {
+    let tag = input[0];
+    let (len, start) = match input[1] {
+        n if n < 0x80 => (usize::from(n), 2),
+        n => {
+            let count = usize::from(n & 0x7f);
+            let len = input[2..2 + count]
+                .iter()
+                .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+            (len, 2 + count)
+        }
+    };
+    (tag, &input[start..start + len], &input[start + len..])
+}
+
+fn der_encode(tag: u8, content: &[u8]) -> Vec<u8> {
+    let mut out = vec![tag];
+    let len = content.len();
+    if len < 0x80 {
+        out.push(len as u8);
+    } else {
+        let bytes: Vec<u8> = len
+            .to_be_bytes()
+            .into_iter()
+            .skip_while(|b| *b == 0)
+            .collect();
+        out.push(0x80 | bytes.len() as u8);
+        out.extend(bytes);
+    }
+    out.extend_from_slice(content);
+    out
+}
+
+/// A DER INTEGER's content for the non-negative big-endian `magnitude`.
+fn der_uint(magnitude: &[u8]) -> Vec<u8> {
+    let trimmed: Vec<u8> = magnitude.iter().copied().skip_while(|b| *b == 0).collect();
+    let mut content = Vec::new();
+    if trimmed.first().is_none_or(|b| b & 0x80 != 0) {
+        content.push(0);
+    }
+    content.extend(trimmed);
+    der_encode(0x02, &content)
+}
+
+/// `der` (a certificate signed with ECDSA P-256) with its signature's s replaced by n - s.
+pub fn maul_ecdsa_p256(der: &[u8]) -> Vec<u8> {
+    const N: [u8; 32] = [
+        0xff, 0xff, 0xff, 0xff, 0x00, 0x00, 0x00, 0x00, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff,
+        0xff, 0xbc, 0xe6, 0xfa, 0xad, 0xa7, 0x17, 0x9e, 0x84, 0xf3, 0xb9, 0xca, 0xc2, 0xfc, 0x63,
+        0x25, 0x51,
+    ];
+    let (_, cert, _) = der_element(der);
+    let (_, _, after_tbs) = der_element(cert);
+    let tbs = &cert[..cert.len() - after_tbs.len()];
+    let (_, _, after_alg) = der_element(after_tbs);
+    let alg = &after_tbs[..after_tbs.len() - after_alg.len()];
+    let (bits_tag, bits, _) = der_element(after_alg);
+    assert_eq!((bits_tag, bits[0]), (0x03, 0), "a BIT STRING signature");
+    let (_, sig, _) = der_element(&bits[1..]);
+    let (_, r, rest) = der_element(sig);
+    let (_, s, _) = der_element(rest);
+    // n - s, big-endian, on 32 bytes.
+    let mut s32 = [0u8; 32];
+    let s = &s[s.len().saturating_sub(32)..];
+    s32[32 - s.len()..].copy_from_slice(s);
+    let mut diff = [0u8; 32];
+    let mut borrow = 0i16;
+    for i in (0..32).rev() {
+        let mut d = i16::from(N[i]) - i16::from(s32[i]) - borrow;
+        borrow = i16::from(d < 0);
+        if d < 0 {
+            d += 256;
+        }
+        diff[i] = d as u8;
+    }
+    assert_eq!(borrow, 0, "s < n");
+    let mut new_sig = der_uint(r);
+    new_sig.extend(der_uint(&diff));
+    let mut bit_content = vec![0u8];
+    bit_content.extend(der_encode(0x30, &new_sig));
+    let mut body = tbs.to_vec();
+    body.extend_from_slice(alg);
+    body.extend(der_encode(0x03, &bit_content));
+    der_encode(0x30, &body)
 }
