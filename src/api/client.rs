@@ -226,12 +226,14 @@ async fn enroll_ottca(
             ))
         }
     }
-    shared.rates.ca(&ca_id)?;
     cas.verify(&peer.chain, now, "ottca enrollment", w.cas.memo(), |ca| {
         ca.id == ca_id
     })
     .map_err(|e| ApiError::CertificateFailedValidation(e.to_string()))?;
     let authenticator = presented_authenticator(leaf, Method::Ottca, now)?;
+    // Charged once the request could succeed: whoever holds the token cannot spend the
+    // CA's budget with certificates that fail.
+    shared.rates.ca(&ca_id)?;
     shared
         .commit
         .submit(Command::Redeem {
@@ -271,9 +273,6 @@ async fn enroll_ca(
             "this certificate is already bound to an identity".into(),
         ));
     }
-    // Charged after the cheap refusals, so an enrolled device retrying does not spend
-    // its CA's budget for the devices still waiting.
-    shared.rates.ca(&ca.id)?;
     let identity_id = crate::ids::new_id().map_err(|e| ApiError::Unhandled(e.to_string()))?;
     let cn = crate::ca::chain::common_name(leaf);
     let base = crate::ca::name::render(
@@ -305,6 +304,9 @@ async fn enroll_ca(
         enrollment_id: None,
         authenticator: Some(presented_authenticator(leaf, Method::Ca, now)?),
     };
+    // Charged once the request could succeed (after the bound check and the name's), so a
+    // device retrying a refusal does not spend its CA's budget for the devices waiting.
+    shared.rates.ca(&ca.id)?;
     let outcome = shared
         .commit
         .submit(Command::AutoEnroll {

@@ -4,6 +4,8 @@
 
 use std::sync::{Arc, Barrier};
 
+use serde_json::json;
+
 use crate::fleet::*;
 use crate::support::*;
 
@@ -110,7 +112,7 @@ fn per_source_limit_refuses_the_excess_and_spares_other_routes() {
 fn per_ca_limit_applies_to_each_ca_separately() {
     let gw = Gateway::start_with(limits("per_ca_rate = \"1/h\"\nper_ca_burst = 2"), &[]);
     let north = Fleet::new("north");
-    north.register(&gw, "north", true, false, false);
+    let north_id = north.register(&gw, "north", true, true, false);
     let south = Fleet::new("south");
     south.register(&gw, "south", true, false, false);
 
@@ -118,9 +120,38 @@ fn per_ca_limit_applies_to_each_ca_separately() {
         |dev: &Device| dev.request(&gw, "POST", "/edge/client/v1/enroll?method=ca", &[], b"");
     let n1 = north.device(&Spec::new("n1"));
     assert_eq!(auto(&n1).status, 200);
-    // An enrolled device retrying is refused as such, without spending the CA's budget.
+    // Refusals spend none of the CA's budget: an enrolled device retrying, a device whose
+    // certificate gives no name, and whoever holds a pending ottca token of the CA
+    // presenting a certificate of another CA.
     for _ in 0..3 {
         assert_eq!(code(&auto(&n1)), "CERT_IN_USE");
+    }
+    let nameless = north.device(&Spec {
+        cn: None,
+        ..Spec::new("unused")
+    });
+    for _ in 0..3 {
+        assert_eq!(code(&auto(&nameless)), "INVALID_COMMON_NAME");
+    }
+    let r = gw.mgmt(
+        "POST",
+        "/identities",
+        Some(&json!({"name": "plc-9", "type": "Device", "enrollment": {"ottca": north_id}})),
+    );
+    let token = r.json().unwrap()["data"]["enrollment"]["ottca"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let stranger = south.device(&Spec::new("stranger"));
+    for _ in 0..3 {
+        let r = stranger.request(
+            &gw,
+            "POST",
+            &format!("/edge/client/v1/enroll?method=ottca&token={token}"),
+            &[],
+            b"",
+        );
+        assert_eq!(code(&r), "CERTIFICATE_FAILED_VALIDATION");
     }
     assert_eq!(auto(&north.device(&Spec::new("n2"))).status, 200);
     let before = gw.snapshot();
