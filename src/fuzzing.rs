@@ -700,10 +700,16 @@ pub fn name_template(data: &[u8]) {
     match name::render(format, &vars) {
         Ok(base) => {
             assert!(valid.is_ok(), "a refused format rendered");
-            match requested_name.filter(|r| !r.is_empty()) {
-                Some(r) if !format.contains("[requestedName]") => assert_eq!(base, r),
-                None if !format.contains('[') => assert_eq!(base, format),
-                _ => {}
+            // A requested name counts only where the format asks for it.
+            if !format.contains("[requestedName]") {
+                let without = NameVars {
+                    requested_name: None,
+                    ..vars
+                };
+                assert_eq!(name::render(format, &without).ok(), Some(base.clone()));
+            }
+            if !format.contains('[') {
+                assert_eq!(base, format);
             }
             let _ = crate::enroll::validate_name(&base);
         }

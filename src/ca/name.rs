@@ -1,9 +1,10 @@
 //! Names of auto-enrolled identities, from a CA's `identityNameFormat`.
 //!
 //! Symbols: `[caName]`, `[caId]`, `[commonName]`, `[requestedName]`, `[identityId]`.
-//! A requested name fills `[requestedName]` (without one, the new identity's id does, as in
-//! OpenZiti); when the format does not use it, the requested name replaces the format's
-//! result. A name that collides later gets a numeric suffix in
+//! A requested name fills `[requestedName]` (without one, the new identity's id does); as in
+//! OpenZiti, it is used only where the CA's format asks for it: the format is the
+//! operator's policy, and a device cannot name itself around it. A name that collides
+//! later gets a numeric suffix in
 //! the committer (`store::apply`), inside the same atomic write.
 
 /// The symbols a format may use.
@@ -77,11 +78,6 @@ pub fn validate_format(format: &str) -> Result<(), NameFormatError> {
 pub fn render(format: &str, vars: &NameVars<'_>) -> Result<String, NameFormatError> {
     validate_format(format)?;
     let requested = vars.requested_name.filter(|n| !n.is_empty());
-    if let Some(req) = requested {
-        if !format.contains("[requestedName]") {
-            return Ok(req.to_string());
-        }
-    }
     if format.contains("[commonName]") && vars.common_name.is_none_or(str::is_empty) {
         return Err(NameFormatError::NoCommonName);
     }
@@ -144,10 +140,14 @@ mod tests {
     }
 
     #[test]
-    fn a_requested_name_wins_when_the_format_does_not_use_it() {
+    fn a_requested_name_is_used_only_where_the_format_asks_for_it() {
         assert_eq!(
             render("[caName]-[commonName]", &vars(Some("cn"), Some("mine"))).unwrap(),
-            "mine"
+            "fleet-cn"
+        );
+        assert_eq!(
+            render("[caName]-[requestedName]", &vars(Some("cn"), Some("mine"))).unwrap(),
+            "fleet-mine"
         );
         assert_eq!(
             render("[caName]-[commonName]", &vars(Some("cn"), Some(""))).unwrap(),

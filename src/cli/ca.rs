@@ -118,13 +118,14 @@ pub enum CaCommand {
     },
 }
 
-/// Finds a CA by name, else by id.
+/// Finds a CA by id, else by name.
 pub fn resolve(api: &Admin, name_or_id: &str) -> Result<Value, CliError> {
     let all = api.data("GET", "/cas", None)?;
     let list = all.as_array().cloned().unwrap_or_default();
+    // The id first, as for identities: it never changes.
     list.iter()
-        .find(|c| c["name"] == name_or_id)
-        .or_else(|| list.iter().find(|c| c["id"] == name_or_id))
+        .find(|c| c["id"] == name_or_id)
+        .or_else(|| list.iter().find(|c| c["name"] == name_or_id))
         .cloned()
         .ok_or_else(|| CliError::new(format!("no CA named or with id '{name_or_id}'")))
 }

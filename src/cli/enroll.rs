@@ -53,7 +53,8 @@ pub struct EnrollArgs {
     /// Its private key (PEM).
     #[arg(long, requires = "cert")]
     pub key: Option<PathBuf>,
-    /// The identity name to ask for (CA auto-enrollment).
+    /// The identity name to ask for (CA auto-enrollment): used where the CA's name format
+    /// has `[requestedName]`.
     #[arg(long)]
     pub idname: Option<String>,
 }

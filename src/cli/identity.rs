@@ -181,8 +181,16 @@ impl Admin {
         Ok(v.get("data").cloned().unwrap_or(Value::Null))
     }
 
-    /// Finds an identity by name, else by id.
+    /// Finds an identity by id, else by name. The id goes first: it is assigned by the
+    /// gateway and never changes, while an auto-enrolled device may ask for a name, and
+    /// a name equal to another identity's id must not redirect a command meant for that
+    /// identity (a `delete` would remove the wrong one).
     pub fn resolve(&self, name_or_id: &str) -> Result<Value, CliError> {
+        if crate::ids::is_well_formed(name_or_id) {
+            if let Ok(found) = self.data("GET", &format!("/identities/{name_or_id}"), None) {
+                return Ok(found);
+            }
+        }
         let escaped = name_or_id.replace('\\', "\\\\").replace('"', "\\\"");
         let filter = format!("name = \"{escaped}\"");
         let q: String = form_urlencoded::Serializer::new(String::new())
@@ -191,11 +199,6 @@ impl Admin {
         let list = self.data("GET", &format!("/identities?{q}"), None)?;
         if let Some(found) = list.as_array().and_then(|a| a.first()) {
             return Ok(found.clone());
-        }
-        if crate::ids::is_well_formed(name_or_id) {
-            if let Ok(found) = self.data("GET", &format!("/identities/{name_or_id}"), None) {
-                return Ok(found);
-            }
         }
         Err(CliError::new(format!(
             "no identity named or with id '{name_or_id}'"

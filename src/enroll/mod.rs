@@ -68,13 +68,21 @@ pub enum NameError {
     /// Longer than [`MAX_NAME_LEN`] bytes.
     #[error("the name is longer than {MAX_NAME_LEN} bytes")]
     TooLong,
-    /// Contains a control character, or white space at either end.
-    #[error("the name contains a control character or leading/trailing white space")]
+    /// Contains a control character, an invisible one, white space other than the space,
+    /// or white space at either end.
+    #[error(
+        "the name contains a control or invisible character, white space other than the \
+         space, or white space at either end"
+    )]
     BadCharacter,
 }
 
-/// Checks an identity name: 1 to 255 bytes of UTF-8, no control characters, no white
-/// space at either end (names are compared exactly, so invisible differences are refused).
+/// Checks an identity name: 1 to 255 bytes of UTF-8; no control character, no character
+/// Unicode says is invisible (Default_Ignorable_Code_Point: zero-width spaces and joiners,
+/// direction marks and overrides, the byte-order mark, variation selectors, tags...), no
+/// white space other than the ASCII space, and none at either end. Names are compared
+/// exactly, so differences a reader cannot see are refused: "Default Admin" cannot be
+/// followed by a look-alike made with a no-break space and a zero-width space.
 pub fn validate_name(name: &str) -> Result<(), NameError> {
     if name.trim().is_empty() {
         return Err(NameError::Empty);
@@ -82,10 +90,36 @@ pub fn validate_name(name: &str) -> Result<(), NameError> {
     if name.len() > MAX_NAME_LEN {
         return Err(NameError::TooLong);
     }
-    if name.chars().any(char::is_control) || name.trim() != name {
+    let bad = |c: char| c.is_control() || (c.is_whitespace() && c != ' ') || invisible(c);
+    if name.chars().any(bad) || name.trim() != name {
         return Err(NameError::BadCharacter);
     }
     Ok(())
+}
+
+/// Unicode's Default_Ignorable_Code_Point (DerivedCoreProperties.txt, Unicode 15.1):
+/// characters that render as nothing.
+fn invisible(c: char) -> bool {
+    matches!(
+        u32::from(c),
+        0x00AD
+            | 0x034F
+            | 0x061C
+            | 0x115F..=0x1160
+            | 0x17B4..=0x17B5
+            | 0x180B..=0x180F
+            | 0x200B..=0x200F
+            | 0x202A..=0x202E
+            | 0x2060..=0x206F
+            | 0x3164
+            | 0xFE00..=0xFE0F
+            | 0xFEFF
+            | 0xFFA0
+            | 0xFFF0..=0xFFF8
+            | 0x1BCA0..=0x1BCA3
+            | 0x1D173..=0x1D17A
+            | 0xE0000..=0xE0FFF
+    )
 }
 
 #[cfg(test)]
@@ -147,5 +181,25 @@ mod tests {
         assert_eq!(validate_name("a\nb"), Err(NameError::BadCharacter));
         assert_eq!(validate_name(&"x".repeat(256)), Err(NameError::TooLong));
         assert!(validate_name(&"x".repeat(255)).is_ok());
+        // Look-alikes a reader cannot tell apart are refused.
+        for name in [
+            "Default\u{a0}Admin",
+            "Default Admin\u{200b}",
+            "dev1\u{2028}",
+            "dev\u{202e}1",
+            "\u{feff}dev1",
+            "dev\u{2060}1",
+            "dev\u{e0041}1",
+            "dev\u{fe0f}1",
+            "dev\u{3000}1",
+        ] {
+            assert_eq!(
+                validate_name(name),
+                Err(NameError::BadCharacter),
+                "{name:?}"
+            );
+        }
+        assert!(validate_name("東京-センサー-7").is_ok());
+        assert!(validate_name("capteur-été").is_ok());
     }
 }

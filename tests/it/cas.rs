@@ -380,39 +380,57 @@ fn auto_enrollment_by_curl_and_cli_names_collisions_and_authentication() {
     );
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 
-    // A requested name, through the CLI with the CA JWT.
+    // A requested name, through the CLI with the CA JWT: used only where the CA's format
+    // asks for it, as in OpenZiti.
     let jwt = gw.mgmt("GET", &format!("/cas/{ca_id}/jwt"), None);
     assert_eq!(jwt.header("content-type"), Some("application/jwt"));
     std::fs::write(dir.join("ca.jwt"), &jwt.body).unwrap();
-    let third = fleet.device(&Spec::new("sensor-8"));
-    third.write(dir, "sensor-8");
-    let out = gw.cli(&[
-        "enroll",
-        "--jwt",
-        "ca.jwt",
-        "--cert",
-        "sensor-8.crt",
-        "--key",
-        "sensor-8.key",
-        "--idname",
-        "hall-3-sensor",
-        "--out",
-        "s8.json",
-    ]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
+    let named = |cn: &str, out: &str| {
+        fleet.device(&Spec::new(cn)).write(dir, cn);
+        let (crt, key) = (format!("{cn}.crt"), format!("{cn}.key"));
+        let out = gw.cli(&[
+            "enroll",
+            "--jwt",
+            "ca.jwt",
+            "--cert",
+            &crt,
+            "--key",
+            &key,
+            "--idname",
+            "hall-3-sensor",
+            "--out",
+            out,
+        ]);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    let count = |name: &str| {
+        let q: String = form_urlencoded::Serializer::new(String::new())
+            .append_pair("filter", &format!("name = \"{name}\""))
+            .finish();
+        gw.mgmt("GET", &format!("/identities?{q}"), None)
+            .json()
+            .unwrap()["meta"]["pagination"]["totalCount"]
+            .clone()
+    };
+    named("sensor-8", "s8.json");
+    assert_eq!(
+        count("fleet-sensor-8"),
+        1,
+        "the format has no [requestedName]"
     );
-    let list = gw
-        .mgmt(
-            "GET",
-            "/identities?filter=name%20%3D%20%22hall-3-sensor%22",
-            None,
-        )
-        .json()
-        .unwrap();
-    assert_eq!(list["meta"]["pagination"]["totalCount"], 1);
+    assert_eq!(count("hall-3-sensor"), 0);
+    let r = gw.mgmt(
+        "PATCH",
+        &format!("/cas/{ca_id}"),
+        Some(&json!({"identityNameFormat": "[caName]-[requestedName]"})),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    named("sensor-9", "s9.json");
+    assert_eq!(count("fleet-hall-3-sensor"), 1);
 
     // The enrolled certificate authenticates...
     let r = dev.request(

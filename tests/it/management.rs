@@ -360,3 +360,52 @@ fn a_management_body_without_a_json_content_type_is_refused() {
     let r = crate::fleet::mgmt_raw(&gw, "POST", "/identities", "application/json", body);
     assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
 }
+
+/// A name equal to another identity's id (an auto-enrolled device may ask for one) does
+/// not redirect the CLI: an id names the identity it belongs to, and a name is tried only
+/// when no identity has that id.
+#[test]
+fn the_cli_resolves_an_id_before_a_name_that_copies_it() {
+    let gw = Gateway::start();
+    let (victim, _, _) = gw.create_identity("victim", "Device", false);
+    let (copycat, _, _) = gw.create_identity(&victim, "Device", false);
+    let out = gw.cli(&["identity", "show", &victim]);
+    let shown = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        shown.contains("victim") && !shown.contains(&copycat),
+        "{shown}"
+    );
+    let out = gw.cli(&["identity", "delete", &victim]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        gw.mgmt("GET", &format!("/identities/{victim}"), None)
+            .status,
+        404
+    );
+    assert_eq!(
+        gw.mgmt("GET", &format!("/identities/{copycat}"), None)
+            .status,
+        200
+    );
+    // With the id gone, the name resolves.
+    let out = gw.cli(&["identity", "delete", &victim]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        gw.mgmt("GET", &format!("/identities/{copycat}"), None)
+            .status,
+        404
+    );
+}
