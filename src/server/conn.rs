@@ -309,8 +309,9 @@ impl Drop for Handshaking {
     }
 }
 
-/// A worker's connections waiting for their client: between requests (idle), or in the
-/// middle of a request whose bytes are still arriving (slow).
+/// A worker's connections waiting for their client: between requests (idle), in the
+/// middle of a request whose bytes are still arriving, or with answers the client is slow
+/// to read (slow).
 ///
 /// At `limits.max_connections` (or the memory ceiling), a new connection closes the one of
 /// them that has waited longest for its client rather than being refused: thousands of
@@ -319,7 +320,10 @@ impl Drop for Handshaking {
 /// handshake), and is closed as a keep-alive close between requests, which HTTP clients
 /// expect. A slow request waits from its first byte plus `limits.slow_request_grace`, and
 /// only after that can be closed: its clock does not restart with each byte it trickles,
-/// and a client whose request takes less than the grace keeps its place. Room is made for a
+/// and a client whose request takes less than the grace keeps its place. A connection
+/// whose answer the client does not read likewise waits from the start of that answer (of
+/// the first of a pipelined run, which one slowly read answer after another cannot restart)
+/// plus the grace. Room is made for a
 /// newcomer the worker has accepted, never ahead of one. When there is no such connection,
 /// the newcomer waits (in the kernel's accept queue, or at the memory gate).
 #[derive(Debug, Default)]
@@ -327,9 +331,30 @@ pub struct Idle {
     next: Cell<u64>,
     /// Idle connections, by the instant they started waiting, then arrival order.
     live: RefCell<BTreeMap<(Instant, u64), Rc<Eviction>>>,
-    /// Slow requests, by the instant they may be pushed out (their start plus the grace),
-    /// then arrival order.
-    slow: RefCell<BTreeMap<(Instant, u64), Rc<Eviction>>>,
+    /// Slow requests and slow readers, by the instant they may be pushed out (their start
+    /// plus the grace), then arrival order.
+    slow: RefCell<BTreeMap<WaitSince, (Rc<Eviction>, Slow)>>,
+}
+
+/// When a connection began waiting (or may be pushed out), then its arrival order.
+type WaitSince = (Instant, u64);
+
+/// What a slow connection waits for.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Slow {
+    /// The rest of its request.
+    Request,
+    /// Its client to read the answer.
+    Reader,
+}
+
+impl Slow {
+    fn label(self) -> &'static str {
+        match self {
+            Self::Request => "slow_request",
+            Self::Reader => "slow_reader",
+        }
+    }
 }
 
 /// One connection waiting for its client; leaves its set when dropped.
@@ -376,10 +401,10 @@ impl Idle {
     /// Registers a request begun at `since` as waiting for its client, to be pushed out no
     /// earlier than `grace` after that. Each read of a trickling request registers again
     /// with the same `since`, so its place in line does not move.
-    fn enter_slow(self: &Rc<Self>, since: Instant, grace: Duration) -> Waiting {
+    fn enter_slow(self: &Rc<Self>, since: Instant, grace: Duration, what: Slow) -> Waiting {
         let key = (since + grace, self.id());
         let eviction = Rc::new(Eviction::default());
-        self.slow.borrow_mut().insert(key, eviction.clone());
+        self.slow.borrow_mut().insert(key, (eviction.clone(), what));
         Waiting {
             idle: self.clone(),
             key: WaitKey::Slow(key),
@@ -413,14 +438,17 @@ impl Idle {
     /// Closes the connection that has waited longest for its client, for a newcomer that is
     /// there; false when there is none.
     pub fn close_oldest(&self) -> bool {
-        let (set, state) = match self.longest() {
-            Some(Longest::Idle) => (&self.live, "idle"),
-            Some(Longest::Slow) => (&self.slow, "slow_request"),
+        let oldest = match self.longest() {
+            Some(Longest::Idle) => self.live.borrow_mut().pop_first().map(|(_, e)| (e, "idle")),
+            Some(Longest::Slow) => self
+                .slow
+                .borrow_mut()
+                .pop_first()
+                .map(|(_, (e, what))| (e, what.label())),
             None => return false,
         };
-        let oldest = set.borrow_mut().pop_first();
         match oldest {
-            Some((_, eviction)) => {
+            Some((eviction, state)) => {
                 eviction.evict();
                 telemetry::pushed_out(state);
                 true
@@ -655,7 +683,14 @@ async fn serve_admitted(
     };
     let wt = limits.write_timeout;
     let mut buf: Vec<u8> = Vec::with_capacity(4096);
+    // When the connection started answering without waiting for its client in between
+    // (requests pipelined): a client reading its answers slowly is slow from there.
+    let mut answering: Option<Instant> = None;
     loop {
+        if buf.is_empty() {
+            // The next request is the client's to send: the run of answers ended.
+            answering = None;
+        }
         // When the request began, set once it turns out to be slow (its bytes are not all
         // in).
         let mut slow: Option<Instant> = None;
@@ -664,7 +699,10 @@ async fn serve_admitted(
                 Next::Head(h, n) => (h, n),
                 Next::Close => return close(tls, wt).await,
                 Next::PushedOut => return close(tls, PUSHED_OUT_CLOSE).await,
-                Next::Refuse(err) => return refuse(tls, err, wt).await,
+                Next::Refuse(err) => {
+                    let reader = Reader::new(&tables.idle, &limits, Instant::now());
+                    return refuse(tls, err, wt, reader).await;
+                }
             };
         buf.drain(..head_len);
         let body = match head.body {
@@ -673,21 +711,24 @@ async fn serve_admitted(
                 let err = ApiError::LengthRequired(
                     "chunked request bodies are not accepted; send Content-Length".into(),
                 );
-                return refuse(tls, err, wt).await;
+                let reader = Reader::new(&tables.idle, &limits, Instant::now());
+                return refuse(tls, err, wt, reader).await;
             }
             BodyKind::Length(n) if n > limits.max_body_bytes => {
                 let err = ApiError::RequestTooLarge(format!(
                     "the body is {n} bytes; at most {} are accepted",
                     limits.max_body_bytes
                 ));
-                return refuse(tls, err, wt).await;
+                let reader = Reader::new(&tables.idle, &limits, Instant::now());
+                return refuse(tls, err, wt, reader).await;
             }
             BodyKind::Length(n) => {
-                if head.expect_continue
-                    && buf.len() < n
-                    && !write(&mut tls, b"HTTP/1.1 100 Continue\r\n\r\n", wt).await
-                {
-                    return;
+                if head.expect_continue && buf.len() < n {
+                    let since = *answering.get_or_insert_with(Instant::now);
+                    let reader = Reader::new(&tables.idle, &limits, since);
+                    if !write(&mut tls, b"HTTP/1.1 100 Continue\r\n\r\n", wt, reader).await {
+                        return;
+                    }
                 }
                 match read_body(&mut tls, &mut buf, n, &limits, &tables.idle, &mut slow).await {
                     More::Got => {}
@@ -707,11 +748,18 @@ async fn serve_admitted(
             && !ctx.shared.is_superseded()
             && !ctx.shared.memory.at_ceiling();
         let bytes = resp.serialize(keep_alive, req.head.method == "HEAD");
+        let since = *answering.get_or_insert_with(Instant::now);
+        let reader = Reader::new(&tables.idle, &limits, since);
         if !keep_alive {
-            let _ = monoio::time::timeout(wt, tls.write_and_close(&bytes)).await;
+            let waiting = reader.enter();
+            monoio::select! {
+                biased;
+                _ = monoio::time::timeout(wt, tls.write_and_close(&bytes)) => {}
+                () = waiting.evicted() => {}
+            }
             return;
         }
-        if !write(&mut tls, &bytes, wt).await {
+        if !write(&mut tls, &bytes, wt, reader).await {
             return;
         }
         // An idle keep-alive connection holds a small buffer, whatever its last request was.
@@ -721,13 +769,39 @@ async fn serve_admitted(
     }
 }
 
-/// Writes `bytes` within `limit`; false when the client did not take them in time (the
-/// caller then drops the connection).
-async fn write(tls: &mut TlsStream, bytes: &[u8], limit: Duration) -> bool {
-    matches!(
-        monoio::time::timeout(limit, tls.write_all_plain(bytes)).await,
-        Ok(Ok(()))
-    )
+/// A connection about to wait for its client to read: where it would register as a slow
+/// reader.
+struct Reader<'a> {
+    idle: &'a Rc<Idle>,
+    since: Instant,
+    grace: Duration,
+}
+
+impl<'a> Reader<'a> {
+    fn new(idle: &'a Rc<Idle>, limits: &Limits, since: Instant) -> Self {
+        Self {
+            idle,
+            since,
+            grace: limits.slow_request_grace,
+        }
+    }
+
+    fn enter(&self) -> Waiting {
+        self.idle.enter_slow(self.since, self.grace, Slow::Reader)
+    }
+}
+
+/// Writes `bytes` within `limit`; false when the client did not take them in time, or
+/// when, past its grace, a newcomer took this connection's place meanwhile (the caller
+/// then drops the connection).
+async fn write(tls: &mut TlsStream, bytes: &[u8], limit: Duration, reader: Reader<'_>) -> bool {
+    let waiting = reader.enter();
+    let written = monoio::select! {
+        biased;
+        r = monoio::time::timeout(limit, tls.write_all_plain(bytes)) => matches!(r, Ok(Ok(()))),
+        () = waiting.evicted() => false,
+    };
+    written && !waiting.pushed_out()
 }
 
 /// How long a connection pushed out for a newcomer may take to close: it stays counted
@@ -739,10 +813,10 @@ async fn close(tls: TlsStream, limit: Duration) {
     let _ = monoio::time::timeout(limit, tls.close()).await;
 }
 
-async fn refuse(mut tls: TlsStream, err: ApiError, limit: Duration) {
+async fn refuse(mut tls: TlsStream, err: ApiError, limit: Duration, reader: Reader<'_>) {
     let (status, _) = err.status_and_code();
     let resp = Response::json(status, &err.envelope(&request_id()));
-    if write(&mut tls, &resp.serialize(false, false), limit).await {
+    if write(&mut tls, &resp.serialize(false, false), limit, reader).await {
         let linger = Duration::from_millis(500);
         let _ = monoio::time::timeout(limit + linger, tls.close_lingering(linger)).await;
     }
@@ -825,7 +899,7 @@ async fn read_more(
     idle: &Rc<Idle>,
     limits: &Limits,
 ) -> More {
-    let waiting = idle.enter_slow(since, limits.slow_request_grace);
+    let waiting = idle.enter_slow(since, limits.slow_request_grace, Slow::Request);
     let more = monoio::select! {
         biased;
         r = monoio::time::timeout(left, tls.read_plain(buf, max)) => match r {
@@ -1126,11 +1200,11 @@ mod tests {
     fn a_slow_request_gives_its_place_only_after_the_grace() {
         let idle = Rc::new(Idle::default());
         let grace = Duration::from_secs(2);
-        let young = idle.enter_slow(ago(Duration::from_millis(100)), grace);
+        let young = idle.enter_slow(ago(Duration::from_millis(100)), grace, Slow::Request);
         assert!(!idle.close_oldest(), "a request within its grace is kept");
         assert!(!young.pushed_out());
-        let old = idle.enter_slow(ago(Duration::from_secs(3)), grace);
-        let older = idle.enter_slow(ago(Duration::from_secs(5)), grace);
+        let old = idle.enter_slow(ago(Duration::from_secs(3)), grace, Slow::Request);
+        let older = idle.enter_slow(ago(Duration::from_secs(5)), grace, Slow::Request);
         assert!(idle.close_oldest());
         assert!(
             older.pushed_out(),
@@ -1150,7 +1224,7 @@ mod tests {
         // Idle for 30 s; a request begun 20 s ago (waiting, by this count, 19 s); a
         // connection idle for 10 s; a connection idle since just now.
         let long_idle = idle.enter_since(ago(Duration::from_secs(30)));
-        let slow = idle.enter_slow(ago(Duration::from_secs(20)), grace);
+        let slow = idle.enter_slow(ago(Duration::from_secs(20)), grace, Slow::Request);
         let idle_10s = idle.enter_since(ago(Duration::from_secs(10)));
         let fresh = idle.enter();
         assert!(idle.close_oldest());
@@ -1168,7 +1242,7 @@ mod tests {
     #[test]
     fn a_request_within_its_grace_gives_no_room() {
         let idle = Rc::new(Idle::default());
-        let young = idle.enter_slow(Instant::now(), Duration::from_secs(1));
+        let young = idle.enter_slow(Instant::now(), Duration::from_secs(1), Slow::Request);
         assert!(!idle.has_room());
         assert!(!idle.close_oldest());
         // A connection that has just finished its handshake, or its last answer, is idle:
@@ -1210,9 +1284,9 @@ mod tests {
         let since = ago(Duration::from_secs(3));
         // Each read registers the request again (a byte arrived in between): its place in
         // line is still its start, ahead of a request that began later.
-        drop(idle.enter_slow(since, grace));
-        let later = idle.enter_slow(ago(Duration::from_millis(2500)), grace);
-        let again = idle.enter_slow(since, grace);
+        drop(idle.enter_slow(since, grace, Slow::Request));
+        let later = idle.enter_slow(ago(Duration::from_millis(2500)), grace, Slow::Request);
+        let again = idle.enter_slow(since, grace, Slow::Request);
         assert!(idle.close_oldest());
         assert!(again.pushed_out());
         assert!(!later.pushed_out());

@@ -765,6 +765,117 @@ fn slow_requests_give_their_places_to_new_clients() {
     assert!(!gw.log().contains("panicked"));
 }
 
+/// Every connection place of both workers held by clients that pipeline requests
+/// (`GET /.well-known/est/cacerts`, about 1 KB answered for 50 bytes asked) and never read
+/// the answers: the connection is neither idle nor receiving a request, but blocked writing,
+/// which `write_timeout` (60 s here) would let last a minute while new clients wait in the
+/// accept queue. A connection waiting for its client to read is slow from the start of its
+/// run of answers, and gives its place after `slow_request_grace` (300 ms here) to a new
+/// connection: a client opening one per enrollment enrolls 10 of 10.
+#[test]
+fn slow_readers_give_their_places_to_new_clients() {
+    const WORKERS: usize = 2;
+    const MAX_CONNECTIONS: usize = 4;
+    const N: usize = 10;
+    let gw = Gateway::start_with(
+        set_limits(&[
+            ("max_connections", "4"),
+            ("max_handshakes", "2"),
+            ("slow_request_grace", "\"300ms\""),
+            ("write_timeout", "\"60s\""),
+            ("idle_timeout", "\"60s\""),
+        ]),
+        &[],
+    );
+    let label = "slow readers";
+    let jobs = jobs(&gw, "slowread", N);
+    let cfg = client::config(&gw.ca_certs(), None).unwrap();
+    let attackers = WORKERS * MAX_CONNECTIONS + 4;
+    let stop = Arc::new(AtomicBool::new(false));
+    let attack = std::thread::spawn({
+        let (cfg, port, stop) = (cfg.clone(), gw.port, stop.clone());
+        move || {
+            let request: &[u8] = b"GET /.well-known/est/cacerts HTTP/1.1\r\nHost: x\r\n\r\n";
+            let burst: Vec<u8> = request.repeat(1000);
+            let mut live: Vec<Tls> = Vec::new();
+            let (mut opened, mut closed) = (0usize, 0usize);
+            while !stop.load(Ordering::Relaxed) {
+                while live.len() < attackers && !stop.load(Ordering::Relaxed) {
+                    opened += 1;
+                    if let Ok(s) = tls_connect_sending(port, &cfg, b"") {
+                        if s.sock.set_nonblocking(true).is_ok() {
+                            live.push(s);
+                        }
+                    }
+                }
+                // Pipeline more requests, as far as the daemon takes them; read nothing.
+                let mut i = 0;
+                while i < live.len() {
+                    let s = &mut live[i];
+                    let mut gone = false;
+                    for _ in 0..8 {
+                        if s.conn.writer().write(&burst).is_err() {
+                            gone = true;
+                            break;
+                        }
+                        match s.conn.write_tls(&mut s.sock) {
+                            Ok(_) => {}
+                            Err(e) if e.kind() == ErrorKind::WouldBlock => break,
+                            Err(_) => {
+                                gone = true;
+                                break;
+                            }
+                        }
+                    }
+                    if gone {
+                        live.swap_remove(i);
+                        closed += 1;
+                    } else {
+                        i += 1;
+                    }
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            (opened, closed)
+        }
+    });
+    let pushed = |state: &str| {
+        metric(
+            &gw.metrics_text(),
+            &format!("enrollgate_connections_pushed_out_total{{state=\"{state}\"}}"),
+        ) as usize
+    };
+    // Let the attack fill the daemon's send buffers and pass its grace.
+    std::thread::sleep(Duration::from_secs(3));
+    let fresh = run_fresh(jobs, cfg, gw.port, Arc::new(AtomicBool::new(false)));
+    stop.store(true, Ordering::Relaxed);
+    let (opened, closed) = attack.join().unwrap();
+    let readers = pushed("slow_reader");
+    eprintln!(
+        "[{label}] {opened} attack connections opened, {closed} seen closed; {readers} slow \
+         readers, {} idle connections pushed out; {}",
+        pushed("idle"),
+        fresh.line("new connection")
+    );
+    assert_eq!(
+        fresh.ok, N,
+        "[{label}] the new-connection client: {:?}",
+        fresh.failures
+    );
+    // Not a timing assertion: without the rule each enrollment would wait for an attack
+    // connection's 60 s write timeout.
+    let slowest = fresh.latencies.iter().max().copied().unwrap_or_default();
+    assert!(
+        slowest < Duration::from_secs(30),
+        "a new client waited {slowest:?}: for the attack's timeouts, not for its grace"
+    );
+    assert!(
+        readers >= N,
+        "each new client took the place of a slow reader: {readers}"
+    );
+    assert!(!gw.log().contains("panicked"));
+}
+
 // ---------------------------------------------------------------------------------------
 // Handshakes that never finish.
 
