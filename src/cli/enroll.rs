@@ -79,7 +79,16 @@ fn generate(kind: ClientKey) -> Result<rcgen::KeyPair, rcgen::Error> {
     match kind {
         ClientKey::Ec => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
         ClientKey::P384 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),
-        ClientKey::Ed25519 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519),
+        ClientKey::Ed25519 => {
+            // PKCS#8 version 1 (RFC 8410 without the public key): the version 2 document
+            // aws-lc makes by default is refused by OpenSSL 3.0 (so by curl and the C SDK)
+            // and by Python's cryptography.
+            let rng = aws_lc_rs::rand::SystemRandom::new();
+            let v1 = aws_lc_rs::signature::Ed25519KeyPair::generate_pkcs8v1(&rng)
+                .map_err(|_| rcgen::Error::KeyGenerationUnavailable)?;
+            let der = rustls_pki_types::PrivatePkcs8KeyDer::from(v1.as_ref().to_vec());
+            rcgen::KeyPair::from_pkcs8_der_and_sign_algo(&der, &rcgen::PKCS_ED25519)
+        }
         ClientKey::Rsa => {
             rcgen::KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_2048)
         }
