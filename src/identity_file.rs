@@ -73,14 +73,23 @@ pub fn write_private(path: &Path, data: &[u8]) -> Result<(), IdentityFileError> 
         path: path.display().to_string(),
         source,
     };
-    let mut f = std::fs::OpenOptions::new()
+    let mut f = create_private(path)?;
+    f.write_all(data).map_err(io)?;
+    f.sync_all().map_err(io)
+}
+
+/// Creates `path`, which must not exist, readable by its owner only, and opens it for
+/// writing.
+pub fn create_private(path: &Path) -> Result<std::fs::File, IdentityFileError> {
+    std::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
         .mode(0o600)
         .open(path)
-        .map_err(io)?;
-    f.write_all(data).map_err(io)?;
-    f.sync_all().map_err(io)
+        .map_err(|source| IdentityFileError::Io {
+            path: path.display().to_string(),
+            source,
+        })
 }
 
 impl IdentityFile {

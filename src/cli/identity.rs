@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::{AdminArgs, CliError};
 use crate::client::{self, HttpResponse};
 use crate::config::PublicUrl;
-use crate::identity_file::{write_private, IdentityFile};
+use crate::identity_file::{create_private, IdentityFile};
 
 /// Identity types as the CLI spells them.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -206,15 +206,49 @@ impl Admin {
     }
 }
 
-fn output_jwt(jwt: &str, output: Option<&PathBuf>) -> Result<(), CliError> {
-    match output {
-        Some(path) => {
-            write_private(path, format!("{jwt}\n").as_bytes())?;
-            eprintln!("wrote {}", path.display());
-        }
-        None => println!("{jwt}"),
+/// Where an enrollment JWT goes: the `-o` file, created (0600, and refused if it exists)
+/// before anything changes on the server, so that a token is never made only to be lost
+/// to a file that was already there; or standard output. A file left unwritten (the
+/// server refused) is removed.
+struct JwtOut {
+    file: Option<(PathBuf, std::fs::File)>,
+    written: bool,
+}
+
+impl JwtOut {
+    fn open(output: Option<&PathBuf>) -> Result<Self, CliError> {
+        let file = match output {
+            Some(path) => Some((path.clone(), create_private(path)?)),
+            None => None,
+        };
+        Ok(Self {
+            file,
+            written: false,
+        })
     }
-    Ok(())
+
+    fn write(mut self, jwt: &str) -> Result<(), CliError> {
+        use std::io::Write as _;
+        match &mut self.file {
+            Some((path, f)) => {
+                let io = |e: std::io::Error| CliError::new(format!("{}: {e}", path.display()));
+                f.write_all(format!("{jwt}\n").as_bytes()).map_err(io)?;
+                f.sync_all().map_err(io)?;
+                eprintln!("wrote {}", path.display());
+            }
+            None => println!("{jwt}"),
+        }
+        self.written = true;
+        Ok(())
+    }
+}
+
+impl Drop for JwtOut {
+    fn drop(&mut self) {
+        if let (Some((path, _)), false) = (&self.file, self.written) {
+            let _ = std::fs::remove_file(path);
+        }
+    }
 }
 
 /// A JSON field as display text (strings unquoted).
@@ -239,6 +273,7 @@ pub fn run(cmd: IdentityCommand) -> Result<(), CliError> {
             admin_args,
         } => {
             let api = Admin::load(&admin_args)?;
+            let out = JwtOut::open(output.as_ref())?;
             let (method, enrollment) = match &ca {
                 Some(target) => {
                     let ca = super::ca::resolve(&api, target)?;
@@ -263,7 +298,7 @@ pub fn run(cmd: IdentityCommand) -> Result<(), CliError> {
             let jwt = created["enrollment"][method]["jwt"]
                 .as_str()
                 .ok_or_else(|| CliError::new("the server returned no enrollment JWT"))?;
-            output_jwt(jwt, output.as_ref())
+            out.write(jwt)
         }
         IdentityCommand::List {
             filter,
@@ -342,7 +377,7 @@ pub fn run(cmd: IdentityCommand) -> Result<(), CliError> {
                         text(&found, "name")
                     ))
                 })?;
-            output_jwt(jwt, output.as_ref())
+            JwtOut::open(output.as_ref())?.write(jwt)
         }
         IdentityCommand::Reissue {
             target,
@@ -351,6 +386,7 @@ pub fn run(cmd: IdentityCommand) -> Result<(), CliError> {
         } => {
             let api = Admin::load(&admin_args)?;
             let found = api.resolve(&target)?;
+            let out = JwtOut::open(output.as_ref())?;
             // A pending (e.g. expired) enrollment is refreshed with its own method and CA;
             // an identity without one gets an ott token.
             let pending = &found["enrollment"];
@@ -376,7 +412,7 @@ pub fn run(cmd: IdentityCommand) -> Result<(), CliError> {
                 text(&found, "name"),
                 text(&e, "expiresAt")
             );
-            output_jwt(jwt, output.as_ref())
+            out.write(jwt)
         }
     }
 }

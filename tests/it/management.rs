@@ -409,3 +409,51 @@ fn the_cli_resolves_an_id_before_a_name_that_copies_it() {
         404
     );
 }
+
+/// `identity create -o FILE` checks FILE before it creates anything: an existing file is
+/// refused with nothing created (the token would have been lost), and a refused create
+/// leaves no empty file behind.
+#[test]
+fn identity_create_checks_its_output_file_first() {
+    let gw = Gateway::start();
+    let dir = gw.dir.path();
+    std::fs::write(dir.join("existing.jwt"), "keep me").unwrap();
+    let out = gw.cli(&["identity", "create", "user", "U3", "-o", "existing.jwt"]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("existing.jwt"), "{stderr}");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("existing.jwt")).unwrap(),
+        "keep me"
+    );
+    let list = gw
+        .mgmt("GET", "/identities?filter=name%20%3D%20%22U3%22", None)
+        .json()
+        .unwrap();
+    assert_eq!(
+        list["meta"]["pagination"]["totalCount"], 0,
+        "nothing created"
+    );
+    // A refused create leaves no file.
+    let out = gw.cli(&[
+        "identity",
+        "create",
+        "user",
+        "Default Admin",
+        "-o",
+        "dup.jwt",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("NAME_IN_USE"));
+    assert!(!dir.join("dup.jwt").exists());
+    // And the normal case still writes the token.
+    let out = gw.cli(&["identity", "create", "user", "U3", "-o", "u3.jwt"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(std::fs::read_to_string(dir.join("u3.jwt"))
+        .unwrap()
+        .starts_with("ey"));
+}
