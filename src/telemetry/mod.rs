@@ -131,7 +131,7 @@ pub fn describe() {
     );
     describe_counter!(
         PUSHED_OUT,
-        "Connections closed to admit a new one, by state: handshake (the oldest handshake, over limits.max_handshakes or limits.max_handshakes_per_source) or idle (the longest-idle keep-alive connection, over limits.max_connections or the memory ceiling of limits.max_memory)."
+        "Connections closed to admit a new one, by state: handshake (the handshake waiting longest for its client, over limits.max_handshakes or limits.max_handshakes_per_source); over limits.max_connections or the memory ceiling of limits.max_memory, the connection waiting longest for its client: idle (between requests), slow_request (a request still arriving past limits.slow_request_grace) or slow_reader (answers not read past the grace)."
     );
     describe_gauge!(
         RESIDENT_MEMORY,
@@ -146,6 +146,8 @@ pub fn describe() {
         TOKENS_EXPIRED,
         "Enrollment attempts whose one-time token had expired, by method."
     );
+    // Set only when the ceiling changes: exported from the start at its resting value.
+    metrics::gauge!(MEMORY_CEILING).set(0.0);
 }
 
 /// Records one enrollment answer.

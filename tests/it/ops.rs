@@ -689,6 +689,7 @@ fn metrics_health_and_readiness_endpoints() {
         "enrollgate_sign_batch_size_count",
         "# HELP enrollgate_sign_queue_depth",
         "enrollgate_ca_cache_size 0",
+        "enrollgate_memory_connection_ceiling 0",
     ] {
         assert!(metrics.contains(want), "{want} missing from:\n{metrics}");
     }
