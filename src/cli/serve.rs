@@ -124,6 +124,9 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     let reload_registry = registry.clone();
     let reload_notifier = notifier.clone();
     let config_path = args.config.clone();
+    // The status line systemd shows, once serving (kept across reloads).
+    let status = Arc::new(std::sync::OnceLock::<String>::new());
+    let reload_status = status.clone();
 
     let (shutdown, signal) = server::shutdown_pair();
     let trigger = shutdown.clone();
@@ -141,7 +144,8 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
                         Err(e) => tracing::error!(config = %config_path.display(), error = %e, "reload refused; the previous configuration stays in force"),
                     }
                     if crate::telemetry::is_ready() {
-                        reload_notifier.send("READY=1\nSTATUS=serving");
+                        let line = reload_status.get().map_or("serving", String::as_str);
+                        reload_notifier.send(&format!("READY=1\nSTATUS={line}"));
                     }
                     continue;
                 }
@@ -195,11 +199,16 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
             "enrollgate ready"
         );
         crate::telemetry::set_ready(true);
+        let line = status.get_or_init(|| {
+            format!(
+                "serving {} with {} workers",
+                public_url.origin(),
+                started.len()
+            )
+        });
         notifier.send(&format!(
-            "READY=1\nMAINPID={}\nSTATUS=serving {} with {} workers",
-            std::process::id(),
-            public_url.origin(),
-            started.len()
+            "READY=1\nMAINPID={}\nSTATUS={line}",
+            std::process::id()
         ));
         if let Some(interval) = ops::notify::watchdog_interval() {
             spawn_watchdog(

@@ -30,11 +30,29 @@ fn notifies_ready_watchdog_and_stopping() {
         }
     }
     let ready = got.iter().find(|m| m.contains("READY=1")).expect("READY=1");
-    assert!(ready.contains("STATUS=serving"), "{ready}");
+    assert!(ready.contains("STATUS=serving https://"), "{ready}");
     assert!(
         got.iter().filter(|m| m.contains("WATCHDOG=1")).count() >= 3,
         "{got:?}"
     );
+    // After a reload, the same status line as at start.
+    let status = |m: &str| {
+        m.lines()
+            .find(|l| l.starts_with("STATUS="))
+            .map(str::to_string)
+    };
+    gw.signal("HUP");
+    let start = Instant::now();
+    let mut reloaded = None;
+    while reloaded.is_none() && start.elapsed() < Duration::from_secs(20) {
+        let n = sock.recv(&mut buf).unwrap();
+        let m = String::from_utf8_lossy(&buf[..n]).into_owned();
+        if m.contains("READY=1") {
+            reloaded = Some(m);
+        }
+    }
+    let reloaded = reloaded.expect("READY=1 after the reload");
+    assert_eq!(status(&reloaded), status(ready), "{reloaded}");
     assert!(gw.stop().success());
     let mut stopping = false;
     sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
