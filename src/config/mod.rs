@@ -381,15 +381,15 @@ impl Config {
             }],
         };
         let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-        let (raw, unknown) = raw::parse(&text).map_err(fail)?;
-        Self::from_raw(path, raw, unknown)
+        let (raw, problems) = raw::parse(&text).map_err(fail)?;
+        Self::from_raw(path, raw, problems)
     }
 
     /// Validates a parsed file.
     pub fn from_raw(
         path: &Path,
         raw: raw::RawConfig,
-        unknown: Vec<String>,
+        parsed: Vec<(String, String)>,
     ) -> Result<Self, ConfigError> {
         let base = path
             .parent()
@@ -399,8 +399,8 @@ impl Config {
             base,
             problems: Vec::new(),
         };
-        for key in unknown {
-            c.problem(&key, "unknown key");
+        for (key, message) in parsed {
+            c.problem(&key, message);
         }
 
         let listen_text = raw.server.listen.as_deref().unwrap_or("127.0.0.1:8443");
@@ -769,14 +769,14 @@ mod tests {
     use super::*;
 
     fn load_text(text: &str) -> Result<Config, ConfigError> {
-        let (raw, unknown) = raw::parse(text).map_err(|m| ConfigError {
+        let (raw, problems) = raw::parse(text).map_err(|m| ConfigError {
             path: "t.toml".into(),
             problems: vec![Problem {
                 key: "(file)".into(),
                 message: m,
             }],
         })?;
-        Config::from_raw(Path::new("/etc/enrollgate/enrollgate.toml"), raw, unknown)
+        Config::from_raw(Path::new("/etc/enrollgate/enrollgate.toml"), raw, problems)
     }
 
     #[test]
@@ -865,6 +865,49 @@ mod tests {
             .iter()
             .find(|p| p.key == "limits.header_timeout");
         assert!(too_long.is_some_and(|p| p.message.contains("at most 100 years")));
+    }
+
+    /// Values of the wrong type are reported like the rest, each with its key, and do not
+    /// hide the other problems.
+    #[test]
+    fn values_of_the_wrong_type_are_all_reported_with_their_keys() {
+        let err = load_text(
+            r#"
+            metrics = 5
+            [server]
+            workers = "x"
+            [store]
+            durability = "fast"
+            [limits]
+            max_body_bytes = 0
+            max_connections = "many"
+            per_ca_burst = -1
+            bogus_key = 1
+            [tls]
+            key_exchange = "x25519"
+            "#,
+        )
+        .unwrap_err();
+        let problem = |key: &str| {
+            err.problems
+                .iter()
+                .find(|p| p.key == key)
+                .map(|p| p.message.clone())
+                .unwrap_or_else(|| panic!("{key} missing from {:?}", err.problems))
+        };
+        assert!(problem("server.workers").contains("invalid type: string \"x\""));
+        assert!(problem("limits.max_connections").contains("invalid type"));
+        assert!(problem("limits.per_ca_burst").contains("-1"));
+        assert!(problem("tls.key_exchange").contains("expected a sequence"));
+        assert!(problem("metrics").contains("invalid type"));
+        assert_eq!(problem("limits.bogus_key"), "unknown key");
+        problem("store.durability");
+        problem("limits.max_body_bytes");
+        assert!(
+            err.problems.iter().all(|p| p.key != "(file)"),
+            "{:?}",
+            err.problems
+        );
     }
 
     #[test]

@@ -119,11 +119,58 @@ pub struct RawLog {
     pub format: Option<String>,
 }
 
-/// Parses TOML text, collecting the path of every key the schema does not know.
-pub fn parse(text: &str) -> Result<(RawConfig, Vec<String>), String> {
-    let de = toml::Deserializer::parse(text).map_err(|e| e.to_string())?;
+/// Parses TOML text into the schema, with a problem (key path, message) for every key the
+/// schema does not know and every value of the wrong type, all of them: a wrong value is
+/// left out (as if absent) so that the rest is still read and checked. Only a TOML syntax
+/// error stops it.
+pub fn parse(text: &str) -> Result<(RawConfig, Vec<(String, String)>), String> {
+    use serde::de::IntoDeserializer as _;
+    let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| e.to_string())?;
+    let mut problems = Vec::new();
+    // Each value alone, in a file that holds nothing else: a type error is that value's.
+    let alone = |section: &str, key: Option<(&str, &toml::Value)>, value: &toml::Value| {
+        let mut file = toml::Table::new();
+        let inner = match key {
+            Some((k, v)) => {
+                toml::Value::Table(toml::Table::from_iter([(k.to_string(), v.clone())]))
+            }
+            None => value.clone(),
+        };
+        file.insert(section.to_string(), inner);
+        RawConfig::deserialize(toml::Value::Table(file).into_deserializer())
+            .err()
+            .map(|e| e.message().trim().to_string())
+    };
+    let sections: Vec<String> = table.keys().cloned().collect();
+    for section in sections {
+        let Some(value) = table.get_mut(&section) else {
+            continue;
+        };
+        match value {
+            toml::Value::Table(keys) => {
+                let names: Vec<String> = keys.keys().cloned().collect();
+                for k in names {
+                    let wrong = keys.get(&k).and_then(|v| alone(&section, Some((&k, v)), v));
+                    if let Some(message) = wrong {
+                        problems.push((format!("{section}.{k}"), message));
+                        keys.remove(&k);
+                    }
+                }
+            }
+            other => {
+                if let Some(message) = alone(&section, None, other) {
+                    problems.push((section.clone(), message));
+                    table.remove(&section);
+                }
+            }
+        }
+    }
     let mut unknown = Vec::new();
-    let raw: RawConfig = serde_ignored::deserialize(de, |path| unknown.push(path.to_string()))
+    let raw: RawConfig =
+        serde_ignored::deserialize(toml::Value::Table(table).into_deserializer(), |path| {
+            unknown.push(path.to_string())
+        })
         .map_err(|e| e.to_string())?;
-    Ok((raw, unknown))
+    problems.extend(unknown.into_iter().map(|k| (k, "unknown key".to_string())));
+    Ok((raw, problems))
 }
