@@ -160,8 +160,9 @@ fn version() -> Response {
     }))
 }
 
-/// The optional `{"name": ...}` body of a `ca` enrollment. As in OpenZiti, a body that is
-/// not JSON (older clients send `text/plain`, often empty) carries no name.
+/// The optional `{"name": ...}` body of a `ca` enrollment. As in OpenZiti, a body sent as
+/// another type than JSON (older clients send `text/plain`, often empty) carries no name;
+/// a body without a type is read as JSON (empty: no name).
 pub(crate) fn requested_name(req: &Request) -> Result<Option<String>, ApiError> {
     #[derive(Deserialize)]
     struct Body {
