@@ -407,8 +407,14 @@ async fn enroll_ott(
     let der = csr::decode_body(csr_body)?;
     let (_, issued) = w.signer.sign(der, &enrollment.identity_id, now).await?;
 
-    let authenticator = fingerprint::authenticator(&issued.der, true, Method::Ott, now)
-        .ok_or_else(|| ApiError::Unhandled("the issued certificate does not parse".into()))?;
+    let authenticator = fingerprint::issued_authenticator(
+        &issued.der,
+        &issued.pem,
+        issued.not_before,
+        issued.not_after,
+        now,
+    )
+    .ok_or_else(|| ApiError::Unhandled("the issued certificate does not parse".into()))?;
     shared
         .commit
         .submit(Command::Redeem {

@@ -18,13 +18,42 @@ pub fn sha1_hex(der: &[u8]) -> String {
     hex::encode(digest::digest(&digest::SHA1_FOR_LEGACY_USE_ONLY, der))
 }
 
-/// Lower-case hex SHA-256 of a certificate's to-be-signed part, when the DER parses.
+/// Lower-case hex SHA-256 of a certificate's to-be-signed part, when the DER holds one.
 pub fn tbs_sha256_hex(der: &[u8]) -> Option<String> {
-    let (_, cert) = x509_parser::certificate::X509Certificate::from_der(der).ok()?;
-    Some(hex::encode(digest::digest(
-        &digest::SHA256,
-        cert.tbs_certificate.as_ref(),
-    )))
+    Some(hex::encode(digest::digest(&digest::SHA256, tbs_of(der)?)))
+}
+
+/// The to-be-signed part of a certificate: the first element of its outer SEQUENCE, read
+/// as two DER headers, without parsing the rest (a full parse of the extensions costs
+/// several microseconds on the enrollment path).
+fn tbs_of(der: &[u8]) -> Option<&[u8]> {
+    use x509_parser::asn1_rs::{Any, FromDer as _};
+    let (_, outer) = Any::from_der(der).ok()?;
+    let content = outer.data;
+    let (rest, _) = Any::from_der(content).ok()?;
+    content.get(..content.len() - rest.len())
+}
+
+/// The authenticator of the certificate `der` we issued (PEM `pem`, valid from `not_before`
+/// to `not_after`), bound `now` by `ott`.
+pub fn issued_authenticator(
+    der: &[u8],
+    pem: &str,
+    not_before: UnixTime,
+    not_after: UnixTime,
+    now: UnixTime,
+) -> Option<Authenticator> {
+    Some(Authenticator {
+        fingerprint_sha256: sha256_hex(der),
+        fingerprint_sha1: sha1_hex(der),
+        tbs_sha256: tbs_sha256_hex(der)?,
+        cert_pem: pem.to_string(),
+        issued_by_network: true,
+        not_before,
+        not_after,
+        method: Method::Ott,
+        created_at: now,
+    })
 }
 
 /// The authenticator of the certificate `der` (PEM-encoded in the record), bound `now` by
@@ -55,6 +84,25 @@ pub fn authenticator(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_content_hash_is_the_to_be_signed_part_s() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["dev".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert.der()).unwrap();
+        assert_eq!(
+            tbs_sha256_hex(cert.der()).unwrap(),
+            hex::encode(digest::digest(
+                &digest::SHA256,
+                parsed.tbs_certificate.as_ref()
+            ))
+        );
+        assert_eq!(tbs_sha256_hex(b"\x30\x03\x02\x01"), None, "truncated");
+        assert_eq!(tbs_sha256_hex(b""), None);
+    }
 
     #[test]
     fn known_digests() {
