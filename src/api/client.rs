@@ -194,6 +194,18 @@ fn presented_authenticator(
     })
 }
 
+/// Refuses a certificate already bound, as it is or in another encoding of its signature,
+/// before the CA's rate budget is charged: a device retrying cannot spend it. The committer
+/// decides again, atomically; this only answers the common case early.
+fn refuse_bound(shared: &crate::app::Shared, auth: &Authenticator) -> Result<(), ApiError> {
+    if shared.store.is_bound(auth)? {
+        return Err(ApiError::CertInUse(
+            "this certificate is already bound to an identity".into(),
+        ));
+    }
+    Ok(())
+}
+
 /// Redeems an `ottca` token with the client certificate chain of the token's CA.
 async fn enroll_ottca(
     w: &WorkerCtx,
@@ -235,8 +247,9 @@ async fn enroll_ottca(
     })
     .map_err(|e| ApiError::CertificateFailedValidation(e.to_string()))?;
     let authenticator = presented_authenticator(leaf, Method::Ottca, now)?;
+    refuse_bound(shared, &authenticator)?;
     // Charged once the request could succeed: whoever holds the token cannot spend the
-    // CA's budget with certificates that fail.
+    // CA's budget with certificates that fail, or that are bound already.
     shared.rates.ca(&ca_id)?;
     shared
         .commit
@@ -271,12 +284,8 @@ async fn enroll_ca(
             ca.is_verified && ca.is_auto_ca_enrollment_enabled
         })
         .map_err(|e| ApiError::CertFailedValidation(e.to_string()))?;
-    let fp = fingerprint::sha256_hex(leaf);
-    if shared.store.identity_by_fingerprint(&fp)?.is_some() {
-        return Err(ApiError::CertInUse(
-            "this certificate is already bound to an identity".into(),
-        ));
-    }
+    let authenticator = presented_authenticator(leaf, Method::Ca, now)?;
+    refuse_bound(shared, &authenticator)?;
     let identity_id = crate::ids::new_id().map_err(|e| ApiError::Unhandled(e.to_string()))?;
     let cn = crate::ca::chain::common_name(leaf);
     let base = crate::ca::name::render(
@@ -306,7 +315,7 @@ async fn enroll_ca(
         created_at: now,
         updated_at: now,
         enrollment_id: None,
-        authenticator: Some(presented_authenticator(leaf, Method::Ca, now)?),
+        authenticator: Some(authenticator),
     };
     // Charged once the request could succeed (after the bound check and the name's), so a
     // device retrying a refusal does not spend its CA's budget for the devices waiting.

@@ -279,6 +279,17 @@ impl Store {
         }
     }
 
+    /// Whether the certificate of `auth` is bound to an identity, by its fingerprint or its
+    /// content.
+    pub fn is_bound(&self, auth: &crate::model::Authenticator) -> Result<bool, StoreError> {
+        for k in keys::bound(auth) {
+            if self.db.get(k)?.is_some() {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
+
     /// The pending enrollment with this token.
     pub fn enrollment_by_token(&self, token: &str) -> Result<Option<Enrollment>, StoreError> {
         get_json(&*self.db, &keys::token(token))

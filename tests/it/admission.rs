@@ -120,11 +120,15 @@ fn per_ca_limit_applies_to_each_ca_separately() {
         |dev: &Device| dev.request(&gw, "POST", "/edge/client/v1/enroll?method=ca", &[], b"");
     let n1 = north.device(&Spec::new("n1"));
     assert_eq!(auto(&n1).status, 200);
-    // Refusals spend none of the CA's budget: an enrolled device retrying, a device whose
-    // certificate gives no name, and whoever holds a pending ottca token of the CA
-    // presenting a certificate of another CA.
+    // Refusals spend none of the CA's budget: an enrolled device retrying (with its
+    // certificate as issued or re-encoded), a device whose certificate gives no name, and
+    // whoever holds a pending ottca token of the CA presenting a certificate of another CA
+    // or one already bound.
+    let n1_twin = n1.with_mauled_signature();
     for _ in 0..3 {
         assert_eq!(code(&auto(&n1)), "CERT_IN_USE");
+        // Another encoding of its signature is the same certificate, refused as early.
+        assert_eq!(code(&auto(&n1_twin)), "CERT_IN_USE");
     }
     let nameless = north.device(&Spec {
         cn: None,
@@ -152,6 +156,15 @@ fn per_ca_limit_applies_to_each_ca_separately() {
             b"",
         );
         assert_eq!(code(&r), "CERTIFICATE_FAILED_VALIDATION");
+        // ...or a certificate of the CA that is bound already.
+        let r = n1_twin.request(
+            &gw,
+            "POST",
+            &format!("/edge/client/v1/enroll?method=ottca&token={token}"),
+            &[],
+            b"",
+        );
+        assert_eq!(code(&r), "CERT_IN_USE");
     }
     assert_eq!(auto(&north.device(&Spec::new("n2"))).status, 200);
     let before = gw.snapshot();
