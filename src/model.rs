@@ -84,7 +84,8 @@ pub struct Authenticator {
     /// content index (I1). Unlike the DER, it is the same for every encoding of the
     /// certificate's signature: an ECDSA signature (r, s) verifies as (r, n - s) too, so
     /// the fingerprint alone would let one device certificate bind twice. Empty in
-    /// records written before it existed, until the store's next open fills it in.
+    /// records written before it existed, until the store's next open fills it in (and in
+    /// a record whose certificate another identity was bound to first: see `fsck`).
     #[serde(default, skip_serializing_if = "String::is_empty")]
     pub tbs_sha256: String,
     /// The certificate, PEM.

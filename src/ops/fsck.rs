@@ -130,9 +130,37 @@ pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
             Some(_) => {}
         }
     }
+    // One certificate, whatever the encoding of its signature, bound to two identities: the
+    // content of a record from before the content index (empty hash) is read from its PEM.
+    let mut by_content: BTreeMap<String, Vec<&str>> = BTreeMap::new();
+    for (id, i) in &identities {
+        let Some(a) = &i.authenticator else { continue };
+        let content = if a.tbs_sha256.is_empty() {
+            ::pem::parse(&a.cert_pem)
+                .ok()
+                .and_then(|p| crate::pki::fingerprint::tbs_sha256_hex(p.contents()))
+        } else {
+            Some(a.tbs_sha256.clone())
+        };
+        if let Some(c) = content {
+            by_content.entry(c).or_default().push(id);
+        }
+    }
+    for (content, ids) in &by_content {
+        if ids.len() > 1 {
+            violations.push(bad(
+                "I1",
+                format!(
+                    "identities {} are bound to one certificate (content {content}); delete all but one",
+                    ids.join(", ")
+                ),
+            ));
+        }
+    }
     for (id, i) in &identities {
         // An empty content hash is a record from before the content index, which the
-        // store indexes when it is next opened.
+        // store indexes when it is next opened (unless another identity holds its
+        // certificate: reported above).
         if let Some(a) = i
             .authenticator
             .as_ref()
@@ -314,6 +342,43 @@ mod tests {
         assert!(
             !r.violations.iter().any(|v| v.detail.contains("tokc")),
             "tokens are never printed"
+        );
+    }
+
+    /// Two identities bound to one certificate content, one of them a record from before
+    /// the content index (its content read from its PEM), are reported.
+    #[test]
+    fn one_certificate_bound_twice_is_reported_whatever_the_records_age() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["dev".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let tbs = crate::pki::fingerprint::tbs_sha256_hex(cert.der()).unwrap();
+        let bound = |id: &str, fp: &str, content: &str| {
+            let mut i = identity(id, id, Some(fp), None);
+            if let Some(a) = i.authenticator.as_mut() {
+                a.cert_pem = cert.pem();
+                a.tbs_sha256 = content.into();
+            }
+            i
+        };
+        let recs = vec![
+            rec("i:x", bound("x", "fx", &tbs)),
+            raw("n:x", "x"),
+            raw("f:fx", "x"),
+            raw(&format!("b:{tbs}"), "x"),
+            rec("i:y", bound("y", "fy", "")),
+            raw("n:y", "y"),
+            raw("f:fy", "y"),
+        ];
+        let r = check(recs);
+        assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
+        assert_eq!(r.violations[0].invariant, "I1");
+        assert!(
+            r.violations[0].detail.contains("x, y"),
+            "{:?}",
+            r.violations
         );
     }
 

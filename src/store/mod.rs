@@ -165,8 +165,10 @@ pub fn options() -> rocksdb::Options {
 /// Fills in the content index for the identities bound before it existed, once (the
 /// marker key records that it is done): until then, another encoding of such an
 /// identity's certificate signature could bind a second identity. Runs at open, before any
-/// committer. Two records already sharing one content (bound twice before this index) keep
-/// their bindings; the first is indexed and the other logged for the operator to resolve.
+/// committer. Two records sharing one content (bound twice before this index) keep their
+/// bindings: the first (or the one already indexed) is indexed, and the other is logged
+/// for the operator to delete; `fsck` reports the pair until then. A record that does not
+/// decode is left to `fsck` too.
 fn index_content(db: &rocksdb::DB) -> Result<(), StoreError> {
     if db.get(keys::CONTENT_INDEXED)?.is_some() {
         return Ok(());
@@ -178,7 +180,10 @@ fn index_content(db: &rocksdb::DB) -> Result<(), StoreError> {
         if !k.starts_with(keys::IDENTITY) {
             break;
         }
-        let mut identity: Identity = decode(&k, &v)?;
+        let Ok(mut identity) = decode::<Identity>(&k, &v) else {
+            tracing::error!(key = %String::from_utf8_lossy(&k), "an identity record does not decode; not indexed by content (see fsck)");
+            continue;
+        };
         let id = identity.id.clone();
         let Some(auth) = identity.authenticator.as_mut() else {
             continue;
@@ -193,7 +198,13 @@ fn index_content(db: &rocksdb::DB) -> Result<(), StoreError> {
             tracing::error!(identity_id = %id, "a bound certificate does not parse; not indexed by content");
             continue;
         };
-        if let Some(first) = indexed.get(&tbs) {
+        let holder = match indexed.get(&tbs) {
+            Some(first) => Some(first.clone()),
+            None => db
+                .get(keys::content(&tbs))?
+                .map(|v| String::from_utf8_lossy(&v).into_owned()),
+        };
+        if let Some(first) = holder {
             tracing::error!(identity_id = %id, other_identity_id = %first, "two identities are bound to encodings of one certificate; delete one");
             continue;
         }
@@ -475,6 +486,44 @@ mod tests {
             store.db().get(keys::content(&c_tbs)).unwrap().unwrap(),
             b"c"
         );
+        assert!(store.db().get(keys::CONTENT_INDEXED).unwrap().is_some());
+    }
+
+    /// The marker missing from a store whose newer records are indexed (written by this
+    /// version, the marker lost): an older record with the same content is not indexed
+    /// over the one already there, and a record that does not decode does not stop the
+    /// open.
+    #[test]
+    fn an_indexed_record_keeps_its_content_and_a_broken_record_does_not_stop_the_open() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["dev".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let tbs = crate::pki::fingerprint::tbs_sha256_hex(cert.der()).unwrap();
+        {
+            let store = Store::open(&path, true).unwrap();
+            let db = store.db();
+            // "z" is indexed; "a" (sorted first) is an older record of the same content.
+            let mut z = bound_identity("z", cert.der());
+            if let Some(auth) = z.authenticator.as_mut() {
+                auth.tbs_sha256 = tbs.clone();
+            }
+            db.put(keys::identity("z"), serde_json::to_vec(&z).unwrap())
+                .unwrap();
+            db.put(keys::content(&tbs), "z").unwrap();
+            let a = bound_identity("a", cert.der());
+            db.put(keys::identity("a"), serde_json::to_vec(&a).unwrap())
+                .unwrap();
+            db.put(keys::identity("broken"), b"{not json").unwrap();
+            db.delete(keys::CONTENT_INDEXED).unwrap();
+        }
+        let store = Store::open(&path, false).unwrap();
+        assert_eq!(store.db().get(keys::content(&tbs)).unwrap().unwrap(), b"z");
+        let a = store.identity("a").unwrap().unwrap();
+        assert!(a.authenticator.unwrap().tbs_sha256.is_empty());
         assert!(store.db().get(keys::CONTENT_INDEXED).unwrap().is_some());
     }
 }
