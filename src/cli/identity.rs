@@ -151,11 +151,26 @@ impl Admin {
         content_type: &str,
         bytes: &[u8],
     ) -> Result<HttpResponse, CliError> {
+        let resp = self.send(method, path, content_type, bytes)?;
+        if (200..300).contains(&resp.status) {
+            return Ok(resp);
+        }
+        Err(refused(&resp))
+    }
+
+    /// Calls the management API; any status is returned.
+    fn send(
+        &self,
+        method: &str,
+        path: &str,
+        content_type: &str,
+        bytes: &[u8],
+    ) -> Result<HttpResponse, CliError> {
         let mut headers = vec![("Accept", "application/json")];
         if !content_type.is_empty() {
             headers.push(("Content-Type", content_type));
         }
-        let resp = client::request(
+        Ok(client::request(
             self.config.clone(),
             &self.endpoint.host,
             self.endpoint.port,
@@ -163,16 +178,7 @@ impl Admin {
             &format!("{}{path}", crate::api::MANAGEMENT_PREFIX),
             &headers,
             bytes,
-        )?;
-        if (200..300).contains(&resp.status) {
-            return Ok(resp);
-        }
-        Err(match resp.api_error() {
-            Some((code, message)) => {
-                CliError::new(format!("the server refused: {code}: {message}"))
-            }
-            None => CliError::new(format!("the server answered HTTP {}", resp.status)),
-        })
+        )?)
     }
 
     /// `data` of a JSON success.
@@ -186,9 +192,14 @@ impl Admin {
     /// a name equal to another identity's id must not redirect a command meant for that
     /// identity (a `delete` would remove the wrong one).
     pub fn resolve(&self, name_or_id: &str) -> Result<Value, CliError> {
-        if crate::ids::is_well_formed(name_or_id) {
-            if let Ok(found) = self.data("GET", &format!("/identities/{name_or_id}"), None) {
-                return Ok(found);
+        let id_shaped = crate::ids::is_well_formed(name_or_id);
+        if id_shaped {
+            // Only "no such id" falls back to names: any other failure is reported.
+            let resp = self.send("GET", &format!("/identities/{name_or_id}"), "", b"")?;
+            match resp.status {
+                200 => return Ok(resp.json()?.get("data").cloned().unwrap_or(Value::Null)),
+                404 => {}
+                _ => return Err(refused(&resp)),
             }
         }
         let escaped = name_or_id.replace('\\', "\\\\").replace('"', "\\\"");
@@ -198,11 +209,25 @@ impl Admin {
             .finish();
         let list = self.data("GET", &format!("/identities?{q}"), None)?;
         if let Some(found) = list.as_array().and_then(|a| a.first()) {
+            if id_shaped {
+                eprintln!(
+                    "note: no identity has the id '{name_or_id}'; using the identity named so ({})",
+                    text(found, "id")
+                );
+            }
             return Ok(found.clone());
         }
         Err(CliError::new(format!(
             "no identity named or with id '{name_or_id}'"
         )))
+    }
+}
+
+/// The error for a management API answer that is not a success.
+fn refused(resp: &HttpResponse) -> CliError {
+    match resp.api_error() {
+        Some((code, message)) => CliError::new(format!("the server refused: {code}: {message}")),
+        None => CliError::new(format!("the server answered HTTP {}", resp.status)),
     }
 }
 
@@ -231,7 +256,12 @@ impl JwtOut {
         use std::io::Write as _;
         match &mut self.file {
             Some((path, f)) => {
-                let io = |e: std::io::Error| CliError::new(format!("{}: {e}", path.display()));
+                let io = |e: std::io::Error| {
+                    CliError::new(format!(
+                        "{}: {e}; the token was made: write it again with `enrollgate identity jwt NAME -o FILE`",
+                        path.display()
+                    ))
+                };
                 f.write_all(format!("{jwt}\n").as_bytes()).map_err(io)?;
                 f.sync_all().map_err(io)?;
                 eprintln!("wrote {}", path.display());

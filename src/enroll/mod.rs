@@ -81,8 +81,9 @@ pub enum NameError {
 /// Unicode says is invisible (Default_Ignorable_Code_Point: zero-width spaces and joiners,
 /// direction marks and overrides, the byte-order mark, variation selectors, tags...), no
 /// white space other than the ASCII space, and none at either end. Names are compared
-/// exactly, so differences a reader cannot see are refused: "Default Admin" cannot be
-/// followed by a look-alike made with a no-break space and a zero-width space.
+/// exactly, so characters a reader cannot see are refused: "Default Admin" cannot be
+/// followed by a look-alike made with a no-break space and a zero-width space. Visible
+/// look-alikes (a Cyrillic "а" for a Latin "a") are not detected.
 pub fn validate_name(name: &str) -> Result<(), NameError> {
     if name.trim().is_empty() {
         return Err(NameError::Empty);

@@ -398,9 +398,10 @@ impl Idle {
         }
     }
 
-    /// Registers a request begun at `since` as waiting for its client, to be pushed out no
-    /// earlier than `grace` after that. Each read of a trickling request registers again
-    /// with the same `since`, so its place in line does not move.
+    /// Registers a connection slow since `since` (`what`: a request begun then, or a run
+    /// of answers begun then) as waiting for its client, to be pushed out no earlier than
+    /// `grace` after that. Each read of a trickling request (each answer of a run)
+    /// registers again with the same `since`, so its place in line does not move.
     fn enter_slow(self: &Rc<Self>, since: Instant, grace: Duration, what: Slow) -> Waiting {
         let key = (since + grace, self.id());
         let eviction = Rc::new(Eviction::default());
@@ -729,6 +730,8 @@ async fn serve_admitted(
                     if !write(&mut tls, b"HTTP/1.1 100 Continue\r\n\r\n", wt, reader).await {
                         return;
                     }
+                    // The body is the client's to send: its answer starts a new run.
+                    answering = None;
                 }
                 match read_body(&mut tls, &mut buf, n, &limits, &tables.idle, &mut slow).await {
                     More::Got => {}

@@ -396,13 +396,11 @@ fn the_cli_resolves_an_id_before_a_name_that_copies_it() {
             .status,
         200
     );
-    // With the id gone, the name resolves.
+    // With the id gone, the name resolves, and the CLI says so.
     let out = gw.cli(&["identity", "delete", &victim]);
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(stderr.contains("no identity has the id"), "{stderr}");
     assert_eq!(
         gw.mgmt("GET", &format!("/identities/{copycat}"), None)
             .status,
