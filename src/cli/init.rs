@@ -87,7 +87,19 @@ pub fn init(args: InitArgs) -> Result<Initialized, CliError> {
                 out.display()
             )));
         }
+        if let Some(parent) = out.parent().filter(|p| !p.as_os_str().is_empty()) {
+            if !parent.is_dir() {
+                return Err(CliError::new(format!(
+                    "{}: no such directory for --config-out (nothing was changed)",
+                    parent.display()
+                )));
+            }
+        }
     }
+    // An existing (empty) directory is made private; a failure gives it its mode back.
+    let mode_before = existed
+        .then(|| std::fs::metadata(dir).ok().map(|m| m.permissions()))
+        .flatten();
     crate::enroll::validate_name(&args.admin_name)
         .map_err(|e| CliError::new(format!("--admin-name: {e}")))?;
     let public_url = match &args.public_url {
@@ -110,6 +122,9 @@ pub fn init(args: InitArgs) -> Result<Initialized, CliError> {
                     let _ = std::fs::remove_dir_all(e.path())
                         .or_else(|_| std::fs::remove_file(e.path()));
                 }
+            }
+            if let Some(mode) = mode_before {
+                let _ = std::fs::set_permissions(dir, mode);
             }
         } else {
             let _ = std::fs::remove_dir_all(dir);

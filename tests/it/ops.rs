@@ -564,6 +564,26 @@ fn a_config_kept_elsewhere_points_into_the_data_directory() {
         std::fs::read_to_string(etc.join("enrollgate.toml")).unwrap(),
         text
     );
+
+    // A --config-out in a directory that does not exist: refused before anything is made,
+    // and an existing empty data directory keeps its mode.
+    use std::os::unix::fs::PermissionsExt as _;
+    let empty = tmp.path().join("empty-data");
+    std::fs::create_dir(&empty).unwrap();
+    std::fs::set_permissions(&empty, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let out = Command::new(BIN)
+        .args(["init", "--data-dir"])
+        .arg(&empty)
+        .arg("--config-out")
+        .arg(tmp.path().join("missing").join("enrollgate.toml"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(stderr.contains("no such directory"), "{stderr}");
+    let mode = std::fs::metadata(&empty).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o755);
+    assert_eq!(std::fs::read_dir(&empty).unwrap().count(), 0);
 }
 
 #[test]
