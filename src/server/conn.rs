@@ -322,10 +322,10 @@ impl Drop for Handshaking {
 /// only after that can be closed: its clock does not restart with each byte it trickles,
 /// and a client whose request takes less than the grace keeps its place. A connection
 /// whose answer the client does not read likewise waits from the start of that answer (of
-/// the first of a pipelined run, which one slowly read answer after another cannot restart)
-/// plus the grace. Room is made for a
-/// newcomer the worker has accepted, never ahead of one. When there is no such connection,
-/// the newcomer waits (in the kernel's accept queue, or at the memory gate).
+/// the first of a pipelined run, which one slowly read answer after another cannot
+/// restart) plus the grace. Room is made for a newcomer the worker has accepted, never
+/// ahead of one. When there is no such connection, the newcomer waits (in the kernel's
+/// accept queue, or at the memory gate).
 #[derive(Debug, Default)]
 pub struct Idle {
     next: Cell<u64>,
