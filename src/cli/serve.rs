@@ -168,7 +168,7 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     // limits.max_memory: the sampler sets the connection ceiling the workers keep to.
     let memory_registry = registry.clone();
     let memory_signal = signal.clone();
-    ops::memory::spawn_sampler(
+    let sampler = ops::memory::spawn_sampler(
         memory,
         move || {
             let (_, shared) = memory_registry.current();
@@ -221,6 +221,10 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     });
     signals_handle.close();
     let _ = signal_thread.join();
+    // The sampler reads the store's memory properties and holds a handle on it: it must
+    // be gone before the store closes and the process exits (a RocksDB call racing the
+    // exit's static destructors aborts the process: 'pthread lock: Invalid argument').
+    let _ = sampler.join();
     // Commit what is queued, then stop, whether or not every handle was dropped.
     drop(registry);
     if !committer.stop(std::time::Duration::from_secs(10)) {

@@ -53,7 +53,8 @@ fn notifies_ready_watchdog_and_stopping() {
     }
     let reloaded = reloaded.expect("READY=1 after the reload");
     assert_eq!(status(&reloaded), status(ready), "{reloaded}");
-    assert!(gw.stop().success());
+    let stopped = gw.stop();
+    assert!(stopped.success(), "{stopped:?}\n{}", gw.log());
     let mut stopping = false;
     sock.set_read_timeout(Some(Duration::from_secs(2))).unwrap();
     while let Ok(n) = sock.recv(&mut buf) {
