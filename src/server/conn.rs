@@ -700,10 +700,7 @@ async fn serve_admitted(
                 Next::Head(h, n) => (h, n),
                 Next::Close => return close(tls, wt).await,
                 Next::PushedOut => return close(tls, PUSHED_OUT_CLOSE).await,
-                Next::Refuse(err) => {
-                    let reader = Reader::new(&tables.idle, &limits, Instant::now());
-                    return refuse(tls, err, wt, reader).await;
-                }
+                Next::Refuse(err) => return refuse(tls, err, &tables.idle, &limits).await,
             };
         buf.drain(..head_len);
         let body = match head.body {
@@ -712,16 +709,14 @@ async fn serve_admitted(
                 let err = ApiError::LengthRequired(
                     "chunked request bodies are not accepted; send Content-Length".into(),
                 );
-                let reader = Reader::new(&tables.idle, &limits, Instant::now());
-                return refuse(tls, err, wt, reader).await;
+                return refuse(tls, err, &tables.idle, &limits).await;
             }
             BodyKind::Length(n) if n > limits.max_body_bytes => {
                 let err = ApiError::RequestTooLarge(format!(
                     "the body is {n} bytes; at most {} are accepted",
                     limits.max_body_bytes
                 ));
-                let reader = Reader::new(&tables.idle, &limits, Instant::now());
-                return refuse(tls, err, wt, reader).await;
+                return refuse(tls, err, &tables.idle, &limits).await;
             }
             BodyKind::Length(n) => {
                 if head.expect_continue && buf.len() < n {
@@ -816,7 +811,10 @@ async fn close(tls: TlsStream, limit: Duration) {
     let _ = monoio::time::timeout(limit, tls.close()).await;
 }
 
-async fn refuse(mut tls: TlsStream, err: ApiError, limit: Duration, reader: Reader<'_>) {
+/// Answers `err` and closes; the client is a slow reader from now.
+async fn refuse(mut tls: TlsStream, err: ApiError, idle: &Rc<Idle>, limits: &Limits) {
+    let limit = limits.write_timeout;
+    let reader = Reader::new(idle, limits, Instant::now());
     let (status, _) = err.status_and_code();
     let resp = Response::json(status, &err.envelope(&request_id()));
     if write(&mut tls, &resp.serialize(false, false), limit, reader).await {
