@@ -349,11 +349,7 @@ mod tests {
     /// the content index (its content read from its PEM), are reported.
     #[test]
     fn one_certificate_bound_twice_is_reported_whatever_the_records_age() {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["dev".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        let cert = crate::pki::self_signed_for_tests("dev");
         let tbs = crate::pki::fingerprint::tbs_sha256_hex(cert.der()).unwrap();
         let bound = |id: &str, fp: &str, content: &str| {
             let mut i = identity(id, id, Some(fp), None);

@@ -87,11 +87,7 @@ mod tests {
 
     #[test]
     fn the_content_hash_is_the_to_be_signed_part_s() {
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["dev".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        let cert = crate::pki::self_signed_for_tests("dev");
         let (_, parsed) = x509_parser::certificate::X509Certificate::from_der(cert.der()).unwrap();
         assert_eq!(
             tbs_sha256_hex(cert.der()).unwrap(),

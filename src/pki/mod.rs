@@ -267,6 +267,16 @@ pub fn pem_of_certs(ders: &[Vec<u8>]) -> String {
     ders.iter().map(|d| pem_encode("CERTIFICATE", d)).collect()
 }
 
+/// A self-signed certificate for the DNS name `name`, with a new P-256 key (tests).
+#[cfg(test)]
+pub(crate) fn self_signed_for_tests(name: &str) -> rcgen::Certificate {
+    let key = rcgen::KeyPair::generate().expect("key");
+    rcgen::CertificateParams::new(vec![name.into()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

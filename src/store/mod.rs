@@ -444,15 +444,8 @@ mod tests {
     fn opening_an_older_store_indexes_its_certificates_by_content() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["dev".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
-        let other = rcgen::CertificateParams::new(vec!["other".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        let cert = crate::pki::self_signed_for_tests("dev");
+        let other = crate::pki::self_signed_for_tests("other");
         let tbs = crate::pki::fingerprint::tbs_sha256_hex(cert.der()).unwrap();
         {
             let store = Store::open(&path, true).unwrap();
@@ -497,11 +490,7 @@ mod tests {
     fn an_indexed_record_keeps_its_content_and_a_broken_record_does_not_stop_the_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let key = rcgen::KeyPair::generate().unwrap();
-        let cert = rcgen::CertificateParams::new(vec!["dev".into()])
-            .unwrap()
-            .self_signed(&key)
-            .unwrap();
+        let cert = crate::pki::self_signed_for_tests("dev");
         let tbs = crate::pki::fingerprint::tbs_sha256_hex(cert.der()).unwrap();
         {
             let store = Store::open(&path, true).unwrap();

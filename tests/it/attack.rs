@@ -605,6 +605,30 @@ fn start_trickle(port: u16, cfg: &Arc<ClientConfig>, body: bool) -> Option<Trick
     })
 }
 
+/// The daemon's count of connections pushed out in `state`.
+fn pushed_out(gw: &Gateway, state: &str) -> usize {
+    metric(
+        &gw.metrics_text(),
+        &format!("enrollgate_connections_pushed_out_total{{state=\"{state}\"}}"),
+    ) as usize
+}
+
+/// A client opening a new connection per enrollment enrolled `n` of `n`, none of them
+/// waiting for an attack connection's 60 s timeouts. Not a timing assertion: the bound is
+/// 100 times the grace the attacks are given, and half those timeouts.
+fn assert_new_clients_got_in(label: &str, fresh: &Tally, n: usize) {
+    assert_eq!(
+        fresh.ok, n,
+        "[{label}] the new-connection client: {:?}",
+        fresh.failures
+    );
+    let slowest = fresh.latencies.iter().max().copied().unwrap_or_default();
+    assert!(
+        slowest < Duration::from_secs(30),
+        "[{label}] a new client waited {slowest:?}: for the attack's timeouts, not for its grace"
+    );
+}
+
 /// Every connection place of both workers held by requests that trickle a byte every
 /// 100 ms (half in their head, half in their body), each one the daemon closes opened
 /// again. `header_timeout` and `body_timeout` (60 s here) would let them hold their places
@@ -689,13 +713,7 @@ fn slow_requests_give_their_places_to_new_clients() {
             (cut, opened, live.len())
         }
     });
-    // The daemon's count of connections pushed out, by state.
-    let pushed = |state: &str| {
-        metric(
-            &gw.metrics_text(),
-            &format!("enrollgate_connections_pushed_out_total{{state=\"{state}\"}}"),
-        ) as usize
-    };
+    let pushed = |state: &str| pushed_out(&gw, state);
     // Let the attack take every place and pass its grace.
     std::thread::sleep(Duration::from_secs(2));
     let fresh = run_fresh(jobs, cfg, gw.port, Arc::new(AtomicBool::new(false)));
@@ -728,18 +746,7 @@ fn slow_requests_give_their_places_to_new_clients() {
     // A retry is possible, not a failure of the rule: a new client's connection is idle
     // between its handshake and its request, and when no slow request is past its grace,
     // the next newcomer may take that place.
-    assert_eq!(
-        fresh.ok, N,
-        "[{label}] the new-connection client: {:?}",
-        fresh.failures
-    );
-    // Not a timing assertion: the bound is 100 times the grace, and without the rule each
-    // enrollment would wait for an attack connection's 60 s timeout.
-    let slowest = fresh.latencies.iter().max().copied().unwrap_or_default();
-    assert!(
-        slowest < Duration::from_secs(30),
-        "a new client waited {slowest:?}: for the attack's timeouts, not for its grace"
-    );
+    assert_new_clients_got_in(label, &fresh, N);
     assert!(
         slow_pushed >= N,
         "each new client took the place of a slow request: {slow_pushed}"
@@ -839,12 +846,7 @@ fn slow_readers_give_their_places_to_new_clients() {
             (opened, closed)
         }
     });
-    let pushed = |state: &str| {
-        metric(
-            &gw.metrics_text(),
-            &format!("enrollgate_connections_pushed_out_total{{state=\"{state}\"}}"),
-        ) as usize
-    };
+    let pushed = |state: &str| pushed_out(&gw, state);
     // Let the attack fill the daemon's send buffers and pass its grace.
     std::thread::sleep(Duration::from_secs(3));
     let fresh = run_fresh(jobs, cfg, gw.port, Arc::new(AtomicBool::new(false)));
@@ -857,18 +859,7 @@ fn slow_readers_give_their_places_to_new_clients() {
         pushed("idle"),
         fresh.line("new connection")
     );
-    assert_eq!(
-        fresh.ok, N,
-        "[{label}] the new-connection client: {:?}",
-        fresh.failures
-    );
-    // Not a timing assertion: without the rule each enrollment would wait for an attack
-    // connection's 60 s write timeout.
-    let slowest = fresh.latencies.iter().max().copied().unwrap_or_default();
-    assert!(
-        slowest < Duration::from_secs(30),
-        "a new client waited {slowest:?}: for the attack's timeouts, not for its grace"
-    );
+    assert_new_clients_got_in(label, &fresh, N);
     assert!(
         readers >= N,
         "each new client took the place of a slow reader: {readers}"
