@@ -118,6 +118,9 @@ fn version_and_cacerts_at_root_and_under_the_client_prefix() {
             "/edge/client/v1"
         );
         assert!(v["data"]["version"].is_string());
+        // OpenZiti's capability names are controller features we do not have; the C SDK
+        // warns of every name it does not know.
+        assert_eq!(v["data"]["capabilities"], json!([]));
         assert_eq!(v["meta"], json!({}));
 
         let r = gw.request(
