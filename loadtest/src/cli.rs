@@ -45,6 +45,36 @@ pub enum Command {
     PrepareOtt(PrepareOttArgs),
     /// Drive enrollments (or handshakes) against a server and report.
     Run(Box<RunArgs>),
+    /// Measure the transport floor: a plain TCP server on the gateway's runtime, fed the
+    /// bytes of one enrollment per fresh connection; prints its CPU per connection.
+    Transport(TransportArgs),
+}
+
+/// `transport`
+#[derive(Debug, Clone, Args)]
+pub struct TransportArgs {
+    /// Connections measured.
+    #[arg(long, default_value_t = 20_000)]
+    pub count: usize,
+    /// Connections before measuring.
+    #[arg(long, default_value_t = 2_000)]
+    pub warmup: usize,
+    /// Connections in flight.
+    #[arg(long, default_value_t = 64)]
+    pub concurrency: usize,
+    /// Byte counts of the exchange: hello,flight,request,response (default: a mutual-TLS
+    /// handshake and GET, as captured on loopback).
+    #[arg(long, value_parser = crate::transport::Exchange::parse)]
+    pub exchange: Option<crate::transport::Exchange>,
+    /// Pin the server thread to this CPU.
+    #[arg(long)]
+    pub server_cpu: Option<usize>,
+    /// Pin the client thread to this CPU.
+    #[arg(long)]
+    pub client_cpu: Option<usize>,
+    /// Print the server's CPU per connection in microseconds, alone (for scripts).
+    #[arg(long)]
+    pub quiet: bool,
 }
 
 /// `fleet`
@@ -308,6 +338,30 @@ fn prepare_ott(a: PrepareOttArgs) -> Result<i32, Error> {
     Ok(if done.failed > 0 { EXIT_FAILED } else { 0 })
 }
 
+fn transport(a: &TransportArgs) -> Result<i32, Error> {
+    let m = crate::transport::run(&crate::transport::Spec {
+        exchange: a.exchange.unwrap_or(crate::transport::Exchange::HANDSHAKE),
+        count: a.count,
+        warmup: a.warmup,
+        concurrency: a.concurrency,
+        server_cpu: a.server_cpu,
+        client_cpu: a.client_cpu,
+    })?;
+    let per = m.per_connection().as_secs_f64() * 1e6;
+    if a.quiet {
+        println!("{per:.1}");
+    } else {
+        println!(
+            "{} connections in {:.2} s ({:.0}/s); server CPU {:.2} s: {per:.1} µs per connection",
+            m.connections,
+            m.elapsed.as_secs_f64(),
+            m.connections as f64 / m.elapsed.as_secs_f64().max(1e-9),
+            m.server_cpu.as_secs_f64()
+        );
+    }
+    Ok(0)
+}
+
 /// Prepares and runs `run`, returning its report (the CLI prints and writes it).
 pub fn run_report(a: &RunArgs) -> Result<Report, Error> {
     let cpus = a.cpus.as_ref().map(|c| c.0.clone());
@@ -444,6 +498,7 @@ pub fn execute(cli: Cli) -> i32 {
         Command::RegisterCa(a) => register_ca(a),
         Command::PrepareOtt(a) => prepare_ott(a),
         Command::Run(a) => run(&a),
+        Command::Transport(a) => transport(&a),
     };
     match result {
         Ok(code) => code,
@@ -615,5 +670,29 @@ mod tests {
             (p.count, p.method, p.concurrency),
             (5, TokenMethod::Ottca, 8)
         );
+        let cli = parse(&[
+            "transport",
+            "--exchange",
+            "10,20,30,40",
+            "--server-cpu",
+            "0",
+        ])
+        .unwrap();
+        let Command::Transport(t) = cli.command else {
+            panic!("not transport")
+        };
+        assert_eq!((t.count, t.warmup, t.concurrency), (20_000, 2_000, 64));
+        assert_eq!((t.server_cpu, t.client_cpu), (Some(0), None));
+        assert_eq!(
+            t.exchange,
+            Some(crate::transport::Exchange {
+                hello: 10,
+                flight: 20,
+                request: 30,
+                response: 40
+            })
+        );
+        let err = parse(&["transport", "--exchange", "10,20"]).unwrap_err();
+        assert!(err.to_string().contains("four byte counts"), "{err}");
     }
 }

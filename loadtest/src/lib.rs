@@ -24,6 +24,9 @@
 //!          │  merged once a second: progress line, timeline
 //!          ▼
 //!        summary table, --json, --plot (SVG), exit code by --max-error-rate   report, plot
+//!
+//!  transport ──► a plain TCP server on the gateway's runtime, fed one     transport
+//!                enrollment's segments per connection: its CPU per connection
 //! ```
 //!
 //! Everything that decides something without IO (the fleet file format, the schedule,
@@ -43,6 +46,7 @@ pub mod schedule;
 pub mod stats;
 pub mod tls;
 pub mod tokens;
+pub mod transport;
 
 use std::path::Path;
 

@@ -187,7 +187,7 @@ pub fn run(
 /// enters the kernel rather than interrupting it for each one (`IORING_SETUP_COOP_TASKRUN`),
 /// and knows that only this thread submits (`IORING_SETUP_SINGLE_ISSUER`); kernels before
 /// 6.0 refuse these, and get the default ring.
-fn runtime(
+pub fn runtime(
     tuned: bool,
 ) -> std::io::Result<
     monoio::FusionRuntime<
