@@ -22,6 +22,9 @@
 # taken from it) with the lowest and highest: one noisy run no longer makes the headline.
 # Then, for that run, the CPU per request by thread: the worker, its signing thread, the
 # committer, and RocksDB's background threads (store bg: memtable flushes, compactions).
+# Last, each mode's CPU against the crypto floor plus the transport floor (the same
+# segments to a plain TCP server on the gateway's runtime, `enrollgate-loadtest transport`):
+# the rest is the daemon's own.
 set -euo pipefail
 
 count=5000
@@ -85,6 +88,12 @@ if [[ $cached_floors == 0 ]]; then
     >"$work/floors.log" 2>&1 || { cat "$work/floors.log" >&2; exit 1; }
 fi
 
+# The transport floor: the same segments over loopback to a plain TCP server on the
+# gateway's runtime, no TLS (`enrollgate-loadtest transport`, src/transport.rs): the part of
+# each connection's CPU that is the kernel's and the runtime's, measured on the same CPUs.
+echo "measuring the transport floor on CPU 0 (a few seconds)" >&2
+transport=$("$bin/enrollgate-loadtest" transport --server-cpu 0 --client-cpu 1 --quiet)
+
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 "$bin/enrollgate" init --data-dir "$work/gw" --listen "127.0.0.1:$port" >/dev/null
 cfg="$work/gw/enrollgate.toml"
@@ -143,10 +152,11 @@ for ((r = 0; r < repeat; r++)); do
   done
 done
 
-python3 - "$work" "$criterion" "$(getconf CLK_TCK)" "$relaxed" "$cached_floors" <<'PY'
+python3 - "$work" "$criterion" "$(getconf CLK_TCK)" "$relaxed" "$cached_floors" "$transport" <<'PY'
 import json, os, sys
 work, crit, hz, relaxed = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4] == "1"
 cached = sys.argv[5] == "1"
+transport = float(sys.argv[6])
 def est(path):
     try:
         with open(os.path.join(crit, path, "new", "estimates.json")) as f:
@@ -175,6 +185,7 @@ if None not in (hs, hs_plain, csr, sign, chain):
           f"handshake {hs:.0f}us (server-only {hs_plain:.0f}us), CSR check {csr:.0f}us, "
           f"signing {sign:.0f}us, chain with an intermediate {chain:.0f}us "
           f"({remembered or 0:.0f}us with it remembered)")
+print(f"transport floor (measured in this run): {transport:.0f}us per connection")
 fleet = {m: hs + remembered for m in ("ottca", "ca")} if None not in (hs, remembered) else {}
 runs = {}
 ROLES = ("worker", "signer", "committer", "store_bg")
@@ -216,4 +227,14 @@ for mode, rs in runs.items():
     sp = rs[(len(rs) - 1) // 2][1]["split"]
     print(f"{mode:<18}" + "".join(f"{sp[k]:>{w}.0f}us" for k, w in
           (("worker", 7), ("signer", 7), ("committer", 9), ("store_bg", 8), ("other", 6))))
+# What is left once the floors are paid: the crypto floor (the issue's), the transport
+# floor, and the rest, which is the daemon's own (TLS records and buffers, HTTP, the store,
+# allocation, and the same work running colder than in the floors' tight loops).
+print(f"\n{'beyond the floors':<18}{'CPU/req':>9}{'crypto':>9}{'transport':>11}{'rest':>8}{'floors/CPU':>12}")
+for mode, rs in runs.items():
+    cpu = rs[(len(rs) - 1) // 2][0]
+    fl = floors.get(mode)
+    if fl:
+        print(f"{mode:<18}{cpu:>7.0f}us{fl:>7.0f}us{transport:>9.0f}us{cpu - fl - transport:>6.0f}us"
+              f"{(fl + transport) / cpu:>12.0%}")
 PY
