@@ -68,6 +68,7 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
         ))
     })?;
     let (commit_handle, committer) = commit::spawn(store.clone(), config.commit)?;
+    let mut committer = CommitterGuard(Some(committer));
     // Each connection is a descriptor; warn when the limits cannot be reached.
     let wanted = (config.limits.max_connections * workers) as u64 + 256;
     if let Some(limit) = open_files.filter(|&l| l < wanted) {
@@ -227,12 +228,33 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     let _ = sampler.join();
     // Commit what is queued, then stop, whether or not every handle was dropped.
     drop(registry);
-    if !committer.stop(std::time::Duration::from_secs(10)) {
+    if !committer.stop() {
         tracing::warn!("the committer did not stop within 10 s");
     }
     result.map_err(|e| CliError::new(format!("server failed: {e}")))?;
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Stops the committer when `serve` returns, on an early error too (a port taken, a
+/// certificate refused): a commit thread still holding the store while the process exits
+/// aborts it, RocksDB racing the exit's static destructors ('pthread lock: Invalid
+/// argument', exit 134 instead of 1).
+struct CommitterGuard(Option<commit::Committer>);
+
+impl CommitterGuard {
+    /// Commits what is queued and stops; false if that took over 10 s.
+    fn stop(&mut self) -> bool {
+        self.0
+            .take()
+            .is_none_or(|c| c.stop(std::time::Duration::from_secs(10)))
+    }
+}
+
+impl Drop for CommitterGuard {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }
 
 /// Feeds systemd's watchdog at half its interval, but only while every worker's heartbeat
