@@ -59,7 +59,8 @@ pub struct Shared {
     pub tls: Arc<rustls::ServerConfig>,
     /// The CA bundle (PEM) returned with issued certificates.
     pub ca_bundle_pem: String,
-    /// Base64 of the certs-only PKCS#7 served at `/.well-known/est/cacerts`.
+    /// Base64 of the certs-only PKCS#7 served at `/.well-known/est/cacerts`: the internal CA
+    /// chain and the CAs of the listener's certificate ([`pki::served_cas`]).
     pub cacerts_b64: String,
     /// Third-party CAs, parsed; workers follow changes through [`WorkerCtx::cas`].
     pub cas: Arc<CaRegistry>,
@@ -186,7 +187,17 @@ impl Shared {
             session_tickets: config.session_tickets,
         })?;
         let ca_bundle_pem = pki::pem_of_certs(&ca_chain);
-        let cacerts_b64 = base64_lines(&pki::pkcs7::certs_only(&ca_chain)?);
+        let tls_ca = match &config.tls_ca {
+            Some(path) => pki::read_cert_chain(path)?,
+            None => Vec::new(),
+        };
+        let served = pki::served_cas(&ca_chain, &tls_ca, &server_chain).map_err(|reason| {
+            pki::LoadError::Invalid {
+                path: config.tls_cert.display().to_string(),
+                reason,
+            }
+        })?;
+        let cacerts_b64 = base64_lines(&pki::pkcs7::certs_only(&served)?);
         let shared = Self {
             ca_der: ca_chain[0].clone(),
             ca_key_pem,

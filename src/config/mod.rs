@@ -238,6 +238,10 @@ pub struct Config {
     pub tls_cert: PathBuf,
     /// Server private key (PEM, PKCS#8); also signs JWTs.
     pub tls_key: PathBuf,
+    /// CA certificates (PEM) that issued the server certificate, when the internal CA did
+    /// not: served in `/.well-known/est/cacerts` beside the internal CA, which is all that
+    /// OpenZiti clients trust when they connect.
+    pub tls_ca: Option<PathBuf>,
     /// Key-exchange groups offered, in preference order (names as in [`KX_GROUPS`]).
     pub key_exchange: Vec<String>,
     /// Stateless session tickets for clients that reconnect (TLS 1.3 and 1.2).
@@ -423,6 +427,7 @@ impl Config {
 
         let tls_cert = c.path("tls.cert", raw.tls.cert.as_ref(), "pki/server.crt");
         let tls_key = c.path("tls.key", raw.tls.key.as_ref(), "pki/server.key");
+        let tls_ca = raw.tls.ca.as_ref().map(|v| c.path("tls.ca", Some(v), ""));
         let key_exchange: Vec<String> = match &raw.tls.key_exchange {
             None => KX_GROUPS.iter().map(|s| s.to_string()).collect(),
             Some(list) => {
@@ -655,6 +660,7 @@ impl Config {
             workers,
             tls_cert,
             tls_key,
+            tls_ca,
             key_exchange,
             session_tickets,
             ca_cert,
@@ -713,6 +719,7 @@ workers = 0                     # 0 = one worker per core
 [tls]                           # the enrollment listener's certificate; its key signs JWTs
 cert = {tls_cert}
 key = {tls_key}
+# ca = "web-ca.pem"             # the CAs that issued `cert`, when the internal CA did not
 key_exchange = ["x25519mlkem768", "x25519", "secp256r1", "secp384r1"]
 session_tickets = false
 

@@ -56,6 +56,7 @@ pub struct RawServer {
 pub struct RawTls {
     pub cert: Option<String>,
     pub key: Option<String>,
+    pub ca: Option<String>,
     pub key_exchange: Option<Vec<String>>,
     pub session_tickets: Option<bool>,
 }

@@ -49,6 +49,17 @@ pub fn check_config(path: &Path) -> Vec<Problem> {
             ));
         }
     }
+    let tls_ca = match &config.tls_ca {
+        Some(path) => crate::pki::read_cert_chain(path)
+            .map_err(|e| out.push(problem("tls.ca", e.to_string())))
+            .ok(),
+        None => Some(Vec::new()),
+    };
+    if let (Some(server), Some(internal), Some(tls_ca)) = (&tls_cert, &ca_cert, &tls_ca) {
+        if let Err(reason) = crate::pki::served_cas(internal, tls_ca, server) {
+            out.push(problem("tls.cert", reason));
+        }
+    }
     if !config.store_path.join("CURRENT").is_file() {
         out.push(problem(
             "store.path",

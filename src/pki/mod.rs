@@ -254,6 +254,52 @@ pub fn is_self_signed(der: &[u8]) -> bool {
     }
 }
 
+/// The CA certificates `/.well-known/est/cacerts` serves: the internal CA chain, then those
+/// of `tls_ca` (the CAs that issued the listener's certificate, `tls.ca`), then the CA
+/// certificates of the listener's own chain file, each once. OpenZiti clients trust nothing
+/// else when they connect to enroll, so one of them must have signed the listener's
+/// certificate: `Err` says why none did (the caller names the files).
+pub fn served_cas(
+    internal: &[Vec<u8>],
+    tls_ca: &[Vec<u8>],
+    server_chain: &[Vec<u8>],
+) -> Result<Vec<Vec<u8>>, String> {
+    use x509_parser::prelude::FromDer as _;
+    let mut served: Vec<Vec<u8>> = Vec::new();
+    for der in internal
+        .iter()
+        .chain(tls_ca)
+        .chain(server_chain.iter().skip(1))
+    {
+        if !served.contains(der) {
+            served.push(der.clone());
+        }
+    }
+    fn parse(der: &[u8]) -> Result<x509_parser::certificate::X509Certificate<'_>, String> {
+        x509_parser::certificate::X509Certificate::from_der(der)
+            .map(|(_, c)| c)
+            .map_err(|_| "a certificate does not parse".to_string())
+    }
+    let leaf = parse(server_chain.first().ok_or("no certificate")?)?;
+    // A served certificate that signed the leaf is a trust anchor for clients (Go's
+    // x509 takes any certificate of its root pool as one).
+    let issued = served.iter().any(|der| {
+        parse(der).is_ok_and(|ca| {
+            ca.subject().as_raw() == leaf.issuer().as_raw()
+                && leaf.verify_signature(Some(ca.public_key())).is_ok()
+        })
+    });
+    if issued {
+        return Ok(served);
+    }
+    Err(format!(
+        "its issuer ({}) is not among the CAs that /.well-known/est/cacerts serves, which \
+         are all that OpenZiti clients trust: set tls.ca to a PEM file of the CA \
+         certificates that issued it, up to the root",
+        leaf.issuer()
+    ))
+}
+
 /// PEM text (LF line endings, as rcgen and openssl write) of one DER object.
 pub fn pem_encode(tag: &str, der: &[u8]) -> String {
     pem::encode_config(
@@ -307,5 +353,34 @@ mod tests {
             assert!(names.iter().any(|n| n == expected), "{names:?}");
         }
         assert_eq!(san.general_names.len(), 4);
+    }
+
+    #[test]
+    fn cacerts_serve_the_ca_of_a_listener_certificate_from_elsewhere() {
+        let der = |pem: &str| ::pem::parse(pem).unwrap().into_contents();
+        let own = create(KeyType::Ec, &[Host::parse("gw")], 1_750_000_000).unwrap();
+        let web = create(KeyType::Ec, &[Host::parse("gw")], 1_750_000_000).unwrap();
+        let (own_ca, web_ca) = (der(&own.ca_cert_pem), der(&web.ca_cert_pem));
+        let (own_srv, web_srv) = (der(&own.server_cert_pem), der(&web.server_cert_pem));
+        // As init makes it: the internal CA alone.
+        let served = served_cas(&[own_ca.clone()], &[], &[own_srv]).unwrap();
+        assert_eq!(served, vec![own_ca.clone()]);
+        // A listener certificate from another CA, not named: refused, saying what to do.
+        let err = served_cas(&[own_ca.clone()], &[], &[web_srv.clone()]).unwrap_err();
+        assert!(err.contains("tls.ca"), "{err}");
+        // Named in tls.ca, or carried in the listener's chain file: served after the
+        // internal CA, once.
+        let served = served_cas(&[own_ca.clone()], &[web_ca.clone()], &[web_srv.clone()]).unwrap();
+        assert_eq!(served, vec![own_ca.clone(), web_ca.clone()]);
+        let served = served_cas(
+            &[own_ca.clone()],
+            &[web_ca.clone()],
+            &[web_srv.clone(), web_ca.clone()],
+        )
+        .unwrap();
+        assert_eq!(served, vec![own_ca.clone(), web_ca.clone()]);
+        // A CA of the same name but another key does not vouch for it.
+        let impostor = create(KeyType::Ec, &[Host::parse("gw")], 1_750_000_000).unwrap();
+        assert!(served_cas(&[own_ca], &[der(&impostor.ca_cert_pem)], &[web_srv]).is_err());
     }
 }

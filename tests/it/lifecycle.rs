@@ -239,3 +239,115 @@ fn rsa_deployments_sign_rs256_and_enroll() {
         String::from_utf8_lossy(&out.stderr)
     );
 }
+
+/// A listener certificate from another CA (a web PKI's, say): OpenZiti clients trust only
+/// what `/.well-known/est/cacerts` serves, so its CA must be served there too (`tls.ca`),
+/// and without it the gateway refuses to start rather than serve what no client can trust.
+#[test]
+fn a_listener_certificate_from_another_ca_is_served_in_cacerts() {
+    let mut gw = Gateway::start();
+    let web_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "Public Web CA");
+    let web_ca = ca.self_signed(&web_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca, &web_key);
+    let srv_key = rcgen::KeyPair::generate().unwrap();
+    let mut srv =
+        rcgen::CertificateParams::new(vec!["localhost".into(), "127.0.0.1".into()]).unwrap();
+    srv.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    let srv = srv.signed_by(&srv_key, &issuer).unwrap();
+    let pki = gw.data.join("pki");
+    std::fs::write(pki.join("web.crt"), srv.pem()).unwrap();
+    std::fs::write(pki.join("web.key"), srv_key.serialize_pem()).unwrap();
+    std::fs::set_permissions(pki.join("web.key"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(pki.join("web-ca.pem"), web_ca.pem()).unwrap();
+    gw.stop();
+    let cfg_path = gw.data.join("enrollgate.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    let web = cfg
+        .replace("pki/server.crt", "pki/web.crt")
+        .replace("pki/server.key", "pki/web.key");
+    assert_ne!(web, cfg);
+    std::fs::write(&cfg_path, &web).unwrap();
+    let out = Command::new(BIN)
+        .args(["check-config", "--config"])
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
+    let text =
+        String::from_utf8_lossy(&out.stdout).into_owned() + &String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "{text}");
+    assert!(
+        text.contains("tls.cert") && text.contains("tls.ca"),
+        "{text}"
+    );
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(&cfg_path)
+        .output()
+        .unwrap();
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("tls.ca"));
+
+    std::fs::write(
+        &cfg_path,
+        web.replace("[tls]", "[tls]\nca = \"pki/web-ca.pem\""),
+    )
+    .unwrap();
+    gw.spawn(&[]);
+    // cacerts, from a client that trusts only the web CA: the internal CA and the web CA.
+    let roots = [rustls_pki_types::CertificateDer::from(
+        web_ca.der().to_vec(),
+    )];
+    let cfg = enrollgate::client::config(&roots, None).unwrap();
+    let r = enrollgate::client::request(
+        cfg,
+        "127.0.0.1",
+        gw.port,
+        "GET",
+        "/.well-known/est/cacerts",
+        &[],
+        b"",
+    )
+    .unwrap();
+    assert_eq!(r.status, 200);
+    let compact: Vec<u8> = r
+        .body
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    let p7 = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, compact).unwrap();
+    let served = enrollgate::pki::pkcs7::read_certs(&p7).unwrap();
+    let internal = std::fs::read_to_string(gw.ca_file()).unwrap();
+    let internal = pem::parse(internal).unwrap().into_contents();
+    assert_eq!(served.len(), 2);
+    assert!(served.contains(&web_ca.der().to_vec()) && served.contains(&internal));
+    // And a client that trusts only those enrolls (the JWT is signed with the new key). The
+    // admin's own identity file trusted the internal CA alone: it learns the web CA too.
+    let admin_path = gw.admin_file();
+    let mut admin: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&admin_path).unwrap()).unwrap();
+    let ca = format!("{}{}", admin["id"]["ca"].as_str().unwrap(), web_ca.pem());
+    admin["id"]["ca"] = serde_json::Value::String(ca);
+    std::fs::write(&admin_path, serde_json::to_vec(&admin).unwrap()).unwrap();
+    let out = gw.cli(&["identity", "create", "device", "web-1", "-o", "web-1.jwt"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = gw.cli(&["enroll", "--jwt", "web-1.jwt", "--out", "web-1.json"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
