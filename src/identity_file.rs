@@ -92,6 +92,79 @@ pub fn create_private(path: &Path) -> Result<std::fs::File, IdentityFileError> {
         })
 }
 
+/// Room reserved for an identity file before the enrollment that fills it (an RSA-4096 key,
+/// a certificate chain and the CA bundle, JSON-escaped, take about 12 KiB).
+const RESERVED: u64 = 64 * 1024;
+
+/// The identity file of an enrollment in progress: created (0600, never over an existing
+/// file) and its disk space reserved *before* the enrollment spends the token, so that a
+/// path that cannot be written, or a full disk, fails while the token is still good. It
+/// is removed again unless [`PendingFile::write`] filled it.
+#[derive(Debug)]
+pub struct PendingFile {
+    path: std::path::PathBuf,
+    file: Option<std::fs::File>,
+}
+
+impl PendingFile {
+    /// Creates `path` and reserves its room.
+    pub fn create(path: &Path) -> Result<Self, IdentityFileError> {
+        let file = create_private(path)?;
+        let pending = Self {
+            path: path.to_path_buf(),
+            file: Some(file),
+        };
+        if let Some(f) = &pending.file {
+            match rustix::fs::fallocate(f, rustix::fs::FallocateFlags::empty(), 0, RESERVED) {
+                // A file system without fallocate: the write below is the only check.
+                Err(rustix::io::Errno::OPNOTSUPP) | Ok(()) => {}
+                Err(e) => {
+                    return Err(IdentityFileError::Io {
+                        path: path.display().to_string(),
+                        source: e.into(),
+                    })
+                }
+            }
+        }
+        Ok(pending)
+    }
+
+    /// Writes `identity` into the file, trimmed to its length, and syncs it.
+    pub fn write(mut self, identity: &IdentityFile) -> Result<(), IdentityFileError> {
+        let io = |source| IdentityFileError::Io {
+            path: self.path.display().to_string(),
+            source,
+        };
+        let mut json =
+            serde_json::to_vec_pretty(identity).map_err(|e| IdentityFileError::Invalid {
+                path: self.path.display().to_string(),
+                reason: e.to_string(),
+            })?;
+        json.push(b'\n');
+        let mut f = self.file.take().ok_or_else(|| IdentityFileError::Invalid {
+            path: self.path.display().to_string(),
+            reason: "written twice".into(),
+        })?;
+        let done = f
+            .write_all(&json)
+            .and_then(|()| f.set_len(json.len() as u64))
+            .and_then(|()| f.sync_all());
+        if let Err(e) = done {
+            self.file = Some(f);
+            return Err(io(e));
+        }
+        Ok(())
+    }
+}
+
+impl Drop for PendingFile {
+    fn drop(&mut self) {
+        if self.file.is_some() {
+            let _ = std::fs::remove_file(&self.path);
+        }
+    }
+}
+
 impl IdentityFile {
     /// A new identity file for `public_url`.
     pub fn new(public_url: &PublicUrl, key_pem: &str, cert_pem: &str, ca_pem: &str) -> Self {
@@ -189,6 +262,32 @@ fn certs(text: &str) -> Option<Vec<CertificateDer<'static>>> {
 mod tests {
     use super::*;
     use std::os::unix::fs::PermissionsExt as _;
+
+    #[test]
+    fn a_pending_file_is_reserved_then_filled_or_removed() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("id.json");
+        // Not written: gone again, so a retry can use the same path.
+        drop(PendingFile::create(&path).unwrap());
+        assert!(!path.exists());
+        let pending = PendingFile::create(&path).unwrap();
+        assert_eq!(
+            std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
+            0o600
+        );
+        assert!(
+            PendingFile::create(&path).is_err(),
+            "never over an existing file"
+        );
+        let url = PublicUrl::parse("https://gw.example:8443").unwrap();
+        let id = IdentityFile::new(&url, "KEY", "CERT", "CA");
+        pending.write(&id).unwrap();
+        // Trimmed to its content: the reserved room is given back.
+        let text = std::fs::read(&path).unwrap();
+        let back: IdentityFile = serde_json::from_slice(&text).unwrap();
+        assert_eq!(back.id.cert, "pem:CERT");
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), text.len() as u64);
+    }
 
     #[test]
     fn written_private_and_never_overwritten() {

@@ -18,7 +18,7 @@ use super::CliError;
 use crate::client;
 use crate::clock::{rfc3339, Clock, SystemClock};
 use crate::config::PublicUrl;
-use crate::identity_file::IdentityFile;
+use crate::identity_file::{IdentityFile, PendingFile};
 use crate::pki::pkcs7;
 use crate::token::jwt;
 
@@ -97,12 +97,15 @@ fn generate(kind: ClientKey) -> Result<rcgen::KeyPair, rcgen::Error> {
 
 /// Runs `enroll`.
 pub fn enroll(args: EnrollArgs) -> Result<(), CliError> {
+    // The file first: a path that cannot be written, or a full disk, must fail before
+    // the token is spent and the key could be lost.
     if args.out.exists() {
         return Err(CliError::new(format!(
             "{} already exists; refusing to overwrite an identity file",
             args.out.display()
         )));
     }
+    let out = PendingFile::create(&args.out)?;
     let token = read_jwt(&args.jwt)?;
     let (_, claims) = jwt::peek(&token)?;
     let own_cert = match (claims.em.as_str(), &args.cert, &args.key) {
@@ -188,7 +191,9 @@ pub fn enroll(args: EnrollArgs) -> Result<(), CliError> {
     }
 
     if let Some((cert_path, key_path)) = own_cert {
-        return enroll_with_certificate(&args, &verified, &server, &cas, &cert_path, &key_path);
+        return enroll_with_certificate(
+            &args, &verified, &server, &cas, &cert_path, &key_path, out,
+        );
     }
 
     // 4. Key and CSR, here.
@@ -233,7 +238,14 @@ pub fn enroll(args: EnrollArgs) -> Result<(), CliError> {
     };
 
     // 5. The identity file.
-    IdentityFile::new(&server, &key.serialize_pem(), cert, &ca).write_new(&args.out)?;
+    out.write(&IdentityFile::new(&server, &key.serialize_pem(), cert, &ca))
+        .map_err(|e| {
+            CliError::new(format!(
+                "enrolled identity {}, but {e}: the token is spent and the new key is lost; \
+                 an admin can delete the identity and create it again",
+                verified.sub
+            ))
+        })?;
     eprintln!(
         "enrolled identity {}; wrote {}",
         verified.sub,
@@ -251,6 +263,7 @@ fn enroll_with_certificate(
     cas: &[CertificateDer<'static>],
     cert_path: &std::path::Path,
     key_path: &std::path::Path,
+    out: PendingFile,
 ) -> Result<(), CliError> {
     let cert_pem = std::fs::read_to_string(cert_path)
         .map_err(|e| CliError::new(format!("{}: {e}", cert_path.display())))?;
@@ -319,7 +332,14 @@ fn enroll_with_certificate(
         });
     }
     let ca_pem = crate::pki::pem_of_certs(&cas.iter().map(|c| c.to_vec()).collect::<Vec<_>>());
-    IdentityFile::new(server, &key_pem, &cert_pem, &ca_pem).write_new(&args.out)?;
+    out.write(&IdentityFile::new(server, &key_pem, &cert_pem, &ca_pem))
+        .map_err(|e| {
+            CliError::new(format!(
+                "the certificate in {} is enrolled, but {e}; it stays bound to its identity \
+                 (enrolling it again answers CERT_IN_USE)",
+                cert_path.display()
+            ))
+        })?;
     let id = resp
         .json()
         .ok()

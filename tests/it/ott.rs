@@ -151,6 +151,20 @@ fn the_cli_refuses_to_overwrite_and_checks_the_jwt_signature() {
     let out = gw.cli(&["enroll", "--jwt", "good.jwt", "--out", "taken.json"]);
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("refusing to overwrite"));
+    // A file that cannot be made fails before the token is spent.
+    let out = gw.cli(&[
+        "enroll",
+        "--jwt",
+        "good.jwt",
+        "--out",
+        "no-such-dir/ok.json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("no-such-dir/ok.json"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let out = gw.cli(&["enroll", "--jwt", "good.jwt", "--out", "ok.json"]);
     assert!(
         out.status.success(),
