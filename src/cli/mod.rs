@@ -105,8 +105,11 @@ impl AdminArgs {
     }
 }
 
-/// Runs the parsed command.
+/// Runs the parsed command. Every file a command makes is its user's alone (umask 077):
+/// tokens, identity files, keys, and the store's and backups' files, which hold pending
+/// tokens in clear.
 pub fn run(cli: Cli) -> Result<(), CliError> {
+    crate::ops::process::private_umask();
     match cli.command {
         Command::Init(a) => init::init(a).map(|_| ()),
         Command::Serve(a) => serve::serve(a),

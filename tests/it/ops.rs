@@ -205,6 +205,30 @@ fn backup_while_serving_fsck_and_restore() {
         std::fs::metadata(&backup).unwrap().permissions().mode() & 0o777,
         0o700
     );
+    // The backup holds pending tokens: its files are the user's alone, whatever the umask
+    // the command ran under (the test's is usually 022).
+    let private = |dir: &std::path::Path| {
+        let mut files = 0;
+        let mut dirs = vec![dir.to_path_buf()];
+        while let Some(d) = dirs.pop() {
+            for e in std::fs::read_dir(&d).unwrap().flatten() {
+                let meta = e.metadata().unwrap();
+                assert_eq!(
+                    meta.permissions().mode() & 0o077,
+                    0,
+                    "{}",
+                    e.path().display()
+                );
+                if meta.is_dir() {
+                    dirs.push(e.path());
+                } else {
+                    files += 1;
+                }
+            }
+        }
+        files
+    };
+    assert!(private(&backup) > 0);
 
     // A change after the backup, then restore refused while the daemon holds the store.
     gw.create_identity("after-backup", "User", false);
@@ -244,6 +268,10 @@ fn backup_while_serving_fsck_and_restore() {
     );
     assert!(out.contains("previous store"), "{out}");
     assert_eq!(staged(), 0, "the staging copy became the store");
+    assert!(
+        private(&data.join("store")) > 0,
+        "the restored store is private too"
+    );
     gw.spawn(&[]);
     let names: Vec<String> = gw
         .snapshot()
