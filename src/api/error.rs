@@ -149,8 +149,16 @@ impl ApiError {
     /// The error's JSON envelope.
     pub fn envelope(&self, request_id: &str) -> serde_json::Value {
         let (_, code) = self.status_and_code();
+        // What went wrong inside (a store path, RocksDB's text) is for the log, which
+        // has it under the same request id, not for whoever sent the request.
+        let message = match self {
+            Self::Unhandled(_) => {
+                "internal error; the gateway's log has it under this requestId".to_string()
+            }
+            other => other.to_string(),
+        };
         serde_json::json!({
-            "error": { "code": code, "message": self.to_string(), "requestId": request_id },
+            "error": { "code": code, "message": message, "requestId": request_id },
             "meta": {}
         })
     }
@@ -333,5 +341,15 @@ mod tests {
         assert_eq!(v["error"]["message"], "no such identity");
         assert_eq!(v["error"]["requestId"], "r1");
         assert!(v["meta"].is_object());
+        let v = ApiError::Unhandled(
+            "IO error: /var/lib/enrollgate/store/000123.log: No space left on device".into(),
+        )
+        .envelope("r2");
+        let text = v.to_string();
+        assert!(
+            !text.contains("/var/lib") && !text.contains("No space"),
+            "{text}"
+        );
+        assert_eq!(v["error"]["requestId"], "r2");
     }
 }
