@@ -274,10 +274,15 @@ fn spawn_watchdog(
             std::thread::sleep(period);
             let now: Vec<u64> = heartbeats.iter().map(|h| h.load(Ordering::Relaxed)).collect();
             let stalled: Vec<usize> = now.iter().zip(&last).enumerate().filter(|(_, (a, b))| a == b).map(|(i, _)| i).collect();
-            if stalled.is_empty() {
+            let refusing = crate::telemetry::store_refusing_for()
+                .filter(|&d| d >= crate::telemetry::STORE_REFUSING_LIMIT);
+            if stalled.is_empty() && refusing.is_none() {
                 notifier.send("WATCHDOG=1");
             } else if !signal.is_set() {
-                tracing::error!(workers = ?stalled, "worker heartbeat stalled; not feeding the watchdog");
+                match refusing {
+                    Some(d) => tracing::error!(for_s = d.as_secs(), "the store has refused writes too long; not feeding the watchdog, so that systemd restarts the gateway"),
+                    None => tracing::error!(workers = ?stalled, "worker heartbeat stalled; not feeding the watchdog"),
+                }
             }
             last = now;
         }

@@ -357,30 +357,35 @@ mod tests {
 
     #[test]
     fn cacerts_serve_the_ca_of_a_listener_certificate_from_elsewhere() {
+        use std::slice::from_ref as one;
         let der = |pem: &str| ::pem::parse(pem).unwrap().into_contents();
         let own = create(KeyType::Ec, &[Host::parse("gw")], 1_750_000_000).unwrap();
         let web = create(KeyType::Ec, &[Host::parse("gw")], 1_750_000_000).unwrap();
         let (own_ca, web_ca) = (der(&own.ca_cert_pem), der(&web.ca_cert_pem));
         let (own_srv, web_srv) = (der(&own.server_cert_pem), der(&web.server_cert_pem));
         // As init makes it: the internal CA alone.
-        let served = served_cas(&[own_ca.clone()], &[], &[own_srv]).unwrap();
+        let served = served_cas(one(&own_ca), &[], one(&own_srv)).unwrap();
         assert_eq!(served, vec![own_ca.clone()]);
         // A listener certificate from another CA, not named: refused, saying what to do.
-        let err = served_cas(&[own_ca.clone()], &[], &[web_srv.clone()]).unwrap_err();
+        let err = served_cas(one(&own_ca), &[], one(&web_srv)).unwrap_err();
         assert!(err.contains("tls.ca"), "{err}");
         // Named in tls.ca, or carried in the listener's chain file: served after the
         // internal CA, once.
-        let served = served_cas(&[own_ca.clone()], &[web_ca.clone()], &[web_srv.clone()]).unwrap();
-        assert_eq!(served, vec![own_ca.clone(), web_ca.clone()]);
-        let served = served_cas(
-            &[own_ca.clone()],
-            &[web_ca.clone()],
-            &[web_srv.clone(), web_ca.clone()],
-        )
-        .unwrap();
-        assert_eq!(served, vec![own_ca.clone(), web_ca.clone()]);
+        let both = vec![own_ca.clone(), web_ca.clone()];
+        assert_eq!(
+            served_cas(one(&own_ca), one(&web_ca), one(&web_srv)).unwrap(),
+            both
+        );
+        let chain = [web_srv.clone(), web_ca.clone()];
+        assert_eq!(served_cas(one(&own_ca), &[], &chain).unwrap(), both);
+        assert_eq!(
+            served_cas(one(&own_ca), one(&web_ca), &chain).unwrap(),
+            both
+        );
         // A CA of the same name but another key does not vouch for it.
-        let impostor = create(KeyType::Ec, &[Host::parse("gw")], 1_750_000_000).unwrap();
-        assert!(served_cas(&[own_ca], &[der(&impostor.ca_cert_pem)], &[web_srv]).is_err());
+        let impostor = der(&create(KeyType::Ec, &[Host::parse("gw")], 1_750_000_000)
+            .unwrap()
+            .ca_cert_pem);
+        assert!(served_cas(one(&own_ca), one(&impostor), one(&web_srv)).is_err());
     }
 }

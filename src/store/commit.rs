@@ -134,6 +134,41 @@ impl Committer {
 /// How often an idle committer looks at its stop flag.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
+/// How often an idle committer whose store refused a write tries a write that changes
+/// nothing.
+const PROBE_EVERY: Duration = Duration::from_secs(1);
+
+/// A write that leaves nothing behind (a key put and deleted in one batch), to learn
+/// whether the store accepts writes again.
+fn probe(store: &Store, write_opts: &rocksdb::WriteOptions) {
+    let mut wb = rocksdb::WriteBatch::default();
+    wb.put(PROBE_KEY, b"");
+    wb.delete(PROBE_KEY);
+    written(store.db().write_opt(wb, write_opts).is_ok());
+}
+
+/// The key [`probe`] writes and deletes at once.
+const PROBE_KEY: &[u8] = b"m:probe";
+
+/// Records the outcome of a write for readiness (`/readyz`) and the watchdog, and says so
+/// in the log when it changes.
+fn written(ok: bool) {
+    let was_refusing = crate::telemetry::store_refusing_for().is_some();
+    if ok && was_refusing {
+        tracing::warn!("the store accepts writes again");
+    } else if !ok && !was_refusing {
+        tracing::error!(
+            "the store refuses writes; /readyz answers 503. RocksDB stops writing after an I/O \
+             error (a full disk, a failing device) until it is reopened: once the cause is \
+             fixed, restart enrollgate (under systemd, the watchdog restarts it after {} s)",
+            crate::telemetry::STORE_REFUSING_LIMIT.as_secs()
+        );
+    }
+    if ok == was_refusing {
+        crate::telemetry::set_store_refusing(!ok);
+    }
+}
+
 /// Starts the committer thread. It runs until [`Committer::stop`] (or until every
 /// [`CommitHandle`] is dropped), committing what is queued before it returns.
 pub fn spawn(store: Store, opts: CommitOptions) -> std::io::Result<(CommitHandle, Committer)> {
@@ -153,11 +188,22 @@ fn run(store: Store, opts: CommitOptions, rx: flume::Receiver<Job>, stop: &Atomi
     let max_batch = opts.max_batch.max(1);
     let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
     let mut hints = SuffixHints::new();
+    let mut probed = Instant::now();
     loop {
         let first = match rx.recv_timeout(IDLE_POLL) {
             Ok(job) => job,
             Err(flume::RecvTimeoutError::Timeout) if stop.load(Ordering::Acquire) => break,
-            Err(flume::RecvTimeoutError::Timeout) => continue,
+            Err(flume::RecvTimeoutError::Timeout) => {
+                // Refusing writes, with none to try: see, once a second, whether it would
+                // take one now, so that readiness follows the store and not the traffic.
+                if crate::telemetry::store_refusing_for().is_some()
+                    && probed.elapsed() >= PROBE_EVERY
+                {
+                    probed = Instant::now();
+                    probe(&store, &write_opts);
+                }
+                continue;
+            }
             Err(flume::RecvTimeoutError::Disconnected) => break,
         };
         jobs.push(first);
@@ -200,9 +246,10 @@ fn commit_group(
     let started = Instant::now();
     if !batch.is_empty() {
         let wb = batch.into_write_batch();
-        let written = db.write_opt(wb, write_opts);
+        let outcome = db.write_opt(wb, write_opts);
         crate::telemetry::commit(n, started.elapsed(), queued);
-        if let Err(e) = written {
+        written(outcome.is_ok());
+        if let Err(e) = outcome {
             let err = StoreError::from(e);
             tracing::error!(error = %err, commands = n, "store write failed; the batch is refused");
             // The hints may describe names that were never written.
@@ -226,6 +273,23 @@ fn commit_group(
 mod tests {
     use super::*;
     use crate::model::{Identity, IdentityType};
+
+    #[test]
+    fn a_refused_write_marks_the_store_refusing_until_one_succeeds() {
+        written(false);
+        assert!(crate::telemetry::store_refusing_for().is_some());
+        written(false);
+        assert!(crate::telemetry::store_refusing_for().is_some());
+        written(true);
+        assert_eq!(crate::telemetry::store_refusing_for(), None);
+        // A probe that succeeds is such a write, and leaves nothing behind.
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), true).unwrap();
+        written(false);
+        probe(&store, &rocksdb::WriteOptions::default());
+        assert_eq!(crate::telemetry::store_refusing_for(), None);
+        assert_eq!(store.db().get(PROBE_KEY).unwrap(), None);
+    }
 
     #[test]
     fn stop_ends_an_idle_committer_even_with_handles_alive() {

@@ -1,6 +1,6 @@
 //! The metrics listener: plain HTTP/1.1 on its own thread (default loopback only),
 //! `GET /metrics` (Prometheus text), `/healthz` (the process answers), `/readyz` (every
-//! worker accepts and the gateway is not draining).
+//! worker accepts, the gateway is not draining and its store accepts writes).
 
 use std::io::{Read as _, Write as _};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -111,6 +111,12 @@ fn answer(mut s: TcpStream, handle: &PrometheusHandle) -> std::io::Result<()> {
             handle.render().as_bytes(),
         ),
         "/healthz" => reply(&mut s, 200, "text/plain", b"ok\n"),
+        "/readyz" if super::store_refusing_for().is_some() => reply(
+            &mut s,
+            503,
+            "text/plain",
+            b"not ready: the store refuses writes\n",
+        ),
         "/readyz" if super::is_ready() => reply(&mut s, 200, "text/plain", b"ready\n"),
         "/readyz" => reply(&mut s, 503, "text/plain", b"not ready\n"),
         _ => reply(&mut s, 404, "text/plain", b"not found\n"),

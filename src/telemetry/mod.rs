@@ -51,7 +51,52 @@ pub const RESIDENT_MEMORY: &str = "enrollgate_resident_memory_bytes";
 /// The ceiling on open connections set by `limits.max_memory` (0: none).
 pub const MEMORY_CEILING: &str = "enrollgate_memory_connection_ceiling";
 
+/// 1 while the store refuses writes (RocksDB stops writing after an I/O error such as a
+/// full disk, until it is reopened).
+pub const STORE_REFUSING: &str = "enrollgate_store_refusing_writes";
+
 static READY: AtomicBool = AtomicBool::new(false);
+
+/// Milliseconds since the Unix epoch at which the store began refusing writes; 0 when it
+/// accepts them.
+static STORE_REFUSING_SINCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+fn unix_millis() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .max(1)
+}
+
+/// Records whether the store's last write (or probe) failed. While it refuses writes,
+/// `/readyz` answers 503, and after [`STORE_REFUSING_LIMIT`] `serve` stops feeding
+/// systemd's watchdog, which restarts the gateway (a reopened store writes again).
+pub fn set_store_refusing(refusing: bool) {
+    if refusing {
+        let _ = STORE_REFUSING_SINCE.compare_exchange(
+            0,
+            unix_millis(),
+            Ordering::AcqRel,
+            Ordering::Acquire,
+        );
+    } else {
+        STORE_REFUSING_SINCE.store(0, Ordering::Release);
+    }
+    metrics::gauge!(STORE_REFUSING).set(if refusing { 1.0 } else { 0.0 });
+}
+
+/// How long the store has refused writes, if it does.
+pub fn store_refusing_for() -> Option<std::time::Duration> {
+    match STORE_REFUSING_SINCE.load(Ordering::Acquire) {
+        0 => None,
+        since => Some(std::time::Duration::from_millis(
+            unix_millis().saturating_sub(since),
+        )),
+    }
+}
+
+/// How long the store may refuse writes before the watchdog is no longer fed.
+pub const STORE_REFUSING_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Marks the gateway ready (every worker accepts) or not (starting, draining).
 pub fn set_ready(ready: bool) {
@@ -146,8 +191,13 @@ pub fn describe() {
         TOKENS_EXPIRED,
         "Enrollment attempts whose one-time token had expired, by method."
     );
+    describe_gauge!(
+        STORE_REFUSING,
+        "1 while the store refuses writes (RocksDB stops writing after an I/O error such as a full disk, until the gateway restarts); /readyz answers 503 meanwhile."
+    );
     // Set only when the ceiling changes: exported from the start at its resting value.
     metrics::gauge!(MEMORY_CEILING).set(0.0);
+    metrics::gauge!(STORE_REFUSING).set(0.0);
 }
 
 /// Records one enrollment answer.
