@@ -68,7 +68,8 @@ fn read_jwt(src: &str) -> Result<String, CliError> {
     } else {
         text = std::fs::read_to_string(src).map_err(|e| CliError::new(format!("{src}: {e}")))?;
     }
-    let jwt = text.trim().to_string();
+    // Editors on Windows save a byte-order mark; no JWT starts with one.
+    let jwt = text.trim_start_matches('\u{feff}').trim().to_string();
     if jwt.is_empty() {
         return Err(CliError::new("the enrollment JWT is empty"));
     }

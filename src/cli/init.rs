@@ -139,16 +139,21 @@ fn create_all(
     args: &InitArgs,
     public_url: &PublicUrl,
 ) -> Result<Initialized, CliError> {
+    let at = |path: &Path| {
+        let path = path.display().to_string();
+        move |e: std::io::Error| CliError::new(format!("{path}: {e} (nothing was changed)"))
+    };
     if existed {
-        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700))?;
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(at(dir))?;
     } else {
         std::fs::DirBuilder::new()
             .recursive(true)
             .mode(0o700)
-            .create(dir)?;
+            .create(dir)
+            .map_err(at(dir))?;
     }
     let pki_dir = dir.join("pki");
-    mkdir_private(&pki_dir)?;
+    mkdir_private(&pki_dir).map_err(at(&pki_dir))?;
     let now = SystemClock.unix_now();
 
     let material = pki::create(args.key_type, &[Host::parse(&public_url.host)], now)?;

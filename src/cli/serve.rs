@@ -62,8 +62,15 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
         n => n,
     };
     let store = Store::open(&config.store_path, false).map_err(|e| {
+        let text = e.to_string();
+        // RocksDB's own words for a store another process holds.
+        let hint = if text.contains("lock file") {
+            " (another process holds it: is enrollgate already serving it?)"
+        } else {
+            ""
+        };
         CliError::new(format!(
-            "cannot open the store at {}: {e}",
+            "cannot open the store at {}{hint}: {text}",
             config.store_path.display()
         ))
     })?;

@@ -138,7 +138,7 @@ pub fn restore(from: &Path, store: &Path) -> Result<Option<PathBuf>, BackupError
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_else(|| "store".into());
-    let staging = store.with_file_name(format!("{base}.restoring-{stamp}"));
+    let staging = unused(store.with_file_name(format!("{base}.restoring-{stamp}")));
     if let Err(e) = copy_dir(from, &staging) {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(BackupError(format!("copying the backup: {e}")));
@@ -160,21 +160,11 @@ fn swap_in(
     stamp: u64,
 ) -> Result<Option<PathBuf>, BackupError> {
     let mut moved = None;
+    // Held until the old store is aside: no gateway can open it meanwhile.
+    let _lock;
     if store.exists() {
-        // Opening read-write takes the lock: it fails while a daemon serves this store.
-        let mut opts = rocksdb::Options::default();
-        opts.create_if_missing(false);
-        match rocksdb::DB::open(&opts, store) {
-            Ok(db) => drop(db),
-            Err(e) => {
-                return Err(BackupError(format!(
-                    "cannot take the store at {} (is enrollgate serving it? stop it first): {}",
-                    store.display(),
-                    e.into_string()
-                )))
-            }
-        }
-        let aside = store.with_file_name(format!("{base}.before-restore-{stamp}"));
+        _lock = take_lock(store)?;
+        let aside = unused(store.with_file_name(format!("{base}.before-restore-{stamp}")));
         std::fs::rename(store, &aside)
             .map_err(|e| BackupError(format!("moving the old store aside: {e}")))?;
         moved = Some(aside);
@@ -187,6 +177,43 @@ fn swap_in(
             .map_err(|e| BackupError(format!("syncing {}: {e}", parent.display())))?;
     }
     Ok(moved)
+}
+
+/// `path`, or `path-2`, `path-3`, ... if it is taken (two restores within a second).
+fn unused(path: PathBuf) -> PathBuf {
+    let mut candidate = path.clone();
+    let mut n = 1;
+    while candidate.exists() {
+        n += 1;
+        let mut name = path.clone().into_os_string();
+        name.push(format!("-{n}"));
+        candidate = PathBuf::from(name);
+    }
+    candidate
+}
+
+/// Takes the lock RocksDB takes on `store/LOCK` (a POSIX record lock), without opening the
+/// store: it fails while a gateway serves the store, and a store too damaged to open
+/// (which is what a restore is for) can still be replaced.
+fn take_lock(store: &Path) -> Result<Option<std::fs::File>, BackupError> {
+    let path = store.join("LOCK");
+    let file = match std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(&path)
+    {
+        Ok(f) => f,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+        Err(e) => return Err(BackupError(format!("{}: {e}", path.display()))),
+    };
+    match rustix::fs::fcntl_lock(&file, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(file)),
+        Err(rustix::io::Errno::AGAIN | rustix::io::Errno::ACCESS) => Err(BackupError(format!(
+            "the store at {} is in use (is enrollgate serving it? stop it first)",
+            store.display()
+        ))),
+        Err(e) => Err(BackupError(format!("locking {}: {e}", path.display()))),
+    }
 }
 
 fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {

@@ -272,6 +272,17 @@ fn backup_while_serving_fsck_and_restore() {
         private(&data.join("store")) > 0,
         "the restored store is private too"
     );
+    // A store too damaged to open is what a restore is for: it is replaced all the same.
+    std::fs::remove_file(data.join("store").join("CURRENT")).unwrap();
+    let out = run_ok(
+        Command::new(BIN)
+            .arg("restore")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--from")
+            .arg(&backup),
+    );
+    assert!(out.contains("previous store"), "{out}");
     gw.spawn(&[]);
     let names: Vec<String> = gw
         .snapshot()

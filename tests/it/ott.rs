@@ -96,7 +96,8 @@ fn cli_create_enroll_then_the_certificate_authenticates_only_admins() {
         .stdin
         .take()
         .unwrap()
-        .write_all(jwt.as_bytes())
+        // As a Windows editor saves it: a byte-order mark and CRLF.
+        .write_all(format!("\u{feff}{}\r\n", jwt.trim()).as_bytes())
         .unwrap();
     let out = child.wait_with_output().unwrap();
     assert!(
