@@ -188,6 +188,24 @@ impl<S: Snapshot + ?Sized> Snapshot for Batch<'_, S> {
             None => self.snap.get(key),
         }
     }
+
+    fn any_under(
+        &self,
+        prefix: &[u8],
+        pred: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<bool, StoreError> {
+        // This batch's writes first; the snapshot's records only where it left them.
+        for (k, v) in &self.overlay {
+            if let (true, Some(v)) = (k.starts_with(prefix), v) {
+                if pred(k, v) {
+                    return Ok(true);
+                }
+            }
+        }
+        let overlay = &self.overlay;
+        self.snap
+            .any_under(prefix, &mut |k, v| !overlay.contains_key(k) && pred(k, v))
+    }
 }
 
 fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
@@ -555,6 +573,23 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
     fn delete_identity(&mut self, id: &str) -> Result<Outcome, StoreError> {
         let identity: Identity = get_json(self, &keys::identity(id))?
             .ok_or_else(|| StoreError::NotFound(format!("no identity with id '{id}'")))?;
+        // Nobody could manage the gateway any more, and nothing but a new data directory
+        // would make an admin again. Decided in the batch: two admins deleting each other
+        // at once cannot both go.
+        if identity.is_admin {
+            let this = keys::identity(id);
+            let another = self.any_under(keys::IDENTITY, &mut |k, v| {
+                k != this.as_slice()
+                    && serde_json::from_slice::<Identity>(v).is_ok_and(|i| i.is_admin)
+            })?;
+            if !another {
+                return Err(StoreError::InvalidState(format!(
+                    "'{}' is the only admin identity: create another one (identity create ... \
+                     --admin) and enroll it first",
+                    identity.name
+                )));
+            }
+        }
         let mut writes = vec![
             Write::Delete(keys::identity(id)),
             Write::Delete(keys::name(&identity.name)),
@@ -697,6 +732,35 @@ mod tests {
             }],
         );
         assert!(r[0].is_ok());
+    }
+
+    #[test]
+    fn the_last_admin_identity_is_never_deleted() {
+        let admin = |id: &str| Command::CreateIdentity {
+            identity: Identity {
+                is_admin: true,
+                ..identity(id, &format!("admin-{id}"))
+            },
+            enrollment: None,
+        };
+        let delete = |id: &str| Command::DeleteIdentity { id: id.into() };
+        let mut map = Map::new();
+        with_pending(&mut map, "d1", "dev1", "tok1");
+        assert!(commit(&mut map, vec![admin("a1")])[0].is_ok());
+        let before = map.clone();
+        let r = commit(&mut map, vec![delete("a1")]);
+        assert!(matches!(&r[0], Err(StoreError::InvalidState(m)) if m.contains("only admin")));
+        assert_eq!(map, before);
+        // With a second admin one may go, but not both, even within one batch.
+        assert!(commit(&mut map, vec![admin("a2")])[0].is_ok());
+        let r = commit(&mut map, vec![delete("a1"), delete("a2")]);
+        assert!(r[0].is_ok());
+        assert!(matches!(&r[1], Err(StoreError::InvalidState(_))));
+        // An admin created in the same batch counts.
+        let r = commit(&mut map, vec![admin("a3"), delete("a2")]);
+        assert!(r[0].is_ok() && r[1].is_ok(), "{r:?}");
+        // Devices are deleted as before.
+        assert!(commit(&mut map, vec![delete("d1")])[0].is_ok());
     }
 
     #[test]

@@ -86,17 +86,54 @@ impl From<rocksdb::Error> for StoreError {
 pub trait Snapshot {
     /// The value at `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
+
+    /// Whether some record under `prefix` satisfies `pred` (key, value). A scan: for rare
+    /// decisions only (deleting an admin identity).
+    fn any_under(
+        &self,
+        prefix: &[u8],
+        pred: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<bool, StoreError>;
 }
 
 impl Snapshot for rocksdb::DB {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(rocksdb::DB::get(self, key)?)
     }
+
+    fn any_under(
+        &self,
+        prefix: &[u8],
+        pred: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<bool, StoreError> {
+        let mode = rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward);
+        for item in self.iterator(mode) {
+            let (k, v) = item?;
+            if !k.starts_with(prefix) {
+                break;
+            }
+            if pred(&k, &v) {
+                return Ok(true);
+            }
+        }
+        Ok(false)
+    }
 }
 
 impl Snapshot for std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
         Ok(std::collections::BTreeMap::get(self, key).cloned())
+    }
+
+    fn any_under(
+        &self,
+        prefix: &[u8],
+        pred: &mut dyn FnMut(&[u8], &[u8]) -> bool,
+    ) -> Result<bool, StoreError> {
+        Ok(self
+            .range(prefix.to_vec()..)
+            .take_while(|(k, _)| k.starts_with(prefix))
+            .any(|(k, v)| pred(k, v)))
     }
 }
 

@@ -455,3 +455,18 @@ fn identity_create_checks_its_output_file_first() {
         .unwrap()
         .starts_with("ey"));
 }
+
+/// Deleting the only admin identity would leave nobody able to manage the gateway, with no
+/// way back but a new data directory: refused, and the admin still works.
+#[test]
+fn the_only_admin_cannot_be_deleted() {
+    let gw = Gateway::start();
+    let out = gw.cli(&["identity", "delete", "Default Admin"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("INVALID_STATE") && err.contains("only admin"),
+        "{err}"
+    );
+    assert_eq!(gw.mgmt("GET", "/identities", None).status, 200);
+}
