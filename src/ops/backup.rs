@@ -144,6 +144,12 @@ pub fn restore(from: &Path, store: &Path) -> Result<Option<PathBuf>, BackupError
         return Err(BackupError(format!("copying the backup: {e}")));
     }
     restrict(&staging);
+    if let Err(e) = give_to_owner(&staging, store) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(BackupError(format!(
+            "giving the restored store to its owner: {e}"
+        )));
+    }
     let swapped = swap_in(&staging, store, &base, stamp);
     if swapped.is_err() {
         let _ = std::fs::remove_dir_all(&staging);
@@ -177,6 +183,34 @@ fn swap_in(
             .map_err(|e| BackupError(format!("syncing {}: {e}", parent.display())))?;
     }
     Ok(moved)
+}
+
+/// Run as root (the usual way to run a restore) for a store that belongs to the service
+/// user, the copy would be root's, and the gateway could not open it: the copy is given
+/// the owner of the store it replaces (or, with none, of the directory it goes in).
+fn give_to_owner(copy: &Path, store: &Path) -> std::io::Result<()> {
+    use std::os::unix::fs::MetadataExt as _;
+    if !rustix::process::geteuid().is_root() {
+        return Ok(());
+    }
+    let owner = match std::fs::metadata(store) {
+        Ok(m) => m,
+        Err(_) => match store.parent().filter(|p| !p.as_os_str().is_empty()) {
+            Some(parent) => std::fs::metadata(parent)?,
+            None => return Ok(()),
+        },
+    };
+    let (uid, gid) = (owner.uid(), owner.gid());
+    let mut pending = vec![copy.to_path_buf()];
+    while let Some(path) = pending.pop() {
+        std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
+        if std::fs::symlink_metadata(&path)?.is_dir() {
+            for entry in std::fs::read_dir(&path)? {
+                pending.push(entry?.path());
+            }
+        }
+    }
+    Ok(())
 }
 
 /// `path`, or `path-2`, `path-3`, ... if it is taken (two restores within a second).
@@ -229,4 +263,37 @@ fn copy_dir(from: &Path, to: &Path) -> std::io::Result<()> {
         }
     }
     std::fs::File::open(to)?.sync_all()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::fs::MetadataExt as _;
+
+    #[test]
+    fn a_restored_copy_goes_to_the_owner_of_the_store_it_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, copy) = (dir.path().join("store"), dir.path().join("copy"));
+        std::fs::create_dir_all(copy.join("sub")).unwrap();
+        std::fs::write(copy.join("sub").join("000001.sst"), b"x").unwrap();
+        std::fs::create_dir(&store).unwrap();
+        let me = std::fs::metadata(&copy).unwrap().uid();
+        if rustix::process::geteuid().is_root() {
+            // The service user's store (nobody's, here).
+            std::os::unix::fs::chown(&store, Some(65534), Some(65534)).unwrap();
+            give_to_owner(&copy, &store).unwrap();
+            for p in [
+                copy.clone(),
+                copy.join("sub"),
+                copy.join("sub").join("000001.sst"),
+            ] {
+                let m = std::fs::metadata(&p).unwrap();
+                assert_eq!((m.uid(), m.gid()), (65534, 65534), "{}", p.display());
+            }
+        } else {
+            // Not root: nothing to give, and nothing changes.
+            give_to_owner(&copy, &store).unwrap();
+            assert_eq!(std::fs::metadata(copy.join("sub")).unwrap().uid(), me);
+        }
+    }
 }
