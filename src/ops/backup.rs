@@ -189,8 +189,10 @@ fn swap_in(
 /// user, the copy would be root's, and the gateway could not open it: the copy is given
 /// the owner of the store it replaces (or, with none, of the directory it goes in).
 fn give_to_owner(copy: &Path, store: &Path) -> std::io::Result<()> {
+    use rustix::fs::{Mode, OFlags};
     use std::os::unix::fs::MetadataExt as _;
-    if !rustix::process::geteuid().is_root() {
+    let me = rustix::process::geteuid();
+    if !me.is_root() {
         return Ok(());
     }
     let owner = match std::fs::metadata(store) {
@@ -200,17 +202,64 @@ fn give_to_owner(copy: &Path, store: &Path) -> std::io::Result<()> {
             None => return Ok(()),
         },
     };
-    let (uid, gid) = (owner.uid(), owner.gid());
-    let mut pending = vec![copy.to_path_buf()];
-    while let Some(path) = pending.pop() {
-        std::os::unix::fs::lchown(&path, Some(uid), Some(gid))?;
-        if std::fs::symlink_metadata(&path)?.is_dir() {
-            for entry in std::fs::read_dir(&path)? {
-                pending.push(entry?.path());
+    let (uid, gid) = (
+        rustix::fs::Uid::from_raw(owner.uid()),
+        rustix::fs::Gid::from_raw(owner.gid()),
+    );
+    let dir = rustix::fs::open(
+        copy,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?;
+    // The copy this process just made, still its own: nobody else could have put
+    // anything in it.
+    if rustix::fs::fstat(&dir)?.st_uid != me.as_raw() {
+        return Err(std::io::Error::other(
+            "the restored copy changed owner before it was handed over",
+        ));
+    }
+    chown_tree(&dir, uid, gid)
+}
+
+/// Gives everything under the directory `dir`, then `dir` itself, to `uid`:`gid`, through
+/// descriptors and never following a symbolic link. The copy sits in the store's parent,
+/// which the new owner can write: a path walk could be sent elsewhere by a name swapped
+/// meanwhile (a directory replaced with a link to `/etc`), a descriptor cannot. Each
+/// directory is handed over only after its content, so none is the new owner's while it
+/// is walked.
+fn chown_tree(
+    dir: &rustix::fd::OwnedFd,
+    uid: rustix::fs::Uid,
+    gid: rustix::fs::Gid,
+) -> std::io::Result<()> {
+    use rustix::fs::{AtFlags, FileType, Mode, OFlags};
+    for entry in rustix::fs::Dir::read_from(dir)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == c"." || name == c".." {
+            continue;
+        }
+        let is_dir = match entry.file_type() {
+            FileType::Directory => true,
+            FileType::Unknown => {
+                let st = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW)?;
+                FileType::from_raw_mode(st.st_mode) == FileType::Directory
             }
+            _ => false,
+        };
+        if is_dir {
+            let sub = rustix::fs::openat(
+                dir,
+                name,
+                OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::empty(),
+            )?;
+            chown_tree(&sub, uid, gid)?;
+        } else {
+            rustix::fs::chownat(dir, name, Some(uid), Some(gid), AtFlags::SYMLINK_NOFOLLOW)?;
         }
     }
-    Ok(())
+    Ok(rustix::fs::fchown(dir, Some(uid), Some(gid))?)
 }
 
 /// `path`, or `path-2`, `path-3`, ... if it is taken (two restores within a second).
