@@ -57,7 +57,7 @@ pub struct Shared {
     pub public_url: PublicUrl,
     /// rustls configuration of the enrollment listener.
     pub tls: Arc<rustls::ServerConfig>,
-    /// The CA bundle (PEM) returned with issued certificates.
+    /// The CA bundle (PEM) returned with issued certificates: the CAs cacerts serves.
     pub ca_bundle_pem: String,
     /// Base64 of the certs-only PKCS#7 served at `/.well-known/est/cacerts`: the internal CA
     /// chain and the CAs of the listener's certificate ([`pki::served_cas`]).
@@ -186,7 +186,6 @@ impl Shared {
             key_exchange: config.key_exchange.clone(),
             session_tickets: config.session_tickets,
         })?;
-        let ca_bundle_pem = pki::pem_of_certs(&ca_chain);
         let tls_ca = match &config.tls_ca {
             Some(path) => pki::read_cert_chain(path)?,
             None => Vec::new(),
@@ -198,6 +197,9 @@ impl Shared {
             }
         })?;
         let cacerts_b64 = base64_lines(&pki::pkcs7::certs_only(&served)?);
+        // What an `ott` answer tells the client to trust (its identity file's `ca`): the
+        // same CAs, so that it can reach this listener again.
+        let ca_bundle_pem = pki::pem_of_certs(&served);
         let shared = Self {
             ca_der: ca_chain[0].clone(),
             ca_key_pem,

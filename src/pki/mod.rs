@@ -282,11 +282,16 @@ pub fn served_cas(
     }
     let leaf = parse(server_chain.first().ok_or("no certificate")?)?;
     // A served certificate that signed the leaf is a trust anchor for clients (Go's
-    // x509 takes any certificate of its root pool as one).
+    // x509 takes any certificate of its root pool as one). A signature x509-parser
+    // cannot check (ECDSA with SHA-512, say) is left to the clients, on the name alone.
     let issued = served.iter().any(|der| {
         parse(der).is_ok_and(|ca| {
             ca.subject().as_raw() == leaf.issuer().as_raw()
-                && leaf.verify_signature(Some(ca.public_key())).is_ok()
+                && match leaf.verify_signature(Some(ca.public_key())) {
+                    Ok(()) => true,
+                    Err(x509_parser::error::X509Error::SignatureUnsupportedAlgorithm) => true,
+                    Err(_) => false,
+                }
         })
     });
     if issued {
@@ -295,7 +300,7 @@ pub fn served_cas(
     Err(format!(
         "its issuer ({}) is not among the CAs that /.well-known/est/cacerts serves, which \
          are all that OpenZiti clients trust: set tls.ca to a PEM file of the CA \
-         certificates that issued it, up to the root",
+         certificates that issued it (its root, and any intermediate it needs)",
         leaf.issuer()
     ))
 }

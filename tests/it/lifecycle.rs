@@ -350,4 +350,17 @@ fn a_listener_certificate_from_another_ca_is_served_in_cacerts() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // The identity file it wrote trusts the listener's CA too: it reaches the gateway again.
+    let f =
+        enrollgate::identity_file::IdentityFile::read(&gw.dir.path().join("web-1.json")).unwrap();
+    let trusted = f.ca_certs().unwrap();
+    assert_eq!(trusted.len(), 2);
+    let cfg = enrollgate::client::config(
+        &trusted,
+        Some((f.cert_chain().unwrap(), f.private_key().unwrap())),
+    )
+    .unwrap();
+    let r = enrollgate::client::request(cfg, "127.0.0.1", gw.port, "GET", "/version", &[], b"")
+        .unwrap();
+    assert_eq!(r.status, 200);
 }
