@@ -576,16 +576,18 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
         // Nobody could manage the gateway any more, and nothing but a new data directory
         // would make an admin again. Decided in the batch: two admins deleting each other
         // at once cannot both go.
-        if identity.is_admin {
+        // Only an enrolled admin can manage: one still waiting for its token does not count.
+        if identity.is_admin && identity.authenticator.is_some() {
             let this = keys::identity(id);
             let another = self.any_under(keys::IDENTITY, &mut |k, v| {
                 k != this.as_slice()
-                    && serde_json::from_slice::<Identity>(v).is_ok_and(|i| i.is_admin)
+                    && serde_json::from_slice::<Identity>(v)
+                        .is_ok_and(|i| i.is_admin && i.authenticator.is_some())
             })?;
             if !another {
                 return Err(StoreError::InvalidState(format!(
-                    "'{}' is the only admin identity: create another one (identity create ... \
-                     --admin) and enroll it first",
+                    "'{}' is the only enrolled admin identity: create another one (identity \
+                     create ... --admin) and enroll it first",
                     identity.name
                 )));
             }
@@ -736,31 +738,43 @@ mod tests {
 
     #[test]
     fn the_last_admin_identity_is_never_deleted() {
-        let admin = |id: &str| Command::CreateIdentity {
+        // An admin as init makes it: enrolled, so able to manage.
+        let enrolled = |map: &mut Map, id: &str| {
+            let admin = Identity {
+                is_admin: true,
+                authenticator: Some(auth(&format!("fp-{id}"))),
+                ..identity(id, &format!("admin-{id}"))
+            };
+            map.insert(keys::identity(id), to_json(&admin));
+        };
+        let pending = Command::CreateIdentity {
             identity: Identity {
                 is_admin: true,
-                ..identity(id, &format!("admin-{id}"))
+                ..identity("p1", "admin-p1")
             },
             enrollment: None,
         };
         let delete = |id: &str| Command::DeleteIdentity { id: id.into() };
         let mut map = Map::new();
         with_pending(&mut map, "d1", "dev1", "tok1");
-        assert!(commit(&mut map, vec![admin("a1")])[0].is_ok());
+        enrolled(&mut map, "a1");
+        // An admin that has not enrolled yet cannot manage: it does not count.
+        assert!(commit(&mut map, vec![pending])[0].is_ok());
         let before = map.clone();
         let r = commit(&mut map, vec![delete("a1")]);
-        assert!(matches!(&r[0], Err(StoreError::InvalidState(m)) if m.contains("only admin")));
+        assert!(
+            matches!(&r[0], Err(StoreError::InvalidState(m)) if m.contains("only enrolled admin"))
+        );
         assert_eq!(map, before);
-        // With a second admin one may go, but not both, even within one batch.
-        assert!(commit(&mut map, vec![admin("a2")])[0].is_ok());
+        // With a second enrolled admin one may go, but not both, even within one batch.
+        enrolled(&mut map, "a2");
         let r = commit(&mut map, vec![delete("a1"), delete("a2")]);
         assert!(r[0].is_ok());
         assert!(matches!(&r[1], Err(StoreError::InvalidState(_))));
-        // An admin created in the same batch counts.
-        let r = commit(&mut map, vec![admin("a3"), delete("a2")]);
-        assert!(r[0].is_ok() && r[1].is_ok(), "{r:?}");
-        // Devices are deleted as before.
-        assert!(commit(&mut map, vec![delete("d1")])[0].is_ok());
+        // The pending admin and devices are deleted as before.
+        assert!(commit(&mut map, vec![delete("p1"), delete("d1")])
+            .iter()
+            .all(Result::is_ok));
     }
 
     #[test]

@@ -465,7 +465,7 @@ fn the_only_admin_cannot_be_deleted() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
-        err.contains("INVALID_STATE") && err.contains("only admin"),
+        err.contains("INVALID_STATE") && err.contains("only enrolled admin"),
         "{err}"
     );
     assert_eq!(gw.mgmt("GET", "/identities", None).status, 200);
