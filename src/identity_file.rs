@@ -96,40 +96,57 @@ pub fn create_private(path: &Path) -> Result<std::fs::File, IdentityFileError> {
 /// a certificate chain and the CA bundle, JSON-escaped, take about 12 KiB).
 const RESERVED: u64 = 64 * 1024;
 
-/// The identity file of an enrollment in progress: created (0600, never over an existing
-/// file) and its disk space reserved *before* the enrollment spends the token, so that a
-/// path that cannot be written, or a full disk, fails while the token is still good. It
-/// is removed again unless [`PendingFile::write`] filled it.
+/// The identity file of an enrollment in progress. Its room is taken *before* the
+/// enrollment spends the token, so that a directory that cannot be written, or a full
+/// disk, fails while the token is still good: a hidden file beside it (0600) with the room
+/// reserved, renamed to the final name (never over an existing file) once filled, and
+/// removed if never filled. A run killed meanwhile leaves only that hidden file, which
+/// does not stand in the way of a retry.
 #[derive(Debug)]
 pub struct PendingFile {
     path: std::path::PathBuf,
+    temp: std::path::PathBuf,
     file: Option<std::fs::File>,
 }
 
 impl PendingFile {
-    /// Creates `path` and reserves its room.
+    /// Reserves the room for `path`, which must not exist.
     pub fn create(path: &Path) -> Result<Self, IdentityFileError> {
-        let file = create_private(path)?;
+        let err = |p: &Path, source: std::io::Error| IdentityFileError::Io {
+            path: p.display().to_string(),
+            source,
+        };
+        if path.exists() {
+            return Err(err(path, std::io::ErrorKind::AlreadyExists.into()));
+        }
+        let name = path
+            .file_name()
+            .ok_or_else(|| err(path, std::io::ErrorKind::InvalidInput.into()))?;
+        let mut hidden = std::ffi::OsString::from(".");
+        hidden.push(name);
+        hidden.push(format!(".{}.enrolling", std::process::id()));
+        let temp = path.with_file_name(hidden);
+        let file = create_private(&temp).map_err(|e| match e {
+            // Name the file the user asked for: the hidden one is ours.
+            IdentityFileError::Io { source, .. } => err(path, source),
+            other => other,
+        })?;
         let pending = Self {
             path: path.to_path_buf(),
+            temp,
             file: Some(file),
         };
         if let Some(f) = &pending.file {
             match rustix::fs::fallocate(f, rustix::fs::FallocateFlags::empty(), 0, RESERVED) {
                 // A file system without fallocate: the write below is the only check.
                 Err(rustix::io::Errno::OPNOTSUPP) | Ok(()) => {}
-                Err(e) => {
-                    return Err(IdentityFileError::Io {
-                        path: path.display().to_string(),
-                        source: e.into(),
-                    })
-                }
+                Err(e) => return Err(err(path, e.into())),
             }
         }
         Ok(pending)
     }
 
-    /// Writes `identity` into the file, trimmed to its length, and syncs it.
+    /// Writes `identity`, trimmed to its length and synced, under the final name.
     pub fn write(mut self, identity: &IdentityFile) -> Result<(), IdentityFileError> {
         let io = |source| IdentityFileError::Io {
             path: self.path.display().to_string(),
@@ -141,26 +158,44 @@ impl PendingFile {
                 reason: e.to_string(),
             })?;
         json.push(b'\n');
-        let mut f = self.file.take().ok_or_else(|| IdentityFileError::Invalid {
-            path: self.path.display().to_string(),
-            reason: "written twice".into(),
-        })?;
-        let done = f
-            .write_all(&json)
+        let f = self
+            .file
+            .as_mut()
+            .ok_or_else(|| IdentityFileError::Invalid {
+                path: self.path.display().to_string(),
+                reason: "written twice".into(),
+            })?;
+        f.write_all(&json)
             .and_then(|()| f.set_len(json.len() as u64))
-            .and_then(|()| f.sync_all());
-        if let Err(e) = done {
-            self.file = Some(f);
-            return Err(io(e));
+            .and_then(|()| f.sync_all())
+            .map_err(io)?;
+        rename_no_replace(&self.temp, &self.path).map_err(io)?;
+        self.file = None;
+        if let Some(dir) = self.path.parent().filter(|d| !d.as_os_str().is_empty()) {
+            let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
         }
         Ok(())
+    }
+}
+
+/// Renames `from` to `to` unless `to` exists (then `AlreadyExists`).
+fn rename_no_replace(from: &Path, to: &Path) -> std::io::Result<()> {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    match renameat_with(CWD, from, CWD, to, RenameFlags::NOREPLACE) {
+        Ok(()) => Ok(()),
+        // A file system without RENAME_NOREPLACE: a hard link also never replaces.
+        Err(rustix::io::Errno::INVAL) => {
+            std::fs::hard_link(from, to)?;
+            std::fs::remove_file(from)
+        }
+        Err(e) => Err(e.into()),
     }
 }
 
 impl Drop for PendingFile {
     fn drop(&mut self) {
         if self.file.is_some() {
-            let _ = std::fs::remove_file(&self.path);
+            let _ = std::fs::remove_file(&self.temp);
         }
     }
 }
@@ -267,26 +302,35 @@ mod tests {
     fn a_pending_file_is_reserved_then_filled_or_removed() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("id.json");
-        // Not written: gone again, so a retry can use the same path.
-        drop(PendingFile::create(&path).unwrap());
-        assert!(!path.exists());
+        let entries = || std::fs::read_dir(dir.path()).unwrap().count();
+        // Not written: nothing is left, so a retry can use the same path.
         let pending = PendingFile::create(&path).unwrap();
+        assert_eq!(entries(), 1, "the room is taken beside it");
+        assert!(!path.exists());
+        drop(pending);
+        assert_eq!(entries(), 0);
+        let pending = PendingFile::create(&path).unwrap();
+        let url = PublicUrl::parse("https://gw.example:8443").unwrap();
+        let id = IdentityFile::new(&url, "KEY", "CERT", "CA");
+        pending.write(&id).unwrap();
+        assert_eq!(entries(), 1);
         assert_eq!(
             std::fs::metadata(&path).unwrap().permissions().mode() & 0o777,
             0o600
         );
-        assert!(
-            PendingFile::create(&path).is_err(),
-            "never over an existing file"
-        );
-        let url = PublicUrl::parse("https://gw.example:8443").unwrap();
-        let id = IdentityFile::new(&url, "KEY", "CERT", "CA");
-        pending.write(&id).unwrap();
         // Trimmed to its content: the reserved room is given back.
         let text = std::fs::read(&path).unwrap();
         let back: IdentityFile = serde_json::from_slice(&text).unwrap();
         assert_eq!(back.id.cert, "pem:CERT");
         assert_eq!(std::fs::metadata(&path).unwrap().len(), text.len() as u64);
+        // Never over an existing file, whether it was there at the start or came meanwhile.
+        assert!(PendingFile::create(&path).is_err());
+        let other = dir.path().join("other.json");
+        let pending = PendingFile::create(&other).unwrap();
+        std::fs::write(&other, b"theirs").unwrap();
+        assert!(pending.write(&id).is_err());
+        assert_eq!(std::fs::read(&other).unwrap(), b"theirs");
+        assert_eq!(entries(), 2, "the hidden file is removed");
     }
 
     #[test]
