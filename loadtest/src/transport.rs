@@ -12,8 +12,10 @@
 //!
 //! Only the server thread's CPU is reported (utime + stime from
 //! `/proc/self/task/TID/stat`, as `per-core.sh` reads the daemon's), per connection. On
-//! loopback that includes, as for the daemon, the receive processing of every segment the
-//! server sends (the kernel runs it in the sender's context) and the ACKs it triggers. What
+//! loopback the kernel runs the receive processing of every segment the server sends in the
+//! sender's context; on kernels without `CONFIG_IRQ_TIME_ACCOUNTING` (this project's VMs)
+//! that time is the sender's, with it the kernel accounts softirqs apart, for the daemon as
+//! for this floor. Either way the two are counted alike. What
 //! the daemon spends beyond this plus its crypto floor is its own: rustls' records, HTTP,
 //! the store, allocation, bookkeeping.
 

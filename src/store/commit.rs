@@ -140,11 +140,11 @@ const PROBE_EVERY: Duration = Duration::from_secs(1);
 
 /// A write that leaves nothing behind (a key put and deleted in one batch), to learn
 /// whether the store accepts writes again.
-fn probe(store: &Store, write_opts: &rocksdb::WriteOptions) {
+fn probe(store: &Store, write_opts: &rocksdb::WriteOptions) -> bool {
     let mut wb = rocksdb::WriteBatch::default();
     wb.put(PROBE_KEY, b"");
     wb.delete(PROBE_KEY);
-    written(store.db().write_opt(wb, write_opts).is_ok());
+    store.db().write_opt(wb, write_opts).is_ok()
 }
 
 /// The key [`probe`] writes and deletes at once.
@@ -154,9 +154,12 @@ const PROBE_KEY: &[u8] = b"m:probe";
 /// in the log when it changes.
 fn written(ok: bool) {
     let was_refusing = crate::telemetry::store_refusing_for().is_some();
-    if ok && was_refusing {
+    let Some(refusing) = change(was_refusing, ok) else {
+        return;
+    };
+    if !refusing {
         tracing::warn!("the store accepts writes again");
-    } else if !ok && !was_refusing {
+    } else {
         tracing::error!(
             "the store refuses writes; /readyz answers 503. RocksDB stops writing after an I/O \
              error (a full disk, a failing device) until it is reopened: once the cause is \
@@ -164,9 +167,13 @@ fn written(ok: bool) {
             crate::telemetry::STORE_REFUSING_LIMIT.as_secs()
         );
     }
-    if ok == was_refusing {
-        crate::telemetry::set_store_refusing(!ok);
-    }
+    crate::telemetry::set_store_refusing(refusing);
+}
+
+/// The store's new state after a write, if it changes: refusing after a failure, accepting
+/// after a success.
+fn change(was_refusing: bool, ok: bool) -> Option<bool> {
+    (ok == was_refusing).then_some(!ok)
 }
 
 /// Starts the committer thread. It runs until [`Committer::stop`] (or until every
@@ -200,7 +207,7 @@ fn run(store: Store, opts: CommitOptions, rx: flume::Receiver<Job>, stop: &Atomi
                     && probed.elapsed() >= PROBE_EVERY
                 {
                     probed = Instant::now();
-                    probe(&store, &write_opts);
+                    written(probe(&store, &write_opts));
                 }
                 continue;
             }
@@ -276,18 +283,15 @@ mod tests {
 
     #[test]
     fn a_refused_write_marks_the_store_refusing_until_one_succeeds() {
-        written(false);
-        assert!(crate::telemetry::store_refusing_for().is_some());
-        written(false);
-        assert!(crate::telemetry::store_refusing_for().is_some());
-        written(true);
-        assert_eq!(crate::telemetry::store_refusing_for(), None);
-        // A probe that succeeds is such a write, and leaves nothing behind.
+        // The transitions (the state itself is the process's, shared with the other tests).
+        assert_eq!(change(false, false), Some(true));
+        assert_eq!(change(true, false), None);
+        assert_eq!(change(true, true), Some(false));
+        assert_eq!(change(false, true), None);
+        // A probe is a write that succeeds on a healthy store and leaves nothing behind.
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), true).unwrap();
-        written(false);
-        probe(&store, &rocksdb::WriteOptions::default());
-        assert_eq!(crate::telemetry::store_refusing_for(), None);
+        assert!(probe(&store, &rocksdb::WriteOptions::default()));
         assert_eq!(store.db().get(PROBE_KEY).unwrap(), None);
     }
 

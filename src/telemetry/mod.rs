@@ -57,15 +57,17 @@ pub const STORE_REFUSING: &str = "enrollgate_store_refusing_writes";
 
 static READY: AtomicBool = AtomicBool::new(false);
 
-/// Milliseconds since the Unix epoch at which the store began refusing writes; 0 when it
-/// accepts them.
+/// When the store began refusing writes, in milliseconds on a monotonic clock (from the
+/// first reading, plus one); 0 when it accepts them.
 static STORE_REFUSING_SINCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-fn unix_millis() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(1, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
-        .max(1)
+fn monotonic_millis() -> u64 {
+    static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+    let ms = START
+        .get_or_init(std::time::Instant::now)
+        .elapsed()
+        .as_millis();
+    u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1
 }
 
 /// Records whether the store's last write (or probe) failed. While it refuses writes,
@@ -75,7 +77,7 @@ pub fn set_store_refusing(refusing: bool) {
     if refusing {
         let _ = STORE_REFUSING_SINCE.compare_exchange(
             0,
-            unix_millis(),
+            monotonic_millis(),
             Ordering::AcqRel,
             Ordering::Acquire,
         );
@@ -90,7 +92,7 @@ pub fn store_refusing_for() -> Option<std::time::Duration> {
     match STORE_REFUSING_SINCE.load(Ordering::Acquire) {
         0 => None,
         since => Some(std::time::Duration::from_millis(
-            unix_millis().saturating_sub(since),
+            monotonic_millis().saturating_sub(since),
         )),
     }
 }
