@@ -271,7 +271,17 @@ fn enroll_with_certificate(
     let key_pem = std::fs::read_to_string(key_path)
         .map_err(|e| CliError::new(format!("{}: {e}", key_path.display())))?;
     let material = crate::identity_file::IdentityFile::new(server, &key_pem, &cert_pem, "");
-    let chain = material.cert_chain()?;
+    let chain = material.cert_chain().map_err(|_| {
+        let swapped = if cert_pem.contains("PRIVATE KEY-----") {
+            " (it holds a private key: are --cert and --key swapped?)"
+        } else {
+            ""
+        };
+        CliError::new(format!(
+            "{}: no PEM certificate{swapped}",
+            cert_path.display()
+        ))
+    })?;
     if let Some(version) = chain.first().and_then(|leaf| x509_version(leaf)) {
         if version != 3 {
             return Err(CliError::new(format!(

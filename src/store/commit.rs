@@ -255,10 +255,17 @@ fn commit_group(
         let wb = batch.into_write_batch();
         let outcome = db.write_opt(wb, write_opts);
         crate::telemetry::commit(n, started.elapsed(), queued);
+        let refusing = crate::telemetry::store_refusing_for().is_some();
         written(outcome.is_ok());
         if let Err(e) = outcome {
             let err = StoreError::from(e);
-            tracing::error!(error = %err, commands = n, "store write failed; the batch is refused");
+            // Once the store refuses writes, each request's own line says so: one line per
+            // refused batch as well would double a flood.
+            if refusing {
+                tracing::debug!(error = %err, commands = n, "store write failed; the batch is refused");
+            } else {
+                tracing::error!(error = %err, commands = n, "store write failed; the batch is refused");
+            }
             // The hints may describe names that were never written.
             hints.clear();
             // Every command was decided against writes that never happened: all get the

@@ -552,9 +552,16 @@ fn ottca_binds_a_certificate_from_the_tokens_ca_only() {
     );
     assert_eq!(code(&r), "INVALID_ENROLL_METHOD");
 
-    // The CLI enrolls with the right certificate.
+    // The CLI enrolls with the right certificate (and says so when its files are swapped,
+    // before the token is spent).
     let dev = fleet.device(&Spec::new("plc-1"));
     dev.write(dir, "plc");
+    let out = gw.cli(&[
+        "enroll", "--jwt", "plc.jwt", "--cert", "plc.key", "--key", "plc.crt", "--out", "plc.json",
+    ]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("plc.key") && err.contains("swapped"), "{err}");
     let out = gw.cli(&[
         "enroll", "--jwt", "plc.jwt", "--cert", "plc.crt", "--key", "plc.key", "--out", "plc.json",
     ]);
