@@ -309,7 +309,7 @@ fn reload(
     path: &std::path::Path,
     log: Option<&super::logging::LogHandle>,
 ) -> Result<(), String> {
-    let config = Config::load(path).map_err(|e| e.to_string())?;
+    let mut config = Config::load(path).map_err(|e| e.to_string())?;
     let (_, current) = registry.current();
     for (key, same) in [
         ("server.listen", config.listen == current.config.listen),
@@ -337,6 +337,15 @@ fn reload(
             tracing::warn!(key, "this change needs a restart; it is ignored until then");
         }
     }
+    // What runs keeps running: the installed configuration says so, and the next reload
+    // compares against it (a change reverted before a restart is no change).
+    let running = &current.config;
+    config.listen = running.listen;
+    config.store_path = running.store_path.clone();
+    config.workers = running.workers;
+    config.commit = running.commit;
+    config.metrics_listen = running.metrics_listen;
+    config.log_format = running.log_format;
     let public_url = config
         .public_url
         .clone()

@@ -441,6 +441,29 @@ fn sighup_applies_limits_and_refuses_a_bad_configuration() {
     );
     assert_eq!(gw.request("GET", "/version", &[], b"").status, 200);
 
+    // A change that needs a restart is named, and once reverted it is no change: the
+    // comparison is with what runs, not with the file read last.
+    let moved = original.replace("[server]", "[server]\nworkers = 7");
+    let moved = moved.replacen("workers = 0", "", 1);
+    assert!(moved.contains("workers = 7"), "{moved}");
+    std::fs::write(&cfg, &moved).unwrap();
+    gw.signal("HUP");
+    gw.wait_log("server.workers");
+    let warnings = || gw.log().matches("needs a restart").count();
+    let after_change = warnings();
+    std::fs::write(
+        &cfg,
+        original.replace("max_body_bytes = 65536", "max_body_bytes = 1024"),
+    )
+    .unwrap();
+    gw.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while gw.log().matches("configuration reloaded").count() < 3 {
+        assert!(Instant::now() < deadline, "{}", gw.log());
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert_eq!(warnings(), after_change, "{}", gw.log());
+
     // A private key others can read is refused at reload (and at start).
     std::fs::write(&cfg, &original).unwrap();
     let key = gw.data.join("pki/server.key");
