@@ -307,6 +307,26 @@ pub fn run(cmd: IdentityCommand) -> Result<(), CliError> {
             let (method, enrollment) = match &ca {
                 Some(target) => {
                     let ca = super::ca::resolve(&api, target)?;
+                    // The token is made either way (the CA may be verified later), but
+                    // a device could not redeem it yet, and would see only a 400.
+                    let missing: Vec<&str> = [
+                        ("isVerified", "it is not verified (ca verify)"),
+                        (
+                            "isOttCaEnrollmentEnabled",
+                            "it does not allow ottca (ca update --ottca true)",
+                        ),
+                    ]
+                    .into_iter()
+                    .filter(|(flag, _)| ca[*flag] != Value::Bool(true))
+                    .map(|(_, what)| what)
+                    .collect();
+                    if !missing.is_empty() {
+                        eprintln!(
+                            "note: CA '{}': {}; its certificates cannot redeem this token until then",
+                            text(&ca, "name"),
+                            missing.join(", and ")
+                        );
+                    }
                     ("ottca", json!({ "ottca": ca["id"] }))
                 }
                 None => ("ott", json!({ "ott": true })),

@@ -1095,3 +1095,60 @@ fn another_encoding_of_a_bound_certificate_binds_no_second_identity() {
     );
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }
+
+/// An ottca token for a CA that cannot redeem it yet (unverified, or without ottca) is
+/// made, since the CA may be verified later, but the CLI says so.
+#[test]
+fn the_cli_notes_an_ottca_token_its_ca_cannot_redeem_yet() {
+    let gw = Gateway::start();
+    let fleet = Fleet::new("later");
+    let body = json!({
+        "name": "later",
+        "certPem": fleet.root_pem,
+        "isAutoCaEnrollmentEnabled": false,
+        "isOttCaEnrollmentEnabled": false,
+        "isAuthEnabled": false,
+    });
+    let r = gw.mgmt("POST", "/cas", Some(&body));
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let out = gw.cli(&[
+        "identity",
+        "create",
+        "device",
+        "plc-9",
+        "--ca",
+        "later",
+        "-o",
+        "plc-9.jwt",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("not verified") && err.contains("does not allow ottca"),
+        "{err}"
+    );
+    assert!(gw.dir.path().join("plc-9.jwt").exists());
+    // A usable CA gets no note.
+    let ready = Fleet::new("ready");
+    ready.register(&gw, "ready", false, true, false);
+    let out = gw.cli(&[
+        "identity",
+        "create",
+        "device",
+        "plc-10",
+        "--ca",
+        "ready",
+        "-o",
+        "plc-10.jwt",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(!String::from_utf8_lossy(&out.stderr).contains("note:"));
+}
