@@ -39,6 +39,11 @@ pub fn new_token() -> Result<String, RandomError> {
     random_b64(TOKEN_BYTES)
 }
 
+/// True when `s` has the shape of an identity id (16 URL-safe base64 characters).
+pub fn is_id_shaped(s: &str) -> bool {
+    s.len() == ID_BYTES / 3 * 4 && is_well_formed(s)
+}
+
 /// True when `s` could be an id or token we issued: non-empty, bounded, URL-safe base64.
 /// Checked before any store lookup so junk never reaches RocksDB keys or logs.
 pub fn is_well_formed(s: &str) -> bool {

@@ -348,7 +348,7 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
         let base = identity.name.clone();
         let mut name = base.clone();
         let mut allocated = None;
-        if self.get(&keys::name(&name))?.is_some() {
+        if self.name_taken(&name)? {
             let start = self
                 .hints
                 .as_ref()
@@ -360,7 +360,7 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
                     return Err(StoreError::NameInUse(base));
                 }
                 name = format!("{base}-{suffix:06}");
-                if self.get(&keys::name(&name))?.is_none() {
+                if !self.name_taken(&name)? {
                     break;
                 }
                 suffix += 1;
@@ -471,6 +471,14 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
         Ok(Outcome::Deleted)
     }
 
+    /// Whether `name` is taken: by another identity's name or, for a name shaped like an
+    /// id, by another identity's id (the CLI resolves an id first, so that identity would
+    /// answer to the name). Only an id-shaped name costs the second read.
+    fn name_taken(&self, name: &str) -> Result<bool, StoreError> {
+        Ok(self.get(&keys::name(name))?.is_some()
+            || (crate::ids::is_id_shaped(name) && self.get(&keys::identity(name))?.is_some()))
+    }
+
     fn create_identity(
         &mut self,
         mut identity: Identity,
@@ -482,7 +490,7 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
                 identity.id
             )));
         }
-        if self.get(&keys::name(&identity.name))?.is_some() {
+        if self.name_taken(&identity.name)? {
             return Err(StoreError::NameInUse(identity.name));
         }
         let mut writes = Vec::new();
@@ -734,6 +742,28 @@ mod tests {
             }],
         );
         assert!(r[0].is_ok());
+    }
+
+    #[test]
+    fn a_name_that_is_another_identitys_id_is_taken() {
+        let mut map = Map::new();
+        with_pending(&mut map, "AAAAAAAAAAAAAAAA", "first", "tok1");
+        assert!(crate::ids::is_id_shaped("AAAAAAAAAAAAAAAA"));
+        let r = commit(
+            &mut map,
+            vec![Command::CreateIdentity {
+                identity: identity("i2", "AAAAAAAAAAAAAAAA"),
+                enrollment: None,
+            }],
+        );
+        assert!(matches!(&r[0], Err(StoreError::NameInUse(_))), "{r:?}");
+        // An auto-enrolled device whose format gives that name gets a suffix instead.
+        commit(&mut map, vec![Command::CreateCa { ca: ca_record() }]);
+        let r = commit(&mut map, vec![auto("i3", "AAAAAAAAAAAAAAAA", "fp3")]);
+        let Ok(Outcome::Identity(i)) = &r[0] else {
+            panic!("{r:?}")
+        };
+        assert_eq!(i.name, "AAAAAAAAAAAAAAAA-000001");
     }
 
     #[test]
