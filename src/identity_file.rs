@@ -96,8 +96,9 @@ pub fn create_private(path: &Path) -> Result<std::fs::File, IdentityFileError> {
 /// a certificate chain and the CA bundle, JSON-escaped, take about 12 KiB).
 const RESERVED: u64 = 64 * 1024;
 
-/// The identity file of an enrollment in progress. Its room is taken *before* the
-/// enrollment spends the token, so that a directory that cannot be written, or a full
+/// A private file (an identity file, a JWT) made by a step that spends something: its room
+/// is taken *before* that step (the enrollment that spends the token, the creation of a
+/// token), so that a directory that cannot be written, or a full
 /// disk, fails while the token is still good: a hidden file beside it (0600) with the room
 /// reserved, renamed to the final name (never over an existing file) once filled, and
 /// removed if never filled. A run killed meanwhile leaves only that hidden file, which
@@ -147,17 +148,22 @@ impl PendingFile {
     }
 
     /// Writes `identity`, trimmed to its length and synced, under the final name.
-    pub fn write(mut self, identity: &IdentityFile) -> Result<(), IdentityFileError> {
-        let io = |source| IdentityFileError::Io {
-            path: self.path.display().to_string(),
-            source,
-        };
+    pub fn write(self, identity: &IdentityFile) -> Result<(), IdentityFileError> {
         let mut json =
             serde_json::to_vec_pretty(identity).map_err(|e| IdentityFileError::Invalid {
                 path: self.path.display().to_string(),
                 reason: e.to_string(),
             })?;
         json.push(b'\n');
+        self.write_bytes(&json)
+    }
+
+    /// Writes `data`, trimmed to its length and synced, under the final name.
+    pub fn write_bytes(mut self, data: &[u8]) -> Result<(), IdentityFileError> {
+        let io = |source| IdentityFileError::Io {
+            path: self.path.display().to_string(),
+            source,
+        };
         let f = self
             .file
             .as_mut()
@@ -165,8 +171,8 @@ impl PendingFile {
                 path: self.path.display().to_string(),
                 reason: "written twice".into(),
             })?;
-        f.write_all(&json)
-            .and_then(|()| f.set_len(json.len() as u64))
+        f.write_all(data)
+            .and_then(|()| f.set_len(data.len() as u64))
             .and_then(|()| f.sync_all())
             .map_err(io)?;
         rename_no_replace(&self.temp, &self.path).map_err(io)?;
@@ -175,6 +181,11 @@ impl PendingFile {
             let _ = std::fs::File::open(dir).and_then(|d| d.sync_all());
         }
         Ok(())
+    }
+
+    /// The file's final name.
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 }
 

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 use super::{AdminArgs, CliError};
 use crate::client::{self, HttpResponse};
 use crate::config::PublicUrl;
-use crate::identity_file::{create_private, IdentityFile};
+use crate::identity_file::{IdentityFile, PendingFile};
 
 /// Identity types as the CLI spells them.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -231,53 +231,32 @@ fn refused(resp: &HttpResponse) -> CliError {
     }
 }
 
-/// Where an enrollment JWT goes: the `-o` file, created (0600, and refused if it exists)
-/// before anything changes on the server, so that a token is never made only to be lost
-/// to a file that was already there; or standard output. A file left unwritten (the
-/// server refused) is removed.
-struct JwtOut {
-    file: Option<(PathBuf, std::fs::File)>,
-    written: bool,
-}
+/// Where an enrollment JWT goes: the `-o` file, its room taken (0600, refused if the file
+/// exists) before anything changes on the server, so that a token is never made only to
+/// be lost to a file that was already there, and removed if never written (the server
+/// refused); or standard output.
+struct JwtOut(Option<PendingFile>);
 
 impl JwtOut {
     fn open(output: Option<&PathBuf>) -> Result<Self, CliError> {
-        let file = match output {
-            Some(path) => Some((path.clone(), create_private(path)?)),
-            None => None,
-        };
-        Ok(Self {
-            file,
-            written: false,
-        })
+        Ok(Self(output.map(|p| PendingFile::create(p)).transpose()?))
     }
 
-    fn write(mut self, jwt: &str) -> Result<(), CliError> {
-        use std::io::Write as _;
-        match &mut self.file {
-            Some((path, f)) => {
-                let io = |e: std::io::Error| {
-                    CliError::new(format!(
-                        "{}: {e}; the token was made: write it again with `enrollgate identity jwt NAME -o FILE`",
-                        path.display()
-                    ))
-                };
-                f.write_all(format!("{jwt}\n").as_bytes()).map_err(io)?;
-                f.sync_all().map_err(io)?;
-                eprintln!("wrote {}", path.display());
+    fn write(self, jwt: &str) -> Result<(), CliError> {
+        match self.0 {
+            Some(file) => {
+                let path = file.path().display().to_string();
+                file.write_bytes(format!("{jwt}\n").as_bytes())
+                    .map_err(|e| {
+                        CliError::new(format!(
+                            "{e}; the token was made: write it again with `enrollgate identity jwt NAME -o FILE`"
+                        ))
+                    })?;
+                eprintln!("wrote {path}");
             }
             None => println!("{jwt}"),
         }
-        self.written = true;
         Ok(())
-    }
-}
-
-impl Drop for JwtOut {
-    fn drop(&mut self) {
-        if let (Some((path, _)), false) = (&self.file, self.written) {
-            let _ = std::fs::remove_file(path);
-        }
     }
 }
 
