@@ -180,28 +180,14 @@ pub fn run(spec: &Spec) -> Result<Measured, Error> {
     let mut rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
         .build()
         .map_err(|e| Error::Invalid(format!("client runtime: {e}")))?;
-    let warm = rt.block_on(clients(addr, exchange, spec.warmup, spec.concurrency));
-    if warm.failed > 0 {
-        return Err(Error::Invalid(format!(
-            "{} of {} warm-up connections failed: {}",
-            warm.failed,
-            spec.warmup,
-            warm.first_error.unwrap_or_default()
-        )));
-    }
+    rt.block_on(clients(addr, exchange, spec.warmup, spec.concurrency))
+        .all_ok("warm-up ")?;
     let cpu0 = thread_cpu(tid)?;
     let t0 = Instant::now();
     let done = rt.block_on(clients(addr, exchange, spec.count, spec.concurrency));
     let elapsed = t0.elapsed();
     let cpu1 = thread_cpu(tid)?;
-    if done.failed > 0 {
-        return Err(Error::Invalid(format!(
-            "{} of {} connections failed: {}",
-            done.failed,
-            spec.count,
-            done.first_error.unwrap_or_default()
-        )));
-    }
+    let done = done.all_ok("")?;
     Ok(Measured {
         connections: done.ok,
         server_cpu: cpu1.saturating_sub(cpu0),
@@ -247,6 +233,21 @@ struct Done {
     ok: usize,
     failed: usize,
     first_error: Option<String>,
+}
+
+impl Done {
+    /// `self` when every connection succeeded; otherwise an error naming the first failure.
+    fn all_ok(self, what: &str) -> Result<Done, Error> {
+        if self.failed == 0 {
+            return Ok(self);
+        }
+        Err(Error::Invalid(format!(
+            "{} of {} {what}connections failed: {}",
+            self.failed,
+            self.ok + self.failed,
+            self.first_error.unwrap_or_default()
+        )))
+    }
 }
 
 /// Runs `total` connections, `concurrency` at a time.

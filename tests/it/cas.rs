@@ -9,6 +9,17 @@ use serde_json::{json, Value};
 use crate::fleet::*;
 use crate::support::*;
 
+/// `POST /authenticate?method=cert` with the device's certificate.
+fn authenticate(dev: &Device, gw: &Gateway) -> enrollgate::client::HttpResponse {
+    dev.request(
+        gw,
+        "POST",
+        "/edge/client/v1/authenticate?method=cert",
+        &[],
+        b"",
+    )
+}
+
 fn ca_enroll(dev: &Device, gw: &Gateway, body: Option<&Value>) -> enrollgate::client::HttpResponse {
     let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
     let headers: &[(&str, &str)] = if body.is_some() {
@@ -459,13 +470,7 @@ fn auto_enrollment_by_curl_and_cli_names_collisions_and_authentication() {
     assert_eq!(gw.snapshot(), before);
 
     // The enrolled certificate authenticates...
-    let r = dev.request(
-        &gw,
-        "POST",
-        "/edge/client/v1/authenticate?method=cert",
-        &[],
-        b"",
-    );
+    let r = authenticate(&dev, &gw);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
     let session = r.header("zt-session").unwrap().to_string();
     let v = r.json().unwrap();
@@ -479,13 +484,7 @@ fn auto_enrollment_by_curl_and_cli_names_collisions_and_authentication() {
     assert_eq!(me.json().unwrap()["data"]["name"], "fleet-sensor-7");
     // ... an unbound one does not ...
     let stranger = fleet.device(&Spec::new("unbound"));
-    let r = stranger.request(
-        &gw,
-        "POST",
-        "/edge/client/v1/authenticate?method=cert",
-        &[],
-        b"",
-    );
+    let r = authenticate(&stranger, &gw);
     assert_eq!((r.status, code(&r).as_str()), (401, "INVALID_AUTH"));
     // ... and once the CA loses isAuthEnabled, neither does the bound one.
     let r = gw.mgmt(
@@ -494,13 +493,7 @@ fn auto_enrollment_by_curl_and_cli_names_collisions_and_authentication() {
         Some(&json!({"isAuthEnabled": false})),
     );
     assert_eq!(r.status, 200);
-    let r = dev.request(
-        &gw,
-        "POST",
-        "/edge/client/v1/authenticate?method=cert",
-        &[],
-        b"",
-    );
+    let r = authenticate(&dev, &gw);
     assert_eq!((r.status, code(&r).as_str()), (401, "INVALID_AUTH"));
 }
 
@@ -1078,21 +1071,9 @@ fn another_encoding_of_a_bound_certificate_binds_no_second_identity() {
         String::from_utf8_lossy(&r.body)
     );
     assert_eq!(count(), before + 1, "one identity for one certificate");
-    let r = twin.request(
-        &gw,
-        "POST",
-        "/edge/client/v1/authenticate?method=cert",
-        &[],
-        b"",
-    );
+    let r = authenticate(&twin, &gw);
     assert_eq!(r.status, 401, "{}", String::from_utf8_lossy(&r.body));
-    let r = dev.request(
-        &gw,
-        "POST",
-        "/edge/client/v1/authenticate?method=cert",
-        &[],
-        b"",
-    );
+    let r = authenticate(&dev, &gw);
     assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
 }
 

@@ -258,14 +258,17 @@ fn backup_while_serving_fsck_and_restore() {
 
     // Stopped: restore, restart, and the store is as it was at the backup.
     assert!(gw.stop().success());
-    let out = run_ok(
-        Command::new(BIN)
-            .arg("restore")
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--from")
-            .arg(&backup),
-    );
+    let restore = || {
+        run_ok(
+            Command::new(BIN)
+                .arg("restore")
+                .arg("--config")
+                .arg(&cfg)
+                .arg("--from")
+                .arg(&backup),
+        )
+    };
+    let out = restore();
     assert!(out.contains("previous store"), "{out}");
     assert_eq!(staged(), 0, "the staging copy became the store");
     assert!(
@@ -274,14 +277,7 @@ fn backup_while_serving_fsck_and_restore() {
     );
     // A store too damaged to open is what a restore is for: it is replaced all the same.
     std::fs::remove_file(data.join("store").join("CURRENT")).unwrap();
-    let out = run_ok(
-        Command::new(BIN)
-            .arg("restore")
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--from")
-            .arg(&backup),
-    );
+    let out = restore();
     assert!(out.contains("previous store"), "{out}");
     gw.spawn(&[]);
     let names: Vec<String> = gw
