@@ -100,13 +100,17 @@ fn generate(kind: ClientKey) -> Result<rcgen::KeyPair, rcgen::Error> {
 pub fn enroll(args: EnrollArgs) -> Result<(), CliError> {
     // The file first: a path that cannot be written, or a full disk, must fail before
     // the token is spent and the key could be lost.
-    if args.out.exists() {
-        return Err(CliError::new(format!(
-            "{} already exists; refusing to overwrite an identity file",
-            args.out.display()
-        )));
-    }
-    let out = PendingFile::create(&args.out)?;
+    let out = PendingFile::create(&args.out).map_err(|e| match e {
+        crate::identity_file::IdentityFileError::Io { source, .. }
+            if source.kind() == std::io::ErrorKind::AlreadyExists =>
+        {
+            CliError::new(format!(
+                "{} already exists; refusing to overwrite an identity file",
+                args.out.display()
+            ))
+        }
+        other => other.into(),
+    })?;
     let token = read_jwt(&args.jwt)?;
     let (_, claims) = jwt::peek(&token)?;
     let own_cert = match (claims.em.as_str(), &args.cert, &args.key) {
