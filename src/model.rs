@@ -126,6 +126,14 @@ pub struct Identity {
     pub authenticator: Option<Authenticator>,
 }
 
+impl Identity {
+    /// Whether this identity can manage the gateway: an admin that has enrolled (one still
+    /// waiting for its token cannot authenticate yet).
+    pub fn manages(&self) -> bool {
+        self.is_admin && self.authenticator.is_some()
+    }
+}
+
 /// A pending, single-use right to enroll.
 #[derive(Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Enrollment {

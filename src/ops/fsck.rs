@@ -6,6 +6,7 @@
 //! | every bound identity is in the fingerprint index | I5 |
 //! | every `n:` entry points at the identity of that name; every identity is indexed | I2 |
 //! | every pending enrollment belongs to a live, unenrolled identity that names it, and is indexed by id | I3, I5 |
+//! | every `a:` entry points at a live, enrolled admin; every enrolled admin is indexed (once the store was indexed) | I5 |
 //! | every record decodes | |
 
 use std::collections::BTreeMap;
@@ -54,6 +55,8 @@ pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
     let mut enrollment_ids: BTreeMap<String, String> = BTreeMap::new();
     let mut fingerprints: BTreeMap<String, String> = BTreeMap::new();
     let mut contents: BTreeMap<String, String> = BTreeMap::new();
+    let mut admins: std::collections::BTreeSet<String> = Default::default();
+    let mut admins_indexed = false;
     let mut r = Report::default();
     let bad = |invariant: &'static str, detail: String| Violation { invariant, detail };
     let mut violations = Vec::new();
@@ -94,7 +97,10 @@ pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
             "b" => {
                 contents.insert(rest, text(&v));
             }
-            "m" => {}
+            "a" => {
+                admins.insert(rest);
+            }
+            "m" => admins_indexed |= k == crate::store::keys::ADMIN_INDEXED,
             "c" => match serde_json::from_slice::<Ca>(&v) {
                 Ok(_) => r.cas += 1,
                 Err(_) => {
@@ -243,6 +249,26 @@ pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
             ));
         }
     }
+    // The admin index: entries only for admins that can manage; every such admin indexed
+    // once the store was (a store from before the index is indexed when it is next opened).
+    for id in &admins {
+        if !identities.get(id).is_some_and(Identity::manages) {
+            violations.push(bad(
+                "I5",
+                format!("admin index entry {id} points at no enrolled admin identity"),
+            ));
+        }
+    }
+    if admins_indexed {
+        for (id, i) in &identities {
+            if i.manages() && !admins.contains(id) {
+                violations.push(bad(
+                    "I5",
+                    format!("enrolled admin identity {id} is not in the admin index"),
+                ));
+            }
+        }
+    }
     let live_tokens: std::collections::BTreeSet<&str> =
         tokens.iter().map(|e| e.token.as_str()).collect();
     for (eid, token) in &enrollment_ids {
@@ -376,6 +402,47 @@ mod tests {
             "{:?}",
             r.violations
         );
+    }
+
+    #[test]
+    fn the_admin_index_is_checked_once_the_store_was_indexed() {
+        let admin = |id: &str| Identity {
+            is_admin: true,
+            ..identity(id, id, Some(&format!("f{id}")), None)
+        };
+        let with_admins = |extra: Vec<(Vec<u8>, Vec<u8>)>| {
+            let mut recs = healthy();
+            for id in ["x", "y"] {
+                recs.push(rec(&format!("i:{id}"), admin(id)));
+                recs.push(raw(&format!("n:{id}"), id));
+                recs.push(raw(&format!("f:f{id}"), id));
+            }
+            recs.extend(extra);
+            check(recs).violations
+        };
+        // From before the index: nothing indexed, nothing wrong.
+        assert_eq!(with_admins(vec![]), vec![]);
+        // Indexed: both admins in the index.
+        let marker = || raw("m:admin-index", "1");
+        assert_eq!(
+            with_admins(vec![marker(), raw("a:x", ""), raw("a:y", "")]),
+            vec![]
+        );
+        // One missing, and entries for a device and for nobody.
+        let v = with_admins(vec![
+            marker(),
+            raw("a:x", ""),
+            raw("a:a", ""),
+            raw("a:zz", ""),
+        ]);
+        let details: Vec<&str> = v.iter().map(|v| v.detail.as_str()).collect();
+        assert_eq!(v.len(), 3, "{v:?}");
+        assert!(v.iter().all(|v| v.invariant == "I5"));
+        assert!(details
+            .iter()
+            .any(|d| d.contains("identity y is not in the admin index")));
+        assert!(details.iter().any(|d| d.contains("entry a points")));
+        assert!(details.iter().any(|d| d.contains("entry zz points")));
     }
 
     #[test]

@@ -208,6 +208,13 @@ impl<S: Snapshot + ?Sized> Snapshot for Batch<'_, S> {
     }
 }
 
+/// The admin index entry of `identity`, if it can manage the gateway.
+fn admin_index(identity: &Identity) -> Option<Write> {
+    identity
+        .manages()
+        .then(|| Write::Put(keys::admin(&identity.id), Vec::new()))
+}
+
 fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     // Serializing our own plain structs (strings, numbers, vectors) cannot fail.
     serde_json::to_vec(v).expect("records serialize to JSON")
@@ -379,6 +386,7 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
             keys::name(&identity.name),
             identity.id.clone().into_bytes(),
         ));
+        writes.extend(admin_index(&identity));
         writes.push(Write::Put(keys::identity(&identity.id), to_json(&identity)));
         self.commit_writes(writes);
         if let (Some(n), Some(hints)) = (allocated, self.hints.as_mut()) {
@@ -514,6 +522,7 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
             keys::name(&identity.name),
             identity.id.clone().into_bytes(),
         ));
+        writes.extend(admin_index(&identity));
         writes.push(Write::Put(keys::identity(&identity.id), to_json(&identity)));
         self.commit_writes(writes);
         Ok(Outcome::Identity(Box::new(identity)))
@@ -564,6 +573,7 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
         identity.enrollment_id = None;
         identity.updated_at = now;
         identity.authenticator = Some(authenticator);
+        writes.extend(admin_index(&identity));
         writes.push(Write::Put(keys::identity(&identity.id), to_json(&identity)));
         self.commit_writes(writes);
         Ok(Outcome::Identity(Box::new(identity)))
@@ -578,6 +588,32 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
             .map(|t| (eid.clone(), String::from_utf8_lossy(&t).into_owned())))
     }
 
+    /// Whether an identity other than `id` can manage the gateway. Reads the admin index
+    /// (a few keys, whatever the number of identities), and each entry's record: an entry
+    /// left by an older version that did not keep the index (after a downgrade and an
+    /// upgrade) cannot stand in for an admin that is gone.
+    fn another_admin(&self, id: &str) -> Result<bool, StoreError> {
+        let this = keys::admin(id);
+        let mut failed = None;
+        let found = self.any_under(keys::ADMIN, &mut |k, _| {
+            if k == this.as_slice() {
+                return false;
+            }
+            let other = String::from_utf8_lossy(&k[keys::ADMIN.len()..]);
+            match get_json::<Identity>(self, &keys::identity(&other)) {
+                Ok(other) => other.is_some_and(|i| i.manages()),
+                Err(e) => {
+                    failed = Some(e);
+                    true
+                }
+            }
+        })?;
+        match failed {
+            Some(e) => Err(e),
+            None => Ok(found),
+        }
+    }
+
     fn delete_identity(&mut self, id: &str) -> Result<Outcome, StoreError> {
         let identity: Identity = get_json(self, &keys::identity(id))?
             .ok_or_else(|| StoreError::NotFound(format!("no identity with id '{id}'")))?;
@@ -585,25 +621,20 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
         // would make an admin again. Decided in the batch: two admins deleting each other
         // at once cannot both go.
         // Only an enrolled admin can manage: one still waiting for its token does not count.
-        if identity.is_admin && identity.authenticator.is_some() {
-            let this = keys::identity(id);
-            let another = self.any_under(keys::IDENTITY, &mut |k, v| {
-                k != this.as_slice()
-                    && serde_json::from_slice::<Identity>(v)
-                        .is_ok_and(|i| i.is_admin && i.authenticator.is_some())
-            })?;
-            if !another {
-                return Err(StoreError::InvalidState(format!(
-                    "'{}' is the only enrolled admin identity: create another one (identity \
-                     create ... --admin) and enroll it first",
-                    identity.name
-                )));
-            }
+        if identity.manages() && !self.another_admin(id)? {
+            return Err(StoreError::InvalidState(format!(
+                "'{}' is the only enrolled admin identity: create another one (identity \
+                 create ... --admin) and enroll it first",
+                identity.name
+            )));
         }
         let mut writes = vec![
             Write::Delete(keys::identity(id)),
             Write::Delete(keys::name(&identity.name)),
         ];
+        if identity.manages() {
+            writes.push(Write::Delete(keys::admin(id)));
+        }
         if let Some(auth) = &identity.authenticator {
             writes.extend(keys::bound(auth).into_iter().map(Write::Delete));
         }
@@ -776,6 +807,7 @@ mod tests {
                 ..identity(id, &format!("admin-{id}"))
             };
             map.insert(keys::identity(id), to_json(&admin));
+            map.insert(keys::admin(id), Vec::new());
         };
         let pending = Command::CreateIdentity {
             identity: Identity {
@@ -805,6 +837,66 @@ mod tests {
         assert!(commit(&mut map, vec![delete("p1"), delete("d1")])
             .iter()
             .all(Result::is_ok));
+    }
+
+    /// The admin index follows the records: an admin enters it when it enrolls (or is
+    /// created enrolled), leaves it when deleted; devices and pending admins never enter it.
+    /// An entry whose identity is gone or is no admin (left by a version without the index)
+    /// does not let the last admin go.
+    #[test]
+    fn the_admin_index_follows_enrollment_and_deletion() {
+        let mut map = Map::new();
+        let admins = |map: &Map| -> Vec<String> {
+            map.keys()
+                .filter_map(|k| k.strip_prefix(keys::ADMIN))
+                .map(|id| String::from_utf8_lossy(id).into_owned())
+                .collect()
+        };
+        // Created enrolled, as init makes its admin.
+        let first = Identity {
+            is_admin: true,
+            authenticator: Some(auth("fp-a1")),
+            ..identity("a1", "admin-1")
+        };
+        let r = commit(
+            &mut map,
+            vec![Command::CreateIdentity {
+                identity: first,
+                enrollment: None,
+            }],
+        );
+        assert!(r[0].is_ok());
+        // A pending admin and a device: not in the index until the admin enrolls.
+        let r = commit(
+            &mut map,
+            vec![Command::CreateIdentity {
+                identity: Identity {
+                    is_admin: true,
+                    ..identity("a2", "admin-2")
+                },
+                enrollment: Some(enrollment("e-a2", "tok-a2", "a2")),
+            }],
+        );
+        assert!(r[0].is_ok());
+        with_pending(&mut map, "d1", "dev1", "tok-d1");
+        assert!(commit(&mut map, vec![redeem("tok-d1", "d1", "fp-d1", 500)])[0].is_ok());
+        assert_eq!(admins(&map), ["a1"]);
+        assert!(commit(&mut map, vec![redeem("tok-a2", "a2", "fp-a2", 500)])[0].is_ok());
+        assert_eq!(admins(&map), ["a1", "a2"]);
+        // Deleted: out of the index.
+        let delete = |id: &str| Command::DeleteIdentity { id: id.into() };
+        assert!(commit(&mut map, vec![delete("a1")])[0].is_ok());
+        assert_eq!(admins(&map), ["a2"]);
+        // Stale entries: a device's, and one of an identity that is gone.
+        map.insert(keys::admin("d1"), Vec::new());
+        map.insert(keys::admin("gone"), Vec::new());
+        let before = map.clone();
+        let r = commit(&mut map, vec![delete("a2")]);
+        assert!(
+            matches!(&r[0], Err(StoreError::InvalidState(m)) if m.contains("only enrolled admin")),
+            "{r:?}"
+        );
+        assert_eq!(map, before);
     }
 
     #[test]

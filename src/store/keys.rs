@@ -16,6 +16,13 @@ pub const CONTENT: &[u8] = b"b:";
 /// existed were indexed when the store was opened).
 pub const CONTENT_INDEXED: &[u8] = b"m:content-index";
 
+/// Prefix of the admin index: one key per identity that can manage the gateway (an
+/// enrolled admin), so that deleting one finds another without a scan of every identity.
+pub const ADMIN: &[u8] = b"a:";
+/// The marker of a store whose admin index is complete (the admins of a store from before
+/// the index were indexed when it was opened).
+pub const ADMIN_INDEXED: &[u8] = b"m:admin-index";
+
 /// Prefix of third-party CA records.
 pub const CA: &[u8] = b"c:";
 /// Prefix of the CA name index.
@@ -62,6 +69,10 @@ pub fn bound(auth: &crate::model::Authenticator) -> Vec<Vec<u8>> {
         keys.push(content(&auth.tbs_sha256));
     }
     keys
+}
+/// `a:<identity id>`
+pub fn admin(id: &str) -> Vec<u8> {
+    key(ADMIN, id)
 }
 /// `c:<ca id>`
 pub fn ca(id: &str) -> Vec<u8> {

@@ -11,7 +11,9 @@
 //! | `e:<enrollment id>` | token | lookup by id for the management API |
 //! | `f:<sha-256 hex>` | identity id | I1: a certificate belongs to one identity |
 //! | `b:<sha-256 hex of the to-be-signed part>` | identity id | I1 whatever the encoding of the certificate's signature |
+//! | `a:<identity id>` | empty | the enrolled admins: deleting one finds another without a scan |
 //! | `m:content-index` | `1` | every record written before the content index is indexed |
+//! | `m:admin-index` | `1` | every admin enrolled before the admin index is indexed |
 //!
 //! Every change goes through the single committer thread (`commit`), which decides each
 //! command against the store *plus the writes already decided in its batch* (`apply`) and
@@ -87,8 +89,8 @@ pub trait Snapshot {
     /// The value at `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
 
-    /// Whether some record under `prefix` satisfies `pred` (key, value). A scan: for rare
-    /// decisions only (deleting an admin identity).
+    /// Whether some record under `prefix` satisfies `pred` (key, value), stopping at the
+    /// first that does. A scan of the prefix: for small ones (the admin index).
     fn any_under(
         &self,
         prefix: &[u8],
@@ -266,6 +268,37 @@ fn index_content(db: &rocksdb::DB) -> Result<(), StoreError> {
     Ok(())
 }
 
+/// Fills in the admin index for a store from before it, once (the marker key records that
+/// it is done). Runs at open, before any committer. A record that does not decode is left
+/// to `fsck`.
+fn index_admins(db: &rocksdb::DB) -> Result<(), StoreError> {
+    if db.get(keys::ADMIN_INDEXED)?.is_some() {
+        return Ok(());
+    }
+    let mut wb = rocksdb::WriteBatch::default();
+    let mut admins = 0usize;
+    for item in db.prefix_iterator(keys::IDENTITY) {
+        let (k, v) = item?;
+        if !k.starts_with(keys::IDENTITY) {
+            break;
+        }
+        if let Ok(identity) = decode::<Identity>(&k, &v) {
+            if identity.manages() {
+                wb.put(keys::admin(&identity.id), b"");
+                admins += 1;
+            }
+        }
+    }
+    if admins > 0 {
+        tracing::info!(admins, "indexed the admin identities");
+    }
+    wb.put(keys::ADMIN_INDEXED, b"1");
+    let mut wo = rocksdb::WriteOptions::default();
+    wo.set_sync(true);
+    db.write_opt(wb, &wo)?;
+    Ok(())
+}
+
 /// A handle on the opened database (cheap to clone; all clones share one RocksDB).
 #[derive(Clone)]
 pub struct Store {
@@ -288,6 +321,7 @@ impl Store {
         opts.set_error_if_exists(create);
         let db = rocksdb::DB::open(&opts, path)?;
         index_content(&db)?;
+        index_admins(&db)?;
         Ok(Self { db: Arc::new(db) })
     }
 
@@ -517,6 +551,46 @@ mod tests {
             b"c"
         );
         assert!(store.db().get(keys::CONTENT_INDEXED).unwrap().is_some());
+    }
+
+    /// A store from before the admin index: its enrolled admins are indexed when it is
+    /// opened, once; a pending admin and a device are not.
+    #[test]
+    fn opening_an_older_store_indexes_its_admins() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let cert = crate::pki::self_signed_for_tests("dev");
+        {
+            let store = Store::open(&path, true).unwrap();
+            let db = store.db();
+            assert!(
+                db.get(keys::ADMIN_INDEXED).unwrap().is_some(),
+                "a new store is complete"
+            );
+            let enrolled = Identity {
+                is_admin: true,
+                ..bound_identity("admin", cert.der())
+            };
+            let pending = Identity {
+                is_admin: true,
+                authenticator: None,
+                ..bound_identity("pending", cert.der())
+            };
+            for i in [enrolled, pending, bound_identity("device", cert.der())] {
+                db.put(keys::identity(&i.id), serde_json::to_vec(&i).unwrap())
+                    .unwrap();
+            }
+            db.delete(keys::ADMIN_INDEXED).unwrap();
+        }
+        let store = Store::open(&path, false).unwrap();
+        let indexed: Vec<Vec<u8>> = store
+            .db()
+            .prefix_iterator(keys::ADMIN)
+            .map(|item| item.unwrap().0.to_vec())
+            .take_while(|k| k.starts_with(keys::ADMIN))
+            .collect();
+        assert_eq!(indexed, vec![keys::admin("admin")]);
+        assert!(store.db().get(keys::ADMIN_INDEXED).unwrap().is_some());
     }
 
     /// The marker missing from a store whose newer records are indexed (written by this

@@ -457,16 +457,50 @@ fn identity_create_checks_its_output_file_first() {
 }
 
 /// Deleting the only admin identity would leave nobody able to manage the gateway, with no
-/// way back but a new data directory: refused, and the admin still works.
+/// way back but a new data directory: refused, and the admin still works. Once a second
+/// admin has enrolled, the first may go, and then the second is the only one.
 #[test]
 fn the_only_admin_cannot_be_deleted() {
     let gw = Gateway::start();
-    let out = gw.cli(&["identity", "delete", "Default Admin"]);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("INVALID_STATE") && err.contains("only enrolled admin"),
-        "{err}"
-    );
+    let refused = |out: std::process::Output| {
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(
+            err.contains("INVALID_STATE") && err.contains("only enrolled admin"),
+            "{err}"
+        );
+    };
+    refused(gw.cli(&["identity", "delete", "Default Admin"]));
     assert_eq!(gw.mgmt("GET", "/identities", None).status, 200);
+
+    // A second admin: pending, it does not count; enrolled, it does.
+    let out = gw.cli(&[
+        "identity", "create", "service", "Ops", "--admin", "-o", "Ops.jwt",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    refused(gw.cli(&["identity", "delete", "Default Admin"]));
+    let out = gw.cli(&["enroll", "--jwt", "Ops.jwt", "--out", "Ops.json"]);
+    assert!(out.status.success(), "{out:?}");
+    let out = gw.cli(&["identity", "delete", "Default Admin"]);
+    assert!(out.status.success(), "{out:?}");
+
+    // Now Ops is the only one: its own deletion is refused, and it still manages.
+    let ops = gw.dir.path().join("Ops.json");
+    let listed = gw
+        .request_as(&ops, "GET", "/edge/management/v1/identities", None)
+        .json()
+        .unwrap();
+    assert_eq!(listed["meta"]["pagination"]["totalCount"], 1, "{listed}");
+    let id = listed["data"][0]["id"].as_str().unwrap().to_owned();
+    let resp = gw.request_as(
+        &ops,
+        "DELETE",
+        &format!("/edge/management/v1/identities/{id}"),
+        None,
+    );
+    assert_eq!(resp.status, 409);
+    assert_eq!(code(&resp), "INVALID_STATE");
+    let cfg = gw.dir.path().join("data/enrollgate.toml");
+    let out = run_ok(Command::new(BIN).arg("fsck").arg("--config").arg(&cfg));
+    assert!(out.contains("no violations"), "{out}");
 }
