@@ -16,14 +16,23 @@ pub fn start(addr: SocketAddr) -> std::io::Result<SocketAddr> {
     let buckets = [
         0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0,
     ];
+    // The two batch sizes are counts, not seconds (the sign batch had the seconds'
+    // buckets until 2026-11-29: every batch of 6 or more fell in +Inf).
+    let counts = [
+        1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
+    ];
     let handle = PrometheusBuilder::new()
         .set_buckets(&buckets)
         .and_then(|b| {
             b.set_buckets_for_metric(
                 metrics_exporter_prometheus::Matcher::Full(super::BATCH_SIZE.into()),
-                &[
-                    1.0, 2.0, 4.0, 8.0, 16.0, 32.0, 64.0, 128.0, 256.0, 512.0, 1024.0,
-                ],
+                &counts,
+            )
+        })
+        .and_then(|b| {
+            b.set_buckets_for_metric(
+                metrics_exporter_prometheus::Matcher::Full(super::SIGN_BATCH_SIZE.into()),
+                &counts,
             )
         })
         .and_then(|b| b.install_recorder())

@@ -200,6 +200,33 @@ pub fn describe() {
     // Set only when the ceiling changes: exported from the start at its resting value.
     metrics::gauge!(MEMORY_CEILING).set(0.0);
     metrics::gauge!(STORE_REFUSING).set(0.0);
+    // Every counter series whose labels are known in advance is exported from the start,
+    // at 0: a series that first appears with its first event hides that event from
+    // rate() and increase(), and an alert on it cannot fire until then.
+    for method in ["ott", "ottca", "ca"] {
+        metrics::counter!(ENROLLMENTS, "method" => method, "result" => "ok").increment(0);
+    }
+    for method in ["ott", "ottca"] {
+        metrics::counter!(TOKENS_EXPIRED, "method" => method).increment(0);
+    }
+    for result in ["ok", "failed", "timeout", "evicted", "refused"] {
+        metrics::counter!(HANDSHAKES, "result" => result).increment(0);
+    }
+    for limit in ["source", "ca", "sign_queue", "commit_queue"] {
+        metrics::counter!(RATE_LIMITED, "limit" => limit).increment(0);
+    }
+    for state in ["handshake", "idle", "slow_request", "slow_reader"] {
+        metrics::counter!(PUSHED_OUT, "state" => state).increment(0);
+    }
+    for result in ["hit", "miss"] {
+        metrics::counter!(CA_CACHE_LOOKUPS, "result" => result).increment(0);
+    }
+    for result in ["checked", "remembered"] {
+        metrics::counter!(CHAIN_SIGNATURES, "result" => result).increment(0);
+    }
+    for gauge in [CONNECTIONS, QUEUE_DEPTH, SIGN_QUEUE_DEPTH] {
+        metrics::gauge!(gauge).increment(0.0);
+    }
 }
 
 /// Records one enrollment answer.

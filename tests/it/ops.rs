@@ -787,9 +787,25 @@ fn metrics_health_and_readiness_endpoints() {
         "# HELP enrollgate_sign_queue_depth",
         "enrollgate_ca_cache_size 0",
         "enrollgate_memory_connection_ceiling 0",
+        // Batch sizes in counts.
+        "enrollgate_sign_batch_size_bucket{le=\"1\"} 1",
+        "enrollgate_sign_batch_size_bucket{le=\"1024\"} 1",
+        // Series of events that have not happened yet are there, at 0.
+        "enrollgate_enrollments_total{method=\"ca\",result=\"ok\"} 0",
+        "enrollgate_tokens_expired_total{method=\"ott\"} 0",
+        "enrollgate_tls_handshakes_total{result=\"evicted\"} 0",
+        "enrollgate_rate_limited_total{limit=\"commit_queue\"} 0",
+        "enrollgate_connections_pushed_out_total{state=\"slow_reader\"} 0",
+        "enrollgate_ca_cache_lookups_total{result=\"miss\"} 0",
+        "enrollgate_chain_signatures_total{result=\"remembered\"} 0",
+        "enrollgate_commit_queue_depth 0",
     ] {
         assert!(metrics.contains(want), "{want} missing from:\n{metrics}");
     }
+    assert!(
+        !metrics.contains("enrollgate_sign_batch_size_bucket{le=\"0.5\"}"),
+        "a size in seconds' buckets:\n{metrics}"
+    );
     assert!(get("/healthz").ends_with("200"));
     assert!(get("/readyz").ends_with("200"));
     assert!(get("/nope").ends_with("404"));
