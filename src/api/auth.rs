@@ -35,7 +35,7 @@ pub enum AuthError {
     #[error("this certificate is expired or not yet valid")]
     OutsideValidity,
     /// Its CA no longer allows authentication, or the chain no longer verifies.
-    #[error("this certificate's CA does not allow authentication: {0}")]
+    #[error("this certificate does not authenticate through a third-party CA: {0}")]
     CaRefused(String),
     /// The store failed.
     #[error("{0}")]
@@ -60,9 +60,13 @@ pub fn authenticate(w: &WorkerCtx, peer: &Peer, now: UnixTime) -> Result<Identit
     }
     if !auth.issued_by_network {
         let cas = w.cas.current(&w.shared.cas);
-        cas.verify(&peer.chain, now, "authentication", w.cas.memo(), |ca| {
-            ca.is_verified && ca.is_auth_enabled
-        })
+        cas.verify(
+            &peer.chain,
+            now,
+            "is not verified or does not allow authentication",
+            w.cas.memo(),
+            |ca| ca.is_verified && ca.is_auth_enabled,
+        )
         .map_err(|e| AuthError::CaRefused(e.to_string()))?;
     }
     Ok(identity)

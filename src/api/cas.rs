@@ -113,12 +113,21 @@ pub async fn create(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> 
         .cert_pem
         .ok_or_else(|| ApiError::CouldNotParseBody("the body has no 'certPem'".into()))?;
     let parsed = ca::parse_ca_pem(cert_pem.as_bytes())?;
+    let now = w.shared.clock.unix_now();
+    // No chain ends at an expired CA (chain::CaSet checks each CA's dates): refused here
+    // rather than registered to verify nothing. One not valid yet may be registered ahead.
+    if now > parsed.not_after {
+        return Err(ca::CaCertError::Invalid(format!(
+            "the CA certificate expired on {}",
+            crate::clock::rfc3339(parsed.not_after)
+        ))
+        .into());
+    }
     check_roles(&body.identity_roles)?;
     let format = body
         .identity_name_format
         .unwrap_or_else(|| DEFAULT_NAME_FORMAT.to_string());
     check_format(&format)?;
-    let now = w.shared.clock.unix_now();
     let rand = |e: crate::ids::RandomError| ApiError::Unhandled(e.to_string());
     let ca = Ca {
         id: crate::ids::new_id().map_err(rand)?,

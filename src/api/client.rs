@@ -224,8 +224,8 @@ async fn enroll_ottca(
     })?;
     let cas = w.cas.current(&shared.cas);
     let ca_id = enrollment.ca_id.clone().unwrap_or_default();
-    match cas.get(&ca_id) {
-        Some(ca) if ca.is_verified && ca.is_ott_ca_enrollment_enabled => {}
+    let token_ca = match cas.get(&ca_id) {
+        Some(ca) if ca.is_verified && ca.is_ott_ca_enrollment_enabled => ca.name.clone(),
         Some(_) => {
             return Err(ApiError::EnrollmentCaNotValid(
                 "the enrollment's CA is not verified or does not allow ottca enrollment".into(),
@@ -236,8 +236,9 @@ async fn enroll_ottca(
                 "the enrollment's CA no longer exists".into(),
             ))
         }
-    }
-    cas.verify(&peer.chain, now, "ottca enrollment", w.cas.memo(), |ca| {
+    };
+    let refusal = format!("is not the CA of this token, '{token_ca}'");
+    cas.verify(&peer.chain, now, &refusal, w.cas.memo(), |ca| {
         ca.id == ca_id
     })
     .map_err(|e| ApiError::CertificateFailedValidation(e.to_string()))?;
@@ -275,9 +276,13 @@ async fn enroll_ca(
     let now = shared.clock.unix_now();
     let cas = w.cas.current(&shared.cas);
     let ca = cas
-        .verify(&peer.chain, now, "auto-enrollment", w.cas.memo(), |ca| {
-            ca.is_verified && ca.is_auto_ca_enrollment_enabled
-        })
+        .verify(
+            &peer.chain,
+            now,
+            "is not verified or does not allow auto-enrollment",
+            w.cas.memo(),
+            |ca| ca.is_verified && ca.is_auto_ca_enrollment_enabled,
+        )
         .map_err(|e| ApiError::CertFailedValidation(e.to_string()))?;
     let authenticator = presented_authenticator(leaf, Method::Ca, now)?;
     refuse_bound(shared, &authenticator)?;

@@ -414,7 +414,16 @@ async fn refresh_enrollment(w: &WorkerCtx, req: &Request, id: &str) -> Result<Re
     }
     let body: Body = json_body(req)?;
     let e = find_enrollment(w, id)?;
-    // The new token keeps the method (and CA) of the one it replaces.
+    // The new token keeps the method (and CA) of the one it replaces: not a CA that is
+    // gone, whose token nobody could redeem.
+    if let Some(ca_id) = &e.ca_id {
+        super::cas::find(w, ca_id).map_err(|_| {
+            ApiError::EnrollmentCaNotValid(format!(
+                "the enrollment's CA (id '{ca_id}') no longer exists: delete this enrollment \
+                 and create another (ott, or ottca with an existing CA)"
+            ))
+        })?;
+    }
     replace_enrollment(
         w,
         &e.identity_id,

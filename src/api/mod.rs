@@ -54,7 +54,8 @@ pub struct Peer {
 pub async fn handle(w: &WorkerCtx, req: &Request, peer: &Peer, request_id: &str) -> Response {
     let started = std::time::Instant::now();
     let result = route(w, req, peer).await;
-    if let Some(method) = enrollment_method(req) {
+    let enrolling = enrollment_method(req);
+    if let Some(method) = enrolling {
         let outcome = match &result {
             Ok(_) => "ok",
             Err(e) => e.status_and_code().1,
@@ -70,14 +71,83 @@ pub async fn handle(w: &WorkerCtx, req: &Request, peer: &Peer, request_id: &str)
             let (status, code) = err.status_and_code();
             if status >= 500 {
                 tracing::error!(request_id, code, error = %err, path = %req.head.path, "request failed");
+            } else if let (Some(method), true) = (enrolling, refusals::log_now()) {
+                // A device in the field reports the requestId of its refusal: the reason is
+                // here, under it (the same text the device got; never a token).
+                let peer = peer.addr.map(|a| a.ip().to_string()).unwrap_or_default();
+                // Debug-quoted: any text from the client in it stays on this line.
+                tracing::info!(request_id, code, method, peer = %peer, reason = ?err.to_string(), "enrollment refused");
             } else {
-                tracing::debug!(request_id, code, path = %req.head.path, "request refused");
+                tracing::debug!(request_id, code, error = ?err.to_string(), path = %req.head.path, "request refused");
             }
             let mut resp = Response::json(status, &err.envelope(request_id));
             if let ApiError::RateLimited { retry_after, .. } = err {
                 resp = resp.with_header("Retry-After", retry_after.to_string());
             }
             resp
+        }
+    }
+}
+
+/// How many refused enrollments a worker logs at info: 20 a second, then one line saying
+/// how many were left out (a fleet retrying with a bad certificate cannot flood the log;
+/// the metrics count every one).
+mod refusals {
+    use std::cell::Cell;
+
+    const PER_SECOND: u32 = 20;
+
+    thread_local! {
+        /// The current second (monotonic), lines logged in it, refusals left out since
+        /// the last line.
+        static WINDOW: Cell<(u64, u32, u64)> = const { Cell::new((0, 0, 0)) };
+    }
+
+    fn second() -> u64 {
+        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
+        START
+            .get_or_init(std::time::Instant::now)
+            .elapsed()
+            .as_secs()
+    }
+
+    /// Whether this refusal is logged; says first how many were not, if any.
+    pub fn log_now() -> bool {
+        WINDOW.with(|w| {
+            let (mut at, mut logged, mut left_out) = w.get();
+            let now = second();
+            if now != at {
+                (at, logged) = (now, 0);
+            }
+            let log = logged < PER_SECOND;
+            if log {
+                if left_out > 0 {
+                    tracing::info!(
+                        left_out,
+                        "refused enrollments not logged (over {PER_SECOND} a second on this \
+                         worker; enrollgate_enrollments_total counts them all)"
+                    );
+                    left_out = 0;
+                }
+                logged += 1;
+            } else {
+                left_out += 1;
+            }
+            w.set((at, logged, left_out));
+            log
+        })
+    }
+
+    #[cfg(test)]
+    mod tests {
+        #[test]
+        fn at_most_twenty_a_second_are_logged() {
+            // A fresh thread: its own window. 100 refusals within a second or two: at
+            // least 20 and at most 40 logged, whichever second boundary falls between.
+            let logged = std::thread::spawn(|| (0..100).filter(|_| super::log_now()).count())
+                .join()
+                .unwrap();
+            assert!((20..=40).contains(&logged), "{logged}");
         }
     }
 }

@@ -34,6 +34,41 @@ pub struct CachedCa {
     /// The stored record (flags, name, roles, format).
     pub ca: Ca,
     anchor: TrustAnchor<'static>,
+    /// The CA certificate's validity (Unix seconds): a trust anchor carries no dates, so
+    /// these are checked here (as OpenZiti's Go verifier does for its roots).
+    not_before: UnixTime,
+    not_after: UnixTime,
+}
+
+/// Whether `now` is within `[not_before, not_after]`, and if not, what to say.
+fn outside_validity(not_before: UnixTime, not_after: UnixTime, now: UnixTime) -> Option<String> {
+    if now > not_after {
+        Some(format!("expired on {}", crate::clock::rfc3339(not_after)))
+    } else if now < not_before {
+        Some(format!(
+            "is not valid until {}",
+            crate::clock::rfc3339(not_before)
+        ))
+    } else {
+        None
+    }
+}
+
+/// A certificate name for a message: at most 200 characters, control characters replaced.
+fn printable(name: &X509Name<'_>) -> String {
+    let text = name.to_string();
+    let mut out: String = text
+        .chars()
+        .take(200)
+        .map(|c| if c.is_control() { '?' } else { c })
+        .collect();
+    if text.chars().count() > 200 {
+        out.push_str("...");
+    }
+    if out.is_empty() {
+        out.push_str("(empty name)");
+    }
+    out
 }
 
 /// Every CA, parsed, indexed by subject.
@@ -93,6 +128,26 @@ fn describe(e: &webpki::Error) -> String {
     }
 }
 
+/// [`describe`], naming the certificate outside its validity: the client's own, or an
+/// intermediate it sent (`certs`: subject, notBefore, notAfter, leaf first).
+fn which(e: &webpki::Error, certs: &[(String, UnixTime, UnixTime)], now: UnixTime) -> String {
+    if matches!(
+        e,
+        webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. }
+    ) {
+        for (n, (subject, not_before, not_after)) in certs.iter().enumerate() {
+            if let Some(why) = outside_validity(*not_before, *not_after, now) {
+                return if n == 0 {
+                    format!("the certificate {why}")
+                } else {
+                    format!("the intermediate certificate '{subject}' {why}")
+                };
+            }
+        }
+    }
+    describe(e)
+}
+
 impl CaSet {
     /// Parses `cas` into a set. A stored CA whose certificate no longer parses is skipped
     /// with a log line (it was checked when it was created).
@@ -103,8 +158,12 @@ impl CaSet {
                 tracing::error!(ca_id = %ca.id, "stored CA certificate is not PEM; skipped");
                 continue;
             };
-            let subject = match X509Certificate::from_der(&der) {
-                Ok((_, c)) => c.subject().as_raw().to_vec(),
+            let (subject, not_before, not_after) = match X509Certificate::from_der(&der) {
+                Ok((_, c)) => (
+                    c.subject().as_raw().to_vec(),
+                    c.validity().not_before.timestamp(),
+                    c.validity().not_after.timestamp(),
+                ),
                 Err(_) => {
                     tracing::error!(ca_id = %ca.id, "stored CA certificate does not parse; skipped");
                     continue;
@@ -121,7 +180,12 @@ impl CaSet {
             let i = set.cas.len();
             set.by_subject.entry(subject).or_default().push(i);
             set.by_id.insert(ca.id.clone(), i);
-            set.cas.push(CachedCa { ca, anchor });
+            set.cas.push(CachedCa {
+                ca,
+                anchor,
+                not_before,
+                not_after,
+            });
         }
         set
     }
@@ -142,7 +206,8 @@ impl CaSet {
     }
 
     /// Verifies `chain` (leaf first) at `now` against the CAs for which `accept` is true,
-    /// and returns the CA the path ends at. Signatures `memo` holds are not checked again
+    /// and returns the CA the path ends at. `refusal` says why a CA `accept` refuses is
+    /// refused ("is not verified or does not allow authentication"), after its name. Signatures `memo` holds are not checked again
     /// ([`SignatureMemo::off`] checks every one). Records the cache lookup (hit: some
     /// cached CA is named as an issuer in the chain), the signatures checked and
     /// remembered, and the verification time.
@@ -150,14 +215,14 @@ impl CaSet {
         &self,
         chain: &[CertificateDer<'_>],
         now: UnixTime,
-        purpose: &str,
+        refusal: &str,
         memo: &SignatureMemo,
         accept: impl Fn(&Ca) -> bool,
     ) -> Result<&Ca, ChainError> {
         let started = std::time::Instant::now();
         let mut cache_hit = false;
         let counts = Counts::default();
-        let result = self.verify_inner(chain, now, purpose, memo, &counts, accept, &mut cache_hit);
+        let result = self.verify_inner(chain, now, refusal, memo, &counts, accept, &mut cache_hit);
         crate::telemetry::chain_verification(cache_hit, counts.get(), started.elapsed());
         result
     }
@@ -167,7 +232,7 @@ impl CaSet {
         &self,
         chain: &[CertificateDer<'_>],
         now: UnixTime,
-        purpose: &str,
+        refusal: &str,
         memo: &SignatureMemo,
         counts: &Counts,
         accept: impl Fn(&Ca) -> bool,
@@ -180,31 +245,71 @@ impl CaSet {
                 chain.len()
             )));
         }
-        // Issuers named anywhere in the chain select the candidate anchors.
+        // Issuers named anywhere in the chain select the candidate anchors; a CA outside
+        // its own validity is never one.
         let mut candidates: Vec<usize> = Vec::new();
-        let mut known_but_refused = false;
+        let mut refused: Vec<usize> = Vec::new();
+        let mut out_of_date: Vec<(usize, String)> = Vec::new();
+        // Each certificate's subject and validity, for the messages below.
+        let mut certs: Vec<(String, UnixTime, UnixTime)> = Vec::with_capacity(chain.len());
+        let mut leaf_issuer = String::new();
         for der in chain {
             let (_, cert) = X509Certificate::from_der(der)
                 .map_err(|_| ChainError::Malformed("a certificate does not parse".into()))?;
-            if let Some(idx) = self.by_subject.get(cert.issuer().as_raw()) {
-                for &i in idx {
-                    if candidates.contains(&i) {
-                        continue;
-                    }
-                    if accept(&self.cas[i].ca) {
-                        candidates.push(i);
-                    } else {
-                        known_but_refused = true;
-                    }
+            if certs.is_empty() {
+                leaf_issuer = printable(cert.issuer());
+            }
+            certs.push((
+                printable(cert.subject()),
+                cert.validity().not_before.timestamp(),
+                cert.validity().not_after.timestamp(),
+            ));
+            for &i in self
+                .by_subject
+                .get(cert.issuer().as_raw())
+                .into_iter()
+                .flatten()
+            {
+                if candidates.contains(&i)
+                    || refused.contains(&i)
+                    || out_of_date.iter().any(|(j, _)| *j == i)
+                {
+                    continue;
+                }
+                let c = &self.cas[i];
+                if !accept(&c.ca) {
+                    refused.push(i);
+                } else if let Some(why) = outside_validity(c.not_before, c.not_after, now) {
+                    out_of_date.push((i, why));
+                } else {
+                    candidates.push(i);
                 }
             }
         }
-        *cache_hit = known_but_refused || !candidates.is_empty();
+        *cache_hit = !(candidates.is_empty() && refused.is_empty() && out_of_date.is_empty());
         if candidates.is_empty() {
-            return Err(ChainError::NoAcceptedCa(if known_but_refused {
-                format!("the certificate's CA is not verified or does not allow {purpose}")
+            let names = |idx: &mut dyn Iterator<Item = usize>| {
+                idx.map(|i| format!("'{}'", self.cas[i].ca.name))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            if let Some((i, why)) = out_of_date.first() {
+                return Err(ChainError::Invalid(format!(
+                    "the certificate of CA '{}', which issued this chain, {why}",
+                    self.cas[*i].ca.name
+                )));
+            }
+            return Err(ChainError::NoAcceptedCa(if refused.is_empty() {
+                format!(
+                    "the certificate was not issued by any CA known to this gateway: no CA \
+                     here has its issuer's name ({leaf_issuer}); if that is an intermediate, \
+                     send it after the certificate"
+                )
             } else {
-                "the certificate was not issued by any CA known to this gateway".into()
+                format!(
+                    "the certificate's CA ({}) {refusal}",
+                    names(&mut refused.iter().copied())
+                )
             }));
         }
         let anchors: Vec<TrustAnchor<'_>> = candidates
@@ -230,7 +335,7 @@ impl CaSet {
                 None,
                 None,
             )
-            .map_err(|e| ChainError::Invalid(describe(&e)))?;
+            .map_err(|e| ChainError::Invalid(which(&e, &certs, now)))?;
         let anchor = path.anchor();
         candidates
             .iter()
@@ -435,7 +540,7 @@ mod tests {
         let set = CaSet::build(vec![ca("A", &a.2, false)]);
         let chain = [leaf(&a, NOW + 1000)];
         assert!(matches!(
-            set.verify(&chain, NOW, "auto-enrollment", &SignatureMemo::off(), |c| c.is_verified),
+            set.verify(&chain, NOW, "does not allow auto-enrollment", &SignatureMemo::off(), |c| c.is_verified),
             Err(ChainError::NoAcceptedCa(m)) if m.contains("auto-enrollment")
         ));
         assert!(matches!(
@@ -535,7 +640,11 @@ mod tests {
         assert_eq!(verify_counted(&set, &chain, NOW, &memo).0.unwrap(), "R");
         // The intermediate's signature is remembered, its validity is not: expired later.
         let (r, counts) = verify_counted(&set, &chain, NOW + 3_000, &memo);
-        assert!(matches!(r, Err(ChainError::Invalid(m)) if m.contains("expired")));
+        assert!(
+            matches!(&r, Err(ChainError::Invalid(m))
+                if m.contains("the intermediate certificate 'CN=fleet-intermediate' expired on")),
+            "{r:?}"
+        );
         assert_eq!(counts.checked, 0, "refused on time, before any signature");
         // A leaf whose signature was tampered with fails, with its intermediate remembered.
         let mut forged = leaves[0].to_vec();
@@ -545,6 +654,77 @@ mod tests {
         assert!(
             matches!(&r, Err(ChainError::Invalid(m)) if m.contains("Signature")),
             "a forged leaf: {r:?}"
+        );
+    }
+
+    /// A trust anchor carries no dates: the CA's own validity is checked, as OpenZiti's
+    /// verifier does. A chain whose only CA expired (or is not valid yet) is refused and
+    /// the message names the CA; another CA with the same name that is valid still serves.
+    #[test]
+    fn a_ca_outside_its_validity_anchors_nothing() {
+        let a = root("a");
+        let set = CaSet::build(vec![ca("A", &a.2, true)]);
+        // The root is valid until NOW + 100_000; the leaf a while longer.
+        let chain = [leaf(&a, NOW + 300_000)];
+        let verify_at = |t| set.verify(&chain, t, "x", &SignatureMemo::off(), |_| true);
+        assert_eq!(verify_at(NOW).unwrap().id, "A");
+        let r = verify_at(NOW + 200_000);
+        assert!(
+            matches!(&r, Err(ChainError::Invalid(m))
+                if m.starts_with("the certificate of CA 'A', which issued this chain, expired on")),
+            "{r:?}"
+        );
+        let r = verify_at(NOW - 500);
+        assert!(
+            matches!(&r, Err(ChainError::Invalid(m)) if m.contains("is not valid until")),
+            "{r:?}"
+        );
+        // The CA renewed with the same key and name, registered beside the expired one.
+        let mut renewed = a.0.clone();
+        renewed.not_after = at(NOW + 400_000);
+        let renewed_pem = renewed.self_signed(&a.1).unwrap().pem();
+        let set = CaSet::build(vec![ca("A", &a.2, true), ca("A2", &renewed_pem, true)]);
+        assert_eq!(
+            set.verify(&chain, NOW + 200_000, "x", &SignatureMemo::off(), |_| true)
+                .unwrap()
+                .id,
+            "A2"
+        );
+    }
+
+    /// The messages say what an operator needs: which certificate is out of date, which CA
+    /// refused and for what, and the issuer nobody here knows.
+    #[test]
+    fn refusals_name_the_certificate_or_ca_at_fault() {
+        let a = root("a");
+        let set = CaSet::build(vec![ca("A", &a.2, false)]);
+        let expired = [leaf(&a, NOW - 10)];
+        let r = set.verify(&expired, NOW, "x", &SignatureMemo::off(), |_| true);
+        assert!(
+            matches!(&r, Err(ChainError::Invalid(m)) if m.starts_with("the certificate expired on")),
+            "{r:?}"
+        );
+        let chain = [leaf(&a, NOW + 1000)];
+        let r = set.verify(
+            &chain,
+            NOW,
+            "is not verified or does not allow ottca enrollment",
+            &SignatureMemo::off(),
+            |c| c.is_verified,
+        );
+        assert!(
+            matches!(&r, Err(ChainError::NoAcceptedCa(m))
+                if m == "the certificate's CA ('A') is not verified or does not allow ottca enrollment"),
+            "{r:?}"
+        );
+        // Issued by an intermediate the client did not send.
+        let (root_pem, _inter, leaves) = fleet(NOW + 100_000, 1);
+        let set = CaSet::build(vec![ca("R", &root_pem, true)]);
+        let r = set.verify(&leaves[..1], NOW, "x", &SignatureMemo::off(), |_| true);
+        assert!(
+            matches!(&r, Err(ChainError::NoAcceptedCa(m))
+                if m.contains("(CN=fleet-intermediate)") && m.contains("send it after the certificate")),
+            "{r:?}"
         );
     }
 

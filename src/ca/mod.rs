@@ -19,6 +19,10 @@ pub struct ParsedCa {
     pub pem: String,
     /// Lower-case hex SHA-256 of the DER.
     pub fingerprint: String,
+    /// Its validity (Unix seconds).
+    pub not_before: crate::clock::UnixTime,
+    /// The end of its validity.
+    pub not_after: crate::clock::UnixTime,
 }
 
 /// Why a CA certificate (or a certificate given for a CA operation) is refused.
@@ -90,7 +94,13 @@ pub fn parse_ca_pem(text: &[u8]) -> Result<ParsedCa, CaCertError> {
     webpki::anchor_from_trusted_cert(&der_ref).map_err(|e| {
         CaCertError::Invalid(format!("the certificate cannot be a trust anchor: {e}"))
     })?;
+    let (not_before, not_after) = (
+        cert.validity().not_before.timestamp(),
+        cert.validity().not_after.timestamp(),
+    );
     Ok(ParsedCa {
+        not_before,
+        not_after,
         pem: crate::pki::pem_encode("CERTIFICATE", &der),
         fingerprint: crate::pki::fingerprint::sha256_hex(&der),
         der,

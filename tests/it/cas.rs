@@ -20,6 +20,13 @@ fn authenticate(dev: &Device, gw: &Gateway) -> enrollgate::client::HttpResponse 
     )
 }
 
+/// The log line holding `text`, once the daemon has written it.
+fn wait_for_line(gw: &Gateway, text: &str) -> String {
+    gw.wait_log(text);
+    let log = gw.log();
+    log.lines().find(|l| l.contains(text)).unwrap().to_owned()
+}
+
 fn ca_enroll(dev: &Device, gw: &Gateway, body: Option<&Value>) -> enrollgate::client::HttpResponse {
     let bytes = body.map(|b| b.to_string().into_bytes()).unwrap_or_default();
     let headers: &[(&str, &str)] = if body.is_some() {
@@ -327,6 +334,31 @@ fn bad_ca_uploads_get_their_codes() {
         let r = gw.mgmt("POST", "/cas", Some(&body));
         assert_eq!((r.status, code(&r).as_str()), (status, want), "{body}");
     }
+    // An expired CA would anchor nothing: refused, with its date.
+    let expired = {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name
+            .push(rcgen::DnType::CommonName, "old root");
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.not_before = time::OffsetDateTime::from_unix_timestamp(1_600_000_000).unwrap();
+        p.not_after = time::OffsetDateTime::from_unix_timestamp(1_700_000_000).unwrap();
+        p.self_signed(&key).unwrap().pem()
+    };
+    let r = gw.mgmt(
+        "POST",
+        "/cas",
+        Some(&json!({"name": "old", "certPem": expired})),
+    );
+    assert_eq!(
+        (r.status, code(&r).as_str()),
+        (400, "CERTIFICATE_FAILED_VALIDATION")
+    );
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(
+        body.contains("the CA certificate expired on 2023-11-14T22:13:20Z"),
+        "{body}"
+    );
     assert_eq!(gw.mgmt("GET", "/cas", None).json().unwrap(), before);
 }
 
@@ -536,6 +568,11 @@ fn ottca_binds_a_certificate_from_the_tokens_ca_only() {
         b"",
     );
     assert_eq!(code(&r), "CERTIFICATE_FAILED_VALIDATION");
+    let body = String::from_utf8_lossy(&r.body);
+    assert!(
+        body.contains("the certificate's CA ('elsewhere') is not the CA of this token, 'ops'"),
+        "{body}"
+    );
     // The ott route does not redeem an ottca token.
     let r = gw.request(
         "POST",
@@ -690,6 +727,20 @@ fn ottca_binds_a_certificate_from_the_tokens_ca_only() {
         (r.status, code(&r).as_str()),
         (400, "ENROLLMENT_CA_NOT_VALID")
     );
+
+    // The CA deleted: a new token for plc-2 would be bound to it, and is refused.
+    let out = gw.cli(&["ca", "delete", "ops"]);
+    assert!(out.status.success(), "{out:?}");
+    let before = gw.snapshot();
+    let out = gw.cli(&["identity", "reissue", "plc-2", "-o", "plc2.jwt"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("ENROLLMENT_CA_NOT_VALID") && err.contains("no longer exists"),
+        "{err}"
+    );
+    assert!(!dir.join("plc2.jwt").exists());
+    assert_eq!(gw.snapshot(), before);
 }
 
 #[test]
@@ -767,12 +818,35 @@ fn bad_chains_get_their_codes_and_change_nothing() {
     ];
     for (what, dev) in cases {
         let r = ca_enroll(&dev, &gw, None);
+        let body = String::from_utf8_lossy(&r.body);
         assert_eq!(
             (r.status, code(&r).as_str()),
             (400, "CERT_FAILED_VALIDATION"),
-            "{what}: {}",
-            String::from_utf8_lossy(&r.body)
+            "{what}: {body}"
         );
+        // The log has the refusal under the requestId the device got, with its reason.
+        let v: Value = serde_json::from_slice(&r.body).unwrap();
+        let id = v["error"]["requestId"].as_str().unwrap().to_owned();
+        let line = wait_for_line(&gw, &id);
+        assert!(
+            line.contains("enrollment refused")
+                && line.contains("CERT_FAILED_VALIDATION")
+                && line.contains("127.0.0.1"),
+            "{what}: {line}"
+        );
+        // The reason names what is at fault.
+        let says = match what {
+            "expired" => "the certificate expired on",
+            "not yet valid" => "the certificate is not valid until",
+            "unverified CA" => {
+                "CA ('unverified') is not verified or does not allow auto-enrollment"
+            }
+            "missing intermediate" => {
+                "(CN=fleet intermediate); if that is an intermediate, send it after the certificate"
+            }
+            _ => "",
+        };
+        assert!(body.contains(says), "{what}: {body}");
     }
     let r = gw.request("POST", "/enroll?method=ca", &[], b"");
     assert_eq!(code(&r), "CERT_FAILED_VALIDATION", "no certificate");
