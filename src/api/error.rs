@@ -74,9 +74,14 @@ pub enum ApiError {
     /// `NOT_FOUND` 404.
     #[error("{0}")]
     NotFound(String),
-    /// `METHOD_NOT_ALLOWED` 405.
-    #[error("{0}")]
-    MethodNotAllowed(String),
+    /// `METHOD_NOT_ALLOWED` 405, answered with an `Allow` header.
+    #[error("{message}")]
+    MethodNotAllowed {
+        /// Human text.
+        message: String,
+        /// The methods the path takes, as the `Allow` header lists them.
+        allow: &'static str,
+    },
     /// `LENGTH_REQUIRED` 411: a body without Content-Length (chunked uploads are refused).
     #[error("{0}")]
     LengthRequired(String),
@@ -134,7 +139,7 @@ impl ApiError {
             Self::InvalidAuth(_) => (401, "INVALID_AUTH"),
             Self::Unauthorized(_) => (401, "UNAUTHORIZED"),
             Self::NotFound(_) => (404, "NOT_FOUND"),
-            Self::MethodNotAllowed(_) => (405, "METHOD_NOT_ALLOWED"),
+            Self::MethodNotAllowed { .. } => (405, "METHOD_NOT_ALLOWED"),
             Self::LengthRequired(_) => (411, "LENGTH_REQUIRED"),
             Self::RequestTooLarge(_) => (413, "REQUEST_TOO_LARGE"),
             Self::UnsupportedMedia(_) => (415, "UNSUPPORTED_MEDIA"),

@@ -34,13 +34,13 @@ pub(super) async fn route(
         )),
         (["identities"], "GET") => list_identities(w, req),
         (["identities"], "POST") => create_identity(w, req).await,
-        (["identities"], _) => Err(method_not_allowed(req, "GET or POST")),
+        (["identities"], _) => Err(method_not_allowed(req, "GET, POST")),
         (["identities", id], "GET") => show_identity(w, id),
         (["identities", id], "DELETE") => delete_identity(w, id).await,
-        (["identities", _], _) => Err(method_not_allowed(req, "GET or DELETE")),
+        (["identities", _], _) => Err(method_not_allowed(req, "GET, DELETE")),
         (["enrollments"], "GET") => list_enrollments(w, req),
         (["enrollments"], "POST") => create_enrollment(w, req).await,
-        (["enrollments"], _) => Err(method_not_allowed(req, "GET or POST")),
+        (["enrollments"], _) => Err(method_not_allowed(req, "GET, POST")),
         (["enrollments", id], "GET") => {
             Ok(Response::data(views::enrollment(&find_enrollment(w, id)?)))
         }
@@ -51,11 +51,11 @@ pub(super) async fn route(
         (["enrollments", id, "refresh"], "POST") => refresh_enrollment(w, req, id).await,
         (["cas"], "GET") => super::cas::list(w),
         (["cas"], "POST") => super::cas::create(w, req).await,
-        (["cas"], _) => Err(method_not_allowed(req, "GET or POST")),
+        (["cas"], _) => Err(method_not_allowed(req, "GET, POST")),
         (["cas", id], "GET") => Ok(Response::data(super::cas::view(&super::cas::find(w, id)?))),
         (["cas", id], "PATCH" | "PUT") => super::cas::update(w, req, id).await,
         (["cas", id], "DELETE") => super::cas::delete(w, id).await,
-        (["cas", _], _) => Err(method_not_allowed(req, "GET, PATCH or DELETE")),
+        (["cas", _], _) => Err(method_not_allowed(req, "GET, PATCH, DELETE")),
         (["cas", id, "verify"], "POST") => super::cas::verify(w, req, id).await,
         (["cas", id, "jwt"], "GET") => super::cas::jwt(w, id),
         _ => Err(ApiError::NotFound(format!(

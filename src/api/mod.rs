@@ -81,8 +81,15 @@ pub async fn handle(w: &WorkerCtx, req: &Request, peer: &Peer, request_id: &str)
                 tracing::debug!(request_id, code, error = ?err.to_string(), path = %req.head.path, "request refused");
             }
             let mut resp = Response::json(status, &err.envelope(request_id));
-            if let ApiError::RateLimited { retry_after, .. } = err {
-                resp = resp.with_header("Retry-After", retry_after.to_string());
+            match err {
+                ApiError::RateLimited { retry_after, .. } => {
+                    resp = resp.with_header("Retry-After", retry_after.to_string());
+                }
+                // RFC 9110, 15.5.6: a 405 lists the methods the resource takes.
+                ApiError::MethodNotAllowed { allow, .. } => {
+                    resp = resp.with_header("Allow", allow.to_string());
+                }
+                _ => {}
             }
             resp
         }
@@ -191,12 +198,15 @@ async fn route(w: &WorkerCtx, req: &Request, peer: &Peer) -> Result<Response, Ap
     client::route(w, req, peer, rest).await
 }
 
-/// Refuses a method on a known path.
-pub(crate) fn method_not_allowed(req: &Request, allowed: &str) -> ApiError {
-    ApiError::MethodNotAllowed(format!(
-        "{} is not allowed on {}; use {allowed}",
-        req.head.method, req.head.path
-    ))
+/// Refuses a method on a known path; `allow` lists the methods it takes ("GET, POST").
+pub(crate) fn method_not_allowed(req: &Request, allow: &'static str) -> ApiError {
+    ApiError::MethodNotAllowed {
+        message: format!(
+            "{} is not allowed on {}; use {allow}",
+            req.head.method, req.head.path
+        ),
+        allow,
+    }
 }
 
 /// Parses a JSON body, or explains why not.

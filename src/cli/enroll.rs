@@ -123,7 +123,8 @@ pub fn enroll(args: EnrollArgs) -> Result<(), CliError> {
         ("ottca" | "ca", Some(c), Some(k)) => Some((c.clone(), k.clone())),
         ("ottca" | "ca", _, _) => {
             return Err(CliError::new(format!(
-                "this is an '{}' token: pass the certificate from your CA with --cert and --key",
+                "this is {} '{}' token: pass the certificate from your CA with --cert and --key",
+                if claims.em == "ottca" { "an" } else { "a" },
                 claims.em
             )))
         }
@@ -270,10 +271,22 @@ fn enroll_with_certificate(
     key_path: &std::path::Path,
     out: PendingFile,
 ) -> Result<(), CliError> {
-    let cert_pem = std::fs::read_to_string(cert_path)
-        .map_err(|e| CliError::new(format!("{}: {e}", cert_path.display())))?;
-    let key_pem = std::fs::read_to_string(key_path)
-        .map_err(|e| CliError::new(format!("{}: {e}", key_path.display())))?;
+    // PEM files: a DER file is not text, and says so rather than "invalid UTF-8".
+    let read_pem = |path: &std::path::Path| {
+        std::fs::read_to_string(path).map_err(|e| {
+            CliError::new(if e.kind() == std::io::ErrorKind::InvalidData {
+                format!(
+                    "{}: not a PEM file (DER? convert it: openssl x509 -inform der -in {0} \
+                     -out FILE.pem, or openssl pkey -inform der for a key)",
+                    path.display()
+                )
+            } else {
+                format!("{}: {e}", path.display())
+            })
+        })
+    };
+    let cert_pem = read_pem(cert_path)?;
+    let key_pem = read_pem(key_path)?;
     let material = crate::identity_file::IdentityFile::new(server, &key_pem, &cert_pem, "");
     let chain = material.cert_chain().map_err(|_| {
         let swapped = if cert_pem.contains("PRIVATE KEY-----") {
@@ -296,9 +309,21 @@ fn enroll_with_certificate(
             )));
         }
     }
-    let key = material
-        .private_key()
-        .map_err(|_| CliError::new(format!("{}: not a PEM private key", key_path.display())))?;
+    let key = material.private_key().map_err(|_| {
+        CliError::new(
+            if key_pem.contains("ENCRYPTED PRIVATE KEY")
+                || key_pem.contains("Proc-Type: 4,ENCRYPTED")
+            {
+                format!(
+                    "{}: the private key is encrypted; decrypt it first (openssl pkey -in {0} \
+                     -out FILE.key, then keep that file private)",
+                    key_path.display()
+                )
+            } else {
+                format!("{}: not a PEM private key", key_path.display())
+            },
+        )
+    })?;
     let (path, body) = if claims.em == "ottca" {
         let token_q: String = form_urlencoded::byte_serialize(claims.jti.as_bytes()).collect();
         (

@@ -174,8 +174,15 @@ fn bad_enrollment_requests_change_nothing() {
     }
     let r = gw.request("GET", "/enroll", &[], b"");
     assert_eq!((r.status, code(&r).as_str()), (405, "METHOD_NOT_ALLOWED"));
+    assert_eq!(
+        r.header("allow"),
+        Some("POST"),
+        "RFC 9110: a 405 says what is allowed"
+    );
     let r = gw.request("POST", "/version", &[], b"");
-    assert_eq!(r.status, 405);
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET")));
+    let r = gw.mgmt("PUT", "/cas", None);
+    assert_eq!((r.status, r.header("allow")), (405, Some("GET, POST")));
 
     // Nothing changed, and the token still works.
     assert_eq!(gw.snapshot(), before);

@@ -592,6 +592,42 @@ fn ottca_binds_a_certificate_from_the_tokens_ca_only() {
     assert_eq!(out.status.code(), Some(1));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("plc.key") && err.contains("swapped"), "{err}");
+    // A certificate in DER, a key with a passphrase: each named, the token kept.
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "x509", "-in", "plc.crt", "-outform", "der", "-out", "plc.der",
+            ])
+            .current_dir(dir),
+    );
+    run_ok(
+        Command::new("openssl")
+            .args([
+                "pkey",
+                "-in",
+                "plc.key",
+                "-aes256",
+                "-passout",
+                "pass:secret",
+            ])
+            .args(["-out", "plc-enc.key"])
+            .current_dir(dir),
+    );
+    for (cert, key, says) in [
+        ("plc.der", "plc.key", "plc.der: not a PEM file (DER?"),
+        (
+            "plc.crt",
+            "plc-enc.key",
+            "plc-enc.key: the private key is encrypted",
+        ),
+    ] {
+        let out = gw.cli(&[
+            "enroll", "--jwt", "plc.jwt", "--cert", cert, "--key", key, "--out", "plc.json",
+        ]);
+        assert_eq!(out.status.code(), Some(1));
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(says), "{err}");
+    }
     let out = gw.cli(&[
         "enroll", "--jwt", "plc.jwt", "--cert", "plc.crt", "--key", "plc.key", "--out", "plc.json",
     ]);
