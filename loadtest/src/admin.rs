@@ -195,6 +195,12 @@ pub fn register_ca(admin: &Admin, fleet: &Fleet, opts: &RegisterCa) -> Result<St
                 .as_str()
                 .ok_or_else(|| api("finding the existing CA", "no id"))?
                 .to_string();
+            let name = existing["name"].as_str().unwrap_or_default();
+            eprintln!(
+                "the fleet's root is already registered as CA '{name}': using it, with the \
+                 flags given here (auto {}, ottca {}, auth {})",
+                opts.auto, opts.ottca, opts.auth
+            );
             admin.expect(
                 "updating the existing CA's flags",
                 "PATCH",

@@ -303,7 +303,7 @@ fn register_ca(a: RegisterCaArgs) -> Result<i32, Error> {
             roles: a.role_attributes,
         },
     )?;
-    eprintln!("CA '{}' is registered and verified", a.name);
+    eprintln!("CA {id} is registered and verified");
     println!("{id}");
     Ok(0)
 }

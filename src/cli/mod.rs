@@ -111,7 +111,15 @@ impl AdminArgs {
 pub fn run(cli: Cli) -> Result<(), CliError> {
     crate::ops::process::private_umask();
     match cli.command {
-        Command::Init(a) => init::init(a).map(|_| ()),
+        Command::Init(a) => init::init(a).map(|done| {
+            // On stderr: stdout stays empty for scripts.
+            eprintln!(
+                "initialized; serve with `enrollgate serve --config {}`; the admin identity \
+                 file is {} (ENROLLGATE_IDENTITY for the CLI)",
+                done.config.display(),
+                done.admin.display()
+            );
+        }),
         Command::Serve(a) => serve::serve(a),
         Command::Quickstart(a) => init::quickstart(a),
         Command::Identity(c) => identity::run(c),

@@ -66,6 +66,8 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
         // RocksDB's own words for a store another process holds.
         let hint = if text.contains("lock file") {
             " (another process holds it: is enrollgate already serving it?)"
+        } else if text.contains("does not exist") {
+            " (no store there: make one with `enrollgate init`, or set store.path to it)"
         } else {
             ""
         };

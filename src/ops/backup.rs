@@ -36,6 +36,13 @@ pub struct BackupSummary {
 
 /// Every record of the store at `path`, read consistently beside a running daemon.
 pub fn read_all(path: &Path) -> Result<Vec<Record>, BackupError> {
+    if !path.join("CURRENT").is_file() {
+        return Err(BackupError(format!(
+            "{} is not a store, nor a backup made by `enrollgate backup` (no RocksDB CURRENT \
+             file in it)",
+            path.display()
+        )));
+    }
     let scratch = tempfile::Builder::new()
         .prefix("enrollgate-secondary-")
         .tempdir()

@@ -316,6 +316,13 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens the store at `path`; `create` makes a new one (and refuses an existing one).
     pub fn open(path: &Path, create: bool) -> Result<Self, StoreError> {
+        // RocksDB would make the directory and its LOCK and LOG files before finding no
+        // store there: a store that is not there is left not there.
+        if !create && !path.join("CURRENT").is_file() {
+            return Err(StoreError::Db(
+                "the store does not exist (no RocksDB CURRENT file)".into(),
+            ));
+        }
         let mut opts = options();
         opts.create_if_missing(create);
         opts.set_error_if_exists(create);

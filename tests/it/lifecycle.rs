@@ -104,6 +104,22 @@ fn init_makes_private_files_and_refuses_to_run_twice() {
     assert_eq!(out.status.code(), Some(1));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not empty"));
     assert_eq!(tree(&data), before);
+
+    // Its store gone (a wrong store.path, a restore half done by hand): serve says where
+    // a store comes from, and makes none.
+    std::fs::rename(data.join("store"), data.join("store.aside")).unwrap();
+    let out = Command::new(BIN)
+        .args(["serve", "--config"])
+        .arg(data.join("enrollgate.toml"))
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no store there: make one with `enrollgate init`"),
+        "{err}"
+    );
+    assert!(!data.join("store").exists());
 }
 
 #[test]

@@ -258,6 +258,21 @@ fn backup_while_serving_fsck_and_restore() {
 
     // Stopped: restore, restart, and the store is as it was at the backup.
     assert!(gw.stop().success());
+    // Not a backup: said so, the store untouched.
+    let empty = gw.dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = Command::new(BIN)
+        .arg("restore")
+        .arg("--config")
+        .arg(&cfg)
+        .arg("--from")
+        .arg(&empty)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not a store, nor a backup"), "{err}");
+    assert_eq!(staged(), 0);
     let restore = || {
         run_ok(
             Command::new(BIN)
