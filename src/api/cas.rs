@@ -16,7 +16,14 @@ use crate::store::{CaChanges, Command, Outcome};
 
 /// A CA as the management API shows it.
 pub fn view(ca: &Ca) -> Value {
+    // The CA certificate's dates: outside them it anchors no chain.
+    let (not_before, not_after) = match ca::validity(&ca.cert_pem) {
+        Some((b, a)) => (Value::String(rfc3339(b)), Value::String(rfc3339(a))),
+        None => (Value::Null, Value::Null),
+    };
     json!({
+        "notBefore": not_before,
+        "notAfter": not_after,
         "id": ca.id,
         "name": ca.name,
         "certPem": ca.cert_pem,

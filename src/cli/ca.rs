@@ -180,18 +180,19 @@ pub fn run(cmd: CaCommand) -> Result<(), CliError> {
                 return Ok(());
             }
             println!(
-                "{:<18} {:<24} {:<9} {:<5} {:<6} AUTH",
-                "ID", "NAME", "VERIFIED", "AUTO", "OTTCA"
+                "{:<18} {:<24} {:<9} {:<5} {:<6} {:<5} EXPIRES",
+                "ID", "NAME", "VERIFIED", "AUTO", "OTTCA", "AUTH"
             );
             for c in data.as_array().map(Vec::as_slice).unwrap_or_default() {
                 println!(
-                    "{:<18} {:<24} {:<9} {:<5} {:<6} {}",
+                    "{:<18} {:<24} {:<9} {:<5} {:<6} {:<5} {}",
                     text(c, "id"),
                     text(c, "name"),
                     text(c, "isVerified"),
                     text(c, "isAutoCaEnrollmentEnabled"),
                     text(c, "isOttCaEnrollmentEnabled"),
                     text(c, "isAuthEnabled"),
+                    text(c, "notAfter"),
                 );
             }
             Ok(())

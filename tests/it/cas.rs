@@ -275,7 +275,17 @@ fn cas_are_created_verified_with_openssl_and_managed_from_the_cli() {
     let r = ca_enroll(&fleet.device(&Spec::new("dev-2")), &gw, None);
     assert_eq!(code(&r), "CERT_FAILED_VALIDATION");
     let out = gw.cli(&["ca", "list"]);
-    assert!(String::from_utf8_lossy(&out.stdout).contains("acme-fleet"));
+    // The CA's dates are shown: outside them it anchors nothing.
+    let shown = gw.mgmt("GET", &format!("/cas/{id}"), None).json().unwrap();
+    let not_after = shown["data"]["notAfter"].as_str().unwrap().to_owned();
+    assert!(not_after.ends_with('Z') && shown["data"]["notBefore"].is_string());
+    let listed = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        listed
+            .lines()
+            .any(|l| l.contains("acme-fleet") && l.ends_with(&not_after)),
+        "{listed}"
+    );
 
     // The CA JWT: em=ca, sub = jti = CA id, no expiry, signed by the listener's key.
     let out = gw.cli(&["ca", "jwt", "acme-fleet", "-o", "ca.jwt"]);
