@@ -55,7 +55,7 @@ pub(super) async fn route(
         (["cas", id], "GET") => Ok(Response::data(super::cas::view(&super::cas::find(w, id)?))),
         (["cas", id], "PATCH" | "PUT") => super::cas::update(w, req, id).await,
         (["cas", id], "DELETE") => super::cas::delete(w, id).await,
-        (["cas", _], _) => Err(method_not_allowed(req, "GET, PATCH, DELETE")),
+        (["cas", _], _) => Err(method_not_allowed(req, "GET, PATCH, PUT, DELETE")),
         (["cas", id, "verify"], "POST") => super::cas::verify(w, req, id).await,
         (["cas", id, "jwt"], "GET") => super::cas::jwt(w, id),
         _ => Err(ApiError::NotFound(format!(
@@ -417,11 +417,12 @@ async fn refresh_enrollment(w: &WorkerCtx, req: &Request, id: &str) -> Result<Re
     // The new token keeps the method (and CA) of the one it replaces: not a CA that is
     // gone, whose token nobody could redeem.
     if let Some(ca_id) = &e.ca_id {
-        super::cas::find(w, ca_id).map_err(|_| {
-            ApiError::EnrollmentCaNotValid(format!(
+        super::cas::find(w, ca_id).map_err(|e| match e {
+            ApiError::NotFound(_) => ApiError::EnrollmentCaNotValid(format!(
                 "the enrollment's CA (id '{ca_id}') no longer exists: delete this enrollment \
                  and create another (ott, or ottca with an existing CA)"
-            ))
+            )),
+            other => other,
         })?;
     }
     replace_enrollment(

@@ -71,7 +71,7 @@ pub async fn handle(w: &WorkerCtx, req: &Request, peer: &Peer, request_id: &str)
             let (status, code) = err.status_and_code();
             if status >= 500 {
                 tracing::error!(request_id, code, error = %err, path = %req.head.path, "request failed");
-            } else if let (Some(method), true) = (enrolling, refusals::log_now()) {
+            } else if let Some(method) = enrolling.filter(|_| refusals::log_now()) {
                 // A device in the field reports the requestId of its refusal: the reason is
                 // here, under it (the same text the device got; never a token).
                 let peer = peer.addr.map(|a| a.ip().to_string()).unwrap_or_default();

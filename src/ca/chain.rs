@@ -119,6 +119,11 @@ fn describe(e: &webpki::Error) -> String {
             "a CA certificate was presented as the client certificate".into()
         }
         webpki::Error::MaximumPathDepthExceeded => "the chain is too deep".into(),
+        webpki::Error::InvalidSignatureForPublicKey => {
+            "a signature in the chain does not verify under its issuer's key (signed by \
+             another key of the same name, or altered)"
+                .into()
+        }
         webpki::Error::UnsupportedCertVersion => {
             "the certificate is not X.509 version 3 (openssl x509 -req makes version 1 \
              unless given extensions, e.g. -extfile)"
@@ -130,22 +135,49 @@ fn describe(e: &webpki::Error) -> String {
 
 /// [`describe`], naming the certificate outside its validity: the client's own, or an
 /// intermediate it sent (`certs`: subject, notBefore, notAfter, leaf first).
-fn which(e: &webpki::Error, certs: &[(String, UnixTime, UnixTime)], now: UnixTime) -> String {
-    if matches!(
-        e,
-        webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. }
-    ) {
-        for (n, (subject, not_before, not_after)) in certs.iter().enumerate() {
-            if let Some(why) = outside_validity(*not_before, *not_after, now) {
-                return if n == 0 {
-                    format!("the certificate {why}")
-                } else {
-                    format!("the intermediate certificate '{subject}' {why}")
-                };
+fn which(
+    e: &webpki::Error,
+    certs: &[X509Certificate<'_>],
+    out_of_date: &[(usize, String)],
+    set: &CaSet,
+    now: UnixTime,
+) -> String {
+    match e {
+        webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
+            // webpki checks the leaf first, then each certificate up the path.
+            for (n, cert) in certs.iter().enumerate() {
+                let validity = cert.validity();
+                let (not_before, not_after) = (
+                    validity.not_before.timestamp(),
+                    validity.not_after.timestamp(),
+                );
+                if let Some(why) = outside_validity(not_before, not_after, now) {
+                    return if n == 0 {
+                        format!("the certificate {why}")
+                    } else {
+                        format!(
+                            "the intermediate certificate '{}' {why}",
+                            printable(cert.subject())
+                        )
+                    };
+                }
+            }
+            describe(e)
+        }
+        // No path among the CAs in date, and one out of date was named: say so (a CA
+        // renewed with a new key does not anchor what the old key signed).
+        webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
+            match out_of_date.first() {
+                Some((i, why)) => format!(
+                    "{}; the certificate of CA '{}', named as an issuer in this chain, {why}",
+                    describe(e),
+                    set.cas[*i].ca.name
+                ),
+                None => describe(e),
             }
         }
+        _ => describe(e),
     }
-    describe(e)
 }
 
 impl CaSet {
@@ -250,20 +282,14 @@ impl CaSet {
         let mut candidates: Vec<usize> = Vec::new();
         let mut refused: Vec<usize> = Vec::new();
         let mut out_of_date: Vec<(usize, String)> = Vec::new();
-        // Each certificate's subject and validity, for the messages below.
-        let mut certs: Vec<(String, UnixTime, UnixTime)> = Vec::with_capacity(chain.len());
-        let mut leaf_issuer = String::new();
+        // Parsed once; their names are formatted only for a refusal's message.
+        let mut certs: Vec<X509Certificate<'_>> = Vec::with_capacity(chain.len());
         for der in chain {
             let (_, cert) = X509Certificate::from_der(der)
                 .map_err(|_| ChainError::Malformed("a certificate does not parse".into()))?;
-            if certs.is_empty() {
-                leaf_issuer = printable(cert.issuer());
-            }
-            certs.push((
-                printable(cert.subject()),
-                cert.validity().not_before.timestamp(),
-                cert.validity().not_after.timestamp(),
-            ));
+            certs.push(cert);
+        }
+        for cert in &certs {
             for &i in self
                 .by_subject
                 .get(cert.issuer().as_raw())
@@ -302,8 +328,9 @@ impl CaSet {
             return Err(ChainError::NoAcceptedCa(if refused.is_empty() {
                 format!(
                     "the certificate was not issued by any CA known to this gateway: no CA \
-                     here has its issuer's name ({leaf_issuer}); if that is an intermediate, \
-                     send it after the certificate"
+                     here has its issuer's name ({}); if that is an intermediate, send it \
+                     after the certificate",
+                    printable(certs[0].issuer())
                 )
             } else {
                 format!(
@@ -335,7 +362,7 @@ impl CaSet {
                 None,
                 None,
             )
-            .map_err(|e| ChainError::Invalid(which(&e, &certs, now)))?;
+            .map_err(|e| ChainError::Invalid(which(&e, &certs, &out_of_date, self, now)))?;
         let anchor = path.anchor();
         candidates
             .iter()
@@ -652,7 +679,7 @@ mod tests {
         forged[last] ^= 0x01;
         let (r, _) = verify_counted(&set, &[CertificateDer::from(forged), inter], NOW, &memo);
         assert!(
-            matches!(&r, Err(ChainError::Invalid(m)) if m.contains("Signature")),
+            matches!(&r, Err(ChainError::Invalid(m)) if m.contains("does not verify under its issuer's key")),
             "a forged leaf: {r:?}"
         );
     }
@@ -689,6 +716,17 @@ mod tests {
                 .unwrap()
                 .id,
             "A2"
+        );
+        // Renewed with a new key: what the old key signed has no CA in date, and the
+        // refusal says which CA expired.
+        let new_key = KeyPair::generate().unwrap();
+        let rekeyed_pem = renewed.self_signed(&new_key).unwrap().pem();
+        let set = CaSet::build(vec![ca("A", &a.2, true), ca("A3", &rekeyed_pem, true)]);
+        let r = set.verify(&chain, NOW + 200_000, "x", &SignatureMemo::off(), |_| true);
+        assert!(
+            matches!(&r, Err(ChainError::Invalid(m))
+                if m.contains("the certificate of CA 'A', named as an issuer in this chain, expired on")),
+            "{r:?}"
         );
     }
 

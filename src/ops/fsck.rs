@@ -6,7 +6,7 @@
 //! | every bound identity is in the fingerprint index | I5 |
 //! | every `n:` entry points at the identity of that name; every identity is indexed | I2 |
 //! | every pending enrollment belongs to a live, unenrolled identity that names it, and is indexed by id | I3, I5 |
-//! | every `a:` entry points at a live, enrolled admin; every enrolled admin is indexed (once the store was indexed) | I5 |
+//! | every `m:admin:` entry points at a live, enrolled admin; every enrolled admin is indexed (once the store was indexed) | I5 |
 //! | every record decodes | |
 
 use std::collections::BTreeMap;
@@ -97,10 +97,12 @@ pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
             "b" => {
                 contents.insert(rest, text(&v));
             }
-            "a" => {
-                admins.insert(rest);
-            }
-            "m" => admins_indexed |= k == crate::store::keys::ADMIN_INDEXED,
+            "m" => match k.strip_prefix(crate::store::keys::ADMIN) {
+                Some(id) => {
+                    admins.insert(text(id));
+                }
+                None => admins_indexed |= k == crate::store::keys::ADMIN_INDEXED,
+            },
             "c" => match serde_json::from_slice::<Ca>(&v) {
                 Ok(_) => r.cas += 1,
                 Err(_) => {
@@ -425,15 +427,15 @@ mod tests {
         // Indexed: both admins in the index.
         let marker = || raw("m:admin-index", "1");
         assert_eq!(
-            with_admins(vec![marker(), raw("a:x", ""), raw("a:y", "")]),
+            with_admins(vec![marker(), raw("m:admin:x", ""), raw("m:admin:y", "")]),
             vec![]
         );
         // One missing, and entries for a device and for nobody.
         let v = with_admins(vec![
             marker(),
-            raw("a:x", ""),
-            raw("a:a", ""),
-            raw("a:zz", ""),
+            raw("m:admin:x", ""),
+            raw("m:admin:a", ""),
+            raw("m:admin:zz", ""),
         ]);
         let details: Vec<&str> = v.iter().map(|v| v.detail.as_str()).collect();
         assert_eq!(v.len(), 3, "{v:?}");

@@ -591,8 +591,22 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
     /// Whether an identity other than `id` can manage the gateway. Reads the admin index
     /// (a few keys, whatever the number of identities), and each entry's record: an entry
     /// left by an older version that did not keep the index (after a downgrade and an
-    /// upgrade) cannot stand in for an admin that is gone.
+    /// upgrade) cannot stand in for an admin that is gone. When the index holds no other
+    /// admin, the identities are scanned before refusing, so that an admin enrolled under
+    /// such a version is found all the same: a scan only when the deletion would be
+    /// refused, which leaves an admin in place.
     fn another_admin(&self, id: &str) -> Result<bool, StoreError> {
+        if self.another_indexed_admin(id)? {
+            return Ok(true);
+        }
+        let this = keys::identity(id);
+        self.any_under(keys::IDENTITY, &mut |k, v| {
+            k != this.as_slice() && serde_json::from_slice::<Identity>(v).is_ok_and(|i| i.manages())
+        })
+    }
+
+    /// Whether the admin index holds an enrolled admin other than `id`.
+    fn another_indexed_admin(&self, id: &str) -> Result<bool, StoreError> {
         let this = keys::admin(id);
         let mut failed = None;
         let found = self.any_under(keys::ADMIN, &mut |k, _| {
@@ -897,6 +911,20 @@ mod tests {
             "{r:?}"
         );
         assert_eq!(map, before);
+        // An admin enrolled under a version without the index (a downgrade, then an
+        // upgrade): not in the index, found by the scan before a refusal.
+        let unindexed = Identity {
+            is_admin: true,
+            authenticator: Some(auth("fp-a3")),
+            ..identity("a3", "admin-3")
+        };
+        map.insert(keys::identity("a3"), to_json(&unindexed));
+        assert!(commit(&mut map, vec![delete("a2")])[0].is_ok());
+        assert_eq!(
+            admins(&map),
+            ["d1", "gone"],
+            "only the stale entries are left"
+        );
     }
 
     #[test]

@@ -18,7 +18,9 @@ pub const CONTENT_INDEXED: &[u8] = b"m:content-index";
 
 /// Prefix of the admin index: one key per identity that can manage the gateway (an
 /// enrolled admin), so that deleting one finds another without a scan of every identity.
-pub const ADMIN: &[u8] = b"a:";
+/// Under `m:`, which `fsck` before the index ignores: a store written by this version
+/// still passes the previous version's `fsck` and `restore`.
+pub const ADMIN: &[u8] = b"m:admin:";
 /// The marker of a store whose admin index is complete (the admins of a store from before
 /// the index were indexed when it was opened).
 pub const ADMIN_INDEXED: &[u8] = b"m:admin-index";
@@ -70,7 +72,7 @@ pub fn bound(auth: &crate::model::Authenticator) -> Vec<Vec<u8>> {
     }
     keys
 }
-/// `a:<identity id>`
+/// `m:admin:<identity id>`
 pub fn admin(id: &str) -> Vec<u8> {
     key(ADMIN, id)
 }

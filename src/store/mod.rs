@@ -11,7 +11,7 @@
 //! | `e:<enrollment id>` | token | lookup by id for the management API |
 //! | `f:<sha-256 hex>` | identity id | I1: a certificate belongs to one identity |
 //! | `b:<sha-256 hex of the to-be-signed part>` | identity id | I1 whatever the encoding of the certificate's signature |
-//! | `a:<identity id>` | empty | the enrolled admins: deleting one finds another without a scan |
+//! | `m:admin:<identity id>` | empty | the enrolled admins: deleting one finds another without a scan |
 //! | `m:content-index` | `1` | every record written before the content index is indexed |
 //! | `m:admin-index` | `1` | every admin enrolled before the admin index is indexed |
 //!
@@ -318,7 +318,12 @@ impl Store {
     pub fn open(path: &Path, create: bool) -> Result<Self, StoreError> {
         // RocksDB would make the directory and its LOCK and LOG files before finding no
         // store there: a store that is not there is left not there.
-        if !create && !path.join("CURRENT").is_file() {
+        // (Only when CURRENT is surely absent: a permission error goes on to RocksDB,
+        // which names it.)
+        if !create
+            && std::fs::metadata(path.join("CURRENT"))
+                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+        {
             return Err(StoreError::Db(
                 "the store does not exist (no RocksDB CURRENT file)".into(),
             ));

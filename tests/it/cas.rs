@@ -887,10 +887,14 @@ fn bad_chains_get_their_codes_and_change_nothing() {
             "unverified CA" => {
                 "CA ('unverified') is not verified or does not allow auto-enrollment"
             }
+            "auto disabled" => "CA ('disabled') is not verified or does not allow auto-enrollment",
+            "serverAuth only" => "not for client authentication",
+            "self-signed" | "huge" => "not issued by any CA known to this gateway",
+            "20 deep" => "20 certificates; at most 10 are accepted",
             "missing intermediate" => {
                 "(CN=fleet intermediate); if that is an intermediate, send it after the certificate"
             }
-            _ => "",
+            other => panic!("no expected reason for '{other}'"),
         };
         assert!(body.contains(says), "{what}: {body}");
     }
