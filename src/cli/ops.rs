@@ -34,10 +34,6 @@ pub struct RestoreArgs {
     /// The backup directory.
     #[arg(long)]
     pub from: PathBuf,
-    /// Restore a backup of another gateway (its certificates were issued by another CA,
-    /// so its identities cannot authenticate with this data directory's PKI).
-    #[arg(long)]
-    pub force: bool,
 }
 
 /// `check-config`: prints every problem with its key path; exit 1 if there is any.
@@ -105,15 +101,8 @@ pub fn backup(a: BackupArgs) -> Result<(), CliError> {
 
 /// `restore`.
 pub fn restore(a: RestoreArgs) -> Result<(), CliError> {
-    let config = Config::load(&a.config)?;
-    let store = config.store_path;
-    // This gateway's CA, to tell a backup of another gateway (unreadable: not checked).
-    let own_ca = std::fs::read(&config.ca_cert)
-        .ok()
-        .and_then(|pem| ::pem::parse(pem).ok())
-        .map(|p| p.into_contents());
-    let moved = backup::restore(&a.from, &store, own_ca.as_deref(), a.force)
-        .map_err(|e| CliError::new(e.to_string()))?;
+    let store = store_of(&a.config)?;
+    let moved = backup::restore(&a.from, &store).map_err(|e| CliError::new(e.to_string()))?;
     match moved {
         Some(old) => println!(
             "restored {} into {} (the previous store is at {})",

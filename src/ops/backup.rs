@@ -122,63 +122,13 @@ fn restrict(dir: &Path) {
     let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
 }
 
-/// Certificates the gateway issued (to `ott` identities and to init's admin) in `records`,
-/// and how many of them `ca_der` signed.
-pub fn issued_by(records: &[Record], ca_der: &[u8]) -> (usize, usize) {
-    use x509_parser::prelude::*;
-    let Ok((_, ca)) = X509Certificate::from_der(ca_der) else {
-        return (0, 0);
-    };
-    let (mut issued, mut ours) = (0, 0);
-    for (k, v) in records {
-        if !k.starts_with(crate::store::keys::IDENTITY) {
-            continue;
-        }
-        let Some(auth) = serde_json::from_slice::<crate::model::Identity>(v)
-            .ok()
-            .and_then(|i| i.authenticator)
-            .filter(|a| a.issued_by_network)
-        else {
-            continue;
-        };
-        issued += 1;
-        let signed = ::pem::parse(&auth.cert_pem).ok().is_some_and(|p| {
-            X509Certificate::from_der(p.contents()).is_ok_and(|(_, c)| {
-                c.issuer().as_raw() == ca.subject().as_raw()
-                    && c.verify_signature(Some(ca.public_key())).is_ok()
-            })
-        });
-        ours += usize::from(signed);
-    }
-    (issued, ours)
-}
-
 /// Puts the backup at `from` in place of the store at `store`. Refuses while a daemon has
-/// the store open, and (unless `force`) a backup of another gateway: one whose certificates
-/// issued by a gateway were all signed by a CA other than `own_ca` (this data directory's,
-/// DER). The backup is copied (and synced) beside the store first, then renamed into
-/// place, so the store path always holds either the old store or the whole backup.
+/// the store open. The backup is copied (and synced) beside the store first, then renamed
+/// into place, so the store path always holds either the old store or the whole backup.
 /// Returns where the previous store was moved.
-pub fn restore(
-    from: &Path,
-    store: &Path,
-    own_ca: Option<&[u8]>,
-    force: bool,
-) -> Result<Option<PathBuf>, BackupError> {
+pub fn restore(from: &Path, store: &Path) -> Result<Option<PathBuf>, BackupError> {
     // The backup must be a store that passes fsck.
     let records = read_all(from)?;
-    if let (Some(ca), false) = (own_ca, force) {
-        let (issued, ours) = issued_by(&records, ca);
-        if issued > 0 && ours == 0 {
-            return Err(BackupError(format!(
-                "{} comes from another gateway: none of its {issued} certificates issued by \
-                 a gateway was signed by this one's CA, so its identities could not \
-                 authenticate here (this data directory's admin identity included). Restore \
-                 it into the data directory it was taken from, or pass --force",
-                from.display()
-            )));
-        }
-    }
     let report = fsck::check(records);
     if !report.violations.is_empty() {
         return Err(BackupError(format!(

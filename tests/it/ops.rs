@@ -319,50 +319,6 @@ fn backup_while_serving_fsck_and_restore() {
     assert_eq!(code(&r), "INVALID_ENROLLMENT_TOKEN");
     let out = run_ok(Command::new(BIN).arg("fsck").arg("--config").arg(&cfg));
     assert!(out.contains("no violations"), "{out}");
-
-    // A backup of another gateway (another CA issued its certificates): refused, unless
-    // forced; the store is left as it was.
-    assert!(gw.stop().success());
-    let other = Gateway::start();
-    let foreign = dir.join("foreign-backup");
-    run_ok(
-        Command::new(BIN)
-            .arg("backup")
-            .arg("--config")
-            .arg(other.data.join("enrollgate.toml"))
-            .arg("--out")
-            .arg(&foreign),
-    );
-    let from_foreign = |force: bool| {
-        let mut cmd = Command::new(BIN);
-        cmd.arg("restore")
-            .arg("--config")
-            .arg(&cfg)
-            .arg("--from")
-            .arg(&foreign);
-        if force {
-            cmd.arg("--force");
-        }
-        cmd.output().unwrap()
-    };
-    let out = from_foreign(false);
-    assert_eq!(out.status.code(), Some(1));
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert!(
-        err.contains("comes from another gateway") && err.contains("--force"),
-        "{err}"
-    );
-    assert_eq!(staged(), 0);
-    gw.spawn(&[]);
-    assert_eq!(
-        gw.mgmt("GET", &format!("/identities/{kept_id}"), None)
-            .status,
-        200,
-        "still this gateway's store"
-    );
-    assert!(gw.stop().success());
-    let out = from_foreign(true);
-    assert!(out.status.success(), "{out:?}");
 }
 
 /// A new server certificate for 127.0.0.1, signed by the gateway's CA; returns its DER.
