@@ -96,9 +96,9 @@ pub async fn handle(w: &WorkerCtx, req: &Request, peer: &Peer, request_id: &str)
     }
 }
 
-/// How many refused enrollments a worker logs at info: 20 a second, then one line saying
-/// how many were left out (a fleet retrying with a bad certificate cannot flood the log;
-/// the metrics count every one).
+/// How many refused enrollments a worker logs at info: 20 a second; the next line logged
+/// after a burst says how many were left out (a fleet retrying with a bad certificate
+/// cannot flood the log; the metrics count every one).
 mod refusals {
     use std::cell::Cell;
 

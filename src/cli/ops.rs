@@ -66,6 +66,9 @@ pub fn fsck(a: ConfigArg) -> Result<(), CliError> {
         "{} identities, {} pending enrollments, {} bound certificates, {} CAs",
         report.identities, report.enrollments, report.certificates, report.cas
     );
+    for n in &report.notes {
+        println!("note: {n}");
+    }
     for v in &report.violations {
         println!("{v}");
     }
