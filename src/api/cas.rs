@@ -16,8 +16,9 @@ use crate::store::{CaChanges, Command, Outcome};
 
 /// A CA as the management API shows it.
 pub fn view(ca: &Ca) -> Value {
+    let der = ::pem::parse(&ca.cert_pem).map(|p| p.into_contents()).ok();
     // The CA certificate's dates: outside them it anchors no chain.
-    let (not_before, not_after) = match ca::validity(&ca.cert_pem) {
+    let (not_before, not_after) = match der.as_deref().and_then(ca::validity) {
         Some((b, a)) => (Value::String(rfc3339(b)), Value::String(rfc3339(a))),
         None => (Value::Null, Value::Null),
     };
@@ -27,8 +28,9 @@ pub fn view(ca: &Ca) -> Value {
         "id": ca.id,
         "name": ca.name,
         "certPem": ca.cert_pem,
-        "fingerprint": ::pem::parse(&ca.cert_pem)
-            .map(|p| crate::pki::fingerprint::sha1_hex(p.contents()))
+        "fingerprint": der
+            .as_deref()
+            .map(crate::pki::fingerprint::sha1_hex)
             .unwrap_or_default(),
         "fingerprintSha256": ca.fingerprint,
         "isVerified": ca.is_verified,

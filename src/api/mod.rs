@@ -110,19 +110,11 @@ mod refusals {
         static WINDOW: Cell<(u64, u32, u64)> = const { Cell::new((0, 0, 0)) };
     }
 
-    fn second() -> u64 {
-        static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
-        START
-            .get_or_init(std::time::Instant::now)
-            .elapsed()
-            .as_secs()
-    }
-
     /// Whether this refusal is logged; says first how many were not, if any.
     pub fn log_now() -> bool {
         WINDOW.with(|w| {
             let (mut at, mut logged, mut left_out) = w.get();
-            let now = second();
+            let now = crate::telemetry::monotonic_millis() / 1000;
             if now != at {
                 (at, logged) = (now, 0);
             }

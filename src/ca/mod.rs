@@ -74,10 +74,9 @@ pub fn single_pem_cert(text: &[u8]) -> Result<Vec<u8>, CaCertError> {
     }
 }
 
-/// The validity (notBefore, notAfter, Unix seconds) of a stored CA certificate.
-pub fn validity(cert_pem: &str) -> Option<(crate::clock::UnixTime, crate::clock::UnixTime)> {
-    let der = ::pem::parse(cert_pem).ok()?.into_contents();
-    let (_, cert) = X509Certificate::from_der(&der).ok()?;
+/// The validity (notBefore, notAfter, Unix seconds) of a certificate (DER).
+pub fn validity(der: &[u8]) -> Option<(crate::clock::UnixTime, crate::clock::UnixTime)> {
+    let (_, cert) = X509Certificate::from_der(der).ok()?;
     Some((
         cert.validity().not_before.timestamp(),
         cert.validity().not_after.timestamp(),

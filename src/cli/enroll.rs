@@ -11,7 +11,6 @@
 use std::io::Read as _;
 use std::path::PathBuf;
 
-use base64::Engine as _;
 use rustls_pki_types::CertificateDer;
 
 use super::CliError;
@@ -178,16 +177,7 @@ pub fn enroll(args: EnrollArgs) -> Result<(), CliError> {
             resp.status
         )));
     }
-    let compact: Vec<u8> = resp
-        .body
-        .iter()
-        .copied()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
-    let p7 = base64::engine::general_purpose::STANDARD
-        .decode(compact)
-        .map_err(|_| CliError::new("the CA bundle is not base64"))?;
-    let cas: Vec<CertificateDer<'static>> = pkcs7::read_certs(&p7)
+    let cas: Vec<CertificateDer<'static>> = pkcs7::read_cacerts_body(&resp.body)
         .map_err(|e| CliError::new(format!("the CA bundle: {e}")))?
         .into_iter()
         .map(CertificateDer::from)

@@ -48,6 +48,21 @@ pub fn certs_only(certs: &[Vec<u8>]) -> Result<Vec<u8>, Pkcs7Error> {
     Ok(info.to_der()?)
 }
 
+/// The certificates (DER) in the body of `GET /.well-known/est/cacerts`: base64 of a
+/// PKCS#7 SignedData, with line breaks (RFC 7030 §4.1.3).
+pub fn read_cacerts_body(body: &[u8]) -> Result<Vec<Vec<u8>>, Pkcs7Error> {
+    use base64::Engine as _;
+    let compact: Vec<u8> = body
+        .iter()
+        .copied()
+        .filter(|b| !b.is_ascii_whitespace())
+        .collect();
+    let der = base64::engine::general_purpose::STANDARD
+        .decode(compact)
+        .map_err(|_| Pkcs7Error("the body is not base64".into()))?;
+    read_certs(&der)
+}
+
 /// The certificates (DER) inside a PKCS#7 SignedData, in the order stored.
 pub fn read_certs(pkcs7_der: &[u8]) -> Result<Vec<Vec<u8>>, Pkcs7Error> {
     let info = ContentInfo::from_der(pkcs7_der)?;

@@ -61,7 +61,9 @@ static READY: AtomicBool = AtomicBool::new(false);
 /// first reading, plus one); 0 when it accepts them.
 static STORE_REFUSING_SINCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
-fn monotonic_millis() -> u64 {
+/// Milliseconds on a monotonic clock, from the first reading in the process, plus one
+/// (never 0).
+pub(crate) fn monotonic_millis() -> u64 {
     static START: std::sync::OnceLock<std::time::Instant> = std::sync::OnceLock::new();
     let ms = START
         .get_or_init(std::time::Instant::now)

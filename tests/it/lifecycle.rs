@@ -334,14 +334,7 @@ fn a_listener_certificate_from_another_ca_is_served_in_cacerts() {
     )
     .unwrap();
     assert_eq!(r.status, 200);
-    let compact: Vec<u8> = r
-        .body
-        .iter()
-        .copied()
-        .filter(|b| !b.is_ascii_whitespace())
-        .collect();
-    let p7 = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, compact).unwrap();
-    let served = enrollgate::pki::pkcs7::read_certs(&p7).unwrap();
+    let served = enrollgate::pki::pkcs7::read_cacerts_body(&r.body).unwrap();
     let internal = std::fs::read_to_string(gw.ca_file()).unwrap();
     let internal = pem::parse(internal).unwrap().into_contents();
     assert_eq!(served.len(), 2);
