@@ -36,9 +36,7 @@ pub struct BackupSummary {
 
 /// Every record of the store at `path`, read consistently beside a running daemon.
 pub fn read_all(path: &Path) -> Result<Vec<Record>, BackupError> {
-    if std::fs::metadata(path.join("CURRENT"))
-        .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-    {
+    if crate::store::absent(path) {
         return Err(BackupError(format!(
             "{} is not a store, nor a backup made by `enrollgate backup` (no RocksDB CURRENT \
              file in it)",

@@ -313,17 +313,18 @@ impl std::fmt::Debug for Store {
     }
 }
 
+/// Whether `path` surely holds no store: no RocksDB `CURRENT` file. A permission error
+/// is not an answer, and is left to RocksDB, which names it.
+pub fn absent(path: &Path) -> bool {
+    std::fs::metadata(path.join("CURRENT")).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+}
+
 impl Store {
     /// Opens the store at `path`; `create` makes a new one (and refuses an existing one).
     pub fn open(path: &Path, create: bool) -> Result<Self, StoreError> {
         // RocksDB would make the directory and its LOCK and LOG files before finding no
         // store there: a store that is not there is left not there.
-        // (Only when CURRENT is surely absent: a permission error goes on to RocksDB,
-        // which names it.)
-        if !create
-            && std::fs::metadata(path.join("CURRENT"))
-                .is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
-        {
+        if !create && absent(path) {
             return Err(StoreError::Db(
                 "the store does not exist (no RocksDB CURRENT file)".into(),
             ));
