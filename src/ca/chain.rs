@@ -314,11 +314,6 @@ impl CaSet {
         }
         *cache_hit = !(candidates.is_empty() && refused.is_empty() && out_of_date.is_empty());
         if candidates.is_empty() {
-            let names = |idx: &mut dyn Iterator<Item = usize>| {
-                idx.map(|i| format!("'{}'", self.cas[i].ca.name))
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            };
             if let Some((i, why)) = out_of_date.first() {
                 return Err(ChainError::Invalid(format!(
                     "the certificate of CA '{}', which issued this chain, {why}",
@@ -333,10 +328,11 @@ impl CaSet {
                     printable(certs[0].issuer())
                 )
             } else {
-                format!(
-                    "the certificate's CA ({}) {refusal}",
-                    names(&mut refused.iter().copied())
-                )
+                let names: Vec<String> = refused
+                    .iter()
+                    .map(|&i| format!("'{}'", self.cas[i].ca.name))
+                    .collect();
+                format!("the certificate's CA ({}) {refusal}", names.join(", "))
             }));
         }
         let anchors: Vec<TrustAnchor<'_>> = candidates
