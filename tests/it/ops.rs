@@ -159,6 +159,29 @@ fn check_config_reports_every_problem_with_its_key() {
         out.contains("server.bogus") && out.contains("server.listen"),
         "{out}"
     );
+    // A wrong value does not hide a missing file, nor a missing file a wrong value.
+    std::fs::write(
+        &cfg,
+        original
+            .replace(
+                "[server]",
+                "[server]
+bogus = 1",
+            )
+            .replace("idle_timeout = \"60s\"", "idle_timeout = \"soon\"")
+            .replace("key = \"pki/server.key\"", "key = \"pki/missing.key\""),
+    )
+    .unwrap();
+    let (ok, out) = check(&cfg);
+    assert!(!ok);
+    for key in ["server.bogus:", "limits.idle_timeout:", "tls.key:"] {
+        assert!(out.contains(key), "{key} not named in: {out}");
+    }
+    assert!(out.contains("missing.key"), "{out}");
+    // The configuration file itself missing: said, with its path.
+    let (ok, out) = check(&data.join("nowhere.toml"));
+    assert!(!ok);
+    assert!(out.contains("nowhere.toml"), "{out}");
 }
 
 #[test]
