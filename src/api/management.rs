@@ -58,6 +58,7 @@ pub(super) async fn route(
         (["cas", _], _) => Err(method_not_allowed(req, "GET, PATCH, PUT, DELETE")),
         (["cas", id, "verify"], "POST") => super::cas::verify(w, req, id).await,
         (["cas", id, "jwt"], "GET") => super::cas::jwt(w, id),
+        (["cas", id, "bound-identities"], "GET") => super::cas::bound_identities(w, id),
         _ => Err(ApiError::NotFound(format!(
             "no such resource: {}",
             req.head.path

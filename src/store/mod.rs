@@ -455,6 +455,45 @@ impl Store {
         Ok(out)
     }
 
+    /// Every identity for which `keep` holds, in id order. A scan of every identity: for
+    /// rare administrative questions (what deleting a CA touches), never the request path.
+    pub fn identities_where(
+        &self,
+        keep: &mut dyn FnMut(&Identity) -> bool,
+    ) -> Result<Vec<Identity>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator(keys::IDENTITY) {
+            let (k, v) = item?;
+            if !k.starts_with(keys::IDENTITY) {
+                break;
+            }
+            let identity: Identity = decode(&k, &v)?;
+            if keep(&identity) {
+                out.push(identity);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every pending enrollment for which `keep` holds, in token order (a scan, as above).
+    pub fn enrollments_where(
+        &self,
+        keep: &dyn Fn(&Enrollment) -> bool,
+    ) -> Result<Vec<Enrollment>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator(keys::TOKEN) {
+            let (k, v) = item?;
+            if !k.starts_with(keys::TOKEN) {
+                break;
+            }
+            let enrollment: Enrollment = decode(&k, &v)?;
+            if keep(&enrollment) {
+                out.push(enrollment);
+            }
+        }
+        Ok(out)
+    }
+
     /// Pending enrollments, ordered by id, `limit` from `offset`.
     pub fn list_enrollments(
         &self,

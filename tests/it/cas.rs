@@ -272,6 +272,22 @@ fn cas_are_created_verified_with_openssl_and_managed_from_the_cli() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // It says what changed, not the whole CA with its PEM.
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        said.lines().collect::<Vec<_>>(),
+        [
+            "CA 'acme-fleet': name 'acme' -> 'acme-fleet'",
+            "CA 'acme-fleet': auto true -> false"
+        ],
+        "{said}"
+    );
+    let out = gw.cli(&["ca", "update", "acme-fleet", "--auto", "false"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "CA 'acme-fleet': nothing changed"
+    );
     let r = ca_enroll(&fleet.device(&Spec::new("dev-2")), &gw, None);
     assert_eq!(code(&r), "CERT_FAILED_VALIDATION");
     let out = gw.cli(&["ca", "list"]);
@@ -298,10 +314,37 @@ fn cas_are_created_verified_with_openssl_and_managed_from_the_cli() {
     );
     assert_eq!(claims.exp, None);
 
-    // Delete: gone from the cache at once.
+    // Delete: acme-dev-1 enrolled through the CA, so the CLI says so and wants --yes.
+    let before = gw.snapshot();
     let out = gw.cli(&["ca", "delete", "acme-fleet"]);
-    assert!(out.status.success());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("CA 'acme-fleet' has identities bound to it:")
+            && err.contains("- 1 enrolled through it (acme-dev-1)")
+            && err.contains("--yes"),
+        "{err}"
+    );
+    assert_eq!(gw.snapshot(), before);
+    let bound = gw
+        .mgmt("GET", &format!("/cas/{id}/bound-identities"), None)
+        .json()
+        .unwrap()["data"]
+        .clone();
+    assert_eq!(
+        bound,
+        json!({"enrolledCount": 1, "enrolled": [{"id": new_id, "name": "acme-dev-1"}],
+               "pendingOttcaCount": 0, "pendingOttca": []})
+    );
+    // With --yes: gone from the cache at once; the identity stays.
+    let out = gw.cli(&["ca", "delete", "acme-fleet", "--yes"]);
+    assert!(out.status.success(), "{out:?}");
     assert_eq!(gw.mgmt("GET", &format!("/cas/{id}"), None).status, 404);
+    assert_eq!(
+        gw.mgmt("GET", &format!("/identities/{new_id}"), None)
+            .status,
+        200
+    );
 }
 
 #[test]
@@ -774,8 +817,16 @@ fn ottca_binds_a_certificate_from_the_tokens_ca_only() {
         (400, "ENROLLMENT_CA_NOT_VALID")
     );
 
-    // The CA deleted: a new token for plc-2 would be bound to it, and is refused.
+    // The CA deleted: a new token for plc-2 would be bound to it, and is refused. The
+    // CLI first names what the deletion touches: plc-2's pending ottca token.
     let out = gw.cli(&["ca", "delete", "ops"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("- 1 waiting to enroll by ottca through it (plc-2)"),
+        "{err}"
+    );
+    let out = gw.cli(&["ca", "delete", "ops", "--yes"]);
     assert!(out.status.success(), "{out:?}");
     let before = gw.snapshot();
     let out = gw.cli(&["identity", "reissue", "plc-2", "-o", "plc2.jwt"]);
