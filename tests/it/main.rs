@@ -16,3 +16,4 @@ mod ops;
 mod ott;
 mod property;
 mod support;
+mod version;
