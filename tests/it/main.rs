@@ -12,6 +12,7 @@ mod fleet;
 mod lifecycle;
 mod loadtest;
 mod management;
+mod monitoring;
 mod ops;
 mod ott;
 mod property;
