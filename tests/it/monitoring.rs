@@ -193,3 +193,42 @@ fn promtool_accepts_the_rules_and_each_alert_fires_in_its_unit_test() {
     );
     assert!(out.contains("SUCCESS"), "{out}");
 }
+
+#[test]
+fn the_dashboard_lays_out_distinct_panels_on_its_own_data_source() {
+    let (_, text) = monitoring_file("enrollgate-dashboard.json");
+    let dashboard: Value = serde_json::from_str(&text).expect("the dashboard is JSON");
+    let variables: Vec<&str> = dashboard["templating"]["list"]
+        .as_array()
+        .expect("templating.list")
+        .iter()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
+    assert!(
+        variables.contains(&"datasource") && variables.contains(&"instance"),
+        "{variables:?}"
+    );
+    let mut ids = BTreeSet::new();
+    let mut cells = BTreeSet::new();
+    for panel in dashboard["panels"].as_array().expect("panels") {
+        let title = panel["title"].as_str().expect("title");
+        assert!(
+            ids.insert(panel["id"].as_u64().expect("id")),
+            "{title}: id reused"
+        );
+        if panel["type"] != "row" {
+            assert_eq!(
+                panel["datasource"]["uid"], "${datasource}",
+                "{title}: not on the dashboard's data source"
+            );
+        }
+        let pos = |k: &str| panel["gridPos"][k].as_u64().expect("gridPos");
+        let (x, y, w, h) = (pos("x"), pos("y"), pos("w"), pos("h"));
+        assert!(x + w <= 24 && w > 0 && h > 0, "{title}: outside the grid");
+        for cx in x..x + w {
+            for cy in y..y + h {
+                assert!(cells.insert((cx, cy)), "{title}: overlaps another panel");
+            }
+        }
+    }
+}
