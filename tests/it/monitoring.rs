@@ -149,6 +149,12 @@ fn the_dashboard_shows_what_operators_watch() {
     has("the store refusing writes", &|e| {
         e.contains("enrollgate_store_refusing_writes")
     });
+    for within in ["7d", "30d"] {
+        has(&format!("certificates expiring within {within}"), &|e| {
+            e.contains("enrollgate_certificates_expiring")
+                && e.contains(&format!("within=\"{within}\""))
+        });
+    }
     // Each panel's queries follow the instance picker.
     for (title, expr) in &exprs {
         assert!(
