@@ -1,5 +1,7 @@
-//! The client API: `GET /version`, `GET /.well-known/est/cacerts`, and enrollment
-//! (`POST /enroll?method=...`, `POST /enroll/{method}`), as OpenZiti clients call them.
+//! The client API: `GET /` and `GET /version`, `GET /.well-known/est/cacerts`, enrollment
+//! (`POST /enroll?method=...`, `POST /enroll/{method}`), authentication and the current
+//! session and identity ([`super::current`]), as OpenZiti clients call them and as
+//! OpenZiti's edge client API spec shapes them (docs/openziti-api.md).
 
 use serde::Deserialize;
 use serde_json::json;
@@ -8,7 +10,7 @@ use super::{json_body, method_not_allowed, ApiError, Peer, Request};
 use crate::app::WorkerCtx;
 
 use crate::ca::name::NameVars;
-use crate::clock::{rfc3339, UnixTime};
+use crate::clock::UnixTime;
 use crate::enroll::{check_token, validate_name};
 use crate::http::query::param;
 use crate::http::Response;
@@ -28,7 +30,8 @@ pub(super) async fn route(
 ) -> Result<Response, ApiError> {
     let method = req.head.method.as_str();
     match path {
-        "/version" => match method {
+        // `listRoot`: the API's root answers as `/version` does.
+        "/" | "/version" => match method {
             "GET" | "HEAD" => Ok(version()),
             _ => Err(method_not_allowed(req, "GET")),
         },
@@ -113,7 +116,7 @@ pub(super) async fn route(
                 return Err(method_not_allowed(req, "POST"));
             }
             match param(&req.head.query, "method").as_deref() {
-                Some("cert") => authenticate_cert(w, peer),
+                Some("cert") => super::current::authenticate_cert(w, peer),
                 other => Err(ApiError::InvalidAuth(format!(
                     "authentication method '{}' is not supported; use method=cert",
                     other
@@ -125,8 +128,13 @@ pub(super) async fn route(
             }
         }
         "/current-identity" => match method {
-            "GET" | "HEAD" => current_identity(w, req),
+            "GET" | "HEAD" => super::current::current_identity(w, req),
             _ => Err(method_not_allowed(req, "GET")),
+        },
+        "/current-api-session" => match method {
+            "GET" | "HEAD" => super::current::current_api_session(w, req),
+            "DELETE" => super::current::logout(w, req),
+            _ => Err(method_not_allowed(req, "GET, DELETE")),
         },
         _ => Err(ApiError::NotFound(format!(
             "no such resource: {}",
@@ -336,49 +344,6 @@ async fn enroll_ca(
     };
     tracing::info!(identity_id = %created.id, ca_id = %ca.id, method = "ca", "identity auto-enrolled");
     Ok(Response::data(json!({ "id": created.id })))
-}
-
-/// `POST /authenticate?method=cert`: an API session for the identity the certificate is
-/// bound to.
-fn authenticate_cert(w: &WorkerCtx, peer: &Peer) -> Result<Response, ApiError> {
-    let now = w.shared.clock.unix_now();
-    let identity = super::auth::authenticate(w, peer, now).map_err(|e| match e {
-        super::auth::AuthError::Store(m) => ApiError::Unhandled(m),
-        other => ApiError::InvalidAuth(other.to_string()),
-    })?;
-    let (token, expires_at) = w.shared.sessions.create(&identity.id, now)?;
-    Ok(Response::data(json!({
-        "token": token,
-        "expiresAt": rfc3339(expires_at),
-        "expirationSeconds": super::auth::SESSION_TTL_SECS,
-        "identity": { "id": identity.id, "name": identity.name },
-        "identityId": identity.id,
-        "isAdmin": identity.is_admin,
-        "isCertExtendable": false,
-    }))
-    .with_header("zt-session", token))
-}
-
-/// `GET /current-identity` with a `zt-session` header.
-fn current_identity(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
-    let now = w.shared.clock.unix_now();
-    let session = req
-        .head
-        .header("zt-session")
-        .and_then(|t| w.shared.sessions.get(t, now))
-        .ok_or_else(|| ApiError::Unauthorized("a valid zt-session header is required".into()))?;
-    let identity = w
-        .shared
-        .store
-        .identity(&session.identity_id)?
-        .ok_or_else(|| ApiError::Unauthorized("the session's identity no longer exists".into()))?;
-    Ok(Response::data(json!({
-        "id": identity.id,
-        "name": identity.name,
-        "type": identity.kind.as_str(),
-        "isAdmin": identity.is_admin,
-        "roleAttributes": identity.role_attributes,
-    })))
 }
 
 pub(crate) fn check_csr_media(req: &Request) -> Result<(), ApiError> {

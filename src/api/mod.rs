@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod cas;
 pub mod client;
+pub mod current;
 pub mod error;
 pub mod filter;
 pub mod management;
