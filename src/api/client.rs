@@ -18,9 +18,14 @@ use crate::model::{Authenticator, Identity, IdentityType, Method};
 use crate::pki::{csr, fingerprint};
 use crate::store::{Command, Outcome};
 
-/// Media types accepted for a CSR body (and none at all).
-pub const CSR_MEDIA_TYPES: [&str; 3] =
-    ["text/plain", "application/x-pem-file", "application/pkcs10"];
+/// Media types accepted for a CSR body (and none at all). The spec's `enroll` lists
+/// `application/pkcs7` too; OpenZiti's controller reads it as it reads `text/plain`.
+pub const CSR_MEDIA_TYPES: [&str; 4] = [
+    "text/plain",
+    "application/x-pem-file",
+    "application/pkcs10",
+    "application/pkcs7",
+];
 
 pub(super) async fn route(
     w: &WorkerCtx,
@@ -49,21 +54,16 @@ pub(super) async fn route(
                 return Err(method_not_allowed(req, "POST"));
             }
             admit_source(w, peer)?;
-            let name = param(&req.head.query, "method").unwrap_or_default();
-            let em = Method::parse(&name).ok_or_else(|| {
-                ApiError::InvalidEnrollMethod(format!(
-                    "unknown enrollment method '{}': use ott, ottca or ca",
-                    name.chars().take(32).collect::<String>()
-                ))
-            })?;
-            match em {
+            match enroll_method(req)? {
                 Method::Ott => {
-                    check_csr_media(req)?;
+                    let csr = ott_csr(req)?;
                     let token = param(&req.head.query, "token");
                     let want_pem = req.head.accepts("application/x-pem-file")
                         && !req.head.accepts("application/json");
-                    enroll_ott(w, token, &req.body, want_pem).await
+                    enroll_ott(w, token, &csr, want_pem).await
                 }
+                // The body carries nothing for ottca (OpenZiti's C SDK sends none, or a
+                // JSON identity with a name) and is not read, as before.
                 Method::Ottca => {
                     let token = param(&req.head.query, "token");
                     enroll_ottca(w, peer, token).await
@@ -346,12 +346,52 @@ async fn enroll_ca(
     Ok(Response::data(json!({ "id": created.id })))
 }
 
+/// The enrollment method of `POST /enroll`. `method` is optional in the spec; a missing (or
+/// empty) one is `ott`, the method every client that leaves it out means. (OpenZiti's
+/// controller takes the method of the token's enrollment instead: the same for an ott
+/// token; an ottca token without its method is refused here with a message naming it.)
+pub(crate) fn enroll_method(req: &Request) -> Result<Method, ApiError> {
+    let name = param(&req.head.query, "method").unwrap_or_default();
+    if name.is_empty() {
+        return Ok(Method::Ott);
+    }
+    Method::parse(&name).ok_or_else(|| {
+        ApiError::InvalidEnrollMethod(format!(
+            "unknown enrollment method '{}': use ott, ottca or ca",
+            name.chars().take(32).collect::<String>()
+        ))
+    })
+}
+
+/// The JSON body of `POST /enroll` (the spec's `genericEnroll`), as far as an `ott`
+/// enrollment reads it. The token stays in the query string, where the spec puts it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenericEnroll {
+    /// The CSR, PEM.
+    pub client_csr: Option<String>,
+}
+
+/// The CSR of an `ott` enrollment on `/enroll`: the body itself (PEM, sent as one of the
+/// spec's non-JSON types or without a type), or `clientCsr` of a JSON body.
+pub(crate) fn ott_csr(req: &Request) -> Result<std::borrow::Cow<'_, [u8]>, ApiError> {
+    if req.head.content_type().as_deref() == Some("application/json") {
+        let body: GenericEnroll = json_body(req)?;
+        let csr = body.client_csr.ok_or_else(|| {
+            ApiError::CouldNotProcessCsr("the JSON body has no 'clientCsr' field".into())
+        })?;
+        return Ok(std::borrow::Cow::Owned(csr.into_bytes()));
+    }
+    check_csr_media(req)?;
+    Ok(std::borrow::Cow::Borrowed(&req.body))
+}
+
 pub(crate) fn check_csr_media(req: &Request) -> Result<(), ApiError> {
     match req.head.content_type() {
         None => Ok(()),
         Some(t) if CSR_MEDIA_TYPES.contains(&t.as_str()) => Ok(()),
         Some(t) => Err(ApiError::UnsupportedMedia(format!(
-            "content type '{}' is not accepted for a CSR; send text/plain, application/x-pem-file or application/pkcs10",
+            "content type '{}' is not accepted for a CSR; send text/plain, application/x-pem-file, application/pkcs10, application/pkcs7 or application/json ({{\"clientCsr\": PEM}})",
             t.chars().take(64).collect::<String>()
         ))),
     }
