@@ -13,6 +13,7 @@ mod lifecycle;
 mod loadtest;
 mod management;
 mod monitoring;
+mod openziti_api;
 mod ops;
 mod ott;
 mod property;
