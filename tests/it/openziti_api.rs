@@ -411,17 +411,26 @@ impl Op {
     }
 
     /// Other statuses the gateway answers on purpose, each with the one error code it
-    /// carries (docs/openziti-api.md says why).
-    fn deviations(self) -> &'static [(u16, &'static str)] {
+    /// carries (docs/openziti-api.md says why). A 500 or a 503 is never expected here.
+    fn deviations(self) -> Vec<(u16, &'static str)> {
+        // HTTP-level refusals any operation may get, before the operation is chosen.
+        let mut d = vec![
+            (400, "MALFORMED_REQUEST"),
+            (405, "METHOD_NOT_ALLOWED"),
+            (411, "LENGTH_REQUIRED"),
+            (413, "REQUEST_TOO_LARGE"),
+            (431, "HEADERS_TOO_LARGE"),
+        ];
         match self {
-            // A certificate already bound: 409, as OpenZiti's controller answers it and as
-            // the Go SDK reads it ("already enrolled").
-            Op::EnrollCa | Op::EnrollOttCa => &[(409, "CERT_IN_USE")],
-            // A body of a type the spec does not list for the operation.
-            Op::Enroll => &[(415, "UNSUPPORTED_MEDIA")],
-            // HTTP-level answers any operation may get (wrong method on the path).
-            _ => &[(405, "METHOD_NOT_ALLOWED")],
+            // A body of a type the operation does not take.
+            Op::Enroll | Op::EnrollOtt => d.push((415, "UNSUPPORTED_MEDIA")),
+            // ... and a certificate already bound: 409, as OpenZiti's controller answers
+            // it and as the Go SDK reads it ("already enrolled").
+            Op::EnrollOttCa => d.extend([(415, "UNSUPPORTED_MEDIA"), (409, "CERT_IN_USE")]),
+            Op::EnrollCa => d.push((409, "CERT_IN_USE")),
+            _ => {}
         }
+        d
     }
 
     /// The 200 answer's schema.
@@ -676,6 +685,27 @@ fn every_client_operation_answers_in_the_spec_shape() {
         assert_eq!(code(&r), "INVALID_ENROLLMENT_TOKEN");
         conforms(Op::EnrollOtt, &r);
     }
+
+    // HTTP-level refusals and a JSON operation sent another type.
+    let r = gw.request("GET", "/edge/client/v1/enroll", &[], b"");
+    assert_eq!((r.status, r.header("allow")), (405, Some("POST")));
+    conforms(Op::Enroll, &r);
+    let r = gw.request(
+        "POST",
+        &format!("/edge/client/v1/enroll?method=ott&token={t1}"),
+        &[],
+        &vec![b'A'; 70 * 1024],
+    );
+    assert_eq!((r.status, code(&r).as_str()), (413, "REQUEST_TOO_LARGE"));
+    conforms(Op::Enroll, &r);
+    let r = gw.request(
+        "POST",
+        "/edge/client/v1/enroll/ott",
+        &[("Content-Type", "text/plain")],
+        csr.as_bytes(),
+    );
+    assert_eq!((r.status, code(&r).as_str()), (415, "UNSUPPORTED_MEDIA"));
+    conforms(Op::EnrollOtt, &r);
 
     // enroll (ottca), enrollOttCa.
     let d1 = fleet.device(&Spec::new("conform-ottca-1"));
