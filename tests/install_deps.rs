@@ -24,8 +24,7 @@ impl Machine {
         let bin = root.path().join("fake-bin");
         std::fs::create_dir(&bin).unwrap();
         let m = Self { root, bin };
-        // g++ runs the assembler and the linker it was installed with (binutils).
-        for program in ["bash", "g++", "as", "ld", "openssl", "curl"] {
+        for program in PROGRAMS {
             m.link(program);
         }
         m
@@ -87,6 +86,27 @@ fn which(program: &str) -> PathBuf {
         .find(|p| p.is_file())
         .unwrap_or_else(|| panic!("{program} is not installed: run scripts/install-deps"))
 }
+
+/// Every program `install-deps` runs to check a package (keep in step with it: a program
+/// missing here shows up as its package missing in every test below), and what they run:
+/// g++ runs the assembler and the linker it was installed with, dpkg-shlibdeps runs dpkg.
+const PROGRAMS: &[&str] = &[
+    "bash",
+    "g++",
+    "as",
+    "ld",
+    "openssl",
+    "curl",
+    "promtool",
+    "dpkg-shlibdeps",
+    "dpkg",
+    "strip",
+    "readelf",
+    "lintian",
+    "systemd-analyze",
+    "systemd-sysusers",
+    "systemd-tmpfiles",
+];
 
 const LIBCLANG: [&str; 2] = ["libclang-dev", "clang"];
 
