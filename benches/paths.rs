@@ -129,6 +129,7 @@ impl Gateway {
             created_at: t,
             expires_at: t + 3600,
             jwt: String::new(),
+            token_sha256: vec![enrollgate::token::token_sha256(&token)],
         };
         self.worker
             .shared

@@ -29,6 +29,9 @@ pub enum SetupError {
     /// JWT key.
     #[error("JWT signing key: {0}")]
     Jwt(#[from] crate::token::JwtError),
+    /// The key enrollment tokens are derived from.
+    #[error(transparent)]
+    TokenKey(#[from] crate::token::TokenKeyError),
     /// Signer.
     #[error("certificate signer: {0}")]
     Issue(#[from] pki::IssueError),
@@ -64,6 +67,8 @@ pub struct Shared {
     pub cacerts_b64: String,
     /// Third-party CAs, parsed; workers follow changes through [`WorkerCtx::cas`].
     pub cas: Arc<CaRegistry>,
+    /// Derives each enrollment's token from its id (the store keeps only hashes).
+    pub tokens: Arc<crate::token::TokenKey>,
     /// API sessions made by `POST /authenticate?method=cert`.
     pub sessions: Arc<crate::api::auth::Sessions>,
     /// The internal CA certificate (DER).
@@ -197,6 +202,7 @@ impl Shared {
             }
         })?;
         let cacerts_b64 = base64_lines(&pki::pkcs7::certs_only(&served)?);
+        let tokens = Arc::new(crate::token::TokenKey::load(&config.token_key)?);
         // What an `ott` answer tells the client to trust (its identity file's `ca`): the
         // same CAs, so that it can reach this listener again.
         let ca_bundle_pem = pki::pem_of_certs(&served);
@@ -214,6 +220,7 @@ impl Shared {
             ca_bundle_pem,
             cacerts_b64,
             cas,
+            tokens,
             sessions,
             internal_ca_der: ca_chain[0].clone(),
             heartbeats,

@@ -167,6 +167,8 @@ fn create_all(
         &pki_dir.join("server.key"),
         material.server_key_pem.as_bytes(),
     )?;
+    crate::token::TokenKey::create(&pki_dir.join("token.key"))
+        .map_err(|e| CliError::new(format!("{e} (nothing was changed)")))?;
 
     // The first admin: an identity already enrolled with a certificate from the CA.
     let admin_id = crate::ids::new_id().map_err(|e| CliError::new(e.to_string()))?;

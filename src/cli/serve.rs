@@ -76,6 +76,17 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
             config.store_path.display()
         ))
     })?;
+    // Before the committer: a store of a version that kept tokens keeps only their hashes
+    // from here on, and the key derives them (made now for such a data directory).
+    let (token_key, created) = crate::token::TokenKey::load_or_create(&config.token_key)
+        .map_err(|e| CliError::new(format!("pki.token_key: {e}")))?;
+    if created {
+        tracing::info!(path = %config.token_key.display(), "created the token key");
+    }
+    let (store, _) = store
+        .hash_tokens(&token_key)
+        .map_err(|e| CliError::new(format!("cannot hash the stored enrollment tokens: {e}")))?;
+    drop(token_key);
     let (commit_handle, committer) = commit::spawn(store.clone(), config.commit)?;
     let mut committer = CommitterGuard(Some(committer));
     // Each connection is a descriptor; warn when the limits cannot be reached.

@@ -250,6 +250,9 @@ pub struct Config {
     pub ca_cert: PathBuf,
     /// Internal CA private key.
     pub ca_key: PathBuf,
+    /// The secret enrollment tokens are derived from (`token::secret`); by default
+    /// `token.key` beside the CA key.
+    pub token_key: PathBuf,
     /// SPIFFE trust domain of issued certificates.
     pub trust_domain: String,
     /// Lifetime of issued certificates.
@@ -449,6 +452,10 @@ impl Config {
         let session_tickets = raw.tls.session_tickets.unwrap_or(false);
         let ca_cert = c.path("pki.ca_cert", raw.pki.ca_cert.as_ref(), "pki/ca.crt");
         let ca_key = c.path("pki.ca_key", raw.pki.ca_key.as_ref(), "pki/ca.key");
+        let token_key = match &raw.pki.token_key {
+            Some(v) => c.path("pki.token_key", Some(v), ""),
+            None => ca_key.with_file_name("token.key"),
+        };
         let trust_domain = raw
             .pki
             .trust_domain
@@ -665,6 +672,7 @@ impl Config {
             session_tickets,
             ca_cert,
             ca_key,
+            token_key,
             trust_domain,
             cert_lifetime,
             token_ttl,
@@ -696,11 +704,12 @@ pub fn initial_file(
         };
         toml::Value::String(path).to_string()
     };
-    let (tls_cert, tls_key, ca_cert, ca_key, store) = (
+    let (tls_cert, tls_key, ca_cert, ca_key, token_key, store) = (
         p("pki/server.crt"),
         p("pki/server.key"),
         p("pki/ca.crt"),
         p("pki/ca.key"),
+        p("pki/token.key"),
         p("store"),
     );
     let url_line = match public_url {
@@ -726,6 +735,8 @@ session_tickets = false
 [pki]                           # the internal CA that signs `ott` certificates
 ca_cert = {ca_cert}
 ca_key = {ca_key}
+# Enrollment tokens are derived from this secret; the store keeps only their hashes.
+token_key = {token_key}
 trust_domain = "enrollgate"
 cert_lifetime = "365d"
 
@@ -817,7 +828,18 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.ca_key, odd.join("pki/ca.key"));
+        assert_eq!(c.token_key, odd.join("pki/token.key"));
         assert_eq!(c.store_path, odd.join("store"));
+    }
+
+    /// A file of a version before hashed tokens names no token key: it is the file
+    /// `token.key` beside the CA key, wherever that is.
+    #[test]
+    fn the_token_key_defaults_to_beside_the_ca_key() {
+        let c = load_text("[pki]\nca_key = \"/var/lib/enrollgate/pki/ca.key\"\n").unwrap();
+        assert_eq!(c.token_key, Path::new("/var/lib/enrollgate/pki/token.key"));
+        let c = load_text("[pki]\ntoken_key = \"secrets/t.key\"\n").unwrap();
+        assert_eq!(c.token_key, Path::new("/etc/enrollgate/secrets/t.key"));
     }
 
     #[test]

@@ -60,6 +60,12 @@ pub fn check_config(path: &Path) -> Vec<Problem> {
             out.push(problem("tls.cert", reason));
         }
     }
+    // Absent, `serve` makes it (a data directory from before hashed tokens).
+    if config.token_key.exists() {
+        if let Err(e) = crate::token::TokenKey::load(&config.token_key) {
+            out.push(problem("pki.token_key", e.to_string()));
+        }
+    }
     if !config.store_path.join("CURRENT").is_file() {
         out.push(problem(
             "store.path",

@@ -15,4 +15,5 @@ mod management;
 mod ops;
 mod ott;
 mod property;
+mod secrets;
 mod support;
