@@ -280,6 +280,10 @@ struct Checker {
     problems: Vec<Problem>,
 }
 
+/// The prefix of a key path that names a systemd credential (`ca_key =
+/// "credential:ca.key"`), read from `$CREDENTIALS_DIRECTORY`.
+pub const CREDENTIAL: &str = "credential:";
+
 /// The longest duration a setting takes.
 const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
 
@@ -319,6 +323,9 @@ impl Checker {
 
     fn path(&mut self, key: &str, v: Option<&String>, default: &str) -> PathBuf {
         let p = v.map(String::as_str).unwrap_or(default);
+        if let Some(name) = p.strip_prefix(CREDENTIAL) {
+            return self.credential(key, name);
+        }
         if p.is_empty() {
             self.problem(key, "must not be empty");
         }
@@ -328,6 +335,42 @@ impl Checker {
         } else {
             self.base.join(p)
         }
+    }
+
+    /// The file of the systemd credential `name` (`LoadCredential=`,
+    /// `LoadCredentialEncrypted=`): `$CREDENTIALS_DIRECTORY/<name>`, which systemd makes
+    /// for the service's processes alone, readable by its user only, in memory.
+    fn credential(&mut self, key: &str, name: &str) -> PathBuf {
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+            self.problem(
+                key,
+                format!("'{CREDENTIAL}{name}' is not a credential name (a file name, no '/')"),
+            );
+            return PathBuf::from(name);
+        }
+        let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) else {
+            self.problem(
+                key,
+                format!(
+                    "names the systemd credential '{name}', but $CREDENTIALS_DIRECTORY is not \
+                     set: systemd sets it for a unit with LoadCredential= or \
+                     LoadCredentialEncrypted= (see systemd/README.md)"
+                ),
+            );
+            return PathBuf::from(name);
+        };
+        let path = PathBuf::from(dir).join(name);
+        if !path.is_file() {
+            self.problem(
+                key,
+                format!(
+                    "the systemd credential '{name}' is not in $CREDENTIALS_DIRECTORY ({}): is \
+                     it passed with LoadCredential={name}:... or LoadCredentialEncrypted={name}:...?",
+                    path.display()
+                ),
+            );
+        }
+        path
     }
 
     /// A rate limit: `rate` ("50/s", "off" or absent for none) and its burst (default:
@@ -452,9 +495,13 @@ impl Config {
         let session_tickets = raw.tls.session_tickets.unwrap_or(false);
         let ca_cert = c.path("pki.ca_cert", raw.pki.ca_cert.as_ref(), "pki/ca.crt");
         let ca_key = c.path("pki.ca_key", raw.pki.ca_key.as_ref(), "pki/ca.key");
-        let token_key = match &raw.pki.token_key {
-            Some(v) => c.path("pki.token_key", Some(v), ""),
-            None => ca_key.with_file_name("token.key"),
+        let token_key = match (&raw.pki.token_key, &raw.pki.ca_key) {
+            (Some(v), _) => c.path("pki.token_key", Some(v), ""),
+            // Beside the CA key; a CA key passed as a credential keeps it company.
+            (None, Some(ca)) if ca.starts_with(CREDENTIAL) => {
+                c.path("pki.token_key", None, "credential:token.key")
+            }
+            (None, _) => ca_key.with_file_name("token.key"),
         };
         let trust_domain = raw
             .pki
@@ -840,6 +887,26 @@ mod tests {
         assert_eq!(c.token_key, Path::new("/var/lib/enrollgate/pki/token.key"));
         let c = load_text("[pki]\ntoken_key = \"secrets/t.key\"\n").unwrap();
         assert_eq!(c.token_key, Path::new("/etc/enrollgate/secrets/t.key"));
+    }
+
+    /// A credential name is a file name in `$CREDENTIALS_DIRECTORY`, never a path out of it
+    /// (whatever the environment of the test).
+    #[test]
+    fn a_credential_name_is_a_file_name() {
+        for bad in [
+            "credential:",
+            "credential:../ca.key",
+            "credential:a/b",
+            "credential:..",
+        ] {
+            let e = load_text(&format!("[pki]\nca_key = \"{bad}\"\n")).unwrap_err();
+            assert!(
+                e.problems
+                    .iter()
+                    .any(|p| p.key == "pki.ca_key" && p.message.contains("not a credential name")),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

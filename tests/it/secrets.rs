@@ -248,3 +248,124 @@ fn a_store_that_kept_tokens_is_migrated_at_start() {
         .collect();
     assert_nowhere(&[&gw.data.join("store")], &needles);
 }
+
+/// Runs `enrollgate <args> --config <cfg>` with `CREDENTIALS_DIRECTORY` set to `creds`
+/// (or removed); returns (success, stdout + stderr).
+fn run_with_credentials(args: &[&str], cfg: &Path, creds: Option<&Path>) -> (bool, String) {
+    let mut cmd = Command::new(BIN);
+    cmd.args(args)
+        .arg("--config")
+        .arg(cfg)
+        .env_remove("CREDENTIALS_DIRECTORY");
+    if let Some(dir) = creds {
+        cmd.env("CREDENTIALS_DIRECTORY", dir);
+    }
+    let out = cmd.output().unwrap();
+    (
+        out.status.success(),
+        format!(
+            "{}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        ),
+    )
+}
+
+/// Under systemd, the keys arrive as credentials: with the CA key, the TLS key and the
+/// token key named `credential:...` and moved out of the data directory, `check-config`
+/// and `serve` read them from `$CREDENTIALS_DIRECTORY`; issued certificates verify with
+/// openssl; no file of the data directory holds a private key. Without the variable, or
+/// without the file, both refuse with a line naming the key and the credential.
+#[test]
+fn keys_passed_as_systemd_credentials() {
+    use std::os::unix::fs::PermissionsExt as _;
+    let mut gw = Gateway::start();
+    gw.stop();
+    let creds = gw.dir.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    std::fs::set_permissions(&creds, std::fs::Permissions::from_mode(0o700)).unwrap();
+    for (from, to) in [
+        ("ca.key", "ca.key"),
+        ("server.key", "tls.key"),
+        ("token.key", "token.key"),
+    ] {
+        std::fs::rename(gw.data.join("pki").join(from), creds.join(to)).unwrap();
+    }
+    let cfg = gw.data.join("enrollgate.toml");
+    let text = std::fs::read_to_string(&cfg)
+        .unwrap()
+        .replace("key = \"pki/server.key\"", "key = \"credential:tls.key\"")
+        .replace("ca_key = \"pki/ca.key\"", "ca_key = \"credential:ca.key\"")
+        .replace(
+            "token_key = \"pki/token.key\"",
+            "token_key = \"credential:token.key\"",
+        );
+    assert_eq!(text.matches("credential:").count(), 3, "{text}");
+    std::fs::write(&cfg, text).unwrap();
+
+    let (ok, out) = run_with_credentials(&["check-config"], &cfg, None);
+    assert!(!ok);
+    for key in ["tls.key", "pki.ca_key", "pki.token_key"] {
+        assert!(
+            out.lines()
+                .any(|l| l.contains(key) && l.contains("CREDENTIALS_DIRECTORY is not set")),
+            "{out}"
+        );
+    }
+    let (ok, out) = run_with_credentials(&["serve"], &cfg, None);
+    assert!(
+        !ok && out.contains("CREDENTIALS_DIRECTORY is not set"),
+        "{out}"
+    );
+    let empty = gw.dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let (ok, out) = run_with_credentials(&["check-config"], &cfg, Some(&empty));
+    assert!(
+        !ok && out.contains("pki.ca_key") && out.contains("'ca.key' is not in"),
+        "{out}"
+    );
+    let (ok, out) = run_with_credentials(&["check-config"], &cfg, Some(&creds));
+    assert!(ok, "{out}");
+
+    let creds_s = creds.to_str().unwrap().to_string();
+    gw.spawn(&[("CREDENTIALS_DIRECTORY", &creds_s)]);
+    let (_, _, token) = gw.create_identity("cred-dev", "Device", false);
+    let (_, csr) = openssl_csr(
+        gw.dir.path(),
+        "cred-dev",
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    );
+    let resp = gw.request(
+        "POST",
+        &format!("/enroll?method=ott&token={token}"),
+        &[("Accept", "application/x-pem-file")],
+        &std::fs::read(&csr).unwrap(),
+    );
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    let cert = gw.dir.path().join("cred-dev.crt");
+    std::fs::write(&cert, &resp.body).unwrap();
+    let out = run_ok(
+        Command::new("openssl")
+            .arg("verify")
+            .arg("-CAfile")
+            .arg(gw.data.join("pki/ca.crt"))
+            .arg(&cert),
+    );
+    assert!(out.contains(": OK"), "{out}");
+    // The admin's identity file, which init leaves for the operator to take away, holds
+    // the admin's key: not the gateway's.
+    for (path, bytes) in files_under(&gw.data)
+        .into_iter()
+        .filter(|(p, _)| !p.ends_with("admin.json"))
+    {
+        assert!(
+            !bytes.windows(11).any(|w| w == b"PRIVATE KEY"),
+            "{} holds a private key",
+            path.display()
+        );
+    }
+    assert!(
+        !gw.data.join("pki/token.key").exists(),
+        "no token key made in the data dir"
+    );
+}
