@@ -45,6 +45,7 @@ impl Gateway {
             public_url: None,
             key_type: enrollgate::pki::KeyType::Ec,
             admin_name: "admin".into(),
+            ca_key: None,
             config_out: None,
         })
         .expect("init");

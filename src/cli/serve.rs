@@ -61,6 +61,12 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
             .unwrap_or(1),
         n => n,
     };
+    // A CA key in a PKCS#11 token is checked before anything is opened or written: a
+    // wrong PIN, a missing module or a removed key stops here, named.
+    if let Some(uri) = crate::pki::hsm::uri_of(&config.ca_key) {
+        uri.and_then(|u| crate::pki::hsm::Token::open(&u)?.key())
+            .map_err(|e| CliError::new(format!("pki.ca_key: {e} (nothing was changed)")))?;
+    }
     let store = Store::open(&config.store_path, false).map_err(|e| {
         let text = e.to_string();
         // RocksDB's own words for a store another process holds.

@@ -326,6 +326,13 @@ impl Checker {
         if let Some(name) = p.strip_prefix(CREDENTIAL) {
             return self.credential(key, name);
         }
+        // A key in a PKCS#11 token: kept as written (`pki::hsm` opens it).
+        if crate::pki::hsm::Pkcs11Uri::is_uri(p) {
+            if let Err(e) = crate::pki::hsm::Pkcs11Uri::parse(p) {
+                self.problem(key, e.to_string());
+            }
+            return PathBuf::from(p);
+        }
         if p.is_empty() {
             self.problem(key, "must not be empty");
         }
@@ -500,6 +507,9 @@ impl Config {
             // Beside the CA key; a CA key passed as a credential keeps it company.
             (None, Some(ca)) if ca.starts_with(CREDENTIAL) => {
                 c.path("pki.token_key", None, "credential:token.key")
+            }
+            (None, Some(ca)) if crate::pki::hsm::Pkcs11Uri::is_uri(ca) => {
+                c.path("pki.token_key", None, "pki/token.key")
             }
             (None, _) => ca_key.with_file_name("token.key"),
         };

@@ -9,6 +9,7 @@ mod bad_input;
 mod cas;
 mod crash;
 mod fleet;
+mod hsm;
 mod lifecycle;
 mod loadtest;
 mod management;

@@ -37,7 +37,7 @@ impl Gateway {
         Self::start_full(&[], edit, env)
     }
 
-    /// A gateway made by `init` with extra arguments.
+    /// A gateway made by `init` with extra arguments (`env` applies to `init` too).
     pub fn start_full(
         init_args: &[&str],
         edit: impl FnOnce(&mut String),
@@ -50,6 +50,7 @@ impl Gateway {
             .arg(&data)
             .args(["--listen", "127.0.0.1:0"])
             .args(init_args)
+            .envs(env.iter().copied())
             .output()
             .expect("run init");
         assert!(
