@@ -256,7 +256,7 @@ fn serve_refuses_a_broken_token_and_writes_nothing() {
             "serve changed the data directory"
         );
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(!err.contains(PIN), "{err}");
+        assert!(!err.contains(PIN) && !err.contains("0000"), "{err}");
         err
     };
 
@@ -276,6 +276,39 @@ fn serve_refuses_a_broken_token_and_writes_nothing() {
 
     let err = serve(&good.replace("pin-source=", "pin-value=0000&x="));
     assert!(err.contains("pin-source"), "{err}");
+
+    // The PIN from the environment: check-config opens the token with it, and names the
+    // variable when it is not set.
+    let from_env = good.replace(
+        &format!("pin-source={}", hsm.pin_file().display()),
+        "pin-source=env:ENROLLGATE_TEST_PIN",
+    );
+    assert_ne!(from_env, good);
+    std::fs::write(&cfg_path, &from_env).unwrap();
+    let check = |pin: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["check-config", "--config"])
+            .arg(&cfg_path)
+            .envs(hsm.env())
+            .env_remove("ENROLLGATE_TEST_PIN");
+        if let Some(pin) = pin {
+            cmd.env("ENROLLGATE_TEST_PIN", pin);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = check(Some(PIN));
+    assert!(ok, "{out}");
+    let (ok, out) = check(None);
+    assert!(
+        !ok && out.contains("env:ENROLLGATE_TEST_PIN") && out.contains("not set"),
+        "{out}"
+    );
+    let err = serve(&from_env);
+    assert!(err.contains("env:ENROLLGATE_TEST_PIN"), "{err}");
 
     hsm.remove_keys();
     let err = serve(&good);
