@@ -260,6 +260,12 @@ fn route_pure(req: &Request) {
     if let Err(e) = api::client::requested_name(req) {
         assert_client_error(&e);
     }
+    if let Err(e) = api::client::enroll_method(req) {
+        assert_client_error(&e);
+    }
+    if let Err(e) = api::client::ott_csr(req) {
+        assert_client_error(&e);
+    }
     if let Err(e) = api::json_body::<serde_json::Value>(req) {
         assert_client_error(&e);
     }

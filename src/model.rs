@@ -98,6 +98,10 @@ pub struct Authenticator {
     pub not_after: UnixTime,
     /// How it was bound.
     pub method: Method,
+    /// For a third-party certificate: the CA whose chain check bound it (`ottca`, `ca`).
+    /// Absent in records written before it existed, and for `ott`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_id: Option<String>,
     /// When it was bound.
     pub created_at: UnixTime,
 }

@@ -88,13 +88,29 @@ pub fn require_admin(w: &WorkerCtx, peer: &Peer) -> Result<Identity, ApiError> {
     }
 }
 
-/// One API session.
+/// One API session, as `GET /current-api-session` shows it.
 #[derive(Debug, Clone)]
 pub struct Session {
+    /// Opaque id, shown to the client (OpenZiti's C SDK compares session ids to see whether
+    /// a refresh returned the session it holds). Not the token: the id is not a secret.
+    pub id: String,
     /// The identity.
     pub identity_id: String,
+    /// The authenticator the session was opened with (see [`authenticator_id`]).
+    pub authenticator_id: String,
+    /// The address the client authenticated from (empty when unknown).
+    pub ip_address: String,
+    /// When it was opened.
+    pub created_at: UnixTime,
     /// Expiry.
     pub expires_at: UnixTime,
+}
+
+/// The id an authenticator is shown under: the hex SHA-256 fingerprint of its certificate.
+/// A certificate belongs to at most one identity (I1), so it names one authenticator, it
+/// is stable across restarts, and it is not a secret.
+pub fn authenticator_id(a: &crate::model::Authenticator) -> String {
+    a.fingerprint_sha256.clone()
 }
 
 /// API sessions, in memory (a restart ends them; clients authenticate again).
@@ -113,9 +129,20 @@ impl std::fmt::Debug for Sessions {
     }
 }
 
+/// What a new session is opened for.
+#[derive(Debug, Clone, Copy)]
+pub struct Opening<'a> {
+    /// The identity.
+    pub identity_id: &'a str,
+    /// Its authenticator's id ([`authenticator_id`]).
+    pub authenticator_id: &'a str,
+    /// The client's address, if known.
+    pub ip_address: Option<std::net::IpAddr>,
+}
+
 impl Sessions {
-    /// A new session for `identity_id`; returns its token and expiry.
-    pub fn create(&self, identity_id: &str, now: UnixTime) -> Result<(String, UnixTime), ApiError> {
+    /// A new session; returns its token and the session.
+    pub fn create(&self, open: Opening<'_>, now: UnixTime) -> Result<(String, Session), ApiError> {
         if self.map.len() >= MAX_SESSIONS {
             self.map.retain(|_, s| s.expires_at > now);
             if self.map.len() >= MAX_SESSIONS {
@@ -126,9 +153,20 @@ impl Sessions {
             }
         }
         let token = crate::ids::new_token().map_err(|e| ApiError::Unhandled(e.to_string()))?;
-        let expires_at = now + SESSION_TTL_SECS;
+        let id = crate::ids::new_id().map_err(|e| ApiError::Unhandled(e.to_string()))?;
+        let session = Session {
+            id,
+            identity_id: open.identity_id.to_string(),
+            authenticator_id: open.authenticator_id.to_string(),
+            ip_address: open.ip_address.map(|a| a.to_string()).unwrap_or_default(),
+            created_at: now,
+            expires_at: now + SESSION_TTL_SECS,
+        };
         {
-            let mut mine = self.by_identity.entry(identity_id.to_string()).or_default();
+            let mut mine = self
+                .by_identity
+                .entry(open.identity_id.to_string())
+                .or_default();
             mine.retain(|t| self.map.get(t).is_some_and(|s| s.expires_at > now));
             while mine.len() >= MAX_SESSIONS_PER_IDENTITY {
                 let oldest = mine.remove(0);
@@ -136,14 +174,8 @@ impl Sessions {
             }
             mine.push(token.clone());
         }
-        self.map.insert(
-            token.clone(),
-            Session {
-                identity_id: identity_id.to_string(),
-                expires_at,
-            },
-        );
-        Ok((token, expires_at))
+        self.map.insert(token.clone(), session.clone());
+        Ok((token, session))
     }
 
     /// The live session with this token.
@@ -155,17 +187,43 @@ impl Sessions {
         }
         Some(s)
     }
+
+    /// Ends the session with this token (logout); false when there was none. The token
+    /// authenticates nothing afterwards.
+    pub fn end(&self, token: &str) -> bool {
+        let Some((_, session)) = self.map.remove(token) else {
+            return false;
+        };
+        if let Some(mut mine) = self.by_identity.get_mut(&session.identity_id) {
+            mine.retain(|t| t != token);
+        }
+        self.by_identity
+            .remove_if(&session.identity_id, |_, mine| mine.is_empty());
+        true
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
 
+    fn open(identity_id: &str) -> Opening<'_> {
+        Opening {
+            identity_id,
+            authenticator_id: "a1",
+            ip_address: Some(std::net::Ipv4Addr::LOCALHOST.into()),
+        }
+    }
+
     #[test]
     fn sessions_expire() {
         let s = Sessions::default();
-        let (t, exp) = s.create("i1", 100).unwrap();
+        let (t, created) = s.create(open("i1"), 100).unwrap();
+        let exp = created.expires_at;
         assert_eq!(exp, 100 + SESSION_TTL_SECS);
+        assert_eq!(created.created_at, 100);
+        assert_eq!(created.ip_address, "127.0.0.1");
+        assert_ne!(created.id, t, "the id is not the bearer token");
         assert_eq!(s.get(&t, 101).unwrap().identity_id, "i1");
         assert!(s.get(&t, exp).is_none());
         assert!(s.get("nope", 101).is_none());
@@ -175,7 +233,7 @@ mod tests {
     fn one_identity_cannot_hoard_sessions() {
         let s = Sessions::default();
         let tokens: Vec<String> = (0..40)
-            .map(|_| s.create("greedy", 100).unwrap().0)
+            .map(|_| s.create(open("greedy"), 100).unwrap().0)
             .collect();
         let live = tokens.iter().filter(|t| s.get(t, 101).is_some()).count();
         assert_eq!(live, MAX_SESSIONS_PER_IDENTITY);
@@ -184,6 +242,22 @@ mod tests {
             "the newest is kept"
         );
         assert!(s.get(&tokens[0], 101).is_none(), "the oldest went");
-        assert!(s.create("other", 100).is_ok());
+        assert!(s.create(open("other"), 100).is_ok());
+    }
+
+    #[test]
+    fn a_session_ended_is_gone_and_others_stay() {
+        let s = Sessions::default();
+        let (a, _) = s.create(open("i1"), 100).unwrap();
+        let (b, _) = s.create(open("i1"), 100).unwrap();
+        assert!(s.end(&a));
+        assert!(s.get(&a, 101).is_none());
+        assert!(!s.end(&a), "a second logout finds nothing");
+        assert_eq!(s.get(&b, 101).unwrap().identity_id, "i1");
+        assert!(s.end(&b));
+        assert!(
+            s.by_identity.get("i1").is_none(),
+            "no empty list is left behind"
+        );
     }
 }

@@ -229,6 +229,48 @@ pub async fn delete(w: &WorkerCtx, id: &str) -> Result<Response, ApiError> {
     Ok(Response::data(json!({})))
 }
 
+/// How many names of each kind `GET /cas/{id}/bound-identities` lists (the counts are whole).
+const BOUND_SAMPLE: usize = 20;
+
+/// `GET /cas/{id}/bound-identities`: what deleting the CA touches. `enrolled`: identities
+/// bound through the CA by `ottca` or auto-enrollment (deleting the CA stops their
+/// authentication through it); `pendingOttca`: identities whose pending `ottca` token names the CA (no
+/// certificate can redeem it once the CA is gone). Each with its whole count and the first
+/// few `{id, name}`. It scans every identity: an administrative question, not a hot path.
+pub fn bound_identities(w: &WorkerCtx, id: &str) -> Result<Response, ApiError> {
+    let ca = find(w, id)?;
+    let ca_der = ::pem::parse(&ca.cert_pem)
+        .map(|p| p.into_contents())
+        .map_err(|_| ApiError::Unhandled("a stored CA certificate is not PEM".into()))?;
+    let store = &w.shared.store;
+    // The CA recorded at binding; a record from before it was recorded counts when the CA
+    // signed its certificate itself (one issued through an intermediate cannot be told).
+    let enrolled = store.identities_where(&mut |i| {
+        i.authenticator.as_ref().is_some_and(|a| match &a.ca_id {
+            Some(bound_by) => bound_by == id,
+            None => !a.issued_by_network && ca::issued_directly(&ca_der, &a.cert_pem),
+        })
+    })?;
+    let mut pending = Vec::new();
+    for e in store.enrollments_where(&|e| e.ca_id.as_deref() == Some(id))? {
+        if let Some(i) = store.identity(&e.identity_id)? {
+            pending.push(i);
+        }
+    }
+    let sample = |list: &[crate::model::Identity]| -> Vec<Value> {
+        list.iter()
+            .take(BOUND_SAMPLE)
+            .map(|i| json!({ "id": i.id, "name": i.name }))
+            .collect()
+    };
+    Ok(Response::data(json!({
+        "enrolledCount": enrolled.len(),
+        "enrolled": sample(&enrolled),
+        "pendingOttcaCount": pending.len(),
+        "pendingOttca": sample(&pending),
+    })))
+}
+
 /// `POST /cas/{id}/verify` with a PEM certificate whose CN is the verification token,
 /// signed by the CA.
 pub async fn verify(w: &WorkerCtx, req: &Request, id: &str) -> Result<Response, ApiError> {

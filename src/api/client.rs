@@ -1,5 +1,7 @@
-//! The client API: `GET /version`, `GET /.well-known/est/cacerts`, and enrollment
-//! (`POST /enroll?method=...`, `POST /enroll/{method}`), as OpenZiti clients call them.
+//! The client API: `GET /` and `GET /version`, `GET /.well-known/est/cacerts`, enrollment
+//! (`POST /enroll?method=...`, `POST /enroll/{method}`), authentication and the current
+//! session and identity ([`super::current`]), as OpenZiti clients call them and as
+//! OpenZiti's edge client API spec shapes them (docs/openziti-api.md).
 
 use serde::Deserialize;
 use serde_json::json;
@@ -8,7 +10,7 @@ use super::{json_body, method_not_allowed, ApiError, Peer, Request};
 use crate::app::WorkerCtx;
 
 use crate::ca::name::NameVars;
-use crate::clock::{rfc3339, UnixTime};
+use crate::clock::UnixTime;
 use crate::enroll::{check_token, validate_name};
 use crate::http::query::param;
 use crate::http::Response;
@@ -16,9 +18,14 @@ use crate::model::{Authenticator, Identity, IdentityType, Method};
 use crate::pki::{csr, fingerprint};
 use crate::store::{Command, Outcome};
 
-/// Media types accepted for a CSR body (and none at all).
-pub const CSR_MEDIA_TYPES: [&str; 3] =
-    ["text/plain", "application/x-pem-file", "application/pkcs10"];
+/// Media types accepted for a CSR body (and none at all). The spec's `enroll` lists
+/// `application/pkcs7` too; OpenZiti's controller reads it as it reads `text/plain`.
+pub const CSR_MEDIA_TYPES: [&str; 4] = [
+    "text/plain",
+    "application/x-pem-file",
+    "application/pkcs10",
+    "application/pkcs7",
+];
 
 pub(super) async fn route(
     w: &WorkerCtx,
@@ -28,7 +35,8 @@ pub(super) async fn route(
 ) -> Result<Response, ApiError> {
     let method = req.head.method.as_str();
     match path {
-        "/version" => match method {
+        // `listRoot`: the API's root answers as `/version` does.
+        "/" | "/version" => match method {
             "GET" | "HEAD" => Ok(version()),
             _ => Err(method_not_allowed(req, "GET")),
         },
@@ -46,21 +54,16 @@ pub(super) async fn route(
                 return Err(method_not_allowed(req, "POST"));
             }
             admit_source(w, peer)?;
-            let name = param(&req.head.query, "method").unwrap_or_default();
-            let em = Method::parse(&name).ok_or_else(|| {
-                ApiError::InvalidEnrollMethod(format!(
-                    "unknown enrollment method '{}': use ott, ottca or ca",
-                    name.chars().take(32).collect::<String>()
-                ))
-            })?;
-            match em {
+            match enroll_method(req)? {
                 Method::Ott => {
-                    check_csr_media(req)?;
+                    let csr = ott_csr(req)?;
                     let token = param(&req.head.query, "token");
                     let want_pem = req.head.accepts("application/x-pem-file")
                         && !req.head.accepts("application/json");
-                    enroll_ott(w, token, &req.body, want_pem).await
+                    enroll_ott(w, token, &csr, want_pem).await
                 }
+                // The body carries nothing for ottca (OpenZiti's C SDK sends none, or a
+                // JSON identity with a name) and is not read, as before.
                 Method::Ottca => {
                     let token = param(&req.head.query, "token");
                     enroll_ottca(w, peer, token).await
@@ -113,7 +116,7 @@ pub(super) async fn route(
                 return Err(method_not_allowed(req, "POST"));
             }
             match param(&req.head.query, "method").as_deref() {
-                Some("cert") => authenticate_cert(w, peer),
+                Some("cert") => super::current::authenticate_cert(w, peer),
                 other => Err(ApiError::InvalidAuth(format!(
                     "authentication method '{}' is not supported; use method=cert",
                     other
@@ -125,8 +128,13 @@ pub(super) async fn route(
             }
         }
         "/current-identity" => match method {
-            "GET" | "HEAD" => current_identity(w, req),
+            "GET" | "HEAD" => super::current::current_identity(w, req),
             _ => Err(method_not_allowed(req, "GET")),
+        },
+        "/current-api-session" => match method {
+            "GET" | "HEAD" => super::current::current_api_session(w, req),
+            "DELETE" => super::current::logout(w, req),
+            _ => Err(method_not_allowed(req, "GET, DELETE")),
         },
         _ => Err(ApiError::NotFound(format!(
             "no such resource: {}",
@@ -338,47 +346,44 @@ async fn enroll_ca(
     Ok(Response::data(json!({ "id": created.id })))
 }
 
-/// `POST /authenticate?method=cert`: an API session for the identity the certificate is
-/// bound to.
-fn authenticate_cert(w: &WorkerCtx, peer: &Peer) -> Result<Response, ApiError> {
-    let now = w.shared.clock.unix_now();
-    let identity = super::auth::authenticate(w, peer, now).map_err(|e| match e {
-        super::auth::AuthError::Store(m) => ApiError::Unhandled(m),
-        other => ApiError::InvalidAuth(other.to_string()),
-    })?;
-    let (token, expires_at) = w.shared.sessions.create(&identity.id, now)?;
-    Ok(Response::data(json!({
-        "token": token,
-        "expiresAt": rfc3339(expires_at),
-        "expirationSeconds": super::auth::SESSION_TTL_SECS,
-        "identity": { "id": identity.id, "name": identity.name },
-        "identityId": identity.id,
-        "isAdmin": identity.is_admin,
-        "isCertExtendable": false,
-    }))
-    .with_header("zt-session", token))
+/// The enrollment method of `POST /enroll`. `method` is optional in the spec; a missing (or
+/// empty) one is `ott`, the method every client that leaves it out means. (OpenZiti's
+/// controller takes the method of the token's enrollment instead: the same for an ott
+/// token; an ottca token without its method is refused here with a message naming it.)
+pub(crate) fn enroll_method(req: &Request) -> Result<Method, ApiError> {
+    let name = param(&req.head.query, "method").unwrap_or_default();
+    if name.is_empty() {
+        return Ok(Method::Ott);
+    }
+    Method::parse(&name).ok_or_else(|| {
+        ApiError::InvalidEnrollMethod(format!(
+            "unknown enrollment method '{}': use ott, ottca or ca",
+            name.chars().take(32).collect::<String>()
+        ))
+    })
 }
 
-/// `GET /current-identity` with a `zt-session` header.
-fn current_identity(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
-    let now = w.shared.clock.unix_now();
-    let session = req
-        .head
-        .header("zt-session")
-        .and_then(|t| w.shared.sessions.get(t, now))
-        .ok_or_else(|| ApiError::Unauthorized("a valid zt-session header is required".into()))?;
-    let identity = w
-        .shared
-        .store
-        .identity(&session.identity_id)?
-        .ok_or_else(|| ApiError::Unauthorized("the session's identity no longer exists".into()))?;
-    Ok(Response::data(json!({
-        "id": identity.id,
-        "name": identity.name,
-        "type": identity.kind.as_str(),
-        "isAdmin": identity.is_admin,
-        "roleAttributes": identity.role_attributes,
-    })))
+/// The JSON body of `POST /enroll` (the spec's `genericEnroll`), as far as an `ott`
+/// enrollment reads it. The token stays in the query string, where the spec puts it.
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GenericEnroll {
+    /// The CSR, PEM.
+    pub client_csr: Option<String>,
+}
+
+/// The CSR of an `ott` enrollment on `/enroll`: the body itself (PEM, sent as one of the
+/// spec's non-JSON types or without a type), or `clientCsr` of a JSON body.
+pub(crate) fn ott_csr(req: &Request) -> Result<std::borrow::Cow<'_, [u8]>, ApiError> {
+    if req.head.content_type().as_deref() == Some("application/json") {
+        let body: GenericEnroll = json_body(req)?;
+        let csr = body.client_csr.ok_or_else(|| {
+            ApiError::CouldNotProcessCsr("the JSON body has no 'clientCsr' field".into())
+        })?;
+        return Ok(std::borrow::Cow::Owned(csr.into_bytes()));
+    }
+    check_csr_media(req)?;
+    Ok(std::borrow::Cow::Borrowed(&req.body))
 }
 
 pub(crate) fn check_csr_media(req: &Request) -> Result<(), ApiError> {
@@ -386,7 +391,7 @@ pub(crate) fn check_csr_media(req: &Request) -> Result<(), ApiError> {
         None => Ok(()),
         Some(t) if CSR_MEDIA_TYPES.contains(&t.as_str()) => Ok(()),
         Some(t) => Err(ApiError::UnsupportedMedia(format!(
-            "content type '{}' is not accepted for a CSR; send text/plain, application/x-pem-file or application/pkcs10",
+            "content type '{}' is not accepted for a CSR; send text/plain, application/x-pem-file, application/pkcs10, application/pkcs7 or application/json ({{\"clientCsr\": PEM}})",
             t.chars().take(64).collect::<String>()
         ))),
     }

@@ -59,6 +59,7 @@ pub(super) async fn route(
         (["cas", _], _) => Err(method_not_allowed(req, "GET, PATCH, PUT, DELETE")),
         (["cas", id, "verify"], "POST") => super::cas::verify(w, req, id).await,
         (["cas", id, "jwt"], "GET") => super::cas::jwt(w, id),
+        (["cas", id, "bound-identities"], "GET") => super::cas::bound_identities(w, id),
         _ => Err(ApiError::NotFound(format!(
             "no such resource: {}",
             req.head.path
@@ -146,10 +147,27 @@ fn list_identities(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
         (None, Some(name)) => NameFilter::Eq(name),
         (None, None) => NameFilter::All,
     };
-    let page = w
-        .shared
-        .store
-        .list_identities(offset, limit, &|name| filter.matches(name))?;
+    // certExpiringWithin=30d: enrolled identities whose certificate has not expired and
+    // expires within that time (what the expiry gauges count).
+    let expiring = match param(&req.head.query, "certExpiringWithin") {
+        None => None,
+        Some(v) => Some(humantime::parse_duration(&v).map_err(|_| {
+            ApiError::InvalidParameter(format!(
+                "'certExpiringWithin' must be a duration such as 30d or 12h, not '{}'",
+                v.chars().take(64).collect::<String>()
+            ))
+        })?),
+    };
+    let now = w.shared.clock.unix_now();
+    let expires = |i: &Identity| {
+        expiring.is_some_and(|within| crate::ops::expiry::expires_within(i, now, within))
+    };
+    let page = w.shared.store.list_identities_where(
+        offset,
+        limit,
+        &|name| filter.matches(name),
+        expiring.map(|_| &expires as &dyn Fn(&Identity) -> bool),
+    )?;
     let mut data = Vec::with_capacity(page.items.len());
     for i in &page.items {
         data.push(views::identity(i, pending_of(w, i)?.as_ref()));

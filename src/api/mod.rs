@@ -4,6 +4,7 @@
 pub mod auth;
 pub mod cas;
 pub mod client;
+pub mod current;
 pub mod error;
 pub mod filter;
 pub mod management;
@@ -156,7 +157,10 @@ pub(crate) fn enrollment_method(req: &Request) -> Option<&'static str> {
     let path = req.head.path.as_str();
     let path = under(path, CLIENT_PREFIX).unwrap_or(path);
     let method = match path {
-        "/enroll" => crate::http::query::param(&req.head.query, "method")?,
+        // Without a method, `/enroll` is an ott enrollment (client::enroll_method).
+        "/enroll" => crate::http::query::param(&req.head.query, "method")
+            .filter(|m| !m.is_empty())
+            .unwrap_or_else(|| "ott".into()),
         "/enroll/ott" => "ott".into(),
         "/enroll/ottca" => "ottca".into(),
         "/enroll/ca" => "ca".into(),

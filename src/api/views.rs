@@ -26,6 +26,7 @@ pub fn authenticator(a: &Authenticator) -> Value {
         "fingerprintSha256": a.fingerprint_sha256,
         "issuedByNetwork": a.issued_by_network,
         "method": a.method.as_str(),
+        "caId": a.ca_id,
         "notBefore": rfc3339(a.not_before),
         "notAfter": rfc3339(a.not_after),
         "createdAt": rfc3339(a.created_at),

@@ -83,6 +83,23 @@ pub fn validity(der: &[u8]) -> Option<(crate::clock::UnixTime, crate::clock::Uni
     ))
 }
 
+/// Whether the CA certificate `ca_der` signed the certificate in `cert_pem` itself (its
+/// issuer is the CA's subject and the CA's key verifies its signature). A certificate
+/// issued through an intermediate is not counted: only the leaf is stored.
+pub fn issued_directly(ca_der: &[u8], cert_pem: &str) -> bool {
+    let Ok(block) = ::pem::parse(cert_pem) else {
+        return false;
+    };
+    let (Ok((_, ca)), Ok((_, cert))) = (
+        X509Certificate::from_der(ca_der),
+        X509Certificate::from_der(block.contents()),
+    ) else {
+        return false;
+    };
+    cert.issuer().as_raw() == ca.subject().as_raw()
+        && cert.verify_signature(Some(ca.public_key())).is_ok()
+}
+
 /// Checks an uploaded CA certificate: one PEM certificate with basicConstraints CA=true,
 /// usable as a trust anchor.
 pub fn parse_ca_pem(text: &[u8]) -> Result<ParsedCa, CaCertError> {

@@ -83,11 +83,14 @@ pub enum CaCommand {
         #[allow(missing_docs)]
         admin_args: AdminArgs,
     },
-    /// Delete a CA.
+    /// Delete a CA. Says first which identities it touches; with any, asks for `--yes`.
     Delete {
         /// Name or id.
         #[arg(value_name = "NAME|ID")]
         target: String,
+        /// Delete even though identities are bound to the CA.
+        #[arg(long)]
+        yes: bool,
         #[command(flatten)]
         #[allow(missing_docs)]
         admin_args: AdminArgs,
@@ -132,6 +135,85 @@ pub fn resolve(api: &Admin, name_or_id: &str) -> Result<Value, CliError> {
 
 fn read(path: &PathBuf) -> Result<String, CliError> {
     std::fs::read_to_string(path).map_err(|e| CliError::new(format!("{}: {e}", path.display())))
+}
+
+/// The fields `ca update` may change, as the API names them, and as the CLI prints them.
+const UPDATABLE: [(&str, &str); 6] = [
+    ("name", "name"),
+    ("isAutoCaEnrollmentEnabled", "auto"),
+    ("isOttCaEnrollmentEnabled", "ottca"),
+    ("isAuthEnabled", "auth"),
+    ("identityRoles", "role-attributes"),
+    ("identityNameFormat", "name-format"),
+];
+
+/// One line per field that differs between the CA before and after an update:
+/// `CA 'acme': auto false -> true`.
+fn changed_fields(before: &Value, after: &Value) -> Vec<String> {
+    let shown = |v: &Value| match v {
+        Value::String(s) => format!("'{s}'"),
+        Value::Array(items) => format!(
+            "[{}]",
+            items
+                .iter()
+                .map(|i| i.as_str().map_or_else(|| i.to_string(), str::to_string))
+                .collect::<Vec<_>>()
+                .join(",")
+        ),
+        other => other.to_string(),
+    };
+    UPDATABLE
+        .iter()
+        .filter(|(key, _)| before.get(key) != after.get(key))
+        .map(|(key, flag)| {
+            format!(
+                "CA '{}': {flag} {} -> {}",
+                text(after, "name"),
+                shown(before.get(key).unwrap_or(&Value::Null)),
+                shown(after.get(key).unwrap_or(&Value::Null)),
+            )
+        })
+        .collect()
+}
+
+/// What deleting the CA does to the identities bound to it (`GET /cas/{id}/bound-identities`),
+/// or `None` when none are.
+fn bound_notice(ca_name: &str, bound: &Value) -> Option<String> {
+    let count = |k: &str| bound.get(k).and_then(Value::as_u64).unwrap_or(0);
+    let names = |k: &str, total: u64| {
+        let list: Vec<String> = bound
+            .get(k)
+            .and_then(Value::as_array)
+            .map(|a| a.iter().map(|i| text(i, "name")).collect())
+            .unwrap_or_default();
+        let more = total.saturating_sub(list.len() as u64);
+        if more > 0 {
+            format!("{} and {more} more", list.join(", "))
+        } else {
+            list.join(", ")
+        }
+    };
+    let (enrolled, pending) = (count("enrolledCount"), count("pendingOttcaCount"));
+    if enrolled == 0 && pending == 0 {
+        return None;
+    }
+    let mut lines = vec![format!("CA '{ca_name}' has identities bound to it:")];
+    if enrolled > 0 {
+        lines.push(format!(
+            "- {enrolled} enrolled through it ({}): they stay, but can no longer authenticate \
+             through this CA (a device still authenticates if another registered CA with \
+             auth enabled anchors its chain); delete them with 'enrollgate identity delete'",
+            names("enrolled", enrolled)
+        ));
+    }
+    if pending > 0 {
+        lines.push(format!(
+            "- {pending} waiting to enroll by ottca through it ({}): their tokens can no \
+             longer be redeemed; delete them and create them again with another CA",
+            names("pendingOttca", pending)
+        ));
+    }
+    Some(lines.join("\n"))
 }
 
 /// Runs a `ca` subcommand.
@@ -241,16 +323,34 @@ pub fn run(cmd: CaCommand) -> Result<(), CliError> {
                 &format!("/cas/{}", text(&ca, "id")),
                 Some(&Value::Object(body)),
             )?;
-            println!(
-                "{}",
-                serde_json::to_string_pretty(&updated).unwrap_or_default()
-            );
+            let changes = changed_fields(&ca, &updated);
+            if changes.is_empty() {
+                println!("CA '{}': nothing changed", text(&updated, "name"));
+            }
+            for line in changes {
+                println!("{line}");
+            }
             Ok(())
         }
-        CaCommand::Delete { target, admin_args } => {
+        CaCommand::Delete {
+            target,
+            yes,
+            admin_args,
+        } => {
             let api = Admin::load(&admin_args)?;
             let ca = resolve(&api, &target)?;
-            api.call("DELETE", &format!("/cas/{}", text(&ca, "id")), None)?;
+            let id = text(&ca, "id");
+            let bound = api.data("GET", &format!("/cas/{id}/bound-identities"), None)?;
+            let notice = bound_notice(&text(&ca, "name"), &bound);
+            if let Some(notice) = &notice {
+                eprintln!("{notice}");
+                if !yes {
+                    return Err(CliError::new(format!(
+                        "not deleted: run 'enrollgate ca delete {target} --yes' to delete it all the same"
+                    )));
+                }
+            }
+            api.call("DELETE", &format!("/cas/{id}"), None)?;
             eprintln!("deleted CA '{}'", text(&ca, "name"));
             Ok(())
         }
@@ -289,5 +389,53 @@ pub fn run(cmd: CaCommand) -> Result<(), CliError> {
             }
             Ok(())
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_update_prints_only_what_changed() {
+        let before = json!({"name": "acme", "isAutoCaEnrollmentEnabled": true,
+            "isAuthEnabled": true, "identityRoles": ["a"], "certPem": "PEM"});
+        let after = json!({"name": "fleet", "isAutoCaEnrollmentEnabled": false,
+            "isAuthEnabled": true, "identityRoles": ["a", "b"], "certPem": "PEM"});
+        assert_eq!(
+            changed_fields(&before, &after),
+            vec![
+                "CA 'fleet': name 'acme' -> 'fleet'",
+                "CA 'fleet': auto true -> false",
+                "CA 'fleet': role-attributes [a] -> [a,b]",
+            ]
+        );
+        assert!(changed_fields(&after, &after).is_empty());
+    }
+
+    #[test]
+    fn the_delete_notice_counts_and_names_the_bound_identities() {
+        assert_eq!(
+            bound_notice("x", &json!({"enrolledCount": 0, "pendingOttcaCount": 0})),
+            None
+        );
+        let notice = bound_notice(
+            "ops",
+            &json!({"enrolledCount": 3, "enrolled": [{"name": "d1"}, {"name": "d2"}],
+                    "pendingOttcaCount": 1, "pendingOttca": [{"name": "plc"}]}),
+        )
+        .unwrap();
+        assert!(
+            notice.starts_with("CA 'ops' has identities bound to it:"),
+            "{notice}"
+        );
+        assert!(
+            notice.contains("- 3 enrolled through it (d1, d2 and 1 more)"),
+            "{notice}"
+        );
+        assert!(
+            notice.contains("- 1 waiting to enroll by ottca through it (plc)"),
+            "{notice}"
+        );
     }
 }

@@ -59,6 +59,10 @@ pub enum IdentityCommand {
         /// Page start.
         #[arg(long, default_value_t = 0)]
         offset: usize,
+        /// Only identities whose certificate expires within this time (e.g. 30d, 12h),
+        /// not yet expired.
+        #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+        expiring: Option<std::time::Duration>,
         /// Print the raw JSON.
         #[arg(long)]
         json: bool,
@@ -333,6 +337,7 @@ pub fn run(cmd: IdentityCommand) -> Result<(), CliError> {
             filter,
             limit,
             offset,
+            expiring,
             json,
             admin_args,
         } => {
@@ -343,6 +348,9 @@ pub fn run(cmd: IdentityCommand) -> Result<(), CliError> {
             if let Some(f) = &filter {
                 q.append_pair("filter", f);
             }
+            if let Some(within) = expiring {
+                q.append_pair("certExpiringWithin", &format!("{}s", within.as_secs()));
+            }
             let v = api
                 .call("GET", &format!("/identities?{}", q.finish()), None)?
                 .json()?;
@@ -351,12 +359,15 @@ pub fn run(cmd: IdentityCommand) -> Result<(), CliError> {
                 return Ok(());
             }
             println!(
-                "{:<18} {:<32} {:<8} {:<6} ENROLLED",
-                "ID", "NAME", "TYPE", "ADMIN"
+                "{:<18} {:<32} {:<8} {:<6} {:<8} CERT EXPIRES",
+                "ID", "NAME", "TYPE", "ADMIN", "ENROLLED"
             );
             for i in v["data"].as_array().map(Vec::as_slice).unwrap_or_default() {
+                let expires = i["authenticators"]["cert"]["notAfter"]
+                    .as_str()
+                    .unwrap_or("-");
                 println!(
-                    "{:<18} {:<32} {:<8} {:<6} {}",
+                    "{:<18} {:<32} {:<8} {:<6} {:<8} {expires}",
                     text(i, "id"),
                     text(i, "name"),
                     text(i, "type"),

@@ -45,9 +45,18 @@ cli_from!(
     std::io::Error
 );
 
+/// What `--version` prints after the name: the crate's version and the commit it was built
+/// from (`unknown` outside a git checkout; see build.rs).
+pub const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (commit ",
+    env!("ENROLLGATE_COMMIT"),
+    ")"
+);
+
 /// enrollgate: an mTLS enrollment gateway speaking OpenZiti's enrollment protocol.
 #[derive(Debug, Parser)]
-#[command(name = "enrollgate", version, about, long_about = None)]
+#[command(name = "enrollgate", version = VERSION, about, long_about = None)]
 pub struct Cli {
     /// What to do.
     #[command(subcommand)]

@@ -207,6 +207,17 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
         move || memory_signal.is_set(),
     )?;
 
+    // Certificate expiry gauges: counted at once, then every few minutes.
+    let expiry_registry = registry.clone();
+    let expiry_signal = signal.clone();
+    let expiry = ops::expiry::spawn_scanner(
+        move || {
+            let (_, shared) = expiry_registry.current();
+            ops::expiry::scan(&shared.store, shared.clock.unix_now())
+        },
+        move || expiry_signal.is_set(),
+    )?;
+
     let watchdog_notifier = notifier.clone();
     let watchdog_signal = signal.clone();
     let result = server::run(listeners, registry.clone(), &shutdown, signal, |started| {
@@ -252,6 +263,7 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     // be gone before the store closes and the process exits (a RocksDB call racing the
     // exit's static destructors aborts the process: 'pthread lock: Invalid argument').
     let _ = sampler.join();
+    let _ = expiry.join();
     // Commit what is queued, then stop, whether or not every handle was dropped.
     drop(registry);
     if !committer.stop() {

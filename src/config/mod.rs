@@ -442,12 +442,45 @@ impl Config {
         Self::from_raw(path, raw, problems)
     }
 
+    /// Reads the file at `path` and validates what it can: the configuration, with the
+    /// default in place of every value that is wrong, and the problems found. An error only
+    /// when nothing can be read: the file is missing or unreadable, or not TOML at all.
+    /// `check-config` goes on from here to the files the configuration names.
+    pub fn load_lenient(path: &Path) -> Result<(Self, Vec<Problem>), ConfigError> {
+        let fail = |message: String| ConfigError {
+            path: path.to_path_buf(),
+            problems: vec![Problem {
+                key: "(file)".into(),
+                message,
+            }],
+        };
+        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
+        let (raw, parsed) = raw::parse(&text).map_err(fail)?;
+        Ok(Self::checked(path, raw, parsed))
+    }
+
     /// Validates a parsed file.
     pub fn from_raw(
         path: &Path,
         raw: raw::RawConfig,
         parsed: Vec<(String, String)>,
     ) -> Result<Self, ConfigError> {
+        match Self::checked(path, raw, parsed) {
+            (config, problems) if problems.is_empty() => Ok(config),
+            (_, problems) => Err(ConfigError {
+                path: path.to_path_buf(),
+                problems,
+            }),
+        }
+    }
+
+    /// The configuration a parsed file describes, with defaults where its values are
+    /// wrong, and every problem found.
+    fn checked(
+        path: &Path,
+        raw: raw::RawConfig,
+        parsed: Vec<(String, String)>,
+    ) -> (Self, Vec<Problem>) {
         let base = path
             .parent()
             .map(Path::to_path_buf)
@@ -711,13 +744,7 @@ impl Config {
             }
         };
 
-        if !c.problems.is_empty() {
-            return Err(ConfigError {
-                path: path.to_path_buf(),
-                problems: c.problems,
-            });
-        }
-        Ok(Self {
+        let config = Self {
             path: path.to_path_buf(),
             listen,
             public_url,
@@ -740,7 +767,8 @@ impl Config {
             log_format,
             shutdown_grace,
             metrics_listen,
-        })
+        };
+        (config, c.problems)
     }
 }
 

@@ -67,18 +67,32 @@ pub fn read_all(path: &Path) -> Result<Vec<Record>, BackupError> {
     Ok(out)
 }
 
-/// Copies the store at `store` to a new store at `out` (which must not exist).
+/// Copies the store at `store` to a new store at `out`, which must not exist or be an empty
+/// directory (a mount point or a directory made for it beforehand).
 pub fn backup(store: &Path, out: &Path) -> Result<BackupSummary, BackupError> {
-    if out.exists() {
-        return Err(BackupError(format!(
-            "{} already exists; choose a new directory",
-            out.display()
-        )));
-    }
+    let existed = match std::fs::read_dir(out).map(|mut entries| entries.next().is_none()) {
+        Ok(true) => true,
+        Ok(false) => {
+            return Err(BackupError(format!(
+                "{} is not empty; choose a new or an empty directory",
+                out.display()
+            )))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
+        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
+            return Err(BackupError(format!(
+                "{} is a file; choose a new or an empty directory",
+                out.display()
+            )))
+        }
+        Err(e) => return Err(BackupError(format!("{}: {e}", out.display()))),
+    };
     let records = read_all(store)?;
     let report = fsck::check(records.clone());
     // The copy holds live tokens: private from the first byte, and gone if it fails.
-    {
+    if existed {
+        restrict(out)?;
+    } else {
         use std::os::unix::fs::DirBuilderExt as _;
         std::fs::DirBuilder::new()
             .mode(0o700)
@@ -87,7 +101,17 @@ pub fn backup(store: &Path, out: &Path) -> Result<BackupSummary, BackupError> {
     }
     let result = write_copy(out, &records);
     if result.is_err() {
-        let _ = std::fs::remove_dir_all(out);
+        if existed {
+            // Leave the directory the operator made, empty as it was.
+            if let Ok(entries) = std::fs::read_dir(out) {
+                for entry in entries.flatten() {
+                    let _ = std::fs::remove_dir_all(entry.path())
+                        .or_else(|_| std::fs::remove_file(entry.path()));
+                }
+            }
+        } else {
+            let _ = std::fs::remove_dir_all(out);
+        }
     }
     result?;
     Ok(BackupSummary {
@@ -111,13 +135,18 @@ fn write_copy(out: &Path, records: &[Record]) -> Result<(), BackupError> {
     }
     db.flush()?;
     drop(db);
-    restrict(out);
-    Ok(())
+    restrict(out)
 }
 
-fn restrict(dir: &Path) {
+/// Makes the backup directory private (mode 0700): it holds live tokens.
+fn restrict(dir: &Path) -> Result<(), BackupError> {
     use std::os::unix::fs::PermissionsExt as _;
-    let _ = std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700));
+    std::fs::set_permissions(dir, std::fs::Permissions::from_mode(0o700)).map_err(|e| {
+        BackupError(format!(
+            "{}: cannot make it private (mode 0700): {e}",
+            dir.display()
+        ))
+    })
 }
 
 /// Puts the backup at `from` in place of the store at `store`. Refuses while a daemon has
@@ -150,7 +179,10 @@ pub fn restore(from: &Path, store: &Path) -> Result<Option<PathBuf>, BackupError
         let _ = std::fs::remove_dir_all(&staging);
         return Err(BackupError(format!("copying the backup: {e}")));
     }
-    restrict(&staging);
+    if let Err(e) = restrict(&staging) {
+        let _ = std::fs::remove_dir_all(&staging);
+        return Err(e);
+    }
     if let Err(e) = give_to_owner(&staging, store) {
         let _ = std::fs::remove_dir_all(&staging);
         return Err(BackupError(format!(

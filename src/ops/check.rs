@@ -14,13 +14,14 @@ fn problem(key: &str, message: impl Into<String>) -> Problem {
     }
 }
 
-/// Every problem of the configuration at `path` (empty: `serve` can start).
+/// Every problem of the configuration at `path` (empty: `serve` can start). A wrong value
+/// does not hide the files: they are checked too, with the default in place of a wrong
+/// path. Only a file that cannot be read, or is not TOML at all, stops the check there.
 pub fn check_config(path: &Path) -> Vec<Problem> {
-    let config = match Config::load(path) {
-        Ok(c) => c,
+    let (config, mut out) = match Config::load_lenient(path) {
+        Ok(checked) => checked,
         Err(e) => return e.problems,
     };
-    let mut out = Vec::new();
     let tls_cert = crate::pki::read_cert_chain(&config.tls_cert)
         .map_err(|e| out.push(problem("tls.cert", e.to_string())))
         .ok();

@@ -376,6 +376,7 @@ mod tests {
                 not_after: 1,
                 method: Method::Ott,
                 created_at: 0,
+                ca_id: None,
             }),
         }
     }

@@ -3,6 +3,7 @@
 
 pub mod backup;
 pub mod check;
+pub mod expiry;
 pub mod fsck;
 pub mod memory;
 pub mod notify;

@@ -53,6 +53,7 @@ pub fn issued_authenticator(
         not_after,
         method: Method::Ott,
         created_at: now,
+        ca_id: None,
     })
 }
 
@@ -78,6 +79,7 @@ pub fn authenticator(
         not_after: cert.validity().not_after.timestamp(),
         method,
         created_at: now,
+        ca_id: None,
     })
 }
 

@@ -355,9 +355,11 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
             .ok_or_else(|| {
                 StoreError::CaNotUsable("the CA no longer allows auto-enrollment".into())
             })?;
-        let auth = identity.authenticator.as_ref().ok_or_else(|| {
+        let auth = identity.authenticator.as_mut().ok_or_else(|| {
             StoreError::InvalidState("auto-enrollment needs a certificate".into())
         })?;
+        auth.ca_id = Some(ca.id.clone());
+        let auth = &*auth;
         let bound = self.unbound(auth)?;
         if self.get(&keys::identity(&identity.id))?.is_some() {
             return Err(StoreError::InvalidState("identity id collision".into()));
@@ -575,6 +577,10 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
         }
         identity.enrollment_id = None;
         identity.updated_at = now;
+        let mut authenticator = authenticator;
+        if method == Method::Ottca {
+            authenticator.ca_id = enrollment.ca_id.clone();
+        }
         identity.authenticator = Some(authenticator);
         writes.extend(admin_index(&identity));
         writes.push(Write::Put(keys::identity(&identity.id), to_json(&identity)));
@@ -770,6 +776,7 @@ mod tests {
             not_after: 10,
             method: Method::Ott,
             created_at: 200,
+            ca_id: None,
         }
     }
 
@@ -1273,6 +1280,57 @@ mod tests {
         let r = commit(&mut map, vec![auto("i1", "dev", "fp")]);
         assert!(matches!(r[0], Err(StoreError::CaNotUsable(_))));
         assert!(map.is_empty());
+    }
+
+    /// The CA that bound a third-party certificate is recorded with it (what deleting the
+    /// CA touches), by auto-enrollment and by `ottca`; an `ott` certificate names none.
+    #[test]
+    fn the_binding_ca_is_recorded_with_a_third_party_certificate() {
+        let mut map = Map::new();
+        let mut ottca = ca_record();
+        ottca.is_ott_ca_enrollment_enabled = true;
+        commit(&mut map, vec![Command::CreateCa { ca: ottca }]);
+        let mut pending = enrollment("e-i2", "tok2", "i2");
+        pending.method = Method::Ottca;
+        pending.ca_id = Some("ca".into());
+        let r = commit(
+            &mut map,
+            vec![
+                Command::CreateIdentity {
+                    identity: identity("i2", "plc"),
+                    enrollment: Some(pending),
+                },
+                Command::CreateIdentity {
+                    identity: identity("i3", "user"),
+                    enrollment: Some(enrollment("e-i3", "tok3", "i3")),
+                },
+            ],
+        );
+        assert!(r.iter().all(Result::is_ok));
+        let r = commit(
+            &mut map,
+            vec![
+                auto("i1", "dev", "fp1"),
+                Command::Redeem {
+                    method: Method::Ottca,
+                    ca_id: Some("ca".into()),
+                    token: "tok2".into(),
+                    identity_id: "i2".into(),
+                    authenticator: auth("fp2"),
+                    now: 200,
+                },
+                redeem("tok3", "i3", "fp3", 200),
+            ],
+        );
+        let bound_by = |r: &Result<Outcome, StoreError>| match r {
+            Ok(Outcome::Identity(i)) => i.authenticator.as_ref().unwrap().ca_id.clone(),
+            other => panic!("{other:?}"),
+        };
+        assert_eq!(bound_by(&r[0]), Some("ca".into()));
+        assert_eq!(bound_by(&r[1]), Some("ca".into()));
+        assert_eq!(bound_by(&r[2]), None);
+        let stored: Identity = serde_json::from_slice(&map[&keys::identity("i1")]).unwrap();
+        assert_eq!(stored.authenticator.unwrap().ca_id, Some("ca".into()));
     }
 
     #[test]

@@ -509,22 +509,49 @@ impl Store {
         limit: usize,
         filter: &dyn Fn(&str) -> bool,
     ) -> Result<Page<Identity>, StoreError> {
+        self.list_identities_where(offset, limit, filter, None)
+    }
+
+    /// As [`Self::list_identities`], keeping only the identities for which `keep` holds
+    /// too. With `keep`, every identity whose name passes is read and decoded (a scan,
+    /// for administrative filters such as a certificate's expiry); without, only the page.
+    pub fn list_identities_where(
+        &self,
+        offset: usize,
+        limit: usize,
+        filter: &dyn Fn(&str) -> bool,
+        keep: Option<&dyn Fn(&Identity) -> bool>,
+    ) -> Result<Page<Identity>, StoreError> {
         let mut total = 0usize;
         let mut ids = Vec::new();
+        let mut items = Vec::new();
         for item in self.db.prefix_iterator(keys::NAME) {
             let (k, v) = item?;
             if !k.starts_with(keys::NAME) {
                 break;
             }
             let name = String::from_utf8_lossy(&k[keys::NAME.len()..]);
-            if filter(&name) {
-                if total >= offset && ids.len() < limit {
-                    ids.push(String::from_utf8_lossy(&v).into_owned());
-                }
-                total += 1;
+            if !filter(&name) {
+                continue;
             }
+            let id = String::from_utf8_lossy(&v);
+            if let Some(keep) = keep {
+                match self.identity(&id)? {
+                    Some(identity) if keep(&identity) => {
+                        if total >= offset && items.len() < limit {
+                            items.push(identity);
+                        }
+                        total += 1;
+                    }
+                    _ => {}
+                }
+                continue;
+            }
+            if total >= offset && ids.len() < limit {
+                ids.push(id.into_owned());
+            }
+            total += 1;
         }
-        let mut items = Vec::with_capacity(ids.len());
         for id in ids {
             if let Some(identity) = self.identity(&id)? {
                 items.push(identity);
@@ -555,6 +582,45 @@ impl Store {
                 break;
             }
             out.push(decode(&k, &v)?);
+        }
+        Ok(out)
+    }
+
+    /// Every identity for which `keep` holds, in id order. A scan of every identity: for
+    /// rare administrative questions (what deleting a CA touches), never the request path.
+    pub fn identities_where(
+        &self,
+        keep: &mut dyn FnMut(&Identity) -> bool,
+    ) -> Result<Vec<Identity>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator(keys::IDENTITY) {
+            let (k, v) = item?;
+            if !k.starts_with(keys::IDENTITY) {
+                break;
+            }
+            let identity: Identity = decode(&k, &v)?;
+            if keep(&identity) {
+                out.push(identity);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Every pending enrollment for which `keep` holds, in token order (a scan, as above).
+    pub fn enrollments_where(
+        &self,
+        keep: &dyn Fn(&Enrollment) -> bool,
+    ) -> Result<Vec<Enrollment>, StoreError> {
+        let mut out = Vec::new();
+        for item in self.db.prefix_iterator(keys::TOKEN) {
+            let (k, v) = item?;
+            if !k.starts_with(keys::TOKEN) {
+                break;
+            }
+            let enrollment: Enrollment = decode(&k, &v)?;
+            if keep(&enrollment) {
+                out.push(enrollment);
+            }
         }
         Ok(out)
     }

@@ -54,6 +54,12 @@ pub const MEMORY_CEILING: &str = "enrollgate_memory_connection_ceiling";
 /// 1 while the store refuses writes (RocksDB stops writing after an I/O error such as a
 /// full disk, until it is reopened).
 pub const STORE_REFUSING: &str = "enrollgate_store_refusing_writes";
+/// Gauge: bound certificates that expire within a window (label `within`: 7d, 30d).
+pub const CERTS_EXPIRING: &str = "enrollgate_certificates_expiring";
+/// Gauge: bound certificates already past their `notAfter`.
+pub const CERTS_EXPIRED: &str = "enrollgate_certificates_expired";
+/// Gauge: bound certificates, all told (the denominator of the two above).
+pub const CERTS_BOUND: &str = "enrollgate_certificates_bound";
 
 static READY: AtomicBool = AtomicBool::new(false);
 
@@ -199,6 +205,18 @@ pub fn describe() {
         STORE_REFUSING,
         "1 while the store refuses writes (RocksDB stops writing after an I/O error such as a full disk, until the gateway restarts); /readyz answers 503 meanwhile."
     );
+    describe_gauge!(
+        CERTS_EXPIRING,
+        "Bound certificates that have not expired and expire within the window of label within (7d, 30d; 30d includes 7d). Counted at start and every 5 minutes."
+    );
+    describe_gauge!(
+        CERTS_EXPIRED,
+        "Bound certificates past their notAfter: their identities can no longer authenticate. Counted at start and every 5 minutes."
+    );
+    describe_gauge!(
+        CERTS_BOUND,
+        "Certificates bound to identities. Counted at start and every 5 minutes."
+    );
     // Set only when the ceiling changes: exported from the start at its resting value.
     metrics::gauge!(MEMORY_CEILING).set(0.0);
     metrics::gauge!(STORE_REFUSING).set(0.0);
@@ -229,6 +247,20 @@ pub fn describe() {
     for gauge in [CONNECTIONS, QUEUE_DEPTH, SIGN_QUEUE_DEPTH] {
         metrics::gauge!(gauge).increment(0.0);
     }
+}
+
+/// Sets the certificate expiry gauges from a scan.
+pub fn certificate_expiry(counts: &crate::ops::expiry::ExpiryCounts) {
+    for (count, days) in counts.within.iter().zip(crate::ops::expiry::WINDOWS_DAYS) {
+        let within = match days {
+            7 => "7d",
+            30 => "30d",
+            _ => "other",
+        };
+        metrics::gauge!(CERTS_EXPIRING, "within" => within).set(*count as f64);
+    }
+    metrics::gauge!(CERTS_EXPIRED).set(counts.expired as f64);
+    metrics::gauge!(CERTS_BOUND).set(counts.bound as f64);
 }
 
 /// Records one enrollment answer.

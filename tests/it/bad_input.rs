@@ -104,12 +104,21 @@ fn bad_enrollment_requests_change_nothing() {
             400,
             "INVALID_ENROLL_METHOD",
         ),
+        // Without a method, /enroll is an ott enrollment (the spec's `method` is optional,
+        // OpenZiti's controller reads it as ott): the token is judged as an ott token.
         (
-            enroll(&format!("token={token}")),
+            enroll("token=nope"),
             vec![],
             good.clone(),
             400,
-            "INVALID_ENROLL_METHOD",
+            "INVALID_ENROLLMENT_TOKEN",
+        ),
+        (
+            enroll(&format!("method=&token={token}")),
+            vec![],
+            b"this is not PEM".to_vec(),
+            400,
+            "COULD_NOT_PROCESS_CSR",
         ),
         (
             enroll(&format!("method=ottca&token={token}")),
@@ -138,9 +147,26 @@ fn bad_enrollment_requests_change_nothing() {
         (t(""), vec![], tampered, 400, "COULD_NOT_PROCESS_CSR"),
         (t(""), vec![], rsa1024, 400, "COULD_NOT_PROCESS_CSR"),
         (t(""), vec![], p521, 400, "COULD_NOT_PROCESS_CSR"),
+        // A JSON body is the spec's `genericEnroll`: PEM sent as JSON does not parse...
         (
             t(""),
             vec![("Content-Type", "application/json")],
+            good.clone(),
+            400,
+            "COULD_NOT_PARSE_BODY",
+        ),
+        // ... a JSON body without `clientCsr` has no CSR...
+        (
+            t(""),
+            vec![("Content-Type", "application/json")],
+            b"{\"name\":\"x\"}".to_vec(),
+            400,
+            "COULD_NOT_PROCESS_CSR",
+        ),
+        // ... and a type the spec does not list is refused.
+        (
+            t(""),
+            vec![("Content-Type", "application/octet-stream")],
             good.clone(),
             415,
             "UNSUPPORTED_MEDIA",

@@ -272,6 +272,22 @@ fn cas_are_created_verified_with_openssl_and_managed_from_the_cli() {
         "{}",
         String::from_utf8_lossy(&out.stderr)
     );
+    // It says what changed, not the whole CA with its PEM.
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(
+        said.lines().collect::<Vec<_>>(),
+        [
+            "CA 'acme-fleet': name 'acme' -> 'acme-fleet'",
+            "CA 'acme-fleet': auto true -> false"
+        ],
+        "{said}"
+    );
+    let out = gw.cli(&["ca", "update", "acme-fleet", "--auto", "false"]);
+    assert!(out.status.success());
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout).trim(),
+        "CA 'acme-fleet': nothing changed"
+    );
     let r = ca_enroll(&fleet.device(&Spec::new("dev-2")), &gw, None);
     assert_eq!(code(&r), "CERT_FAILED_VALIDATION");
     let out = gw.cli(&["ca", "list"]);
@@ -298,10 +314,37 @@ fn cas_are_created_verified_with_openssl_and_managed_from_the_cli() {
     );
     assert_eq!(claims.exp, None);
 
-    // Delete: gone from the cache at once.
+    // Delete: acme-dev-1 enrolled through the CA, so the CLI says so and wants --yes.
+    let before = gw.snapshot();
     let out = gw.cli(&["ca", "delete", "acme-fleet"]);
-    assert!(out.status.success());
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("CA 'acme-fleet' has identities bound to it:")
+            && err.contains("- 1 enrolled through it (acme-dev-1)")
+            && err.contains("--yes"),
+        "{err}"
+    );
+    assert_eq!(gw.snapshot(), before);
+    let bound = gw
+        .mgmt("GET", &format!("/cas/{id}/bound-identities"), None)
+        .json()
+        .unwrap()["data"]
+        .clone();
+    assert_eq!(
+        bound,
+        json!({"enrolledCount": 1, "enrolled": [{"id": new_id, "name": "acme-dev-1"}],
+               "pendingOttcaCount": 0, "pendingOttca": []})
+    );
+    // With --yes: gone from the cache at once; the identity stays.
+    let out = gw.cli(&["ca", "delete", "acme-fleet", "--yes"]);
+    assert!(out.status.success(), "{out:?}");
     assert_eq!(gw.mgmt("GET", &format!("/cas/{id}"), None).status, 404);
+    assert_eq!(
+        gw.mgmt("GET", &format!("/identities/{new_id}"), None)
+            .status,
+        200
+    );
 }
 
 #[test]
@@ -774,8 +817,16 @@ fn ottca_binds_a_certificate_from_the_tokens_ca_only() {
         (400, "ENROLLMENT_CA_NOT_VALID")
     );
 
-    // The CA deleted: a new token for plc-2 would be bound to it, and is refused.
+    // The CA deleted: a new token for plc-2 would be bound to it, and is refused. The
+    // CLI first names what the deletion touches: plc-2's pending ottca token.
     let out = gw.cli(&["ca", "delete", "ops"]);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("- 1 waiting to enroll by ottca through it (plc-2)"),
+        "{err}"
+    );
+    let out = gw.cli(&["ca", "delete", "ops", "--yes"]);
     assert!(out.status.success(), "{out:?}");
     let before = gw.snapshot();
     let out = gw.cli(&["identity", "reissue", "plc-2", "-o", "plc2.jwt"]);
@@ -1256,4 +1307,87 @@ fn the_cli_notes_an_ottca_token_its_ca_cannot_redeem_yet() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(!String::from_utf8_lossy(&out.stderr).contains("note:"));
+}
+
+/// Expiry visible before it bites: `identity list --expiring`, the API's
+/// `certExpiringWithin`, and the gauges an alert watches, all count the same certificates.
+#[test]
+fn expiring_certificates_are_listed_and_counted() {
+    let mut gw = Gateway::start();
+    let fleet = Fleet::new("exp");
+    fleet.register(&gw, "exp", true, false, true);
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    const DAY: i64 = 86_400;
+    for (cn, days) in [("soon", 3), ("month", 20), ("later", 90)] {
+        let mut spec = Spec::new(cn);
+        spec.not_after = now + days * DAY;
+        let r = ca_enroll(&fleet.device(&spec), &gw, None);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    }
+    let names = |within: &str| -> Vec<String> {
+        let r = gw.mgmt(
+            "GET",
+            &format!("/identities?certExpiringWithin={within}"),
+            None,
+        );
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        let v = r.json().unwrap();
+        let data = v["data"].as_array().unwrap().clone();
+        assert_eq!(v["meta"]["pagination"]["totalCount"], data.len());
+        data.iter()
+            .map(|i| i["name"].as_str().unwrap().to_string())
+            .collect()
+    };
+    assert_eq!(names("7d"), ["exp-soon"]);
+    assert_eq!(names("30d"), ["exp-month", "exp-soon"]);
+    assert_eq!(names("1h"), Vec::<String>::new());
+    let r = gw.mgmt("GET", "/identities?certExpiringWithin=soonish", None);
+    assert_eq!((r.status, code(&r).as_str()), (400, "INVALID_PARAMETER"));
+
+    // The CLI: the same filter, and each certificate's expiry in the table.
+    let out = gw.cli(&["identity", "list", "--expiring", "30d"]);
+    assert!(out.status.success(), "{out:?}");
+    let table = String::from_utf8_lossy(&out.stdout);
+    let rows: Vec<&str> = table.lines().skip(1).collect();
+    assert_eq!(rows.len(), 2, "{table}");
+    assert!(
+        table.lines().next().unwrap().ends_with("CERT EXPIRES"),
+        "{table}"
+    );
+    let soon = rows.iter().find(|r| r.contains("exp-soon")).unwrap();
+    let expires = soon.split_whitespace().last().unwrap();
+    let shown = gw
+        .mgmt(
+            "GET",
+            "/identities?filter=name%20%3D%20%22exp-soon%22",
+            None,
+        )
+        .json()
+        .unwrap()["data"][0]["authenticators"]["cert"]["notAfter"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert_eq!(expires, shown);
+    let out = gw.cli(&["identity", "list", "--expiring", "a while"]);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+
+    // The gauges: counted at start (and every 5 minutes), so after a restart they hold
+    // the three devices and the admin identity (whose certificate lasts a year).
+    gw.stop();
+    gw.spawn(&[]);
+    let m = gw.metrics_text();
+    assert_eq!(
+        metric(&m, "enrollgate_certificates_expiring{within=\"7d\"}"),
+        1.0,
+        "{m}"
+    );
+    assert_eq!(
+        metric(&m, "enrollgate_certificates_expiring{within=\"30d\"}"),
+        2.0
+    );
+    assert_eq!(metric(&m, "enrollgate_certificates_expired"), 0.0);
+    assert_eq!(metric(&m, "enrollgate_certificates_bound"), 4.0);
 }

@@ -159,6 +159,29 @@ fn check_config_reports_every_problem_with_its_key() {
         out.contains("server.bogus") && out.contains("server.listen"),
         "{out}"
     );
+    // A wrong value does not hide a missing file, nor a missing file a wrong value.
+    std::fs::write(
+        &cfg,
+        original
+            .replace(
+                "[server]",
+                "[server]
+bogus = 1",
+            )
+            .replace("idle_timeout = \"60s\"", "idle_timeout = \"soon\"")
+            .replace("key = \"pki/server.key\"", "key = \"pki/missing.key\""),
+    )
+    .unwrap();
+    let (ok, out) = check(&cfg);
+    assert!(!ok);
+    for key in ["server.bogus:", "limits.idle_timeout:", "tls.key:"] {
+        assert!(out.contains(key), "{key} not named in: {out}");
+    }
+    assert!(out.contains("missing.key"), "{out}");
+    // The configuration file itself missing: said, with its path.
+    let (ok, out) = check(&data.join("nowhere.toml"));
+    assert!(!ok);
+    assert!(out.contains("nowhere.toml"), "{out}");
 }
 
 #[test]
@@ -229,6 +252,43 @@ fn backup_while_serving_fsck_and_restore() {
         files
     };
     assert!(private(&backup) > 0);
+
+    // An existing empty directory (a mount point, or one made for it) takes the backup and
+    // becomes private; a directory with anything in it is refused and left as it was.
+    let made = dir.join("backup-made");
+    std::fs::create_dir(&made).unwrap();
+    std::fs::set_permissions(&made, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let backup_to = |out: &std::path::Path| {
+        Command::new(BIN)
+            .arg("backup")
+            .arg("--config")
+            .arg(&cfg)
+            .arg("--out")
+            .arg(out)
+            .output()
+            .unwrap()
+    };
+    let out = backup_to(&made);
+    assert!(out.status.success(), "{out:?}");
+    assert!(String::from_utf8_lossy(&out.stdout).contains("3 identities"));
+    assert_eq!(
+        std::fs::metadata(&made).unwrap().permissions().mode() & 0o777,
+        0o700
+    );
+    assert!(private(&made) > 0);
+    let full = dir.join("backup-full");
+    std::fs::create_dir(&full).unwrap();
+    std::fs::write(full.join("keep.txt"), "mine").unwrap();
+    let out = backup_to(&full);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("is not empty"), "{err}");
+    let left: Vec<_> = std::fs::read_dir(&full).unwrap().flatten().collect();
+    assert_eq!(left.len(), 1);
+    assert_eq!(
+        std::fs::read_to_string(full.join("keep.txt")).unwrap(),
+        "mine"
+    );
 
     // A change after the backup, then restore refused while the daemon holds the store.
     gw.create_identity("after-backup", "User", false);

@@ -396,12 +396,13 @@ impl Gateway {
         self.child.as_ref().expect("running").id()
     }
 
-    /// The Prometheus text of the metrics listener (its address is in the ready line).
+    /// The Prometheus text of the metrics listener (its address is in the ready line, the
+    /// last one after a restart).
     pub fn metrics_text(&self) -> String {
         let log = self.log();
         let addr = log
             .lines()
-            .find(|l| l.contains("enrollgate ready"))
+            .rfind(|l| l.contains("enrollgate ready"))
             .and_then(|l| {
                 l.split_whitespace()
                     .find_map(|w| w.strip_prefix("metrics="))

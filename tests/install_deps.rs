@@ -1,0 +1,153 @@
+//! `scripts/install-deps --check` against fake machines: it must ask for what the build
+//! really uses. A fresh Debian 12 machine has `libclang-cpp.so.14` (from llvm-14-dev) and no
+//! libclang; the old check took the one for the other and installed nothing, and bindgen
+//! then failed 20 minutes into the build.
+
+#![allow(clippy::unwrap_used)]
+
+use std::os::unix::fs::PermissionsExt as _;
+use std::path::PathBuf;
+use std::process::Command;
+
+const SCRIPT: &str = concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/install-deps");
+
+/// A fake root and a PATH of chosen programs.
+struct Machine {
+    root: tempfile::TempDir,
+    bin: PathBuf,
+}
+
+impl Machine {
+    /// A machine with every program the checks run (the real ones) and no library.
+    fn new() -> Self {
+        let root = tempfile::tempdir().unwrap();
+        let bin = root.path().join("fake-bin");
+        std::fs::create_dir(&bin).unwrap();
+        let m = Self { root, bin };
+        // g++ runs the assembler and the linker it was installed with (binutils).
+        for program in ["bash", "g++", "as", "ld", "openssl", "curl"] {
+            m.link(program);
+        }
+        m
+    }
+
+    fn link(&self, program: &str) {
+        let real = which(program);
+        std::os::unix::fs::symlink(real, self.bin.join(program)).unwrap();
+    }
+
+    fn remove(&self, program: &str) {
+        std::fs::remove_file(self.bin.join(program)).unwrap();
+    }
+
+    /// Replaces `program` by a script that prints its name and fails, as a broken or
+    /// half-installed tool would.
+    fn broken(&self, program: &str) {
+        let path = self.bin.join(program);
+        let _ = std::fs::remove_file(&path);
+        std::fs::write(&path, "#!/bin/sh\nexit 1\n").unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+
+    /// An empty file at `rel` under the fake root (a library as far as a name check goes).
+    fn file(&self, rel: &str) {
+        let path = self.root.path().join(rel);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(path, b"").unwrap();
+    }
+
+    /// What `--check` says is missing; asserts the exit code agrees.
+    fn missing(&self, libclang_path: Option<&str>) -> Vec<String> {
+        let mut cmd = Command::new(SCRIPT);
+        cmd.arg("--check")
+            .env_clear()
+            .env("PATH", &self.bin)
+            .env("INSTALL_DEPS_ROOT", self.root.path());
+        if let Some(p) = libclang_path {
+            cmd.env("LIBCLANG_PATH", p);
+        }
+        let out = cmd.output().unwrap();
+        let listed: Vec<String> = String::from_utf8_lossy(&out.stdout)
+            .lines()
+            .map(str::to_owned)
+            .collect();
+        assert_eq!(
+            out.status.code(),
+            Some(if listed.is_empty() { 0 } else { 1 }),
+            "{out:?}"
+        );
+        listed
+    }
+}
+
+fn which(program: &str) -> PathBuf {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join(program))
+        .find(|p| p.is_file())
+        .unwrap_or_else(|| panic!("{program} is not installed: run scripts/install-deps"))
+}
+
+const LIBCLANG: [&str; 2] = ["libclang-dev", "clang"];
+
+#[test]
+fn libclang_cpp_alone_is_not_libclang() {
+    let m = Machine::new();
+    assert_eq!(m.missing(None), LIBCLANG);
+    // A fresh Debian 12 machine: llvm-14-dev's libclang-cpp, in both places it puts it.
+    m.file("usr/lib/llvm-14/lib/libclang-cpp.so.14");
+    m.file("usr/lib/x86_64-linux-gnu/libclang-cpp.so.14");
+    m.file("usr/lib/llvm-14/lib/libclang-cpp.so");
+    assert_eq!(m.missing(None), LIBCLANG);
+    // Other libclang look-alikes that clang-sys does not load either.
+    m.file("usr/lib/llvm-14/lib/libclangBasic.a");
+    m.file("usr/lib/x86_64-linux-gnu/libclang-common.txt");
+    assert_eq!(m.missing(None), LIBCLANG);
+}
+
+#[test]
+fn the_names_clang_sys_loads_are_found() {
+    for name in [
+        "usr/lib/llvm-14/lib/libclang-14.so.1",
+        "usr/lib/llvm-16/lib/libclang.so.1",
+        "usr/lib/x86_64-linux-gnu/libclang-14.so",
+        "usr/lib/x86_64-linux-gnu/libclang.so",
+        "usr/local/lib/libclang.so.18.1",
+    ] {
+        let m = Machine::new();
+        m.file("usr/lib/llvm-14/lib/libclang-cpp.so.14");
+        m.file(name);
+        assert_eq!(m.missing(None), Vec::<String>::new(), "{name}");
+    }
+}
+
+#[test]
+fn libclang_path_is_searched() {
+    let m = Machine::new();
+    m.file("opt/llvm/lib/libclang.so.17");
+    assert_eq!(m.missing(None), LIBCLANG);
+    assert_eq!(m.missing(Some("/opt/llvm/lib")), Vec::<String>::new());
+}
+
+#[test]
+fn programs_are_checked_by_running_them() {
+    let m = Machine::new();
+    m.file("usr/lib/llvm-14/lib/libclang-14.so.1");
+    assert_eq!(m.missing(None), Vec::<String>::new());
+    m.remove("curl");
+    assert_eq!(m.missing(None), ["curl"]);
+    // A g++ that cannot compile (no libstdc++ headers, say) is as good as none.
+    m.broken("g++");
+    m.broken("openssl");
+    assert_eq!(m.missing(None), ["g++", "openssl", "curl"]);
+}
+
+#[test]
+fn a_bad_argument_is_refused() {
+    let out = Command::new(SCRIPT)
+        .arg("--install-everything")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("usage"));
+}
