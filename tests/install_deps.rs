@@ -18,22 +18,39 @@ struct Machine {
 }
 
 impl Machine {
-    /// A machine with every program the checks run (the real ones) and no library.
+    /// A machine with every program the checks run (the real ones) and no library but
+    /// SoftHSM2's module.
     fn new() -> Self {
         let root = tempfile::tempdir().unwrap();
         let bin = root.path().join("fake-bin");
         std::fs::create_dir(&bin).unwrap();
         let m = Self { root, bin };
         // g++ runs the assembler and the linker it was installed with (binutils).
-        for program in ["bash", "g++", "as", "ld", "openssl", "curl"] {
+        for program in [
+            "bash",
+            "g++",
+            "as",
+            "ld",
+            "openssl",
+            "curl",
+            "softhsm2-util",
+        ] {
             m.link(program);
         }
+        // SoftHSM2's module, which the tests load from this path.
+        m.file("usr/lib/softhsm/libsofthsm2.so");
         m
     }
 
     fn link(&self, program: &str) {
         let real = which(program);
         std::os::unix::fs::symlink(real, self.bin.join(program)).unwrap();
+    }
+
+    /// `program` linked to the real one again (after [`Machine::broken`]).
+    fn link_again(&self, program: &str) {
+        let _ = std::fs::remove_file(self.bin.join(program));
+        self.link(program);
     }
 
     fn remove(&self, program: &str) {
@@ -150,4 +167,16 @@ fn a_bad_argument_is_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage"));
+}
+
+/// SoftHSM2 is there when its module is where the tests load it from and its tool runs.
+#[test]
+fn softhsm2_needs_its_module_and_a_working_tool() {
+    let m = Machine::new();
+    assert!(!m.missing(None).contains(&"softhsm2".to_string()));
+    m.broken("softhsm2-util");
+    assert!(m.missing(None).contains(&"softhsm2".to_string()));
+    m.link_again("softhsm2-util");
+    std::fs::remove_file(m.root.path().join("usr/lib/softhsm/libsofthsm2.so")).unwrap();
+    assert!(m.missing(None).contains(&"softhsm2".to_string()));
 }
