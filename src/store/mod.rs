@@ -606,15 +606,15 @@ impl Store {
         Ok(out)
     }
 
-    /// Every pending enrollment for which `keep` holds, in token order (a scan, as above).
+    /// Every pending enrollment for which `keep` holds, in id order (a scan, as above).
     pub fn enrollments_where(
         &self,
         keep: &dyn Fn(&Enrollment) -> bool,
     ) -> Result<Vec<Enrollment>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.prefix_iterator(keys::TOKEN) {
+        for item in self.db.prefix_iterator(keys::ENROLLMENT) {
             let (k, v) = item?;
-            if !k.starts_with(keys::TOKEN) {
+            if !k.starts_with(keys::ENROLLMENT) {
                 break;
             }
             let enrollment: Enrollment = decode(&k, &v)?;
