@@ -6,8 +6,8 @@
 #
 # Two gateways made alike on loopback, in a temporary directory: one by `init`, one by
 # `init --ca-key pkcs11:...` on a SoftHSM2 token initialised there (its own SOFTHSM2_CONF).
-# Each serves with `--workers W` (default 2: each worker's signing thread has its own
-# session on the token, so W sessions sign in parallel), durable commits. For each, in turn
+# Each serves with `--workers W` (default 2; each worker's signing thread signs a batch on
+# 4 sessions of the token at once), durable commits. For each, in turn
 # (R rounds, interleaved), N ott enrollments on fresh TLS connections, C in flight; prints
 # throughput, latency p50/p99 and the daemon's CPU (utime + stime, all threads) per
 # enrollment. The tool is not pinned: on a 2-CPU machine the daemon and the tool share the

@@ -331,9 +331,17 @@ impl WorkerCtx {
     /// Loads this worker's keys.
     pub fn new(shared: Arc<Shared>, index: usize) -> Result<Self, SetupError> {
         let (signer, jwt) = shared.worker_keys()?;
+        let mut signers = vec![signer];
+        if let CaKeySource::Hsm(token) = &shared.ca_key {
+            // More sessions on the token, signing a batch in parallel.
+            for _ in 1..pki::hsm::SESSIONS_PER_WORKER {
+                let key = pki::CaKey::Hsm(token.key()?);
+                signers.push(Signer::new(&shared.ca_der, key, shared.issue_policy())?);
+            }
+        }
         let limits = &shared.config.limits;
-        let signer = BatchSigner::spawn(
-            signer,
+        let signer = BatchSigner::spawn_pool(
+            signers,
             format!("enrollgate-sign-{index}"),
             BatchOptions {
                 queue_capacity: limits.sign_queue,

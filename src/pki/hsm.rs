@@ -28,6 +28,11 @@ use cryptoki::session::{Session, UserType};
 use cryptoki::slot::Slot;
 use cryptoki::types::AuthPin;
 
+/// Sessions each worker's signing thread keeps on the token: a batch of CSRs is signed on
+/// all of them at once, so a token whose signatures take a while (a network HSM, a
+/// USB device) signs a surge in parallel.
+pub const SESSIONS_PER_WORKER: usize = 4;
+
 /// The scheme of a PKCS#11 URI.
 pub const SCHEME: &str = "pkcs11:";
 
