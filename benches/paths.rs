@@ -45,6 +45,7 @@ impl Gateway {
             public_url: None,
             key_type: enrollgate::pki::KeyType::Ec,
             admin_name: "admin".into(),
+            ca_key: None,
             config_out: None,
         })
         .expect("init");
@@ -129,6 +130,7 @@ impl Gateway {
             created_at: t,
             expires_at: t + 3600,
             jwt: String::new(),
+            token_sha256: vec![enrollgate::token::token_sha256(&token)],
         };
         self.worker
             .shared

@@ -29,6 +29,9 @@ pub enum SetupError {
     /// JWT key.
     #[error("JWT signing key: {0}")]
     Jwt(#[from] crate::token::JwtError),
+    /// The key enrollment tokens are derived from.
+    #[error(transparent)]
+    TokenKey(#[from] crate::token::TokenKeyError),
     /// Signer.
     #[error("certificate signer: {0}")]
     Issue(#[from] pki::IssueError),
@@ -38,9 +41,20 @@ pub enum SetupError {
     /// The store.
     #[error("store: {0}")]
     Store(#[from] crate::store::StoreError),
+    /// The CA key in a PKCS#11 token.
+    #[error("pki.ca_key: {0}")]
+    Hsm(#[from] pki::hsm::HsmError),
     /// A worker's signing thread could not be started.
     #[error("could not start a signing thread: {0}")]
     Thread(#[source] std::io::Error),
+}
+
+/// Where each worker gets its CA key.
+enum CaKeySource {
+    /// A PKCS#8 PEM key.
+    Pem(String),
+    /// A key in a PKCS#11 token.
+    Hsm(Arc<pki::hsm::Token>),
 }
 
 /// State shared by all workers.
@@ -64,6 +78,8 @@ pub struct Shared {
     pub cacerts_b64: String,
     /// Third-party CAs, parsed; workers follow changes through [`WorkerCtx::cas`].
     pub cas: Arc<CaRegistry>,
+    /// Derives each enrollment's token from its id (the store keeps only hashes).
+    pub tokens: Arc<crate::token::TokenKey>,
     /// API sessions made by `POST /authenticate?method=cert`.
     pub sessions: Arc<crate::api::auth::Sessions>,
     /// The internal CA certificate (DER).
@@ -82,8 +98,9 @@ pub struct Shared {
     /// after their current response, so old keys and limits do not linger.
     superseded: std::sync::atomic::AtomicBool,
     ca_der: Vec<u8>,
-    /// The CA key, PEM, read once per generation (workers parse their own copy).
-    ca_key_pem: String,
+    /// The CA key: PEM read once per generation (workers parse their own copy), or the
+    /// PKCS#11 token where each worker opens a session of its own.
+    ca_key: CaKeySource,
     server_cert_der: Vec<u8>,
     /// The TLS key, PEM, read once per generation.
     server_key_pem: String,
@@ -164,10 +181,22 @@ impl Shared {
         let ca_chain = pki::read_cert_chain(&config.ca_cert)?;
         let server_chain = pki::read_cert_chain(&config.tls_cert)?;
         let (_, server_key_pem) = pki::read_key(&config.tls_key)?;
-        let (ca_key, ca_key_pem) = pki::read_key(&config.ca_key)?;
+        let (ca_key, matches) = match pki::hsm::uri_of(&config.ca_key) {
+            Some(uri) => {
+                let token = Arc::new(pki::hsm::Token::open(&uri?)?);
+                let key = token.key()?;
+                let matches = pki::key_matches_cert(&key, &ca_chain[0]);
+                (CaKeySource::Hsm(token), matches)
+            }
+            None => {
+                let (key, pem) = pki::read_key(&config.ca_key)?;
+                let matches = pki::key_matches_cert(&key, &ca_chain[0]);
+                (CaKeySource::Pem(pem), matches)
+            }
+        };
         // A CA key that does not match the CA certificate (a rotation caught half-way)
         // would issue certificates that do not chain to the CA the gateway returns.
-        if !pki::key_matches_cert(&ca_key, &ca_chain[0]) {
+        if !matches {
             return Err(pki::LoadError::Invalid {
                 path: config.ca_key.display().to_string(),
                 reason: "the key does not match the CA certificate in pki.ca_cert".into(),
@@ -197,12 +226,13 @@ impl Shared {
             }
         })?;
         let cacerts_b64 = base64_lines(&pki::pkcs7::certs_only(&served)?);
+        let tokens = Arc::new(crate::token::TokenKey::load(&config.token_key)?);
         // What an `ott` answer tells the client to trust (its identity file's `ca`): the
         // same CAs, so that it can reach this listener again.
         let ca_bundle_pem = pki::pem_of_certs(&served);
         let shared = Self {
             ca_der: ca_chain[0].clone(),
-            ca_key_pem,
+            ca_key,
             server_cert_der: server_chain[0].clone(),
             server_key_pem: server_key_pem.clone(),
             config,
@@ -214,6 +244,7 @@ impl Shared {
             ca_bundle_pem,
             cacerts_b64,
             cas,
+            tokens,
             sessions,
             internal_ca_der: ca_chain[0].clone(),
             heartbeats,
@@ -235,11 +266,15 @@ impl Shared {
 
     /// Loads the keys one worker signs with (each worker has its own copy).
     fn worker_keys(&self) -> Result<(Signer, JwtSigner), SetupError> {
-        let ca_key =
-            rcgen::KeyPair::from_pem(&self.ca_key_pem).map_err(|_| pki::LoadError::Invalid {
-                path: "pki.ca_key".into(),
-                reason: "not a PKCS#8 PEM private key".into(),
-            })?;
+        let ca_key: pki::CaKey = match &self.ca_key {
+            CaKeySource::Pem(pem) => rcgen::KeyPair::from_pem(pem)
+                .map_err(|_| pki::LoadError::Invalid {
+                    path: "pki.ca_key".into(),
+                    reason: "not a PKCS#8 PEM private key".into(),
+                })?
+                .into(),
+            CaKeySource::Hsm(token) => pki::CaKey::Hsm(token.key()?),
+        };
         let signer = Signer::new(&self.ca_der, ca_key, self.issue_policy())?;
         let server_key_pem = &self.server_key_pem;
         let server_key =
@@ -296,9 +331,17 @@ impl WorkerCtx {
     /// Loads this worker's keys.
     pub fn new(shared: Arc<Shared>, index: usize) -> Result<Self, SetupError> {
         let (signer, jwt) = shared.worker_keys()?;
+        let mut signers = vec![signer];
+        if let CaKeySource::Hsm(token) = &shared.ca_key {
+            // More sessions on the token, signing a batch in parallel.
+            for _ in 1..pki::hsm::SESSIONS_PER_WORKER {
+                let key = pki::CaKey::Hsm(token.key()?);
+                signers.push(Signer::new(&shared.ca_der, key, shared.issue_policy())?);
+            }
+        }
         let limits = &shared.config.limits;
-        let signer = BatchSigner::spawn(
-            signer,
+        let signer = BatchSigner::spawn_pool(
+            signers,
             format!("enrollgate-sign-{index}"),
             BatchOptions {
                 queue_capacity: limits.sign_queue,

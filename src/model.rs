@@ -143,7 +143,10 @@ impl Identity {
 pub struct Enrollment {
     /// Opaque id (management API).
     pub id: String,
-    /// The secret redeemed by the device (the JWT's `jti`).
+    /// The secret redeemed by the device (the JWT's `jti`). Never stored: derived from
+    /// the token key when an admin asks for it (`token::secret`), empty in a record read
+    /// from the store. Read from records of versions that stored it, to migrate them.
+    #[serde(default, skip_serializing)]
     pub token: String,
     /// `ott` or `ottca`.
     pub method: Method,
@@ -155,8 +158,15 @@ pub struct Enrollment {
     pub created_at: UnixTime,
     /// After this instant the token is refused with `ENROLLMENT_EXPIRED`.
     pub expires_at: UnixTime,
-    /// The signed JWT carrying the token, kept so an admin can fetch it again.
+    /// The signed JWT carrying the token. Never stored: signed anew when an admin fetches
+    /// it (same claims). Read from records of versions that stored it, to migrate them.
+    #[serde(default, skip_serializing)]
     pub jwt: String,
+    /// Lower-case hex SHA-256 of each token that redeems this enrollment, each indexed by
+    /// the store (I3): the derived token and, for an enrollment made before tokens were
+    /// hashed, its old random token too. Redeeming consumes them all at once.
+    #[serde(default)]
+    pub token_sha256: Vec<String>,
 }
 
 impl std::fmt::Debug for Enrollment {
@@ -171,6 +181,7 @@ impl std::fmt::Debug for Enrollment {
             .field("created_at", &self.created_at)
             .field("expires_at", &self.expires_at)
             .field("jwt", &"...")
+            .field("token_sha256", &self.token_sha256)
             .finish()
     }
 }
@@ -254,8 +265,36 @@ mod tests {
             created_at: 0,
             expires_at: 1,
             jwt: "SECRET.JWT.VALUE".into(),
+            token_sha256: vec![],
         };
         let s = format!("{e:?}");
         assert!(!s.contains("SECRET"), "{s}");
+    }
+
+    /// The stored form holds neither the token nor the JWT; a record of an older version,
+    /// which held both, still reads (to be migrated).
+    #[test]
+    fn a_stored_enrollment_holds_no_token_and_old_records_read() {
+        let e = Enrollment {
+            id: "e1".into(),
+            token: "SECRET-TOKEN".into(),
+            method: Method::Ott,
+            identity_id: "i1".into(),
+            ca_id: None,
+            created_at: 0,
+            expires_at: 1,
+            jwt: "SECRET.JWT.VALUE".into(),
+            token_sha256: vec!["ab".into()],
+        };
+        let stored = serde_json::to_string(&e).unwrap();
+        assert!(!stored.contains("SECRET"), "{stored}");
+        let back: Enrollment = serde_json::from_str(&stored).unwrap();
+        assert_eq!(back.token_sha256, ["ab"]);
+        assert!(back.token.is_empty() && back.jwt.is_empty());
+        let old = r#"{"id":"e1","token":"T","method":"ott","identity_id":"i1","ca_id":null,
+            "created_at":0,"expires_at":1,"jwt":"J"}"#;
+        let old: Enrollment = serde_json::from_str(old).unwrap();
+        assert_eq!((old.token.as_str(), old.jwt.as_str()), ("T", "J"));
+        assert!(old.token_sha256.is_empty());
     }
 }

@@ -18,7 +18,8 @@ struct Machine {
 }
 
 impl Machine {
-    /// A machine with every program the checks run (the real ones) and no library.
+    /// A machine with every program the checks run (the real ones) and no library but
+    /// SoftHSM2's module.
     fn new() -> Self {
         let root = tempfile::tempdir().unwrap();
         let bin = root.path().join("fake-bin");
@@ -27,12 +28,20 @@ impl Machine {
         for program in PROGRAMS {
             m.link(program);
         }
+        // SoftHSM2's module, which the tests load from this path.
+        m.file("usr/lib/softhsm/libsofthsm2.so");
         m
     }
 
     fn link(&self, program: &str) {
         let real = which(program);
         std::os::unix::fs::symlink(real, self.bin.join(program)).unwrap();
+    }
+
+    /// `program` linked to the real one again (after [`Machine::broken`]).
+    fn link_again(&self, program: &str) {
+        let _ = std::fs::remove_file(self.bin.join(program));
+        self.link(program);
     }
 
     fn remove(&self, program: &str) {
@@ -106,6 +115,7 @@ const PROGRAMS: &[&str] = &[
     "systemd-analyze",
     "systemd-sysusers",
     "systemd-tmpfiles",
+    "softhsm2-util",
 ];
 
 const LIBCLANG: [&str; 2] = ["libclang-dev", "clang"];
@@ -170,4 +180,16 @@ fn a_bad_argument_is_refused() {
         .unwrap();
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("usage"));
+}
+
+/// SoftHSM2 is there when its module is where the tests load it from and its tool runs.
+#[test]
+fn softhsm2_needs_its_module_and_a_working_tool() {
+    let m = Machine::new();
+    assert!(!m.missing(None).contains(&"softhsm2".to_string()));
+    m.broken("softhsm2-util");
+    assert!(m.missing(None).contains(&"softhsm2".to_string()));
+    m.link_again("softhsm2-util");
+    std::fs::remove_file(m.root.path().join("usr/lib/softhsm/libsofthsm2.so")).unwrap();
+    assert!(m.missing(None).contains(&"softhsm2".to_string()));
 }

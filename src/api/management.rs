@@ -41,11 +41,12 @@ pub(super) async fn route(
         (["enrollments"], "GET") => list_enrollments(w, req),
         (["enrollments"], "POST") => create_enrollment(w, req).await,
         (["enrollments"], _) => Err(method_not_allowed(req, "GET, POST")),
-        (["enrollments", id], "GET") => {
-            Ok(Response::data(views::enrollment(&find_enrollment(w, id)?)))
-        }
+        (["enrollments", id], "GET") => Ok(Response::data(views::enrollment(&revealed(
+            w,
+            find_enrollment(w, id)?,
+        )?))),
         (["enrollments", id, "jwt"], "GET") => {
-            let e = find_enrollment(w, id)?;
+            let e = revealed(w, find_enrollment(w, id)?)?;
             Ok(Response::bytes(200, "application/jwt", e.jwt.into_bytes()))
         }
         (["enrollments", id, "refresh"], "POST") => refresh_enrollment(w, req, id).await,
@@ -96,9 +97,44 @@ fn pagination(offset: usize, limit: usize, total: usize) -> serde_json::Value {
 
 fn pending_of(w: &WorkerCtx, i: &Identity) -> Result<Option<Enrollment>, ApiError> {
     match &i.enrollment_id {
-        Some(eid) => Ok(w.shared.store.enrollment(eid)?),
+        Some(eid) => w
+            .shared
+            .store
+            .enrollment(eid)?
+            .map(|e| with_token(w, e))
+            .transpose(),
         None => Ok(None),
     }
+}
+
+/// A stored enrollment with its token and JWT, which the store does not keep: the token
+/// derived again from the token key, the JWT signed again with the same claims.
+fn revealed(w: &WorkerCtx, e: Enrollment) -> Result<Enrollment, ApiError> {
+    let e = with_token(w, e)?;
+    if e.token.is_empty() {
+        return Err(ApiError::InvalidState(format!(
+            "enrollment {} was made with another token key (pki.token_key); refresh it to \
+             download a token",
+            e.id
+        )));
+    }
+    Ok(e)
+}
+
+/// [`revealed`], or, for an enrollment made under another token key (`pki.token_key`
+/// replaced), the enrollment without token and JWT: what the key derives now would not
+/// redeem it (the JWT handed out then still does). For listings.
+fn with_token(w: &WorkerCtx, mut e: Enrollment) -> Result<Enrollment, ApiError> {
+    let token = w.shared.tokens.derive(&e.id);
+    if !e.token_sha256.contains(&crate::token::token_sha256(&token)) {
+        return Ok(e);
+    }
+    e.jwt = w
+        .jwt
+        .sign(&e.identity_id, &token, e.method, Some(e.expires_at))
+        .map_err(|e| ApiError::Unhandled(e.to_string()))?;
+    e.token = token;
+    Ok(e)
 }
 
 fn list_identities(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
@@ -196,7 +232,9 @@ fn new_enrollment(
     expires_at: Option<UnixTime>,
 ) -> Result<Enrollment, ApiError> {
     let rand_err = |e: crate::ids::RandomError| ApiError::Unhandled(e.to_string());
-    let token = crate::ids::new_token().map_err(rand_err)?;
+    // The store keeps only the token's hash; the key derives it again for a download.
+    let id = crate::ids::new_id().map_err(rand_err)?;
+    let token = w.shared.tokens.derive(&id);
     let ttl = i64::try_from(w.shared.config.token_ttl.as_secs()).unwrap_or(i64::MAX);
     let expires_at = expires_at.unwrap_or_else(|| now.saturating_add(ttl));
     let jwt = w
@@ -204,7 +242,8 @@ fn new_enrollment(
         .sign(identity_id, &token, method, Some(expires_at))
         .map_err(|e| ApiError::Unhandled(e.to_string()))?;
     Ok(Enrollment {
-        id: crate::ids::new_id().map_err(rand_err)?,
+        id,
+        token_sha256: vec![crate::token::token_sha256(&token)],
         token,
         method,
         identity_id: identity_id.to_string(),
@@ -355,7 +394,10 @@ async fn create_identity(w: &WorkerCtx, req: &Request) -> Result<Response, ApiEr
 fn list_enrollments(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
     let (offset, limit) = page_params(req)?;
     let page = w.shared.store.list_enrollments(offset, limit)?;
-    let data: Vec<_> = page.items.iter().map(views::enrollment).collect();
+    let mut data = Vec::with_capacity(page.items.len());
+    for e in page.items {
+        data.push(views::enrollment(&with_token(w, e)?));
+    }
     Ok(Response::json(
         200,
         &json!({ "data": data, "meta": pagination(offset, limit, page.total) }),

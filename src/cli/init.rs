@@ -35,6 +35,13 @@ pub struct InitArgs {
     /// Name of the first admin identity.
     #[arg(long, default_value = "Default Admin")]
     pub admin_name: String,
+    /// The CA key in a PKCS#11 token, as an RFC 7512 URI:
+    /// `pkcs11:token=LABEL;object=KEY?module-path=/path/module.so&pin-source=/path/pin`
+    /// (or `pin-source=env:NAME`). The key is generated in the token (EC P-256, not
+    /// extractable) when it holds none by that label, and used when it does; it never
+    /// exists in a file.
+    #[arg(long)]
+    pub ca_key: Option<String>,
     /// Write the configuration here instead of DATA_DIR/enrollgate.toml, with absolute
     /// paths into the data directory (e.g. /etc/enrollgate/enrollgate.toml under systemd).
     #[arg(long)]
@@ -156,9 +163,37 @@ fn create_all(
     mkdir_private(&pki_dir).map_err(at(&pki_dir))?;
     let now = SystemClock.unix_now();
 
-    let material = pki::create(args.key_type, &[Host::parse(&public_url.host)], now)?;
+    let hosts = [Host::parse(&public_url.host)];
+    let (material, ca_key) = match &args.ca_key {
+        Some(uri) => {
+            let hsm = |e: pki::hsm::HsmError| CliError::new(format!("--ca-key: {e}"));
+            if args.key_type != KeyType::Ec {
+                return Err(CliError::new(
+                    "--ca-key: a CA key in a PKCS#11 token is EC P-256: use --key-type ec",
+                ));
+            }
+            let uri = pki::hsm::Pkcs11Uri::parse(uri).map_err(hsm)?;
+            let token = pki::hsm::Token::open(&uri).map_err(hsm)?;
+            let (key, generated) = token.key_or_generate().map_err(hsm)?;
+            eprintln!(
+                "{} the CA key '{}' in PKCS#11 token '{}'",
+                if generated { "generated" } else { "using" },
+                uri.object,
+                uri.token
+            );
+            let material = pki::create_with(&key, args.key_type, &hosts, now)?;
+            (material, pki::CaKey::Hsm(key))
+        }
+        None => {
+            let material = pki::create(args.key_type, &hosts, now)?;
+            let key = rcgen::KeyPair::from_pem(&material.ca_key_pem)?;
+            (material, key.into())
+        }
+    };
     write_private(&pki_dir.join("ca.crt"), material.ca_cert_pem.as_bytes())?;
-    write_private(&pki_dir.join("ca.key"), material.ca_key_pem.as_bytes())?;
+    if args.ca_key.is_none() {
+        write_private(&pki_dir.join("ca.key"), material.ca_key_pem.as_bytes())?;
+    }
     write_private(
         &pki_dir.join("server.crt"),
         material.server_cert_pem.as_bytes(),
@@ -167,13 +202,14 @@ fn create_all(
         &pki_dir.join("server.key"),
         material.server_key_pem.as_bytes(),
     )?;
+    crate::token::TokenKey::create(&pki_dir.join("token.key"))
+        .map_err(|e| CliError::new(format!("{e} (nothing was changed)")))?;
 
     // The first admin: an identity already enrolled with a certificate from the CA.
     let admin_id = crate::ids::new_id().map_err(|e| CliError::new(e.to_string()))?;
     let ca_der = pem::parse(&material.ca_cert_pem)
         .map_err(|e| CliError::new(e.to_string()))?
         .into_contents();
-    let ca_key = rcgen::KeyPair::from_pem(&material.ca_key_pem)?;
     let signer = Signer::new(
         &ca_der,
         ca_key,
@@ -215,15 +251,13 @@ fn create_all(
         Some(out) => {
             let absolute = std::fs::canonicalize(dir)?;
             let text = initial_file(args.listen, configured_url, Some(&absolute));
-            write_private(out, text.as_bytes())?;
+            write_private(out, with_ca_key(text, args.ca_key.as_deref()).as_bytes())?;
             out.clone()
         }
         None => {
             let c = dir.join("enrollgate.toml");
-            write_private(
-                &c,
-                initial_file(args.listen, configured_url, None).as_bytes(),
-            )?;
+            let text = initial_file(args.listen, configured_url, None);
+            write_private(&c, with_ca_key(text, args.ca_key.as_deref()).as_bytes())?;
             c
         }
     };
@@ -241,6 +275,21 @@ fn create_all(
     })
 }
 
+/// The configuration `text` with `pki.ca_key` set to `uri` (a PKCS#11 key), if given.
+fn with_ca_key(text: String, uri: Option<&str>) -> String {
+    let Some(uri) = uri else { return text };
+    let mut out = String::with_capacity(text.len() + uri.len());
+    for line in text.lines() {
+        if line.starts_with("ca_key = ") {
+            out.push_str(&format!("ca_key = {}", toml::Value::String(uri.into())));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
+}
+
 /// `quickstart`: init on first use, explain, serve.
 pub fn quickstart(args: QuickstartArgs) -> Result<(), CliError> {
     let config = args.data_dir.join("enrollgate.toml");
@@ -251,6 +300,7 @@ pub fn quickstart(args: QuickstartArgs) -> Result<(), CliError> {
             public_url: None,
             key_type: KeyType::Ec,
             admin_name: "Default Admin".into(),
+            ca_key: None,
             config_out: None,
         })?;
         eprintln!("initialised {}", args.data_dir.display());

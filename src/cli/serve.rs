@@ -61,6 +61,12 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
             .unwrap_or(1),
         n => n,
     };
+    // A CA key in a PKCS#11 token is checked before anything is opened or written: a
+    // wrong PIN, a missing module or a removed key stops here, named.
+    if let Some(uri) = crate::pki::hsm::uri_of(&config.ca_key) {
+        uri.and_then(|u| crate::pki::hsm::Token::open(&u)?.key())
+            .map_err(|e| CliError::new(format!("pki.ca_key: {e} (nothing was changed)")))?;
+    }
     let store = Store::open(&config.store_path, false).map_err(|e| {
         let text = e.to_string();
         // RocksDB's own words for a store another process holds.
@@ -76,6 +82,17 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
             config.store_path.display()
         ))
     })?;
+    // Before the committer: a store of a version that kept tokens keeps only their hashes
+    // from here on, and the key derives them (made now for such a data directory).
+    let (token_key, created) = crate::token::TokenKey::load_or_create(&config.token_key)
+        .map_err(|e| CliError::new(format!("pki.token_key: {e}")))?;
+    if created {
+        tracing::info!(path = %config.token_key.display(), "created the token key");
+    }
+    let (store, _) = store
+        .hash_tokens(&token_key)
+        .map_err(|e| CliError::new(format!("cannot hash the stored enrollment tokens: {e}")))?;
+    drop(token_key);
     let (commit_handle, committer) = commit::spawn(store.clone(), config.commit)?;
     let mut committer = CommitterGuard(Some(committer));
     // Each connection is a descriptor; warn when the limits cannot be reached.

@@ -250,6 +250,9 @@ pub struct Config {
     pub ca_cert: PathBuf,
     /// Internal CA private key.
     pub ca_key: PathBuf,
+    /// The secret enrollment tokens are derived from (`token::secret`); by default
+    /// `token.key` beside the CA key.
+    pub token_key: PathBuf,
     /// SPIFFE trust domain of issued certificates.
     pub trust_domain: String,
     /// Lifetime of issued certificates.
@@ -276,6 +279,10 @@ struct Checker {
     base: PathBuf,
     problems: Vec<Problem>,
 }
+
+/// The prefix of a key path that names a systemd credential (`ca_key =
+/// "credential:ca.key"`), read from `$CREDENTIALS_DIRECTORY`.
+pub const CREDENTIAL: &str = "credential:";
 
 /// The longest duration a setting takes.
 const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
@@ -316,6 +323,16 @@ impl Checker {
 
     fn path(&mut self, key: &str, v: Option<&String>, default: &str) -> PathBuf {
         let p = v.map(String::as_str).unwrap_or(default);
+        if let Some(name) = p.strip_prefix(CREDENTIAL) {
+            return self.credential(key, name);
+        }
+        // A key in a PKCS#11 token: kept as written (`pki::hsm` opens it).
+        if crate::pki::hsm::Pkcs11Uri::is_uri(p) {
+            if let Err(e) = crate::pki::hsm::Pkcs11Uri::parse(p) {
+                self.problem(key, e.to_string());
+            }
+            return PathBuf::from(p);
+        }
         if p.is_empty() {
             self.problem(key, "must not be empty");
         }
@@ -325,6 +342,42 @@ impl Checker {
         } else {
             self.base.join(p)
         }
+    }
+
+    /// The file of the systemd credential `name` (`LoadCredential=`,
+    /// `LoadCredentialEncrypted=`): `$CREDENTIALS_DIRECTORY/<name>`, which systemd makes
+    /// for the service's processes alone, readable by its user only, in memory.
+    fn credential(&mut self, key: &str, name: &str) -> PathBuf {
+        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
+            self.problem(
+                key,
+                format!("'{CREDENTIAL}{name}' is not a credential name (a file name, no '/')"),
+            );
+            return PathBuf::from(name);
+        }
+        let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) else {
+            self.problem(
+                key,
+                format!(
+                    "names the systemd credential '{name}', but $CREDENTIALS_DIRECTORY is not \
+                     set: systemd sets it for a unit with LoadCredential= or \
+                     LoadCredentialEncrypted= (see systemd/README.md)"
+                ),
+            );
+            return PathBuf::from(name);
+        };
+        let path = PathBuf::from(dir).join(name);
+        if !path.is_file() {
+            self.problem(
+                key,
+                format!(
+                    "the systemd credential '{name}' is not in $CREDENTIALS_DIRECTORY ({}): is \
+                     it passed with LoadCredential={name}:... or LoadCredentialEncrypted={name}:...?",
+                    path.display()
+                ),
+            );
+        }
+        path
     }
 
     /// A rate limit: `rate` ("50/s", "off" or absent for none) and its burst (default:
@@ -482,6 +535,17 @@ impl Config {
         let session_tickets = raw.tls.session_tickets.unwrap_or(false);
         let ca_cert = c.path("pki.ca_cert", raw.pki.ca_cert.as_ref(), "pki/ca.crt");
         let ca_key = c.path("pki.ca_key", raw.pki.ca_key.as_ref(), "pki/ca.key");
+        let token_key = match (&raw.pki.token_key, &raw.pki.ca_key) {
+            (Some(v), _) => c.path("pki.token_key", Some(v), ""),
+            // Beside the CA key; a CA key passed as a credential keeps it company.
+            (None, Some(ca)) if ca.starts_with(CREDENTIAL) => {
+                c.path("pki.token_key", None, "credential:token.key")
+            }
+            (None, Some(ca)) if crate::pki::hsm::Pkcs11Uri::is_uri(ca) => {
+                c.path("pki.token_key", None, "pki/token.key")
+            }
+            (None, _) => ca_key.with_file_name("token.key"),
+        };
         let trust_domain = raw
             .pki
             .trust_domain
@@ -692,6 +756,7 @@ impl Config {
             session_tickets,
             ca_cert,
             ca_key,
+            token_key,
             trust_domain,
             cert_lifetime,
             token_ttl,
@@ -724,11 +789,12 @@ pub fn initial_file(
         };
         toml::Value::String(path).to_string()
     };
-    let (tls_cert, tls_key, ca_cert, ca_key, store) = (
+    let (tls_cert, tls_key, ca_cert, ca_key, token_key, store) = (
         p("pki/server.crt"),
         p("pki/server.key"),
         p("pki/ca.crt"),
         p("pki/ca.key"),
+        p("pki/token.key"),
         p("store"),
     );
     let url_line = match public_url {
@@ -754,6 +820,8 @@ session_tickets = false
 [pki]                           # the internal CA that signs `ott` certificates
 ca_cert = {ca_cert}
 ca_key = {ca_key}
+# Enrollment tokens are derived from this secret; the store keeps only their hashes.
+token_key = {token_key}
 trust_domain = "enrollgate"
 cert_lifetime = "365d"
 
@@ -845,7 +913,38 @@ mod tests {
         ))
         .unwrap();
         assert_eq!(c.ca_key, odd.join("pki/ca.key"));
+        assert_eq!(c.token_key, odd.join("pki/token.key"));
         assert_eq!(c.store_path, odd.join("store"));
+    }
+
+    /// A file of a version before hashed tokens names no token key: it is the file
+    /// `token.key` beside the CA key, wherever that is.
+    #[test]
+    fn the_token_key_defaults_to_beside_the_ca_key() {
+        let c = load_text("[pki]\nca_key = \"/var/lib/enrollgate/pki/ca.key\"\n").unwrap();
+        assert_eq!(c.token_key, Path::new("/var/lib/enrollgate/pki/token.key"));
+        let c = load_text("[pki]\ntoken_key = \"secrets/t.key\"\n").unwrap();
+        assert_eq!(c.token_key, Path::new("/etc/enrollgate/secrets/t.key"));
+    }
+
+    /// A credential name is a file name in `$CREDENTIALS_DIRECTORY`, never a path out of it
+    /// (whatever the environment of the test).
+    #[test]
+    fn a_credential_name_is_a_file_name() {
+        for bad in [
+            "credential:",
+            "credential:../ca.key",
+            "credential:a/b",
+            "credential:..",
+        ] {
+            let e = load_text(&format!("[pki]\nca_key = \"{bad}\"\n")).unwrap_err();
+            assert!(
+                e.problems
+                    .iter()
+                    .any(|p| p.key == "pki.ca_key" && p.message.contains("not a credential name")),
+                "{bad}: {e}"
+            );
+        }
     }
 
     #[test]

@@ -67,6 +67,7 @@ pub struct RawTls {
 pub struct RawPki {
     pub ca_cert: Option<String>,
     pub ca_key: Option<String>,
+    pub token_key: Option<String>,
     pub trust_domain: Option<String>,
     pub cert_lifetime: Option<String>,
 }

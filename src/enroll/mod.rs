@@ -137,6 +137,7 @@ mod tests {
             created_at: 0,
             expires_at,
             jwt: String::new(),
+            token_sha256: vec![],
         }
     }
 

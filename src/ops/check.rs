@@ -39,10 +39,18 @@ pub fn check_config(path: &Path) -> Vec<Problem> {
     let ca_cert = crate::pki::read_cert_chain(&config.ca_cert)
         .map_err(|e| out.push(problem("pki.ca_cert", e.to_string())))
         .ok();
-    let ca_key = crate::pki::read_key(&config.ca_key)
-        .map_err(|e| out.push(problem("pki.ca_key", e.to_string())))
-        .ok();
-    if let (Some(chain), Some((key, _))) = (&ca_cert, &ca_key) {
+    let ca_key: Option<crate::pki::CaKey> = match crate::pki::hsm::uri_of(&config.ca_key) {
+        Some(uri) => uri
+            .and_then(|u| crate::pki::hsm::Token::open(&u)?.key())
+            .map(crate::pki::CaKey::Hsm)
+            .map_err(|e| out.push(problem("pki.ca_key", e.to_string())))
+            .ok(),
+        None => crate::pki::read_key(&config.ca_key)
+            .map(|(k, _)| k.into())
+            .map_err(|e| out.push(problem("pki.ca_key", e.to_string())))
+            .ok(),
+    };
+    if let (Some(chain), Some(key)) = (&ca_cert, &ca_key) {
         if !crate::pki::key_matches_cert(key, &chain[0]) {
             out.push(problem(
                 "pki.ca_key",
@@ -59,6 +67,12 @@ pub fn check_config(path: &Path) -> Vec<Problem> {
     if let (Some(server), Some(internal), Some(tls_ca)) = (&tls_cert, &ca_cert, &tls_ca) {
         if let Err(reason) = crate::pki::served_cas(internal, tls_ca, server) {
             out.push(problem("tls.cert", reason));
+        }
+    }
+    // Absent, `serve` makes it (a data directory from before hashed tokens).
+    if config.token_key.exists() {
+        if let Err(e) = crate::token::TokenKey::load(&config.token_key) {
+            out.push(problem("pki.token_key", e.to_string()));
         }
     }
     if !config.store_path.join("CURRENT").is_file() {

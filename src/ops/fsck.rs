@@ -5,7 +5,11 @@
 //! | every `f:` entry points at a live identity bound to that fingerprint | I1, I5 |
 //! | every bound identity is in the fingerprint index | I5 |
 //! | every `n:` entry points at the identity of that name; every identity is indexed | I2 |
-//! | every pending enrollment belongs to a live, unenrolled identity that names it, and is indexed by id | I3, I5 |
+//! | every pending enrollment belongs to a live, unenrolled identity that names it | I3, I5 |
+//! | every token hash of a pending enrollment is indexed to it, and every `h:` entry points at a pending enrollment that lists it | I3, I5 |
+//!
+//! A store of a version that kept tokens (`t:<token>` records, `e:` → token) is checked
+//! in that form too, with a note: the gateway hashes its tokens when it next opens it.
 //!
 //! The admin index (`m:admin:<id>`) is a hint, not an invariant: deleting an admin checks
 //! each entry's record and scans the identities before refusing. Where it disagrees with
@@ -57,6 +61,10 @@ fn text(v: &[u8]) -> String {
 pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
     let mut identities: BTreeMap<String, Identity> = BTreeMap::new();
     let mut names: BTreeMap<String, String> = BTreeMap::new();
+    // Pending enrollments of the form with hashed tokens (`e:` → record, `h:` → id) and of
+    // the form before it (`t:<token>` → record, `e:` → token).
+    let mut pending: BTreeMap<String, Enrollment> = BTreeMap::new();
+    let mut token_hashes: BTreeMap<String, String> = BTreeMap::new();
     let mut tokens: Vec<Enrollment> = Vec::new();
     let mut enrollment_ids: BTreeMap<String, String> = BTreeMap::new();
     let mut fingerprints: BTreeMap<String, String> = BTreeMap::new();
@@ -94,8 +102,21 @@ pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
                     violations.push(bad("DECODE", "an enrollment record does not decode".into()))
                 }
             },
-            "e" => {
-                enrollment_ids.insert(rest, text(&v));
+            "e" => match serde_json::from_slice::<Enrollment>(&v) {
+                Ok(e) => {
+                    pending.insert(rest, e);
+                }
+                // The old form's id index holds the token, never a JSON object.
+                Err(_) if !v.starts_with(b"{") => {
+                    enrollment_ids.insert(rest, text(&v));
+                }
+                Err(_) => violations.push(bad(
+                    "DECODE",
+                    format!("enrollment record {rest} does not decode"),
+                )),
+            },
+            "h" => {
+                token_hashes.insert(rest, text(&v));
             }
             "f" => {
                 fingerprints.insert(rest, text(&v));
@@ -120,7 +141,7 @@ pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
         }
     }
     r.identities = identities.len();
-    r.enrollments = tokens.len();
+    r.enrollments = tokens.len() + pending.len();
     r.certificates = fingerprints.len();
 
     for (fp, id) in &fingerprints {
@@ -225,7 +246,44 @@ pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
             ));
         }
     }
-    for e in &tokens {
+    for (id, e) in &pending {
+        if &e.id != id {
+            violations.push(bad(
+                "DECODE",
+                format!("enrollment record {id} holds id {}", e.id),
+            ));
+        }
+        if e.token_sha256.is_empty() {
+            violations.push(bad(
+                "I3",
+                format!("enrollment {id} has no token that could redeem it"),
+            ));
+        }
+        for h in &e.token_sha256 {
+            if token_hashes.get(h) != Some(id) {
+                violations.push(bad(
+                    "I3",
+                    format!("a token of enrollment {id} is not in the token index"),
+                ));
+            }
+        }
+    }
+    for (h, id) in &token_hashes {
+        if !pending.get(id).is_some_and(|e| e.token_sha256.contains(h)) {
+            violations.push(bad(
+                "I5",
+                format!("token index entry {h} points at no pending enrollment {id} that lists it"),
+            ));
+        }
+    }
+    if !tokens.is_empty() {
+        r.notes.push(format!(
+            "{} pending enrollment(s) keep their token in clear, as versions before hashed \
+             tokens did: the gateway hashes them when it next starts",
+            tokens.len()
+        ));
+    }
+    for e in tokens.iter().chain(pending.values()) {
         match identities.get(&e.identity_id) {
             None => violations.push(bad(
                 "I5",
@@ -250,6 +308,8 @@ pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
             )),
             Some(_) => {}
         }
+    }
+    for e in &tokens {
         if enrollment_ids.get(&e.id) != Some(&e.token) {
             violations.push(bad(
                 "I5",
@@ -339,7 +399,12 @@ mod tests {
             created_at: 0,
             expires_at: 1,
             jwt: String::new(),
+            token_sha256: vec![crate::token::token_sha256(token)],
         }
+    }
+
+    fn hash(token: &str) -> String {
+        crate::token::token_sha256(token)
     }
 
     fn healthy() -> Vec<(Vec<u8>, Vec<u8>)> {
@@ -349,9 +414,58 @@ mod tests {
             raw("f:fa", "a"),
             rec("i:b", identity("b", "beta", None, Some("eb"))),
             raw("n:beta", "b"),
-            rec("t:tokb", enrollment("eb", "tokb", "b")),
-            raw("e:eb", "tokb"),
+            rec("e:eb", enrollment("eb", "tokb", "b")),
+            raw(&format!("h:{}", hash("tokb")), "eb"),
         ]
+    }
+
+    /// A pending enrollment as versions before hashed tokens stored it.
+    fn old_form(id: &str, token: &str, identity: &str) -> [(Vec<u8>, Vec<u8>); 2] {
+        let mut e = serde_json::to_value(enrollment(id, token, identity)).unwrap();
+        e["token"] = token.into();
+        e.as_object_mut().unwrap().remove("token_sha256");
+        [
+            rec(&format!("t:{token}"), e),
+            raw(&format!("e:{id}"), token),
+        ]
+    }
+
+    #[test]
+    fn the_token_index_is_checked_both_ways() {
+        // A hash of the enrollment missing from the index; an index entry to nothing; one
+        // to an enrollment that does not list it.
+        let mut recs = healthy();
+        recs.retain(|(k, _)| !k.starts_with(b"h:"));
+        recs.push(raw("h:0000", "zz"));
+        recs.push(raw("h:1111", "eb"));
+        let r = check(recs);
+        let details: Vec<&str> = r.violations.iter().map(|v| v.detail.as_str()).collect();
+        assert_eq!(r.violations.len(), 3, "{details:?}");
+        assert!(details.iter().any(|d| d.contains("not in the token index")));
+        assert!(details
+            .iter()
+            .any(|d| d.contains("h:0000") || d.contains("0000")));
+        assert!(details.iter().any(|d| d.contains("1111")));
+    }
+
+    /// A store of a version that kept tokens passes, with a note, and never prints a token.
+    #[test]
+    fn a_store_that_kept_tokens_is_checked_in_its_form() {
+        let mut recs = healthy();
+        recs.retain(|(k, _)| !k.starts_with(b"h:") && !k.starts_with(b"e:"));
+        recs.extend(old_form("eb", "tokb", "b"));
+        let r = check(recs.clone());
+        assert_eq!(r.violations, vec![]);
+        assert_eq!(r.enrollments, 1);
+        assert_eq!(r.notes.len(), 1, "{:?}", r.notes);
+        recs.push(raw("e:ghost", "tokghost"));
+        let r = check(recs);
+        assert_eq!(r.violations.len(), 1, "{:?}", r.violations);
+        let printed = format!("{:?}{:?}", r.violations, r.notes);
+        assert!(
+            !printed.contains("tokb") && !printed.contains("tokghost"),
+            "{printed}"
+        );
     }
 
     #[test]
@@ -367,7 +481,8 @@ mod tests {
         recs.retain(|(k, _)| k != b"f:fa"); // bound but not indexed
         recs.push(raw("f:ghost", "zz")); // index to a missing identity
         recs.push(raw("n:orphan", "zz")); // name of nobody
-        recs.push(rec("t:tokc", enrollment("ec", "tokc", "a"))); // pending for an enrolled identity
+        recs.push(rec("e:ec", enrollment("ec", "tokc", "a"))); // pending for an enrolled identity
+        recs.push(raw(&format!("h:{}", hash("tokc")), "ec"));
         recs.push(raw("i:broken", "{not json"));
         let r = check(recs);
         let kinds: Vec<&str> = r.violations.iter().map(|v| v.invariant).collect();

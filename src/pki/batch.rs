@@ -9,7 +9,9 @@
 //! ```
 //!
 //! The thread owns the worker's [`Signer`] (its CA key, parsed once), so no lock is taken
-//! on the request path. A batch is whatever queued while the previous batch was being
+//! on the request path. With the CA key in a PKCS#11 token, where a signature waits on the
+//! token, the thread owns several signers, each on a session of its own, and signs a batch
+//! on all of them at once (see [`BatchSigner::spawn_pool`]). A batch is whatever queued while the previous batch was being
 //! signed, with no timer: an idle signer answers at once. A job whose requester has gone
 //! (connection closed, request timed out) is dropped unsigned, so a client that gives up
 //! costs no signing.
@@ -82,11 +84,25 @@ impl std::fmt::Debug for BatchSigner {
 impl BatchSigner {
     /// Starts the signing thread `name`, which owns `signer`.
     pub fn spawn(signer: Signer, name: String, opts: BatchOptions) -> std::io::Result<Self> {
+        Self::spawn_pool(vec![signer], name, opts)
+    }
+
+    /// Starts the signing thread `name`, which owns `signers` (the same CA key, each on a
+    /// session of its own: a PKCS#11 token). A batch of several jobs is split over them and
+    /// signed in parallel, one scoped thread per signer; a lone job is signed at once.
+    pub fn spawn_pool(
+        signers: Vec<Signer>,
+        name: String,
+        opts: BatchOptions,
+    ) -> std::io::Result<Self> {
+        if signers.is_empty() {
+            return Err(std::io::Error::other("a signing thread needs a signer"));
+        }
         let (tx, rx) = flume::bounded::<Job>(opts.queue_capacity.max(1));
         let max_batch = opts.max_batch.max(1);
         std::thread::Builder::new()
             .name(name)
-            .spawn(move || run(&signer, &rx, max_batch))?;
+            .spawn(move || run(&signers, &rx, max_batch))?;
         Ok(Self { tx })
     }
 
@@ -118,22 +134,36 @@ impl BatchSigner {
     }
 }
 
-fn run(signer: &Signer, rx: &flume::Receiver<Job>, max_batch: usize) {
+fn run(signers: &[Signer], rx: &flume::Receiver<Job>, max_batch: usize) {
     let mut batch = Vec::with_capacity(max_batch);
     while let Ok(first) = rx.recv() {
         batch.push(first);
         batch.extend(rx.try_iter().take(max_batch - 1));
         let started = Instant::now();
         let size = batch.len();
-        for job in batch.drain(..) {
-            if job.reply.is_disconnected() {
-                continue;
+        batch.retain(|job| !job.reply.is_disconnected());
+        match signers {
+            [signer] => sign_all(signer, &batch),
+            _ if batch.len() <= 1 => sign_all(&signers[0], &batch),
+            _ => {
+                let per = batch.len().div_ceil(signers.len());
+                std::thread::scope(|s| {
+                    for (jobs, signer) in batch.chunks(per).zip(signers) {
+                        s.spawn(move || sign_all(signer, jobs));
+                    }
+                });
             }
-            let result = sign_one(signer, &job);
-            // The requester may have gone meanwhile; nothing to do then.
-            let _ = job.reply.send(result);
         }
+        batch.clear();
         crate::telemetry::sign_batch(size, started.elapsed(), rx.len());
+    }
+}
+
+fn sign_all(signer: &Signer, jobs: &[Job]) {
+    for job in jobs {
+        let result = sign_one(signer, job);
+        // The requester may have gone meanwhile; nothing to do then.
+        let _ = job.reply.send(result);
     }
 }
 
@@ -199,6 +229,52 @@ mod tests {
                 assert_eq!(cn.as_str().unwrap(), format!("id{i}"));
             }
         }
+    }
+
+    /// A pool of signers (sessions on one token key, here one in-memory key) splits a
+    /// batch among them: every job gets its own certificate, under the one CA.
+    #[test]
+    fn a_pool_signs_a_batch_in_parallel_and_answers_each_job() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        let ca = params.self_signed(&key).unwrap();
+        let pem = key.serialize_pem();
+        let signers = (0..3)
+            .map(|_| {
+                let policy = IssuePolicy {
+                    trust_domain: "test".into(),
+                    lifetime_secs: 3600,
+                };
+                Signer::new(ca.der(), rcgen::KeyPair::from_pem(&pem).unwrap(), policy).unwrap()
+            })
+            .collect();
+        let opts = BatchOptions {
+            queue_capacity: 64,
+            max_batch: 64,
+        };
+        let batch = std::sync::Arc::new(
+            BatchSigner::spawn_pool(signers, "test-pool".into(), opts).unwrap(),
+        );
+        let threads: Vec<_> = (0..24)
+            .map(|i| {
+                let batch = batch.clone();
+                std::thread::spawn(move || {
+                    block_on(batch.sign(csr_der(), &format!("id{i}"), 1_700_000_000))
+                })
+            })
+            .collect();
+        let (_, ca_parsed) = x509_parser::parse_x509_certificate(ca.der()).unwrap();
+        for (i, t) in threads.into_iter().enumerate() {
+            let (_, cert) = t.join().unwrap().unwrap();
+            let (_, parsed) = x509_parser::parse_x509_certificate(&cert.der).unwrap();
+            let cn = parsed.subject().iter_common_name().next().unwrap();
+            assert_eq!(cn.as_str().unwrap(), format!("id{i}"));
+            parsed
+                .verify_signature(Some(ca_parsed.public_key()))
+                .unwrap();
+        }
+        assert!(BatchSigner::spawn_pool(vec![], "none".into(), opts).is_err());
     }
 
     #[test]

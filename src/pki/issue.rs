@@ -12,7 +12,7 @@
 //! | public key | the CSR's, after its signature verified (`pki::csr`) |
 
 use rcgen::{
-    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
     KeyUsagePurpose, SanType, SerialNumber,
 };
 
@@ -107,7 +107,7 @@ pub fn client_params(
 /// Signs client certificates with the internal CA. One per worker: the key is loaded once
 /// and nothing is shared on the request path.
 pub struct Signer {
-    issuer: Issuer<'static, KeyPair>,
+    issuer: Issuer<'static, super::CaKey>,
     policy: IssuePolicy,
 }
 
@@ -121,9 +121,14 @@ impl std::fmt::Debug for Signer {
 }
 
 impl Signer {
-    /// A signer for the CA certificate `ca_der` whose private key is `ca_key`.
-    pub fn new(ca_der: &[u8], ca_key: KeyPair, policy: IssuePolicy) -> Result<Self, IssueError> {
-        let issuer = Issuer::from_ca_cert_der(&ca_der.into(), ca_key)?;
+    /// A signer for the CA certificate `ca_der` whose private key is `ca_key` (in memory,
+    /// or in a PKCS#11 token).
+    pub fn new(
+        ca_der: &[u8],
+        ca_key: impl Into<super::CaKey>,
+        policy: IssuePolicy,
+    ) -> Result<Self, IssueError> {
+        let issuer = Issuer::from_ca_cert_der(&ca_der.into(), ca_key.into())?;
         Ok(Self { issuer, policy })
     }
 
@@ -155,6 +160,7 @@ impl Signer {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use rcgen::KeyPair;
     use x509_parser::extensions::{GeneralName, ParsedExtension};
     use x509_parser::prelude::*;
 

@@ -4,6 +4,7 @@
 pub mod batch;
 pub mod csr;
 pub mod fingerprint;
+pub mod hsm;
 pub mod issue;
 pub mod pkcs7;
 
@@ -42,6 +43,47 @@ pub fn generate_key(kind: KeyType) -> Result<KeyPair, rcgen::Error> {
         KeyType::Ec => KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
         KeyType::Rsa => {
             KeyPair::generate_rsa_for(&rcgen::PKCS_RSA_SHA256, rcgen::RsaKeySize::_3072)
+        }
+    }
+}
+
+/// The internal CA's private key: in memory (read from a file or a credential), or in a
+/// PKCS#11 token, where it signs without ever leaving it.
+#[derive(Debug)]
+pub enum CaKey {
+    /// A PKCS#8 key read from `pki.ca_key`.
+    Memory(KeyPair),
+    /// A key in a token (`pki.ca_key = "pkcs11:..."`), on a session of its own.
+    Hsm(hsm::HsmKey),
+}
+
+impl From<KeyPair> for CaKey {
+    fn from(k: KeyPair) -> Self {
+        Self::Memory(k)
+    }
+}
+
+impl rcgen::PublicKeyData for CaKey {
+    fn der_bytes(&self) -> &[u8] {
+        match self {
+            Self::Memory(k) => k.der_bytes(),
+            Self::Hsm(k) => k.der_bytes(),
+        }
+    }
+
+    fn algorithm(&self) -> &'static rcgen::SignatureAlgorithm {
+        match self {
+            Self::Memory(k) => k.algorithm(),
+            Self::Hsm(k) => k.algorithm(),
+        }
+    }
+}
+
+impl rcgen::SigningKey for CaKey {
+    fn sign(&self, msg: &[u8]) -> Result<Vec<u8>, rcgen::Error> {
+        match self {
+            Self::Memory(k) => k.sign(msg),
+            Self::Hsm(k) => k.sign(msg),
         }
     }
 }
@@ -148,6 +190,19 @@ impl std::fmt::Debug for NewPki {
 /// Creates a root CA and a server certificate for `hosts`.
 pub fn create(kind: KeyType, hosts: &[Host], now: UnixTime) -> Result<NewPki, IssueError> {
     let ca_key = generate_key(kind)?;
+    let mut made = create_with(&ca_key, kind, hosts, now)?;
+    made.ca_key_pem = ca_key.serialize_pem();
+    Ok(made)
+}
+
+/// Creates a root CA whose key is `ca_key` (which may sign in a token: `ca_key_pem` is
+/// then empty) and a server certificate for `hosts` with a new key of type `kind`.
+pub fn create_with(
+    ca_key: &impl rcgen::SigningKey,
+    kind: KeyType,
+    hosts: &[Host],
+    now: UnixTime,
+) -> Result<NewPki, IssueError> {
     let ca_params = root_ca_params("enrollgate root CA", now)?;
     let ca_cert = ca_params.self_signed(&ca_key)?;
     let server_key = generate_key(kind)?;
@@ -155,7 +210,7 @@ pub fn create(kind: KeyType, hosts: &[Host], now: UnixTime) -> Result<NewPki, Is
     let server_cert = server_params(hosts, now)?.signed_by(&server_key, &issuer)?;
     Ok(NewPki {
         ca_cert_pem: ca_cert.pem(),
-        ca_key_pem: ca_key.serialize_pem(),
+        ca_key_pem: String::new(),
         server_cert_pem: server_cert.pem(),
         server_key_pem: server_key.serialize_pem(),
     })
@@ -236,7 +291,7 @@ pub fn read_key(path: &Path) -> Result<(KeyPair, String), LoadError> {
 }
 
 /// True when `key` is the private key of the certificate `cert_der`.
-pub fn key_matches_cert(key: &KeyPair, cert_der: &[u8]) -> bool {
+pub fn key_matches_cert(key: &(impl rcgen::PublicKeyData + ?Sized), cert_der: &[u8]) -> bool {
     use x509_parser::prelude::FromDer as _;
     x509_parser::certificate::X509Certificate::from_der(cert_der)
         .map(|(_, c)| {

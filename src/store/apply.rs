@@ -8,7 +8,7 @@
 
 use std::collections::HashMap;
 
-use super::{get_json, keys, Snapshot, StoreError};
+use super::{get_json, keys, pending_by_token, Snapshot, StoreError};
 use crate::clock::UnixTime;
 use crate::enroll::{check_token, EnrollError};
 use crate::model::{Authenticator, Ca, Enrollment, Identity, Method};
@@ -206,6 +206,17 @@ impl<S: Snapshot + ?Sized> Snapshot for Batch<'_, S> {
         self.snap
             .any_under(prefix, &mut |k, v| !overlay.contains_key(k) && pred(k, v))
     }
+}
+
+/// The deletions that consume enrollment `e`: its record and every token that redeems it.
+fn consumed(e: &Enrollment) -> Vec<Write> {
+    let mut writes = vec![Write::Delete(keys::enrollment(&e.id))];
+    writes.extend(
+        e.token_sha256
+            .iter()
+            .map(|h| Write::Delete(keys::token_hash(h))),
+    );
+    writes
 }
 
 /// The admin index entry of `identity`, if it can manage the gateway.
@@ -510,15 +521,8 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
             }
         }
         if let Some(e) = &enrollment {
-            if self.get(&keys::token(&e.token))?.is_some() {
-                return Err(StoreError::InvalidState("token collision".into()));
-            }
+            writes.extend(self.pending_writes(e)?);
             identity.enrollment_id = Some(e.id.clone());
-            writes.push(Write::Put(keys::token(&e.token), to_json(e)));
-            writes.push(Write::Put(
-                keys::enrollment(&e.id),
-                e.token.clone().into_bytes(),
-            ));
         }
         writes.push(Write::Put(
             keys::name(&identity.name),
@@ -539,7 +543,7 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
         authenticator: Authenticator,
         now: UnixTime,
     ) -> Result<Outcome, StoreError> {
-        let enrollment: Option<Enrollment> = get_json(self, &keys::token(token))?;
+        let enrollment = pending_by_token(self, token)?;
         let enrollment = check_token(enrollment.as_ref(), method, now)?;
         if enrollment.identity_id != identity_id {
             return Err(EnrollError::UnknownToken.into());
@@ -565,10 +569,9 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
             return Err(EnrollError::UnknownToken.into());
         }
         let bound = self.unbound(&authenticator)?;
-        let mut writes = vec![
-            Write::Delete(keys::token(token)),
-            Write::Delete(keys::enrollment(&enrollment.id)),
-        ];
+        // Every token of the enrollment goes with it (an enrollment migrated from before
+        // hashed tokens has two).
+        let mut writes = consumed(enrollment);
         for k in bound {
             writes.push(Write::Put(k, identity.id.clone().into_bytes()));
         }
@@ -585,13 +588,40 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
         Ok(Outcome::Identity(Box::new(identity)))
     }
 
-    fn pending_token(&self, identity: &Identity) -> Result<Option<(String, String)>, StoreError> {
+    /// The writes that make `e` pending: its record and one token-index entry per token
+    /// hash, once none of them is taken (a taken one would let a token redeem another
+    /// enrollment).
+    fn pending_writes(&self, e: &Enrollment) -> Result<Vec<Write>, StoreError> {
+        if e.token_sha256.is_empty() {
+            return Err(StoreError::InvalidState(
+                "an enrollment needs a token".into(),
+            ));
+        }
+        if self.get(&keys::enrollment(&e.id))?.is_some() {
+            return Err(StoreError::InvalidState("enrollment id collision".into()));
+        }
+        let mut writes = Vec::with_capacity(e.token_sha256.len() + 1);
+        for h in &e.token_sha256 {
+            if self.get(&keys::token_hash(h))?.is_some() {
+                return Err(StoreError::InvalidState("token collision".into()));
+            }
+            writes.push(Write::Put(keys::token_hash(h), e.id.clone().into_bytes()));
+        }
+        writes.push(Write::Put(keys::enrollment(&e.id), to_json(e)));
+        Ok(writes)
+    }
+
+    /// The writes that retire the pending enrollment of `identity`, if it has one.
+    fn retire_pending(&self, identity: &Identity) -> Result<Vec<Write>, StoreError> {
         let Some(eid) = &identity.enrollment_id else {
-            return Ok(None);
+            return Ok(Vec::new());
         };
-        Ok(self
-            .get(&keys::enrollment(eid))?
-            .map(|t| (eid.clone(), String::from_utf8_lossy(&t).into_owned())))
+        Ok(
+            match get_json::<Enrollment>(self, &keys::enrollment(eid))? {
+                Some(e) => consumed(&e),
+                None => vec![Write::Delete(keys::enrollment(eid))],
+            },
+        )
     }
 
     /// Whether an identity other than `id` can manage the gateway. Reads the admin index
@@ -658,10 +688,7 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
         if let Some(auth) = &identity.authenticator {
             writes.extend(keys::bound(auth).into_iter().map(Write::Delete));
         }
-        if let Some((eid, token)) = self.pending_token(&identity)? {
-            writes.push(Write::Delete(keys::enrollment(&eid)));
-            writes.push(Write::Delete(keys::token(&token)));
-        }
+        writes.extend(self.retire_pending(&identity)?);
         self.commit_writes(writes);
         // A freed suffix is free again for the next device with that base name.
         if let (Some((base, n)), Some(hints)) = (split_suffix(&identity.name), self.hints.as_mut())
@@ -686,22 +713,8 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
                 identity.name
             )));
         }
-        if self.get(&keys::token(&enrollment.token))?.is_some() {
-            return Err(StoreError::InvalidState("token collision".into()));
-        }
-        let mut writes = Vec::new();
-        if let Some((eid, token)) = self.pending_token(&identity)? {
-            writes.push(Write::Delete(keys::enrollment(&eid)));
-            writes.push(Write::Delete(keys::token(&token)));
-        }
-        writes.push(Write::Put(
-            keys::token(&enrollment.token),
-            to_json(&enrollment),
-        ));
-        writes.push(Write::Put(
-            keys::enrollment(&enrollment.id),
-            enrollment.token.clone().into_bytes(),
-        ));
+        let mut writes = self.retire_pending(&identity)?;
+        writes.extend(self.pending_writes(&enrollment)?);
         identity.enrollment_id = Some(enrollment.id.clone());
         identity.updated_at = enrollment.created_at;
         writes.push(Write::Put(keys::identity(&identity.id), to_json(&identity)));
@@ -741,8 +754,14 @@ mod tests {
             ca_id: None,
             created_at: 100,
             expires_at: 1000,
-            jwt: "jwt".into(),
+            jwt: String::new(),
+            token_sha256: vec![crate::token::token_sha256(token)],
         }
+    }
+
+    /// The token-index key of `token`.
+    fn tkey(token: &str) -> Vec<u8> {
+        keys::token_hash(&crate::token::token_sha256(token))
     }
 
     /// An authenticator whose certificate content is the fingerprint's ("c-<fp>").
@@ -951,7 +970,7 @@ mod tests {
             &StoreError::Enroll(EnrollError::UnknownToken)
         );
         // The enrollment is gone, the certificate indexed, the identity bound.
-        assert!(!map.contains_key(&keys::token("tok1")));
+        assert!(!map.contains_key(&tkey("tok1")));
         assert!(!map.contains_key(&keys::enrollment("e-i1")));
         assert_eq!(map.get(&keys::fingerprint("fpA")).unwrap(), b"i1");
         assert!(!map.contains_key(&keys::fingerprint("fpB")));
@@ -961,6 +980,77 @@ mod tests {
         // A later batch sees the same.
         let r = commit(&mut map, vec![redeem("tok1", "i1", "fpC", 500)]);
         assert!(r[0].is_err());
+    }
+
+    /// An enrollment migrated from before hashed tokens redeems with either of its two
+    /// tokens (the old random one, the derived one), once: the other goes with it.
+    #[test]
+    fn either_token_of_a_migrated_enrollment_redeems_it_once() {
+        for (first, second) in [("old", "derived"), ("derived", "old")] {
+            let mut map = Map::new();
+            let mut e = enrollment("e-i1", "old", "i1");
+            e.token_sha256.push(crate::token::token_sha256("derived"));
+            let r = commit(
+                &mut map,
+                vec![Command::CreateIdentity {
+                    identity: identity("i1", "dev1"),
+                    enrollment: Some(e),
+                }],
+            );
+            assert!(r[0].is_ok());
+            let r = commit(
+                &mut map,
+                vec![
+                    redeem(first, "i1", "fpA", 500),
+                    redeem(second, "i1", "fpB", 500),
+                ],
+            );
+            assert!(r[0].is_ok(), "{r:?}");
+            assert_eq!(
+                r[1].as_ref().unwrap_err(),
+                &StoreError::Enroll(EnrollError::UnknownToken)
+            );
+            for k in [tkey("old"), tkey("derived"), keys::enrollment("e-i1")] {
+                assert!(!map.contains_key(&k));
+            }
+            let r = commit(&mut map, vec![redeem(second, "i1", "fpC", 500)]);
+            assert!(r[0].is_err());
+        }
+    }
+
+    /// No record holds a token or its JWT: only hashes of the tokens.
+    #[test]
+    fn the_store_holds_no_token() {
+        let mut map = Map::new();
+        let mut e = enrollment("e-i1", "SECRET-TOKEN", "i1");
+        e.token = "SECRET-TOKEN".into();
+        e.jwt = "SECRET.JWT".into();
+        let r = commit(
+            &mut map,
+            vec![Command::CreateIdentity {
+                identity: identity("i1", "dev1"),
+                enrollment: Some(e),
+            }],
+        );
+        assert!(r[0].is_ok());
+        for (k, v) in &map {
+            for secret in [&b"SECRET"[..], b"SECRET-TOKEN"] {
+                assert!(!k.windows(secret.len()).any(|w| w == secret));
+                assert!(!v.windows(secret.len()).any(|w| w == secret));
+            }
+        }
+        assert_eq!(map.get(&tkey("SECRET-TOKEN")).unwrap(), b"e-i1");
+        // An enrollment without a token hash is refused, not stored unredeemable.
+        let mut bare = enrollment("e-i2", "t2", "i2");
+        bare.token_sha256.clear();
+        let r = commit(
+            &mut map,
+            vec![Command::CreateIdentity {
+                identity: identity("i2", "dev2"),
+                enrollment: Some(bare),
+            }],
+        );
+        assert!(matches!(r[0], Err(StoreError::InvalidState(_))), "{r:?}");
     }
 
     #[test]
@@ -991,7 +1081,7 @@ mod tests {
         assert!(r[0].is_ok());
         assert_eq!(r[1].as_ref().unwrap_err(), &StoreError::CertInUse);
         // The loser's token is still pending.
-        assert!(map.contains_key(&keys::token("tok2")));
+        assert!(map.contains_key(&tkey("tok2")));
     }
 
     /// Another encoding of a bound certificate's signature (an ECDSA (r, n - s)) has
@@ -1305,9 +1395,9 @@ mod tests {
             }],
         );
         assert!(r[0].is_ok());
-        assert!(!map.contains_key(&keys::token("old")));
+        assert!(!map.contains_key(&tkey("old")));
         assert!(!map.contains_key(&keys::enrollment("e-i1")));
-        assert!(map.contains_key(&keys::token("new")));
+        assert!(map.contains_key(&tkey("new")));
         let stored: Identity = get_json(&map, &keys::identity("i1")).unwrap().unwrap();
         assert_eq!(stored.enrollment_id.as_deref(), Some("e2"));
         // Not once enrolled.

@@ -4,10 +4,15 @@
 pub const IDENTITY: &[u8] = b"i:";
 /// Prefix of the name index (I2).
 pub const NAME: &[u8] = b"n:";
-/// Prefix of pending enrollments, by token (I3).
+/// Prefix of pending enrollments by token, as versions before hashed tokens kept them
+/// (the token in the key, the token and JWT in the record): migrated when the gateway
+/// opens the store (`Store::hash_tokens`), never written.
 pub const TOKEN: &[u8] = b"t:";
-/// Prefix of the enrollment-id index.
+/// Prefix of pending enrollments, by enrollment id. (Before hashed tokens: an index from
+/// the id to the token.)
 pub const ENROLLMENT: &[u8] = b"e:";
+/// Prefix of the token index (I3): the SHA-256 of a token, to its enrollment's id.
+pub const TOKEN_HASH: &[u8] = b"h:";
 /// Prefix of the fingerprint index (I1).
 pub const FINGERPRINT: &[u8] = b"f:";
 /// Prefix of the content index (I1 whatever the encoding of the certificate's signature).
@@ -47,9 +52,13 @@ pub fn identity(id: &str) -> Vec<u8> {
 pub fn name(name: &str) -> Vec<u8> {
     key(NAME, name)
 }
-/// `t:<token>`
+/// `t:<token>` (before hashed tokens)
 pub fn token(token: &str) -> Vec<u8> {
     key(TOKEN, token)
+}
+/// `h:<sha-256 hex of a token>`
+pub fn token_hash(sha256_hex: &str) -> Vec<u8> {
+    key(TOKEN_HASH, sha256_hex)
 }
 /// `e:<enrollment id>`
 pub fn enrollment(id: &str) -> Vec<u8> {

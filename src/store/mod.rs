@@ -7,13 +7,18 @@
 //! |---|---|---|
 //! | `i:<identity id>` | `Identity` | |
 //! | `n:<name>` | identity id | I2: names are unique |
-//! | `t:<token>` | `Enrollment` | I3: a token exists until it is redeemed, once |
-//! | `e:<enrollment id>` | token | lookup by id for the management API |
+//! | `e:<enrollment id>` | `Enrollment` (no token, no JWT) | a pending enrollment |
+//! | `h:<sha-256 hex of a token>` | enrollment id | I3: a token exists until it is redeemed, once |
 //! | `f:<sha-256 hex>` | identity id | I1: a certificate belongs to one identity |
 //! | `b:<sha-256 hex of the to-be-signed part>` | identity id | I1 whatever the encoding of the certificate's signature |
 //! | `m:admin:<identity id>` | empty | the enrolled admins: deleting one finds another without a scan |
 //! | `m:content-index` | `1` | every record written before the content index is indexed |
 //! | `m:admin-index` | `1` | every admin enrolled before the admin index is indexed |
+//!
+//! No token is stored: the gateway derives each from the enrollment id with the token key
+//! (`token::secret`). Versions before that kept `t:<token>` → `Enrollment` (with token and
+//! JWT) and `e:<enrollment id>` → token; [`Store::hash_tokens`] migrates them when the
+//! gateway opens the store.
 //!
 //! Every change goes through the single committer thread (`commit`), which decides each
 //! command against the store *plus the writes already decided in its batch* (`apply`) and
@@ -148,6 +153,20 @@ pub(crate) fn decode<T: serde::de::DeserializeOwned>(
         let kind = key.split(|&b| b == b':').next().unwrap_or_default();
         StoreError::Corrupt(format!("a '{}:' record", String::from_utf8_lossy(kind)))
     })
+}
+
+/// The pending enrollment `token` redeems: the token's hash in the token index, then the
+/// record, which must list that hash.
+pub(crate) fn pending_by_token(
+    snap: &(impl Snapshot + ?Sized),
+    token: &str,
+) -> Result<Option<Enrollment>, StoreError> {
+    let hash = crate::token::token_sha256(token);
+    let Some(id) = snap.get(&keys::token_hash(&hash))? else {
+        return Ok(None);
+    };
+    let e: Option<Enrollment> = get_json(snap, &keys::enrollment(&String::from_utf8_lossy(&id)))?;
+    Ok(e.filter(|e| e.token_sha256.contains(&hash)))
 }
 
 pub(crate) fn get_json<T: serde::de::DeserializeOwned>(
@@ -385,17 +404,102 @@ impl Store {
         Ok(false)
     }
 
-    /// The pending enrollment with this token.
+    /// The pending enrollment with this token (found by the token's hash; the record
+    /// holds no token).
     pub fn enrollment_by_token(&self, token: &str) -> Result<Option<Enrollment>, StoreError> {
-        get_json(&*self.db, &keys::token(token))
+        pending_by_token(&*self.db, token)
     }
 
-    /// The pending enrollment with this id.
+    /// The pending enrollment with this id (the record holds no token).
     pub fn enrollment(&self, id: &str) -> Result<Option<Enrollment>, StoreError> {
-        match self.db.get(keys::enrollment(id))? {
-            Some(token) => self.enrollment_by_token(&String::from_utf8_lossy(&token)),
-            None => Ok(None),
+        get_json(&*self.db, &keys::enrollment(id))
+    }
+
+    /// Moves the pending enrollments of a version that stored tokens to the hashed form,
+    /// before any committer runs (`serve` calls it right after [`Store::open`], on the
+    /// only handle). An old random token cannot be derived from the token key, so both its
+    /// hash (devices holding the old JWT still redeem) and the derived token's hash (a JWT
+    /// an admin downloads again redeems too) are indexed, and consumed together. The
+    /// stored tokens and JWTs are dropped, the table files compacted and the store opened
+    /// again (RocksDB's MANIFEST names the first and last key of every table file, and a
+    /// new one is written at open), so that no copy of the store taken after this holds
+    /// them. No marker: a scan of an empty prefix costs one seek, and records an older
+    /// binary wrote after a downgrade are migrated at the next open all the same.
+    /// Returns the store and how many enrollments were migrated.
+    pub fn hash_tokens(self, key: &crate::token::TokenKey) -> Result<(Self, usize), StoreError> {
+        let migrated = self.hash_tokens_in_place(key)?;
+        if migrated == 0 {
+            return Ok((self, 0));
         }
+        let path = self.db.path().to_path_buf();
+        let db = Arc::try_unwrap(self.db).map_err(|_| {
+            StoreError::InvalidState("the store is in use; tokens are hashed at open".into())
+        })?;
+        drop(db);
+        Ok((Self::open(&path, false)?, migrated))
+    }
+
+    fn hash_tokens_in_place(&self, key: &crate::token::TokenKey) -> Result<usize, StoreError> {
+        let db = &*self.db;
+        let mut wb = rocksdb::WriteBatch::default();
+        let mut migrated = std::collections::HashSet::new();
+        for item in db.prefix_iterator(keys::TOKEN) {
+            let (k, v) = item?;
+            if !k.starts_with(keys::TOKEN) {
+                break;
+            }
+            let Ok(mut e) = decode::<Enrollment>(&k, &v) else {
+                // Never the key: it holds the token.
+                tracing::error!("a pending enrollment from before hashed tokens does not decode; left in place (see fsck)");
+                continue;
+            };
+            let old = String::from_utf8_lossy(&k[keys::TOKEN.len()..]).into_owned();
+            e.token_sha256 = vec![
+                crate::token::token_sha256(&old),
+                crate::token::token_sha256(&key.derive(&e.id)),
+            ];
+            e.token.clear();
+            e.jwt.clear();
+            for h in &e.token_sha256 {
+                wb.put(keys::token_hash(h), e.id.as_bytes());
+            }
+            wb.put(
+                keys::enrollment(&e.id),
+                serde_json::to_vec(&e).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+            );
+            wb.delete(&k);
+            migrated.insert(e.id);
+        }
+        // An id index of the old form left without its enrollment still holds a token.
+        let mut dangling = 0usize;
+        for item in db.prefix_iterator(keys::ENROLLMENT) {
+            let (k, v) = item?;
+            if !k.starts_with(keys::ENROLLMENT) {
+                break;
+            }
+            let id = String::from_utf8_lossy(&k[keys::ENROLLMENT.len()..]).into_owned();
+            if !v.starts_with(b"{") && !migrated.contains(&id) {
+                wb.delete(&k);
+                dangling += 1;
+            }
+        }
+        if migrated.is_empty() && dangling == 0 {
+            return Ok(0);
+        }
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(true);
+        db.write_opt(wb, &wo)?;
+        // The old values stay in the memtable, the WAL and table files until compacted away.
+        db.flush()?;
+        let mut compact = rocksdb::CompactOptions::default();
+        compact.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
+        db.compact_range_opt::<&[u8], &[u8]>(None, None, &compact);
+        tracing::info!(
+            enrollments = migrated.len(),
+            dangling_indexes = dangling,
+            "pending enrollments now keep only hashes of their tokens"
+        );
+        Ok(migrated.len())
     }
 
     /// Identities in name order whose name satisfies `filter`, `limit` from `offset`.
@@ -502,15 +606,15 @@ impl Store {
         Ok(out)
     }
 
-    /// Every pending enrollment for which `keep` holds, in token order (a scan, as above).
+    /// Every pending enrollment for which `keep` holds, in id order (a scan, as above).
     pub fn enrollments_where(
         &self,
         keep: &dyn Fn(&Enrollment) -> bool,
     ) -> Result<Vec<Enrollment>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.prefix_iterator(keys::TOKEN) {
+        for item in self.db.prefix_iterator(keys::ENROLLMENT) {
             let (k, v) = item?;
-            if !k.starts_with(keys::TOKEN) {
+            if !k.starts_with(keys::ENROLLMENT) {
                 break;
             }
             let enrollment: Enrollment = decode(&k, &v)?;
@@ -528,22 +632,16 @@ impl Store {
         limit: usize,
     ) -> Result<Page<Enrollment>, StoreError> {
         let mut total = 0usize;
-        let mut tokens = Vec::new();
+        let mut items = Vec::new();
         for item in self.db.prefix_iterator(keys::ENROLLMENT) {
             let (k, v) = item?;
             if !k.starts_with(keys::ENROLLMENT) {
                 break;
             }
-            if total >= offset && tokens.len() < limit {
-                tokens.push(String::from_utf8_lossy(&v).into_owned());
+            if total >= offset && items.len() < limit {
+                items.push(decode(&k, &v)?);
             }
             total += 1;
-        }
-        let mut items = Vec::with_capacity(tokens.len());
-        for t in tokens {
-            if let Some(e) = self.enrollment_by_token(&t)? {
-                items.push(e);
-            }
         }
         Ok(Page { items, total })
     }
@@ -630,6 +728,93 @@ mod tests {
             b"c"
         );
         assert!(store.db().get(keys::CONTENT_INDEXED).unwrap().is_some());
+    }
+
+    /// Every file under `dir`, read whole.
+    fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                out.extend(files_under(&path));
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                out.push((path, bytes));
+            }
+        }
+        out
+    }
+
+    /// A store of a version that kept tokens: at open its pending enrollment keeps only
+    /// hashes, redeemable by the old token and by the derived one; the old token and JWT
+    /// are in no file of the store any more; an id index left without its enrollment (it
+    /// holds a token too) goes; a second pass finds nothing to do.
+    #[test]
+    fn opening_a_store_that_kept_tokens_hashes_them_and_forgets_them() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("db");
+        let old_token = "OLDxTOKENxqYp3v9cZ2fA7mN1kL8sRtUwE4hJgBdQoXiPV0";
+        let old_jwt = "eyJOLDxJWTxHEADER.eyJOLDxJWTxCLAIMS.OLDxJWTxSIGNATURE";
+        let dangling = "DANGLINGxTOKENxa8b7c6d5e4f3g2h1";
+        {
+            let store = Store::open(&path, true).unwrap();
+            let db = store.db();
+            let identity = Identity {
+                id: "i1".into(),
+                name: "dev1".into(),
+                kind: IdentityType::Device,
+                is_admin: false,
+                role_attributes: vec![],
+                created_at: 1,
+                updated_at: 1,
+                enrollment_id: Some("e1".into()),
+                authenticator: None,
+            };
+            db.put(keys::identity("i1"), serde_json::to_vec(&identity).unwrap())
+                .unwrap();
+            db.put(keys::name("dev1"), "i1").unwrap();
+            // The records exactly as the previous version wrote them.
+            let old = format!(
+                r#"{{"id":"e1","token":"{old_token}","method":"ott","identity_id":"i1","ca_id":null,"created_at":1,"expires_at":4000000000,"jwt":"{old_jwt}"}}"#
+            );
+            db.put(keys::token(old_token), old).unwrap();
+            db.put(keys::enrollment("e1"), old_token).unwrap();
+            db.put(keys::enrollment("e-gone"), dangling).unwrap();
+            // Into table files, as a store that ran a while has them.
+            db.flush().unwrap();
+        }
+        let key = crate::token::TokenKey::from_bytes(&[7; crate::token::secret::KEY_BYTES]);
+        let derived = key.derive("e1");
+        {
+            let store = Store::open(&path, false).unwrap();
+            let (store, migrated) = store.hash_tokens(&key).unwrap();
+            assert_eq!(migrated, 1);
+            let (store, migrated) = store.hash_tokens(&key).unwrap();
+            assert_eq!(migrated, 0, "done once");
+            for token in [old_token, derived.as_str()] {
+                let e = store.enrollment_by_token(token).unwrap().unwrap();
+                assert_eq!(e.id, "e1");
+                assert!(e.token.is_empty() && e.jwt.is_empty());
+            }
+            assert!(store.enrollment_by_token(dangling).unwrap().is_none());
+            let page = store.list_enrollments(0, 10).unwrap();
+            assert_eq!(page.total, 1);
+            assert_eq!(page.items[0].token_sha256.len(), 2);
+            assert!(store.enrollment("e1").unwrap().is_some());
+        }
+        for (file, bytes) in files_under(&path) {
+            for secret in [old_token, old_jwt, dangling, derived.as_str()] {
+                assert!(
+                    !bytes.windows(secret.len()).any(|w| w == secret.as_bytes()),
+                    "{} holds a token",
+                    file.display()
+                );
+            }
+        }
+        let records = crate::ops::backup::read_all(&path).unwrap();
+        let report = crate::ops::fsck::check(records);
+        assert_eq!(report.violations, vec![]);
+        assert_eq!(report.enrollments, 1);
     }
 
     /// A store from before the admin index: its enrolled admins are indexed when it is

@@ -2,5 +2,7 @@
 //! by clients against the certificate that listener presents.
 
 pub mod jwt;
+pub mod secret;
 
 pub use jwt::{Claims, JwtError, JwtSigner};
+pub use secret::{token_sha256, TokenKey, TokenKeyError};

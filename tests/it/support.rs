@@ -37,7 +37,7 @@ impl Gateway {
         Self::start_full(&[], edit, env)
     }
 
-    /// A gateway made by `init` with extra arguments.
+    /// A gateway made by `init` with extra arguments (`env` applies to `init` too).
     pub fn start_full(
         init_args: &[&str],
         edit: impl FnOnce(&mut String),
@@ -50,6 +50,7 @@ impl Gateway {
             .arg(&data)
             .args(["--listen", "127.0.0.1:0"])
             .args(init_args)
+            .envs(env.iter().copied())
             .output()
             .expect("run init");
         assert!(
@@ -224,15 +225,19 @@ impl Gateway {
     }
 
     /// The store as the management API shows it: every identity and pending enrollment.
+    /// A JWT is signed anew each time it is shown (the store keeps none, and an ECDSA
+    /// signature differs every time): it is compared by its header and claims.
     pub fn snapshot(&self) -> (Value, Value) {
-        let ids = self
+        let mut ids = self
             .mgmt("GET", "/identities?limit=1000", None)
             .json()
             .expect("json");
-        let ens = self
+        let mut ens = self
             .mgmt("GET", "/enrollments?limit=1000", None)
             .json()
             .expect("json");
+        unsigned_jwts(&mut ids["data"]);
+        unsigned_jwts(&mut ens["data"]);
         (ids["data"].clone(), ens["data"].clone())
     }
 
@@ -320,6 +325,26 @@ pub fn run_ok(cmd: &mut Command) -> String {
         String::from_utf8_lossy(&out.stderr)
     );
     String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Every `"jwt"` string under `v` without its signature.
+fn unsigned_jwts(v: &mut Value) {
+    match v {
+        Value::Object(map) => {
+            for (k, v) in map.iter_mut() {
+                match v {
+                    Value::String(jwt) if k == "jwt" => {
+                        if let Some((signed, _)) = jwt.rsplit_once('.') {
+                            *jwt = signed.to_string();
+                        }
+                    }
+                    other => unsigned_jwts(other),
+                }
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(unsigned_jwts),
+        _ => {}
+    }
 }
 
 /// The token (jti) of a JWT.

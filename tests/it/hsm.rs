@@ -1,0 +1,316 @@
+//! The CA key in a PKCS#11 token: a real SoftHSM2 token in a temporary directory.
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use crate::support::*;
+
+const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
+const PIN: &str = "4711";
+
+/// A SoftHSM2 token initialised in a temporary directory (its own `SOFTHSM2_CONF`).
+struct SoftHsm {
+    dir: tempfile::TempDir,
+    conf: String,
+}
+
+impl SoftHsm {
+    fn new() -> Self {
+        assert!(
+            Path::new(MODULE).is_file(),
+            "{MODULE} is missing: install softhsm2 (scripts/install-deps)"
+        );
+        let dir = tempfile::tempdir().unwrap();
+        let tokens = dir.path().join("tokens");
+        std::fs::create_dir(&tokens).unwrap();
+        let conf = dir.path().join("softhsm2.conf");
+        std::fs::write(
+            &conf,
+            format!(
+                "directories.tokendir = {}\nobjectstore.backend = file\nlog.level = ERROR\n",
+                tokens.display()
+            ),
+        )
+        .unwrap();
+        let conf = conf.to_str().unwrap().to_string();
+        run_ok(
+            Command::new("softhsm2-util")
+                .env("SOFTHSM2_CONF", &conf)
+                .args(["--init-token", "--free", "--label", "enrollgate"])
+                .args(["--so-pin", "5678", "--pin", PIN]),
+        );
+        std::fs::write(dir.path().join("pin"), format!("{PIN}\n")).unwrap();
+        Self { dir, conf }
+    }
+
+    fn pin_file(&self) -> PathBuf {
+        self.dir.path().join("pin")
+    }
+
+    fn uri(&self) -> String {
+        format!(
+            "pkcs11:token=enrollgate;object=ca?module-path={MODULE}&pin-source={}",
+            self.pin_file().display()
+        )
+    }
+
+    fn env(&self) -> [(&str, &str); 1] {
+        [("SOFTHSM2_CONF", self.conf.as_str())]
+    }
+
+    /// Removes every key object from the token (SoftHSM2 keeps each object in a file of
+    /// its own beside `token.object`), as an operator deleting the key would.
+    fn remove_keys(&self) {
+        let mut removed = 0;
+        for token in std::fs::read_dir(self.dir.path().join("tokens")).unwrap() {
+            for f in std::fs::read_dir(token.unwrap().path()).unwrap() {
+                let path = f.unwrap().path();
+                let name = path.file_name().unwrap().to_str().unwrap().to_string();
+                if name.ends_with(".object") && name != "token.object" {
+                    std::fs::remove_file(&path).unwrap();
+                    removed += 1;
+                }
+            }
+        }
+        assert_eq!(removed, 2, "the private and the public key");
+    }
+}
+
+/// Every file under `dir` with its bytes, sorted by path.
+fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).unwrap().flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                let bytes = std::fs::read(&path).unwrap();
+                out.push((path, bytes));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Enrolls `n` devices with openssl CSRs, all at once, and checks each certificate with
+/// `openssl verify` against the CA certificate.
+fn enroll_and_verify(gw: &Gateway, tag: &str, n: usize) {
+    let pending: Vec<(String, String)> = (0..n)
+        .map(|i| {
+            let name = format!("{tag}-{i}");
+            let (_, _, token) = gw.create_identity(&name, "Device", false);
+            (name, token)
+        })
+        .collect();
+    std::thread::scope(|s| {
+        for (name, token) in &pending {
+            s.spawn(move || {
+                let (_, csr) = openssl_csr(
+                    gw.dir.path(),
+                    name,
+                    &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+                );
+                let resp = gw.request(
+                    "POST",
+                    &format!("/enroll?method=ott&token={token}"),
+                    &[("Accept", "application/x-pem-file")],
+                    &std::fs::read(&csr).unwrap(),
+                );
+                assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+                let cert = gw.dir.path().join(format!("{name}.crt"));
+                std::fs::write(&cert, &resp.body).unwrap();
+                let out = run_ok(
+                    Command::new("openssl")
+                        .arg("verify")
+                        .arg("-CAfile")
+                        .arg(gw.data.join("pki/ca.crt"))
+                        .arg(&cert),
+                );
+                assert!(out.contains(": OK"), "{out}");
+            });
+        }
+    });
+}
+
+/// `init --ca-key pkcs11:...` generates the CA key inside the token; with the TLS and
+/// token keys passed as credentials, the data directory holds no private key at all, and
+/// the gateway issues certificates openssl accepts: at once, after a reload (new
+/// sessions) and after a restart. A second `init` on the same token uses the key it finds.
+#[test]
+fn the_ca_key_lives_only_in_softhsm2() {
+    let hsm = SoftHsm::new();
+    let uri = hsm.uri();
+    let mut gw = Gateway::start_full(&["--ca-key", &uri], |_| {}, &hsm.env());
+    assert!(!gw.data.join("pki/ca.key").exists());
+    let cfg = std::fs::read_to_string(gw.data.join("enrollgate.toml")).unwrap();
+    assert!(
+        cfg.contains("ca_key = \"pkcs11:token=enrollgate;object=ca?"),
+        "{cfg}"
+    );
+    assert!(!cfg.contains(PIN), "the PIN is never in the configuration");
+    // The admin certificate init issued, signed in the token, manages.
+    assert_eq!(gw.mgmt("GET", "/identities", None).status, 200);
+    enroll_and_verify(&gw, "first", 6);
+
+    // The TLS key and the token key out of the data directory, as credentials.
+    gw.stop();
+    let creds = gw.dir.path().join("credentials");
+    std::fs::create_dir(&creds).unwrap();
+    for k in ["server.key", "token.key"] {
+        std::fs::rename(gw.data.join("pki").join(k), creds.join(k)).unwrap();
+    }
+    let cfg_path = gw.data.join("enrollgate.toml");
+    let cfg = std::fs::read_to_string(&cfg_path)
+        .unwrap()
+        .replace(
+            "key = \"pki/server.key\"",
+            "key = \"credential:server.key\"",
+        )
+        .replace(
+            "token_key = \"pki/token.key\"",
+            "token_key = \"credential:token.key\"",
+        );
+    std::fs::write(&cfg_path, cfg).unwrap();
+    let creds_s = creds.to_str().unwrap().to_string();
+    let env = [
+        ("SOFTHSM2_CONF", hsm.conf.as_str()),
+        ("CREDENTIALS_DIRECTORY", creds_s.as_str()),
+    ];
+    gw.spawn(&env);
+    enroll_and_verify(&gw, "restarted", 4);
+    gw.signal("HUP");
+    gw.wait_log("configuration reloaded");
+    enroll_and_verify(&gw, "reloaded", 4);
+
+    for (path, bytes) in contents(&gw.data)
+        .into_iter()
+        .filter(|(p, _)| !p.ends_with("admin.json"))
+    {
+        assert!(
+            !bytes.windows(11).any(|w| w == b"PRIVATE KEY"),
+            "{} holds a private key",
+            path.display()
+        );
+    }
+    assert!(!gw.log().contains(PIN));
+
+    // Another data directory on the same token: the existing key is used, not replaced.
+    let again = gw.dir.path().join("again");
+    let out = Command::new(BIN)
+        .args([
+            "init",
+            "--listen",
+            "127.0.0.1:0",
+            "--ca-key",
+            &uri,
+            "--data-dir",
+        ])
+        .arg(&again)
+        .envs(hsm.env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(String::from_utf8_lossy(&out.stderr).contains("using the CA key 'ca'"));
+    let spki = |p: &Path| {
+        run_ok(
+            Command::new("openssl")
+                .args(["x509", "-noout", "-pubkey", "-in"])
+                .arg(p),
+        )
+    };
+    assert_eq!(
+        spki(&again.join("pki/ca.crt")),
+        spki(&gw.data.join("pki/ca.crt"))
+    );
+}
+
+/// A wrong PIN, a missing module, a removed key: `serve` refuses to start with a line that
+/// names the problem, and writes nothing (every file of the data directory unchanged).
+#[test]
+fn serve_refuses_a_broken_token_and_writes_nothing() {
+    let hsm = SoftHsm::new();
+    let mut gw = Gateway::start_full(&["--ca-key", &hsm.uri()], |_| {}, &hsm.env());
+    gw.create_identity("pending", "Device", false);
+    gw.stop();
+    let cfg_path = gw.data.join("enrollgate.toml");
+    let good = std::fs::read_to_string(&cfg_path).unwrap();
+    let serve = |cfg: &str| {
+        std::fs::write(&cfg_path, cfg).unwrap();
+        let before = contents(&gw.data);
+        let out = Command::new(BIN)
+            .args(["serve", "--config"])
+            .arg(&cfg_path)
+            .envs(hsm.env())
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert!(
+            contents(&gw.data) == before,
+            "serve changed the data directory"
+        );
+        let err = String::from_utf8_lossy(&out.stderr).into_owned();
+        assert!(!err.contains(PIN) && !err.contains("0000"), "{err}");
+        err
+    };
+
+    let wrong = hsm.dir.path().join("wrong-pin");
+    std::fs::write(&wrong, "0000\n").unwrap();
+    let err = serve(&good.replace(hsm.pin_file().to_str().unwrap(), wrong.to_str().unwrap()));
+    assert!(
+        err.contains("refused the PIN") && err.contains("wrong-pin"),
+        "{err}"
+    );
+
+    let err = serve(&good.replace(MODULE, "/usr/lib/softhsm/libnosuch.so"));
+    assert!(
+        err.contains("libnosuch.so") && err.contains("no such file"),
+        "{err}"
+    );
+
+    let err = serve(&good.replace("pin-source=", "pin-value=0000&x="));
+    assert!(err.contains("pin-source"), "{err}");
+
+    // The PIN from the environment: check-config opens the token with it, and names the
+    // variable when it is not set.
+    let from_env = good.replace(
+        &format!("pin-source={}", hsm.pin_file().display()),
+        "pin-source=env:ENROLLGATE_TEST_PIN",
+    );
+    assert_ne!(from_env, good);
+    std::fs::write(&cfg_path, &from_env).unwrap();
+    let check = |pin: Option<&str>| {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["check-config", "--config"])
+            .arg(&cfg_path)
+            .envs(hsm.env())
+            .env_remove("ENROLLGATE_TEST_PIN");
+        if let Some(pin) = pin {
+            cmd.env("ENROLLGATE_TEST_PIN", pin);
+        }
+        let out = cmd.output().unwrap();
+        (
+            out.status.success(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+        )
+    };
+    let (ok, out) = check(Some(PIN));
+    assert!(ok, "{out}");
+    let (ok, out) = check(None);
+    assert!(
+        !ok && out.contains("env:ENROLLGATE_TEST_PIN") && out.contains("not set"),
+        "{out}"
+    );
+    let err = serve(&from_env);
+    assert!(err.contains("env:ENROLLGATE_TEST_PIN"), "{err}");
+
+    hsm.remove_keys();
+    let err = serve(&good);
+    assert!(err.contains("holds no private key labelled 'ca'"), "{err}");
+}
