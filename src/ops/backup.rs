@@ -70,21 +70,20 @@ pub fn read_all(path: &Path) -> Result<Vec<Record>, BackupError> {
 /// Copies the store at `store` to a new store at `out`, which must not exist or be an empty
 /// directory (a mount point or a directory made for it beforehand).
 pub fn backup(store: &Path, out: &Path) -> Result<BackupSummary, BackupError> {
-    let existed = match std::fs::read_dir(out).map(|mut entries| entries.next().is_none()) {
-        Ok(true) => true,
-        Ok(false) => {
-            return Err(BackupError(format!(
-                "{} is not empty; choose a new or an empty directory",
-                out.display()
-            )))
+    let existed = match std::fs::symlink_metadata(out) {
+        Ok(meta) => {
+            check_given_directory(out, &meta)?;
+            let mut entries = std::fs::read_dir(out)
+                .map_err(|e| BackupError(format!("{}: {e}", out.display())))?;
+            if entries.next().is_some() {
+                return Err(BackupError(format!(
+                    "{} is not empty; choose a new or an empty directory",
+                    out.display()
+                )));
+            }
+            true
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => false,
-        Err(e) if e.kind() == std::io::ErrorKind::NotADirectory => {
-            return Err(BackupError(format!(
-                "{} is a file; choose a new or an empty directory",
-                out.display()
-            )))
-        }
         Err(e) => return Err(BackupError(format!("{}: {e}", out.display()))),
     };
     let records = read_all(store)?;
@@ -136,6 +135,33 @@ fn write_copy(out: &Path, records: &[Record]) -> Result<(), BackupError> {
     db.flush()?;
     drop(db);
     restrict(out)
+}
+
+/// An existing directory given for a backup must be one that only the user running the
+/// backup controls: a directory, not a symbolic link, owned by this user and not writable by
+/// group or others. Otherwise its owner (another user who made it in advance under /tmp,
+/// say) could read the copy, or plant a link in it, once the store is written there.
+fn check_given_directory(out: &Path, meta: &std::fs::Metadata) -> Result<(), BackupError> {
+    use std::os::unix::fs::MetadataExt as _;
+    let refuse = |why: &str| {
+        Err(BackupError(format!(
+            "{} {why}; choose a new directory, or an empty one of your own",
+            out.display()
+        )))
+    };
+    if meta.file_type().is_symlink() {
+        return refuse("is a symbolic link");
+    }
+    if !meta.is_dir() {
+        return refuse("is a file");
+    }
+    if meta.uid() != rustix::process::geteuid().as_raw() {
+        return refuse("belongs to another user");
+    }
+    if meta.mode() & 0o022 != 0 {
+        return refuse("is writable by group or others");
+    }
+    Ok(())
 }
 
 /// Makes the backup directory private (mode 0700): it holds live tokens.

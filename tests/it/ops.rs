@@ -289,6 +289,40 @@ fn backup_while_serving_fsck_and_restore() {
         std::fs::read_to_string(full.join("keep.txt")).unwrap(),
         "mine"
     );
+    // A directory others can write to, or a link to a directory, is refused as it is: its
+    // owner or a writer could read the copy, which holds live tokens.
+    let shared = dir.join("backup-shared");
+    std::fs::create_dir(&shared).unwrap();
+    std::fs::set_permissions(&shared, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = backup_to(&shared);
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is writable by group or others"),
+        "{out:?}"
+    );
+    assert_eq!(std::fs::read_dir(&shared).unwrap().count(), 0);
+    let target = dir.join("backup-target");
+    std::fs::create_dir(&target).unwrap();
+    std::os::unix::fs::symlink(&target, dir.join("backup-link")).unwrap();
+    let out = backup_to(&dir.join("backup-link"));
+    assert_eq!(out.status.code(), Some(1), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stderr).contains("is a symbolic link"),
+        "{out:?}"
+    );
+    assert_eq!(std::fs::read_dir(&target).unwrap().count(), 0);
+    // Another user's directory (made ready as root for the test, as CI runs).
+    if std::os::unix::fs::MetadataExt::uid(&std::fs::metadata(&target).unwrap()) == 0 {
+        let theirs = dir.join("backup-theirs");
+        std::fs::create_dir(&theirs).unwrap();
+        std::os::unix::fs::chown(&theirs, Some(65534), Some(65534)).unwrap();
+        let out = backup_to(&theirs);
+        assert_eq!(out.status.code(), Some(1), "{out:?}");
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains("belongs to another user"),
+            "{out:?}"
+        );
+    }
 
     // A change after the backup, then restore refused while the daemon holds the store.
     gw.create_identity("after-backup", "User", false);
