@@ -157,6 +157,11 @@ fn libclang_path_is_searched() {
     m.file("opt/llvm/lib/libclang.so.17");
     assert_eq!(m.missing(None), LIBCLANG);
     assert_eq!(m.missing(Some("/opt/llvm/lib")), Vec::<String>::new());
+    // clang-sys also takes the library file itself.
+    assert_eq!(
+        m.missing(Some("/opt/llvm/lib/libclang.so.17")),
+        Vec::<String>::new()
+    );
 }
 
 #[test]
