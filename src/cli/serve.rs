@@ -207,16 +207,18 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
         move || memory_signal.is_set(),
     )?;
 
-    // Certificate expiry gauges: counted at once, then every few minutes.
+    // Certificate expiry gauges: counted now, before the gateway is ready, then every few
+    // minutes.
     let expiry_registry = registry.clone();
+    let count_expiry = move || {
+        let (_, shared) = expiry_registry.current();
+        ops::expiry::scan(&shared.store, shared.clock.unix_now())
+    };
+    if let Err(e) = ops::expiry::count_now(&count_expiry) {
+        tracing::warn!(error = %e, "cannot count expiring certificates; the expiry gauges wait for the next count");
+    }
     let expiry_signal = signal.clone();
-    let expiry = ops::expiry::spawn_scanner(
-        move || {
-            let (_, shared) = expiry_registry.current();
-            ops::expiry::scan(&shared.store, shared.clock.unix_now())
-        },
-        move || expiry_signal.is_set(),
-    )?;
+    let expiry = ops::expiry::spawn_scanner(count_expiry, move || expiry_signal.is_set())?;
 
     let watchdog_notifier = notifier.clone();
     let watchdog_signal = signal.clone();

@@ -19,7 +19,7 @@ pub const SCAN_EVERY: Duration = Duration::from_secs(300);
 /// The windows the gauges count, in days.
 pub const WINDOWS_DAYS: [u64; 2] = [7, 30];
 
-const DAY: i64 = 86_400;
+const DAY: u64 = 86_400;
 
 /// Bound certificates by expiry, at one instant.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
@@ -33,13 +33,14 @@ pub struct ExpiryCounts {
     pub within: [u64; WINDOWS_DAYS.len()],
 }
 
-/// Whether the identity's certificate expires after `now` and within `window` of it.
+/// Whether the identity's certificate expires after `now` and within `window` of it: the
+/// one test behind the gauges, the API's `certExpiringWithin` and `identity list --expiring`.
 pub fn expires_within(identity: &Identity, now: UnixTime, window: Duration) -> bool {
-    identity.authenticator.as_ref().is_some_and(|a| {
-        a.not_after > now
-            && a.not_after
-                <= now.saturating_add(i64::try_from(window.as_secs()).unwrap_or(i64::MAX))
-    })
+    let window = i64::try_from(window.as_secs()).unwrap_or(i64::MAX);
+    identity
+        .authenticator
+        .as_ref()
+        .is_some_and(|a| a.not_after > now && a.not_after <= now.saturating_add(window))
 }
 
 impl ExpiryCounts {
@@ -54,7 +55,7 @@ impl ExpiryCounts {
             return;
         }
         for (count, days) in self.within.iter_mut().zip(WINDOWS_DAYS) {
-            if a.not_after <= now.saturating_add(days as i64 * DAY) {
+            if expires_within(identity, now, Duration::from_secs(days * DAY)) {
                 *count += 1;
             }
         }
@@ -71,9 +72,20 @@ pub fn scan(store: &Store, now: UnixTime) -> Result<ExpiryCounts, crate::store::
     Ok(counts)
 }
 
-/// Starts the scanner thread: `count` at once, then every [`SCAN_EVERY`], until `stop`
-/// returns true (checked every quarter second, so that shutdown never waits a period).
-/// `count` reads the store in force (a reload may change it) at the clock's `now`.
+/// Counts once and sets the gauges: `serve` does this before it is ready, so that the
+/// gauges hold the store's counts from the first scrape.
+pub fn count_now(
+    count: impl Fn() -> Result<ExpiryCounts, crate::store::StoreError>,
+) -> Result<ExpiryCounts, crate::store::StoreError> {
+    let counts = count()?;
+    crate::telemetry::certificate_expiry(&counts);
+    Ok(counts)
+}
+
+/// Starts the scanner thread: `count` every [`SCAN_EVERY`] (the first after one period:
+/// [`count_now`] did the first), until `stop` returns true (checked every quarter second,
+/// so that shutdown never waits a period). `count` reads the store in force (a reload may
+/// change it) at the clock's `now`.
 pub fn spawn_scanner(
     count: impl Fn() -> Result<ExpiryCounts, crate::store::StoreError> + Send + 'static,
     stop: impl Fn() -> bool + Send + 'static,
@@ -83,7 +95,15 @@ pub fn spawn_scanner(
         .spawn(move || {
             let tick = Duration::from_millis(250);
             let mut warned = false;
-            while !stop() {
+            loop {
+                let mut waited = Duration::ZERO;
+                while waited < SCAN_EVERY && !stop() {
+                    std::thread::sleep(tick);
+                    waited += tick;
+                }
+                if stop() {
+                    break;
+                }
                 let started = std::time::Instant::now();
                 match count() {
                     Ok(counts) => {
@@ -103,11 +123,6 @@ pub fn spawn_scanner(
                         warned = true;
                     }
                     Err(_) => {}
-                }
-                let mut waited = Duration::ZERO;
-                while waited < SCAN_EVERY && !stop() {
-                    std::thread::sleep(tick);
-                    waited += tick;
                 }
             }
         })
@@ -145,6 +160,7 @@ mod tests {
 
     #[test]
     fn certificates_are_counted_into_their_windows() {
+        const DAY: i64 = super::DAY as i64;
         let now = 1_000_000;
         let mut c = ExpiryCounts::default();
         for not_after in [
@@ -171,6 +187,7 @@ mod tests {
 
     #[test]
     fn the_filter_agrees_with_the_counts() {
+        const DAY: i64 = super::DAY as i64;
         let now = 50;
         let window = Duration::from_secs(7 * DAY as u64);
         assert!(!expires_within(&with_cert(None), now, window));

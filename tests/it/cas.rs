@@ -1374,11 +1374,23 @@ fn expiring_certificates_are_listed_and_counted() {
     let out = gw.cli(&["identity", "list", "--expiring", "a while"]);
     assert_eq!(out.status.code(), Some(2), "{out:?}");
 
-    // The gauges: counted at start (and every 5 minutes), so after a restart they hold
-    // the three devices and the admin identity (whose certificate lasts a year).
+    // The gauges: counted before the gateway is ready (and every 5 minutes), so after a
+    // restart they hold the three devices and the admin identity (whose certificate lasts
+    // a year).
     gw.stop();
     gw.spawn(&[]);
     let m = gw.metrics_text();
+    for series in [
+        "enrollgate_certificates_expiring{within=\"7d\"} ",
+        "enrollgate_certificates_expiring{within=\"30d\"} ",
+        "enrollgate_certificates_expired ",
+        "enrollgate_certificates_bound ",
+    ] {
+        assert!(
+            m.lines().any(|l| l.starts_with(series)),
+            "{series} not exported: {m}"
+        );
+    }
     assert_eq!(
         metric(&m, "enrollgate_certificates_expiring{within=\"7d\"}"),
         1.0,
