@@ -243,12 +243,17 @@ pub fn bound_identities(w: &WorkerCtx, id: &str) -> Result<Response, ApiError> {
         .map(|p| p.into_contents())
         .map_err(|_| ApiError::Unhandled("a stored CA certificate is not PEM".into()))?;
     let store = &w.shared.store;
-    // The CA recorded at binding; a record from before it was recorded counts when the CA
-    // signed its certificate itself (one issued through an intermediate cannot be told).
+    // The CA recorded at binding. A record from before it was recorded, or bound through a
+    // CA since deleted (a CA registered again under a renewed certificate, say), counts when
+    // this CA signed its certificate itself (one issued through an intermediate cannot be
+    // told: only the leaf is stored).
+    let registered: std::collections::HashSet<String> =
+        store.all_cas()?.into_iter().map(|c| c.id).collect();
     let enrolled = store.identities_where(&mut |i| {
         i.authenticator.as_ref().is_some_and(|a| match &a.ca_id {
-            Some(bound_by) => bound_by == id,
-            None => !a.issued_by_network && ca::issued_directly(&ca_der, &a.cert_pem),
+            Some(bound_by) if bound_by == id => true,
+            Some(bound_by) if registered.contains(bound_by) => false,
+            _ => !a.issued_by_network && ca::issued_directly(&ca_der, &a.cert_pem),
         })
     })?;
     let mut pending = Vec::new();

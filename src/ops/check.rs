@@ -22,6 +22,11 @@ pub fn check_config(path: &Path) -> Vec<Problem> {
         Ok(checked) => checked,
         Err(e) => return e.problems,
     };
+    // A key whose value is wrong was checked with its default in place: a problem found
+    // with that file would be about a file the operator never named.
+    let valued = out.len();
+    let wrong_values: std::collections::HashSet<String> =
+        out.iter().map(|p| p.key.clone()).collect();
     let tls_cert = crate::pki::read_cert_chain(&config.tls_cert)
         .map_err(|e| out.push(problem("tls.cert", e.to_string())))
         .ok();
@@ -84,5 +89,7 @@ pub fn check_config(path: &Path) -> Vec<Problem> {
             ),
         ));
     }
+    let files = out.split_off(valued);
+    out.extend(files.into_iter().filter(|p| !wrong_values.contains(&p.key)));
     out
 }
