@@ -135,6 +135,58 @@ fn enroll_and_verify(gw: &Gateway, tag: &str, n: usize) {
     });
 }
 
+/// `ottca` and `ca` enrollment on a gateway whose CA key is in the token.
+fn enroll_third_party(gw: &Gateway) {
+    use crate::fleet::{Fleet, Spec};
+    let fleet = Fleet::new("hsm-fleet");
+    let ca_id = fleet.register(gw, "hsm-fleet", true, true, true);
+    let r = fleet.device(&Spec::new("auto-1")).request(
+        gw,
+        "POST",
+        "/edge/client/v1/enroll?method=ca",
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = gw.mgmt(
+        "POST",
+        "/identities",
+        Some(
+            &serde_json::json!({"name": "plc-1", "type": "Device", "enrollment": {"ottca": ca_id}}),
+        ),
+    );
+    assert_eq!(r.status, 201, "{}", String::from_utf8_lossy(&r.body));
+    let token = r.json().unwrap()["data"]["enrollment"]["ottca"]["token"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let plc = fleet.device(&Spec::new("plc-1"));
+    let r = plc.request(
+        gw,
+        "POST",
+        &format!("/edge/client/v1/enroll?method=ottca&token={token}"),
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    let r = plc.request(
+        gw,
+        "POST",
+        "/edge/client/v1/authenticate?method=cert",
+        &[],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    // The admin's certificate was signed through the token at init: it authenticates too.
+    let r = gw.request_as(
+        &gw.admin_file(),
+        "POST",
+        "/edge/client/v1/authenticate?method=cert",
+        None,
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+}
+
 /// `init --ca-key pkcs11:...` generates the CA key inside the token; with the TLS and
 /// token keys passed as credentials, the data directory holds no private key at all, and
 /// the gateway issues certificates openssl accepts: at once, after a reload (new
@@ -154,6 +206,9 @@ fn the_ca_key_lives_only_in_softhsm2() {
     // The admin certificate init issued, signed in the token, manages.
     assert_eq!(gw.mgmt("GET", "/identities", None).status, 200);
     enroll_and_verify(&gw, "first", 6);
+    // The two methods that bind a third-party certificate work beside a CA key in the
+    // token, and so does authentication with a certificate the token signed.
+    enroll_third_party(&gw);
 
     // The TLS key and the token key out of the data directory, as credentials.
     gw.stop();
