@@ -98,6 +98,11 @@ fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
 /// Enrolls `n` devices with openssl CSRs, all at once, and checks each certificate with
 /// `openssl verify` against the CA certificate.
 fn enroll_and_verify(gw: &Gateway, tag: &str, n: usize) {
+    enroll_and_verify_with(gw, tag, n, &gw.data.join("pki/ca.crt"));
+}
+
+/// As [`enroll_and_verify`], checking the certificates against the CA certificate `ca`.
+fn enroll_and_verify_with(gw: &Gateway, tag: &str, n: usize, ca: &Path) {
     let pending: Vec<(String, String)> = (0..n)
         .map(|i| {
             let name = format!("{tag}-{i}");
@@ -126,7 +131,7 @@ fn enroll_and_verify(gw: &Gateway, tag: &str, n: usize) {
                     Command::new("openssl")
                         .arg("verify")
                         .arg("-CAfile")
-                        .arg(gw.data.join("pki/ca.crt"))
+                        .arg(ca)
                         .arg(&cert),
                 );
                 assert!(out.contains(": OK"), "{out}");
@@ -368,4 +373,72 @@ fn serve_refuses_a_broken_token_and_writes_nothing() {
     hsm.remove_keys();
     let err = serve(&good);
     assert!(err.contains("holds no private key labelled 'ca'"), "{err}");
+}
+
+/// Rotation: a new CA key made in the token (`init` on another data directory with a new
+/// object name), its certificate and URI put in the configuration, and a reload: new `ott`
+/// certificates are signed by the new key, and verify against the new CA only, while the
+/// listener keeps its certificate from the old CA (served through `tls.ca`).
+#[test]
+fn the_ca_key_rotates_to_a_new_key_in_the_token() {
+    let hsm = SoftHsm::new();
+    let gw = Gateway::start_full(&["--ca-key", &hsm.uri()], |_| {}, &hsm.env());
+    enroll_and_verify(&gw, "before", 2);
+
+    let next_uri = hsm.uri().replace("object=ca?", "object=ca-2026?");
+    let next = gw.dir.path().join("next");
+    let out = Command::new(BIN)
+        .args([
+            "init",
+            "--listen",
+            "127.0.0.1:0",
+            "--ca-key",
+            &next_uri,
+            "--data-dir",
+        ])
+        .arg(&next)
+        .envs(hsm.env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let new_ca = gw.data.join("pki/ca-2026.crt");
+    std::fs::copy(next.join("pki/ca.crt"), &new_ca).unwrap();
+    let cfg_path = gw.data.join("enrollgate.toml");
+    let cfg = std::fs::read_to_string(&cfg_path).unwrap();
+    let old_key_line = cfg
+        .lines()
+        .find(|l| l.starts_with("ca_key = "))
+        .unwrap()
+        .to_string();
+    let cfg = cfg
+        .replace(&old_key_line, &format!("ca_key = \"{next_uri}\""))
+        .replace("ca_cert = \"pki/ca.crt\"", "ca_cert = \"pki/ca-2026.crt\"")
+        .replace("# ca = \"web-ca.pem\"", "ca = \"pki/ca.crt\"");
+    std::fs::write(&cfg_path, cfg).unwrap();
+    gw.signal("HUP");
+    gw.wait_log("configuration reloaded");
+
+    enroll_and_verify_with(&gw, "after", 2, &new_ca);
+    // The old CA does not verify what the new key signed.
+    let refused = Command::new("openssl")
+        .arg("verify")
+        .arg("-CAfile")
+        .arg(gw.data.join("pki/ca.crt"))
+        .arg(gw.dir.path().join("after-0.crt"))
+        .output()
+        .unwrap();
+    assert!(!refused.status.success(), "{refused:?}");
+    // The two keys are distinct objects in the token.
+    let spki = |p: &Path| {
+        run_ok(
+            Command::new("openssl")
+                .args(["x509", "-noout", "-pubkey", "-in"])
+                .arg(p),
+        )
+    };
+    assert_ne!(spki(&new_ca), spki(&gw.data.join("pki/ca.crt")));
 }
