@@ -428,18 +428,9 @@ impl Checker {
 }
 
 impl Config {
-    /// Reads and validates the file at `path`.
+    /// Reads and validates the file at `path`: every problem, or the configuration.
     pub fn load(path: &Path) -> Result<Self, ConfigError> {
-        let fail = |message: String| ConfigError {
-            path: path.to_path_buf(),
-            problems: vec![Problem {
-                key: "(file)".into(),
-                message,
-            }],
-        };
-        let text = std::fs::read_to_string(path).map_err(|e| fail(e.to_string()))?;
-        let (raw, problems) = raw::parse(&text).map_err(fail)?;
-        Self::from_raw(path, raw, problems)
+        Self::settled(path, Self::load_lenient(path)?)
     }
 
     /// Reads the file at `path` and validates what it can: the configuration, with the
@@ -465,7 +456,12 @@ impl Config {
         raw: raw::RawConfig,
         parsed: Vec<(String, String)>,
     ) -> Result<Self, ConfigError> {
-        match Self::checked(path, raw, parsed) {
+        Self::settled(path, Self::checked(path, raw, parsed))
+    }
+
+    /// The configuration when nothing was found wrong with it, else every problem.
+    fn settled(path: &Path, checked: (Self, Vec<Problem>)) -> Result<Self, ConfigError> {
+        match checked {
             (config, problems) if problems.is_empty() => Ok(config),
             (_, problems) => Err(ConfigError {
                 path: path.to_path_buf(),
