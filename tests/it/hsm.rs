@@ -113,20 +113,7 @@ fn enroll_and_verify_with(gw: &Gateway, tag: &str, n: usize, ca: &Path) {
     std::thread::scope(|s| {
         for (name, token) in &pending {
             s.spawn(move || {
-                let (_, csr) = openssl_csr(
-                    gw.dir.path(),
-                    name,
-                    &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
-                );
-                let resp = gw.request(
-                    "POST",
-                    &format!("/enroll?method=ott&token={token}"),
-                    &[("Accept", "application/x-pem-file")],
-                    &std::fs::read(&csr).unwrap(),
-                );
-                assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
-                let cert = gw.dir.path().join(format!("{name}.crt"));
-                std::fs::write(&cert, &resp.body).unwrap();
+                let cert = ott_cert(gw, name, token);
                 let out = run_ok(
                     Command::new("openssl")
                         .arg("verify")
@@ -138,6 +125,39 @@ fn enroll_and_verify_with(gw: &Gateway, tag: &str, n: usize, ca: &Path) {
             });
         }
     });
+}
+
+/// `enrollgate init` of a data directory `dir` with the CA key `uri` in the token; its
+/// output, once it succeeded.
+fn init_on_token(hsm: &SoftHsm, uri: &str, dir: &Path) -> std::process::Output {
+    let out = Command::new(BIN)
+        .args([
+            "init",
+            "--listen",
+            "127.0.0.1:0",
+            "--ca-key",
+            uri,
+            "--data-dir",
+        ])
+        .arg(dir)
+        .envs(hsm.env())
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    out
+}
+
+/// The public key of the certificate at `path`, as openssl prints it.
+fn spki(path: &Path) -> String {
+    run_ok(
+        Command::new("openssl")
+            .args(["x509", "-noout", "-pubkey", "-in"])
+            .arg(path),
+    )
 }
 
 /// `ottca` and `ca` enrollment on a gateway whose CA key is in the token.
@@ -259,32 +279,8 @@ fn the_ca_key_lives_only_in_softhsm2() {
 
     // Another data directory on the same token: the existing key is used, not replaced.
     let again = gw.dir.path().join("again");
-    let out = Command::new(BIN)
-        .args([
-            "init",
-            "--listen",
-            "127.0.0.1:0",
-            "--ca-key",
-            &uri,
-            "--data-dir",
-        ])
-        .arg(&again)
-        .envs(hsm.env())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = init_on_token(&hsm, &uri, &again);
     assert!(String::from_utf8_lossy(&out.stderr).contains("using the CA key 'ca'"));
-    let spki = |p: &Path| {
-        run_ok(
-            Command::new("openssl")
-                .args(["x509", "-noout", "-pubkey", "-in"])
-                .arg(p),
-        )
-    };
     assert_eq!(
         spki(&again.join("pki/ca.crt")),
         spki(&gw.data.join("pki/ca.crt"))
@@ -387,24 +383,7 @@ fn the_ca_key_rotates_to_a_new_key_in_the_token() {
 
     let next_uri = hsm.uri().replace("object=ca?", "object=ca-2026?");
     let next = gw.dir.path().join("next");
-    let out = Command::new(BIN)
-        .args([
-            "init",
-            "--listen",
-            "127.0.0.1:0",
-            "--ca-key",
-            &next_uri,
-            "--data-dir",
-        ])
-        .arg(&next)
-        .envs(hsm.env())
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    init_on_token(&hsm, &next_uri, &next);
     let new_ca = gw.data.join("pki/ca-2026.crt");
     std::fs::copy(next.join("pki/ca.crt"), &new_ca).unwrap();
     let cfg_path = gw.data.join("enrollgate.toml");
@@ -433,12 +412,5 @@ fn the_ca_key_rotates_to_a_new_key_in_the_token() {
         .unwrap();
     assert!(!refused.status.success(), "{refused:?}");
     // The two keys are distinct objects in the token.
-    let spki = |p: &Path| {
-        run_ok(
-            Command::new("openssl")
-                .args(["x509", "-noout", "-pubkey", "-in"])
-                .arg(p),
-        )
-    };
     assert_ne!(spki(&new_ca), spki(&gw.data.join("pki/ca.crt")));
 }

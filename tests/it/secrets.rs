@@ -330,20 +330,7 @@ fn keys_passed_as_systemd_credentials() {
     let creds_s = creds.to_str().unwrap().to_string();
     gw.spawn(&[("CREDENTIALS_DIRECTORY", &creds_s)]);
     let (_, _, token) = gw.create_identity("cred-dev", "Device", false);
-    let (_, csr) = openssl_csr(
-        gw.dir.path(),
-        "cred-dev",
-        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
-    );
-    let resp = gw.request(
-        "POST",
-        &format!("/enroll?method=ott&token={token}"),
-        &[("Accept", "application/x-pem-file")],
-        &std::fs::read(&csr).unwrap(),
-    );
-    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
-    let cert = gw.dir.path().join("cred-dev.crt");
-    std::fs::write(&cert, &resp.body).unwrap();
+    let cert = ott_cert(&gw, "cred-dev", &token);
     let out = run_ok(
         Command::new("openssl")
             .arg("verify")

@@ -377,6 +377,27 @@ pub fn openssl_csr(dir: &Path, name: &str, keyspec: &[&str]) -> (PathBuf, PathBu
     (key, csr)
 }
 
+/// Redeems `token` by `ott` with a fresh P-256 key and CSR made by openssl (files named
+/// `name` in the gateway's temporary directory); writes the issued certificate (PEM) to
+/// `<name>.crt` there and returns its path.
+pub fn ott_cert(gw: &Gateway, name: &str, token: &str) -> PathBuf {
+    let (_, csr) = openssl_csr(
+        gw.dir.path(),
+        name,
+        &["-algorithm", "EC", "-pkeyopt", "ec_paramgen_curve:P-256"],
+    );
+    let resp = gw.request(
+        "POST",
+        &format!("/enroll?method=ott&token={token}"),
+        &[("Accept", "application/x-pem-file")],
+        &std::fs::read(&csr).expect("csr"),
+    );
+    assert_eq!(resp.status, 200, "{}", String::from_utf8_lossy(&resp.body));
+    let cert = gw.dir.path().join(format!("{name}.crt"));
+    std::fs::write(&cert, &resp.body).expect("write cert");
+    cert
+}
+
 /// The error code of an error response.
 pub fn code(resp: &HttpResponse) -> String {
     resp.api_error().map(|(c, _)| c).unwrap_or_else(|| {
