@@ -76,25 +76,6 @@ impl SoftHsm {
     }
 }
 
-/// Every file under `dir` with its bytes, sorted by path.
-fn contents(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else {
-                let bytes = std::fs::read(&path).unwrap();
-                out.push((path, bytes));
-            }
-        }
-    }
-    out.sort();
-    out
-}
-
 /// Enrolls `n` devices with openssl CSRs, all at once, and checks each certificate with
 /// `openssl verify` against the CA certificate.
 fn enroll_and_verify(gw: &Gateway, tag: &str, n: usize) {
@@ -265,7 +246,7 @@ fn the_ca_key_lives_only_in_softhsm2() {
     gw.wait_log("configuration reloaded");
     enroll_and_verify(&gw, "reloaded", 4);
 
-    for (path, bytes) in contents(&gw.data)
+    for (path, bytes) in files_under(&gw.data)
         .into_iter()
         .filter(|(p, _)| !p.ends_with("admin.json"))
     {
@@ -299,7 +280,7 @@ fn serve_refuses_a_broken_token_and_writes_nothing() {
     let good = std::fs::read_to_string(&cfg_path).unwrap();
     let serve = |cfg: &str| {
         std::fs::write(&cfg_path, cfg).unwrap();
-        let before = contents(&gw.data);
+        let before = files_under(&gw.data);
         let out = Command::new(BIN)
             .args(["serve", "--config"])
             .arg(&cfg_path)
@@ -308,7 +289,7 @@ fn serve_refuses_a_broken_token_and_writes_nothing() {
             .unwrap();
         assert!(!out.status.success());
         assert!(
-            contents(&gw.data) == before,
+            files_under(&gw.data) == before,
             "serve changed the data directory"
         );
         let err = String::from_utf8_lossy(&out.stderr).into_owned();

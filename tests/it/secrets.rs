@@ -1,6 +1,6 @@
 //! Secrets at rest: what a copy of the data directory or a backup gives away.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::Command;
 
 use base64::Engine as _;
@@ -8,24 +8,6 @@ use enrollgate::model::{Identity, IdentityType};
 use enrollgate::store::{keys, Store};
 
 use crate::support::*;
-
-/// Every file under `dir`, read whole (a file that vanished while a live store was read,
-/// such as a WAL being recycled, is skipped).
-fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
-    let mut out = Vec::new();
-    let mut dirs = vec![dir.to_path_buf()];
-    while let Some(d) = dirs.pop() {
-        for e in std::fs::read_dir(&d).unwrap().flatten() {
-            let path = e.path();
-            if path.is_dir() {
-                dirs.push(path);
-            } else if let Ok(bytes) = std::fs::read(&path) {
-                out.push((path, bytes));
-            }
-        }
-    }
-    out
-}
 
 /// The forms a token could be found in: itself, the JWT that carries it (and its claims
 /// segment), the token's bytes, and the base64 of each of these in both alphabets.

@@ -377,6 +377,25 @@ pub fn openssl_csr(dir: &Path, name: &str, keyspec: &[&str]) -> (PathBuf, PathBu
     (key, csr)
 }
 
+/// Every file under `dir` with its bytes, sorted by path (a file that vanished while a
+/// live store was read, such as a WAL being recycled, is skipped).
+pub fn files_under(dir: &Path) -> Vec<(PathBuf, Vec<u8>)> {
+    let mut out = Vec::new();
+    let mut dirs = vec![dir.to_path_buf()];
+    while let Some(d) = dirs.pop() {
+        for e in std::fs::read_dir(&d).expect("read_dir").flatten() {
+            let path = e.path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else if let Ok(bytes) = std::fs::read(&path) {
+                out.push((path, bytes));
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
 /// Redeems `token` by `ott` with a fresh P-256 key and CSR made by openssl (files named
 /// `name` in the gateway's temporary directory); writes the issued certificate (PEM) to
 /// `<name>.crt` there and returns its path.
