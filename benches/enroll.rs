@@ -296,6 +296,7 @@ fn identity(i: u64) -> Identity {
         created_at: NOW,
         updated_at: NOW,
         enrollment_id: None,
+        lifecycle: Default::default(),
         authenticator: None,
     }
 }

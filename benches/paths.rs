@@ -119,6 +119,7 @@ impl Gateway {
             created_at: t,
             updated_at: t,
             enrollment_id: None,
+            lifecycle: Default::default(),
             authenticator: None,
         };
         let enrollment = Enrollment {

@@ -641,6 +641,7 @@ fn enroll_ca_name(ca: &Ca, leaf: &[u8]) {
         created_at: NOW,
         updated_at: NOW,
         enrollment_id: None,
+        lifecycle: Default::default(),
         authenticator: Some(authenticator),
     };
     let view = api::views::identity(&identity, None);

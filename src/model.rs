@@ -128,6 +128,71 @@ pub struct Identity {
     pub enrollment_id: Option<String>,
     /// The bound certificate, once enrolled.
     pub authenticator: Option<Authenticator>,
+    /// Renewal and suspension state; empty (and not stored) for most identities.
+    #[serde(default, skip_serializing_if = "Lifecycle::is_empty")]
+    pub lifecycle: Lifecycle,
+}
+
+/// How a renewed certificate becomes an identity's active one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Activation {
+    /// By `extend-verify` with the new certificate, as OpenZiti's clients renew.
+    Verify,
+    /// By the new certificate's first use (EST `simplereenroll`): an answer lost in
+    /// transit cannot lock the device out, since its old certificate works until then.
+    FirstUse,
+}
+
+/// A certificate issued to renew an identity's, bound to the identity (indexed like the
+/// active one, I1) but not yet active: it authenticates nothing until activated.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Renewal {
+    /// The new certificate.
+    pub authenticator: Authenticator,
+    /// What activates it.
+    pub activation: Activation,
+}
+
+/// An identity suspended by an admin: it cannot authenticate, renew or enroll.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Suspension {
+    /// When it was disabled.
+    pub since: UnixTime,
+    /// When it ends by itself; `None`: until enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub until: Option<UnixTime>,
+}
+
+impl Suspension {
+    /// Whether the suspension holds at `now`.
+    pub fn holds_at(&self, now: UnixTime) -> bool {
+        self.until.is_none_or(|until| now < until)
+    }
+}
+
+/// What happens to an enrolled identity's certificate after enrollment.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Lifecycle {
+    /// A renewed certificate waiting to replace the active one (at most one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal: Option<Renewal>,
+    /// An admin asked the identity to renew its certificate (`isCertExtendRequested`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub extend_requested: bool,
+    /// ... with a new key (`isCertKeyRollRequested`).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub key_roll_requested: bool,
+    /// Set while an admin has disabled the identity.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disabled: Option<Suspension>,
+}
+
+impl Lifecycle {
+    /// Nothing to record: an identity that never renewed nor was disabled.
+    pub fn is_empty(&self) -> bool {
+        *self == Self::default()
+    }
 }
 
 impl Identity {
@@ -135,6 +200,19 @@ impl Identity {
     /// waiting for its token cannot authenticate yet).
     pub fn manages(&self) -> bool {
         self.is_admin && self.authenticator.is_some()
+    }
+
+    /// Every certificate bound to this identity and indexed to it (I1): the active one and
+    /// a renewal's, while one is pending.
+    pub fn certificates(&self) -> impl Iterator<Item = &Authenticator> {
+        self.authenticator
+            .iter()
+            .chain(self.lifecycle.renewal.iter().map(|r| &r.authenticator))
+    }
+
+    /// Whether an admin's suspension holds at `now`.
+    pub fn is_disabled_at(&self, now: UnixTime) -> bool {
+        self.lifecycle.disabled.is_some_and(|d| d.holds_at(now))
     }
 }
 

@@ -31,6 +31,9 @@ pub enum AuthError {
     /// Not bound to an identity.
     #[error("this certificate is not bound to any identity")]
     Unbound,
+    /// A renewal's certificate, not activated yet (`extend-verify` activates it).
+    #[error("this certificate renews this identity's and is not active yet: verify it first")]
+    NotYetActive,
     /// Outside its validity.
     #[error("this certificate is expired or not yet valid")]
     OutsideValidity,
@@ -54,7 +57,14 @@ pub fn authenticate(w: &WorkerCtx, peer: &Peer, now: UnixTime) -> Result<Identit
         .identity_by_fingerprint(fp)
         .map_err(|e| AuthError::Store(e.to_string()))?
         .ok_or(AuthError::Unbound)?;
-    let auth = identity.authenticator.as_ref().ok_or(AuthError::Unbound)?;
+    let auth = identity
+        .authenticator
+        .as_ref()
+        .filter(|a| a.fingerprint_sha256 == fp)
+        .ok_or_else(|| match &identity.lifecycle.renewal {
+            Some(r) if r.authenticator.fingerprint_sha256 == fp => AuthError::NotYetActive,
+            _ => AuthError::Unbound,
+        })?;
     if now < auth.not_before || now >= auth.not_after {
         return Err(AuthError::OutsideValidity);
     }

@@ -323,6 +323,7 @@ async fn enroll_ca(
         created_at: now,
         updated_at: now,
         enrollment_id: None,
+        lifecycle: Default::default(),
         authenticator: Some(authenticator),
     };
     // Charged once the request could succeed (after the bound check and the name's), so a

@@ -373,6 +373,7 @@ async fn create_identity(w: &WorkerCtx, req: &Request) -> Result<Response, ApiEr
         created_at: now,
         updated_at: now,
         enrollment_id: None,
+        lifecycle: Default::default(),
         authenticator: None,
     };
     let outcome = w

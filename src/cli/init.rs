@@ -230,6 +230,7 @@ fn create_all(
         created_at: now,
         updated_at: now,
         enrollment_id: None,
+        lifecycle: Default::default(),
         authenticator: Some(
             fingerprint::authenticator(&cert.der, true, Method::Ott, now)
                 .ok_or_else(|| CliError::new("the admin certificate does not parse"))?,

@@ -143,6 +143,7 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             enrollment_id: None,
+            lifecycle: Default::default(),
             authenticator: not_after.map(|not_after| Authenticator {
                 fingerprint_sha256: String::new(),
                 fingerprint_sha1: String::new(),

@@ -147,7 +147,7 @@ pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
     for (fp, id) in &fingerprints {
         match identities.get(id) {
             None => violations.push(bad("I5", format!("certificate {fp} points at missing identity {id}"))),
-            Some(i) if i.authenticator.as_ref().map(|a| a.fingerprint_sha256.as_str()) != Some(fp.as_str()) => {
+            Some(i) if !i.certificates().any(|a| a.fingerprint_sha256 == *fp) => {
                 violations.push(bad("I1", format!("certificate {fp} points at identity {id}, which is bound to another certificate")))
             }
             Some(_) => {}
@@ -159,7 +159,7 @@ pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
                 "I5",
                 format!("certificate content {tbs} points at missing identity {id}"),
             )),
-            Some(i) if i.authenticator.as_ref().map(|a| a.tbs_sha256.as_str()) != Some(tbs.as_str()) => {
+            Some(i) if !i.certificates().any(|a| a.tbs_sha256 == *tbs) => {
                 violations.push(bad("I1", format!("certificate content {tbs} points at identity {id}, which is bound to another certificate")))
             }
             Some(_) => {}
@@ -169,16 +169,17 @@ pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
     // content of a record from before the content index (empty hash) is read from its PEM.
     let mut by_content: BTreeMap<String, Vec<&str>> = BTreeMap::new();
     for (id, i) in &identities {
-        let Some(a) = &i.authenticator else { continue };
-        let content = if a.tbs_sha256.is_empty() {
-            ::pem::parse(&a.cert_pem)
-                .ok()
-                .and_then(|p| crate::pki::fingerprint::tbs_sha256_hex(p.contents()))
-        } else {
-            Some(a.tbs_sha256.clone())
-        };
-        if let Some(c) = content {
-            by_content.entry(c).or_default().push(id);
+        for a in i.certificates() {
+            let content = if a.tbs_sha256.is_empty() {
+                ::pem::parse(&a.cert_pem)
+                    .ok()
+                    .and_then(|p| crate::pki::fingerprint::tbs_sha256_hex(p.contents()))
+            } else {
+                Some(a.tbs_sha256.clone())
+            };
+            if let Some(c) = content {
+                by_content.entry(c).or_default().push(id);
+            }
         }
     }
     for (content, ids) in &by_content {
@@ -196,11 +197,7 @@ pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
         // An empty content hash is a record from before the content index, which the
         // store indexes when it is next opened (unless another identity holds its
         // certificate: reported above).
-        if let Some(a) = i
-            .authenticator
-            .as_ref()
-            .filter(|a| !a.tbs_sha256.is_empty())
-        {
+        for a in i.certificates().filter(|a| !a.tbs_sha256.is_empty()) {
             if contents.get(&a.tbs_sha256) != Some(id) {
                 violations.push(bad(
                     "I1",
@@ -211,7 +208,7 @@ pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
                 ));
             }
         }
-        if let Some(a) = &i.authenticator {
+        for a in i.certificates() {
             if fingerprints.get(&a.fingerprint_sha256) != Some(id) {
                 violations.push(bad(
                     "I5",
@@ -366,6 +363,7 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             enrollment_id: eid.map(Into::into),
+            lifecycle: Default::default(),
             authenticator: fp.map(|fp| Authenticator {
                 fingerprint_sha256: fp.into(),
                 fingerprint_sha1: String::new(),

@@ -11,7 +11,9 @@ use std::collections::HashMap;
 use super::{get_json, keys, pending_by_token, Snapshot, StoreError};
 use crate::clock::UnixTime;
 use crate::enroll::{check_token, EnrollError};
-use crate::model::{Authenticator, Ca, Enrollment, Identity, Method};
+use crate::model::{Authenticator, Ca, Enrollment, Identity, Method, Renewal};
+
+mod lifecycle;
 
 /// Suffixes tried for a colliding auto-enrolled name (`dev-7-000001` ... `dev-7-999999`).
 pub const MAX_NAME_SUFFIX: u32 = 999_999;
@@ -88,6 +90,43 @@ pub enum Command {
         /// The time.
         now: UnixTime,
     },
+    /// Bind a renewed certificate to an enrolled identity beside its active one, not yet
+    /// active (OpenZiti's `extend`, EST's `simplereenroll`). It replaces a renewal still
+    /// pending, whose certificate is unbound.
+    Renew {
+        /// The identity.
+        identity_id: String,
+        /// The fingerprint of the certificate the request presented: it must still be the
+        /// active one (a renewal decided on a stale read is refused).
+        current_sha256: String,
+        /// The new certificate and what activates it.
+        renewal: Renewal,
+        /// The time of the decision.
+        now: UnixTime,
+    },
+    /// Make the pending renewal's certificate the active one and unbind the old one, in one
+    /// write; clears an admin's request to renew.
+    Activate {
+        /// The identity.
+        identity_id: String,
+        /// The renewal's certificate (SHA-256 fingerprint): a stale or replayed activation
+        /// of another certificate is refused.
+        fingerprint_sha256: String,
+        /// The time of the decision.
+        now: UnixTime,
+    },
+    /// An admin asks an identity to renew its certificate (`isCertExtendRequested`), with a
+    /// new key (`isCertKeyRollRequested`), or withdraws the request (both false).
+    RequestExtend {
+        /// The identity.
+        identity_id: String,
+        /// Ask for a renewal.
+        extend: bool,
+        /// Ask for a new key (implies `extend`).
+        key_roll: bool,
+        /// The time of the request.
+        now: UnixTime,
+    },
     /// Delete a CA. Identities bound to its certificates stay, but can no longer
     /// authenticate; pending `ottca` enrollments for it can no longer be redeemed.
     DeleteCa {
@@ -119,6 +158,9 @@ impl std::fmt::Debug for Command {
             Self::UpdateCa { id, .. } => write!(f, "UpdateCa({id})"),
             Self::VerifyCa { id, .. } => write!(f, "VerifyCa({id})"),
             Self::DeleteCa { id } => write!(f, "DeleteCa({id})"),
+            Self::Renew { identity_id, .. } => write!(f, "Renew({identity_id})"),
+            Self::Activate { identity_id, .. } => write!(f, "Activate({identity_id})"),
+            Self::RequestExtend { identity_id, .. } => write!(f, "RequestExtend({identity_id})"),
         }
     }
 }
@@ -329,6 +371,23 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
                 now,
             } => self.verify_ca(&id, &verification_token, now),
             Command::DeleteCa { id } => self.delete_ca(&id),
+            Command::Renew {
+                identity_id,
+                current_sha256,
+                renewal,
+                now,
+            } => self.renew(&identity_id, &current_sha256, renewal, now),
+            Command::Activate {
+                identity_id,
+                fingerprint_sha256,
+                now,
+            } => self.activate(&identity_id, &fingerprint_sha256, now),
+            Command::RequestExtend {
+                identity_id,
+                extend,
+                key_roll,
+                now,
+            } => self.request_extend(&identity_id, extend, key_roll, now),
         }
     }
 
@@ -685,7 +744,7 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
         if identity.manages() {
             writes.push(Write::Delete(keys::admin(id)));
         }
-        if let Some(auth) = &identity.authenticator {
+        for auth in identity.certificates() {
             writes.extend(keys::bound(auth).into_iter().map(Write::Delete));
         }
         writes.extend(self.retire_pending(&identity)?);
@@ -741,6 +800,7 @@ mod tests {
             created_at: 100,
             updated_at: 100,
             enrollment_id: None,
+            lifecycle: Default::default(),
             authenticator: None,
         }
     }
@@ -843,6 +903,7 @@ mod tests {
         let enrolled = |map: &mut Map, id: &str| {
             let admin = Identity {
                 is_admin: true,
+                lifecycle: Default::default(),
                 authenticator: Some(auth(&format!("fp-{id}"))),
                 ..identity(id, &format!("admin-{id}"))
             };
@@ -895,6 +956,7 @@ mod tests {
         // Created enrolled, as init makes its admin.
         let first = Identity {
             is_admin: true,
+            lifecycle: Default::default(),
             authenticator: Some(auth("fp-a1")),
             ..identity("a1", "admin-1")
         };
@@ -941,6 +1003,7 @@ mod tests {
         // upgrade): not in the index, found by the scan before a refusal.
         let unindexed = Identity {
             is_admin: true,
+            lifecycle: Default::default(),
             authenticator: Some(auth("fp-a3")),
             ..identity("a3", "admin-3")
         };

@@ -326,6 +326,7 @@ mod tests {
             created_at: 0,
             updated_at: 0,
             enrollment_id: None,
+            lifecycle: Default::default(),
             authenticator: None,
         }
     }

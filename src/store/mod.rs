@@ -681,6 +681,7 @@ mod tests {
             created_at: 1,
             updated_at: 1,
             enrollment_id: None,
+            lifecycle: Default::default(),
             authenticator: Some(auth),
         }
     }
@@ -768,6 +769,7 @@ mod tests {
                 created_at: 1,
                 updated_at: 1,
                 enrollment_id: Some("e1".into()),
+                lifecycle: Default::default(),
                 authenticator: None,
             };
             db.put(keys::identity("i1"), serde_json::to_vec(&identity).unwrap())
@@ -837,6 +839,7 @@ mod tests {
             };
             let pending = Identity {
                 is_admin: true,
+                lifecycle: Default::default(),
                 authenticator: None,
                 ..bound_identity("pending", cert.der())
             };

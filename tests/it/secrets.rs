@@ -159,6 +159,7 @@ fn old_pending(store: &Store, name: &str, token: &str, jwt: &str) -> (String, St
         created_at: 1,
         updated_at: 1,
         enrollment_id: Some(eid.clone()),
+        lifecycle: Default::default(),
         authenticator: None,
     };
     let db = store.db();
