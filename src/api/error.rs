@@ -65,6 +65,9 @@ pub enum ApiError {
     /// (e.g. refreshing a token of an identity that has already enrolled).
     #[error("{0}")]
     InvalidState(String),
+    /// `CERT_NOT_RENEWABLE` 409: a third-party CA issued the certificate; it renews it.
+    #[error("{0}")]
+    NotRenewable(String),
     /// `INVALID_AUTH` 401: `/authenticate` with a certificate that does not authenticate.
     #[error("{0}")]
     InvalidAuth(String),
@@ -136,6 +139,7 @@ impl ApiError {
             Self::CouldNotParseBody(_) => (400, "COULD_NOT_PARSE_BODY"),
             Self::InvalidParameter(_) => (400, "INVALID_PARAMETER"),
             Self::InvalidState(_) => (409, "INVALID_STATE"),
+            Self::NotRenewable(_) => (409, "CERT_NOT_RENEWABLE"),
             Self::InvalidAuth(_) => (401, "INVALID_AUTH"),
             Self::Unauthorized(_) => (401, "UNAUTHORIZED"),
             Self::NotFound(_) => (404, "NOT_FOUND"),

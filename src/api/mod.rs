@@ -8,6 +8,7 @@ pub mod current;
 pub mod error;
 pub mod filter;
 pub mod management;
+pub mod renew;
 pub mod views;
 
 use crate::app::WorkerCtx;
