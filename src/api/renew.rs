@@ -136,7 +136,7 @@ mod tests {
             .unwrap()
             .self_signed(&key)
             .unwrap();
-        let spki = |k: &rcgen::KeyPair| k.public_key_der();
+        let spki = |k: &rcgen::KeyPair| rcgen::PublicKeyData::subject_public_key_info(k);
         assert!(same_key(&cert.pem(), &spki(&key)));
         assert!(!same_key(&cert.pem(), &spki(&other)));
         assert!(!same_key("not a pem", &spki(&key)));
