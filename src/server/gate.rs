@@ -22,7 +22,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
 
-use super::conn::Idle;
+use super::idle::Idle;
 use super::turns::{Turn, Turns};
 use crate::ops::memory::{MemoryGuard, FLOOR_PER_WORKER};
 
@@ -100,7 +100,7 @@ impl Gate {
         // Here the gate is at the ceiling (pump admits while there is room).
         let turn = self.waiting.join();
         self.memory.wait_started();
-        idle.close_oldest();
+        idle.close_oldest(std::time::Instant::now());
         self.start_ticking(idle);
         let waiter = Waiter {
             gate: self.clone(),
@@ -127,7 +127,7 @@ impl Gate {
                 let shed = (gate.memory.excess() + gate.waiting())
                     .min(gate.admitted.get().saturating_sub(FLOOR_PER_WORKER));
                 for _ in 0..shed {
-                    if !idle.close_oldest() {
+                    if !idle.close_oldest(std::time::Instant::now()) {
                         break;
                     }
                 }

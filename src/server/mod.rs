@@ -6,7 +6,10 @@
 //! server on port 0 in-process or through the binary alike.
 
 pub mod conn;
+mod eviction;
 pub mod gate;
+pub mod handshakes;
+pub mod idle;
 pub mod listener;
 pub mod tls;
 mod turns;

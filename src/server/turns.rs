@@ -1,5 +1,5 @@
 //! A first-come queue of connections waiting for a place: the memory gate
-//! ([`super::gate`]) and the handshake table ([`super::conn::Handshakes`]) each keep one.
+//! ([`super::gate`]) and the handshake table ([`super::handshakes::Handshakes`]) each keep one.
 //! The owner decides when there is room and grants the oldest turn; a connection that
 //! gives up leaves the queue, so nobody is granted a place for it.
 

@@ -109,10 +109,10 @@ pub fn run(
         let tables = Rc::new(conn::Tables::new(view.ctx().shared.memory.clone()));
         let (warn_limit, warn_accept) = (Throttle::default(), Throttle::default());
         let paused = Cell::new(0u64);
-        let owed = conn::Owed::default();
+        let owed = super::idle::Owed::default();
         loop {
             let limits = view.ctx().shared.config.limits;
-            owed.settle(&tables.idle, open.get(), limits.max_connections);
+            owed.settle(&tables.idle, open.get(), limits.max_connections, Instant::now());
             // At max_connections a newcomer, once accepted, closes the connection that has
             // waited longest for its client (idle, or a slow request past its grace; it
             // closes as soon as this task yields); nothing is closed ahead of a newcomer.
@@ -121,7 +121,7 @@ pub fn run(
             // nothing is accepted only to be dropped.
             let gate_full = tables.gate.waiting() >= limits.max_handshakes;
             let at_limit = !gate_full && open.get() >= limits.max_connections;
-            let full = at_limit && !tables.idle.has_room();
+            let full = at_limit && !tables.idle.has_room(Instant::now());
             if full || gate_full {
                 if full {
                     paused.set(paused.get() + 1);
@@ -155,7 +155,7 @@ pub fn run(
                         // arrived): the newcomer is then kept, one over the limit, and the
                         // next room goes to it (`Owed`).
                         if at_limit {
-                            owed.make_room(&tables.idle);
+                            owed.make_room(&tables.idle, Instant::now());
                         }
                         spawn(tcp, addr)
                     }
