@@ -21,7 +21,8 @@ use std::sync::{Arc, Mutex};
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime as PkiTime};
 use x509_parser::prelude::*;
 
-use super::memo::{Counts, SignatureMemo};
+use super::memo::{Counts, MemoCounts, SignatureMemo};
+use super::metered::MeteredCas;
 use crate::clock::UnixTime;
 use crate::model::Ca;
 use crate::store::{Store, StoreError};
@@ -239,10 +240,10 @@ impl CaSet {
 
     /// Verifies `chain` (leaf first) at `now` against the CAs for which `accept` is true,
     /// and returns the CA the path ends at. `refusal` says why a CA `accept` refuses is
-    /// refused ("is not verified or does not allow authentication"), after its name. Signatures `memo` holds are not checked again
-    /// ([`SignatureMemo::off`] checks every one). Records the cache lookup (hit: some
-    /// cached CA is named as an issuer in the chain), the signatures checked and
-    /// remembered, and the verification time.
+    /// refused ("is not verified or does not allow authentication"), after its name.
+    /// Signatures `memo` holds are not checked again ([`SignatureMemo::off`] checks every
+    /// one). Records nothing: a worker's request path verifies through
+    /// [`super::metered::MeteredCas`], which records what [`CaSet::check`] reports.
     pub fn verify(
         &self,
         chain: &[CertificateDer<'_>],
@@ -251,12 +252,27 @@ impl CaSet {
         memo: &SignatureMemo,
         accept: impl Fn(&Ca) -> bool,
     ) -> Result<&Ca, ChainError> {
-        let started = std::time::Instant::now();
+        self.check(chain, now, refusal, memo, accept).result
+    }
+
+    /// [`CaSet::verify`], with what it did: whether the cache knew an issuer named in the
+    /// chain, and the signatures it checked and found remembered.
+    pub fn check(
+        &self,
+        chain: &[CertificateDer<'_>],
+        now: UnixTime,
+        refusal: &str,
+        memo: &SignatureMemo,
+        accept: impl Fn(&Ca) -> bool,
+    ) -> Verification<'_> {
         let mut cache_hit = false;
         let counts = Counts::default();
         let result = self.verify_inner(chain, now, refusal, memo, &counts, accept, &mut cache_hit);
-        crate::telemetry::chain_verification(cache_hit, counts.get(), started.elapsed());
-        result
+        Verification {
+            result,
+            cache_hit,
+            signatures: counts.get(),
+        }
     }
 
     #[allow(clippy::too_many_arguments)]
@@ -372,14 +388,15 @@ impl CaSet {
     }
 }
 
-/// The signature algorithms chains are verified with (aws-lc-rs, built once).
-pub fn signature_algorithms(
-) -> &'static [&'static dyn rustls_pki_types::SignatureVerificationAlgorithm] {
-    static ALGS: std::sync::LazyLock<rustls::crypto::WebPkiSupportedAlgorithms> =
-        std::sync::LazyLock::new(|| {
-            rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
-        });
-    ALGS.all
+/// What one verification found ([`CaSet::check`]) and did.
+#[derive(Debug)]
+pub struct Verification<'a> {
+    /// The CA the path ends at, or why there is none.
+    pub result: Result<&'a Ca, ChainError>,
+    /// Some CA of the cache is named as an issuer in the chain.
+    pub cache_hit: bool,
+    /// Signatures checked, and found already checked.
+    pub signatures: MemoCounts,
 }
 
 /// The shared, current CA set and its generation.
@@ -460,14 +477,14 @@ impl WorkerCas {
         &self.memo
     }
 
-    /// The current set: one atomic load when nothing changed.
-    pub fn current(&self, registry: &CaRegistry) -> Arc<CaSet> {
+    /// The current set, its verifications recorded: one atomic load when nothing changed.
+    pub fn current(&self, registry: &CaRegistry) -> MeteredCas {
         if registry.generation.load(Ordering::Acquire) != self.generation.get() {
             let (generation, set) = registry.snapshot();
             self.generation.set(generation);
             *self.set.borrow_mut() = set;
         }
-        self.set.borrow().clone()
+        MeteredCas::new(self.set.borrow().clone())
     }
 }
 
@@ -616,7 +633,7 @@ mod tests {
         chain: &[CertificateDer<'_>],
         at: UnixTime,
         memo: &SignatureMemo,
-    ) -> (Result<String, ChainError>, crate::ca::memo::MemoCounts) {
+    ) -> (Result<String, ChainError>, MemoCounts) {
         let counts = Counts::default();
         let mut hit = false;
         let r = set

@@ -133,12 +133,12 @@ impl SignatureMemo {
         g.current.insert(key);
     }
 
-    /// The chain verification algorithms ([`super::chain::signature_algorithms`]), each
+    /// The chain verification algorithms ([`signature_algorithms`]), each
     /// wrapped to consult and feed this memo; the wrappers count what they did into
     /// `counts`. The list is fixed here, not taken from callers: a key holds an algorithm's
     /// position in it, which must always mean the same algorithm.
     pub(crate) fn wrap<'a>(&'a self, counts: &'a Counts) -> Vec<Remembering<'a>> {
-        self.wrap_list(super::chain::signature_algorithms(), counts)
+        self.wrap_list(signature_algorithms(), counts)
     }
 
     fn wrap_list<'a>(
@@ -221,6 +221,16 @@ impl SignatureVerificationAlgorithm for Remembering<'_> {
     fn fips(&self) -> bool {
         self.inner.fips()
     }
+}
+
+/// The signature algorithms chains are verified with (aws-lc-rs, built once).
+pub fn signature_algorithms(
+) -> &'static [&'static dyn rustls_pki_types::SignatureVerificationAlgorithm] {
+    static ALGS: std::sync::LazyLock<rustls::crypto::WebPkiSupportedAlgorithms> =
+        std::sync::LazyLock::new(|| {
+            rustls::crypto::aws_lc_rs::default_provider().signature_verification_algorithms
+        });
+    ALGS.all
 }
 
 #[cfg(test)]

@@ -5,6 +5,7 @@
 
 pub mod chain;
 pub mod memo;
+pub mod metered;
 pub mod name;
 pub mod pop;
 

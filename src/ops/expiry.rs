@@ -44,6 +44,12 @@ pub fn expires_within(identity: &Identity, now: UnixTime, window: Duration) -> b
 }
 
 impl ExpiryCounts {
+    /// Sets the expiry gauges to these counts.
+    pub fn record(&self) {
+        let within: Vec<(u64, u64)> = WINDOWS_DAYS.iter().copied().zip(self.within).collect();
+        crate::telemetry::certificate_expiry(&within, self.expired, self.bound);
+    }
+
     /// Counts one identity in.
     pub fn add(&mut self, identity: &Identity, now: UnixTime) {
         let Some(a) = &identity.authenticator else {
@@ -78,7 +84,7 @@ pub fn count_now(
     count: impl Fn() -> Result<ExpiryCounts, crate::store::StoreError>,
 ) -> Result<ExpiryCounts, crate::store::StoreError> {
     let counts = count()?;
-    crate::telemetry::certificate_expiry(&counts);
+    counts.record();
     Ok(counts)
 }
 
@@ -107,7 +113,7 @@ pub fn spawn_scanner(
                 let started = std::time::Instant::now();
                 match count() {
                     Ok(counts) => {
-                        crate::telemetry::certificate_expiry(&counts);
+                        counts.record();
                         tracing::debug!(
                             bound = counts.bound,
                             expired = counts.expired,

@@ -249,18 +249,19 @@ pub fn describe() {
     }
 }
 
-/// Sets the certificate expiry gauges from a scan.
-pub fn certificate_expiry(counts: &crate::ops::expiry::ExpiryCounts) {
-    for (count, days) in counts.within.iter().zip(crate::ops::expiry::WINDOWS_DAYS) {
+/// Sets the certificate expiry gauges from a scan: `within` holds, for each window in
+/// days, the count of certificates expiring within it.
+pub fn certificate_expiry(within: &[(u64, u64)], expired: u64, bound: u64) {
+    for &(days, count) in within {
         let within = match days {
             7 => "7d",
             30 => "30d",
             _ => "other",
         };
-        metrics::gauge!(CERTS_EXPIRING, "within" => within).set(*count as f64);
+        metrics::gauge!(CERTS_EXPIRING, "within" => within).set(count as f64);
     }
-    metrics::gauge!(CERTS_EXPIRED).set(counts.expired as f64);
-    metrics::gauge!(CERTS_BOUND).set(counts.bound as f64);
+    metrics::gauge!(CERTS_EXPIRED).set(expired as f64);
+    metrics::gauge!(CERTS_BOUND).set(bound as f64);
 }
 
 /// Records one enrollment answer.
@@ -306,22 +307,17 @@ pub fn sign_batch(size: usize, elapsed: Duration, queued: usize) {
     metrics::gauge!(SIGN_QUEUE_DEPTH).set(queued as f64);
 }
 
-/// Records a chain lookup in the CA cache, how its signatures were settled, and its
-/// verification time.
-pub fn chain_verification(
-    cache_hit: bool,
-    signatures: crate::ca::memo::MemoCounts,
-    elapsed: Duration,
-) {
+/// Records a chain lookup in the CA cache (`cache_hit`), how many of its signatures were
+/// checked and how many found already checked, and its verification time.
+pub fn chain_verification(cache_hit: bool, checked: u32, remembered: u32, elapsed: Duration) {
     let result = if cache_hit { "hit" } else { "miss" };
     metrics::counter!(CA_CACHE_LOOKUPS, "result" => result).increment(1);
-    if signatures.checked > 0 {
-        metrics::counter!(CHAIN_SIGNATURES, "result" => "checked")
-            .increment(u64::from(signatures.checked));
+    if checked > 0 {
+        metrics::counter!(CHAIN_SIGNATURES, "result" => "checked").increment(u64::from(checked));
     }
-    if signatures.remembered > 0 {
+    if remembered > 0 {
         metrics::counter!(CHAIN_SIGNATURES, "result" => "remembered")
-            .increment(u64::from(signatures.remembered));
+            .increment(u64::from(remembered));
     }
     metrics::histogram!(CHAIN_SECONDS).record(elapsed.as_secs_f64());
 }
