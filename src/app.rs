@@ -7,7 +7,8 @@ use std::sync::Arc;
 use base64::Engine as _;
 
 use crate::admission::{Limit, Limiter, Verdict};
-use crate::ca::chain::{CaRegistry, WorkerCas};
+use crate::ca::chain::CaRegistry;
+use crate::ca::metered::WorkerCas;
 use crate::clock::Clock;
 use crate::config::{Config, PublicUrl};
 use crate::pki::batch::{BatchOptions, BatchSigner};

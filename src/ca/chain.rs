@@ -13,7 +13,6 @@
 //! with the number of cached CAs. Each worker's [`SignatureMemo`] skips the arithmetic of a
 //! signature it already verified (a fleet's shared intermediate), never any other check.
 
-use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -22,7 +21,6 @@ use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime as PkiTime};
 use x509_parser::prelude::*;
 
 use super::memo::{Counts, MemoCounts, SignatureMemo};
-use super::metered::MeteredCas;
 use crate::clock::UnixTime;
 use crate::model::Ca;
 use crate::store::{Store, StoreError};
@@ -438,59 +436,18 @@ impl CaRegistry {
         Ok(())
     }
 
-    fn snapshot(&self) -> (u64, Arc<CaSet>) {
+    /// The generation of the current set: it changes with every reload.
+    pub(crate) fn generation(&self) -> u64 {
+        self.generation.load(Ordering::Acquire)
+    }
+
+    /// The generation of the current set, and the set.
+    pub(crate) fn snapshot(&self) -> (u64, Arc<CaSet>) {
         let current = match self.current.lock() {
             Ok(g) => g,
             Err(poisoned) => poisoned.into_inner(),
         };
         (self.generation.load(Ordering::Acquire), current.clone())
-    }
-}
-
-/// One worker's view of the registry, and the signatures it already checked.
-pub struct WorkerCas {
-    generation: Cell<u64>,
-    set: RefCell<Arc<CaSet>>,
-    memo: SignatureMemo,
-}
-
-impl std::fmt::Debug for WorkerCas {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("WorkerCas")
-            .field("generation", &self.generation.get())
-            .finish()
-    }
-}
-
-impl WorkerCas {
-    /// A view that loads on first use.
-    pub fn new() -> Self {
-        Self {
-            generation: Cell::new(0),
-            set: RefCell::new(Arc::new(CaSet::default())),
-            memo: SignatureMemo::default(),
-        }
-    }
-
-    /// This worker's remembered signature checks (they hold whatever the CA set is).
-    pub fn memo(&self) -> &SignatureMemo {
-        &self.memo
-    }
-
-    /// The current set, its verifications recorded: one atomic load when nothing changed.
-    pub fn current(&self, registry: &CaRegistry) -> MeteredCas {
-        if registry.generation.load(Ordering::Acquire) != self.generation.get() {
-            let (generation, set) = registry.snapshot();
-            self.generation.set(generation);
-            *self.set.borrow_mut() = set;
-        }
-        MeteredCas::new(self.set.borrow().clone())
-    }
-}
-
-impl Default for WorkerCas {
-    fn default() -> Self {
-        Self::new()
     }
 }
 
@@ -502,7 +459,7 @@ pub fn common_name(der: &[u8]) -> Option<String> {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair};
 
@@ -512,7 +469,7 @@ mod tests {
         ::time::OffsetDateTime::from_unix_timestamp(t).unwrap()
     }
 
-    fn root(cn: &str) -> (CertificateParams, KeyPair, String) {
+    pub(crate) fn root(cn: &str) -> (CertificateParams, KeyPair, String) {
         let key = KeyPair::generate().unwrap();
         let mut p = CertificateParams::default();
         p.distinguished_name.push(DnType::CommonName, cn);
@@ -536,7 +493,7 @@ mod tests {
         p.signed_by(&key, &i).unwrap().der().clone()
     }
 
-    fn ca(id: &str, pem: &str, verified: bool) -> Ca {
+    pub(crate) fn ca(id: &str, pem: &str, verified: bool) -> Ca {
         Ca {
             id: id.into(),
             name: id.into(),
@@ -777,26 +734,5 @@ mod tests {
                 if m.contains("(CN=fleet-intermediate)") && m.contains("send it after the certificate")),
             "{r:?}"
         );
-    }
-
-    #[test]
-    fn workers_follow_the_registry_generation() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(&dir.path().join("db"), true).unwrap();
-        let registry = CaRegistry::load(&store).unwrap();
-        let view = WorkerCas::new();
-        assert!(view.current(&registry).is_empty());
-        let a = root("a");
-        store
-            .apply_now(vec![crate::store::Command::CreateCa {
-                ca: ca("A", &a.2, true),
-            }])
-            .unwrap()
-            .pop()
-            .unwrap()
-            .unwrap();
-        assert!(view.current(&registry).is_empty(), "not reloaded yet");
-        registry.reload(&store).unwrap();
-        assert_eq!(view.current(&registry).len(), 1);
     }
 }

@@ -1,14 +1,15 @@
-//! The CA set as a worker's request path uses it, wrapped so that every verification is
-//! recorded (the cache lookup, the signatures checked and remembered, the time taken), in
+//! A worker's view of the CA registry ([`WorkerCas`]), and the CA set as its request path
+//! uses it, wrapped so that every verification is recorded (the cache lookup, the signatures checked and remembered, the time taken), in
 //! the manner of linkerd2-proxy's metric layers: the verifier itself ([`CaSet::check`])
 //! records nothing, and tests and tools use it bare.
 
+use std::cell::{Cell, RefCell};
 use std::ops::Deref;
 use std::sync::Arc;
 
 use rustls_pki_types::CertificateDer;
 
-use super::chain::{CaSet, ChainError};
+use super::chain::{CaRegistry, CaSet, ChainError};
 use super::memo::SignatureMemo;
 use crate::clock::UnixTime;
 use crate::model::Ca;
@@ -50,5 +51,81 @@ impl Deref for MeteredCas {
 
     fn deref(&self) -> &CaSet {
         &self.0
+    }
+}
+
+/// One worker's view of the registry, and the signatures it already checked.
+pub struct WorkerCas {
+    generation: Cell<u64>,
+    set: RefCell<Arc<CaSet>>,
+    memo: SignatureMemo,
+}
+
+impl std::fmt::Debug for WorkerCas {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WorkerCas")
+            .field("generation", &self.generation.get())
+            .finish()
+    }
+}
+
+impl WorkerCas {
+    /// A view that loads on first use.
+    pub fn new() -> Self {
+        Self {
+            generation: Cell::new(0),
+            set: RefCell::new(Arc::new(CaSet::default())),
+            memo: SignatureMemo::default(),
+        }
+    }
+
+    /// This worker's remembered signature checks (they hold whatever the CA set is).
+    pub fn memo(&self) -> &SignatureMemo {
+        &self.memo
+    }
+
+    /// The current set, its verifications recorded: one atomic load when nothing changed.
+    pub fn current(&self, registry: &CaRegistry) -> MeteredCas {
+        if registry.generation() != self.generation.get() {
+            let (generation, set) = registry.snapshot();
+            self.generation.set(generation);
+            *self.set.borrow_mut() = set;
+        }
+        MeteredCas::new(self.set.borrow().clone())
+    }
+}
+
+impl Default for WorkerCas {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::ca::chain::tests::{ca, root};
+    use crate::store::Store;
+
+    #[test]
+    fn workers_follow_the_registry_generation() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&dir.path().join("db"), true).unwrap();
+        let registry = CaRegistry::load(&store).unwrap();
+        let view = WorkerCas::new();
+        assert!(view.current(&registry).is_empty());
+        let a = root("a");
+        store
+            .apply_now(vec![crate::store::Command::CreateCa {
+                ca: ca("A", &a.2, true),
+            }])
+            .unwrap()
+            .pop()
+            .unwrap()
+            .unwrap();
+        assert!(view.current(&registry).is_empty(), "not reloaded yet");
+        registry.reload(&store).unwrap();
+        assert_eq!(view.current(&registry).len(), 1);
     }
 }
