@@ -47,6 +47,18 @@ fn main() {
                 println!("cargo:rerun-if-changed={}", path.display());
             }
         }
+    } else {
+        // git failed (not installed, or a moment's failure): in a checkout, watch its refs
+        // anyway, so that `unknown` is not kept by every later build of this checkout.
+        let dot_git = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".git");
+        // (A linked worktree's `.git` is a file naming its git directory: watch that.)
+        let watched: Vec<PathBuf> = [dot_git.join("HEAD"), dot_git.join("refs"), dot_git]
+            .into_iter()
+            .filter(|p| p.exists())
+            .collect();
+        for path in watched.iter().take(2) {
+            println!("cargo:rerun-if-changed={}", path.display());
+        }
     }
     println!(
         "cargo:rustc-env=ENROLLGATE_COMMIT={}",
