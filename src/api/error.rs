@@ -218,7 +218,10 @@ impl From<StoreError> for ApiError {
                 }
             }
             StoreError::ShuttingDown => Self::ServiceUnavailable(msg),
-            StoreError::Db(_) | StoreError::Corrupt(_) => Self::Unhandled(msg),
+            StoreError::Db(_)
+            | StoreError::Corrupt(_)
+            | StoreError::Absent
+            | StoreError::Locked(_) => Self::Unhandled(msg),
         }
     }
 }

@@ -130,7 +130,7 @@ pub fn resolve(api: &Admin, name_or_id: &str) -> Result<Value, CliError> {
         .find(|c| c["id"] == name_or_id)
         .or_else(|| list.iter().find(|c| c["name"] == name_or_id))
         .cloned()
-        .ok_or_else(|| CliError::new(format!("no CA named or with id '{name_or_id}'")))
+        .ok_or_else(|| CliError::refused(format!("no CA named or with id '{name_or_id}'")))
 }
 
 fn read(path: &PathBuf) -> Result<String, CliError> {

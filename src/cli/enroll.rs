@@ -172,7 +172,7 @@ pub fn enroll(args: EnrollArgs) -> Result<(), CliError> {
         return Err(CliError::new("the JWT changed while being verified"));
     }
     if resp.status != 200 {
-        return Err(CliError::new(format!(
+        return Err(CliError::refused(format!(
             "fetching the CA bundle: the server answered HTTP {}",
             resp.status
         )));
@@ -219,9 +219,9 @@ pub fn enroll(args: EnrollArgs) -> Result<(), CliError> {
     if resp.status != 200 {
         return Err(match resp.api_error() {
             Some((code, message)) => {
-                CliError::new(format!("enrollment refused: {code}: {message}"))
+                CliError::refused(format!("enrollment refused: {code}: {message}"))
             }
-            None => CliError::new(format!("enrollment refused: HTTP {}", resp.status)),
+            None => CliError::refused(format!("enrollment refused: HTTP {}", resp.status)),
         });
     }
     let body = resp.json()?;
@@ -356,9 +356,9 @@ fn enroll_with_certificate(
     if resp.status != 200 {
         return Err(match resp.api_error() {
             Some((code, message)) => {
-                CliError::new(format!("enrollment refused: {code}: {message}"))
+                CliError::refused(format!("enrollment refused: {code}: {message}"))
             }
-            None => CliError::new(format!("enrollment refused: HTTP {}", resp.status)),
+            None => CliError::refused(format!("enrollment refused: HTTP {}", resp.status)),
         });
     }
     let ca_pem = crate::pki::pem_of_certs(&cas.iter().map(|c| c.to_vec()).collect::<Vec<_>>());

@@ -221,7 +221,8 @@ impl Admin {
             }
             return Ok(found.clone());
         }
-        Err(CliError::new(format!(
+        // The gateway knows no such identity: its answer, not a local failure.
+        Err(CliError::refused(format!(
             "no identity named or with id '{name_or_id}'"
         )))
     }
@@ -230,8 +231,10 @@ impl Admin {
 /// The error for a management API answer that is not a success.
 fn refused(resp: &HttpResponse) -> CliError {
     match resp.api_error() {
-        Some((code, message)) => CliError::new(format!("the server refused: {code}: {message}")),
-        None => CliError::new(format!("the server answered HTTP {}", resp.status)),
+        Some((code, message)) => {
+            CliError::refused(format!("the server refused: {code}: {message}"))
+        }
+        None => CliError::refused(format!("the server answered HTTP {}", resp.status)),
     }
 }
 

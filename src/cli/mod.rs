@@ -13,22 +13,77 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 
-/// A CLI failure: one clear line, exit code 1.
+/// How a command failed; each kind exits with its own code, so that a script can tell a
+/// refusal it should not retry from a machine it cannot reach.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    /// Something on this machine: a file, the configuration, the store, a key (exit 1).
+    Local,
+    /// The command line asks for something impossible (exit 2, as for clap's own errors).
+    Usage,
+    /// The gateway answered with an error (exit 3): the message carries its code.
+    Refused,
+    /// The gateway could not be reached or did not speak TLS/HTTP as expected (exit 4).
+    Unreachable,
+}
+
+impl Failure {
+    /// The process exit code of this kind of failure.
+    pub fn exit_code(self) -> i32 {
+        match self {
+            Self::Local => 1,
+            Self::Usage => 2,
+            Self::Refused => 3,
+            Self::Unreachable => 4,
+        }
+    }
+}
+
+/// A CLI failure: one clear line, and its kind ([`Failure`]).
 #[derive(Debug, thiserror::Error)]
-#[error("{0}")]
-pub struct CliError(pub String);
+#[error("{message}")]
+pub struct CliError {
+    /// What kind of failure.
+    pub kind: Failure,
+    /// The line printed.
+    pub message: String,
+}
 
 impl CliError {
-    /// A failure with this message.
+    /// A local failure with this message.
     pub fn new(msg: impl Into<String>) -> Self {
-        Self(msg.into())
+        Self {
+            kind: Failure::Local,
+            message: msg.into(),
+        }
+    }
+
+    /// A refusal by the gateway.
+    pub fn refused(msg: impl Into<String>) -> Self {
+        Self {
+            kind: Failure::Refused,
+            message: msg.into(),
+        }
+    }
+
+    /// A command line that cannot be carried out as given.
+    pub fn usage(msg: impl Into<String>) -> Self {
+        Self {
+            kind: Failure::Usage,
+            message: msg.into(),
+        }
+    }
+
+    /// The process exit code.
+    pub fn exit_code(&self) -> i32 {
+        self.kind.exit_code()
     }
 }
 
 macro_rules! cli_from {
     ($($t:ty),*) => {$(
         impl From<$t> for CliError {
-            fn from(e: $t) -> Self { Self(e.to_string()) }
+            fn from(e: $t) -> Self { Self::new(e.to_string()) }
         }
     )*};
 }
@@ -39,11 +94,19 @@ cli_from!(
     crate::pki::LoadError,
     crate::app::SetupError,
     crate::identity_file::IdentityFileError,
-    crate::client::ClientError,
     crate::token::JwtError,
     rcgen::Error,
     std::io::Error
 );
+
+impl From<crate::client::ClientError> for CliError {
+    fn from(e: crate::client::ClientError) -> Self {
+        Self {
+            kind: Failure::Unreachable,
+            message: e.to_string(),
+        }
+    }
+}
 
 /// What `--version` prints after the name: the crate's version and the commit it was built
 /// from (`unknown` outside a git checkout; see build.rs).

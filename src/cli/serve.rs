@@ -13,7 +13,7 @@ use crate::config::{Config, PublicUrl};
 use crate::ops::{self, notify::Notifier};
 use crate::server::ShutdownSignal;
 use crate::server::{self, listener};
-use crate::store::{commit, Store};
+use crate::store::{commit, Store, StoreError};
 
 /// Arguments of `serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -68,17 +68,17 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
             .map_err(|e| CliError::new(format!("pki.ca_key: {e} (nothing was changed)")))?;
     }
     let store = Store::open(&config.store_path, false).map_err(|e| {
-        let text = e.to_string();
-        // RocksDB's own words for a store another process holds.
-        let hint = if text.contains("lock file") {
-            " (another process holds it: is enrollgate already serving it?)"
-        } else if text.contains("does not exist") {
-            " (no store there: make one with `enrollgate init`, or set store.path to it)"
-        } else {
-            ""
+        let hint = match e {
+            StoreError::Locked(_) => {
+                " (another process holds it: is enrollgate already serving it?)"
+            }
+            StoreError::Absent => {
+                " (no store there: make one with `enrollgate init`, or set store.path to it)"
+            }
+            _ => "",
         };
         CliError::new(format!(
-            "cannot open the store at {}{hint}: {text}",
+            "cannot open the store at {}{hint}: {e}",
             config.store_path.display()
         ))
     })?;

@@ -78,6 +78,12 @@ pub enum StoreError {
     /// RocksDB failed.
     #[error("storage error: {0}")]
     Db(String),
+    /// There is no store at the path (no RocksDB `CURRENT` file).
+    #[error("the store does not exist (no RocksDB CURRENT file)")]
+    Absent,
+    /// Another process holds the store open (RocksDB's lock).
+    #[error("the store is locked by another process: {0}")]
+    Locked(String),
     /// A stored value does not decode: the store was damaged or written by another version.
     #[error("corrupt record at {0}")]
     Corrupt(String),
@@ -344,14 +350,21 @@ impl Store {
         // RocksDB would make the directory and its LOCK and LOG files before finding no
         // store there: a store that is not there is left not there.
         if !create && absent(path) {
-            return Err(StoreError::Db(
-                "the store does not exist (no RocksDB CURRENT file)".into(),
-            ));
+            return Err(StoreError::Absent);
         }
         let mut opts = options();
         opts.create_if_missing(create);
         opts.set_error_if_exists(create);
-        let db = rocksdb::DB::open(&opts, path)?;
+        let db = rocksdb::DB::open(&opts, path).map_err(|e| {
+            // RocksDB says only in words that another process holds the store: read them
+            // here, once, so that callers match a variant.
+            let text = e.into_string();
+            if text.contains("lock file") || text.contains("LOCK:") {
+                StoreError::Locked(text)
+            } else {
+                StoreError::Db(text)
+            }
+        })?;
         index_content(&db)?;
         index_admins(&db)?;
         Ok(Self { db: Arc::new(db) })

@@ -238,7 +238,7 @@ fn cas_are_created_verified_with_openssl_and_managed_from_the_cli() {
     assert_eq!(shown["isVerified"], true);
     assert!(shown["verificationToken"].is_null());
     let out = gw.cli(&["ca", "verify", "acme", "--cert", "verify.pem"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("CA_ALREADY_VERIFIED"));
 
     // Verified: the same device now auto-enrolls; the cache followed without a restart.
@@ -830,7 +830,7 @@ fn ottca_binds_a_certificate_from_the_tokens_ca_only() {
     assert!(out.status.success(), "{out:?}");
     let before = gw.snapshot();
     let out = gw.cli(&["identity", "reissue", "plc-2", "-o", "plc2.jwt"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(
         err.contains("ENROLLMENT_CA_NOT_VALID") && err.contains("no longer exists"),

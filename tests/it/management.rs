@@ -447,7 +447,7 @@ fn identity_create_checks_its_output_file_first() {
         "-o",
         "dup.jwt",
     ]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     assert!(String::from_utf8_lossy(&out.stderr).contains("NAME_IN_USE"));
     assert!(!dir.join("dup.jwt").exists());
     // And the normal case still writes the token.
@@ -469,7 +469,7 @@ fn identity_create_checks_its_output_file_first() {
 fn the_only_admin_cannot_be_deleted() {
     let gw = Gateway::start();
     let refused = |out: std::process::Output| {
-        assert_eq!(out.status.code(), Some(1));
+        assert_eq!(out.status.code(), Some(3));
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
         assert!(
             err.contains("INVALID_STATE") && err.contains("only enrolled admin"),
@@ -509,4 +509,47 @@ fn the_only_admin_cannot_be_deleted() {
     let cfg = gw.dir.path().join("data/enrollgate.toml");
     let out = run_ok(Command::new(BIN).arg("fsck").arg("--config").arg(&cfg));
     assert!(out.contains("no violations"), "{out}");
+}
+
+/// The exit code says what kind of failure it was (`cli::Failure`): a script can tell a
+/// refusal it should not retry from a gateway it could not reach.
+#[test]
+fn the_cli_exit_code_says_what_failed() {
+    let mut gw = Gateway::start();
+    let code = |out: &std::process::Output| out.status.code();
+
+    let ok = gw.cli(&["identity", "create", "device", "exit-codes"]);
+    assert_eq!(
+        code(&ok),
+        Some(0),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+
+    // Refused by the gateway (3): a name taken, an identity the gateway does not have.
+    let taken = gw.cli(&["identity", "create", "device", "exit-codes"]);
+    assert_eq!(code(&taken), Some(3));
+    assert!(String::from_utf8_lossy(&taken.stderr).contains("NAME_IN_USE"));
+    let unknown = gw.cli(&["identity", "delete", "no-such-identity"]);
+    assert_eq!(code(&unknown), Some(3));
+
+    // A command line clap cannot parse (2).
+    let usage = gw.cli(&["identity", "create", "robot", "r2"]);
+    assert_eq!(code(&usage), Some(2));
+
+    // Local (1): a JWT file that is not there.
+    let local = gw.cli(&["enroll", "--jwt", "no-such.jwt", "--out", "x.json"]);
+    assert_eq!(code(&local), Some(1));
+    assert!(String::from_utf8_lossy(&local.stderr).contains("no-such.jwt"));
+
+    // Unreachable (4): the gateway is stopped.
+    gw.stop();
+    let gone = gw.cli(&["identity", "list"]);
+    assert_eq!(
+        code(&gone),
+        Some(4),
+        "{}",
+        String::from_utf8_lossy(&gone.stderr)
+    );
+    assert!(String::from_utf8_lossy(&gone.stderr).contains("cannot connect"));
 }

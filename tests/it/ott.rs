@@ -113,9 +113,9 @@ fn cli_create_enroll_then_the_certificate_authenticates_only_admins() {
     );
     assert_eq!(resp.status, 200);
 
-    // Enrolling again with a used token: one clear line with the server's code, exit 1.
+    // Enrolling again with a used token: one clear line with the server's code, exit 3 (refused).
     let out = gw.cli(&["enroll", "--jwt", "NewUser.jwt", "--out", "again.json"]);
-    assert_eq!(out.status.code(), Some(1));
+    assert_eq!(out.status.code(), Some(3));
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("INVALID_ENROLLMENT_TOKEN"), "{err}");
     assert_eq!(err.trim().lines().count(), 1, "{err}");
