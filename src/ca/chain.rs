@@ -39,15 +39,44 @@ pub struct CachedCa {
     not_after: UnixTime,
 }
 
-/// Whether `now` is within `[not_before, not_after]`, and if not, what to say.
-fn outside_validity(not_before: UnixTime, not_after: UnixTime, now: UnixTime) -> Option<String> {
+/// How a certificate is outside its validity, with the date that says so.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OutOfDate {
+    /// Its `notAfter` has passed.
+    Expired {
+        /// `notAfter` (Unix seconds).
+        not_after: UnixTime,
+    },
+    /// Its `notBefore` is still ahead.
+    NotYetValid {
+        /// `notBefore` (Unix seconds).
+        not_before: UnixTime,
+    },
+}
+
+impl std::fmt::Display for OutOfDate {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match *self {
+            Self::Expired { not_after } => {
+                write!(f, "expired on {}", crate::clock::rfc3339(not_after))
+            }
+            Self::NotYetValid { not_before } => {
+                write!(
+                    f,
+                    "is not valid until {}",
+                    crate::clock::rfc3339(not_before)
+                )
+            }
+        }
+    }
+}
+
+/// Whether `now` is within `[not_before, not_after]`, and if not, how.
+fn outside_validity(not_before: UnixTime, not_after: UnixTime, now: UnixTime) -> Option<OutOfDate> {
     if now > not_after {
-        Some(format!("expired on {}", crate::clock::rfc3339(not_after)))
+        Some(OutOfDate::Expired { not_after })
     } else if now < not_before {
-        Some(format!(
-            "is not valid until {}",
-            crate::clock::rfc3339(not_before)
-        ))
+        Some(OutOfDate::NotYetValid { not_before })
     } else {
         None
     }
@@ -86,63 +115,175 @@ impl std::fmt::Debug for CaSet {
     }
 }
 
-/// Why a chain is refused.
+/// What path building found wrong (webpki's error, named for an operator).
+#[derive(Debug, Clone, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum PathFault {
+    /// A certificate of the path has expired (webpki did not say which).
+    Expired,
+    /// A certificate of the path is not valid yet (webpki did not say which).
+    NotYetValid,
+    /// No path to an accepted CA: a missing intermediate, or another CA.
+    UnknownIssuer,
+    /// The client certificate lacks the clientAuth extended key usage.
+    NotForClientAuth,
+    /// A CA certificate was presented as the client certificate.
+    CaAsEndEntity,
+    /// The chain is deeper than allowed.
+    TooDeep,
+    /// A signature does not verify under its issuer's key.
+    BadSignature,
+    /// The certificate is not X.509 version 3.
+    NotVersion3,
+    /// Anything else webpki reports, as it names it.
+    Other(String),
+}
+
+impl PathFault {
+    fn of(e: &webpki::Error) -> Self {
+        match e {
+            webpki::Error::CertExpired { .. } => Self::Expired,
+            webpki::Error::CertNotValidYet { .. } => Self::NotYetValid,
+            webpki::Error::UnknownIssuer => Self::UnknownIssuer,
+            webpki::Error::RequiredEkuNotFoundContext(_) => Self::NotForClientAuth,
+            webpki::Error::CaUsedAsEndEntity => Self::CaAsEndEntity,
+            webpki::Error::MaximumPathDepthExceeded => Self::TooDeep,
+            webpki::Error::InvalidSignatureForPublicKey => Self::BadSignature,
+            webpki::Error::UnsupportedCertVersion => Self::NotVersion3,
+            other => Self::Other(format!("{other:?}")),
+        }
+    }
+}
+
+impl std::fmt::Display for PathFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Self::Expired => "the certificate has expired",
+            Self::NotYetValid => "the certificate is not valid yet",
+            Self::UnknownIssuer => "no path to the CA (a missing intermediate, or another CA)",
+            Self::NotForClientAuth => {
+                "the certificate is not for client authentication (extended key usage)"
+            }
+            Self::CaAsEndEntity => "a CA certificate was presented as the client certificate",
+            Self::TooDeep => "the chain is too deep",
+            Self::BadSignature => {
+                "a signature in the chain does not verify under its issuer's key (signed by \
+                 another key of the same name, or altered)"
+            }
+            Self::NotVersion3 => {
+                "the certificate is not X.509 version 3 (openssl x509 -req makes version 1 \
+                 unless given extensions, e.g. -extfile)"
+            }
+            Self::Other(what) => what,
+        })
+    }
+}
+
+/// A CA named in a refusal: out of its validity.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StaleCa {
+    /// The CA's name.
+    pub name: String,
+    /// How it is out of date.
+    pub why: OutOfDate,
+}
+
+/// Why a chain is refused: the facts, formatted once (`Display`) for the answer.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ChainError {
     /// No client certificate was presented.
     #[error("no client certificate was presented")]
     NoCertificate,
-    /// The chain is not made of X.509 certificates, or is too long.
+    /// More certificates than [`MAX_CHAIN_LEN`].
+    #[error("the client certificate chain is malformed: {len} certificates; at most {MAX_CHAIN_LEN} are accepted")]
+    TooLong {
+        /// Certificates sent.
+        len: usize,
+    },
+    /// A certificate of the chain is not X.509.
+    #[error("the client certificate chain is malformed: a certificate does not parse")]
+    Unparsable,
+    /// The client certificate cannot be an end entity.
     #[error("the client certificate chain is malformed: {0}")]
-    Malformed(String),
-    /// No CA accepted for this purpose issued the chain.
-    #[error("{0}")]
-    NoAcceptedCa(String),
-    /// A path to an accepted CA was found but does not verify.
-    #[error("the client certificate chain does not verify: {0}")]
-    Invalid(String),
+    BadLeaf(PathFault),
+    /// No CA here has the name of the certificate's issuer.
+    #[error("the certificate was not issued by any CA known to this gateway: no CA here has its issuer's name ({issuer}); if that is an intermediate, send it after the certificate")]
+    UnknownIssuer {
+        /// The issuer's name, printable.
+        issuer: String,
+    },
+    /// The CAs named as issuers do not allow what the request is for.
+    #[error("the certificate's CA ({}) {purpose}", quoted(cas))]
+    CaRefused {
+        /// Their names.
+        cas: Vec<String>,
+        /// What they do not allow, as the caller put it ("is not verified or does not
+        /// allow authentication").
+        purpose: String,
+    },
+    /// The only CA that issued the chain is outside its validity.
+    #[error("the client certificate chain does not verify: the certificate of CA '{}', which issued this chain, {}", .0.name, .0.why)]
+    CaOutOfDate(StaleCa),
+    /// The client certificate is outside its validity.
+    #[error("the client certificate chain does not verify: the certificate {0}")]
+    LeafOutOfDate(OutOfDate),
+    /// An intermediate the client sent is outside its validity.
+    #[error("the client certificate chain does not verify: the intermediate certificate '{subject}' {why}")]
+    IntermediateOutOfDate {
+        /// Its subject, printable.
+        subject: String,
+        /// How.
+        why: OutOfDate,
+    },
+    /// No valid path; `stale` names a CA out of date that was named as an issuer (a CA
+    /// renewed with a new key does not anchor what the old key signed).
+    #[error(
+        "the client certificate chain does not verify: {fault}{}",
+        stale_suffix(stale)
+    )]
+    Path {
+        /// What path building found.
+        fault: PathFault,
+        /// A CA named in the chain, out of its validity.
+        stale: Option<StaleCa>,
+    },
+    /// The verified path ends at an anchor no candidate CA has (a defect, never expected).
+    #[error("the client certificate chain does not verify: the path ends at an unexpected anchor")]
+    UnexpectedAnchor,
 }
 
-fn describe(e: &webpki::Error) -> String {
-    match e {
-        webpki::Error::CertExpired { .. } => "the certificate has expired".into(),
-        webpki::Error::CertNotValidYet { .. } => "the certificate is not valid yet".into(),
-        webpki::Error::UnknownIssuer => {
-            "no path to the CA (a missing intermediate, or another CA)".into()
-        }
-        webpki::Error::RequiredEkuNotFoundContext(_) => {
-            "the certificate is not for client authentication (extended key usage)".into()
-        }
-        webpki::Error::CaUsedAsEndEntity => {
-            "a CA certificate was presented as the client certificate".into()
-        }
-        webpki::Error::MaximumPathDepthExceeded => "the chain is too deep".into(),
-        webpki::Error::InvalidSignatureForPublicKey => {
-            "a signature in the chain does not verify under its issuer's key (signed by \
-             another key of the same name, or altered)"
-                .into()
-        }
-        webpki::Error::UnsupportedCertVersion => {
-            "the certificate is not X.509 version 3 (openssl x509 -req makes version 1 \
-             unless given extensions, e.g. -extfile)"
-                .into()
-        }
-        other => format!("{other:?}"),
+fn quoted(names: &[String]) -> String {
+    names
+        .iter()
+        .map(|n| format!("'{n}'"))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
+fn stale_suffix(stale: &Option<StaleCa>) -> String {
+    match stale {
+        Some(s) => format!(
+            "; the certificate of CA '{}', named as an issuer in this chain, {}",
+            s.name, s.why
+        ),
+        None => String::new(),
     }
 }
 
-/// [`describe`], naming the certificate outside its validity: the client's own, or an
-/// intermediate it sent (`certs`: subject, notBefore, notAfter, leaf first).
-fn which(
+/// The refusal for webpki's error `e`, naming the certificate outside its validity (the
+/// client's own, or an intermediate it sent; `certs`: leaf first) or a CA out of date
+/// that was named as an issuer (`out_of_date`).
+fn path_refusal(
     e: &webpki::Error,
     certs: &[X509Certificate<'_>],
-    out_of_date: &[(usize, String)],
+    out_of_date: &[(usize, OutOfDate)],
     set: &CaSet,
     now: UnixTime,
-) -> String {
-    match e {
-        webpki::Error::CertExpired { .. } | webpki::Error::CertNotValidYet { .. } => {
+) -> ChainError {
+    let fault = PathFault::of(e);
+    match fault {
+        PathFault::Expired | PathFault::NotYetValid => {
             // webpki checks the leaf first, then each certificate up the path.
             for (n, cert) in certs.iter().enumerate() {
                 let validity = cert.validity();
@@ -152,30 +293,26 @@ fn which(
                 );
                 if let Some(why) = outside_validity(not_before, not_after, now) {
                     return if n == 0 {
-                        format!("the certificate {why}")
+                        ChainError::LeafOutOfDate(why)
                     } else {
-                        format!(
-                            "the intermediate certificate '{}' {why}",
-                            printable(cert.subject())
-                        )
+                        ChainError::IntermediateOutOfDate {
+                            subject: printable(cert.subject()),
+                            why,
+                        }
                     };
                 }
             }
-            describe(e)
+            ChainError::Path { fault, stale: None }
         }
-        // No path among the CAs in date, and one out of date was named: say so (a CA
-        // renewed with a new key does not anchor what the old key signed).
-        webpki::Error::UnknownIssuer | webpki::Error::InvalidSignatureForPublicKey => {
-            match out_of_date.first() {
-                Some((i, why)) => format!(
-                    "{}; the certificate of CA '{}', named as an issuer in this chain, {why}",
-                    describe(e),
-                    set.cas[*i].ca.name
-                ),
-                None => describe(e),
-            }
-        }
-        _ => describe(e),
+        // No path among the CAs in date, and one out of date was named: say so.
+        PathFault::UnknownIssuer | PathFault::BadSignature => ChainError::Path {
+            fault,
+            stale: out_of_date.first().map(|&(i, why)| StaleCa {
+                name: set.cas[i].ca.name.clone(),
+                why,
+            }),
+        },
+        _ => ChainError::Path { fault, stale: None },
     }
 }
 
@@ -286,21 +423,17 @@ impl CaSet {
     ) -> Result<&Ca, ChainError> {
         let leaf = chain.first().ok_or(ChainError::NoCertificate)?;
         if chain.len() > MAX_CHAIN_LEN {
-            return Err(ChainError::Malformed(format!(
-                "{} certificates; at most {MAX_CHAIN_LEN} are accepted",
-                chain.len()
-            )));
+            return Err(ChainError::TooLong { len: chain.len() });
         }
         // Issuers named anywhere in the chain select the candidate anchors; a CA outside
         // its own validity is never one.
         let mut candidates: Vec<usize> = Vec::new();
         let mut refused: Vec<usize> = Vec::new();
-        let mut out_of_date: Vec<(usize, String)> = Vec::new();
+        let mut out_of_date: Vec<(usize, OutOfDate)> = Vec::new();
         // Parsed once; their names are formatted only for a refusal's message.
         let mut certs: Vec<X509Certificate<'_>> = Vec::with_capacity(chain.len());
         for der in chain {
-            let (_, cert) = X509Certificate::from_der(der)
-                .map_err(|_| ChainError::Malformed("a certificate does not parse".into()))?;
+            let (_, cert) = X509Certificate::from_der(der).map_err(|_| ChainError::Unparsable)?;
             certs.push(cert);
         }
         for cert in &certs {
@@ -328,33 +461,32 @@ impl CaSet {
         }
         *cache_hit = !(candidates.is_empty() && refused.is_empty() && out_of_date.is_empty());
         if candidates.is_empty() {
-            if let Some((i, why)) = out_of_date.first() {
-                return Err(ChainError::Invalid(format!(
-                    "the certificate of CA '{}', which issued this chain, {why}",
-                    self.cas[*i].ca.name
-                )));
+            if let Some(&(i, why)) = out_of_date.first() {
+                return Err(ChainError::CaOutOfDate(StaleCa {
+                    name: self.cas[i].ca.name.clone(),
+                    why,
+                }));
             }
-            return Err(ChainError::NoAcceptedCa(if refused.is_empty() {
-                format!(
-                    "the certificate was not issued by any CA known to this gateway: no CA \
-                     here has its issuer's name ({}); if that is an intermediate, send it \
-                     after the certificate",
-                    printable(certs[0].issuer())
-                )
+            return Err(if refused.is_empty() {
+                ChainError::UnknownIssuer {
+                    issuer: printable(certs[0].issuer()),
+                }
             } else {
-                let names: Vec<String> = refused
-                    .iter()
-                    .map(|&i| format!("'{}'", self.cas[i].ca.name))
-                    .collect();
-                format!("the certificate's CA ({}) {refusal}", names.join(", "))
-            }));
+                ChainError::CaRefused {
+                    cas: refused
+                        .iter()
+                        .map(|&i| self.cas[i].ca.name.clone())
+                        .collect(),
+                    purpose: refusal.to_owned(),
+                }
+            });
         }
         let anchors: Vec<TrustAnchor<'_>> = candidates
             .iter()
             .map(|&i| self.cas[i].anchor.clone())
             .collect();
         let end_entity = webpki::EndEntityCert::try_from(leaf)
-            .map_err(|e| ChainError::Malformed(describe(&e)))?;
+            .map_err(|e| ChainError::BadLeaf(PathFault::of(&e)))?;
         let remembering = memo.wrap(counts);
         let algs: Vec<&dyn rustls_pki_types::SignatureVerificationAlgorithm> = remembering
             .iter()
@@ -372,7 +504,7 @@ impl CaSet {
                 None,
                 None,
             )
-            .map_err(|e| ChainError::Invalid(which(&e, &certs, &out_of_date, self, now)))?;
+            .map_err(|e| path_refusal(&e, &certs, &out_of_date, self, now))?;
         let anchor = path.anchor();
         candidates
             .iter()
@@ -382,7 +514,7 @@ impl CaSet {
                     && c.anchor.subject_public_key_info == anchor.subject_public_key_info
             })
             .map(|c| &c.ca)
-            .ok_or_else(|| ChainError::Invalid("the path ends at an unexpected anchor".into()))
+            .ok_or(ChainError::UnexpectedAnchor)
     }
 }
 
@@ -538,17 +670,18 @@ pub(crate) mod tests {
         let chain = [leaf(&a, NOW + 1000)];
         assert!(matches!(
             set.verify(&chain, NOW, "does not allow auto-enrollment", &SignatureMemo::off(), |c| c.is_verified),
-            Err(ChainError::NoAcceptedCa(m)) if m.contains("auto-enrollment")
+            Err(ChainError::CaRefused { cas, purpose })
+                if cas == ["A"] && purpose == "does not allow auto-enrollment"
         ));
         assert!(matches!(
             set.verify(&chain, NOW + 5000, "x", &SignatureMemo::off(), |_| true),
-            Err(ChainError::Invalid(m)) if m.contains("expired")
+            Err(ChainError::LeafOutOfDate(OutOfDate::Expired { not_after })) if not_after == NOW + 1000
         ));
         let stranger = root("stranger");
         let chain = [leaf(&stranger, NOW + 1000)];
         assert!(matches!(
             set.verify(&chain, NOW, "x", &SignatureMemo::off(), |_| true),
-            Err(ChainError::NoAcceptedCa(_))
+            Err(ChainError::UnknownIssuer { issuer }) if issuer.contains("stranger")
         ));
         assert_eq!(
             set.verify(&[], NOW, "x", &SignatureMemo::off(), |_| true)
@@ -638,8 +771,8 @@ pub(crate) mod tests {
         // The intermediate's signature is remembered, its validity is not: expired later.
         let (r, counts) = verify_counted(&set, &chain, NOW + 3_000, &memo);
         assert!(
-            matches!(&r, Err(ChainError::Invalid(m))
-                if m.contains("the intermediate certificate 'CN=fleet-intermediate' expired on")),
+            matches!(&r, Err(ChainError::IntermediateOutOfDate { subject, why: OutOfDate::Expired { .. } })
+                if subject == "CN=fleet-intermediate"),
             "{r:?}"
         );
         assert_eq!(counts.checked, 0, "refused on time, before any signature");
@@ -649,7 +782,13 @@ pub(crate) mod tests {
         forged[last] ^= 0x01;
         let (r, _) = verify_counted(&set, &[CertificateDer::from(forged), inter], NOW, &memo);
         assert!(
-            matches!(&r, Err(ChainError::Invalid(m)) if m.contains("does not verify under its issuer's key")),
+            matches!(
+                &r,
+                Err(ChainError::Path {
+                    fault: PathFault::BadSignature,
+                    stale: None
+                })
+            ),
             "a forged leaf: {r:?}"
         );
     }
@@ -667,13 +806,17 @@ pub(crate) mod tests {
         assert_eq!(verify_at(NOW).unwrap().id, "A");
         let r = verify_at(NOW + 200_000);
         assert!(
-            matches!(&r, Err(ChainError::Invalid(m))
-                if m.starts_with("the certificate of CA 'A', which issued this chain, expired on")),
+            matches!(&r, Err(ChainError::CaOutOfDate(StaleCa { name, why: OutOfDate::Expired { .. } }))
+                if name == "A"),
             "{r:?}"
         );
         let r = verify_at(NOW - 500);
         assert!(
-            matches!(&r, Err(ChainError::Invalid(m)) if m.contains("is not valid until")),
+            // Before the leaf's own notBefore (the root's is earlier): the leaf is named.
+            matches!(
+                &r,
+                Err(ChainError::LeafOutOfDate(OutOfDate::NotYetValid { .. }))
+            ),
             "{r:?}"
         );
         // The CA renewed with the same key and name, registered beside the expired one.
@@ -694,8 +837,8 @@ pub(crate) mod tests {
         let set = CaSet::build(vec![ca("A", &a.2, true), ca("A3", &rekeyed_pem, true)]);
         let r = set.verify(&chain, NOW + 200_000, "x", &SignatureMemo::off(), |_| true);
         assert!(
-            matches!(&r, Err(ChainError::Invalid(m))
-                if m.contains("the certificate of CA 'A', named as an issuer in this chain, expired on")),
+            matches!(&r, Err(ChainError::Path { fault: PathFault::UnknownIssuer | PathFault::BadSignature, stale: Some(StaleCa { name, why: OutOfDate::Expired { .. } }) })
+                if name == "A"),
             "{r:?}"
         );
     }
@@ -709,7 +852,7 @@ pub(crate) mod tests {
         let expired = [leaf(&a, NOW - 10)];
         let r = set.verify(&expired, NOW, "x", &SignatureMemo::off(), |_| true);
         assert!(
-            matches!(&r, Err(ChainError::Invalid(m)) if m.starts_with("the certificate expired on")),
+            matches!(&r, Err(ChainError::LeafOutOfDate(OutOfDate::Expired { not_after })) if *not_after == NOW - 10),
             "{r:?}"
         );
         let chain = [leaf(&a, NOW + 1000)];
@@ -721,8 +864,7 @@ pub(crate) mod tests {
             |c| c.is_verified,
         );
         assert!(
-            matches!(&r, Err(ChainError::NoAcceptedCa(m))
-                if m == "the certificate's CA ('A') is not verified or does not allow ottca enrollment"),
+            matches!(&r, Err(ChainError::CaRefused { cas, .. }) if cas == &["A"]),
             "{r:?}"
         );
         // Issued by an intermediate the client did not send.
@@ -730,9 +872,52 @@ pub(crate) mod tests {
         let set = CaSet::build(vec![ca("R", &root_pem, true)]);
         let r = set.verify(&leaves[..1], NOW, "x", &SignatureMemo::off(), |_| true);
         assert!(
-            matches!(&r, Err(ChainError::NoAcceptedCa(m))
-                if m.contains("(CN=fleet-intermediate)") && m.contains("send it after the certificate")),
+            matches!(&r, Err(ChainError::UnknownIssuer { issuer }) if issuer == "CN=fleet-intermediate"),
             "{r:?}"
         );
+    }
+
+    /// Each refusal is formatted once, from its facts, as the answer shows it.
+    #[test]
+    fn refusals_read_as_the_answer_shows_them() {
+        let expired = OutOfDate::Expired {
+            not_after: 1_700_000_000,
+        };
+        let cases = [
+            (
+                ChainError::CaRefused {
+                    cas: vec!["A".into(), "B".into()],
+                    purpose: "is not verified or does not allow ottca enrollment".into(),
+                },
+                "the certificate's CA ('A', 'B') is not verified or does not allow ottca enrollment",
+            ),
+            (
+                ChainError::LeafOutOfDate(expired),
+                "the client certificate chain does not verify: the certificate expired on 2023-11-14T22:13:20Z",
+            ),
+            (
+                ChainError::Path {
+                    fault: PathFault::UnknownIssuer,
+                    stale: Some(StaleCa {
+                        name: "A".into(),
+                        why: expired,
+                    }),
+                },
+                "the client certificate chain does not verify: no path to the CA (a missing \
+                 intermediate, or another CA); the certificate of CA 'A', named as an issuer in \
+                 this chain, expired on 2023-11-14T22:13:20Z",
+            ),
+            (
+                ChainError::UnknownIssuer {
+                    issuer: "CN=x".into(),
+                },
+                "the certificate was not issued by any CA known to this gateway: no CA here has \
+                 its issuer's name (CN=x); if that is an intermediate, send it after the \
+                 certificate",
+            ),
+        ];
+        for (e, text) in cases {
+            assert_eq!(e.to_string(), text);
+        }
     }
 }
