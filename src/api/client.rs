@@ -127,6 +127,10 @@ pub(super) async fn route(
                 ))),
             }
         }
+        "/crl" => match method {
+            "GET" | "HEAD" => super::crl::get(w),
+            _ => Err(method_not_allowed(req, "GET")),
+        },
         "/current-identity" => match method {
             "GET" | "HEAD" => super::current::current_identity(w, req),
             _ => Err(method_not_allowed(req, "GET")),
