@@ -32,7 +32,6 @@ pub(super) fn get(w: &WorkerCtx) -> Result<Response, ApiError> {
         let der = shared
             .sign_crl(&entries, now, number)
             .map_err(|e| ApiError::Unhandled(format!("signing the CRL: {e}")))?;
-        metrics::gauge!("enrollgate_crl_entries").set(entries.len() as f64);
         tracing::info!(entries = entries.len(), number, "CRL signed");
         Ok::<_, ApiError>(der)
     })?;
