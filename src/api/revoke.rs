@@ -69,7 +69,7 @@ pub(super) async fn disable(w: &WorkerCtx, req: &Request, id: &str) -> Result<Re
     };
     // OpenZiti: a duration of 0 (or none) disables until enabled.
     let secs = match secs {
-        Some(s) if s < 0 || s > MAX_SUSPENSION_SECS => {
+        Some(s) if !(0..=MAX_SUSPENSION_SECS).contains(&s) => {
             return Err(ApiError::CouldNotParseBody(format!(
                 "the duration must be from 0 (until enabled) to {MAX_SUSPENSION_SECS} seconds"
             )))

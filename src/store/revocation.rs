@@ -95,13 +95,12 @@ pub(crate) fn content_of(a: &Authenticator) -> Option<String> {
         .and_then(|p| crate::pki::fingerprint::tbs_sha256_hex(p.contents()))
 }
 
+/// Revocation records to write: `(key, record JSON)`.
+pub(crate) type Records = Vec<(Vec<u8>, Vec<u8>)>;
+
 /// The records revoking every certificate of `identity` (active and pending renewal):
 /// `(key, record JSON)`, and whether a serial is among them (the CRL changes).
-pub(crate) fn records(
-    identity: &Identity,
-    reason: Reason,
-    now: UnixTime,
-) -> (Vec<(Vec<u8>, Vec<u8>)>, bool) {
+pub(crate) fn records(identity: &Identity, reason: Reason, now: UnixTime) -> (Records, bool) {
     let mut out = Vec::new();
     let mut serials = false;
     for a in identity.certificates() {
