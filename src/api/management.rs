@@ -401,7 +401,8 @@ async fn create_identity(w: &WorkerCtx, req: &Request) -> Result<Response, ApiEr
         return Err(ApiError::Unhandled("unexpected store outcome".into()));
     };
     tracing::info!(identity_id = %created.id, kind = created.kind.as_str(), "identity created");
-    let view = views::identity(&created, enrollment.as_ref());
+    let mut view = views::identity(&created, enrollment.as_ref());
+    super::revoke::with_suspension(&mut view, &created, now);
     Ok(Response::json(201, &json!({ "data": view, "meta": {} })))
 }
 

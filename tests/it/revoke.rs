@@ -402,12 +402,47 @@ fn deleting_an_identity_puts_its_serial_on_the_crl() {
     assert_eq!((r.status, code(&r)), (404, "NOT_FOUND".into()));
     let r = gw.request("POST", "/crl", &[], b"");
     assert_eq!(r.status, 405);
-    // The listing survives a restart, and the CRL still lists the serial.
+    // A backup (checked by fsck) and a restore carry the revocation: the restored gateway's
+    // CRL still lists the serial.
+    let cfg = gw.data.join("enrollgate.toml");
+    let backup = gw.dir.path().join("backup");
+    run_ok(
+        Command::new(BIN)
+            .args(["backup", "--config"])
+            .arg(&cfg)
+            .arg("--out")
+            .arg(&backup),
+    );
     gw.stop();
+    run_ok(
+        Command::new(BIN)
+            .args(["restore", "--config"])
+            .arg(&cfg)
+            .arg("--from")
+            .arg(&backup),
+    );
     gw.spawn(&[]);
     let (text, _) = fetch_crl(&gw, "/crl");
     assert!(text.contains(&serial(&doomed)), "{text}");
+    assert_eq!(
+        gw.mgmt("GET", "/revocations", None).json().unwrap()["data"],
+        list["data"]
+    );
     fsck_clean(&mut gw);
+}
+
+/// With the CA key in a PKCS#11 token, the CRL is signed there, and openssl checks it
+/// against the CA certificate.
+#[test]
+fn the_crl_is_signed_in_the_token_that_holds_the_ca_key() {
+    let hsm = crate::hsm::SoftHsm::new();
+    let gw = Gateway::start_full(&["--ca-key", &hsm.uri()], |_| {}, &hsm.env());
+    let (_, _, t) = gw.create_identity("hsm-dev", "Device", false);
+    let cert = ott_cert(&gw, "hsm-dev", &t);
+    assert!(verify_with_crl(&gw, &cert).0);
+    cli_ok(&gw, &["identity", "delete", "hsm-dev"]);
+    let (ok, said) = verify_with_crl(&gw, &cert);
+    assert!(!ok && said.contains("certificate revoked"), "{said}");
 }
 
 #[test]
