@@ -296,6 +296,12 @@ mod tests {
             ),
             (ApiError::CertInUse(String::new()), 409, "CERT_IN_USE"),
             (
+                ApiError::IdentityDisabled(String::new()),
+                403,
+                "IDENTITY_DISABLED",
+            ),
+            (ApiError::CertRevoked(String::new()), 403, "CERT_REVOKED"),
+            (
                 ApiError::UnsupportedMedia(String::new()),
                 415,
                 "UNSUPPORTED_MEDIA",
