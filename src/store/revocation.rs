@@ -17,6 +17,10 @@ use super::{decode, keys, Store, StoreError};
 use crate::clock::UnixTime;
 use crate::model::{Authenticator, Identity};
 
+/// What a client presenting a blocked certificate is told (`CERT_REVOKED`).
+pub const REVOKED_MESSAGE: &str = "this certificate was revoked (its identity was deleted or \
+     re-enrolled); an admin can lift that with `enrollgate revocation lift`";
+
 /// Why a certificate was revoked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -167,6 +171,14 @@ impl Store {
     /// Every blocked third-party certificate.
     pub fn blocked(&self) -> Result<Vec<Blocked>, StoreError> {
         self.all_under(keys::BLOCKED)
+    }
+
+    /// Whether `auth`'s content is blocked (its identity was deleted or re-enrolled).
+    pub fn is_blocked(&self, auth: &Authenticator) -> Result<bool, StoreError> {
+        match content_of(auth) {
+            Some(tbs) => Ok(self.db().get(keys::blocked(&tbs))?.is_some()),
+            None => Ok(false),
+        }
     }
 
     /// The revocation generation: moves whenever a serial is revoked (0 before the first).

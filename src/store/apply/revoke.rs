@@ -50,11 +50,7 @@ impl<S: Snapshot + ?Sized> Batch<'_, S> {
     pub(super) fn refuse_blocked(&self, auth: &Authenticator) -> Result<(), StoreError> {
         if let Some(tbs) = revocation::content_of(auth) {
             if self.get(&keys::blocked(&tbs))?.is_some() {
-                return Err(StoreError::CertRevoked(
-                    "this certificate was revoked (its identity was deleted or re-enrolled); \
-                     an admin can lift that with `enrollgate revocation lift`"
-                        .into(),
-                ));
+                return Err(StoreError::CertRevoked(revocation::REVOKED_MESSAGE.into()));
             }
         }
         Ok(())
