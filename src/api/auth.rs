@@ -190,8 +190,10 @@ impl Sessions {
                 self.map.remove(&oldest);
             }
             mine.push(token.clone());
+            // Inserted while the identity's entry is held: `end_identity`, which takes the
+            // entry first, cannot miss a session opened as it runs.
+            self.map.insert(token.clone(), session.clone());
         }
-        self.map.insert(token.clone(), session.clone());
         Ok((token, session))
     }
 
