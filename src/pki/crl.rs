@@ -185,4 +185,29 @@ mod tests {
         let (_, ca_cert) = X509Certificate::from_der(ca.der()).unwrap();
         crl.verify_signature(ca_cert.public_key()).unwrap();
     }
+
+    /// How long signing a CRL takes with many entries (run by hand: `--ignored`).
+    #[test]
+    #[ignore]
+    fn measure_signing() {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let ca = crate::pki::root_ca_params("root", 1_700_000_000)
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let pem = key.serialize_pem();
+        for n in [0usize, 1_000, 10_000, 100_000] {
+            let entries: Vec<Entry> = (0..n)
+                .map(|i| Entry {
+                    serial: [&[0x41u8][..], &(i as u64).to_be_bytes(), &[7u8; 7]].concat(),
+                    revoked_at: 1_700_000_100,
+                    not_after: 1_800_000_000,
+                })
+                .collect();
+            let key = rcgen::KeyPair::from_pem(&pem).unwrap();
+            let t = std::time::Instant::now();
+            let der = sign(ca.der(), key.into(), &entries, 1_700_000_200, 1).unwrap();
+            eprintln!("{n} entries: {:?}, {} bytes", t.elapsed(), der.len());
+        }
+    }
 }
