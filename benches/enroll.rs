@@ -109,6 +109,7 @@ fn bench_ott_floor(c: &mut Criterion) {
         IssuePolicy {
             trust_domain: "bench".into(),
             lifetime_secs: 86_400,
+            crl_url: None,
         },
     )
     .expect("signer");

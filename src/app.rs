@@ -95,6 +95,9 @@ pub struct Shared {
     pub issued_chain_tail_pem: String,
     /// Rate limits on enrollment requests; kept across reloads while their limit is unchanged.
     pub rates: Arc<RateLimits>,
+    /// The last CRL signed (`GET /crl`), regenerated when the store's revocation
+    /// generation moves.
+    pub crl: crate::pki::crl::CrlCache,
     /// Set when a reload replaced this state: keep-alive connections still using it close
     /// after their current response, so old keys and limits do not linger.
     superseded: std::sync::atomic::AtomicBool,
@@ -252,6 +255,7 @@ impl Shared {
             memory,
             rates,
             superseded: std::sync::atomic::AtomicBool::new(false),
+            crl: Default::default(),
             issued_chain_tail_pem: pki::pem_of_certs(
                 &ca_chain
                     .iter()
@@ -267,16 +271,7 @@ impl Shared {
 
     /// Loads the keys one worker signs with (each worker has its own copy).
     fn worker_keys(&self) -> Result<(Signer, JwtSigner), SetupError> {
-        let ca_key: pki::CaKey = match &self.ca_key {
-            CaKeySource::Pem(pem) => rcgen::KeyPair::from_pem(pem)
-                .map_err(|_| pki::LoadError::Invalid {
-                    path: "pki.ca_key".into(),
-                    reason: "not a PKCS#8 PEM private key".into(),
-                })?
-                .into(),
-            CaKeySource::Hsm(token) => pki::CaKey::Hsm(token.key()?),
-        };
-        let signer = Signer::new(&self.ca_der, ca_key, self.issue_policy())?;
+        let signer = Signer::new(&self.ca_der, self.ca_key()?, self.issue_policy())?;
         let server_key_pem = &self.server_key_pem;
         let server_key =
             rcgen::KeyPair::from_pem(server_key_pem).map_err(|_| pki::LoadError::Invalid {
@@ -292,6 +287,36 @@ impl Shared {
         Ok((signer, jwt))
     }
 
+    /// A handle on the CA key: a parsed copy of the file key, or a new session on the
+    /// PKCS#11 token.
+    fn ca_key(&self) -> Result<pki::CaKey, SetupError> {
+        Ok(match &self.ca_key {
+            CaKeySource::Pem(pem) => rcgen::KeyPair::from_pem(pem)
+                .map_err(|_| pki::LoadError::Invalid {
+                    path: "pki.ca_key".into(),
+                    reason: "not a PKCS#8 PEM private key".into(),
+                })?
+                .into(),
+            CaKeySource::Hsm(token) => pki::CaKey::Hsm(token.key()?),
+        })
+    }
+
+    /// Signs a CRL listing `entries` at `now` (see [`crate::pki::crl`]).
+    pub fn sign_crl(
+        &self,
+        entries: &[crate::pki::crl::Entry],
+        now: crate::clock::UnixTime,
+        number: u64,
+    ) -> Result<Vec<u8>, SetupError> {
+        Ok(crate::pki::crl::sign(
+            &self.ca_der,
+            self.ca_key()?,
+            entries,
+            now,
+            number,
+        )?)
+    }
+
     /// True once a reload installed a newer state.
     pub fn is_superseded(&self) -> bool {
         self.superseded.load(std::sync::atomic::Ordering::Acquire)
@@ -302,6 +327,11 @@ impl Shared {
         IssuePolicy {
             trust_domain: self.config.trust_domain.clone(),
             lifetime_secs: i64::try_from(self.config.cert_lifetime.as_secs()).unwrap_or(i64::MAX),
+            crl_url: self
+                .config
+                .public_url
+                .as_ref()
+                .map(|u| format!("{}/crl", u.origin())),
         }
     }
 }

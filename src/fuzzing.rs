@@ -151,6 +151,7 @@ static SIGNER: LazyLock<crate::pki::issue::Signer> = LazyLock::new(|| {
         crate::pki::IssuePolicy {
             trust_domain: "fuzz.example".into(),
             lifetime_secs: 86_400,
+            crl_url: None,
         },
     )
     .expect("the fixture CA and its key make a signer")

@@ -37,6 +37,9 @@ pub enum AuthError {
     /// Outside its validity.
     #[error("this certificate is expired or not yet valid")]
     OutsideValidity,
+    /// An admin disabled the identity (`IDENTITY_DISABLED`).
+    #[error("identity '{0}' is disabled")]
+    Disabled(String),
     /// Its CA no longer allows authentication, or the chain no longer verifies.
     #[error("this certificate does not authenticate through a third-party CA: {0}")]
     CaRefused(String),
@@ -68,6 +71,9 @@ pub fn authenticate(w: &WorkerCtx, peer: &Peer, now: UnixTime) -> Result<Identit
     if now < auth.not_before || now >= auth.not_after {
         return Err(AuthError::OutsideValidity);
     }
+    if identity.is_disabled_at(now) {
+        return Err(AuthError::Disabled(identity.name));
+    }
     if !auth.issued_by_network {
         let cas = w.cas.current(&w.shared.cas);
         cas.verify(
@@ -94,6 +100,7 @@ pub fn require_admin(w: &WorkerCtx, peer: &Peer) -> Result<Identity, ApiError> {
         Ok(identity) if identity.is_admin => Ok(identity),
         Ok(_) => Err(why("this identity is not an admin".into())),
         Err(AuthError::Store(e)) => Err(ApiError::Unhandled(e)),
+        Err(e @ AuthError::Disabled(_)) => Err(ApiError::IdentityDisabled(e.to_string())),
         Err(e) => Err(why(e.to_string())),
     }
 }
@@ -183,8 +190,10 @@ impl Sessions {
                 self.map.remove(&oldest);
             }
             mine.push(token.clone());
+            // Inserted while the identity's entry is held: `end_identity`, which takes the
+            // entry first, cannot miss a session opened as it runs.
+            self.map.insert(token.clone(), session.clone());
         }
-        self.map.insert(token.clone(), session.clone());
         Ok((token, session))
     }
 
@@ -196,6 +205,18 @@ impl Sessions {
             return None;
         }
         Some(s)
+    }
+
+    /// Ends every session of `identity_id` (disabled, re-enrolled or deleted); returns how
+    /// many were live. Their tokens authenticate nothing afterwards.
+    pub fn end_identity(&self, identity_id: &str) -> usize {
+        let Some((_, tokens)) = self.by_identity.remove(identity_id) else {
+            return 0;
+        };
+        tokens
+            .iter()
+            .filter(|t| self.map.remove(*t).is_some())
+            .count()
     }
 
     /// Ends the session with this token (logout); false when there was none. The token
@@ -253,6 +274,18 @@ mod tests {
         );
         assert!(s.get(&tokens[0], 101).is_none(), "the oldest went");
         assert!(s.create(open("other"), 100).is_ok());
+    }
+
+    #[test]
+    fn ending_an_identity_ends_all_its_sessions_and_no_other() {
+        let s = Sessions::default();
+        let (a, _) = s.create(open("i1"), 100).unwrap();
+        let (b, _) = s.create(open("i1"), 100).unwrap();
+        let (c, _) = s.create(open("i2"), 100).unwrap();
+        assert_eq!(s.end_identity("i1"), 2);
+        assert!(s.get(&a, 101).is_none() && s.get(&b, 101).is_none());
+        assert_eq!(s.get(&c, 101).unwrap().identity_id, "i2");
+        assert_eq!(s.end_identity("i1"), 0);
     }
 
     #[test]

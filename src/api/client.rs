@@ -127,6 +127,10 @@ pub(super) async fn route(
                 ))),
             }
         }
+        "/crl" => match method {
+            "GET" | "HEAD" => super::crl::get(w),
+            _ => Err(method_not_allowed(req, "GET")),
+        },
         "/current-identity" => match method {
             "GET" | "HEAD" => super::current::current_identity(w, req),
             _ => Err(method_not_allowed(req, "GET")),
@@ -198,12 +202,17 @@ fn presented_authenticator(
 }
 
 /// Refuses a certificate already bound, as it is or in another encoding of its signature,
-/// before the CA's rate budget is charged: a device retrying cannot spend it. The committer
-/// decides again, atomically; this only answers the common case early.
+/// or revoked, before the CA's rate budget is charged: a device retrying cannot spend it.
+/// The committer decides again, atomically; this only answers the common case early.
 fn refuse_bound(shared: &crate::app::Shared, auth: &Authenticator) -> Result<(), ApiError> {
     if shared.store.is_bound(auth)? {
         return Err(ApiError::CertInUse(
             "this certificate is already bound to an identity".into(),
+        ));
+    }
+    if shared.store.is_blocked(auth)? {
+        return Err(ApiError::CertRevoked(
+            crate::store::revocation::REVOKED_MESSAGE.into(),
         ));
     }
     Ok(())

@@ -27,6 +27,7 @@ pub(super) fn authenticate_cert(w: &WorkerCtx, peer: &Peer) -> Result<Response, 
     let now = w.shared.clock.unix_now();
     let identity = auth::authenticate(w, peer, now).map_err(|e| match e {
         auth::AuthError::Store(m) => ApiError::Unhandled(m),
+        e @ auth::AuthError::Disabled(_) => ApiError::IdentityDisabled(e.to_string()),
         other => ApiError::InvalidAuth(other.to_string()),
     })?;
     let authenticator_id = identity
@@ -85,10 +86,19 @@ fn session_of<'r>(w: &WorkerCtx, req: &'r Request) -> Result<(&'r str, Session),
 }
 
 fn identity_of(w: &WorkerCtx, session: &Session) -> Result<Identity, ApiError> {
-    w.shared
+    let identity = w
+        .shared
         .store
         .identity(&session.identity_id)?
-        .ok_or_else(|| ApiError::Unauthorized("the session's identity no longer exists".into()))
+        .ok_or_else(|| ApiError::Unauthorized("the session's identity no longer exists".into()))?;
+    // Disabling ends the identity's sessions; this closes the window of a session opened
+    // while the suspension was being committed.
+    if identity.is_disabled_at(w.shared.clock.unix_now()) {
+        return Err(ApiError::Unauthorized(
+            "the session's identity is disabled".into(),
+        ));
+    }
+    Ok(identity)
 }
 
 fn link(href: &str) -> Value {

@@ -68,6 +68,14 @@ pub enum ApiError {
     /// `CERT_NOT_RENEWABLE` 409: a third-party CA issued the certificate; it renews it.
     #[error("{0}")]
     NotRenewable(String),
+    /// `IDENTITY_DISABLED` 403: an admin disabled the identity; it cannot authenticate,
+    /// renew or enroll until enabled (or its suspension ends).
+    #[error("{0}")]
+    IdentityDisabled(String),
+    /// `CERT_REVOKED` 403: the certificate was revoked (its identity deleted or
+    /// re-enrolled) and binds no identity until an admin lifts that.
+    #[error("{0}")]
+    CertRevoked(String),
     /// `INVALID_AUTH` 401: `/authenticate` with a certificate that does not authenticate.
     #[error("{0}")]
     InvalidAuth(String),
@@ -140,6 +148,8 @@ impl ApiError {
             Self::InvalidParameter(_) => (400, "INVALID_PARAMETER"),
             Self::InvalidState(_) => (409, "INVALID_STATE"),
             Self::NotRenewable(_) => (409, "CERT_NOT_RENEWABLE"),
+            Self::IdentityDisabled(_) => (403, "IDENTITY_DISABLED"),
+            Self::CertRevoked(_) => (403, "CERT_REVOKED"),
             Self::InvalidAuth(_) => (401, "INVALID_AUTH"),
             Self::Unauthorized(_) => (401, "UNAUTHORIZED"),
             Self::NotFound(_) => (404, "NOT_FOUND"),
@@ -210,6 +220,8 @@ impl From<StoreError> for ApiError {
             StoreError::CaExists => Self::CaExists(msg),
             StoreError::CaAlreadyVerified => Self::CaAlreadyVerified(msg),
             StoreError::CaNotUsable(_) => Self::EnrollmentCaNotValid(msg),
+            StoreError::Disabled(_) => Self::IdentityDisabled(msg),
+            StoreError::CertRevoked(_) => Self::CertRevoked(msg),
             StoreError::Busy => {
                 crate::telemetry::rate_limited("commit_queue");
                 Self::RateLimited {
@@ -286,6 +298,12 @@ mod tests {
                 "COULD_NOT_PROCESS_CSR",
             ),
             (ApiError::CertInUse(String::new()), 409, "CERT_IN_USE"),
+            (
+                ApiError::IdentityDisabled(String::new()),
+                403,
+                "IDENTITY_DISABLED",
+            ),
+            (ApiError::CertRevoked(String::new()), 403, "CERT_REVOKED"),
             (
                 ApiError::UnsupportedMedia(String::new()),
                 415,

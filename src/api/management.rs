@@ -38,6 +38,14 @@ pub(super) async fn route(
         (["identities", id], "GET") => show_identity(w, id),
         (["identities", id], "DELETE") => delete_identity(w, id).await,
         (["identities", _], _) => Err(method_not_allowed(req, "GET, DELETE")),
+        (["identities", id, "disable"], "POST") => super::revoke::disable(w, req, id).await,
+        (["identities", id, "enable"], "POST") => super::revoke::enable(w, id).await,
+        (["identities", id, "re-enroll"], "POST") => super::revoke::re_enroll(w, req, id).await,
+        (["authenticators", id, "re-enroll"], "POST") => {
+            super::revoke::re_enroll_authenticator(w, req, id).await
+        }
+        (["revocations"], "GET") => super::revoke::list(w),
+        (["revocations", id], "DELETE") => super::revoke::lift(w, id).await,
         (["enrollments"], "GET") => list_enrollments(w, req),
         (["enrollments"], "POST") => create_enrollment(w, req).await,
         (["enrollments"], _) => Err(method_not_allowed(req, "GET, POST")),
@@ -170,7 +178,9 @@ fn list_identities(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
     )?;
     let mut data = Vec::with_capacity(page.items.len());
     for i in &page.items {
-        data.push(views::identity(i, pending_of(w, i)?.as_ref()));
+        let mut view = views::identity(i, pending_of(w, i)?.as_ref());
+        super::revoke::with_suspension(&mut view, i, now);
+        data.push(view);
     }
     Ok(Response::json(
         200,
@@ -178,7 +188,7 @@ fn list_identities(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
     ))
 }
 
-fn find_identity(w: &WorkerCtx, id: &str) -> Result<Identity, ApiError> {
+pub(super) fn find_identity(w: &WorkerCtx, id: &str) -> Result<Identity, ApiError> {
     let not_found = || {
         ApiError::NotFound(format!(
             "no identity with id '{}'",
@@ -206,24 +216,27 @@ fn find_enrollment(w: &WorkerCtx, id: &str) -> Result<Enrollment, ApiError> {
 
 fn show_identity(w: &WorkerCtx, id: &str) -> Result<Response, ApiError> {
     let i = find_identity(w, id)?;
-    Ok(Response::data(views::identity(
-        &i,
-        pending_of(w, &i)?.as_ref(),
-    )))
+    let mut view = views::identity(&i, pending_of(w, &i)?.as_ref());
+    super::revoke::with_suspension(&mut view, &i, w.shared.clock.unix_now());
+    Ok(Response::data(view))
 }
 
 async fn delete_identity(w: &WorkerCtx, id: &str) -> Result<Response, ApiError> {
     find_identity(w, id)?;
     w.shared
         .commit
-        .submit(Command::DeleteIdentity { id: id.to_string() })
+        .submit(Command::DeleteIdentity {
+            id: id.to_string(),
+            now: w.shared.clock.unix_now(),
+        })
         .await?;
+    w.shared.sessions.end_identity(id);
     tracing::info!(identity_id = %id, "identity deleted");
     Ok(Response::data(json!({})))
 }
 
 /// Builds a new one-time enrollment (`ott`, or `ottca` bound to `ca_id`).
-fn new_enrollment(
+pub(super) fn new_enrollment(
     w: &WorkerCtx,
     identity_id: &str,
     method: Method,
@@ -388,7 +401,8 @@ async fn create_identity(w: &WorkerCtx, req: &Request) -> Result<Response, ApiEr
         return Err(ApiError::Unhandled("unexpected store outcome".into()));
     };
     tracing::info!(identity_id = %created.id, kind = created.kind.as_str(), "identity created");
-    let view = views::identity(&created, enrollment.as_ref());
+    let mut view = views::identity(&created, enrollment.as_ref());
+    super::revoke::with_suspension(&mut view, &created, now);
     Ok(Response::json(201, &json!({ "data": view, "meta": {} })))
 }
 

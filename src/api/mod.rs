@@ -4,11 +4,13 @@
 pub mod auth;
 pub mod cas;
 pub mod client;
+mod crl;
 pub mod current;
 pub mod error;
 pub mod filter;
 pub mod management;
 pub mod renew;
+pub mod revoke;
 pub mod views;
 
 use crate::app::WorkerCtx;

@@ -1,5 +1,5 @@
-//! `enrollgate identity create|list|show|delete|jwt|reissue`: the management API, spoken
-//! with an admin identity file.
+//! `enrollgate identity create|list|show|delete|jwt|reissue` (and, from `cli::suspend`,
+//! `disable|enable|re-enroll`): the management API, spoken with an admin identity file.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -112,6 +112,9 @@ pub enum IdentityCommand {
         #[allow(missing_docs)]
         admin_args: AdminArgs,
     },
+    #[command(flatten)]
+    #[allow(missing_docs)]
+    Suspend(super::suspend::SuspendCommand),
 }
 
 /// A management API client authenticated by an admin identity file.
@@ -242,14 +245,14 @@ fn refused(resp: &HttpResponse) -> CliError {
 /// exists) before anything changes on the server, so that a token is never made only to
 /// be lost to a file that was already there, and removed if never written (the server
 /// refused); or standard output.
-struct JwtOut(Option<PendingFile>);
+pub(super) struct JwtOut(Option<PendingFile>);
 
 impl JwtOut {
-    fn open(output: Option<&PathBuf>) -> Result<Self, CliError> {
+    pub(super) fn open(output: Option<&PathBuf>) -> Result<Self, CliError> {
         Ok(Self(output.map(|p| PendingFile::create(p)).transpose()?))
     }
 
-    fn write(self, jwt: &str) -> Result<(), CliError> {
+    pub(super) fn write(self, jwt: &str) -> Result<(), CliError> {
         match self.0 {
             Some(file) => {
                 let path = file.path().display().to_string();
@@ -279,6 +282,7 @@ pub(super) fn text(v: &Value, key: &str) -> String {
 /// Runs an `identity` subcommand.
 pub fn run(cmd: IdentityCommand) -> Result<(), CliError> {
     match cmd {
+        IdentityCommand::Suspend(c) => super::suspend::run(c),
         IdentityCommand::Create {
             kind,
             name,
@@ -362,20 +366,21 @@ pub fn run(cmd: IdentityCommand) -> Result<(), CliError> {
                 return Ok(());
             }
             println!(
-                "{:<18} {:<32} {:<8} {:<6} {:<8} CERT EXPIRES",
-                "ID", "NAME", "TYPE", "ADMIN", "ENROLLED"
+                "{:<18} {:<32} {:<8} {:<6} {:<8} {:<8} CERT EXPIRES",
+                "ID", "NAME", "TYPE", "ADMIN", "ENROLLED", "DISABLED"
             );
             for i in v["data"].as_array().map(Vec::as_slice).unwrap_or_default() {
                 let expires = i["authenticators"]["cert"]["notAfter"]
                     .as_str()
                     .unwrap_or("-");
                 println!(
-                    "{:<18} {:<32} {:<8} {:<6} {:<8} {expires}",
+                    "{:<18} {:<32} {:<8} {:<6} {:<8} {:<8} {expires}",
                     text(i, "id"),
                     text(i, "name"),
                     text(i, "type"),
                     text(i, "isAdmin"),
                     text(i, "hasEnrolled"),
+                    text(i, "disabled"),
                 );
             }
             let p = &v["meta"]["pagination"];

@@ -216,6 +216,7 @@ fn create_all(
         IssuePolicy {
             trust_domain: "enrollgate".into(),
             lifetime_secs: 365 * 86_400,
+            crl_url: None,
         },
     )?;
     let admin_key = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256)?;

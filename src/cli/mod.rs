@@ -7,7 +7,9 @@ pub mod identity;
 pub mod init;
 pub mod logging;
 pub mod ops;
+pub mod revocation;
 pub mod serve;
+pub mod suspend;
 
 use std::path::PathBuf;
 
@@ -141,6 +143,10 @@ pub enum Command {
     /// Manage third-party CAs (needs an admin identity file).
     #[command(subcommand)]
     Ca(ca::CaCommand),
+    /// Revoked certificates; lift the block on a third-party one (needs an admin identity
+    /// file).
+    #[command(subcommand)]
+    Revocation(revocation::RevocationCommand),
     /// Check a configuration file and the files it names; exit 1 on any problem.
     CheckConfig(ops::ConfigArg),
     /// Check the store's invariants (I1-I5), also while the daemon serves.
@@ -196,6 +202,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Quickstart(a) => init::quickstart(a),
         Command::Identity(c) => identity::run(c),
         Command::Ca(c) => ca::run(c),
+        Command::Revocation(c) => revocation::run(c),
         Command::CheckConfig(a) => ops::check_config(a),
         Command::Fsck(a) => ops::fsck(a),
         Command::Backup(a) => ops::backup(a),

@@ -15,16 +15,19 @@
 //! each entry's record and scans the identities before refusing. Where it disagrees with
 //! the records (after a rollback to a version without it, and an upgrade), `fsck` says so
 //! in a note, which fails nothing.
+//! | no revoked serial (`r:`) and no blocked certificate content (`x:`) is bound to an identity; each such record decodes under its own key | I7 |
 //! | every record decodes | |
 
 use std::collections::BTreeMap;
+
+mod revoked;
 
 use super::super::model::{Ca, Enrollment, Identity};
 
 /// One broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Violation {
-    /// `I1`, `I2`, `I3`, `I5` or `DECODE`.
+    /// `I1`, `I2`, `I3`, `I5`, `I7` or `DECODE`.
     pub invariant: &'static str,
     /// What is wrong (never a token).
     pub detail: String,
@@ -71,6 +74,7 @@ pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
     let mut contents: BTreeMap<String, String> = BTreeMap::new();
     let mut admins: std::collections::BTreeSet<String> = Default::default();
     let mut admins_indexed = false;
+    let mut revocations = revoked::Records::default();
     let mut r = Report::default();
     let bad = |invariant: &'static str, detail: String| Violation { invariant, detail };
     let mut violations = Vec::new();
@@ -136,6 +140,8 @@ pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
                     violations.push(bad("DECODE", format!("CA record {rest} does not decode")))
                 }
             },
+            "r" => revocations.revoked(rest, &v, &mut violations),
+            "x" => revocations.blocked(rest, &v, &mut violations),
             "cn" | "cf" => {}
             _ => violations.push(bad("DECODE", format!("unknown record kind '{kind}:'"))),
         }
@@ -344,6 +350,7 @@ pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
             ));
         }
     }
+    revocations.check(&identities, &contents, &mut violations);
     r.violations = violations;
     r
 }

@@ -190,6 +190,7 @@ mod tests {
             IssuePolicy {
                 trust_domain: "test".into(),
                 lifetime_secs: 3600,
+                crl_url: None,
             },
         )
         .unwrap()
@@ -245,6 +246,7 @@ mod tests {
                 let policy = IssuePolicy {
                     trust_domain: "test".into(),
                     lifetime_secs: 3600,
+                    crl_url: None,
                 };
                 Signer::new(ca.der(), rcgen::KeyPair::from_pem(&pem).unwrap(), policy).unwrap()
             })

@@ -10,6 +10,7 @@
 //! | extended key usage | clientAuth |
 //! | serial | 128 random bits (positive) |
 //! | public key | the CSR's, after its signature verified (`pki::csr`) |
+//! | CRL distribution point | `<server.public_url>/crl`, when a public URL is configured |
 
 use rcgen::{
     CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer,
@@ -32,6 +33,10 @@ pub struct IssuePolicy {
     pub trust_domain: String,
     /// Lifetime of an issued certificate, seconds.
     pub lifetime_secs: i64,
+    /// Where the CRL is published (`<server.public_url>/crl`), named in each certificate's
+    /// CRL distribution point; `None` without a configured public URL, whose bound
+    /// address a verifier elsewhere could not reach.
+    pub crl_url: Option<String>,
 }
 
 /// A certificate could not be built or signed.
@@ -101,6 +106,11 @@ pub fn client_params(
     ];
     params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
+    if let Some(url) = &policy.crl_url {
+        params.crl_distribution_points = vec![rcgen::CrlDistributionPoint {
+            uris: vec![url.clone()],
+        }];
+    }
     Ok(params)
 }
 
@@ -179,6 +189,7 @@ mod tests {
         let policy = IssuePolicy {
             trust_domain: "example.org".into(),
             lifetime_secs: 86_400,
+            crl_url: None,
         };
         let signer = Signer::new(&ca_der, ca_key, policy).unwrap();
 
@@ -227,6 +238,49 @@ mod tests {
         // Signed by the CA.
         let (_, ca_cert) = X509Certificate::from_der(&ca_der).unwrap();
         cert.verify_signature(Some(ca_cert.public_key())).unwrap();
+    }
+
+    #[test]
+    fn the_crl_distribution_point_is_named_only_with_a_public_url() {
+        let dp = |crl_url: Option<&str>| {
+            let (ca_der, ca_key) = ca();
+            let policy = IssuePolicy {
+                trust_domain: "example.org".into(),
+                lifetime_secs: 86_400,
+                crl_url: crl_url.map(str::to_string),
+            };
+            let signer = Signer::new(&ca_der, ca_key, policy).unwrap();
+            let device = KeyPair::generate().unwrap();
+            let issued = signer
+                .issue_client(
+                    &rcgen::PublicKeyData::subject_public_key_info(&device),
+                    "id1",
+                    1_750_000_000,
+                )
+                .unwrap();
+            let (_, cert) = X509Certificate::from_der(&issued.der).unwrap();
+            let mut uris = Vec::new();
+            for ext in cert.extensions() {
+                if let ParsedExtension::CRLDistributionPoints(points) = ext.parsed_extension() {
+                    for p in points.iter() {
+                        if let Some(DistributionPointName::FullName(names)) = &p.distribution_point
+                        {
+                            for n in names {
+                                if let GeneralName::URI(u) = n {
+                                    uris.push(u.to_string());
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+            uris
+        };
+        assert_eq!(
+            dp(Some("https://gw.example:8443/crl")),
+            ["https://gw.example:8443/crl"]
+        );
+        assert!(dp(None).is_empty());
     }
 
     #[test]

@@ -2,6 +2,7 @@
 //! listener's TLS certificate, created by `enrollgate init` and loaded by the daemon.
 
 pub mod batch;
+pub mod crl;
 pub mod csr;
 pub mod fingerprint;
 pub mod hsm;

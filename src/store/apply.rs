@@ -14,6 +14,7 @@ use crate::enroll::{check_token, EnrollError};
 use crate::model::{Authenticator, Ca, Enrollment, Identity, Method, Renewal};
 
 mod lifecycle;
+mod revoke;
 
 /// Suffixes tried for a colliding auto-enrolled name (`dev-7-000001` ... `dev-7-999999`).
 pub const MAX_NAME_SUFFIX: u32 = 999_999;
@@ -47,10 +48,13 @@ pub enum Command {
         /// The time of the decision.
         now: UnixTime,
     },
-    /// Delete an identity, its indexes and its pending enrollment.
+    /// Delete an identity, its indexes and its pending enrollment; revoke its
+    /// certificates (I7).
     DeleteIdentity {
         /// The identity.
         id: String,
+        /// The time of the deletion (the revocation's).
+        now: UnixTime,
     },
     /// Replace the pending enrollment of a not-yet-enrolled identity (token re-issue).
     ReplaceEnrollment {
@@ -127,6 +131,38 @@ pub enum Command {
         /// The time of the request.
         now: UnixTime,
     },
+    /// An admin disables an identity: it cannot authenticate, renew or enroll until
+    /// enabled, or until `until`.
+    Disable {
+        /// The identity.
+        identity_id: String,
+        /// When the suspension ends by itself; `None`: until enabled.
+        until: Option<UnixTime>,
+        /// The time of the decision.
+        now: UnixTime,
+    },
+    /// An admin ends a suspension.
+    Enable {
+        /// The identity.
+        identity_id: String,
+        /// The time of the decision.
+        now: UnixTime,
+    },
+    /// Reset an enrolled identity's enrollment: its certificates are unbound and revoked,
+    /// and `enrollment` becomes pending; id, name, roles and admin flag stay.
+    ReEnroll {
+        /// The identity.
+        identity_id: String,
+        /// The new enrollment (`ott`).
+        enrollment: Enrollment,
+        /// The time of the decision.
+        now: UnixTime,
+    },
+    /// An admin lifts the block on a revoked third-party certificate: it may bind again.
+    Lift {
+        /// The certificate's content hash (the block's key).
+        tbs_sha256: String,
+    },
     /// Delete a CA. Identities bound to its certificates stay, but can no longer
     /// authenticate; pending `ottca` enrollments for it can no longer be redeemed.
     DeleteCa {
@@ -147,7 +183,11 @@ impl std::fmt::Debug for Command {
             } => {
                 write!(f, "Redeem({}, {identity_id})", method.as_str())
             }
-            Self::DeleteIdentity { id } => write!(f, "DeleteIdentity({id})"),
+            Self::DeleteIdentity { id, .. } => write!(f, "DeleteIdentity({id})"),
+            Self::Disable { identity_id, .. } => write!(f, "Disable({identity_id})"),
+            Self::Enable { identity_id, .. } => write!(f, "Enable({identity_id})"),
+            Self::ReEnroll { identity_id, .. } => write!(f, "ReEnroll({identity_id})"),
+            Self::Lift { tbs_sha256 } => write!(f, "Lift({tbs_sha256})"),
             Self::ReplaceEnrollment { identity_id, .. } => {
                 write!(f, "ReplaceEnrollment({identity_id})")
             }
@@ -357,7 +397,19 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
                 authenticator,
                 now,
             ),
-            Command::DeleteIdentity { id } => self.delete_identity(&id),
+            Command::DeleteIdentity { id, now } => self.delete_identity(&id, now),
+            Command::Disable {
+                identity_id,
+                until,
+                now,
+            } => self.disable(&identity_id, until, now),
+            Command::Enable { identity_id, now } => self.enable(&identity_id, now),
+            Command::ReEnroll {
+                identity_id,
+                enrollment,
+                now,
+            } => self.re_enroll(&identity_id, enrollment, now),
+            Command::Lift { tbs_sha256 } => self.lift(&tbs_sha256),
             Command::ReplaceEnrollment {
                 identity_id,
                 enrollment,
@@ -419,6 +471,7 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
         })?;
         auth.ca_id = Some(ca.id.clone());
         let auth = &*auth;
+        self.refuse_blocked(auth)?;
         let bound = self.unbound(auth)?;
         if self.get(&keys::identity(&identity.id))?.is_some() {
             return Err(StoreError::InvalidState("identity id collision".into()));
@@ -627,6 +680,8 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
         if identity.authenticator.is_some() {
             return Err(EnrollError::UnknownToken.into());
         }
+        revoke::refuse_disabled(&identity, now)?;
+        self.refuse_blocked(&authenticator)?;
         let bound = self.unbound(&authenticator)?;
         // Every token of the enrollment goes with it (an enrollment migrated from before
         // hashed tokens has two).
@@ -689,19 +744,22 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
     /// upgrade) cannot stand in for an admin that is gone. When the index holds no other
     /// admin, the identities are scanned before refusing, so that an admin enrolled under
     /// such a version is found all the same: a scan only when the deletion would be
-    /// refused, which leaves an admin in place.
-    fn another_admin(&self, id: &str) -> Result<bool, StoreError> {
-        if self.another_indexed_admin(id)? {
+    /// refused, which leaves an admin in place. An admin disabled at `now` cannot manage
+    /// and does not count.
+    fn another_admin(&self, id: &str, now: UnixTime) -> Result<bool, StoreError> {
+        if self.another_indexed_admin(id, now)? {
             return Ok(true);
         }
         let this = keys::identity(id);
         self.any_under(keys::IDENTITY, &mut |k, v| {
-            k != this.as_slice() && serde_json::from_slice::<Identity>(v).is_ok_and(|i| i.manages())
+            k != this.as_slice()
+                && serde_json::from_slice::<Identity>(v)
+                    .is_ok_and(|i| i.manages() && !i.is_disabled_at(now))
         })
     }
 
-    /// Whether the admin index holds an enrolled admin other than `id`.
-    fn another_indexed_admin(&self, id: &str) -> Result<bool, StoreError> {
+    /// Whether the admin index holds an enrolled, usable admin other than `id`.
+    fn another_indexed_admin(&self, id: &str, now: UnixTime) -> Result<bool, StoreError> {
         let this = keys::admin(id);
         let mut failed = None;
         let found = self.any_under(keys::ADMIN, &mut |k, _| {
@@ -710,7 +768,7 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
             }
             let other = String::from_utf8_lossy(&k[keys::ADMIN.len()..]);
             match get_json::<Identity>(self, &keys::identity(&other)) {
-                Ok(other) => other.is_some_and(|i| i.manages()),
+                Ok(other) => other.is_some_and(|i| i.manages() && !i.is_disabled_at(now)),
                 Err(e) => {
                     failed = Some(e);
                     true
@@ -723,14 +781,14 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
         }
     }
 
-    fn delete_identity(&mut self, id: &str) -> Result<Outcome, StoreError> {
+    fn delete_identity(&mut self, id: &str, now: UnixTime) -> Result<Outcome, StoreError> {
         let identity: Identity = get_json(self, &keys::identity(id))?
             .ok_or_else(|| StoreError::NotFound(format!("no identity with id '{id}'")))?;
         // Nobody could manage the gateway any more, and nothing but a new data directory
         // would make an admin again. Decided in the batch: two admins deleting each other
         // at once cannot both go.
         // Only an enrolled admin can manage: one still waiting for its token does not count.
-        if identity.manages() && !self.another_admin(id)? {
+        if identity.manages() && !self.another_admin(id, now)? {
             return Err(StoreError::InvalidState(format!(
                 "'{}' is the only enrolled admin identity: create another one (identity \
                  create ... --admin) and enroll it first",
@@ -747,6 +805,11 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
         for auth in identity.certificates() {
             writes.extend(keys::bound(auth).into_iter().map(Write::Delete));
         }
+        writes.extend(self.revocation_writes(
+            &identity,
+            crate::store::revocation::Reason::Deleted,
+            now,
+        )?);
         writes.extend(self.retire_pending(&identity)?);
         self.commit_writes(writes);
         // A freed suffix is free again for the next device with that base name.
@@ -917,7 +980,10 @@ mod tests {
             },
             enrollment: None,
         };
-        let delete = |id: &str| Command::DeleteIdentity { id: id.into() };
+        let delete = |id: &str| Command::DeleteIdentity {
+            id: id.into(),
+            now: 0,
+        };
         let mut map = Map::new();
         with_pending(&mut map, "d1", "dev1", "tok1");
         enrolled(&mut map, "a1");
@@ -986,7 +1052,10 @@ mod tests {
         assert!(commit(&mut map, vec![redeem("tok-a2", "a2", "fp-a2", 500)])[0].is_ok());
         assert_eq!(admins(&map), ["a1", "a2"]);
         // Deleted: out of the index.
-        let delete = |id: &str| Command::DeleteIdentity { id: id.into() };
+        let delete = |id: &str| Command::DeleteIdentity {
+            id: id.into(),
+            now: 0,
+        };
         assert!(commit(&mut map, vec![delete("a1")])[0].is_ok());
         assert_eq!(admins(&map), ["a2"]);
         // Stale entries: a device's, and one of an identity that is gone.
@@ -1180,7 +1249,13 @@ mod tests {
         assert_eq!(r[0].as_ref().unwrap_err(), &StoreError::CertInUse);
         assert_eq!(map.get(&keys::content("c-fpA")).unwrap(), b"i1");
         // Deleted, the content is free again.
-        let r = commit(&mut map, vec![Command::DeleteIdentity { id: "i1".into() }]);
+        let r = commit(
+            &mut map,
+            vec![Command::DeleteIdentity {
+                id: "i1".into(),
+                now: 0,
+            }],
+        );
         assert!(r[0].is_ok());
         assert!(!map.contains_key(&keys::content("c-fpA")));
         let r = commit(&mut map, vec![redeem_twin]);
@@ -1284,7 +1359,14 @@ mod tests {
             let names: Vec<String> = r.iter().map(name_of).collect();
             assert_eq!(names, ["dev", "dev-000001", "dev-000002", "dev-000003"]);
             // Freeing dev-000002 makes it the next one given.
-            assert!(run(&mut map, vec![Command::DeleteIdentity { id: "i2".into() }])[0].is_ok());
+            assert!(run(
+                &mut map,
+                vec![Command::DeleteIdentity {
+                    id: "i2".into(),
+                    now: 0
+                }]
+            )[0]
+            .is_ok());
             let r = run(
                 &mut map,
                 vec![auto("i9", "dev", "fp9"), auto("i10", "dev", "fp10")],
@@ -1420,13 +1502,25 @@ mod tests {
         let r = commit(
             &mut map,
             vec![
-                Command::DeleteIdentity { id: "i1".into() },
-                Command::DeleteIdentity { id: "i2".into() },
+                Command::DeleteIdentity {
+                    id: "i1".into(),
+                    now: 0,
+                },
+                Command::DeleteIdentity {
+                    id: "i2".into(),
+                    now: 0,
+                },
             ],
         );
         assert!(r.iter().all(Result::is_ok));
         assert!(map.is_empty(), "{:?}", map.keys().collect::<Vec<_>>());
-        let r = commit(&mut map, vec![Command::DeleteIdentity { id: "i1".into() }]);
+        let r = commit(
+            &mut map,
+            vec![Command::DeleteIdentity {
+                id: "i1".into(),
+                now: 0,
+            }],
+        );
         assert!(matches!(r[0], Err(StoreError::NotFound(_))));
     }
 
@@ -1437,7 +1531,10 @@ mod tests {
         let r = commit(
             &mut map,
             vec![
-                Command::DeleteIdentity { id: "i1".into() },
+                Command::DeleteIdentity {
+                    id: "i1".into(),
+                    now: 0,
+                },
                 redeem("tok1", "i1", "fp", 500),
             ],
         );

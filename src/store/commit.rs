@@ -310,7 +310,10 @@ mod tests {
         assert!(committer.stop(Duration::from_secs(5)));
         assert_eq!(
             handle
-                .submit_blocking(Command::DeleteIdentity { id: "x".into() })
+                .submit_blocking(Command::DeleteIdentity {
+                    id: "x".into(),
+                    now: 0
+                })
                 .unwrap_err(),
             StoreError::ShuttingDown
         );
@@ -367,7 +370,10 @@ mod tests {
         // A queue nobody drains: build the handle without a committer thread.
         let (tx, _rx) = flume::bounded::<Job>(1);
         let handle = CommitHandle { tx };
-        let cmd = || Command::DeleteIdentity { id: "x".into() };
+        let cmd = || Command::DeleteIdentity {
+            id: "x".into(),
+            now: 0,
+        };
         let _first = handle.enqueue(cmd()).unwrap();
         assert_eq!(handle.enqueue(cmd()).unwrap_err(), StoreError::Busy);
         drop(store);

@@ -30,6 +30,17 @@ pub const ADMIN: &[u8] = b"m:admin:";
 /// the index were indexed when it was opened).
 pub const ADMIN_INDEXED: &[u8] = b"m:admin-index";
 
+/// Prefix of revoked certificates that enrollgate issued, by serial: what the CRL lists (I7).
+pub const REVOKED: &[u8] = b"r:";
+/// Prefix of blocked third-party certificates, by content (the SHA-256 of the
+/// to-be-signed part, whatever the encoding of the signature): such a certificate binds
+/// no identity again until an admin lifts the block (I7).
+pub const BLOCKED: &[u8] = b"x:";
+/// The revocation generation, bumped in the batch that revokes a serial: the CRL is
+/// regenerated when it moves. Under `m:`, which `fsck` and `restore` of versions before it
+/// ignore.
+pub const REVOCATIONS: &[u8] = b"m:revocations";
+
 /// Prefix of third-party CA records.
 pub const CA: &[u8] = b"c:";
 /// Prefix of the CA name index.
@@ -96,4 +107,12 @@ pub fn ca_name(name: &str) -> Vec<u8> {
 /// `cf:<sha-256 hex>`
 pub fn ca_fingerprint(sha256_hex: &str) -> Vec<u8> {
     key(CA_FINGERPRINT, sha256_hex)
+}
+/// `r:<serial, lower-case hex of its DER content octets>`
+pub fn revoked(serial_hex: &str) -> Vec<u8> {
+    key(REVOKED, serial_hex)
+}
+/// `x:<sha-256 hex of the to-be-signed part>`
+pub fn blocked(tbs_sha256_hex: &str) -> Vec<u8> {
+    key(BLOCKED, tbs_sha256_hex)
 }

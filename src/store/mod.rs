@@ -12,6 +12,9 @@
 //! | `f:<sha-256 hex>` | identity id | I1: a certificate belongs to one identity |
 //! | `b:<sha-256 hex of the to-be-signed part>` | identity id | I1 whatever the encoding of the certificate's signature |
 //! | `m:admin:<identity id>` | empty | the enrolled admins: deleting one finds another without a scan |
+//! | `r:<serial hex>` | `revocation::Revoked` | I7: a revoked certificate enrollgate issued, on the CRL until it expires |
+//! | `x:<sha-256 hex of the to-be-signed part>` | `revocation::Blocked` | I7: a third-party certificate that binds no identity again until an admin lifts it |
+//! | `m:revocations` | generation (decimal) | bumped with each revoked serial: the CRL is regenerated when it moves |
 //! | `m:content-index` | `1` | every record written before the content index is indexed |
 //! | `m:admin-index` | `1` | every admin enrolled before the admin index is indexed |
 //!
@@ -28,6 +31,7 @@
 pub mod apply;
 pub mod commit;
 pub mod keys;
+pub mod revocation;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -69,6 +73,13 @@ pub enum StoreError {
     /// The CA no longer allows what the request needs (deleted or a flag turned off).
     #[error("{0}")]
     CaNotUsable(String),
+    /// The identity is disabled: it cannot authenticate, renew or enroll.
+    #[error("{0}")]
+    Disabled(String),
+    /// The certificate was revoked (its identity deleted or re-enrolled) and cannot bind
+    /// again until an admin lifts the block.
+    #[error("{0}")]
+    CertRevoked(String),
     /// The commit queue is full (admission control).
     #[error("the gateway is busy committing enrollments; retry shortly")]
     Busy,

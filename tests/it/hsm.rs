@@ -9,13 +9,13 @@ const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 const PIN: &str = "4711";
 
 /// A SoftHSM2 token initialised in a temporary directory (its own `SOFTHSM2_CONF`).
-struct SoftHsm {
+pub(crate) struct SoftHsm {
     dir: tempfile::TempDir,
     conf: String,
 }
 
 impl SoftHsm {
-    fn new() -> Self {
+    pub(crate) fn new() -> Self {
         assert!(
             Path::new(MODULE).is_file(),
             "{MODULE} is missing: install softhsm2 (scripts/install-deps)"
@@ -47,14 +47,14 @@ impl SoftHsm {
         self.dir.path().join("pin")
     }
 
-    fn uri(&self) -> String {
+    pub(crate) fn uri(&self) -> String {
         format!(
             "pkcs11:token=enrollgate;object=ca?module-path={MODULE}&pin-source={}",
             self.pin_file().display()
         )
     }
 
-    fn env(&self) -> [(&str, &str); 1] {
+    pub(crate) fn env(&self) -> [(&str, &str); 1] {
         [("SOFTHSM2_CONF", self.conf.as_str())]
     }
 

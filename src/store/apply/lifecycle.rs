@@ -32,6 +32,7 @@ impl<S: Snapshot + ?Sized> Batch<'_, S> {
         now: UnixTime,
     ) -> Result<Outcome, StoreError> {
         let mut identity = self.enrolled(identity_id)?;
+        super::revoke::refuse_disabled(&identity, now)?;
         let active = identity
             .authenticator
             .as_ref()
@@ -78,6 +79,7 @@ impl<S: Snapshot + ?Sized> Batch<'_, S> {
         now: UnixTime,
     ) -> Result<Outcome, StoreError> {
         let mut identity = self.enrolled(identity_id)?;
+        super::revoke::refuse_disabled(&identity, now)?;
         let renewal = identity
             .lifecycle
             .renewal
@@ -286,7 +288,14 @@ mod tests {
     fn deleting_an_identity_unbinds_its_renewal_too() {
         let mut map = enrolled();
         commit(&mut map, renew("old", "new")).unwrap();
-        commit(&mut map, Command::DeleteIdentity { id: "i1".into() }).unwrap();
+        commit(
+            &mut map,
+            Command::DeleteIdentity {
+                id: "i1".into(),
+                now: 0,
+            },
+        )
+        .unwrap();
         assert!(map.is_empty(), "{:?}", map.keys().collect::<Vec<_>>());
     }
 
@@ -317,5 +326,30 @@ mod tests {
         let mut map = Map::new();
         let e = commit(&mut map, renew("old", "new")).unwrap_err();
         assert!(matches!(e, StoreError::NotFound(_)), "{e:?}");
+    }
+
+    /// A disabled identity neither renews nor activates a renewal, and nothing changes.
+    #[test]
+    fn a_disabled_identity_neither_renews_nor_activates() {
+        let mut map = enrolled();
+        commit(&mut map, renew("old", "new")).unwrap();
+        let disable = Command::Disable {
+            identity_id: "i1".into(),
+            until: None,
+            now: 250,
+        };
+        commit(&mut map, disable).unwrap();
+        let before = map.clone();
+        for cmd in [activate("new"), renew("old", "newer")] {
+            let e = commit(&mut map, cmd).unwrap_err();
+            assert!(matches!(e, StoreError::Disabled(_)), "{e:?}");
+        }
+        assert_eq!(map, before);
+        let enable = Command::Enable {
+            identity_id: "i1".into(),
+            now: 260,
+        };
+        commit(&mut map, enable).unwrap();
+        commit(&mut map, activate("new")).unwrap();
     }
 }
