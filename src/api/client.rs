@@ -49,6 +49,7 @@ pub(super) async fn route(
             .with_header("Content-Transfer-Encoding", "base64".into())),
             _ => Err(method_not_allowed(req, "GET")),
         },
+        p if p.starts_with(super::est::PREFIX) => super::est::route(w, req, peer, p).await,
         "/enroll" => {
             if method != "POST" {
                 return Err(method_not_allowed(req, "POST"));
@@ -116,7 +117,7 @@ pub(super) async fn route(
                 return Err(method_not_allowed(req, "POST"));
             }
             match param(&req.head.query, "method").as_deref() {
-                Some("cert") => super::current::authenticate_cert(w, peer),
+                Some("cert") => super::current::authenticate_cert(w, peer).await,
                 other => Err(ApiError::InvalidAuth(format!(
                     "authentication method '{}' is not supported; use method=cert",
                     other
@@ -144,7 +145,7 @@ pub(super) async fn route(
 }
 
 /// The per-source rate limit, checked before any enrollment work.
-fn admit_source(w: &WorkerCtx, peer: &Peer) -> Result<(), ApiError> {
+pub(crate) fn admit_source(w: &WorkerCtx, peer: &Peer) -> Result<(), ApiError> {
     match peer.addr {
         Some(addr) => Ok(w.shared.rates.source(addr.ip())?),
         None => Ok(()),
@@ -399,13 +400,15 @@ pub(crate) fn check_csr_media(req: &Request) -> Result<(), ApiError> {
 }
 
 /// Redeems a one-time token with a CSR: token rules, CSR checks, signing, then the atomic
-/// redemption (which re-checks the token: only one of many racing requests wins).
-async fn enroll_ott(
+/// redemption (which re-checks the token: only one of many racing requests wins). The one
+/// redemption of an `ott` token, for OpenZiti's `/enroll` and EST's `simpleenroll`
+/// (`protocol` names the caller in the log).
+pub(crate) async fn redeem_ott(
     w: &WorkerCtx,
     token: Option<String>,
     csr_body: &[u8],
-    want_pem: bool,
-) -> Result<Response, ApiError> {
+    protocol: &'static str,
+) -> Result<crate::pki::issue::IssuedCert, ApiError> {
     let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
         ApiError::InvalidEnrollmentToken("the request has no enrollment token".into())
     })?;
@@ -441,8 +444,20 @@ async fn enroll_ott(
             now,
         })
         .await?;
-    tracing::info!(identity_id = %enrollment.identity_id, method = "ott", "identity enrolled");
+    tracing::info!(identity_id = %enrollment.identity_id, method = "ott", protocol, "identity enrolled");
+    Ok(issued)
+}
 
+/// Answers an `ott` enrollment on `/enroll` and `/enroll/ott`: [`redeem_ott`], then the
+/// certificate chain as OpenZiti clients read it.
+async fn enroll_ott(
+    w: &WorkerCtx,
+    token: Option<String>,
+    csr_body: &[u8],
+    want_pem: bool,
+) -> Result<Response, ApiError> {
+    let issued = redeem_ott(w, token, csr_body, "ott").await?;
+    let shared = &w.shared;
     // The leaf and the intermediates a verifier needs to reach the root.
     let cert_chain = format!("{}{}", issued.pem, shared.issued_chain_tail_pem);
     if want_pem {

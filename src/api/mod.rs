@@ -6,6 +6,7 @@ pub mod cas;
 pub mod client;
 pub mod current;
 pub mod error;
+pub mod est;
 pub mod filter;
 pub mod management;
 pub mod renew;
@@ -91,6 +92,9 @@ pub async fn handle(w: &WorkerCtx, req: &Request, peer: &Peer, request_id: &str)
                 ApiError::MethodNotAllowed { allow, .. } => {
                     resp = resp.with_header("Allow", allow.to_string());
                 }
+                ApiError::EstUnauthorized(_) => {
+                    resp = resp.with_header("WWW-Authenticate", est::CHALLENGE.to_string());
+                }
                 _ => {}
             }
             resp
@@ -165,6 +169,9 @@ pub(crate) fn enrollment_method(req: &Request) -> Option<&'static str> {
         "/enroll/ott" => "ott".into(),
         "/enroll/ottca" => "ottca".into(),
         "/enroll/ca" => "ca".into(),
+        // EST enrollments and re-enrollments are counted apart from OpenZiti's methods.
+        est::SIMPLEENROLL => return Some("est"),
+        est::SIMPLEREENROLL => return Some("est_reenroll"),
         _ => return None,
     };
     Some(match crate::model::Method::parse(&method)? {
