@@ -48,6 +48,10 @@ pub enum AuthError {
     /// use longer than `enrollment.reenroll_grace`: only the new certificate authenticates.
     #[error("this certificate was renewed and the grace for using it has passed: use the renewed certificate")]
     Superseded,
+    /// The bootstrap certificate an identity enrolled with by EST: it asks EST for a new
+    /// certificate, nothing else.
+    #[error("this certificate bootstrapped its identity by EST and authenticates only EST simpleenroll; use the certificate EST issued")]
+    Bootstrap,
     /// Outside its validity.
     #[error("this certificate is expired or not yet valid")]
     OutsideValidity,
@@ -83,6 +87,15 @@ pub fn authenticate(w: &WorkerCtx, peer: &Peer, now: UnixTime) -> Result<Identit
                 Activation::FirstUse => AuthError::FirstUse(identity.id.clone()),
                 Activation::Verify => AuthError::NotYetActive,
             },
+            _ if identity
+                .lifecycle
+                .bootstrap
+                .as_ref()
+                .map(|a| a.fingerprint_sha256.as_str())
+                == Some(fp) =>
+            {
+                AuthError::Bootstrap
+            }
             _ => AuthError::Unbound,
         })?;
     if !within(auth, now) {

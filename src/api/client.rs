@@ -278,21 +278,50 @@ async fn enroll_ca(
     peer: &Peer,
     requested: Option<String>,
 ) -> Result<Response, ApiError> {
+    let now = w.shared.clock.unix_now();
+    let ca = auto_enrollment_ca(w, peer, now)?;
+    let created = auto_enroll(w, peer, &ca, requested, now).await?;
+    Ok(Response::data(json!({ "id": created.id })))
+}
+
+/// The verified CA with auto-enrollment that `peer`'s chain verifies against now.
+pub(crate) fn auto_enrollment_ca(
+    w: &WorkerCtx,
+    peer: &Peer,
+    now: UnixTime,
+) -> Result<crate::model::Ca, ApiError> {
+    if peer.chain.is_empty() {
+        return Err(ApiError::CertFailedValidation(
+            "CA auto-enrollment needs a client certificate".into(),
+        ));
+    }
+    let cas = w.cas.current(&w.shared.cas);
+    cas.verify(
+        &peer.chain,
+        now,
+        "is not verified or does not allow auto-enrollment",
+        w.cas.memo(),
+        |ca| ca.is_verified && ca.is_auto_ca_enrollment_enabled,
+    )
+    .cloned()
+    .map_err(|e| ApiError::CertFailedValidation(e.to_string()))
+}
+
+/// Creates the identity `peer`'s certificate auto-enrolls through `ca` (from
+/// [`auto_enrollment_ca`]), bound to it: the name from the CA's template, its roles, and
+/// the rule that a certificate binds once (`CERT_IN_USE`). For `/enroll?method=ca` and
+/// EST's `simpleenroll` by a bootstrap certificate.
+pub(crate) async fn auto_enroll(
+    w: &WorkerCtx,
+    peer: &Peer,
+    ca: &crate::model::Ca,
+    requested: Option<String>,
+    now: UnixTime,
+) -> Result<Identity, ApiError> {
     let shared = &w.shared;
     let leaf = peer.chain.first().ok_or_else(|| {
         ApiError::CertFailedValidation("CA auto-enrollment needs a client certificate".into())
     })?;
-    let now = shared.clock.unix_now();
-    let cas = w.cas.current(&shared.cas);
-    let ca = cas
-        .verify(
-            &peer.chain,
-            now,
-            "is not verified or does not allow auto-enrollment",
-            w.cas.memo(),
-            |ca| ca.is_verified && ca.is_auto_ca_enrollment_enabled,
-        )
-        .map_err(|e| ApiError::CertFailedValidation(e.to_string()))?;
     let authenticator = presented_authenticator(leaf, Method::Ca, now)?;
     refuse_bound(shared, &authenticator)?;
     let identity_id = crate::ids::new_id().map_err(|e| ApiError::Unhandled(e.to_string()))?;
@@ -345,7 +374,7 @@ async fn enroll_ca(
         return Err(ApiError::Unhandled("unexpected store outcome".into()));
     };
     tracing::info!(identity_id = %created.id, ca_id = %ca.id, method = "ca", "identity auto-enrolled");
-    Ok(Response::data(json!({ "id": created.id })))
+    Ok(*created)
 }
 
 /// The enrollment method of `POST /enroll`. `method` is optional in the spec; a missing (or

@@ -4,6 +4,8 @@
 //!
 //! ```text
 //! POST simpleenroll    HTTP Basic, the enrollment token as the password  -> redeem_ott
+//! POST simpleenroll    a bootstrap certificate of an auto-enrollment CA  -> auto_enroll,
+//!                                                    renew_from (Bootstrap, first use)
 //! POST simplereenroll  the current certificate (mTLS)                    -> renew (first use)
 //! GET  csrattrs        -> 204: no attributes are asked for
 //! ```
@@ -19,7 +21,7 @@ use base64::Engine as _;
 use x509_parser::prelude::*;
 
 use super::auth::{self, AuthError};
-use super::client::{admit_source, check_csr_media, redeem_ott};
+use super::client::{admit_source, auto_enroll, auto_enrollment_ca, check_csr_media, redeem_ott};
 use super::{method_not_allowed, ApiError, Peer, Request};
 use crate::app::WorkerCtx;
 use crate::http::Response;
@@ -80,15 +82,14 @@ pub(super) async fn route(
 /// exactly as `/enroll?method=ott` redeems it.
 async fn simpleenroll(w: &WorkerCtx, req: &Request, peer: &Peer) -> Result<Response, ApiError> {
     let Some(authorization) = req.head.header("authorization") else {
-        let why = if peer.chain.is_empty() {
+        if !peer.chain.is_empty() {
+            return bootstrap_enroll(w, req, peer).await;
+        }
+        return Err(ApiError::EstUnauthorized(
             "simpleenroll needs HTTP Basic authentication with the enrollment token as the \
-             password"
-        } else {
-            "simpleenroll authenticates with HTTP Basic, the enrollment token as the password; \
-             a client certificate alone does not enroll here (auto-enrollment by a \
-             third-party CA's certificate is POST /enroll?method=ca)"
-        };
-        return Err(ApiError::EstUnauthorized(why.into()));
+             password, or the client certificate of a CA that allows auto-enrollment"
+                .into(),
+        ));
     };
     let password = basic_password(authorization).map_err(ApiError::EstUnauthorized)?;
     let token = token_of_password(w, &password)?;
@@ -96,6 +97,66 @@ async fn simpleenroll(w: &WorkerCtx, req: &Request, peer: &Peer) -> Result<Respo
         .await
         .map_err(refused_token)?;
     certs_only(w, &issued.der)
+}
+
+/// `simpleenroll` by a bootstrap certificate (an IDevID) from a verified CA that allows
+/// auto-enrollment, without Basic credentials. The first time, the certificate
+/// auto-enrolls its identity exactly as `POST /enroll?method=ca` does (name template,
+/// roles, `CERT_IN_USE`); every time, the answer is a certificate enrollgate issues for the
+/// CSR, bound as the identity's renewal and activated by its first use. Then the
+/// bootstrap certificate stays bound as the identity's `bootstrap`: it authenticates
+/// nothing, never enrolls another identity, and may ask again (a device that lost its
+/// issued certificate recovers).
+async fn bootstrap_enroll(w: &WorkerCtx, req: &Request, peer: &Peer) -> Result<Response, ApiError> {
+    let now = w.shared.clock.unix_now();
+    let refused =
+        |m: String| ApiError::EstUnauthorized(format!("simpleenroll by a client certificate: {m}"));
+    let ca = auto_enrollment_ca(w, peer, now).map_err(|e| match e {
+        ApiError::CertFailedValidation(m) => refused(m),
+        other => other,
+    })?;
+    let fp = peer
+        .cert_sha256
+        .clone()
+        .ok_or_else(|| refused("no client certificate".into()))?;
+    // Checked whole (signature, key) before anything is written: a CSR that the signer
+    // would refuse leaves no identity behind. The signer checks it again, cheaply beside
+    // the signature it makes; this path runs once per device.
+    let csr_der = csr::decode_body(&req.body)?;
+    csr::accept(&csr_der)?;
+    let identity = match w.shared.store.identity_by_fingerprint(&fp)? {
+        Some(identity) => {
+            // Charged as auto_enroll charges a new one: an enrollment through this CA.
+            w.shared.rates.ca(&ca.id)?;
+            identity
+        }
+        None => auto_enroll(w, peer, &ca, None, now).await?,
+    };
+    let is_presented = |a: &Option<crate::model::Authenticator>| {
+        a.as_ref()
+            .is_some_and(|a| !a.issued_by_network && a.fingerprint_sha256 == fp)
+    };
+    if !is_presented(&identity.authenticator) && !is_presented(&identity.lifecycle.bootstrap) {
+        return Err(ApiError::CertInUse(
+            "this certificate is bound to an identity otherwise than as its bootstrap \
+             certificate"
+                .into(),
+        ));
+    }
+    if identity.is_disabled_at(now) {
+        return Err(refused("the identity is disabled".into()));
+    }
+    let renewed = super::renew::renew_from(
+        w,
+        &identity,
+        &fp,
+        csr_der,
+        Activation::FirstUse,
+        now,
+        super::renew::Replacing::Bootstrap,
+    )
+    .await?;
+    certs_only(w, &renewed.issued.der)
 }
 
 /// `simplereenroll`: the client certificate names the identity; the CSR's subject and

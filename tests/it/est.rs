@@ -501,3 +501,136 @@ fn csrattrs_and_the_operations_not_offered() {
     );
     assert!(certs.trim().parse::<u32>().unwrap() >= 1);
 }
+
+#[test]
+fn a_bootstrap_certificate_enrolls_its_identity_once_and_recovers_it() {
+    use crate::fleet::{Fleet, Spec};
+    let gw = Gateway::start();
+    let fleet = Fleet::new("idev");
+    fleet.register(&gw, "idev", true, false, true);
+    let dir = workdir(&gw, "boot");
+    fleet.device(&Spec::new("sensor-1")).write(&dir, "idevid");
+    let enroll = |cert: &str, key: &str, csr: &str| {
+        curl(
+            &gw,
+            &dir,
+            "POST",
+            "/.well-known/est/simpleenroll",
+            &format!(
+                "--cert {cert} --key {key} -H 'Content-Type: application/pkcs10' \
+                 --data-binary @{csr}.b64"
+            ),
+        )
+    };
+    let fleet_identities = || -> Vec<Value> {
+        let all = gw
+            .mgmt("GET", "/identities?limit=1000", None)
+            .json()
+            .unwrap();
+        all["data"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|i| i["name"].as_str().unwrap().starts_with("idev-"))
+            .cloned()
+            .collect()
+    };
+
+    // A body that is no CSR creates nothing.
+    std::fs::write(dir.join("junk.b64"), "bm90IGEgY3Ny\n").unwrap();
+    let a = enroll("idevid.crt", "idevid.key", "junk");
+    assert_eq!(
+        (a.status, a.code().as_str()),
+        (400, "COULD_NOT_PROCESS_CSR")
+    );
+    assert!(fleet_identities().is_empty());
+
+    // The IDevID auto-enrolls its identity (the CA's name template and roles) and gets an
+    // enrollgate certificate (LDevID) for its CSR.
+    new_key_csr(&dir, "ldev", "-subj /CN=sensor-1");
+    certs_of(
+        &gw,
+        &dir,
+        &enroll("idevid.crt", "idevid.key", "ldev"),
+        "ldev",
+    );
+    let ids = fleet_identities();
+    assert_eq!(ids.len(), 1, "{ids:?}");
+    assert_eq!(ids[0]["name"], "idev-sensor-1");
+    assert!(ids[0]["roleAttributes"].to_string().contains("fleet"));
+    let id = ids[0]["id"].as_str().unwrap().to_string();
+    let cn = sh(&dir, "openssl x509 -in ldev.crt -noout -subject");
+    assert!(cn.contains(&id), "{cn}");
+
+    // Until the LDevID is used, the IDevID authenticates (its CA allows it); the LDevID's
+    // first use activates it, and the IDevID authenticates nothing more.
+    assert_eq!(
+        authenticate(&gw, &dir, "idevid.crt", "idevid.key").status,
+        200
+    );
+    assert_eq!(authenticate(&gw, &dir, "ldev.crt", "ldev.key").status, 200);
+    let boot = authenticate(&gw, &dir, "idevid.crt", "idevid.key");
+    assert_eq!((boot.status, boot.code().as_str()), (401, "INVALID_AUTH"));
+    assert!(boot.body.windows(9).any(|w| w == b"bootstrap"));
+
+    // ... but it stays bound: it never auto-enrolls a second identity, by either protocol.
+    let resp = curl(
+        &gw,
+        &dir,
+        "POST",
+        "/enroll?method=ca",
+        "--cert idevid.crt --key idevid.key",
+    );
+    assert_eq!((resp.status, resp.code().as_str()), (409, "CERT_IN_USE"));
+    assert_eq!(fleet_identities().len(), 1);
+
+    // Recovery: the device lost its LDevID; the IDevID asks again, with a new key. The old
+    // LDevID works until the new one is used.
+    new_key_csr(&dir, "ldev2", "-subj /CN=sensor-1");
+    certs_of(
+        &gw,
+        &dir,
+        &enroll("idevid.crt", "idevid.key", "ldev2"),
+        "ldev2",
+    );
+    assert_eq!(fleet_identities().len(), 1);
+    assert_eq!(authenticate(&gw, &dir, "ldev.crt", "ldev.key").status, 200);
+    assert_eq!(
+        authenticate(&gw, &dir, "ldev2.crt", "ldev2.key").status,
+        200
+    );
+    let old = authenticate(&gw, &dir, "ldev.crt", "ldev.key");
+    assert_eq!((old.status, old.code().as_str()), (401, "INVALID_AUTH"));
+
+    // The LDevID renews as any enrollgate certificate does.
+    csr_for_key(&dir, "ldev2.key", "re", &subject_args(&id));
+    certs_of(
+        &gw,
+        &dir,
+        &reenroll(&gw, &dir, "ldev2.crt", "ldev2.key", "re"),
+        "ldev3",
+    );
+
+    // A device of a CA without auto-enrollment: 401.
+    let other = Fleet::new("noauto");
+    other.register(&gw, "noauto", false, false, true);
+    other.device(&Spec::new("sensor-2")).write(&dir, "stranger");
+    assert_challenge(&enroll("stranger.crt", "stranger.key", "ldev"));
+    assert_eq!(fleet_identities().len(), 1);
+
+    fsck_clean(&gw);
+    // Deleting the identity unbinds all its certificates: the IDevID may enroll anew.
+    assert_eq!(
+        gw.mgmt("DELETE", &format!("/identities/{id}"), None).status,
+        200
+    );
+    fsck_clean(&gw);
+    certs_of(
+        &gw,
+        &dir,
+        &enroll("idevid.crt", "idevid.key", "ldev"),
+        "again",
+    );
+    assert_eq!(fleet_identities().len(), 1);
+    fsck_clean(&gw);
+}
