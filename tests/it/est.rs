@@ -634,3 +634,42 @@ fn a_bootstrap_certificate_enrolls_its_identity_once_and_recovers_it() {
     assert_eq!(fleet_identities().len(), 1);
     fsck_clean(&gw);
 }
+
+#[test]
+fn racing_first_uses_activate_once_and_each_authenticates() {
+    let gw = Gateway::start();
+    let (id, dir) = est_enrolled(&gw, "est-race");
+    csr_for_key(&dir, "dev.key", "re", &subject_args(&id));
+    certs_of(
+        &gw,
+        &dir,
+        &reenroll(&gw, &dir, "dev.crt", "dev.key", "re"),
+        "new",
+    );
+    let dirs: Vec<PathBuf> = (0..8)
+        .map(|i| {
+            let d = workdir(&gw, &format!("race{i}"));
+            for f in ["new.crt", "dev.key"] {
+                std::fs::copy(dir.join(f), d.join(f)).unwrap();
+            }
+            d
+        })
+        .collect();
+    let statuses: Vec<(u16, String)> = std::thread::scope(|s| {
+        let gw = &gw;
+        let handles: Vec<_> = dirs
+            .iter()
+            .map(|d| {
+                s.spawn(move || {
+                    let a = authenticate(gw, d, "new.crt", "dev.key");
+                    (a.status, a.code())
+                })
+            })
+            .collect();
+        handles.into_iter().map(|h| h.join().unwrap()).collect()
+    });
+    assert!(statuses.iter().all(|(s, _)| *s == 200), "{statuses:?}");
+    let old = authenticate(&gw, &dir, "dev.crt", "dev.key");
+    assert_eq!((old.status, old.code().as_str()), (401, "INVALID_AUTH"));
+    fsck_clean(&gw);
+}
