@@ -125,4 +125,16 @@ mod tests {
         assert!(head.contains(&format!("Content-Length: {}\r\n", r.body.len())));
         assert_eq!(r.body.len(), 26);
     }
+
+    #[test]
+    fn a_204_has_no_body_type_or_length() {
+        let r = Response::bytes(204, "application/csrattrs", b"ignored".to_vec());
+        let text = String::from_utf8(r.serialize(true, false)).unwrap();
+        assert!(text.starts_with("HTTP/1.1 204 No Content\r\n"), "{text}");
+        assert!(
+            !text.contains("Content-Length") && !text.contains("Content-Type"),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
+    }
 }
