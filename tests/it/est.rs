@@ -153,10 +153,14 @@ fn reenroll(gw: &Gateway, dir: &Path, cert: &str, key: &str, csr: &str) -> Answe
     )
 }
 
+/// The store is consistent, and no request was answered with a 5xx (each is logged as
+/// "request failed").
 fn fsck_clean(gw: &Gateway) {
     let cfg = gw.data.join("enrollgate.toml");
     let out = run_ok(Command::new(BIN).arg("fsck").arg("--config").arg(&cfg));
     assert!(out.contains("no violations"), "{out}");
+    let log = gw.log();
+    assert!(!log.contains("request failed"), "{log}");
 }
 
 fn assert_challenge(a: &Answer) {
@@ -500,6 +504,7 @@ fn csrattrs_and_the_operations_not_offered() {
         "base64 -d cacerts.b64 | openssl pkcs7 -inform DER -print_certs | grep -c 'BEGIN CERTIFICATE'",
     );
     assert!(certs.trim().parse::<u32>().unwrap() >= 1);
+    fsck_clean(&gw);
 }
 
 #[test]
