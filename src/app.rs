@@ -317,6 +317,11 @@ impl Shared {
         )?)
     }
 
+    /// The listener's certificate (DER), whose key signs the enrollment JWTs.
+    pub fn server_cert_der(&self) -> &[u8] {
+        &self.server_cert_der
+    }
+
     /// True once a reload installed a newer state.
     pub fn is_superseded(&self) -> bool {
         self.superseded.load(std::sync::atomic::Ordering::Acquire)
@@ -517,7 +522,8 @@ fn verdict(limit: &'static str, v: Verdict) -> Result<(), Refused> {
 /// writes `/.well-known/est/cacerts`: OpenSSL's base64 BIO, which the C SDK (through
 /// tlsuv) reads it with, needs line breaks and skips lines over 1,024 characters; a
 /// single line fails there however short.
-fn base64_lines(der: &[u8]) -> String {
+/// Base64 of `der` in lines of 64 characters (as OpenSSL's base64 BIO reads it).
+pub(crate) fn base64_lines(der: &[u8]) -> String {
     let one = base64::engine::general_purpose::STANDARD.encode(der);
     let mut out = String::with_capacity(one.len() + one.len() / 64 + 1);
     for line in one.as_bytes().chunks(64) {

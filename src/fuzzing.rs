@@ -10,10 +10,10 @@
 //! | function | what it drives |
 //! |---|---|
 //! | [`http_request`] | `http::parse_head` over a pipelined byte stream, as `server::conn` frames it |
-//! | [`query`] | `http::query::param` and what the handlers do with each parameter |
+//! | [`query`] | `http::query::param` and what the handlers do with each parameter; EST's Basic credentials |
 //! | [`json_bodies`] | `api::json_body` into every request body type, then the body's checks |
 //! | [`pem_der`] | CA upload PEM, proof of possession, PKCS#7 `cacerts`, certificate DER |
-//! | [`csr`] | `pki::csr::{decode_body, accept}`, then issuance of an accepted key |
+//! | [`csr`] | `pki::csr::{decode_body, accept}`, then issuance of an accepted key and EST's name comparison |
 //! | [`chain`] | `ca::chain::CaSet::verify` against a fixed CA set, then the `ca` enrollment's name |
 //! | [`jwt`] | `token::jwt::{peek, verify_with_cert}` and the `enroll` client's claim checks |
 //! | [`name_template`] | `ca::name::{validate_format, render}` with fuzzed values |
@@ -285,6 +285,10 @@ pub fn query(data: &[u8]) {
 
 fn query_str(q: &str) {
     use crate::http::query::param;
+    // An `Authorization` header's value, as EST simpleenroll reads it.
+    if let Ok(password) = api::est::basic_password(q) {
+        assert!(!password.is_empty());
+    }
     if let Some(m) = param(q, "method") {
         if let Some(parsed) = Method::parse(&m) {
             assert_eq!(parsed.as_str(), m);
@@ -538,6 +542,11 @@ pub fn csr(data: &[u8]) {
     let (_, cert) = x509_parser::certificate::X509Certificate::from_der(&issued.der)
         .expect("an issued certificate parses");
     assert_eq!(cert.public_key().raw, accepted.spki_der.as_slice());
+    // EST simplereenroll compares the CSR's names with the certificate's: a refusal, never
+    // a failure.
+    if let Err(e) = api::est::same_names(&der, &issued.der) {
+        assert_client_error(&e);
+    }
 }
 
 // ---------------------------------------------------------------------------------------

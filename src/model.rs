@@ -186,6 +186,12 @@ pub struct Lifecycle {
     /// Set while an admin has disabled the identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub disabled: Option<Suspension>,
+    /// The third-party certificate (an IDevID) that enrolled this identity by EST
+    /// `simpleenroll` and was replaced by the certificate enrollgate issued for it. It stays
+    /// bound (indexed, I1), so it can never auto-enroll another identity, and it may ask
+    /// for a new certificate again (device recovery); it authenticates nothing else.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bootstrap: Option<Authenticator>,
 }
 
 impl Lifecycle {
@@ -202,12 +208,13 @@ impl Identity {
         self.is_admin && self.authenticator.is_some()
     }
 
-    /// Every certificate bound to this identity and indexed to it (I1): the active one and
-    /// a renewal's, while one is pending.
+    /// Every certificate bound to this identity and indexed to it (I1): the active one, a
+    /// renewal's while one is pending, and the bootstrap certificate it enrolled with by EST.
     pub fn certificates(&self) -> impl Iterator<Item = &Authenticator> {
         self.authenticator
             .iter()
             .chain(self.lifecycle.renewal.iter().map(|r| &r.authenticator))
+            .chain(self.lifecycle.bootstrap.iter())
     }
 
     /// Whether an admin's suspension holds at `now`.

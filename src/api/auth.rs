@@ -5,13 +5,19 @@
 //! fingerprint is bound to an identity (I1), (3) it is within its validity, and (4) for a
 //! certificate from a third-party CA, that CA still exists, is verified, has
 //! `isAuthEnabled`, and the chain the client sent verifies against it now.
+//!
+//! A renewal EST issued (`Activation::FirstUse`) becomes the active certificate on its
+//! first use: [`authenticate_now`] activates it, then authenticates with it. Until then the
+//! old certificate authenticates, for at most `enrollment.reenroll_grace` after the renewal
+//! was issued (a device that lost the answer re-enrolls within it; a stolen old certificate
+//! does not live on beside the new one).
 
 use dashmap::DashMap;
 
 use super::{ApiError, Peer};
 use crate::app::WorkerCtx;
 use crate::clock::UnixTime;
-use crate::model::Identity;
+use crate::model::{Activation, Identity};
 
 /// Lifetime of an API session.
 pub const SESSION_TTL_SECS: i64 = 30 * 60;
@@ -34,6 +40,18 @@ pub enum AuthError {
     /// A renewal's certificate, not activated yet (`extend-verify` activates it).
     #[error("this certificate renews this identity's and is not active yet: verify it first")]
     NotYetActive,
+    /// A renewal's certificate that its first use activates (EST): [`authenticate_now`]
+    /// does, and authenticates with it. Holds the identity's id.
+    #[error("this certificate renews this identity's and becomes active by its first use")]
+    FirstUse(String),
+    /// The active certificate of an identity whose EST renewal has waited for its first
+    /// use longer than `enrollment.reenroll_grace`: only the new certificate authenticates.
+    #[error("this certificate was renewed and the grace for using it has passed: use the renewed certificate")]
+    Superseded,
+    /// The bootstrap certificate an identity enrolled with by EST: it asks EST for a new
+    /// certificate, nothing else.
+    #[error("this certificate bootstrapped its identity by EST and authenticates only EST simpleenroll; use the certificate EST issued")]
+    Bootstrap,
     /// Outside its validity.
     #[error("this certificate is expired or not yet valid")]
     OutsideValidity,
@@ -60,19 +78,38 @@ pub fn authenticate(w: &WorkerCtx, peer: &Peer, now: UnixTime) -> Result<Identit
         .identity_by_fingerprint(fp)
         .map_err(|e| AuthError::Store(e.to_string()))?
         .ok_or(AuthError::Unbound)?;
+    // Before anything else: a disabled identity's first-use renewal is not activated.
+    if identity.is_disabled_at(now) {
+        return Err(AuthError::Disabled(identity.name));
+    }
     let auth = identity
         .authenticator
         .as_ref()
         .filter(|a| a.fingerprint_sha256 == fp)
         .ok_or_else(|| match &identity.lifecycle.renewal {
-            Some(r) if r.authenticator.fingerprint_sha256 == fp => AuthError::NotYetActive,
+            Some(r) if r.authenticator.fingerprint_sha256 == fp => match r.activation {
+                Activation::FirstUse if !within(&r.authenticator, now) => {
+                    AuthError::OutsideValidity
+                }
+                Activation::FirstUse => AuthError::FirstUse(identity.id.clone()),
+                Activation::Verify => AuthError::NotYetActive,
+            },
+            _ if identity
+                .lifecycle
+                .bootstrap
+                .as_ref()
+                .map(|a| a.fingerprint_sha256.as_str())
+                == Some(fp) =>
+            {
+                AuthError::Bootstrap
+            }
             _ => AuthError::Unbound,
         })?;
-    if now < auth.not_before || now >= auth.not_after {
+    if !within(auth, now) {
         return Err(AuthError::OutsideValidity);
     }
-    if identity.is_disabled_at(now) {
-        return Err(AuthError::Disabled(identity.name));
+    if superseded(&identity, w.shared.config.reenroll_grace, now) {
+        return Err(AuthError::Superseded);
     }
     if !auth.issued_by_network {
         let cas = w.cas.current(&w.shared.cas);
@@ -88,15 +125,52 @@ pub fn authenticate(w: &WorkerCtx, peer: &Peer, now: UnixTime) -> Result<Identit
     Ok(identity)
 }
 
+fn within(auth: &crate::model::Authenticator, now: UnixTime) -> bool {
+    auth.not_before <= now && now < auth.not_after
+}
+
+/// Whether `identity`'s active certificate no longer authenticates because its first-use
+/// renewal was issued more than `grace` ago. Read from the record alone: nothing is written
+/// when the grace ends, so there is no state to race on.
+pub fn superseded(identity: &Identity, grace: std::time::Duration, now: UnixTime) -> bool {
+    identity.lifecycle.renewal.as_ref().is_some_and(|r| {
+        r.activation == Activation::FirstUse
+            && now.saturating_sub(r.authenticator.created_at)
+                >= i64::try_from(grace.as_secs()).unwrap_or(i64::MAX)
+    })
+}
+
+/// [`authenticate`], where a first-use renewal's certificate is activated (one atomic
+/// write that unbinds the old certificate) and then authenticates. The outer error is the
+/// activation's failure to commit (a full queue, shutdown, the disk); the inner one, why
+/// the certificate does not authenticate.
+pub async fn authenticate_now(
+    w: &WorkerCtx,
+    peer: &Peer,
+    now: UnixTime,
+) -> Result<Result<Identity, AuthError>, ApiError> {
+    let identity_id = match authenticate(w, peer, now) {
+        Err(AuthError::FirstUse(identity_id)) => identity_id,
+        other => return Ok(other),
+    };
+    let fp = peer.cert_sha256.as_deref().unwrap_or_default();
+    match super::renew::activate(w, &identity_id, fp, now).await {
+        // A first use racing this one activated it, or a newer renewal replaced it: the
+        // certificate is judged as the store holds it now.
+        Ok(_) | Err(ApiError::InvalidState(_)) => Ok(authenticate(w, peer, now)),
+        Err(e) => Err(e),
+    }
+}
+
 /// The identity of an admin, or `401 UNAUTHORIZED`.
-pub fn require_admin(w: &WorkerCtx, peer: &Peer) -> Result<Identity, ApiError> {
+pub async fn require_admin(w: &WorkerCtx, peer: &Peer) -> Result<Identity, ApiError> {
     let now = w.shared.clock.unix_now();
     let why = |m: String| {
         ApiError::Unauthorized(format!(
             "the management API needs the client certificate of an admin identity: {m}"
         ))
     };
-    match authenticate(w, peer, now) {
+    match authenticate_now(w, peer, now).await? {
         Ok(identity) if identity.is_admin => Ok(identity),
         Ok(_) => Err(why("this identity is not an admin".into())),
         Err(AuthError::Store(e)) => Err(ApiError::Unhandled(e)),
@@ -244,6 +318,49 @@ mod tests {
             authenticator_id: "a1",
             ip_address: Some(std::net::Ipv4Addr::LOCALHOST.into()),
         }
+    }
+
+    #[test]
+    fn a_first_use_renewal_supersedes_the_old_certificate_after_the_grace() {
+        use crate::model::{Authenticator, Lifecycle, Method, Renewal};
+        let renewal = |activation| Renewal {
+            authenticator: Authenticator {
+                fingerprint_sha256: "new".into(),
+                fingerprint_sha1: String::new(),
+                tbs_sha256: String::new(),
+                cert_pem: String::new(),
+                issued_by_network: true,
+                not_before: 0,
+                not_after: 10_000,
+                method: Method::Ott,
+                ca_id: None,
+                created_at: 1_000,
+            },
+            activation,
+        };
+        let identity = |renewal| Identity {
+            id: "i1".into(),
+            name: "dev".into(),
+            kind: crate::model::IdentityType::Device,
+            is_admin: false,
+            role_attributes: vec![],
+            created_at: 0,
+            updated_at: 0,
+            enrollment_id: None,
+            authenticator: None,
+            lifecycle: Lifecycle {
+                renewal,
+                ..Default::default()
+            },
+        };
+        let grace = std::time::Duration::from_secs(60);
+        let est = identity(Some(renewal(Activation::FirstUse)));
+        assert!(!superseded(&est, grace, 1_059));
+        assert!(superseded(&est, grace, 1_060));
+        // OpenZiti's extend has no grace: its client verifies the new certificate.
+        let extend = identity(Some(renewal(Activation::Verify)));
+        assert!(!superseded(&extend, grace, 9_999));
+        assert!(!superseded(&identity(None), grace, 9_999));
     }
 
     #[test]

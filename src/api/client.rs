@@ -49,6 +49,7 @@ pub(super) async fn route(
             .with_header("Content-Transfer-Encoding", "base64".into())),
             _ => Err(method_not_allowed(req, "GET")),
         },
+        p if p.starts_with(super::est::PREFIX) => super::est::route(w, req, peer, p).await,
         "/enroll" => {
             if method != "POST" {
                 return Err(method_not_allowed(req, "POST"));
@@ -116,7 +117,7 @@ pub(super) async fn route(
                 return Err(method_not_allowed(req, "POST"));
             }
             match param(&req.head.query, "method").as_deref() {
-                Some("cert") => super::current::authenticate_cert(w, peer),
+                Some("cert") => super::current::authenticate_cert(w, peer).await,
                 other => Err(ApiError::InvalidAuth(format!(
                     "authentication method '{}' is not supported; use method=cert",
                     other
@@ -148,7 +149,7 @@ pub(super) async fn route(
 }
 
 /// The per-source rate limit, checked before any enrollment work.
-fn admit_source(w: &WorkerCtx, peer: &Peer) -> Result<(), ApiError> {
+pub(crate) fn admit_source(w: &WorkerCtx, peer: &Peer) -> Result<(), ApiError> {
     match peer.addr {
         Some(addr) => Ok(w.shared.rates.source(addr.ip())?),
         None => Ok(()),
@@ -286,21 +287,50 @@ async fn enroll_ca(
     peer: &Peer,
     requested: Option<String>,
 ) -> Result<Response, ApiError> {
+    let now = w.shared.clock.unix_now();
+    let ca = auto_enrollment_ca(w, peer, now)?;
+    let created = auto_enroll(w, peer, &ca, requested, now).await?;
+    Ok(Response::data(json!({ "id": created.id })))
+}
+
+/// The verified CA with auto-enrollment that `peer`'s chain verifies against now.
+pub(crate) fn auto_enrollment_ca(
+    w: &WorkerCtx,
+    peer: &Peer,
+    now: UnixTime,
+) -> Result<crate::model::Ca, ApiError> {
+    if peer.chain.is_empty() {
+        return Err(ApiError::CertFailedValidation(
+            "CA auto-enrollment needs a client certificate".into(),
+        ));
+    }
+    let cas = w.cas.current(&w.shared.cas);
+    cas.verify(
+        &peer.chain,
+        now,
+        "is not verified or does not allow auto-enrollment",
+        w.cas.memo(),
+        |ca| ca.is_verified && ca.is_auto_ca_enrollment_enabled,
+    )
+    .cloned()
+    .map_err(|e| ApiError::CertFailedValidation(e.to_string()))
+}
+
+/// Creates the identity `peer`'s certificate auto-enrolls through `ca` (from
+/// [`auto_enrollment_ca`]), bound to it: the name from the CA's template, its roles, and
+/// the rule that a certificate binds once (`CERT_IN_USE`). For `/enroll?method=ca` and
+/// EST's `simpleenroll` by a bootstrap certificate.
+pub(crate) async fn auto_enroll(
+    w: &WorkerCtx,
+    peer: &Peer,
+    ca: &crate::model::Ca,
+    requested: Option<String>,
+    now: UnixTime,
+) -> Result<Identity, ApiError> {
     let shared = &w.shared;
     let leaf = peer.chain.first().ok_or_else(|| {
         ApiError::CertFailedValidation("CA auto-enrollment needs a client certificate".into())
     })?;
-    let now = shared.clock.unix_now();
-    let cas = w.cas.current(&shared.cas);
-    let ca = cas
-        .verify(
-            &peer.chain,
-            now,
-            "is not verified or does not allow auto-enrollment",
-            w.cas.memo(),
-            |ca| ca.is_verified && ca.is_auto_ca_enrollment_enabled,
-        )
-        .map_err(|e| ApiError::CertFailedValidation(e.to_string()))?;
     let authenticator = presented_authenticator(leaf, Method::Ca, now)?;
     refuse_bound(shared, &authenticator)?;
     let identity_id = crate::ids::new_id().map_err(|e| ApiError::Unhandled(e.to_string()))?;
@@ -353,7 +383,7 @@ async fn enroll_ca(
         return Err(ApiError::Unhandled("unexpected store outcome".into()));
     };
     tracing::info!(identity_id = %created.id, ca_id = %ca.id, method = "ca", "identity auto-enrolled");
-    Ok(Response::data(json!({ "id": created.id })))
+    Ok(*created)
 }
 
 /// The enrollment method of `POST /enroll`. `method` is optional in the spec; a missing (or
@@ -408,13 +438,15 @@ pub(crate) fn check_csr_media(req: &Request) -> Result<(), ApiError> {
 }
 
 /// Redeems a one-time token with a CSR: token rules, CSR checks, signing, then the atomic
-/// redemption (which re-checks the token: only one of many racing requests wins).
-async fn enroll_ott(
+/// redemption (which re-checks the token: only one of many racing requests wins). The one
+/// redemption of an `ott` token, for OpenZiti's `/enroll` and EST's `simpleenroll`
+/// (`protocol` names the caller in the log).
+pub(crate) async fn redeem_ott(
     w: &WorkerCtx,
     token: Option<String>,
     csr_body: &[u8],
-    want_pem: bool,
-) -> Result<Response, ApiError> {
+    protocol: &'static str,
+) -> Result<crate::pki::issue::IssuedCert, ApiError> {
     let token = token.filter(|t| !t.is_empty()).ok_or_else(|| {
         ApiError::InvalidEnrollmentToken("the request has no enrollment token".into())
     })?;
@@ -450,8 +482,20 @@ async fn enroll_ott(
             now,
         })
         .await?;
-    tracing::info!(identity_id = %enrollment.identity_id, method = "ott", "identity enrolled");
+    tracing::info!(identity_id = %enrollment.identity_id, method = "ott", protocol, "identity enrolled");
+    Ok(issued)
+}
 
+/// Answers an `ott` enrollment on `/enroll` and `/enroll/ott`: [`redeem_ott`], then the
+/// certificate chain as OpenZiti clients read it.
+async fn enroll_ott(
+    w: &WorkerCtx,
+    token: Option<String>,
+    csr_body: &[u8],
+    want_pem: bool,
+) -> Result<Response, ApiError> {
+    let issued = redeem_ott(w, token, csr_body, "ott").await?;
+    let shared = &w.shared;
     // The leaf and the intermediates a verifier needs to reach the root.
     let cert_chain = format!("{}{}", issued.pem, shared.issued_chain_tail_pem);
     if want_pem {

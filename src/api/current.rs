@@ -22,14 +22,16 @@ use crate::http::Response;
 use crate::model::Identity;
 
 /// `POST /authenticate?method=cert`: an API session for the identity the certificate is
-/// bound to.
-pub(super) fn authenticate_cert(w: &WorkerCtx, peer: &Peer) -> Result<Response, ApiError> {
+/// bound to. A first-use renewal's certificate is activated by it.
+pub(super) async fn authenticate_cert(w: &WorkerCtx, peer: &Peer) -> Result<Response, ApiError> {
     let now = w.shared.clock.unix_now();
-    let identity = auth::authenticate(w, peer, now).map_err(|e| match e {
-        auth::AuthError::Store(m) => ApiError::Unhandled(m),
-        e @ auth::AuthError::Disabled(_) => ApiError::IdentityDisabled(e.to_string()),
-        other => ApiError::InvalidAuth(other.to_string()),
-    })?;
+    let identity = auth::authenticate_now(w, peer, now)
+        .await?
+        .map_err(|e| match e {
+            auth::AuthError::Store(m) => ApiError::Unhandled(m),
+            e @ auth::AuthError::Disabled(_) => ApiError::IdentityDisabled(e.to_string()),
+            other => ApiError::InvalidAuth(other.to_string()),
+        })?;
     let authenticator_id = identity
         .authenticator
         .as_ref()

@@ -23,6 +23,10 @@ pub enum ApiError {
     /// signature, unsupported key.
     #[error("{0}")]
     CouldNotProcessCsr(String),
+    /// `CSR_NAME_MISMATCH` 400: an EST `simplereenroll` CSR whose subject or
+    /// subjectAltName is not the current certificate's (RFC 7030 §4.2.2).
+    #[error("{0}")]
+    CsrNameMismatch(String),
     /// `CERT_FAILED_VALIDATION` 400: no verified auto-enrollment CA accepts the chain.
     #[error("{0}")]
     CertFailedValidation(String),
@@ -82,6 +86,11 @@ pub enum ApiError {
     /// `UNAUTHORIZED` 401: the management API needs an admin's client certificate.
     #[error("{0}")]
     Unauthorized(String),
+    /// `EST_UNAUTHORIZED` 401, answered with `WWW-Authenticate: Basic realm="enrollgate"`
+    /// (RFC 7030 §3.2.3): an EST request whose credentials (HTTP Basic with an enrollment
+    /// token, or the client certificate) do not authenticate it.
+    #[error("{0}")]
+    EstUnauthorized(String),
     /// `NOT_FOUND` 404.
     #[error("{0}")]
     NotFound(String),
@@ -134,6 +143,7 @@ impl ApiError {
             Self::EnrollmentExpired(_) => (400, "ENROLLMENT_EXPIRED"),
             Self::InvalidEnrollMethod(_) => (400, "INVALID_ENROLL_METHOD"),
             Self::CouldNotProcessCsr(_) => (400, "COULD_NOT_PROCESS_CSR"),
+            Self::CsrNameMismatch(_) => (400, "CSR_NAME_MISMATCH"),
             Self::CertFailedValidation(_) => (400, "CERT_FAILED_VALIDATION"),
             Self::CertificateFailedValidation(_) => (400, "CERTIFICATE_FAILED_VALIDATION"),
             Self::EnrollmentCaNotValid(_) => (400, "ENROLLMENT_CA_NOT_VALID"),
@@ -152,6 +162,7 @@ impl ApiError {
             Self::CertRevoked(_) => (403, "CERT_REVOKED"),
             Self::InvalidAuth(_) => (401, "INVALID_AUTH"),
             Self::Unauthorized(_) => (401, "UNAUTHORIZED"),
+            Self::EstUnauthorized(_) => (401, "EST_UNAUTHORIZED"),
             Self::NotFound(_) => (404, "NOT_FOUND"),
             Self::MethodNotAllowed { .. } => (405, "METHOD_NOT_ALLOWED"),
             Self::LengthRequired(_) => (411, "LENGTH_REQUIRED"),

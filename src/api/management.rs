@@ -25,7 +25,7 @@ pub(super) async fn route(
     peer: &Peer,
     path: &str,
 ) -> Result<Response, ApiError> {
-    authorize(w, peer)?;
+    authorize(w, peer).await?;
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
     let m = req.head.method.as_str();
     match (segments.as_slice(), m) {
@@ -77,8 +77,9 @@ pub(super) async fn route(
 
 /// Admin check: a bound certificate, within its validity, whose CA (for third-party
 /// certificates) still allows authentication, of an identity with `isAdmin`.
-fn authorize(w: &WorkerCtx, peer: &Peer) -> Result<(), ApiError> {
-    super::auth::require_admin(w, peer).map(|_| ())
+/// An admin's first-use renewal is activated by this request ([`super::auth::authenticate_now`]).
+async fn authorize(w: &WorkerCtx, peer: &Peer) -> Result<(), ApiError> {
+    super::auth::require_admin(w, peer).await.map(|_| ())
 }
 
 fn page_params(req: &Request) -> Result<(usize, usize), ApiError> {

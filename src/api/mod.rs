@@ -7,6 +7,7 @@ pub mod client;
 mod crl;
 pub mod current;
 pub mod error;
+pub mod est;
 pub mod filter;
 pub mod management;
 pub mod renew;
@@ -93,6 +94,9 @@ pub async fn handle(w: &WorkerCtx, req: &Request, peer: &Peer, request_id: &str)
                 ApiError::MethodNotAllowed { allow, .. } => {
                     resp = resp.with_header("Allow", allow.to_string());
                 }
+                ApiError::EstUnauthorized(_) => {
+                    resp = resp.with_header("WWW-Authenticate", est::CHALLENGE.to_string());
+                }
                 _ => {}
             }
             resp
@@ -167,6 +171,9 @@ pub(crate) fn enrollment_method(req: &Request) -> Option<&'static str> {
         "/enroll/ott" => "ott".into(),
         "/enroll/ottca" => "ottca".into(),
         "/enroll/ca" => "ca".into(),
+        // EST enrollments and re-enrollments are counted apart from OpenZiti's methods.
+        est::SIMPLEENROLL => return Some("est"),
+        est::SIMPLEREENROLL => return Some("est_reenroll"),
         _ => return None,
     };
     Some(match crate::model::Method::parse(&method)? {

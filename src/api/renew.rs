@@ -39,11 +39,47 @@ pub async fn renew(
     activation: Activation,
     now: UnixTime,
 ) -> Result<Renewed, ApiError> {
+    renew_from(
+        w,
+        identity,
+        presented_sha256,
+        csr_der,
+        activation,
+        now,
+        Replacing::Issued,
+    )
+    .await
+}
+
+/// What a renewal replaces.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Replacing {
+    /// A certificate enrollgate issued: every renewal but the next one.
+    Issued,
+    /// The third-party bootstrap certificate (IDevID) of an EST `simpleenroll`, whose chain
+    /// the handler verified against an auto-enrollment CA: the renewal is the certificate
+    /// enrollgate issues in its place, and the bootstrap one stays bound
+    /// (`Lifecycle::bootstrap`) once it is activated (by its first use).
+    Bootstrap,
+}
+
+/// [`renew`], where `replacing` says whether a third-party bootstrap certificate may be
+/// replaced (EST `simpleenroll` by a client certificate); otherwise it is refused
+/// (`CERT_NOT_RENEWABLE`).
+pub async fn renew_from(
+    w: &WorkerCtx,
+    identity: &Identity,
+    presented_sha256: &str,
+    csr_der: Vec<u8>,
+    activation: Activation,
+    now: UnixTime,
+    replacing: Replacing,
+) -> Result<Renewed, ApiError> {
     let current = identity
         .authenticator
         .as_ref()
         .ok_or_else(|| ApiError::InvalidState("this identity has not enrolled".into()))?;
-    if !current.issued_by_network {
+    if !current.issued_by_network && replacing != Replacing::Bootstrap {
         return Err(ApiError::NotRenewable(
             "this certificate was issued by a third-party CA, which renews it; enrollgate \
              renews only the certificates it issued"

@@ -114,8 +114,11 @@ impl PublicUrl {
 
 /// Longest `pki.cert_lifetime` accepted.
 pub const MAX_CERT_LIFETIME: Duration = Duration::from_secs(36_500 * 86_400);
-/// Longest `enrollment.token_ttl` accepted.
+/// Longest `enrollment.token_ttl` (and `enrollment.reenroll_grace`) accepted.
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(3_650 * 86_400);
+/// `enrollment.reenroll_grace` when the file does not set it: a week for a device whose
+/// EST answer was lost to try again.
+pub const DEFAULT_REENROLL_GRACE: Duration = Duration::from_secs(7 * 86_400);
 
 /// `limits.max_memory` when the file does not set it.
 pub const DEFAULT_MAX_MEMORY: u64 = 1 << 30;
@@ -259,6 +262,9 @@ pub struct Config {
     pub cert_lifetime: Duration,
     /// Lifetime of enrollment tokens.
     pub token_ttl: Duration,
+    /// How long after an EST `simplereenroll` the old certificate still authenticates
+    /// while the new one has not been used (its first use ends this at once).
+    pub reenroll_grace: Duration,
     /// RocksDB directory.
     pub store_path: PathBuf,
     /// Committer tuning.
@@ -575,6 +581,14 @@ impl Config {
         if token_ttl > MAX_TOKEN_TTL {
             c.problem("enrollment.token_ttl", "at most 10 years (3650d)");
         }
+        let reenroll_grace = c.duration(
+            "enrollment.reenroll_grace",
+            raw.enrollment.reenroll_grace.as_ref(),
+            DEFAULT_REENROLL_GRACE,
+        );
+        if reenroll_grace > MAX_TOKEN_TTL {
+            c.problem("enrollment.reenroll_grace", "at most 10 years (3650d)");
+        }
 
         let store_path = c.path("store.path", raw.store.path.as_ref(), "store");
         let durability = match raw.store.durability.as_deref() {
@@ -756,6 +770,7 @@ impl Config {
             trust_domain,
             cert_lifetime,
             token_ttl,
+            reenroll_grace,
             store_path,
             commit,
             limits,
@@ -823,6 +838,7 @@ cert_lifetime = "365d"
 
 [enrollment]
 token_ttl = "24h"
+reenroll_grace = "7d"           # EST simplereenroll: the old certificate works until the new one's first use, at most this long
 
 [store]
 path = {store}

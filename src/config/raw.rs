@@ -77,6 +77,7 @@ pub struct RawPki {
 #[allow(missing_docs)]
 pub struct RawEnrollment {
     pub token_ttl: Option<String>,
+    pub reenroll_grace: Option<String>,
 }
 
 /// `[store]`

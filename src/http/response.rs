@@ -49,16 +49,24 @@ impl Response {
         self
     }
 
-    /// The bytes on the wire. `head_only` omits the body (HEAD requests).
+    /// The bytes on the wire. `head_only` omits the body (HEAD requests). A `204` has
+    /// neither body nor `Content-Type`/`Content-Length` (RFC 9110 §8.6, §15.3.5).
     pub fn serialize(&self, keep_alive: bool, head_only: bool) -> Vec<u8> {
         let mut out = Vec::with_capacity(256 + self.body.len());
+        let content = if self.status == 204 {
+            String::new()
+        } else {
+            format!(
+                "Content-Type: {}\r\nContent-Length: {}\r\n",
+                self.content_type,
+                self.body.len()
+            )
+        };
         out.extend_from_slice(
             format!(
-                "HTTP/1.1 {} {}\r\nContent-Type: {}\r\nContent-Length: {}\r\nDate: {}\r\nConnection: {}\r\n",
+                "HTTP/1.1 {} {}\r\n{content}Date: {}\r\nConnection: {}\r\n",
                 self.status,
                 reason(self.status),
-                self.content_type,
-                self.body.len(),
                 httpdate::fmt_http_date(SystemTime::now()),
                 if keep_alive { "keep-alive" } else { "close" },
             )
@@ -68,7 +76,7 @@ impl Response {
             out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
         }
         out.extend_from_slice(b"\r\n");
-        if !head_only {
+        if !head_only && self.status != 204 {
             out.extend_from_slice(&self.body);
         }
         out
@@ -81,6 +89,7 @@ pub fn reason(status: u16) -> &'static str {
         100 => "Continue",
         200 => "OK",
         201 => "Created",
+        204 => "No Content",
         400 => "Bad Request",
         401 => "Unauthorized",
         404 => "Not Found",
@@ -115,5 +124,17 @@ mod tests {
         assert!(head.ends_with("\r\n\r\n"));
         assert!(head.contains(&format!("Content-Length: {}\r\n", r.body.len())));
         assert_eq!(r.body.len(), 26);
+    }
+
+    #[test]
+    fn a_204_has_no_body_type_or_length() {
+        let r = Response::bytes(204, "application/csrattrs", b"ignored".to_vec());
+        let text = String::from_utf8(r.serialize(true, false)).unwrap();
+        assert!(text.starts_with("HTTP/1.1 204 No Content\r\n"), "{text}");
+        assert!(
+            !text.contains("Content-Length") && !text.contains("Content-Type"),
+            "{text}"
+        );
+        assert!(text.ends_with("\r\n\r\n"), "{text}");
     }
 }

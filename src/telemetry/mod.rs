@@ -223,10 +223,10 @@ pub fn describe() {
     // Every counter series whose labels are known in advance is exported from the start,
     // at 0: a series that first appears with its first event hides that event from
     // rate() and increase(), and an alert on it cannot fire until then.
-    for method in ["ott", "ottca", "ca"] {
+    for method in ["ott", "ottca", "ca", "est", "est_reenroll"] {
         metrics::counter!(ENROLLMENTS, "method" => method, "result" => "ok").increment(0);
     }
-    for method in ["ott", "ottca"] {
+    for method in ["ott", "ottca", "est"] {
         metrics::counter!(TOKENS_EXPIRED, "method" => method).increment(0);
     }
     for result in ["ok", "failed", "timeout", "evicted", "refused"] {

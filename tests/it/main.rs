@@ -8,6 +8,7 @@ mod attack;
 mod bad_input;
 mod cas;
 mod crash;
+mod est;
 mod fleet;
 mod hsm;
 mod lifecycle;

@@ -8,7 +8,7 @@
 
 use super::{keys, to_json, Batch, Outcome, Snapshot, StoreError, Write};
 use crate::clock::UnixTime;
-use crate::model::{Identity, Renewal};
+use crate::model::{Activation, Identity, Renewal};
 use crate::store::get_json;
 
 impl<S: Snapshot + ?Sized> Batch<'_, S> {
@@ -33,11 +33,13 @@ impl<S: Snapshot + ?Sized> Batch<'_, S> {
     ) -> Result<Outcome, StoreError> {
         let mut identity = self.enrolled(identity_id)?;
         super::revoke::refuse_disabled(&identity, now)?;
-        let active = identity
-            .authenticator
-            .as_ref()
-            .map(|a| &a.fingerprint_sha256);
-        if active.map(String::as_str) != Some(current_sha256) {
+        // The active certificate renews; so does the bootstrap certificate an EST device
+        // enrolled with (recovery of a device that lost its issued certificate).
+        let presented = |a: &Option<crate::model::Authenticator>| {
+            a.as_ref()
+                .is_some_and(|a| a.fingerprint_sha256 == current_sha256)
+        };
+        if !presented(&identity.authenticator) && !presented(&identity.lifecycle.bootstrap) {
             return Err(StoreError::InvalidState(
                 "the certificate presented is no longer this identity's active certificate".into(),
             ));
@@ -93,8 +95,17 @@ impl<S: Snapshot + ?Sized> Batch<'_, S> {
                 )
             })?;
         let mut writes = Vec::new();
-        if let Some(old) = identity.authenticator.replace(renewal.authenticator) {
-            writes.extend(keys::bound(&old).into_iter().map(Write::Delete));
+        let first_use = renewal.activation == Activation::FirstUse;
+        match identity.authenticator.replace(renewal.authenticator) {
+            // A third-party certificate replaced by EST (only the bootstrap path renews
+            // one) stays bound as the identity's bootstrap: it never binds elsewhere (I1).
+            Some(old) if first_use && !old.issued_by_network => {
+                if let Some(older) = identity.lifecycle.bootstrap.replace(old) {
+                    writes.extend(keys::bound(&older).into_iter().map(Write::Delete));
+                }
+            }
+            Some(old) => writes.extend(keys::bound(&old).into_iter().map(Write::Delete)),
+            None => {}
         }
         identity.lifecycle.extend_requested = false;
         identity.lifecycle.key_roll_requested = false;
@@ -162,6 +173,10 @@ mod tests {
 
     /// A store with identity `i1` enrolled with certificate `old`.
     fn enrolled() -> Map {
+        enrolled_with(auth("old"))
+    }
+
+    fn enrolled_with(active: Authenticator) -> Map {
         let mut map = Map::new();
         let identity = Identity {
             id: "i1".into(),
@@ -173,7 +188,7 @@ mod tests {
             updated_at: 100,
             enrollment_id: None,
             lifecycle: Default::default(),
-            authenticator: Some(auth("old")),
+            authenticator: Some(active),
         };
         let cmd = Command::CreateIdentity {
             identity,
@@ -319,6 +334,87 @@ mod tests {
         commit(&mut map, activate("new")).unwrap();
         let l = stored(&map).lifecycle;
         assert!(!l.extend_requested && !l.key_roll_requested);
+    }
+
+    fn renew_est(current: &str, new: &str) -> Command {
+        let Command::Renew {
+            identity_id,
+            current_sha256,
+            renewal,
+            now,
+        } = renew(current, new)
+        else {
+            unreachable!()
+        };
+        Command::Renew {
+            identity_id,
+            current_sha256,
+            renewal: Renewal {
+                activation: Activation::FirstUse,
+                ..renewal
+            },
+            now,
+        }
+    }
+
+    #[test]
+    fn a_bootstrap_certificate_replaced_by_est_stays_bound_and_may_ask_again() {
+        let idevid = Authenticator {
+            issued_by_network: false,
+            method: Method::Ca,
+            ..auth("idev")
+        };
+        let mut map = enrolled_with(idevid.clone());
+        commit(&mut map, renew_est("idev", "l1")).unwrap();
+        commit(&mut map, activate("l1")).unwrap();
+        let i = stored(&map);
+        assert_eq!(i.authenticator.as_ref().unwrap().fingerprint_sha256, "l1");
+        assert_eq!(i.lifecycle.bootstrap.as_ref(), Some(&idevid));
+        assert_eq!(
+            owner(&map, "idev").as_deref(),
+            Some("i1"),
+            "never binds elsewhere"
+        );
+        fsck_clean(&map);
+
+        // Recovery: the bootstrap certificate renews; its renewal replaces the active one.
+        commit(&mut map, renew_est("idev", "l2")).unwrap();
+        commit(&mut map, activate("l2")).unwrap();
+        let i = stored(&map);
+        assert_eq!(i.authenticator.as_ref().unwrap().fingerprint_sha256, "l2");
+        assert_eq!(i.lifecycle.bootstrap.as_ref(), Some(&idevid));
+        assert_eq!(owner(&map, "l1"), None);
+        fsck_clean(&map);
+
+        let e = commit(&mut map, renew_est("l1", "l3")).unwrap_err();
+        assert!(matches!(e, StoreError::InvalidState(_)), "{e:?}");
+        commit(
+            &mut map,
+            Command::DeleteIdentity {
+                id: "i1".into(),
+                now: 0,
+            },
+        )
+        .unwrap();
+        // Nothing of the identity is left but the block of its bootstrap certificate
+        // (revocation, I7): it cannot auto-enroll another identity by itself.
+        let left: Vec<&Vec<u8>> = map.keys().collect();
+        assert!(
+            left.iter()
+                .all(|k| **k == keys::blocked(&idevid.tbs_sha256) || k.starts_with(b"m:")),
+            "{left:?}"
+        );
+        assert!(map.contains_key(&keys::blocked(&idevid.tbs_sha256)));
+    }
+
+    #[test]
+    fn an_issued_certificate_replaced_by_first_use_is_unbound() {
+        let mut map = enrolled();
+        commit(&mut map, renew_est("old", "new")).unwrap();
+        commit(&mut map, activate("new")).unwrap();
+        assert_eq!(owner(&map, "old"), None);
+        assert!(stored(&map).lifecycle.is_empty());
+        fsck_clean(&map);
     }
 
     #[test]
