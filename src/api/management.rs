@@ -1,5 +1,7 @@
 //! The management API (`/edge/management/v1`): identities and enrollments. Every request
-//! must come with the client certificate of an enrolled identity that `isAdmin`.
+//! must come with the client certificate of an enrolled identity that `isAdmin`, or the
+//! `zt-session` header of such an identity's session (the console; `console::authorize`),
+//! and not from another site (`console::refuse_cross_site`).
 
 use serde::Deserialize;
 use serde_json::json;
@@ -25,10 +27,15 @@ pub(super) async fn route(
     peer: &Peer,
     path: &str,
 ) -> Result<Response, ApiError> {
-    authorize(w, peer)?;
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    super::console::refuse_cross_site(req)?;
+    if let Some(signed_in) = super::console::open_route(w, req, peer, &segments) {
+        return signed_in;
+    }
+    let admin = super::console::authorize(w, req, peer)?;
     let m = req.head.method.as_str();
     match (segments.as_slice(), m) {
+        (["console", rest @ ..], _) => super::console::admin_route(w, req, &admin, rest),
         (["version"], "GET") => Ok(Response::data(
             json!({ "version": env!("CARGO_PKG_VERSION") }),
         )),
@@ -49,6 +56,9 @@ pub(super) async fn route(
             let e = revealed(w, find_enrollment(w, id)?)?;
             Ok(Response::bytes(200, "application/jwt", e.jwt.into_bytes()))
         }
+        (["enrollments", id, "qr.svg"], "GET") => {
+            super::console::qr_response(&revealed(w, find_enrollment(w, id)?)?.jwt)
+        }
         (["enrollments", id, "refresh"], "POST") => refresh_enrollment(w, req, id).await,
         (["cas"], "GET") => super::cas::list(w),
         (["cas"], "POST") => super::cas::create(w, req).await,
@@ -65,12 +75,6 @@ pub(super) async fn route(
             req.head.path
         ))),
     }
-}
-
-/// Admin check: a bound certificate, within its validity, whose CA (for third-party
-/// certificates) still allows authentication, of an identity with `isAdmin`.
-fn authorize(w: &WorkerCtx, peer: &Peer) -> Result<(), ApiError> {
-    super::auth::require_admin(w, peer).map(|_| ())
 }
 
 fn page_params(req: &Request) -> Result<(usize, usize), ApiError> {
@@ -147,26 +151,18 @@ fn list_identities(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
         (None, Some(name)) => NameFilter::Eq(name),
         (None, None) => NameFilter::All,
     };
-    // certExpiringWithin=30d: enrolled identities whose certificate has not expired and
-    // expires within that time (what the expiry gauges count).
-    let expiring = match param(&req.head.query, "certExpiringWithin") {
-        None => None,
-        Some(v) => Some(humantime::parse_duration(&v).map_err(|_| {
-            ApiError::InvalidParameter(format!(
-                "'certExpiringWithin' must be a duration such as 30d or 12h, not '{}'",
-                v.chars().take(64).collect::<String>()
-            ))
-        })?),
-    };
+    // type, state, certExpiringWithin (identity_query.rs): with any of them, every
+    // identity whose name passes is read.
+    let query = super::identity_query::IdentityQuery::parse(&req.head.query)?;
     let now = w.shared.clock.unix_now();
-    let expires = |i: &Identity| {
-        expiring.is_some_and(|within| crate::ops::expiry::expires_within(i, now, within))
-    };
-    let page = w.shared.store.list_identities_where(
+    let store = &w.shared.store;
+    let token_expiry = |eid: &str| store.enrollment(eid).ok().flatten().map(|e| e.expires_at);
+    let keep = |i: &Identity| query.keep(i, now, &token_expiry);
+    let page = store.list_identities_where(
         offset,
         limit,
         &|name| filter.matches(name),
-        expiring.map(|_| &expires as &dyn Fn(&Identity) -> bool),
+        (!query.is_all()).then_some(&keep as &dyn Fn(&Identity) -> bool),
     )?;
     let mut data = Vec::with_capacity(page.items.len());
     for i in &page.items {

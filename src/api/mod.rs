@@ -4,9 +4,11 @@
 pub mod auth;
 pub mod cas;
 pub mod client;
+pub mod console;
 pub mod current;
 pub mod error;
 pub mod filter;
+pub mod identity_query;
 pub mod management;
 pub mod views;
 
