@@ -189,6 +189,9 @@ fn under<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
 
 async fn route(w: &WorkerCtx, req: &Request, peer: &Peer) -> Result<Response, ApiError> {
     let path = req.head.path.as_str();
+    if path == crate::console::PREFIX || path.starts_with("/console/") {
+        return crate::console::serve(req);
+    }
     if let Some(rest) = under(path, MANAGEMENT_PREFIX) {
         return management::route(w, req, peer, rest).await;
     }
