@@ -1,6 +1,7 @@
 //! The filters of `GET /identities` beyond the name: `type`, `state` (enrollment state) and
 //! `certExpiringWithin`, each optional, all applied together. A pure decision over an
-//! identity, the time and the expiry of its pending token; the store walks the names.
+//! identity, the time and the expiry of its pending token ([`IdentityQuery::keep`]); [`page`]
+//! feeds it one sequential pass over the store's records.
 //!
 //! | parameter | values | keeps |
 //! |---|---|---|
@@ -8,12 +9,15 @@
 //! | `state` | `pending`, `expired`, `enrolled`, `none` | a live token, an expired token, a bound certificate, neither |
 //! | `certExpiringWithin` | a duration (`30d`, `12h`) | a bound certificate not yet expired that expires within it |
 
+use std::collections::HashMap;
 use std::time::Duration;
 
 use super::ApiError;
 use crate::clock::UnixTime;
 use crate::http::query::param;
 use crate::model::{Identity, IdentityType};
+use crate::store::briefs::IdentityBrief;
+use crate::store::{Page, Store, StoreError};
 
 /// Where an identity stands with enrollment.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -39,13 +43,14 @@ impl EnrollState {
         })
     }
 
-    /// The state of `i` at `now`, given the expiry of its pending token (if it has one).
-    pub fn of(i: &Identity, token_expires_at: Option<UnixTime>, now: UnixTime) -> Self {
-        match (&i.authenticator, token_expires_at) {
-            (Some(_), _) => Self::Enrolled,
-            (None, Some(t)) if t > now => Self::Pending,
-            (None, Some(_)) => Self::Expired,
-            (None, None) => Self::None,
+    /// The state at `now` of an identity with or without a bound certificate, given the
+    /// expiry of its pending token (if it has one).
+    pub fn of(enrolled: bool, token_expires_at: Option<UnixTime>, now: UnixTime) -> Self {
+        match (enrolled, token_expires_at) {
+            (true, _) => Self::Enrolled,
+            (false, Some(t)) if t > now => Self::Pending,
+            (false, Some(_)) => Self::Expired,
+            (false, None) => Self::None,
         }
     }
 }
@@ -109,11 +114,11 @@ impl IdentityQuery {
         *self == Self::default()
     }
 
-    /// Whether `i` passes at `now`; `token_expiry` gives the expiry of a pending
-    /// enrollment by id (read only when the state filter needs it).
+    /// Whether an identity passes at `now`; `token_expiry` gives the expiry of a pending
+    /// enrollment by id (asked only when the state filter needs it).
     pub fn keep(
         &self,
-        i: &Identity,
+        i: &IdentityBrief,
         now: UnixTime,
         token_expiry: &dyn Fn(&str) -> Option<UnixTime>,
     ) -> bool {
@@ -121,21 +126,61 @@ impl IdentityQuery {
             return false;
         }
         if let Some(within) = self.expiring {
-            if !crate::ops::expiry::expires_within(i, now, within) {
+            // As ops::expiry::expires_within: not expired, and expiring within the window.
+            let window = i64::try_from(within.as_secs()).unwrap_or(i64::MAX);
+            let expiring = i
+                .cert_not_after
+                .is_some_and(|t| t > now && t <= now.saturating_add(window));
+            if !expiring {
                 return false;
             }
         }
         if let Some(state) = self.state {
-            let expiry = match (&i.authenticator, &i.enrollment_id) {
-                (None, Some(eid)) => token_expiry(eid),
+            let enrolled = i.cert_not_after.is_some();
+            let expiry = match (&i.enrollment_id, enrolled) {
+                (Some(eid), false) => token_expiry(eid),
                 _ => None,
             };
-            if EnrollState::of(i, expiry, now) != state {
+            if EnrollState::of(enrolled, expiry, now) != state {
                 return false;
             }
         }
         true
     }
+}
+
+/// The identities whose name passes `name_ok` and that pass `query` at `now`, in name
+/// order, `limit` from `offset`. One sequential pass over the identity records, decoding
+/// only what the filters look at (`Store::identity_briefs`), then the page's identities
+/// read whole.
+pub fn page(
+    store: &Store,
+    name_ok: &dyn Fn(&str) -> bool,
+    query: &IdentityQuery,
+    now: UnixTime,
+    offset: usize,
+    limit: usize,
+) -> Result<Page<Identity>, StoreError> {
+    let expiries = match query.state {
+        Some(_) => store.enrollment_expiries()?,
+        None => HashMap::new(),
+    };
+    let token_expiry = |eid: &str| expiries.get(eid).copied();
+    let mut matched =
+        store.identity_briefs(&mut |b| name_ok(&b.name) && query.keep(b, now, &token_expiry))?;
+    // Names are unique (I2); the name index orders by the same bytes.
+    matched.sort_unstable_by(|a, b| a.name.cmp(&b.name));
+    let mut items = Vec::with_capacity(limit.min(matched.len()));
+    for b in matched.iter().skip(offset).take(limit) {
+        // Deleted since the pass: the page is one shorter, as with the name index.
+        if let Some(identity) = store.identity(&b.id)? {
+            items.push(identity);
+        }
+    }
+    Ok(Page {
+        items,
+        total: matched.len(),
+    })
 }
 
 #[cfg(test)]
@@ -162,16 +207,51 @@ mod tests {
 
     #[test]
     fn states() {
-        let json = r#"{"id":"i","name":"n","type":"Device","is_admin":false,"role_attributes":[],"created_at":0,"updated_at":0,"enrollment_id":"e","authenticator":null}"#;
-        let i: Identity = serde_json::from_str(json).unwrap();
-        assert_eq!(EnrollState::of(&i, Some(10), 5), EnrollState::Pending);
-        assert_eq!(EnrollState::of(&i, Some(10), 10), EnrollState::Expired);
-        assert_eq!(EnrollState::of(&i, None, 10), EnrollState::None);
-        let q = IdentityQuery {
+        let brief = IdentityBrief {
+            id: "i".into(),
+            name: "n".into(),
+            kind: IdentityType::Device,
+            enrollment_id: Some("e".into()),
+            cert_not_after: None,
+        };
+        assert_eq!(EnrollState::of(false, Some(10), 5), EnrollState::Pending);
+        assert_eq!(EnrollState::of(false, Some(10), 10), EnrollState::Expired);
+        assert_eq!(EnrollState::of(false, None, 10), EnrollState::None);
+        assert_eq!(EnrollState::of(true, Some(1), 10), EnrollState::Enrolled);
+        let expired = IdentityQuery {
             state: Some(EnrollState::Expired),
             ..Default::default()
         };
-        assert!(q.keep(&i, 20, &|_| Some(10)));
-        assert!(!q.keep(&i, 5, &|_| Some(10)));
+        assert!(expired.keep(&brief, 20, &|_| Some(10)));
+        assert!(!expired.keep(&brief, 5, &|_| Some(10)));
+        let users = IdentityQuery {
+            kind: Some(IdentityType::User),
+            ..Default::default()
+        };
+        assert!(!users.keep(&brief, 5, &|_| None));
+    }
+
+    #[test]
+    fn certificate_expiry_window() {
+        let enrolled = IdentityBrief {
+            id: "i".into(),
+            name: "n".into(),
+            kind: IdentityType::Device,
+            enrollment_id: None,
+            cert_not_after: Some(100),
+        };
+        let within = |secs| IdentityQuery {
+            expiring: Some(Duration::from_secs(secs)),
+            ..Default::default()
+        };
+        assert!(within(50).keep(&enrolled, 60, &|_| None));
+        assert!(
+            !within(10).keep(&enrolled, 60, &|_| None),
+            "later than the window"
+        );
+        assert!(
+            !within(50).keep(&enrolled, 100, &|_| None),
+            "already expired"
+        );
     }
 }

@@ -151,19 +151,23 @@ fn list_identities(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
         (None, Some(name)) => NameFilter::Eq(name),
         (None, None) => NameFilter::All,
     };
-    // type, state, certExpiringWithin (identity_query.rs): with any of them, every
-    // identity whose name passes is read.
+    // type, state, certExpiringWithin (identity_query.rs): one pass over the identity
+    // records; without them, only the name index is walked.
     let query = super::identity_query::IdentityQuery::parse(&req.head.query)?;
-    let now = w.shared.clock.unix_now();
     let store = &w.shared.store;
-    let token_expiry = |eid: &str| store.enrollment(eid).ok().flatten().map(|e| e.expires_at);
-    let keep = |i: &Identity| query.keep(i, now, &token_expiry);
-    let page = store.list_identities_where(
-        offset,
-        limit,
-        &|name| filter.matches(name),
-        (!query.is_all()).then_some(&keep as &dyn Fn(&Identity) -> bool),
-    )?;
+    let page = if query.is_all() {
+        store.list_identities(offset, limit, &|name| filter.matches(name))?
+    } else {
+        let now = w.shared.clock.unix_now();
+        super::identity_query::page(
+            store,
+            &|name| filter.matches(name),
+            &query,
+            now,
+            offset,
+            limit,
+        )?
+    };
     let mut data = Vec::with_capacity(page.items.len());
     for i in &page.items {
         data.push(views::identity(i, pending_of(w, i)?.as_ref()));

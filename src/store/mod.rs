@@ -26,6 +26,7 @@
 //! RocksDB gets from any thread.
 
 pub mod apply;
+pub mod briefs;
 pub mod commit;
 pub mod keys;
 
