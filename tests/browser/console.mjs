@@ -34,7 +34,7 @@ let page;
 const ok = (what) => console.log(`ok: ${what}`);
 const context = (extra = {}) => browser.newContext({ ignoreHTTPSErrors: true, viewport: { width: 1360, height: 860 }, acceptDownloads: true, ...extra });
 const adminCert = { origin: `https://127.0.0.1:${port}`, certPath: env('EG_ADMIN_CERT'), keyPath: env('EG_ADMIN_KEY') };
-const shot = async (name) => { if (SHOTS) await page.screenshot({ path: join(SHOTS, `${name}.png`) }); };
+const shot = async (name, clip) => { if (SHOTS) await page.screenshot({ path: join(SHOTS, `${name}.png`), clip }); };
 const run = (cmd, args) => execFileSync(cmd, args, { cwd: WORK, stdio: ['ignore', 'pipe', 'pipe'] }).toString();
 
 try {
@@ -49,7 +49,7 @@ try {
   assert.equal(await page.getByRole('navigation', { name: 'Console pages' }).isVisible(), false);
   await page.waitForTimeout(300);
   assert.deepEqual(managementCalls, [], 'the anonymous page asks the management API for nothing');
-  await shot('sign-in');
+  await shot('sign-in', { x: 0, y: 0, width: 1360, height: 400 });
   ok('the anonymous page shows a sign-in prompt and no data');
 
   // ---- a used or expired login link is refused ----
