@@ -147,7 +147,7 @@ async function remove(i) {
 async function loadCas() {
   try { cas = (await json('GET', '/cas')).data; } catch (_) { cas = []; }
   const sel = root && root.querySelector('#new-ca');
-  if (sel) sel.replaceChildren(h('option', { value: '' }, 'none: one-time token (ott)'), cas.map((c) => h('option', { value: c.id }, `${c.name}${c.isVerified ? '' : ' (unverified)'}`)));
+  if (sel) sel.replaceChildren(h('option', { value: '' }, 'none: one-time token (ott)'), ...cas.map((c) => h('option', { value: c.id }, `${c.name}${c.isVerified ? '' : ' (unverified)'}`)));
 }
 
 function createForm() {
