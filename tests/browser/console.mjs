@@ -176,6 +176,43 @@ try {
   ok('a CA\'s flags are edited, its JWT downloaded, its deletion counts bound identities');
   await shot('certificate-authorities-verified');
 
+  // A second CA from an uploaded file, deleted after its confirmation.
+  run('openssl', ['req', '-x509', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
+    '-days', '30', '-keyout', 'beta-ca.key', '-subj', '/CN=beta CA', '-out', 'beta-ca.pem']);
+  await page.getByLabel('CA name').fill('beta');
+  await page.getByLabel('Or upload the CA certificate file').setInputFiles(join(WORK, 'beta-ca.pem'));
+  await page.getByRole('button', { name: 'Add CA' }).click();
+  await page.getByRole('heading', { name: 'Verify CA beta' }).waitFor();
+  await page.getByRole('button', { name: 'Delete CA beta' }).click();
+  await page.getByRole('dialog').getByRole('button', { name: 'Delete CA' }).click();
+  await page.getByRole('rowheader', { name: 'beta' }).waitFor({ state: 'detached' });
+  ok('a CA uploaded from a file is deleted after its confirmation');
+
+  // An ottca identity tied to acme, redeemed with a device certificate acme issued.
+  await page.getByRole('link', { name: 'Identities' }).click();
+  await page.getByLabel('Name', { exact: true }).fill('plc-1');
+  await page.getByLabel('Enroll with a certificate from CA (ottca)').selectOption({ label: 'acme' });
+  await page.getByRole('button', { name: 'Create identity' }).click();
+  const [plcJwt] = await Promise.all([
+    page.waitForEvent('download'),
+    page.locator('#created').getByRole('button', { name: 'Download JWT of plc-1' }).click(),
+  ]);
+  await plcJwt.saveAs(join(WORK, 'plc-1.jwt'));
+  const plcClaims = JSON.parse(Buffer.from(readFileSync(join(WORK, 'plc-1.jwt'), 'utf8').trim().split('.')[1], 'base64url').toString());
+  assert.equal(plcClaims.em, 'ottca');
+  writeFileSync(join(WORK, 'device.ext'), 'basicConstraints=critical,CA:FALSE\nkeyUsage=critical,digitalSignature\nextendedKeyUsage=clientAuth\n');
+  run('openssl', ['req', '-new', '-newkey', 'ec', '-pkeyopt', 'ec_paramgen_curve:P-256', '-nodes',
+    '-keyout', 'plc-1.key', '-subj', '/CN=plc-1', '-out', 'plc-1.csr']);
+  run('openssl', ['x509', '-req', '-in', 'plc-1.csr', '-CA', env('EG_CA_PEM'), '-CAkey', env('EG_CA_KEY'),
+    '-CAcreateserial', '-days', '30', '-extfile', 'device.ext', '-out', 'plc-1.pem']);
+  run('curl', ['-sS', '--fail-with-body', '-o', '/dev/null', '--cacert', env('EG_GATEWAY_CA'),
+    '--cert', 'plc-1.pem', '--key', 'plc-1.key', '-X', 'POST',
+    `${URL_}/edge/client/v1/enroll?method=ottca&token=${plcClaims.jti}`]);
+  await page.getByLabel('Search by name').fill('plc');
+  await rowOf('plc-1').getByText('enrolled', { exact: true }).waitFor();
+  await page.getByLabel('Search by name').fill('');
+  ok('an ottca identity made in the console enrolls with its CA\'s certificate');
+
   // ---- live view: a burst of enrollments and refusals arrives in the charts ----
   await page.getByRole('link', { name: 'Live' }).click();
   await page.getByRole('heading', { name: 'Live' }).waitFor();
@@ -247,7 +284,7 @@ try {
   await browser.close();
 } catch (e) {
   console.error(`FAILED: ${e.stack || e}`);
-  try { if (page) await page.screenshot({ path: join(WORK, 'failure.png') }); } catch (_) { /* closed */ }
+  try { if (page) await page.screenshot({ path: process.env.EG_FAILURE_SHOT || join(WORK, 'failure.png') }); } catch (_) { /* closed */ }
   await browser.close();
   process.exit(1);
 }

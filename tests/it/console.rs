@@ -454,6 +454,9 @@ fn the_console_works_in_a_real_browser() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let shots = root.join("docs/screenshots");
     std::fs::create_dir_all(&shots).unwrap();
+    // Outside the gateway's directory, which is gone when the test fails.
+    let failure_shot = std::env::temp_dir().join("enrollgate-console-failure.png");
+    let _ = std::fs::remove_file(&failure_shot);
     let out = Command::new("node")
         .arg(root.join("tests/browser/console.mjs"))
         .current_dir(root.join("tests/browser"))
@@ -468,6 +471,7 @@ fn the_console_works_in_a_real_browser() {
         .env("EG_SURGE_TOKENS", surge.join(","))
         .env("EG_WORK", &work)
         .env("EG_SCREENSHOTS", &shots)
+        .env("EG_FAILURE_SHOT", &failure_shot)
         .output()
         .expect("run node (scripts/install-deps installs it)");
     let stdout = String::from_utf8_lossy(&out.stdout);
@@ -476,7 +480,7 @@ fn the_console_works_in_a_real_browser() {
         out.status.success() && stdout.contains("console: all checks passed"),
         "the browser test failed ({}; a screenshot is in {}):\n{stdout}\n{stderr}\ngateway log:\n{}",
         out.status,
-        work.join("failure.png").display(),
+        failure_shot.display(),
         gw.log()
     );
     for check in [
@@ -488,6 +492,8 @@ fn the_console_works_in_a_real_browser() {
         "cross-site requests carrying the admin certificate are refused with 403",
         "the anonymous page shows a sign-in prompt and no data",
         "the admin certificate signs in",
+        "a CA uploaded from a file is deleted after its confirmation",
+        "an ottca identity made in the console enrolls with its CA's certificate",
     ] {
         assert!(
             stdout.contains(&format!("ok: {check}")),
