@@ -54,3 +54,36 @@ pub fn run(cmd: ConsoleCommand) -> Result<(), CliError> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::Parser as _;
+
+    #[test]
+    fn login_url_takes_a_lifetime_and_the_admin_file() {
+        let cli = crate::cli::Cli::try_parse_from([
+            "enrollgate",
+            "console",
+            "login-url",
+            "--valid-for",
+            "30s",
+            "--identity",
+            "admin.json",
+        ])
+        .unwrap();
+        match cli.command {
+            crate::cli::Command::Console(ConsoleCommand::LoginUrl {
+                valid_for,
+                admin_args,
+            }) => {
+                assert_eq!(valid_for, std::time::Duration::from_secs(30));
+                assert_eq!(
+                    admin_args.identity.unwrap(),
+                    std::path::PathBuf::from("admin.json")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+}

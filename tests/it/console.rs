@@ -339,6 +339,14 @@ fn identities_filter_by_type_state_and_certificate_expiry() {
     assert_eq!(names("state=expired").0, ["dev-late"]);
     assert_eq!(names("state=enrolled&type=Device").0, ["dev-enrolled"]);
     assert_eq!(names("type=User").0, ["user-pending"]);
+    // An identity made without a token has neither.
+    let bare = gw.mgmt(
+        "POST",
+        "/identities",
+        Some(&json!({ "name": "bare", "type": "Service" })),
+    );
+    assert_eq!(bare.status, 201, "{}", code(&bare));
+    assert_eq!(names("state=none").0, ["bare"]);
     assert_eq!(
         names("certExpiringWithin=400d&type=Device").0,
         ["dev-enrolled"]
