@@ -183,6 +183,61 @@ pub fn page(
     })
 }
 
+/// Filtered listings running at once at most; more are answered `429` (only admins get
+/// here, and a console polls one page at a time).
+pub const MAX_CONCURRENT_PASSES: usize = 4;
+
+/// [`page`] on a thread of its own: a pass over a large fleet takes a good part of a second
+/// (docs/console.md), which on the worker's event loop would hold up every other connection
+/// of that worker, enrollments included.
+pub async fn page_off_worker(
+    store: Store,
+    filter: super::filter::NameFilter,
+    query: IdentityQuery,
+    now: UnixTime,
+    offset: usize,
+    limit: usize,
+) -> Result<Page<Identity>, ApiError> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    static RUNNING: AtomicUsize = AtomicUsize::new(0);
+    /// Gives the slot back however the pass ends.
+    struct Slot;
+    impl Drop for Slot {
+        fn drop(&mut self) {
+            RUNNING.fetch_sub(1, Ordering::AcqRel);
+        }
+    }
+    if RUNNING.fetch_add(1, Ordering::AcqRel) >= MAX_CONCURRENT_PASSES {
+        RUNNING.fetch_sub(1, Ordering::AcqRel);
+        return Err(ApiError::RateLimited {
+            message: format!(
+                "{MAX_CONCURRENT_PASSES} filtered identity listings are running; retry shortly"
+            ),
+            retry_after: 1,
+        });
+    }
+    let slot = Slot;
+    let (tx, rx) = flume::bounded(1);
+    std::thread::Builder::new()
+        .name("enrollgate-list".into())
+        .spawn(move || {
+            let _slot = slot;
+            let _ = tx.send(page(
+                &store,
+                &|name| filter.matches(name),
+                &query,
+                now,
+                offset,
+                limit,
+            ));
+        })
+        .map_err(|e| ApiError::Unhandled(format!("cannot start a listing thread: {e}")))?;
+    rx.recv_async()
+        .await
+        .map_err(|_| ApiError::Unhandled("the listing thread ended without an answer".into()))?
+        .map_err(ApiError::from)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -39,7 +39,7 @@ pub(super) async fn route(
         (["version"], "GET") => Ok(Response::data(
             json!({ "version": env!("CARGO_PKG_VERSION") }),
         )),
-        (["identities"], "GET") => list_identities(w, req),
+        (["identities"], "GET") => list_identities(w, req).await,
         (["identities"], "POST") => create_identity(w, req).await,
         (["identities"], _) => Err(method_not_allowed(req, "GET, POST")),
         (["identities", id], "GET") => show_identity(w, id),
@@ -141,7 +141,7 @@ fn with_token(w: &WorkerCtx, mut e: Enrollment) -> Result<Enrollment, ApiError> 
     Ok(e)
 }
 
-fn list_identities(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
+async fn list_identities(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
     let (offset, limit) = page_params(req)?;
     let filter = match (
         param(&req.head.query, "filter"),
@@ -152,21 +152,15 @@ fn list_identities(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
         (None, None) => NameFilter::All,
     };
     // type, state, certExpiringWithin (identity_query.rs): one pass over the identity
-    // records; without them, only the name index is walked.
+    // records, off the worker's thread; without them, only the name index is walked.
     let query = super::identity_query::IdentityQuery::parse(&req.head.query)?;
     let store = &w.shared.store;
     let page = if query.is_all() {
         store.list_identities(offset, limit, &|name| filter.matches(name))?
     } else {
         let now = w.shared.clock.unix_now();
-        super::identity_query::page(
-            store,
-            &|name| filter.matches(name),
-            &query,
-            now,
-            offset,
-            limit,
-        )?
+        super::identity_query::page_off_worker(store.clone(), filter, query, now, offset, limit)
+            .await?
     };
     let mut data = Vec::with_capacity(page.items.len());
     for i in &page.items {
