@@ -40,6 +40,7 @@ pub mod cli;
 pub mod client;
 pub mod clock;
 pub mod config;
+pub mod console;
 pub mod enroll;
 #[doc(hidden)]
 pub mod fuzzing;

@@ -116,6 +116,9 @@ const PROGRAMS: &[&str] = &[
     "systemd-sysusers",
     "systemd-tmpfiles",
     "softhsm2-util",
+    "chromium",
+    "node",
+    "npm",
 ];
 
 const LIBCLANG: [&str; 2] = ["libclang-dev", "clang"];
@@ -197,4 +200,17 @@ fn softhsm2_needs_its_module_and_a_working_tool() {
     m.link_again("softhsm2-util");
     std::fs::remove_file(m.root.path().join("usr/lib/softhsm/libsofthsm2.so")).unwrap();
     assert!(m.missing(None).contains(&"softhsm2".to_string()));
+}
+
+/// The console's browser tests need Debian's chromium, node and npm, each checked by
+/// running it; a node that cannot run means npm cannot either.
+#[test]
+fn the_browser_tests_tools_are_checked() {
+    let m = Machine::new();
+    m.file("usr/lib/llvm-14/lib/libclang-14.so.1");
+    assert_eq!(m.missing(None), Vec::<String>::new());
+    m.remove("chromium");
+    assert_eq!(m.missing(None), ["chromium"]);
+    m.broken("node");
+    assert_eq!(m.missing(None), ["chromium", "nodejs", "npm"]);
 }

@@ -91,6 +91,11 @@ pub enum ApiError {
     /// token, or the client certificate) do not authenticate it.
     #[error("{0}")]
     EstUnauthorized(String),
+    /// `CROSS_SITE_REQUEST` 403: a management request a browser made for another site
+    /// (`Sec-Fetch-Site: cross-site`/`same-site`, or a foreign `Origin`): the browser
+    /// would have attached the admin's certificate to it.
+    #[error("{0}")]
+    CrossSiteRequest(String),
     /// `NOT_FOUND` 404.
     #[error("{0}")]
     NotFound(String),
@@ -163,6 +168,7 @@ impl ApiError {
             Self::InvalidAuth(_) => (401, "INVALID_AUTH"),
             Self::Unauthorized(_) => (401, "UNAUTHORIZED"),
             Self::EstUnauthorized(_) => (401, "EST_UNAUTHORIZED"),
+            Self::CrossSiteRequest(_) => (403, "CROSS_SITE_REQUEST"),
             Self::NotFound(_) => (404, "NOT_FOUND"),
             Self::MethodNotAllowed { .. } => (405, "METHOD_NOT_ALLOWED"),
             Self::LengthRequired(_) => (411, "LENGTH_REQUIRED"),

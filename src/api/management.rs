@@ -1,5 +1,7 @@
 //! The management API (`/edge/management/v1`): identities and enrollments. Every request
-//! must come with the client certificate of an enrolled identity that `isAdmin`.
+//! must come with the client certificate of an enrolled identity that `isAdmin`, or the
+//! `zt-session` header of such an identity's session (the console; `console::authorize`),
+//! and not from another site (`console::refuse_cross_site`).
 
 use serde::Deserialize;
 use serde_json::json;
@@ -25,14 +27,19 @@ pub(super) async fn route(
     peer: &Peer,
     path: &str,
 ) -> Result<Response, ApiError> {
-    authorize(w, peer).await?;
     let segments: Vec<&str> = path.trim_matches('/').split('/').collect();
+    super::console::refuse_cross_site(req)?;
+    if let Some(signed_in) = super::console::open_route(w, req, peer, &segments).await {
+        return signed_in;
+    }
+    let admin = super::console::authorize(w, req, peer).await?;
     let m = req.head.method.as_str();
     match (segments.as_slice(), m) {
+        (["console", rest @ ..], _) => super::console::admin_route(w, req, &admin, rest),
         (["version"], "GET") => Ok(Response::data(
             json!({ "version": env!("CARGO_PKG_VERSION") }),
         )),
-        (["identities"], "GET") => list_identities(w, req),
+        (["identities"], "GET") => list_identities(w, req).await,
         (["identities"], "POST") => create_identity(w, req).await,
         (["identities"], _) => Err(method_not_allowed(req, "GET, POST")),
         (["identities", id], "GET") => show_identity(w, id),
@@ -57,6 +64,9 @@ pub(super) async fn route(
             let e = revealed(w, find_enrollment(w, id)?)?;
             Ok(Response::bytes(200, "application/jwt", e.jwt.into_bytes()))
         }
+        (["enrollments", id, "qr.svg"], "GET") => {
+            super::console::qr_response(&revealed(w, find_enrollment(w, id)?)?.jwt)
+        }
         (["enrollments", id, "refresh"], "POST") => refresh_enrollment(w, req, id).await,
         (["cas"], "GET") => super::cas::list(w),
         (["cas"], "POST") => super::cas::create(w, req).await,
@@ -73,13 +83,6 @@ pub(super) async fn route(
             req.head.path
         ))),
     }
-}
-
-/// Admin check: a bound certificate, within its validity, whose CA (for third-party
-/// certificates) still allows authentication, of an identity with `isAdmin`.
-/// An admin's first-use renewal is activated by this request ([`super::auth::authenticate_now`]).
-async fn authorize(w: &WorkerCtx, peer: &Peer) -> Result<(), ApiError> {
-    super::auth::require_admin(w, peer).await.map(|_| ())
 }
 
 fn page_params(req: &Request) -> Result<(usize, usize), ApiError> {
@@ -146,7 +149,7 @@ fn with_token(w: &WorkerCtx, mut e: Enrollment) -> Result<Enrollment, ApiError> 
     Ok(e)
 }
 
-fn list_identities(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
+async fn list_identities(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
     let (offset, limit) = page_params(req)?;
     let filter = match (
         param(&req.head.query, "filter"),
@@ -156,27 +159,17 @@ fn list_identities(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
         (None, Some(name)) => NameFilter::Eq(name),
         (None, None) => NameFilter::All,
     };
-    // certExpiringWithin=30d: enrolled identities whose certificate has not expired and
-    // expires within that time (what the expiry gauges count).
-    let expiring = match param(&req.head.query, "certExpiringWithin") {
-        None => None,
-        Some(v) => Some(humantime::parse_duration(&v).map_err(|_| {
-            ApiError::InvalidParameter(format!(
-                "'certExpiringWithin' must be a duration such as 30d or 12h, not '{}'",
-                v.chars().take(64).collect::<String>()
-            ))
-        })?),
-    };
+    // type, state, certExpiringWithin (identity_query.rs): one pass over the identity
+    // records, off the worker's thread; without them, only the name index is walked.
+    let query = super::identity_query::IdentityQuery::parse(&req.head.query)?;
+    let store = &w.shared.store;
     let now = w.shared.clock.unix_now();
-    let expires = |i: &Identity| {
-        expiring.is_some_and(|within| crate::ops::expiry::expires_within(i, now, within))
+    let page = if query.is_all() {
+        store.list_identities(offset, limit, &|name| filter.matches(name))?
+    } else {
+        super::identity_query::page_off_worker(store.clone(), filter, query, now, offset, limit)
+            .await?
     };
-    let page = w.shared.store.list_identities_where(
-        offset,
-        limit,
-        &|name| filter.matches(name),
-        expiring.map(|_| &expires as &dyn Fn(&Identity) -> bool),
-    )?;
     let mut data = Vec::with_capacity(page.items.len());
     for i in &page.items {
         let mut view = views::identity(i, pending_of(w, i)?.as_ref());

@@ -4,11 +4,13 @@
 pub mod auth;
 pub mod cas;
 pub mod client;
+pub mod console;
 mod crl;
 pub mod current;
 pub mod error;
 pub mod est;
 pub mod filter;
+pub mod identity_query;
 pub mod management;
 pub mod renew;
 pub mod revoke;
@@ -197,6 +199,9 @@ fn under<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
 
 async fn route(w: &WorkerCtx, req: &Request, peer: &Peer) -> Result<Response, ApiError> {
     let path = req.head.path.as_str();
+    if path == crate::console::PREFIX || path.starts_with("/console/") {
+        return crate::console::serve(req);
+    }
     if let Some(rest) = under(path, MANAGEMENT_PREFIX) {
         return management::route(w, req, peer, rest).await;
     }

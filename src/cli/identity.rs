@@ -137,6 +137,11 @@ impl Admin {
         })
     }
 
+    /// `https://host:port` of the gateway the identity file points at.
+    pub fn origin(&self) -> String {
+        self.endpoint.origin()
+    }
+
     /// Calls the management API; returns the response if it is a success.
     pub fn call(
         &self,

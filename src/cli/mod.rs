@@ -1,7 +1,8 @@
-//! The command line: `init`, `serve`, `quickstart`, `identity ...` (management, with an
-//! admin identity file) and `enroll` (the device side).
+//! The command line: `init`, `serve`, `quickstart`, `identity ...`, `ca ...` and
+//! `console ...` (management, with an admin identity file) and `enroll` (the device side).
 
 pub mod ca;
+pub mod console;
 pub mod enroll;
 pub mod identity;
 pub mod init;
@@ -147,6 +148,9 @@ pub enum Command {
     /// file).
     #[command(subcommand)]
     Revocation(revocation::RevocationCommand),
+    /// The web console (needs an admin identity file).
+    #[command(subcommand)]
+    Console(console::ConsoleCommand),
     /// Check a configuration file and the files it names; exit 1 on any problem.
     CheckConfig(ops::ConfigArg),
     /// Check the store's invariants (I1-I5), also while the daemon serves.
@@ -203,6 +207,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Identity(c) => identity::run(c),
         Command::Ca(c) => ca::run(c),
         Command::Revocation(c) => revocation::run(c),
+        Command::Console(c) => console::run(c),
         Command::CheckConfig(a) => ops::check_config(a),
         Command::Fsck(a) => ops::fsck(a),
         Command::Backup(a) => ops::backup(a),

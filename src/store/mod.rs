@@ -29,6 +29,7 @@
 //! RocksDB gets from any thread.
 
 pub mod apply;
+pub mod briefs;
 pub mod commit;
 pub mod keys;
 pub mod revocation;

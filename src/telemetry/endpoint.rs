@@ -38,6 +38,7 @@ pub fn start(addr: SocketAddr) -> std::io::Result<SocketAddr> {
         .and_then(|b| b.install_recorder())
         .map_err(|e| std::io::Error::other(format!("metrics recorder: {e}")))?;
     super::describe();
+    let _ = HANDLE.set(handle.clone());
     let listener = TcpListener::bind(addr)?;
     let bound = listener.local_addr()?;
     let upkeep = handle.clone();
@@ -51,6 +52,15 @@ pub fn start(addr: SocketAddr) -> std::io::Result<SocketAddr> {
         .name("enrollgate-metrics".into())
         .spawn(move || accept_loop(&listener, &handle))?;
     Ok(bound)
+}
+
+/// The recorder's handle, for readers inside the process (the console's live view).
+static HANDLE: std::sync::OnceLock<PrometheusHandle> = std::sync::OnceLock::new();
+
+/// The Prometheus text `/metrics` serves, or `None` when no recorder runs
+/// (`metrics.listen` unset).
+pub fn render() -> Option<String> {
+    HANDLE.get().map(PrometheusHandle::render)
 }
 
 /// Scrapes answered at once at most; beyond, a new connection is closed unanswered.

@@ -7,6 +7,7 @@ mod admission;
 mod attack;
 mod bad_input;
 mod cas;
+mod console;
 mod crash;
 mod est;
 mod fleet;
