@@ -624,12 +624,30 @@ fn a_bootstrap_certificate_enrolls_its_identity_once_and_recovers_it() {
     assert_eq!(fleet_identities().len(), 1);
 
     fsck_clean(&gw);
-    // Deleting the identity unbinds all its certificates: the IDevID may enroll anew.
+    // Deleting the identity unbinds all its certificates and revokes them (I7): the
+    // IDevID cannot enroll again by itself, until an admin lifts its block.
     assert_eq!(
         gw.mgmt("DELETE", &format!("/identities/{id}"), None).status,
         200
     );
     fsck_clean(&gw);
+    let refused = enroll("idevid.crt", "idevid.key", "ldev");
+    assert_eq!(
+        (refused.status, refused.code().as_str()),
+        (403, "CERT_REVOKED")
+    );
+    assert!(fleet_identities().is_empty());
+    let revocations = gw.mgmt("GET", "/revocations", None).json().unwrap();
+    let blocked: Vec<&str> = revocations["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|r| r["kind"] == "certificate")
+        .filter_map(|r| r["id"].as_str())
+        .collect();
+    assert_eq!(blocked.len(), 1, "{revocations}");
+    let lift = gw.mgmt("DELETE", &format!("/revocations/{}", blocked[0]), None);
+    assert_eq!(lift.status, 200);
     certs_of(
         &gw,
         &dir,
