@@ -25,7 +25,7 @@ use crate::model::Identity;
 /// bound to.
 pub(super) fn authenticate_cert(w: &WorkerCtx, peer: &Peer) -> Result<Response, ApiError> {
     let now = w.shared.clock.unix_now();
-    let identity = auth::authenticate(w, peer, now).map_err(|e| match e {
+    let identity = super::extend::authenticate_renewable(w, peer, now).map_err(|e| match e {
         auth::AuthError::Store(m) => ApiError::Unhandled(m),
         other => ApiError::InvalidAuth(other.to_string()),
     })?;
@@ -77,14 +77,14 @@ fn no_session() -> ApiError {
 }
 
 /// The live session named by the `zt-session` header, and its token.
-fn session_of<'r>(w: &WorkerCtx, req: &'r Request) -> Result<(&'r str, Session), ApiError> {
+pub(super) fn session_of<'r>(w: &WorkerCtx, req: &'r Request) -> Result<(&'r str, Session), ApiError> {
     let now = w.shared.clock.unix_now();
     let token = req.head.header("zt-session").ok_or_else(no_session)?;
     let session = w.shared.sessions.get(token, now).ok_or_else(no_session)?;
     Ok((token, session))
 }
 
-fn identity_of(w: &WorkerCtx, session: &Session) -> Result<Identity, ApiError> {
+pub(super) fn identity_of(w: &WorkerCtx, session: &Session) -> Result<Identity, ApiError> {
     w.shared
         .store
         .identity(&session.identity_id)?
@@ -127,9 +127,10 @@ pub fn session_detail(s: &Session, token: &str, identity: &Identity) -> Value {
         "configTypes": [],
         "isMfaRequired": false,
         "isMfaComplete": false,
-        "isCertExtendable": false,
-        "isCertExtendRequested": false,
-        "isCertKeyRollRequested": false,
+        // Only the certificates enrollgate issued renew here (a third-party CA renews its own).
+        "isCertExtendable": identity.authenticator.as_ref().is_some_and(|a| a.issued_by_network),
+        "isCertExtendRequested": identity.lifecycle.extend_requested,
+        "isCertKeyRollRequested": identity.lifecycle.key_roll_requested,
         "improperClientCertChain": false,
     })
 }

@@ -38,6 +38,13 @@ pub(super) async fn route(
         (["identities", id], "GET") => show_identity(w, id),
         (["identities", id], "DELETE") => delete_identity(w, id).await,
         (["identities", _], _) => Err(method_not_allowed(req, "GET, DELETE")),
+        (["identities", id, "request-extend"], "POST") => {
+            super::extend::request_extend(w, req, &find_identity(w, id)?).await
+        }
+        (["authenticators", id, "request-extend"], "POST") => {
+            let identity = super::extend::identity_of_authenticator(w, id)?;
+            super::extend::request_extend(w, req, &identity).await
+        }
         (["enrollments"], "GET") => list_enrollments(w, req),
         (["enrollments"], "POST") => create_enrollment(w, req).await,
         (["enrollments"], _) => Err(method_not_allowed(req, "GET, POST")),

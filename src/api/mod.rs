@@ -6,6 +6,7 @@ pub mod cas;
 pub mod client;
 pub mod current;
 pub mod error;
+pub mod extend;
 pub mod filter;
 pub mod management;
 pub mod renew;

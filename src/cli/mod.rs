@@ -7,6 +7,7 @@ pub mod identity;
 pub mod init;
 pub mod logging;
 pub mod ops;
+pub mod renew;
 pub mod serve;
 
 use std::path::PathBuf;
@@ -88,6 +89,8 @@ pub enum Command {
     Restore(ops::RestoreArgs),
     /// Enroll this machine with an enrollment JWT, writing an identity file.
     Enroll(enroll::EnrollArgs),
+    /// Renew this machine's certificate (extend + verify), rewriting its identity file.
+    Renew(renew::RenewArgs),
 }
 
 /// Where management commands find the admin identity file.
@@ -138,6 +141,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Backup(a) => ops::backup(a),
         Command::Restore(a) => ops::restore(a),
         Command::Enroll(a) => enroll::enroll(a),
+        Command::Renew(a) => renew::renew(a),
     }
 }
 
