@@ -77,7 +77,10 @@ fn no_session() -> ApiError {
 }
 
 /// The live session named by the `zt-session` header, and its token.
-pub(super) fn session_of<'r>(w: &WorkerCtx, req: &'r Request) -> Result<(&'r str, Session), ApiError> {
+pub(super) fn session_of<'r>(
+    w: &WorkerCtx,
+    req: &'r Request,
+) -> Result<(&'r str, Session), ApiError> {
     let now = w.shared.clock.unix_now();
     let token = req.head.header("zt-session").ok_or_else(no_session)?;
     let session = w.shared.sessions.get(token, now).ok_or_else(no_session)?;

@@ -171,12 +171,7 @@ fn detail(w: &WorkerCtx, req: &Request, id: &str) -> Result<Response, ApiError> 
 }
 
 /// `POST .../{id}/extend`: a renewal of certificate `id`, on a connection that presents it.
-async fn extend(
-    w: &WorkerCtx,
-    req: &Request,
-    peer: &Peer,
-    id: &str,
-) -> Result<Response, ApiError> {
+async fn extend(w: &WorkerCtx, req: &Request, peer: &Peer, id: &str) -> Result<Response, ApiError> {
     let (_, session) = session_of(w, req)?;
     let now = w.shared.clock.unix_now();
     // The connection's certificate decides, now (the session may be older than a

@@ -145,7 +145,9 @@ impl Device {
     /// The authenticator id of this file's certificate (its SHA-256 fingerprint).
     fn authenticator_id(&self) -> Result<String, CliError> {
         let chain = self.file.cert_chain()?;
-        let leaf = chain.first().ok_or_else(|| CliError::new("no certificate"))?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| CliError::new("no certificate"))?;
         Ok(crate::pki::fingerprint::sha256_hex(leaf))
     }
 
@@ -153,7 +155,9 @@ impl Device {
     fn validity(&self) -> Result<(UnixTime, UnixTime), CliError> {
         use x509_parser::prelude::FromDer as _;
         let chain = self.file.cert_chain()?;
-        let leaf = chain.first().ok_or_else(|| CliError::new("no certificate"))?;
+        let leaf = chain
+            .first()
+            .ok_or_else(|| CliError::new("no certificate"))?;
         let (_, cert) = x509_parser::certificate::X509Certificate::from_der(leaf)
             .map_err(|_| CliError::new("the identity file's certificate does not parse"))?;
         let v = cert.validity();
@@ -268,7 +272,9 @@ fn renew_once(path: &Path, rekey: bool) -> Result<UnixTime, CliError> {
         return Err(refused("extend-verify", &resp));
     }
     install(&pending, path)?;
-    Device::open(path)?.validity().map(|(_, not_after)| not_after)
+    Device::open(path)?
+        .validity()
+        .map(|(_, not_after)| not_after)
 }
 
 /// Finishes a renewal a crash interrupted (see the module docs); nothing to do without a
@@ -298,7 +304,10 @@ fn recover(path: &Path) -> Result<(), CliError> {
         }
     }
     if next.authenticate().is_ok() {
-        eprintln!("installed a renewal verified before an interruption: {}", path.display());
+        eprintln!(
+            "installed a renewal verified before an interruption: {}",
+            path.display()
+        );
         return install(&pending, path);
     }
     Err(CliError::new(format!(
@@ -347,7 +356,10 @@ fn daemon(args: &RenewArgs) -> Result<(), CliError> {
     let jitter = random_fraction();
     while !stop.load(Ordering::Relaxed) {
         if let Err(e) = recover(path) {
-            eprintln!("renewal recovery failed: {e}; retrying in {:?}", args.check_interval);
+            eprintln!(
+                "renewal recovery failed: {e}; retrying in {:?}",
+                args.check_interval
+            );
             nap(args.check_interval, &stop);
             continue;
         }
@@ -367,12 +379,19 @@ fn daemon(args: &RenewArgs) -> Result<(), CliError> {
             let why = if asked { "an admin asked" } else { "due" };
             match renew_once(path, args.rekey) {
                 Ok(until) => {
-                    eprintln!("renewed {} ({why}): valid until {}", path.display(), rfc3339(until));
+                    eprintln!(
+                        "renewed {} ({why}): valid until {}",
+                        path.display(),
+                        rfc3339(until)
+                    );
                     planned = None;
                     continue;
                 }
                 Err(e) => {
-                    eprintln!("renewal failed ({why}): {e}; retrying in {:?}", args.check_interval);
+                    eprintln!(
+                        "renewal failed ({why}): {e}; retrying in {:?}",
+                        args.check_interval
+                    );
                     nap(args.check_interval, &stop);
                     continue;
                 }
@@ -390,7 +409,11 @@ fn daemon(args: &RenewArgs) -> Result<(), CliError> {
 }
 
 /// `identity request-extend NAME [--key-roll]`.
-pub fn request_extend(target: &str, key_roll: bool, admin_args: &AdminArgs) -> Result<(), CliError> {
+pub fn request_extend(
+    target: &str,
+    key_roll: bool,
+    admin_args: &AdminArgs,
+) -> Result<(), CliError> {
     let api = Admin::load(admin_args)?;
     let found = api.resolve(target)?;
     let id = super::identity::text(&found, "id");
@@ -428,6 +451,9 @@ mod tests {
             pending_path(Path::new("/etc/dev/id.json")),
             PathBuf::from("/etc/dev/.id.json.renewing")
         );
-        assert_eq!(pending_path(Path::new("id.json")), PathBuf::from(".id.json.renewing"));
+        assert_eq!(
+            pending_path(Path::new("id.json")),
+            PathBuf::from(".id.json.renewing")
+        );
     }
 }

@@ -18,6 +18,7 @@ mod openziti_api;
 mod ops;
 mod ott;
 mod property;
+mod renewal;
 mod secrets;
 mod support;
 mod version;
