@@ -14,10 +14,10 @@ use serde_json::{json, Value};
 use crate::fleet::{Fleet, Spec};
 use crate::support::*;
 
-const AUTH: &str = "/edge/client/v1/current-identity/authenticators";
+pub(crate) const AUTH: &str = "/edge/client/v1/current-identity/authenticators";
 
 /// Creates `name` and enrolls it with our CLI; returns its id and identity file.
-fn enrolled(gw: &Gateway, name: &str) -> (String, PathBuf) {
+pub(crate) fn enrolled(gw: &Gateway, name: &str) -> (String, PathBuf) {
     let (id, jwt, _) = gw.create_identity(name, "Device", false);
     let dir = gw.dir.path();
     std::fs::write(dir.join(format!("{name}.jwt")), jwt).unwrap();
@@ -38,7 +38,7 @@ fn enrolled(gw: &Gateway, name: &str) -> (String, PathBuf) {
 }
 
 /// One request on a fresh connection presenting `file`'s certificate.
-fn call(
+pub(crate) fn call(
     gw: &Gateway,
     file: &Path,
     method: &str,
@@ -66,7 +66,7 @@ fn call(
 }
 
 /// An API session opened with `file`'s certificate.
-fn session(gw: &Gateway, file: &Path) -> (String, Value) {
+pub(crate) fn session(gw: &Gateway, file: &Path) -> (String, Value) {
     let r = call(
         gw,
         file,
@@ -101,7 +101,7 @@ fn cert_pem(file: &Path) -> String {
     f.id.cert.trim_start_matches("pem:").to_string()
 }
 
-fn fingerprint(file: &Path) -> String {
+pub(crate) fn fingerprint(file: &Path) -> String {
     let f = IdentityFile::read(file).unwrap();
     enrollgate::pki::fingerprint::sha256_hex(&f.cert_chain().unwrap()[0])
 }
@@ -117,7 +117,7 @@ fn with_cert(file: &Path, out: &Path, cert: &str, key: Option<&str>) -> PathBuf 
     out.to_path_buf()
 }
 
-fn csr_for(key: &rcgen::KeyPair) -> String {
+pub(crate) fn csr_for(key: &rcgen::KeyPair) -> String {
     rcgen::CertificateParams::default()
         .serialize_request(key)
         .unwrap()
@@ -125,13 +125,13 @@ fn csr_for(key: &rcgen::KeyPair) -> String {
         .unwrap()
 }
 
-fn key_of(file: &Path) -> rcgen::KeyPair {
+pub(crate) fn key_of(file: &Path) -> rcgen::KeyPair {
     let f = IdentityFile::read(file).unwrap();
     rcgen::KeyPair::from_pem(f.id.key.trim_start_matches("pem:")).unwrap()
 }
 
 /// `extend` of `file`'s certificate with a CSR of `key`: the response.
-fn extend(gw: &Gateway, file: &Path, token: &str, key: &rcgen::KeyPair) -> HttpResponse {
+pub(crate) fn extend(gw: &Gateway, file: &Path, token: &str, key: &rcgen::KeyPair) -> HttpResponse {
     let id = fingerprint(file);
     call(
         gw,
@@ -143,7 +143,7 @@ fn extend(gw: &Gateway, file: &Path, token: &str, key: &rcgen::KeyPair) -> HttpR
     )
 }
 
-fn verify(gw: &Gateway, file: &Path, token: &str, id: &str, cert: &str) -> HttpResponse {
+pub(crate) fn verify(gw: &Gateway, file: &Path, token: &str, id: &str, cert: &str) -> HttpResponse {
     call(
         gw,
         file,
