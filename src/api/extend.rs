@@ -209,6 +209,10 @@ async fn extend(w: &WorkerCtx, req: &Request, peer: &Peer, id: &str) -> Result<R
             ApiError::CouldNotProcessCsr("the body has no 'clientCertCsr' field".into())
         })?;
     let csr_der = crate::pki::csr::decode_body(csr.as_bytes())?;
+    // A renewal costs a signature, as an enrollment does: the same per-source limit.
+    if let Some(addr) = peer.addr {
+        w.shared.rates.source(addr.ip())?;
+    }
     let renewed =
         super::renew::renew(w, &identity, presented, csr_der, Activation::Verify, now).await?;
     Ok(Response::data(json!({
