@@ -85,6 +85,11 @@ pub fn authenticate_renewable(
     let Some(identity) = identity else {
         return refused;
     };
+    // Only expiry is forgiven: every other refusal of `auth::authenticate` must hold here
+    // too (a suspended identity stays refused).
+    if identity.is_disabled_at(now) {
+        return refused;
+    }
     let in_grace = identity.authenticator.as_ref().is_some_and(|a| {
         a.fingerprint_sha256 == fp
             && a.issued_by_network

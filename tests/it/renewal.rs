@@ -715,6 +715,44 @@ fn an_interrupted_renewal_is_finished_by_the_next_run() {
     fsck_clean(&mut gw);
 }
 
+/// `n` devices enrolled by ott through the load tester's preparation and enrollment.
+fn fleet_enrolled(
+    gw: &Gateway,
+    n: usize,
+    prefix: &str,
+) -> (
+    enrollgate_loadtest::renew::Options,
+    Vec<enrollgate_loadtest::renew::Device>,
+    enrollgate_loadtest::renew::Phase,
+) {
+    use enrollgate_loadtest::admin::{self, Admin, PrepareOtt, TokenMethod};
+    let tokens_dir = gw.dir.path().join(format!("{prefix}-tokens"));
+    let admin = Admin::open(&gw.admin_file()).unwrap();
+    let made = admin::prepare_ott(
+        &admin,
+        &PrepareOtt {
+            count: n,
+            out: tokens_dir.clone(),
+            method: TokenMethod::Ott,
+            ca: None,
+            concurrency: 16,
+            prefix: prefix.into(),
+            progress: false,
+        },
+    )
+    .unwrap();
+    assert_eq!((made.created, made.failed), (n, 0));
+    let set = enrollgate_loadtest::tokens::read(&tokens_dir).unwrap();
+    let opts = enrollgate_loadtest::renew::Options {
+        target: enrollgate_loadtest::plan::Target::parse(&gw.url()).unwrap(),
+        roots: gw.ca_certs(),
+        concurrency: 64,
+    };
+    let (enrolled, devices) = enrollgate_loadtest::renew::enroll(&opts, &set.tokens).unwrap();
+    assert_eq!(devices.len(), n, "{:?}", enrolled.failures);
+    (opts, devices, enrolled)
+}
+
 /// The renewal storm: 10,000 enrolled identities renew at once (64 in flight, as fast as
 /// the gateway answers: about 20 s on this 2-core machine, well within a minute). Every
 /// step's answer is a success or a 429 with Retry-After; nothing else, no 5xx; fsck is
@@ -722,35 +760,9 @@ fn an_interrupted_renewal_is_finished_by_the_next_run() {
 /// cannot be extended), through the load tester's own preparation and enrollment.
 #[test]
 fn a_renewal_storm_gets_only_successes_or_429() {
-    use enrollgate_loadtest::admin::{self, Admin, PrepareOtt, TokenMethod};
-    use enrollgate_loadtest::plan::Target;
     use enrollgate_loadtest::renew;
-    const DEVICES: usize = 10_000;
     let mut gw = Gateway::start();
-    let tokens_dir = gw.dir.path().join("storm-tokens");
-    let admin = Admin::open(&gw.admin_file()).unwrap();
-    let made = admin::prepare_ott(
-        &admin,
-        &PrepareOtt {
-            count: DEVICES,
-            out: tokens_dir.clone(),
-            method: TokenMethod::Ott,
-            ca: None,
-            concurrency: 16,
-            prefix: "storm".into(),
-            progress: false,
-        },
-    )
-    .unwrap();
-    assert_eq!((made.created, made.failed), (DEVICES, 0));
-    let set = enrollgate_loadtest::tokens::read(&tokens_dir).unwrap();
-    let opts = renew::Options {
-        target: Target::parse(&gw.url()).unwrap(),
-        roots: gw.ca_certs(),
-        concurrency: 64,
-    };
-    let (enrolled, devices) = renew::enroll(&opts, &set.tokens).unwrap();
-    assert_eq!(devices.len(), DEVICES, "{:?}", enrolled.failures);
+    let (opts, devices, enrolled) = fleet_enrolled(&gw, 10_000, "storm");
     let renewed = renew::renew(&opts, &devices);
     eprintln!("{}", renew::summary(&opts.target, 64, &enrolled, &renewed));
     let unexpected: Vec<_> = renewed
@@ -760,5 +772,35 @@ fn a_renewal_storm_gets_only_successes_or_429() {
         .collect();
     assert!(unexpected.is_empty(), "{unexpected:?}");
     assert!(renewed.ok > 0);
+    fsck_clean(&mut gw);
+}
+
+/// The same storm against a per-source limit (set by a reload after the devices enrolled):
+/// the renewals beyond it get 429 with Retry-After, the rest succeed, nothing else.
+#[test]
+fn a_rate_limited_renewal_storm_answers_429_with_retry_after() {
+    use enrollgate_loadtest::renew;
+    let mut gw = Gateway::start();
+    let (opts, devices, enrolled) = fleet_enrolled(&gw, 600, "limited");
+    let path = gw.data.join("enrollgate.toml");
+    let mut cfg = std::fs::read_to_string(&path).unwrap();
+    set_limits(&[("per_source_rate", "\"50/s\""), ("per_source_burst", "10")])(&mut cfg);
+    std::fs::write(&path, cfg).unwrap();
+    gw.signal("HUP");
+    gw.wait_log("configuration reloaded");
+    let renewed = renew::renew(&opts, &devices);
+    eprintln!("{}", renew::summary(&opts.target, 64, &enrolled, &renewed));
+    let limited = renewed
+        .failures
+        .get("extend RATE_LIMITED")
+        .copied()
+        .unwrap_or(0);
+    assert!(limited > 0, "{:?}", renewed.failures);
+    assert_eq!(
+        renewed.ok + limited,
+        devices.len(),
+        "{:?}",
+        renewed.failures
+    );
     fsck_clean(&mut gw);
 }
