@@ -570,7 +570,34 @@ fn renewal_races_have_one_outcome() {
 #[test]
 fn a_key_roll_needs_a_new_key() {
     let mut gw = Gateway::start();
-    let (_, file) = enrolled(&gw, "roller");
+    let (id, file) = enrolled(&gw, "roller");
+    // OpenZiti's management path, by authenticator; then the CLI adds the key roll.
+    let fp = fingerprint(&file);
+    let r = gw.mgmt(
+        "POST",
+        &format!("/authenticators/{fp}/request-extend"),
+        Some(&json!({})),
+    );
+    assert_eq!(r.status, 200, "{}", code(&r));
+    let shown = gw
+        .mgmt("GET", &format!("/identities/{id}"), None)
+        .json()
+        .unwrap();
+    assert_eq!(shown["data"]["renewal"]["isCertExtendRequested"], true);
+    assert_eq!(shown["data"]["renewal"]["isCertKeyRollRequested"], false);
+    let r = gw.mgmt(
+        "POST",
+        &format!("/authenticators/{}/request-extend", "a".repeat(64)),
+        None,
+    );
+    assert_eq!((r.status, code(&r).as_str()), (404, "NOT_FOUND"));
+    let (waiting, _, _) = gw.create_identity("not-yet", "Device", false);
+    let r = gw.mgmt(
+        "POST",
+        &format!("/identities/{waiting}/request-extend"),
+        None,
+    );
+    assert_eq!((r.status, code(&r).as_str()), (409, "INVALID_STATE"));
     let out = gw.cli(&["identity", "request-extend", "roller", "--key-roll"]);
     assert!(
         out.status.success(),
