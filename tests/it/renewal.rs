@@ -705,6 +705,53 @@ fn the_renew_daemon_renews_when_asked_and_stops_on_sigterm() {
     assert!(status.success(), "{status:?}\n{}", log.lock().unwrap());
 }
 
+/// `renew --daemon` renews by itself once two thirds of the lifetime have passed: with
+/// `pki.cert_lifetime = "45s"` (valid from a minute before issue), that is 5 to 10 s after
+/// issue; the admin never asks and the check interval is an hour.
+#[test]
+fn the_renew_daemon_renews_when_two_thirds_of_the_lifetime_have_passed() {
+    let gw = Gateway::start_with(
+        |cfg| *cfg = cfg.replace("cert_lifetime = \"365d\"", "cert_lifetime = \"45s\""),
+        &[],
+    );
+    let (_, file) = enrolled(&gw, "punctual");
+    let before = fingerprint(&file);
+    let mut child = Command::new(BIN)
+        .args(["renew", "--daemon", "--check-interval", "1h", "--identity"])
+        .arg(&file)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stderr = child.stderr.take().unwrap();
+    let log = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+    let sink = log.clone();
+    std::thread::spawn(move || {
+        use std::io::BufRead as _;
+        for line in std::io::BufReader::new(stderr)
+            .lines()
+            .map_while(Result::ok)
+        {
+            sink.lock().unwrap().push_str(&(line + "\n"));
+        }
+    });
+    let until = Instant::now() + Duration::from_secs(90);
+    while !log.lock().unwrap().contains("(due)") {
+        assert!(
+            Instant::now() < until,
+            "no renewal:\n{}",
+            log.lock().unwrap()
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(log.lock().unwrap().contains("next renewal of"));
+    assert_ne!(fingerprint(&file), before);
+    signal(&child, "INT");
+    let status = wait_timeout(&mut child, Duration::from_secs(20)).expect("stops on SIGINT");
+    assert!(status.success(), "{status:?}\n{}", log.lock().unwrap());
+}
+
 /// A renewal interrupted before or after its verify (the renewed identity already written
 /// aside, `.NAME.renewing`) is finished by the next `renew`: the only working credential
 /// is never lost.
