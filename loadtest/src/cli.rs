@@ -45,6 +45,9 @@ pub enum Command {
     PrepareOtt(PrepareOttArgs),
     /// Drive enrollments (or handshakes) against a server and report.
     Run(Box<RunArgs>),
+    /// Enroll devices by ott, then renew each (authenticate, extend, extend-verify, each on
+    /// a fresh connection); report both rates and the outcomes by code.
+    Renew(crate::renew::RenewArgs),
     /// Measure the transport floor: a plain TCP server on the gateway's runtime, fed the
     /// bytes of one enrollment per fresh connection; prints its CPU per connection.
     Transport(TransportArgs),
@@ -498,6 +501,7 @@ pub fn execute(cli: Cli) -> i32 {
         Command::RegisterCa(a) => register_ca(a),
         Command::PrepareOtt(a) => prepare_ott(a),
         Command::Run(a) => run(&a),
+        Command::Renew(a) => crate::renew::run(&a),
         Command::Transport(a) => transport(&a),
     };
     match result {

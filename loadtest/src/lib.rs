@@ -25,6 +25,9 @@
 //!          ▼
 //!        summary table, --json, --plot (SVG), exit code by --max-error-rate   report, plot
 //!
+//!  renew ──► ott enrollments (timed), then per device: authenticate,    renew
+//!            extend, extend-verify, each on a fresh connection (timed)
+//!
 //!  transport ──► a plain TCP server on the gateway's runtime, fed one     transport
 //!                enrollment's segments per connection: its CPU per connection
 //! ```
@@ -41,6 +44,7 @@ pub mod engine;
 pub mod fleet;
 pub mod plan;
 pub mod plot;
+pub mod renew;
 pub mod report;
 pub mod schedule;
 pub mod stats;

@@ -141,6 +141,9 @@ pub(super) async fn route(
             "DELETE" => super::current::logout(w, req),
             _ => Err(method_not_allowed(req, "GET, DELETE")),
         },
+        p if p.starts_with(super::extend::AUTHENTICATORS) => {
+            super::extend::route(w, req, peer, p).await
+        }
         _ => Err(ApiError::NotFound(format!(
             "no such resource: {}",
             req.head.path

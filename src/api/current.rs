@@ -25,13 +25,19 @@ use crate::model::Identity;
 /// bound to. A first-use renewal's certificate is activated by it.
 pub(super) async fn authenticate_cert(w: &WorkerCtx, peer: &Peer) -> Result<Response, ApiError> {
     let now = w.shared.clock.unix_now();
-    let identity = auth::authenticate_now(w, peer, now)
-        .await?
-        .map_err(|e| match e {
-            auth::AuthError::Store(m) => ApiError::Unhandled(m),
-            e @ auth::AuthError::Disabled(_) => ApiError::IdentityDisabled(e.to_string()),
-            other => ApiError::InvalidAuth(other.to_string()),
-        })?;
+    // First use of an EST renewal activates it; an expired certificate within
+    // renewal.expired_grace still opens a session, to renew.
+    let identity = match auth::authenticate_now(w, peer, now).await? {
+        Err(auth::AuthError::OutsideValidity) => {
+            super::extend::authenticate_renewable(w, peer, now)
+        }
+        other => other,
+    }
+    .map_err(|e| match e {
+        auth::AuthError::Store(m) => ApiError::Unhandled(m),
+        e @ auth::AuthError::Disabled(_) => ApiError::IdentityDisabled(e.to_string()),
+        other => ApiError::InvalidAuth(other.to_string()),
+    })?;
     let authenticator_id = identity
         .authenticator
         .as_ref()
@@ -80,14 +86,17 @@ fn no_session() -> ApiError {
 }
 
 /// The live session named by the `zt-session` header, and its token.
-fn session_of<'r>(w: &WorkerCtx, req: &'r Request) -> Result<(&'r str, Session), ApiError> {
+pub(super) fn session_of<'r>(
+    w: &WorkerCtx,
+    req: &'r Request,
+) -> Result<(&'r str, Session), ApiError> {
     let now = w.shared.clock.unix_now();
     let token = req.head.header("zt-session").ok_or_else(no_session)?;
     let session = w.shared.sessions.get(token, now).ok_or_else(no_session)?;
     Ok((token, session))
 }
 
-fn identity_of(w: &WorkerCtx, session: &Session) -> Result<Identity, ApiError> {
+pub(super) fn identity_of(w: &WorkerCtx, session: &Session) -> Result<Identity, ApiError> {
     let identity = w
         .shared
         .store
@@ -139,9 +148,10 @@ pub fn session_detail(s: &Session, token: &str, identity: &Identity) -> Value {
         "configTypes": [],
         "isMfaRequired": false,
         "isMfaComplete": false,
-        "isCertExtendable": false,
-        "isCertExtendRequested": false,
-        "isCertKeyRollRequested": false,
+        // Only the certificates enrollgate issued renew here (a third-party CA renews its own).
+        "isCertExtendable": identity.authenticator.as_ref().is_some_and(|a| a.issued_by_network),
+        "isCertExtendRequested": identity.lifecycle.extend_requested,
+        "isCertKeyRollRequested": identity.lifecycle.key_roll_requested,
         "improperClientCertChain": false,
     })
 }

@@ -53,6 +53,13 @@ pub(super) async fn route(
         }
         (["revocations"], "GET") => super::revoke::list(w),
         (["revocations", id], "DELETE") => super::revoke::lift(w, id).await,
+        (["identities", id, "request-extend"], "POST") => {
+            super::extend::request_extend(w, req, &find_identity(w, id)?).await
+        }
+        (["authenticators", id, "request-extend"], "POST") => {
+            let identity = super::extend::identity_of_authenticator(w, id)?;
+            super::extend::request_extend(w, req, &identity).await
+        }
         (["enrollments"], "GET") => list_enrollments(w, req),
         (["enrollments"], "POST") => create_enrollment(w, req).await,
         (["enrollments"], _) => Err(method_not_allowed(req, "GET, POST")),

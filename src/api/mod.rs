@@ -9,6 +9,7 @@ mod crl;
 pub mod current;
 pub mod error;
 pub mod est;
+pub mod extend;
 pub mod filter;
 pub mod identity_query;
 pub mod management;

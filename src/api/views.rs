@@ -34,6 +34,16 @@ pub fn authenticator(a: &Authenticator) -> Value {
     })
 }
 
+/// What an identity's certificate renewal stands at: the admin's request and a renewal
+/// issued by `extend` and not yet verified.
+pub fn renewal(i: &Identity) -> Value {
+    json!({
+        "isCertExtendRequested": i.lifecycle.extend_requested,
+        "isCertKeyRollRequested": i.lifecycle.key_roll_requested,
+        "pending": i.lifecycle.renewal.as_ref().map(|r| authenticator(&r.authenticator)),
+    })
+}
+
 /// An identity, with its pending enrollment (if `pending` is given) and authenticator.
 pub fn identity(i: &Identity, pending: Option<&Enrollment>) -> Value {
     let enrollment = match pending {
@@ -55,5 +65,6 @@ pub fn identity(i: &Identity, pending: Option<&Enrollment>) -> Value {
         "updatedAt": rfc3339(i.updated_at),
         "enrollment": enrollment,
         "authenticators": authenticators,
+        "renewal": renewal(i),
     })
 }

@@ -75,7 +75,7 @@ fn read_jwt(src: &str) -> Result<String, CliError> {
     Ok(jwt)
 }
 
-fn generate(kind: ClientKey) -> Result<rcgen::KeyPair, rcgen::Error> {
+pub(crate) fn generate(kind: ClientKey) -> Result<rcgen::KeyPair, rcgen::Error> {
     match kind {
         ClientKey::Ec => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256),
         ClientKey::P384 => rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384),

@@ -1,5 +1,6 @@
-//! `enrollgate identity create|list|show|delete|jwt|reissue` (and, from `cli::suspend`,
-//! `disable|enable|re-enroll`): the management API, spoken with an admin identity file.
+//! `enrollgate identity create|list|show|delete|jwt|reissue|request-extend` (and, from
+//! `cli::suspend`, `disable|enable|re-enroll`): the management API, spoken with an admin
+//! identity file.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -96,6 +97,19 @@ pub enum IdentityCommand {
         /// Output file (mode 0600); default: standard output.
         #[arg(short = 'o', long = "output")]
         output: Option<PathBuf>,
+        #[command(flatten)]
+        #[allow(missing_docs)]
+        admin_args: AdminArgs,
+    },
+    /// Ask an enrolled identity to renew its certificate (its sessions report
+    /// isCertExtendRequested until a renewal is verified).
+    RequestExtend {
+        /// Name or id.
+        #[arg(value_name = "NAME|ID")]
+        target: String,
+        /// Ask for a new key as well (isCertKeyRollRequested).
+        #[arg(long)]
+        key_roll: bool,
         #[command(flatten)]
         #[allow(missing_docs)]
         admin_args: AdminArgs,
@@ -432,6 +446,11 @@ pub fn run(cmd: IdentityCommand) -> Result<(), CliError> {
                 })?;
             JwtOut::open(output.as_ref())?.write(jwt)
         }
+        IdentityCommand::RequestExtend {
+            target,
+            key_roll,
+            admin_args,
+        } => super::renew::request_extend(&target, key_roll, &admin_args),
         IdentityCommand::Reissue {
             target,
             output,

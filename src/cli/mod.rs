@@ -8,6 +8,7 @@ pub mod identity;
 pub mod init;
 pub mod logging;
 pub mod ops;
+pub mod renew;
 pub mod revocation;
 pub mod serve;
 pub mod suspend;
@@ -161,6 +162,8 @@ pub enum Command {
     Restore(ops::RestoreArgs),
     /// Enroll this machine with an enrollment JWT, writing an identity file.
     Enroll(enroll::EnrollArgs),
+    /// Renew this machine's certificate (extend + verify), rewriting its identity file.
+    Renew(renew::RenewArgs),
 }
 
 /// Where management commands find the admin identity file.
@@ -213,6 +216,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Backup(a) => ops::backup(a),
         Command::Restore(a) => ops::restore(a),
         Command::Enroll(a) => enroll::enroll(a),
+        Command::Renew(a) => renew::renew(a),
     }
 }
 

@@ -112,6 +112,8 @@ impl PublicUrl {
     }
 }
 
+/// Longest `renewal.expired_grace` accepted.
+pub const MAX_EXPIRED_GRACE: Duration = Duration::from_secs(365 * 86_400);
 /// Longest `pki.cert_lifetime` accepted.
 pub const MAX_CERT_LIFETIME: Duration = Duration::from_secs(36_500 * 86_400);
 /// Longest `enrollment.token_ttl` (and `enrollment.reenroll_grace`) accepted.
@@ -279,6 +281,9 @@ pub struct Config {
     pub shutdown_grace: Duration,
     /// The metrics listener (`/metrics`, `/healthz`, `/readyz`); `None` when `"off"`.
     pub metrics_listen: Option<SocketAddr>,
+    /// How long after its expiry an enrollgate-issued certificate may still authenticate
+    /// to renew itself (`renewal.expired_grace`; zero, the default: never).
+    pub renewal_expired_grace: Duration,
 }
 
 struct Checker {
@@ -736,6 +741,25 @@ impl Config {
             raw.shutdown.grace.as_ref(),
             Duration::from_secs(10),
         );
+        // Zero is the default and a valid choice (an expired certificate renews nothing);
+        // at most a year, so that a typo cannot keep a lost device's certificate alive.
+        let renewal_expired_grace = match raw.renewal.expired_grace.as_deref() {
+            None | Some("0" | "0s") => Duration::ZERO,
+            Some(s) => match humantime::parse_duration(s) {
+                Ok(d) if d <= MAX_EXPIRED_GRACE => d,
+                Ok(_) => {
+                    c.problem("renewal.expired_grace", "at most one year (365d)");
+                    Duration::ZERO
+                }
+                Err(_) => {
+                    c.problem(
+                        "renewal.expired_grace",
+                        format!("'{s}' is not a duration (e.g. \"0s\", \"7d\")"),
+                    );
+                    Duration::ZERO
+                }
+            },
+        };
 
         let metrics_listen = match raw.metrics.listen.as_deref() {
             Some("off") => None,
@@ -778,6 +802,7 @@ impl Config {
             log_format,
             shutdown_grace,
             metrics_listen,
+            renewal_expired_grace,
         };
         (config, c.problems)
     }
@@ -875,6 +900,9 @@ grace = "10s"                   # open requests may finish within this after SIG
 
 [metrics]
 listen = "127.0.0.1:9464"       # /metrics, /healthz, /readyz; "off" to disable
+
+[renewal]
+expired_grace = "0s"            # an expired certificate may still renew itself this long; 0: never
 "#
     )
 }
@@ -954,6 +982,20 @@ mod tests {
                 e.problems
                     .iter()
                     .any(|p| p.key == "pki.ca_key" && p.message.contains("not a credential name")),
+                "{bad}: {e}"
+            );
+        }
+    }
+
+    #[test]
+    fn the_expired_grace_is_zero_unless_set_and_bounded() {
+        assert_eq!(load_text("").unwrap().renewal_expired_grace, Duration::ZERO);
+        let c = load_text("[renewal]\nexpired_grace = \"7d\"\n").unwrap();
+        assert_eq!(c.renewal_expired_grace, Duration::from_secs(7 * 86_400));
+        for bad in ["forever", "2y"] {
+            let e = load_text(&format!("[renewal]\nexpired_grace = \"{bad}\"\n")).unwrap_err();
+            assert!(
+                e.problems.iter().any(|p| p.key == "renewal.expired_grace"),
                 "{bad}: {e}"
             );
         }

@@ -25,6 +25,15 @@ pub struct RawConfig {
     pub shutdown: RawShutdown,
     #[serde(default)]
     pub metrics: RawMetrics,
+    #[serde(default)]
+    pub renewal: RawRenewal,
+}
+
+/// `[renewal]`
+#[derive(Debug, Default, Deserialize)]
+#[allow(missing_docs)]
+pub struct RawRenewal {
+    pub expired_grace: Option<String>,
 }
 
 /// `[metrics]`

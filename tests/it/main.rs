@@ -20,6 +20,7 @@ mod openziti_api;
 mod ops;
 mod ott;
 mod property;
+mod renewal;
 mod revoke;
 mod secrets;
 mod support;

@@ -377,6 +377,25 @@ fn identity_detail() -> S {
     ])
 }
 
+/// `authenticatorDetail` (over `baseEntity`). The spec requires `method`, `identityId` and
+/// `identity`; the certificate fields are required here too, as a certificate
+/// authenticator always has them (clients read them to renew).
+fn authenticator_detail() -> S {
+    base_entity(vec![
+        req("method", Enum(&["cert", "updb"])),
+        req("identityId", Str),
+        req("identity", entity_ref()),
+        req("certPem", Str),
+        req("fingerprint", Str),
+        opt("username", Str),
+        req("isIssuedByNetwork", Bool),
+        req("isExtendRequested", Bool),
+        req("isKeyRollRequested", Bool),
+        opt("extendRequestedAt", nullable(DateTime)),
+        opt("lastAuthResolvedToRoot", Bool),
+    ])
+}
+
 // ---------------------------------------------------------------------------------------
 // The operations and the statuses the spec lists for each.
 
@@ -393,6 +412,10 @@ enum Op {
     GetCurrentIdentity,
     GetCurrentApiSession,
     DeleteCurrentApiSession,
+    ListCurrentIdentityAuthenticators,
+    DetailCurrentIdentityAuthenticator,
+    ExtendCurrentIdentityAuthenticator,
+    ExtendVerifyCurrentIdentityAuthenticator,
 }
 
 impl Op {
@@ -407,6 +430,10 @@ impl Op {
             Op::GetCurrentIdentity | Op::GetCurrentApiSession | Op::DeleteCurrentApiSession => {
                 &[200, 401]
             }
+            Op::ListCurrentIdentityAuthenticators => &[200, 400, 401],
+            Op::DetailCurrentIdentityAuthenticator => &[200, 401, 404],
+            Op::ExtendCurrentIdentityAuthenticator
+            | Op::ExtendVerifyCurrentIdentityAuthenticator => &[200, 401],
         }
     }
 
@@ -428,6 +455,25 @@ impl Op {
             // it and as the Go SDK reads it ("already enrolled").
             Op::EnrollOttCa => d.extend([(415, "UNSUPPORTED_MEDIA"), (409, "CERT_IN_USE")]),
             Op::EnrollCa => d.push((409, "CERT_IN_USE")),
+            // The spec lists only 200 and 401 for extend and extend-verify; a bad body, an
+            // authenticator the identity does not have, a third-party certificate and a
+            // stale or replayed renewal get their own codes (docs/openziti-api.md).
+            Op::ExtendCurrentIdentityAuthenticator => d.extend([
+                (400, "COULD_NOT_PARSE_BODY"),
+                (400, "COULD_NOT_PROCESS_CSR"),
+                (404, "NOT_FOUND"),
+                (409, "CERT_NOT_RENEWABLE"),
+                (409, "INVALID_STATE"),
+                (415, "UNSUPPORTED_MEDIA"),
+                (429, "RATE_LIMITED"),
+            ]),
+            Op::ExtendVerifyCurrentIdentityAuthenticator => d.extend([
+                (400, "COULD_NOT_PARSE_BODY"),
+                (400, "EXPECTED_PEM_CERTIFICATE"),
+                (404, "NOT_FOUND"),
+                (409, "INVALID_STATE"),
+                (415, "UNSUPPORTED_MEDIA"),
+            ]),
             _ => {}
         }
         d
@@ -442,6 +488,12 @@ impl Op {
             Op::EnrollOttCa | Op::EnrollCa | Op::DeleteCurrentApiSession => empty(),
             Op::Authenticate | Op::GetCurrentApiSession => envelope(current_api_session_detail()),
             Op::GetCurrentIdentity => envelope(identity_detail()),
+            Op::ListCurrentIdentityAuthenticators => envelope(arr(authenticator_detail())),
+            Op::DetailCurrentIdentityAuthenticator => envelope(authenticator_detail()),
+            Op::ExtendCurrentIdentityAuthenticator => {
+                envelope(Obj(vec![req("ca", Str), req("clientCert", Str)]))
+            }
+            Op::ExtendVerifyCurrentIdentityAuthenticator => empty(),
         }
     }
 }
@@ -1053,4 +1105,104 @@ fn the_spec_enrollment_forms_and_the_sdk_forms_enroll() {
         )
     );
     assert!(!enrolled("form-ottca"));
+}
+
+/// The renewal operations (`listCurrentIdentityAuthenticators`,
+/// `detailCurrentIdentityAuthenticator`, `extendCurrentIdentityAuthenticator`,
+/// `extendVerifyCurrentIdentityAuthenticator`) answer in the spec's shapes, under both
+/// prefixes, for successes and refusals.
+#[test]
+fn the_renewal_operations_answer_in_the_spec_shape() {
+    use crate::renewal::{call, csr_for, enrolled, fingerprint, key_of, session};
+    let gw = Gateway::start();
+    let (_, file) = enrolled(&gw, "conform-renew");
+    let (token, _) = session(&gw, &file);
+    for p in PREFIXES {
+        let base = format!("{p}/current-identity/authenticators");
+        let id = fingerprint(&file);
+        let r = call(&gw, &file, "GET", &base, Some(&token), None);
+        let list = conforms(Op::ListCurrentIdentityAuthenticators, &r);
+        assert_eq!(list["data"][0]["id"], id.as_str());
+        let r = call(
+            &gw,
+            &file,
+            "GET",
+            &format!("{base}/{id}"),
+            Some(&token),
+            None,
+        );
+        conforms(Op::DetailCurrentIdentityAuthenticator, &r);
+        let r = call(
+            &gw,
+            &file,
+            "GET",
+            &format!("{base}/nope"),
+            Some(&token),
+            None,
+        );
+        assert_eq!(r.status, 404);
+        conforms(Op::DetailCurrentIdentityAuthenticator, &r);
+        let r = call(&gw, &file, "GET", &base, None, None);
+        assert_eq!(r.status, 401);
+        conforms(Op::ListCurrentIdentityAuthenticators, &r);
+
+        let body = json!({ "clientCertCsr": csr_for(&key_of(&file)) });
+        let r = call(
+            &gw,
+            &file,
+            "POST",
+            &format!("{base}/{id}/extend"),
+            Some(&token),
+            Some(&body),
+        );
+        let cert = conforms(Op::ExtendCurrentIdentityAuthenticator, &r)["data"]["clientCert"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let r = call(
+            &gw,
+            &file,
+            "POST",
+            &format!("{base}/{id}/extend"),
+            None,
+            Some(&body),
+        );
+        assert_eq!(r.status, 401);
+        conforms(Op::ExtendCurrentIdentityAuthenticator, &r);
+        let bad = json!({ "clientCert": 7 });
+        let r = call(
+            &gw,
+            &file,
+            "POST",
+            &format!("{base}/{id}/extend-verify"),
+            Some(&token),
+            Some(&bad),
+        );
+        assert_eq!(code(&r), "COULD_NOT_PARSE_BODY");
+        conforms(Op::ExtendVerifyCurrentIdentityAuthenticator, &r);
+        let ok = json!({ "clientCert": cert });
+        let r = call(
+            &gw,
+            &file,
+            "POST",
+            &format!("{base}/{id}/extend-verify"),
+            Some(&token),
+            Some(&ok),
+        );
+        conforms(Op::ExtendVerifyCurrentIdentityAuthenticator, &r);
+        let r = call(
+            &gw,
+            &file,
+            "POST",
+            &format!("{base}/{id}/extend-verify"),
+            Some(&token),
+            Some(&ok),
+        );
+        assert_eq!(code(&r), "INVALID_STATE");
+        conforms(Op::ExtendVerifyCurrentIdentityAuthenticator, &r);
+        // The renewed certificate is the file's from now on.
+        let mut f = enrollgate::identity_file::IdentityFile::read(&file).unwrap();
+        f.id.cert = format!("pem:{cert}");
+        std::fs::write(&file, serde_json::to_vec(&f).unwrap()).unwrap();
+    }
 }

@@ -16,6 +16,56 @@ use serde_json::Value;
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_enrollgate");
 
+/// Held shared by every running [`Gateway`], and exclusively by a test that saturates the
+/// machine on purpose (the renewal storm, [`Gateway::start_alone`]): the attack tests
+/// assert that normal clients keep being served within a deadline, which a neighbour
+/// burning every core for half a minute would break.
+///
+/// (gateways running, one running alone); a lock that a gateway moved to another thread
+/// can carry (a `RwLock` guard cannot).
+static MACHINE: (Mutex<(usize, bool)>, std::sync::Condvar) =
+    (Mutex::new((0, false)), std::sync::Condvar::new());
+
+/// A share of the machine, or all of it; given back when dropped.
+struct MachineGuard {
+    alone: bool,
+}
+
+impl MachineGuard {
+    fn take(alone: bool) -> Self {
+        let (lock, cv) = &MACHINE;
+        let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if alone {
+            while s.0 > 0 || s.1 {
+                s = cv.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+            s.1 = true;
+        } else {
+            // Not behind one waiting to run alone: a test that holds a gateway and starts a
+            // second would wait for the one waiting for it. The lone test runs once the
+            // gateways running have stopped, at the latest when the suite's others are done.
+            while s.1 {
+                s = cv.wait(s).unwrap_or_else(|e| e.into_inner());
+            }
+            s.0 += 1;
+        }
+        Self { alone }
+    }
+}
+
+impl Drop for MachineGuard {
+    fn drop(&mut self) {
+        let (lock, cv) = &MACHINE;
+        let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
+        if self.alone {
+            s.1 = false;
+        } else {
+            s.0 -= 1;
+        }
+        cv.notify_all();
+    }
+}
+
 /// A running daemon.
 pub struct Gateway {
     pub dir: tempfile::TempDir,
@@ -23,6 +73,7 @@ pub struct Gateway {
     pub port: u16,
     child: Option<Child>,
     log: Arc<Mutex<String>>,
+    _machine: MachineGuard,
 }
 
 impl Gateway {
@@ -42,6 +93,23 @@ impl Gateway {
         init_args: &[&str],
         edit: impl FnOnce(&mut String),
         env: &[(&str, &str)],
+    ) -> Self {
+        let guard = MachineGuard::take(false);
+        Self::start_guarded(init_args, edit, env, guard)
+    }
+
+    /// A default gateway that runs alone: no other test's gateway runs beside it (for a
+    /// test that saturates the machine on purpose).
+    pub fn start_alone() -> Self {
+        let guard = MachineGuard::take(true);
+        Self::start_guarded(&[], |_| {}, &[], guard)
+    }
+
+    fn start_guarded(
+        init_args: &[&str],
+        edit: impl FnOnce(&mut String),
+        env: &[(&str, &str)],
+        guard: MachineGuard,
     ) -> Self {
         let dir = tempfile::tempdir().expect("tempdir");
         let data = dir.path().join("data");
@@ -71,6 +139,7 @@ impl Gateway {
             port: 0,
             child: None,
             log: Arc::default(),
+            _machine: guard,
         };
         gw.spawn(env);
         gw
