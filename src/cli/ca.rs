@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde_json::{json, Map, Value};
 
-use super::identity::{text, Admin};
+use super::admin::{resolve_ca as resolve, text, Admin};
 use super::{AdminArgs, CliError};
 use crate::identity_file::write_private;
 
@@ -119,18 +119,6 @@ pub enum CaCommand {
         #[allow(missing_docs)]
         admin_args: AdminArgs,
     },
-}
-
-/// Finds a CA by id, else by name.
-pub fn resolve(api: &Admin, name_or_id: &str) -> Result<Value, CliError> {
-    let all = api.data("GET", "/cas", None)?;
-    let list = all.as_array().cloned().unwrap_or_default();
-    // The id first, as for identities: it never changes.
-    list.iter()
-        .find(|c| c["id"] == name_or_id)
-        .or_else(|| list.iter().find(|c| c["name"] == name_or_id))
-        .cloned()
-        .ok_or_else(|| CliError::refused(format!("no CA named or with id '{name_or_id}'")))
 }
 
 fn read(path: &PathBuf) -> Result<String, CliError> {

@@ -3,7 +3,7 @@
 
 use serde_json::json;
 
-use super::identity::Admin;
+use super::admin::Admin;
 use super::{AdminArgs, CliError};
 
 /// `console` subcommands.

@@ -3,14 +3,11 @@
 //! identity file.
 
 use std::path::PathBuf;
-use std::sync::Arc;
 
 use serde_json::{json, Value};
 
+use super::admin::{resolve_ca, text, Admin, JwtOut};
 use super::{AdminArgs, CliError};
-use crate::client::{self, HttpResponse};
-use crate::config::PublicUrl;
-use crate::identity_file::{IdentityFile, PendingFile};
 
 /// Identity types as the CLI spells them.
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
@@ -131,173 +128,6 @@ pub enum IdentityCommand {
     Suspend(super::suspend::SuspendCommand),
 }
 
-/// A management API client authenticated by an admin identity file.
-pub struct Admin {
-    config: Arc<rustls::ClientConfig>,
-    endpoint: PublicUrl,
-}
-
-impl Admin {
-    /// Loads the identity file.
-    pub fn load(args: &AdminArgs) -> Result<Self, CliError> {
-        let file = IdentityFile::read(&args.path()?)?;
-        let config = client::config(
-            &file.ca_certs()?,
-            Some((file.cert_chain()?, file.private_key()?)),
-        )?;
-        Ok(Self {
-            config,
-            endpoint: file.endpoint()?,
-        })
-    }
-
-    /// `https://host:port` of the gateway the identity file points at.
-    pub fn origin(&self) -> String {
-        self.endpoint.origin()
-    }
-
-    /// Calls the management API; returns the response if it is a success.
-    pub fn call(
-        &self,
-        method: &str,
-        path: &str,
-        body: Option<&Value>,
-    ) -> Result<HttpResponse, CliError> {
-        match body {
-            Some(b) => self.call_raw(method, path, "application/json", b.to_string().as_bytes()),
-            None => self.call_raw(method, path, "", b""),
-        }
-    }
-
-    /// Calls the management API with a body of any type (`content_type` empty: none).
-    pub fn call_raw(
-        &self,
-        method: &str,
-        path: &str,
-        content_type: &str,
-        bytes: &[u8],
-    ) -> Result<HttpResponse, CliError> {
-        let resp = self.send(method, path, content_type, bytes)?;
-        if (200..300).contains(&resp.status) {
-            return Ok(resp);
-        }
-        Err(refused(&resp))
-    }
-
-    /// Calls the management API; any status is returned.
-    fn send(
-        &self,
-        method: &str,
-        path: &str,
-        content_type: &str,
-        bytes: &[u8],
-    ) -> Result<HttpResponse, CliError> {
-        let mut headers = vec![("Accept", "application/json")];
-        if !content_type.is_empty() {
-            headers.push(("Content-Type", content_type));
-        }
-        Ok(client::request(
-            self.config.clone(),
-            &self.endpoint.host,
-            self.endpoint.port,
-            method,
-            &format!("{}{path}", crate::api::MANAGEMENT_PREFIX),
-            &headers,
-            bytes,
-        )?)
-    }
-
-    /// `data` of a JSON success.
-    pub fn data(&self, method: &str, path: &str, body: Option<&Value>) -> Result<Value, CliError> {
-        let v = self.call(method, path, body)?.json()?;
-        Ok(v.get("data").cloned().unwrap_or(Value::Null))
-    }
-
-    /// Finds an identity by id, else by name. The id goes first: it is assigned by the
-    /// gateway and never changes, while an auto-enrolled device may ask for a name, and
-    /// a name equal to another identity's id must not redirect a command meant for that
-    /// identity (a `delete` would remove the wrong one).
-    pub fn resolve(&self, name_or_id: &str) -> Result<Value, CliError> {
-        let id_shaped = crate::ids::is_well_formed(name_or_id);
-        if id_shaped {
-            // Only "no such id" falls back to names: any other failure is reported.
-            let resp = self.send("GET", &format!("/identities/{name_or_id}"), "", b"")?;
-            match resp.status {
-                200 => return Ok(resp.json()?.get("data").cloned().unwrap_or(Value::Null)),
-                404 => {}
-                _ => return Err(refused(&resp)),
-            }
-        }
-        let escaped = name_or_id.replace('\\', "\\\\").replace('"', "\\\"");
-        let filter = format!("name = \"{escaped}\"");
-        let q: String = form_urlencoded::Serializer::new(String::new())
-            .append_pair("filter", &filter)
-            .finish();
-        let list = self.data("GET", &format!("/identities?{q}"), None)?;
-        if let Some(found) = list.as_array().and_then(|a| a.first()) {
-            if id_shaped {
-                eprintln!(
-                    "note: no identity has the id '{name_or_id}'; using the identity named so ({})",
-                    text(found, "id")
-                );
-            }
-            return Ok(found.clone());
-        }
-        // The gateway knows no such identity: its answer, not a local failure.
-        Err(CliError::refused(format!(
-            "no identity named or with id '{name_or_id}'"
-        )))
-    }
-}
-
-/// The error for a management API answer that is not a success.
-fn refused(resp: &HttpResponse) -> CliError {
-    match resp.api_error() {
-        Some((code, message)) => {
-            CliError::refused(format!("the server refused: {code}: {message}"))
-        }
-        None => CliError::refused(format!("the server answered HTTP {}", resp.status)),
-    }
-}
-
-/// Where an enrollment JWT goes: the `-o` file, its room taken (0600, refused if the file
-/// exists) before anything changes on the server, so that a token is never made only to
-/// be lost to a file that was already there, and removed if never written (the server
-/// refused); or standard output.
-pub(super) struct JwtOut(Option<PendingFile>);
-
-impl JwtOut {
-    pub(super) fn open(output: Option<&PathBuf>) -> Result<Self, CliError> {
-        Ok(Self(output.map(|p| PendingFile::create(p)).transpose()?))
-    }
-
-    pub(super) fn write(self, jwt: &str) -> Result<(), CliError> {
-        match self.0 {
-            Some(file) => {
-                let path = file.path().display().to_string();
-                file.write_bytes(format!("{jwt}\n").as_bytes())
-                    .map_err(|e| {
-                        CliError::new(format!(
-                            "{e}; the token was made: write it again with `enrollgate identity jwt NAME -o FILE`"
-                        ))
-                    })?;
-                eprintln!("wrote {path}");
-            }
-            None => println!("{jwt}"),
-        }
-        Ok(())
-    }
-}
-
-/// A JSON field as display text (strings unquoted).
-pub(super) fn text(v: &Value, key: &str) -> String {
-    match v.get(key) {
-        Some(Value::String(s)) => s.clone(),
-        Some(other) => other.to_string(),
-        None => String::new(),
-    }
-}
-
 /// Runs an `identity` subcommand.
 pub fn run(cmd: IdentityCommand) -> Result<(), CliError> {
     match cmd {
@@ -315,7 +145,7 @@ pub fn run(cmd: IdentityCommand) -> Result<(), CliError> {
             let out = JwtOut::open(output.as_ref())?;
             let (method, enrollment) = match &ca {
                 Some(target) => {
-                    let ca = super::ca::resolve(&api, target)?;
+                    let ca = resolve_ca(&api, target)?;
                     // The token is made either way (the CA may be verified later), but
                     // a device could not redeem it yet, and would see only a 400.
                     let missing: Vec<&str> = [
@@ -476,15 +306,12 @@ pub fn run(cmd: IdentityCommand) -> Result<(), CliError> {
                     api.data("POST", "/enrollments", Some(&body))?
                 }
             };
-            let jwt = e["jwt"]
-                .as_str()
-                .ok_or_else(|| CliError::new("the server returned no enrollment JWT"))?;
-            eprintln!(
+            let note = format!(
                 "new token for '{}', expires {}",
                 text(&found, "name"),
                 text(&e, "expiresAt")
             );
-            out.write(jwt)
+            out.write_enrollment(&e, &note)
         }
     }
 }

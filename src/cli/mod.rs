@@ -1,6 +1,7 @@
 //! The command line: `init`, `serve`, `quickstart`, `identity ...`, `ca ...` and
 //! `console ...` (management, with an admin identity file) and `enroll` (the device side).
 
+pub mod admin;
 pub mod ca;
 pub mod console;
 pub mod enroll;

@@ -28,7 +28,7 @@ use std::time::Duration;
 
 use serde_json::{json, Value};
 
-use super::identity::Admin;
+use super::admin::Admin;
 use super::{AdminArgs, CliError};
 use crate::client::{self, HttpResponse};
 use crate::clock::{rfc3339, Clock, SystemClock, UnixTime};
@@ -416,7 +416,7 @@ pub fn request_extend(
 ) -> Result<(), CliError> {
     let api = Admin::load(admin_args)?;
     let found = api.resolve(target)?;
-    let id = super::identity::text(&found, "id");
+    let id = super::admin::text(&found, "id");
     api.call(
         "POST",
         &format!("/identities/{id}/request-extend"),
@@ -424,7 +424,7 @@ pub fn request_extend(
     )?;
     eprintln!(
         "asked '{}' ({id}) to renew its certificate{}",
-        super::identity::text(&found, "name"),
+        super::admin::text(&found, "name"),
         if key_roll { " with a new key" } else { "" }
     );
     Ok(())

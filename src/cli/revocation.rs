@@ -1,7 +1,7 @@
 //! `enrollgate revocation list|lift`: revoked certificates, and lifting the block on a
 //! third-party certificate so that it may enroll again.
 
-use super::identity::{text, Admin};
+use super::admin::{text, Admin};
 use super::{AdminArgs, CliError};
 
 /// `revocation` subcommands.

@@ -5,7 +5,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use super::identity::{text, Admin, JwtOut};
+use super::admin::{text, Admin, JwtOut};
 use super::{AdminArgs, CliError};
 
 /// `identity` subcommands of a certificate's life after enrollment.
@@ -100,15 +100,12 @@ pub fn run(cmd: SuspendCommand) -> Result<(), CliError> {
                 &format!("/identities/{id}/re-enroll"),
                 Some(&json!({})),
             )?;
-            let jwt = e["jwt"]
-                .as_str()
-                .ok_or_else(|| CliError::new("the server returned no enrollment JWT"))?;
-            eprintln!(
+            let note = format!(
                 "re-enrolling '{}' ({id}): its certificate is revoked; the new token expires {}",
                 text(&found, "name"),
                 text(&e, "expiresAt")
             );
-            out.write(jwt)
+            out.write_enrollment(&e, &note)
         }
     }
 }

@@ -15,6 +15,8 @@ use crate::model::{Authenticator, Ca, Enrollment, Identity, Method, Renewal};
 
 mod lifecycle;
 mod revoke;
+#[cfg(test)]
+mod testing;
 
 /// Suffixes tried for a colliding auto-enrolled name (`dev-7-000001` ... `dev-7-999999`).
 pub const MAX_NAME_SUFFIX: u32 = 999_999;
@@ -847,11 +849,9 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
 
 #[cfg(test)]
 mod tests {
+    use super::testing::{auth, Map};
     use super::*;
     use crate::model::IdentityType;
-    use std::collections::BTreeMap;
-
-    type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
     fn identity(id: &str, name: &str) -> Identity {
         Identity {
@@ -885,22 +885,6 @@ mod tests {
     /// The token-index key of `token`.
     fn tkey(token: &str) -> Vec<u8> {
         keys::token_hash(&crate::token::token_sha256(token))
-    }
-
-    /// An authenticator whose certificate content is the fingerprint's ("c-<fp>").
-    fn auth(fp: &str) -> Authenticator {
-        Authenticator {
-            fingerprint_sha256: fp.into(),
-            fingerprint_sha1: "s1".into(),
-            tbs_sha256: format!("c-{fp}"),
-            cert_pem: "pem".into(),
-            issued_by_network: true,
-            not_before: 0,
-            not_after: 10,
-            method: Method::Ott,
-            created_at: 200,
-            ca_id: None,
-        }
     }
 
     fn commit(map: &mut Map, cmds: Vec<Command>) -> Vec<Result<Outcome, StoreError>> {

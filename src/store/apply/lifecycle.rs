@@ -136,39 +136,13 @@ impl<S: Snapshot + ?Sized> Batch<'_, S> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{auth, commit_one, Map};
     use super::super::Command;
     use super::*;
     use crate::model::{Activation, Authenticator, IdentityType, Method};
-    use std::collections::BTreeMap;
-
-    type Map = BTreeMap<Vec<u8>, Vec<u8>>;
-
-    fn auth(fp: &str) -> Authenticator {
-        Authenticator {
-            fingerprint_sha256: fp.into(),
-            fingerprint_sha1: "s1".into(),
-            tbs_sha256: format!("c-{fp}"),
-            cert_pem: "pem".into(),
-            issued_by_network: true,
-            not_before: 0,
-            not_after: 10,
-            method: Method::Ott,
-            ca_id: None,
-            created_at: 200,
-        }
-    }
 
     fn commit(map: &mut Map, cmd: Command) -> Result<Outcome, StoreError> {
-        let snapshot = map.clone();
-        let mut b = Batch::new(&snapshot);
-        let r = b.apply(cmd);
-        for (k, v) in b.into_map_changes() {
-            match v {
-                Some(v) => map.insert(k, v),
-                None => map.remove(&k),
-            };
-        }
-        r
+        commit_one(map, cmd)
     }
 
     /// A store with identity `i1` enrolled with certificate `old`.

@@ -177,24 +177,13 @@ impl<S: Snapshot + ?Sized> Batch<'_, S> {
 
 #[cfg(test)]
 mod tests {
+    use super::super::testing::{commit_one, Map};
     use super::super::Command;
     use super::*;
     use crate::model::{IdentityType, Method};
-    use std::collections::BTreeMap;
-
-    type Map = BTreeMap<Vec<u8>, Vec<u8>>;
 
     fn commit(map: &mut Map, cmd: Command) -> Result<Outcome, StoreError> {
-        let snapshot = map.clone();
-        let mut b = Batch::new(&snapshot);
-        let r = b.apply(cmd);
-        for (k, v) in b.into_map_changes() {
-            match v {
-                Some(v) => map.insert(k, v),
-                None => map.remove(&k),
-            };
-        }
-        r
+        commit_one(map, cmd)
     }
 
     /// A real certificate (the serial is read from its PEM).
