@@ -82,7 +82,7 @@ pub struct Shared {
     /// Derives each enrollment's token from its id (the store keeps only hashes).
     pub tokens: Arc<crate::token::TokenKey>,
     /// API sessions made by `POST /authenticate?method=cert`.
-    pub sessions: Arc<crate::api::auth::Sessions>,
+    pub sessions: Arc<crate::api::session::Sessions>,
     /// The internal CA certificate (DER).
     pub internal_ca_der: Vec<u8>,
     /// One counter per worker, advanced by the worker's own runtime every 200 ms; the
@@ -177,7 +177,7 @@ impl Shared {
         clock: Arc<dyn Clock>,
         public_url: PublicUrl,
         cas: Arc<CaRegistry>,
-        sessions: Arc<crate::api::auth::Sessions>,
+        sessions: Arc<crate::api::session::Sessions>,
         heartbeats: Arc<[std::sync::atomic::AtomicU64]>,
         memory: Arc<crate::ops::memory::MemoryGuard>,
         rates: Arc<RateLimits>,

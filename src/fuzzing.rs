@@ -441,7 +441,7 @@ pub fn json_bodies(data: &[u8]) {
         let _ = name::validate_format(f);
     }
     if let Some(at) = field("expiresAt") {
-        if let Some(Some(t)) = check(api::management::parse_expires_at(Some(at), NOW)) {
+        if let Some(Some(t)) = check(api::records::parse_expires_at(Some(at), NOW)) {
             assert!(t > NOW);
             let _ = crate::clock::rfc3339(t);
         }

@@ -18,12 +18,7 @@ use crate::schedule::Stop;
 use crate::tls::{TlsOptions, TlsVersions};
 use crate::Error;
 
-/// The tool failed.
-pub const EXIT_FAILED: i32 = 1;
-/// Bad usage.
-pub const EXIT_USAGE: i32 = 2;
-/// The error rate exceeded `--max-error-rate`.
-pub const EXIT_ERROR_RATE: i32 = 3;
+pub use crate::{EXIT_ERROR_RATE, EXIT_FAILED, EXIT_USAGE};
 
 /// enrollgate-loadtest: a device fleet simulator and enrollment load generator.
 #[derive(Debug, Parser)]

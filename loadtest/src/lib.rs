@@ -37,6 +37,13 @@
 //! with unit tests beside it; sockets, files and the clock stay in `engine`, `admin`,
 //! `fleet::create` and `cli`.
 
+/// The tool failed.
+pub const EXIT_FAILED: i32 = 1;
+/// Bad usage.
+pub const EXIT_USAGE: i32 = 2;
+/// The error rate exceeded `--max-error-rate`.
+pub const EXIT_ERROR_RATE: i32 = 3;
+
 pub mod admin;
 pub mod cli;
 pub mod cpu;

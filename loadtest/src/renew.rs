@@ -88,7 +88,7 @@ pub fn run(a: &RenewArgs) -> Result<i32, Error> {
         std::fs::write(p, j).map_err(|e| Error::io(p, e))?;
     }
     let all = enrolled.failures.is_empty() && renewed.failures.is_empty() && renewed.ok == n;
-    Ok(if all { 0 } else { crate::cli::EXIT_ERROR_RATE })
+    Ok(if all { 0 } else { crate::EXIT_ERROR_RATE })
 }
 
 /// Where and how hard.

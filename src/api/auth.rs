@@ -1,5 +1,5 @@
 //! Who a client is: the identity its certificate is bound to, if that binding still
-//! authenticates now, and the API sessions `POST /authenticate?method=cert` hands out.
+//! authenticates now. The sessions it opens are `api::session`'s.
 //!
 //! A certificate authenticates when (1) the client proved it holds the key (TLS), (2) its
 //! fingerprint is bound to an identity (I1), (3) it is within its validity, and (4) for a
@@ -12,20 +12,16 @@
 //! was issued (a device that lost the answer re-enrolls within it; a stolen old certificate
 //! does not live on beside the new one).
 
-use dashmap::DashMap;
-
 use super::{ApiError, Peer};
 use crate::app::WorkerCtx;
 use crate::clock::UnixTime;
 use crate::model::{Activation, Identity};
 
-/// Lifetime of an API session.
-pub const SESSION_TTL_SECS: i64 = 30 * 60;
-/// Sessions kept at most; expired ones are pruned when this is reached.
-pub const MAX_SESSIONS: usize = 100_000;
-/// Live sessions one identity may hold; a new one replaces its oldest, so no identity can
-/// fill the table and lock the others out.
-pub const MAX_SESSIONS_PER_IDENTITY: usize = 16;
+// The sessions moved to `api::session`; their old paths still name them.
+pub use super::session::{
+    authenticator_id, Opening, Session, Sessions, MAX_SESSIONS, MAX_SESSIONS_PER_IDENTITY,
+    SESSION_TTL_SECS,
+};
 
 /// Why a certificate does not authenticate (`401`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -162,6 +158,51 @@ pub async fn authenticate_now(
     }
 }
 
+/// The identity a client certificate authenticates as, for opening a session and for
+/// renewing: as [`authenticate`] decides, except that an enrollgate-issued
+/// certificate that expired less than `renewal.expired_grace` ago still counts (so that a
+/// device that was off past its certificate's expiry can renew; zero by default: it
+/// cannot, and an admin re-enrolls it). Management never accepts such a certificate.
+pub fn authenticate_renewable(
+    w: &WorkerCtx,
+    peer: &Peer,
+    now: UnixTime,
+) -> Result<Identity, AuthError> {
+    match authenticate(w, peer, now) {
+        Err(AuthError::OutsideValidity) => {}
+        other => return other,
+    }
+    let grace = i64::try_from(w.shared.config.renewal_expired_grace.as_secs()).unwrap_or(0);
+    let refused = Err(AuthError::OutsideValidity);
+    let Some(fp) = peer.cert_sha256.as_deref() else {
+        return refused;
+    };
+    let identity = w
+        .shared
+        .store
+        .identity_by_fingerprint(fp)
+        .map_err(|e| AuthError::Store(e.to_string()))?;
+    let Some(identity) = identity else {
+        return refused;
+    };
+    // Only expiry is forgiven: every other refusal of `authenticate` must hold here
+    // too (a suspended identity stays refused).
+    if identity.is_disabled_at(now) {
+        return refused;
+    }
+    let in_grace = identity.authenticator.as_ref().is_some_and(|a| {
+        a.fingerprint_sha256 == fp
+            && a.issued_by_network
+            && now >= a.not_after
+            && now < a.not_after.saturating_add(grace)
+    });
+    if in_grace {
+        Ok(identity)
+    } else {
+        refused
+    }
+}
+
 /// The identity of an admin, or `401 UNAUTHORIZED`.
 pub async fn require_admin(w: &WorkerCtx, peer: &Peer) -> Result<Identity, ApiError> {
     let now = w.shared.clock.unix_now();
@@ -179,146 +220,9 @@ pub async fn require_admin(w: &WorkerCtx, peer: &Peer) -> Result<Identity, ApiEr
     }
 }
 
-/// One API session, as `GET /current-api-session` shows it.
-#[derive(Debug, Clone)]
-pub struct Session {
-    /// Opaque id, shown to the client (OpenZiti's C SDK compares session ids to see whether
-    /// a refresh returned the session it holds). Not the token: the id is not a secret.
-    pub id: String,
-    /// The identity.
-    pub identity_id: String,
-    /// The authenticator the session was opened with (see [`authenticator_id`]).
-    pub authenticator_id: String,
-    /// The address the client authenticated from (empty when unknown).
-    pub ip_address: String,
-    /// When it was opened.
-    pub created_at: UnixTime,
-    /// Expiry.
-    pub expires_at: UnixTime,
-}
-
-/// The id an authenticator is shown under: the hex SHA-256 fingerprint of its certificate.
-/// A certificate belongs to at most one identity (I1), so it names one authenticator, it
-/// is stable across restarts, and it is not a secret.
-pub fn authenticator_id(a: &crate::model::Authenticator) -> String {
-    a.fingerprint_sha256.clone()
-}
-
-/// API sessions, in memory (a restart ends them; clients authenticate again).
-#[derive(Default)]
-pub struct Sessions {
-    map: DashMap<String, Session>,
-    by_identity: DashMap<String, Vec<String>>,
-}
-
-impl std::fmt::Debug for Sessions {
-    // Session tokens are bearer secrets.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sessions")
-            .field("live", &self.map.len())
-            .finish()
-    }
-}
-
-/// What a new session is opened for.
-#[derive(Debug, Clone, Copy)]
-pub struct Opening<'a> {
-    /// The identity.
-    pub identity_id: &'a str,
-    /// Its authenticator's id ([`authenticator_id`]).
-    pub authenticator_id: &'a str,
-    /// The client's address, if known.
-    pub ip_address: Option<std::net::IpAddr>,
-}
-
-impl Sessions {
-    /// A new session; returns its token and the session.
-    pub fn create(&self, open: Opening<'_>, now: UnixTime) -> Result<(String, Session), ApiError> {
-        if self.map.len() >= MAX_SESSIONS {
-            self.map.retain(|_, s| s.expires_at > now);
-            if self.map.len() >= MAX_SESSIONS {
-                return Err(ApiError::RateLimited {
-                    message: "too many open sessions".into(),
-                    retry_after: 60,
-                });
-            }
-        }
-        let token = crate::ids::new_token().map_err(|e| ApiError::Unhandled(e.to_string()))?;
-        let id = crate::ids::new_id().map_err(|e| ApiError::Unhandled(e.to_string()))?;
-        let session = Session {
-            id,
-            identity_id: open.identity_id.to_string(),
-            authenticator_id: open.authenticator_id.to_string(),
-            ip_address: open.ip_address.map(|a| a.to_string()).unwrap_or_default(),
-            created_at: now,
-            expires_at: now + SESSION_TTL_SECS,
-        };
-        {
-            let mut mine = self
-                .by_identity
-                .entry(open.identity_id.to_string())
-                .or_default();
-            mine.retain(|t| self.map.get(t).is_some_and(|s| s.expires_at > now));
-            while mine.len() >= MAX_SESSIONS_PER_IDENTITY {
-                let oldest = mine.remove(0);
-                self.map.remove(&oldest);
-            }
-            mine.push(token.clone());
-            // Inserted while the identity's entry is held: `end_identity`, which takes the
-            // entry first, cannot miss a session opened as it runs.
-            self.map.insert(token.clone(), session.clone());
-        }
-        Ok((token, session))
-    }
-
-    /// The live session with this token.
-    pub fn get(&self, token: &str, now: UnixTime) -> Option<Session> {
-        let s = self.map.get(token)?.clone();
-        if s.expires_at <= now {
-            self.map.remove(token);
-            return None;
-        }
-        Some(s)
-    }
-
-    /// Ends every session of `identity_id` (disabled, re-enrolled or deleted); returns how
-    /// many were live. Their tokens authenticate nothing afterwards.
-    pub fn end_identity(&self, identity_id: &str) -> usize {
-        let Some((_, tokens)) = self.by_identity.remove(identity_id) else {
-            return 0;
-        };
-        tokens
-            .iter()
-            .filter(|t| self.map.remove(*t).is_some())
-            .count()
-    }
-
-    /// Ends the session with this token (logout); false when there was none. The token
-    /// authenticates nothing afterwards.
-    pub fn end(&self, token: &str) -> bool {
-        let Some((_, session)) = self.map.remove(token) else {
-            return false;
-        };
-        if let Some(mut mine) = self.by_identity.get_mut(&session.identity_id) {
-            mine.retain(|t| t != token);
-        }
-        self.by_identity
-            .remove_if(&session.identity_id, |_, mine| mine.is_empty());
-        true
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    fn open(identity_id: &str) -> Opening<'_> {
-        Opening {
-            identity_id,
-            authenticator_id: "a1",
-            ip_address: Some(std::net::Ipv4Addr::LOCALHOST.into()),
-        }
-    }
 
     #[test]
     fn a_first_use_renewal_supersedes_the_old_certificate_after_the_grace() {
@@ -361,63 +265,5 @@ mod tests {
         let extend = identity(Some(renewal(Activation::Verify)));
         assert!(!superseded(&extend, grace, 9_999));
         assert!(!superseded(&identity(None), grace, 9_999));
-    }
-
-    #[test]
-    fn sessions_expire() {
-        let s = Sessions::default();
-        let (t, created) = s.create(open("i1"), 100).unwrap();
-        let exp = created.expires_at;
-        assert_eq!(exp, 100 + SESSION_TTL_SECS);
-        assert_eq!(created.created_at, 100);
-        assert_eq!(created.ip_address, "127.0.0.1");
-        assert_ne!(created.id, t, "the id is not the bearer token");
-        assert_eq!(s.get(&t, 101).unwrap().identity_id, "i1");
-        assert!(s.get(&t, exp).is_none());
-        assert!(s.get("nope", 101).is_none());
-    }
-
-    #[test]
-    fn one_identity_cannot_hoard_sessions() {
-        let s = Sessions::default();
-        let tokens: Vec<String> = (0..40)
-            .map(|_| s.create(open("greedy"), 100).unwrap().0)
-            .collect();
-        let live = tokens.iter().filter(|t| s.get(t, 101).is_some()).count();
-        assert_eq!(live, MAX_SESSIONS_PER_IDENTITY);
-        assert!(
-            s.get(tokens.last().unwrap(), 101).is_some(),
-            "the newest is kept"
-        );
-        assert!(s.get(&tokens[0], 101).is_none(), "the oldest went");
-        assert!(s.create(open("other"), 100).is_ok());
-    }
-
-    #[test]
-    fn ending_an_identity_ends_all_its_sessions_and_no_other() {
-        let s = Sessions::default();
-        let (a, _) = s.create(open("i1"), 100).unwrap();
-        let (b, _) = s.create(open("i1"), 100).unwrap();
-        let (c, _) = s.create(open("i2"), 100).unwrap();
-        assert_eq!(s.end_identity("i1"), 2);
-        assert!(s.get(&a, 101).is_none() && s.get(&b, 101).is_none());
-        assert_eq!(s.get(&c, 101).unwrap().identity_id, "i2");
-        assert_eq!(s.end_identity("i1"), 0);
-    }
-
-    #[test]
-    fn a_session_ended_is_gone_and_others_stay() {
-        let s = Sessions::default();
-        let (a, _) = s.create(open("i1"), 100).unwrap();
-        let (b, _) = s.create(open("i1"), 100).unwrap();
-        assert!(s.end(&a));
-        assert!(s.get(&a, 101).is_none());
-        assert!(!s.end(&a), "a second logout finds nothing");
-        assert_eq!(s.get(&b, 101).unwrap().identity_id, "i1");
-        assert!(s.end(&b));
-        assert!(
-            s.by_identity.get("i1").is_none(),
-            "no empty list is left behind"
-        );
     }
 }

@@ -40,16 +40,6 @@ pub(super) async fn route(
             "GET" | "HEAD" => Ok(version()),
             _ => Err(method_not_allowed(req, "GET")),
         },
-        "/.well-known/est/cacerts" => match method {
-            "GET" | "HEAD" => Ok(Response::bytes(
-                200,
-                "application/pkcs7-mime",
-                w.shared.cacerts_b64.clone().into_bytes(),
-            )
-            .with_header("Content-Transfer-Encoding", "base64".into())),
-            _ => Err(method_not_allowed(req, "GET")),
-        },
-        p if p.starts_with(super::est::PREFIX) => super::est::route(w, req, peer, p).await,
         "/enroll" => {
             if method != "POST" {
                 return Err(method_not_allowed(req, "POST"));

@@ -28,9 +28,7 @@ pub(super) async fn authenticate_cert(w: &WorkerCtx, peer: &Peer) -> Result<Resp
     // First use of an EST renewal activates it; an expired certificate within
     // renewal.expired_grace still opens a session, to renew.
     let identity = match auth::authenticate_now(w, peer, now).await? {
-        Err(auth::AuthError::OutsideValidity) => {
-            super::extend::authenticate_renewable(w, peer, now)
-        }
+        Err(auth::AuthError::OutsideValidity) => auth::authenticate_renewable(w, peer, now),
         other => other,
     }
     .map_err(|e| match e {

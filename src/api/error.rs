@@ -287,6 +287,17 @@ impl From<crate::app::Refused> for ApiError {
     }
 }
 
+/// Refuses a method on a known path; `allow` lists the methods it takes ("GET, POST").
+pub(crate) fn method_not_allowed(req: &crate::http::Request, allow: &'static str) -> ApiError {
+    ApiError::MethodNotAllowed {
+        message: format!(
+            "{} is not allowed on {}; use {allow}",
+            req.head.method, req.head.path
+        ),
+        allow,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -30,6 +30,8 @@ use crate::pki::csr;
 
 /// The EST operations live under this path (no CA label: one CA is served).
 pub const PREFIX: &str = "/.well-known/est/";
+/// RFC 7030 §4.1: the CA certificates, to anyone.
+pub const CACERTS: &str = "/.well-known/est/cacerts";
 /// RFC 7030 §4.2.1.
 pub const SIMPLEENROLL: &str = "/.well-known/est/simpleenroll";
 /// RFC 7030 §4.2.2.
@@ -49,6 +51,15 @@ pub(super) async fn route(
 ) -> Result<Response, ApiError> {
     let method = req.head.method.as_str();
     match path {
+        CACERTS => match method {
+            "GET" | "HEAD" => Ok(Response::bytes(
+                200,
+                "application/pkcs7-mime",
+                w.shared.cacerts_b64.clone().into_bytes(),
+            )
+            .with_header("Content-Transfer-Encoding", "base64".into())),
+            _ => Err(method_not_allowed(req, "GET")),
+        },
         SIMPLEENROLL | SIMPLEREENROLL => {
             if method != "POST" {
                 return Err(method_not_allowed(req, "POST"));

@@ -25,7 +25,7 @@ use super::auth::{self, AuthError};
 use super::current::{identity_of, session_of};
 use super::{json_body, method_not_allowed, ApiError, Peer, Request};
 use crate::app::WorkerCtx;
-use crate::clock::{rfc3339, UnixTime};
+use crate::clock::rfc3339;
 use crate::http::Response;
 use crate::model::{Activation, Authenticator, Identity};
 use crate::store::{Command, Outcome};
@@ -55,51 +55,6 @@ pub(super) async fn route(
             "no such resource: {}",
             req.head.path
         ))),
-    }
-}
-
-/// The identity a client certificate authenticates as, for opening a session and for
-/// renewing: as [`auth::authenticate`] decides, except that an enrollgate-issued
-/// certificate that expired less than `renewal.expired_grace` ago still counts (so that a
-/// device that was off past its certificate's expiry can renew; zero by default: it
-/// cannot, and an admin re-enrolls it). Management never accepts such a certificate.
-pub fn authenticate_renewable(
-    w: &WorkerCtx,
-    peer: &Peer,
-    now: UnixTime,
-) -> Result<Identity, AuthError> {
-    match auth::authenticate(w, peer, now) {
-        Err(AuthError::OutsideValidity) => {}
-        other => return other,
-    }
-    let grace = i64::try_from(w.shared.config.renewal_expired_grace.as_secs()).unwrap_or(0);
-    let refused = Err(AuthError::OutsideValidity);
-    let Some(fp) = peer.cert_sha256.as_deref() else {
-        return refused;
-    };
-    let identity = w
-        .shared
-        .store
-        .identity_by_fingerprint(fp)
-        .map_err(|e| AuthError::Store(e.to_string()))?;
-    let Some(identity) = identity else {
-        return refused;
-    };
-    // Only expiry is forgiven: every other refusal of `auth::authenticate` must hold here
-    // too (a suspended identity stays refused).
-    if identity.is_disabled_at(now) {
-        return refused;
-    }
-    let in_grace = identity.authenticator.as_ref().is_some_and(|a| {
-        a.fingerprint_sha256 == fp
-            && a.issued_by_network
-            && now >= a.not_after
-            && now < a.not_after.saturating_add(grace)
-    });
-    if in_grace {
-        Ok(identity)
-    } else {
-        refused
     }
 }
 
@@ -181,7 +136,7 @@ async fn extend(w: &WorkerCtx, req: &Request, peer: &Peer, id: &str) -> Result<R
     let now = w.shared.clock.unix_now();
     // The connection's certificate decides, now (the session may be older than a
     // renewal that retired the certificate it was opened with).
-    let identity = authenticate_renewable(w, peer, now).map_err(|e| match e {
+    let identity = auth::authenticate_renewable(w, peer, now).map_err(|e| match e {
         AuthError::Store(m) => ApiError::Unhandled(m),
         other => ApiError::Unauthorized(format!(
             "extend needs the connection to present the certificate being extended: {other}"

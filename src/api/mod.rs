@@ -13,37 +13,22 @@ pub mod extend;
 pub mod filter;
 pub mod identity_query;
 pub mod management;
+pub mod records;
 pub mod renew;
 pub mod revoke;
+pub mod session;
 pub mod views;
 
 use crate::app::WorkerCtx;
-use crate::http::{Head, Response};
+pub use crate::http::Request;
+use crate::http::Response;
+pub(crate) use error::method_not_allowed;
 pub use error::ApiError;
 
 /// Prefix of the client API (also served at the root).
 pub const CLIENT_PREFIX: &str = "/edge/client/v1";
 /// Prefix of the management API.
 pub const MANAGEMENT_PREFIX: &str = "/edge/management/v1";
-
-/// A complete request.
-pub struct Request {
-    /// Method, path, query, headers.
-    pub head: Head,
-    /// Body (at most `limits.max_body_bytes`).
-    pub body: Vec<u8>,
-}
-
-impl std::fmt::Debug for Request {
-    // The query (`?token=`), headers (`zt-session`) and body (CSRs) stay out of Debug.
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Request")
-            .field("method", &self.head.method)
-            .field("path", &self.head.path)
-            .field("body_len", &self.body.len())
-            .finish_non_exhaustive()
-    }
-}
 
 /// What the TLS layer knows of the client.
 #[derive(Debug, Clone, Default)]
@@ -207,18 +192,10 @@ async fn route(w: &WorkerCtx, req: &Request, peer: &Peer) -> Result<Response, Ap
         return management::route(w, req, peer, rest).await;
     }
     let rest = under(path, CLIENT_PREFIX).unwrap_or(path);
-    client::route(w, req, peer, rest).await
-}
-
-/// Refuses a method on a known path; `allow` lists the methods it takes ("GET, POST").
-pub(crate) fn method_not_allowed(req: &Request, allow: &'static str) -> ApiError {
-    ApiError::MethodNotAllowed {
-        message: format!(
-            "{} is not allowed on {}; use {allow}",
-            req.head.method, req.head.path
-        ),
-        allow,
+    if rest.starts_with(est::PREFIX) {
+        return est::route(w, req, peer, rest).await;
     }
+    client::route(w, req, peer, rest).await
 }
 
 /// Parses a JSON body, or explains why not.

@@ -16,7 +16,7 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::management::{find_identity, new_enrollment, parse_expires_at};
+use super::records::{find_identity, new_enrollment, parse_expires_at};
 use super::{json_body, views, ApiError, Request};
 use crate::app::WorkerCtx;
 use crate::clock::{rfc3339, UnixTime};

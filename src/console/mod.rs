@@ -10,7 +10,8 @@
 //! images, for the QR code fetched with the session header), forbids framing, and with
 //! `nosniff`; no CORS header is ever sent.
 
-use crate::api::{method_not_allowed, ApiError, Request};
+use crate::api::error::{method_not_allowed, ApiError};
+use crate::http::Request;
 use crate::http::Response;
 
 /// Where the console is served.

@@ -8,3 +8,22 @@ pub mod response;
 
 pub use request::{parse_head, BodyKind, Head, HeadError, Parsed};
 pub use response::Response;
+
+/// A complete request.
+pub struct Request {
+    /// Method, path, query, headers.
+    pub head: Head,
+    /// Body (at most `limits.max_body_bytes`).
+    pub body: Vec<u8>,
+}
+
+impl std::fmt::Debug for Request {
+    // The query (`?token=`), headers (`zt-session`) and body (CSRs) stay out of Debug.
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Request")
+            .field("method", &self.head.method)
+            .field("path", &self.head.path)
+            .field("body_len", &self.body.len())
+            .finish_non_exhaustive()
+    }
+}
