@@ -7,6 +7,8 @@
 //! new connection per enrollment (a client arriving during the attack). Memory is the
 //! daemon's `VmRSS`/`VmHWM` from `/proc/<pid>/status`, sampled while the attack runs.
 //! Latencies and rates are printed (`--nocapture`), never asserted: the machine is shared.
+//! Each test's gateway runs alone (`Gateway::start_alone_with`): its normal clients have
+//! deadlines, which other tests' gateways on the same two cores would make them miss.
 
 use std::io::{ErrorKind, Read as _, Write as _};
 use std::net::{SocketAddr, TcpStream};
@@ -439,7 +441,7 @@ fn slow_bodies_are_cut_off_by_the_body_timeout() {
     const BODY_TIMEOUT: Duration = Duration::from_secs(2);
     const CONNS: usize = 200;
     const N: usize = 25;
-    let gw = Gateway::start_with(
+    let gw = Gateway::start_alone_with(
         set_limits(&[
             ("body_timeout", "\"2s\""),
             ("header_timeout", "\"2s\""),
@@ -644,7 +646,7 @@ fn slow_requests_give_their_places_to_new_clients() {
     const MAX_CONNECTIONS: usize = 8;
     const GRACE: Duration = Duration::from_millis(300);
     const N: usize = 10;
-    let gw = Gateway::start_with(
+    let gw = Gateway::start_alone_with(
         set_limits(&[
             ("max_connections", "8"),
             ("max_handshakes", "4"),
@@ -784,7 +786,7 @@ fn slow_readers_give_their_places_to_new_clients() {
     const WORKERS: usize = 2;
     const MAX_CONNECTIONS: usize = 4;
     const N: usize = 10;
-    let gw = Gateway::start_with(
+    let gw = Gateway::start_alone_with(
         set_limits(&[
             ("max_connections", "4"),
             ("max_handshakes", "2"),
@@ -900,7 +902,7 @@ fn handshake_flood(label: &str, sources: &[[u8; 4]], held_per_worker: usize) {
     const MAX_HANDSHAKES: usize = 64;
     const ATTACK: Duration = Duration::from_secs(6);
     let timeout = Duration::from_secs(2);
-    let gw = Gateway::start_with(
+    let gw = Gateway::start_alone_with(
         set_limits(&[
             ("max_handshakes", "64"),
             ("max_handshakes_per_source", "32"),
@@ -1167,7 +1169,7 @@ fn ten_thousand_idle_connections_are_bounded() {
     if n < want {
         eprintln!("RLIMIT_NOFILE hard limit {hard}: {n} connections instead of {want}");
     }
-    let gw = Gateway::start_with(
+    let gw = Gateway::start_alone_with(
         set_limits(&[
             ("max_connections", "4000"),
             ("handshake_timeout", "\"3s\""),
@@ -1426,7 +1428,7 @@ fn the_memory_cap_holds_against_thousands_of_idle_connections() {
     };
     let share_kib = (CAP_MIB << 10) - enrollgate::store::MEMORY_BUDGET / 1024;
     raise_nofile_limit();
-    let gw = Gateway::start_with(set_limits(&[("max_memory", "\"200MiB\"")]), &[]);
+    let gw = Gateway::start_alone_with(set_limits(&[("max_memory", "\"200MiB\"")]), &[]);
     let pid = gw.pid();
     let before = memory_kib(pid).0;
     let prepared = prepare(&gw, "mem", N);
@@ -1619,7 +1621,7 @@ fn try_with_certificate(
 fn client_certificates_of_several_megabytes_are_refused() {
     const N: usize = 25;
     const ATTACKERS: usize = 8;
-    let gw = Gateway::start_with(set_limits(&[("handshake_timeout", "\"5s\"")]), &[]);
+    let gw = Gateway::start_alone_with(set_limits(&[("handshake_timeout", "\"5s\"")]), &[]);
     let label = "multi-MB client certificates";
     baseline(&gw, label, 10);
     let pid = gw.pid();
@@ -1802,7 +1804,7 @@ fn openssl_renegotiate(gw: &Gateway, tls: &str, commands: &str) -> String {
 #[test]
 fn renegotiation_and_key_update_floods_are_refused() {
     const N: usize = 25;
-    let gw = Gateway::start();
+    let gw = Gateway::start_alone();
     let label = "renegotiation";
     baseline(&gw, label, 10);
     let pid = gw.pid();
@@ -1893,7 +1895,7 @@ fn statuses(rs: &[HttpResponse]) -> Vec<(u16, String)> {
 fn pipelined_junk_after_valid_requests() {
     const N: usize = 25;
     const JUNKERS: usize = 40;
-    let gw = Gateway::start_with(
+    let gw = Gateway::start_alone_with(
         set_limits(&[
             ("header_timeout", "\"2s\""),
             ("idle_timeout", "\"5s\""),

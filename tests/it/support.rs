@@ -105,6 +105,14 @@ impl Gateway {
         Self::start_guarded(&[], |_| {}, &[], guard)
     }
 
+    /// [`Gateway::start_with`], alone on the machine: for tests whose clients must meet
+    /// deadlines while an attack saturates the gateway (tests/it/attack.rs). Beside other
+    /// tests' gateways on two cores, those clients miss them for reasons of the machine.
+    pub fn start_alone_with(edit: impl FnOnce(&mut String), env: &[(&str, &str)]) -> Self {
+        let guard = MachineGuard::take(true);
+        Self::start_guarded(&[], edit, env, guard)
+    }
+
     fn start_guarded(
         init_args: &[&str],
         edit: impl FnOnce(&mut String),
