@@ -29,9 +29,16 @@ fn random_b64(n: usize) -> Result<String, RandomError> {
     Ok(B64.encode(&buf))
 }
 
-/// A new opaque, URL-safe id (16 characters).
+/// A new opaque, URL-safe id (16 characters) that starts with a letter or a digit: an id
+/// that started with `-` would read as an option on a command line (`identity show -Jx...`),
+/// so such draws (2 in 64) are drawn again.
 pub fn new_id() -> Result<String, RandomError> {
-    random_b64(ID_BYTES)
+    loop {
+        let id = random_b64(ID_BYTES)?;
+        if id.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+            return Ok(id);
+        }
+    }
 }
 
 /// A new enrollment token (43 characters, 256 bits).
@@ -65,6 +72,15 @@ mod tests {
         assert_eq!(a.len(), 43);
         assert!(is_well_formed(&a));
         assert_eq!(new_id().unwrap().len(), 16);
+    }
+
+    #[test]
+    fn ids_never_start_like_an_option() {
+        for _ in 0..2000 {
+            let id = new_id().unwrap();
+            assert!(id.starts_with(|c: char| c.is_ascii_alphanumeric()), "{id}");
+            assert!(is_id_shaped(&id));
+        }
     }
 
     #[test]
