@@ -327,14 +327,13 @@ fn bench_commit(c: &mut Criterion) {
                         cmds
                     },
                     |cmds| {
-                        let db = store.db();
-                        let mut batch = Batch::new(db);
+                        let backend = store.backend();
+                        let mut batch = Batch::new(&**backend);
                         for cmd in cmds {
                             batch.apply(cmd).expect("apply");
                         }
-                        let mut wo = rocksdb::WriteOptions::default();
-                        wo.set_sync(sync);
-                        db.write_opt(batch.into_write_batch(), &wo).expect("write");
+                        let set = batch.into_write_set().expect("write set");
+                        backend.commit(&set, sync).expect("write");
                     },
                     BatchSize::SmallInput,
                 )

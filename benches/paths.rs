@@ -47,6 +47,7 @@ impl Gateway {
             admin_name: "admin".into(),
             ca_key: None,
             config_out: None,
+            store_url: None,
         })
         .expect("init");
         let mut config = Config::load(&made.config).expect("config");

@@ -57,23 +57,33 @@ pub enum AuthError {
     /// Its CA no longer allows authentication, or the chain no longer verifies.
     #[error("this certificate does not authenticate through a third-party CA: {0}")]
     CaRefused(String),
-    /// The store failed.
-    #[error("{0}")]
-    Store(String),
+    /// The store failed (or cannot be reached: a 503).
+    #[error(transparent)]
+    Store(crate::store::StoreError),
+}
+
+/// The identity bound to the certificate with SHA-256 fingerprint `fp`, read off the
+/// worker.
+async fn bound_to(w: &WorkerCtx, fp: &str) -> Result<Option<Identity>, AuthError> {
+    let fp = fp.to_string();
+    w.shared
+        .store
+        .read(move |s| s.identity_by_fingerprint(&fp))
+        .await
+        .map_err(AuthError::Store)
 }
 
 /// The identity `peer`'s certificate authenticates as at `now`.
-pub fn authenticate(w: &WorkerCtx, peer: &Peer, now: UnixTime) -> Result<Identity, AuthError> {
+pub async fn authenticate(
+    w: &WorkerCtx,
+    peer: &Peer,
+    now: UnixTime,
+) -> Result<Identity, AuthError> {
     let fp = peer
         .cert_sha256
         .as_deref()
         .ok_or(AuthError::NoCertificate)?;
-    let identity = w
-        .shared
-        .store
-        .identity_by_fingerprint(fp)
-        .map_err(|e| AuthError::Store(e.to_string()))?
-        .ok_or(AuthError::Unbound)?;
+    let identity = bound_to(w, fp).await?.ok_or(AuthError::Unbound)?;
     // Before anything else: a disabled identity's first-use renewal is not activated.
     if identity.is_disabled_at(now) {
         return Err(AuthError::Disabled(identity.name));
@@ -145,7 +155,7 @@ pub async fn authenticate_now(
     peer: &Peer,
     now: UnixTime,
 ) -> Result<Result<Identity, AuthError>, ApiError> {
-    let identity_id = match authenticate(w, peer, now) {
+    let identity_id = match authenticate(w, peer, now).await {
         Err(AuthError::FirstUse(identity_id)) => identity_id,
         other => return Ok(other),
     };
@@ -153,7 +163,7 @@ pub async fn authenticate_now(
     match super::renew::activate(w, &identity_id, fp, now).await {
         // A first use racing this one activated it, or a newer renewal replaced it: the
         // certificate is judged as the store holds it now.
-        Ok(_) | Err(ApiError::InvalidState(_)) => Ok(authenticate(w, peer, now)),
+        Ok(_) | Err(ApiError::InvalidState(_)) => Ok(authenticate(w, peer, now).await),
         Err(e) => Err(e),
     }
 }
@@ -163,12 +173,12 @@ pub async fn authenticate_now(
 /// certificate that expired less than `renewal.expired_grace` ago still counts (so that a
 /// device that was off past its certificate's expiry can renew; zero by default: it
 /// cannot, and an admin re-enrolls it). Management never accepts such a certificate.
-pub fn authenticate_renewable(
+pub async fn authenticate_renewable(
     w: &WorkerCtx,
     peer: &Peer,
     now: UnixTime,
 ) -> Result<Identity, AuthError> {
-    match authenticate(w, peer, now) {
+    match authenticate(w, peer, now).await {
         Err(AuthError::OutsideValidity) => {}
         other => return other,
     }
@@ -177,12 +187,7 @@ pub fn authenticate_renewable(
     let Some(fp) = peer.cert_sha256.as_deref() else {
         return refused;
     };
-    let identity = w
-        .shared
-        .store
-        .identity_by_fingerprint(fp)
-        .map_err(|e| AuthError::Store(e.to_string()))?;
-    let Some(identity) = identity else {
+    let Some(identity) = bound_to(w, fp).await? else {
         return refused;
     };
     // Only expiry is forgiven: every other refusal of `authenticate` must hold here
@@ -214,7 +219,7 @@ pub async fn require_admin(w: &WorkerCtx, peer: &Peer) -> Result<Identity, ApiEr
     match authenticate_now(w, peer, now).await? {
         Ok(identity) if identity.is_admin => Ok(identity),
         Ok(_) => Err(why("this identity is not an admin".into())),
-        Err(AuthError::Store(e)) => Err(ApiError::Unhandled(e)),
+        Err(AuthError::Store(e)) => Err(e.into()),
         Err(e @ AuthError::Disabled(_)) => Err(ApiError::IdentityDisabled(e.to_string())),
         Err(e) => Err(why(e.to_string())),
     }

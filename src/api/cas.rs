@@ -69,7 +69,7 @@ fn check_format(f: &str) -> Result<(), ApiError> {
 }
 
 /// A CA by id, or 404.
-pub fn find(w: &WorkerCtx, id: &str) -> Result<Ca, ApiError> {
+pub async fn find(w: &WorkerCtx, id: &str) -> Result<Ca, ApiError> {
     let not_found = || {
         ApiError::NotFound(format!(
             "no CA with id '{}'",
@@ -79,14 +79,20 @@ pub fn find(w: &WorkerCtx, id: &str) -> Result<Ca, ApiError> {
     if !crate::ids::is_well_formed(id) {
         return Err(not_found());
     }
-    w.shared.store.ca(id)?.ok_or_else(not_found)
+    let id = id.to_string();
+    w.shared
+        .store
+        .read(move |s| s.ca(&id))
+        .await?
+        .ok_or_else(not_found)
 }
 
 async fn commit_ca(w: &WorkerCtx, cmd: Command) -> Result<Option<Ca>, ApiError> {
     let outcome = w.shared.commit.submit(cmd).await?;
     // The change is committed whatever happens next; a failed reload leaves the old set in
     // force until the next change, and is logged, not answered as a failure of the change.
-    if let Err(e) = w.shared.cas.reload(&w.shared.store) {
+    let cas = w.shared.cas.clone();
+    if let Err(e) = w.shared.store.read(move |s| cas.reload(s)).await {
         tracing::error!(error = %e, "CA cache reload failed; the previous CA set stays in force");
     }
     Ok(match outcome {
@@ -164,8 +170,8 @@ pub async fn create(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> 
 }
 
 /// `GET /cas`
-pub fn list(w: &WorkerCtx) -> Result<Response, ApiError> {
-    let cas = w.shared.store.all_cas()?;
+pub async fn list(w: &WorkerCtx) -> Result<Response, ApiError> {
+    let cas = w.shared.store.read(|s| s.all_cas()).await?;
     let data: Vec<Value> = cas.iter().map(view).collect();
     let n = data.len();
     Ok(Response::json(
@@ -187,7 +193,7 @@ pub(crate) struct UpdateBody {
 
 /// `PATCH /cas/{id}` (and `PUT`: fields not sent are left as they are).
 pub async fn update(w: &WorkerCtx, req: &Request, id: &str) -> Result<Response, ApiError> {
-    find(w, id)?;
+    find(w, id).await?;
     let body: UpdateBody = json_body(req)?;
     if let Some(n) = &body.name {
         validate_name(n)?;
@@ -223,7 +229,7 @@ pub async fn update(w: &WorkerCtx, req: &Request, id: &str) -> Result<Response, 
 
 /// `DELETE /cas/{id}`
 pub async fn delete(w: &WorkerCtx, id: &str) -> Result<Response, ApiError> {
-    find(w, id)?;
+    find(w, id).await?;
     commit_ca(w, Command::DeleteCa { id: id.to_string() }).await?;
     tracing::info!(ca_id = %id, "CA deleted");
     Ok(Response::data(json!({})))
@@ -237,31 +243,18 @@ const BOUND_SAMPLE: usize = 20;
 /// authentication through it); `pendingOttca`: identities whose pending `ottca` token names the CA (no
 /// certificate can redeem it once the CA is gone). Each with its whole count and the first
 /// few `{id, name}`. It scans every identity: an administrative question, not a hot path.
-pub fn bound_identities(w: &WorkerCtx, id: &str) -> Result<Response, ApiError> {
-    let ca = find(w, id)?;
+pub async fn bound_identities(w: &WorkerCtx, id: &str) -> Result<Response, ApiError> {
+    let ca = find(w, id).await?;
     let ca_der = ::pem::parse(&ca.cert_pem)
         .map(|p| p.into_contents())
         .map_err(|_| ApiError::Unhandled("a stored CA certificate is not PEM".into()))?;
-    let store = &w.shared.store;
-    // The CA recorded at binding. A record from before it was recorded, or bound through a
-    // CA since deleted (a CA registered again under a renewed certificate, say), counts when
-    // this CA signed its certificate itself (one issued through an intermediate cannot be
-    // told: only the leaf is stored).
-    let registered: std::collections::HashSet<String> =
-        store.all_cas()?.into_iter().map(|c| c.id).collect();
-    let enrolled = store.identities_where(&mut |i| {
-        i.authenticator.as_ref().is_some_and(|a| match &a.ca_id {
-            Some(bound_by) if bound_by == id => true,
-            Some(bound_by) if registered.contains(bound_by) => false,
-            _ => !a.issued_by_network && ca::issued_directly(&ca_der, &a.cert_pem),
-        })
-    })?;
-    let mut pending = Vec::new();
-    for e in store.enrollments_where(&|e| e.ca_id.as_deref() == Some(id))? {
-        if let Some(i) = store.identity(&e.identity_id)? {
-            pending.push(i);
-        }
-    }
+    let (enrolled, pending) = {
+        let id = id.to_string();
+        w.shared
+            .store
+            .read(move |store| bound_to_ca(store, &id, &ca_der))
+            .await?
+    };
     let sample = |list: &[crate::model::Identity]| -> Vec<Value> {
         list.iter()
             .take(BOUND_SAMPLE)
@@ -279,7 +272,7 @@ pub fn bound_identities(w: &WorkerCtx, id: &str) -> Result<Response, ApiError> {
 /// `POST /cas/{id}/verify` with a PEM certificate whose CN is the verification token,
 /// signed by the CA.
 pub async fn verify(w: &WorkerCtx, req: &Request, id: &str) -> Result<Response, ApiError> {
-    let ca = find(w, id)?;
+    let ca = find(w, id).await?;
     match req.head.content_type().as_deref() {
         None
         | Some("text/plain")
@@ -321,11 +314,42 @@ pub async fn verify(w: &WorkerCtx, req: &Request, id: &str) -> Result<Response, 
 }
 
 /// `GET /cas/{id}/jwt`: the reusable CA JWT (`em=ca`, `sub`=`jti`= CA id, no expiry).
-pub fn jwt(w: &WorkerCtx, id: &str) -> Result<Response, ApiError> {
-    let ca = find(w, id)?;
+pub async fn jwt(w: &WorkerCtx, id: &str) -> Result<Response, ApiError> {
+    let ca = find(w, id).await?;
     let jwt = w
         .jwt
         .sign(&ca.id, &ca.id, Method::Ca, None)
         .map_err(|e| ApiError::Unhandled(e.to_string()))?;
     Ok(Response::bytes(200, "application/jwt", jwt.into_bytes()))
+}
+
+/// The identities bound through CA `id` (whose certificate is `ca_der`), and those whose
+/// pending enrollment names it: a scan of every identity, run on the store's side.
+type Bound = (Vec<crate::model::Identity>, Vec<crate::model::Identity>);
+
+fn bound_to_ca(
+    store: &crate::store::Store,
+    id: &str,
+    ca_der: &[u8],
+) -> Result<Bound, crate::store::StoreError> {
+    // The CA recorded at binding. A record from before it was recorded, or bound through a
+    // CA since deleted (a CA registered again under a renewed certificate, say), counts when
+    // this CA signed its certificate itself (one issued through an intermediate cannot be
+    // told: only the leaf is stored).
+    let registered: std::collections::HashSet<String> =
+        store.all_cas()?.into_iter().map(|c| c.id).collect();
+    let enrolled = store.identities_where(&mut |i| {
+        i.authenticator.as_ref().is_some_and(|a| match &a.ca_id {
+            Some(bound_by) if bound_by == id => true,
+            Some(bound_by) if registered.contains(bound_by) => false,
+            _ => !a.issued_by_network && ca::issued_directly(ca_der, &a.cert_pem),
+        })
+    })?;
+    let mut pending = Vec::new();
+    for e in store.enrollments_where(&|e| e.ca_id.as_deref() == Some(id))? {
+        if let Some(i) = store.identity(&e.identity_id)? {
+            pending.push(i);
+        }
+    }
+    Ok((enrolled, pending))
 }

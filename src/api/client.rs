@@ -119,15 +119,15 @@ pub(super) async fn route(
             }
         }
         "/crl" => match method {
-            "GET" | "HEAD" => super::crl::get(w),
+            "GET" | "HEAD" => super::crl::get(w).await,
             _ => Err(method_not_allowed(req, "GET")),
         },
         "/current-identity" => match method {
-            "GET" | "HEAD" => super::current::current_identity(w, req),
+            "GET" | "HEAD" => super::current::current_identity(w, req).await,
             _ => Err(method_not_allowed(req, "GET")),
         },
         "/current-api-session" => match method {
-            "GET" | "HEAD" => super::current::current_api_session(w, req),
+            "GET" | "HEAD" => super::current::current_api_session(w, req).await,
             "DELETE" => super::current::logout(w, req),
             _ => Err(method_not_allowed(req, "GET, DELETE")),
         },
@@ -198,18 +198,35 @@ fn presented_authenticator(
 /// Refuses a certificate already bound, as it is or in another encoding of its signature,
 /// or revoked, before the CA's rate budget is charged: a device retrying cannot spend it.
 /// The committer decides again, atomically; this only answers the common case early.
-fn refuse_bound(shared: &crate::app::Shared, auth: &Authenticator) -> Result<(), ApiError> {
-    if shared.store.is_bound(auth)? {
+async fn refuse_bound(shared: &crate::app::Shared, auth: &Authenticator) -> Result<(), ApiError> {
+    let auth = auth.clone();
+    let (bound, blocked) = shared
+        .store
+        .read(move |s| Ok((s.is_bound(&auth)?, s.is_blocked(&auth)?)))
+        .await?;
+    if bound {
         return Err(ApiError::CertInUse(
             "this certificate is already bound to an identity".into(),
         ));
     }
-    if shared.store.is_blocked(auth)? {
+    if blocked {
         return Err(ApiError::CertRevoked(
             crate::store::revocation::REVOKED_MESSAGE.into(),
         ));
     }
     Ok(())
+}
+
+/// The pending enrollment `token` redeems, read off the worker.
+async fn pending(
+    shared: &crate::app::Shared,
+    token: &str,
+) -> Result<Option<crate::model::Enrollment>, ApiError> {
+    let token = token.to_string();
+    Ok(shared
+        .store
+        .read(move |s| s.enrollment_by_token(&token))
+        .await?)
 }
 
 /// Redeems an `ottca` token with the client certificate chain of the token's CA.
@@ -226,7 +243,7 @@ async fn enroll_ottca(
     }
     let shared = &w.shared;
     let now = shared.clock.unix_now();
-    let enrollment = shared.store.enrollment_by_token(&token)?;
+    let enrollment = pending(shared, &token).await?;
     let enrollment = check_token(enrollment.as_ref(), Method::Ottca, now)?;
     let leaf = peer.chain.first().ok_or_else(|| {
         ApiError::CertificateFailedValidation(
@@ -254,7 +271,7 @@ async fn enroll_ottca(
     })
     .map_err(|e| ApiError::CertificateFailedValidation(e.to_string()))?;
     let authenticator = presented_authenticator(leaf, Method::Ottca, now)?;
-    refuse_bound(shared, &authenticator)?;
+    refuse_bound(shared, &authenticator).await?;
     // Charged once the request could succeed: whoever holds the token cannot spend the
     // CA's budget with certificates that fail, or that are bound already.
     shared.rates.ca(&ca_id)?;
@@ -325,7 +342,7 @@ pub(crate) async fn auto_enroll(
         ApiError::CertFailedValidation("CA auto-enrollment needs a client certificate".into())
     })?;
     let authenticator = presented_authenticator(leaf, Method::Ca, now)?;
-    refuse_bound(shared, &authenticator)?;
+    refuse_bound(shared, &authenticator).await?;
     let identity_id = crate::ids::new_id().map_err(|e| ApiError::Unhandled(e.to_string()))?;
     let cn = crate::ca::chain::common_name(leaf);
     let base = crate::ca::name::render(
@@ -448,7 +465,7 @@ pub(crate) async fn redeem_ott(
     }
     let shared = &w.shared;
     let now = shared.clock.unix_now();
-    let enrollment = shared.store.enrollment_by_token(&token)?;
+    let enrollment = pending(shared, &token).await?;
     let enrollment = check_token(enrollment.as_ref(), Method::Ott, now)?;
 
     // Decoding the body is cheap and stays here; the CSR's signature check and the

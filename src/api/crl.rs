@@ -8,13 +8,17 @@ use crate::http::Response;
 use crate::pki::crl::Entry;
 
 /// `GET /crl`.
-pub(super) fn get(w: &WorkerCtx) -> Result<Response, ApiError> {
+pub(super) async fn get(w: &WorkerCtx) -> Result<Response, ApiError> {
     let shared = &w.shared;
     let now = shared.clock.unix_now();
-    let generation = shared.store.revocation_generation()?;
+    let generation = shared.store.read(|s| s.revocation_generation()).await?;
+    if let Some(der) = shared.crl.cached(generation, now) {
+        return Ok(Response::bytes(200, "application/pkix-crl", der.to_vec()));
+    }
+    let revoked = shared.store.read(|s| s.revoked()).await?;
     let der = shared.crl.get(generation, now, |number| {
         let mut entries = Vec::new();
-        for r in shared.store.revoked()? {
+        for r in revoked {
             if r.not_after <= now {
                 continue;
             }

@@ -28,11 +28,11 @@ pub(super) async fn authenticate_cert(w: &WorkerCtx, peer: &Peer) -> Result<Resp
     // First use of an EST renewal activates it; an expired certificate within
     // renewal.expired_grace still opens a session, to renew.
     let identity = match auth::authenticate_now(w, peer, now).await? {
-        Err(auth::AuthError::OutsideValidity) => auth::authenticate_renewable(w, peer, now),
+        Err(auth::AuthError::OutsideValidity) => auth::authenticate_renewable(w, peer, now).await,
         other => other,
     }
     .map_err(|e| match e {
-        auth::AuthError::Store(m) => ApiError::Unhandled(m),
+        auth::AuthError::Store(e) => e.into(),
         e @ auth::AuthError::Disabled(_) => ApiError::IdentityDisabled(e.to_string()),
         other => ApiError::InvalidAuth(other.to_string()),
     })?;
@@ -56,9 +56,12 @@ pub(super) async fn authenticate_cert(w: &WorkerCtx, peer: &Peer) -> Result<Resp
 }
 
 /// `GET /current-api-session`.
-pub(super) fn current_api_session(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
+pub(super) async fn current_api_session(
+    w: &WorkerCtx,
+    req: &Request,
+) -> Result<Response, ApiError> {
     let (token, session) = session_of(w, req)?;
-    let identity = identity_of(w, &session)?;
+    let identity = identity_of(w, &session).await?;
     Ok(Response::data(session_detail(&session, token, &identity)))
 }
 
@@ -73,9 +76,9 @@ pub(super) fn logout(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError>
 }
 
 /// `GET /current-identity`.
-pub(super) fn current_identity(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
+pub(super) async fn current_identity(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
     let (_, session) = session_of(w, req)?;
-    let identity = identity_of(w, &session)?;
+    let identity = identity_of(w, &session).await?;
     Ok(Response::data(identity_detail(&identity)))
 }
 
@@ -94,11 +97,13 @@ pub(super) fn session_of<'r>(
     Ok((token, session))
 }
 
-pub(super) fn identity_of(w: &WorkerCtx, session: &Session) -> Result<Identity, ApiError> {
+pub(super) async fn identity_of(w: &WorkerCtx, session: &Session) -> Result<Identity, ApiError> {
+    let id = session.identity_id.clone();
     let identity = w
         .shared
         .store
-        .identity(&session.identity_id)?
+        .read(move |s| s.identity(&id))
+        .await?
         .ok_or_else(|| ApiError::Unauthorized("the session's identity no longer exists".into()))?;
     // Disabling ends the identity's sessions; this closes the window of a session opened
     // while the suspension was being committed.

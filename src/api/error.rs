@@ -130,7 +130,8 @@ pub enum ApiError {
         /// Seconds the client should wait.
         retry_after: u32,
     },
-    /// `SERVICE_UNAVAILABLE` 503: the daemon is shutting down.
+    /// `SERVICE_UNAVAILABLE` 503, with `Retry-After`: the daemon is shutting down, or its
+    /// database cannot be reached now (nothing was written).
     #[error("{0}")]
     ServiceUnavailable(String),
     /// `UNHANDLED` 500: a bug or a failure of the machine (disk, store). Never the answer
@@ -246,7 +247,7 @@ impl From<StoreError> for ApiError {
                     retry_after: 1,
                 }
             }
-            StoreError::ShuttingDown => Self::ServiceUnavailable(msg),
+            StoreError::ShuttingDown | StoreError::Unavailable(_) => Self::ServiceUnavailable(msg),
             StoreError::Db(_)
             | StoreError::Corrupt(_)
             | StoreError::Absent

@@ -135,7 +135,14 @@ async fn bootstrap_enroll(w: &WorkerCtx, req: &Request, peer: &Peer) -> Result<R
     // the signature it makes; this path runs once per device.
     let csr_der = csr::decode_body(&req.body)?;
     csr::accept(&csr_der)?;
-    let identity = match w.shared.store.identity_by_fingerprint(&fp)? {
+    let bound = {
+        let fp = fp.clone();
+        w.shared
+            .store
+            .read(move |s| s.identity_by_fingerprint(&fp))
+            .await?
+    };
+    let identity = match bound {
         Some(identity) => {
             // Charged as auto_enroll charges a new one: an enrollment through this CA.
             w.shared.rates.ca(&ca.id)?;
@@ -179,7 +186,7 @@ async fn simplereenroll(w: &WorkerCtx, req: &Request, peer: &Peer) -> Result<Res
     let identity = auth::authenticate_now(w, peer, now)
         .await?
         .map_err(|e| match e {
-            AuthError::Store(m) => ApiError::Unhandled(m),
+            AuthError::Store(e) => e.into(),
             other => ApiError::EstUnauthorized(format!(
                 "simplereenroll needs the client certificate of an enrolled identity: {other}"
             )),

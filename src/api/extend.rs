@@ -44,9 +44,9 @@ pub(super) async fn route(
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
     let method = req.head.method.as_str();
     match (segments.as_slice(), method) {
-        ([], "GET" | "HEAD") => list(w, req),
+        ([], "GET" | "HEAD") => list(w, req).await,
         ([], _) => Err(method_not_allowed(req, "GET")),
-        ([id], "GET" | "HEAD") => detail(w, req, id),
+        ([id], "GET" | "HEAD") => detail(w, req, id).await,
         ([_], _) => Err(method_not_allowed(req, "GET")),
         ([id, "extend"], "POST") => extend(w, req, peer, id).await,
         ([id, "extend-verify"], "POST") => extend_verify(w, req, id).await,
@@ -89,9 +89,9 @@ pub fn authenticator_detail(identity: &Identity, a: &Authenticator) -> Value {
 }
 
 /// The session's identity and its active certificate.
-fn session_identity(w: &WorkerCtx, req: &Request) -> Result<Identity, ApiError> {
+async fn session_identity(w: &WorkerCtx, req: &Request) -> Result<Identity, ApiError> {
     let (_, session) = session_of(w, req)?;
-    identity_of(w, &session)
+    identity_of(w, &session).await
 }
 
 fn no_authenticator(id: &str) -> ApiError {
@@ -102,8 +102,8 @@ fn no_authenticator(id: &str) -> ApiError {
 }
 
 /// `GET /current-identity/authenticators`.
-fn list(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
-    let identity = session_identity(w, req)?;
+async fn list(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
+    let identity = session_identity(w, req).await?;
     let data: Vec<Value> = identity
         .authenticator
         .iter()
@@ -120,8 +120,8 @@ fn list(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
 }
 
 /// `GET /current-identity/authenticators/{id}`.
-fn detail(w: &WorkerCtx, req: &Request, id: &str) -> Result<Response, ApiError> {
-    let identity = session_identity(w, req)?;
+async fn detail(w: &WorkerCtx, req: &Request, id: &str) -> Result<Response, ApiError> {
+    let identity = session_identity(w, req).await?;
     let a = identity
         .authenticator
         .as_ref()
@@ -136,12 +136,14 @@ async fn extend(w: &WorkerCtx, req: &Request, peer: &Peer, id: &str) -> Result<R
     let now = w.shared.clock.unix_now();
     // The connection's certificate decides, now (the session may be older than a
     // renewal that retired the certificate it was opened with).
-    let identity = auth::authenticate_renewable(w, peer, now).map_err(|e| match e {
-        AuthError::Store(m) => ApiError::Unhandled(m),
-        other => ApiError::Unauthorized(format!(
-            "extend needs the connection to present the certificate being extended: {other}"
-        )),
-    })?;
+    let identity = auth::authenticate_renewable(w, peer, now)
+        .await
+        .map_err(|e| match e {
+            AuthError::Store(e) => e.into(),
+            other => ApiError::Unauthorized(format!(
+                "extend needs the connection to present the certificate being extended: {other}"
+            )),
+        })?;
     if identity.id != session.identity_id {
         return Err(ApiError::Unauthorized(
             "the certificate presented belongs to another identity than the session".into(),
@@ -185,7 +187,7 @@ async fn extend(w: &WorkerCtx, req: &Request, peer: &Peer, id: &str) -> Result<R
 /// certificate the body carries. A replay, a stale renewal (replaced by a newer extend)
 /// or another identity's certificate: `INVALID_STATE`, nothing changed.
 async fn extend_verify(w: &WorkerCtx, req: &Request, id: &str) -> Result<Response, ApiError> {
-    let identity = session_identity(w, req)?;
+    let identity = session_identity(w, req).await?;
     #[derive(Deserialize)]
     #[serde(rename_all = "camelCase")]
     struct Body {
@@ -262,7 +264,10 @@ pub(super) async fn request_extend(
 }
 
 /// The identity whose active certificate is authenticator `id` (management).
-pub(super) fn identity_of_authenticator(w: &WorkerCtx, id: &str) -> Result<Identity, ApiError> {
+pub(super) async fn identity_of_authenticator(
+    w: &WorkerCtx,
+    id: &str,
+) -> Result<Identity, ApiError> {
     let not_found = || {
         ApiError::NotFound(format!(
             "no authenticator with id '{}'",
@@ -272,10 +277,12 @@ pub(super) fn identity_of_authenticator(w: &WorkerCtx, id: &str) -> Result<Ident
     if id.len() != 64 || !id.bytes().all(|b| b.is_ascii_hexdigit()) {
         return Err(not_found());
     }
+    let fp = id.to_ascii_lowercase();
     let identity = w
         .shared
         .store
-        .identity_by_fingerprint(&id.to_ascii_lowercase())?
+        .read(move |s| s.identity_by_fingerprint(&fp))
+        .await?
         .ok_or_else(not_found)?;
     if identity
         .authenticator

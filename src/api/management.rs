@@ -42,7 +42,7 @@ pub(super) async fn route(
         (["identities"], "GET") => list_identities(w, req).await,
         (["identities"], "POST") => create_identity(w, req).await,
         (["identities"], _) => Err(method_not_allowed(req, "GET, POST")),
-        (["identities", id], "GET") => show_identity(w, id),
+        (["identities", id], "GET") => show_identity(w, id).await,
         (["identities", id], "DELETE") => delete_identity(w, id).await,
         (["identities", _], _) => Err(method_not_allowed(req, "GET, DELETE")),
         (["identities", id, "disable"], "POST") => super::revoke::disable(w, req, id).await,
@@ -51,40 +51,42 @@ pub(super) async fn route(
         (["authenticators", id, "re-enroll"], "POST") => {
             super::revoke::re_enroll_authenticator(w, req, id).await
         }
-        (["revocations"], "GET") => super::revoke::list(w),
+        (["revocations"], "GET") => super::revoke::list(w).await,
         (["revocations", id], "DELETE") => super::revoke::lift(w, id).await,
         (["identities", id, "request-extend"], "POST") => {
-            super::extend::request_extend(w, req, &find_identity(w, id)?).await
+            super::extend::request_extend(w, req, &find_identity(w, id).await?).await
         }
         (["authenticators", id, "request-extend"], "POST") => {
-            let identity = super::extend::identity_of_authenticator(w, id)?;
+            let identity = super::extend::identity_of_authenticator(w, id).await?;
             super::extend::request_extend(w, req, &identity).await
         }
-        (["enrollments"], "GET") => list_enrollments(w, req),
+        (["enrollments"], "GET") => list_enrollments(w, req).await,
         (["enrollments"], "POST") => create_enrollment(w, req).await,
         (["enrollments"], _) => Err(method_not_allowed(req, "GET, POST")),
         (["enrollments", id], "GET") => Ok(Response::data(views::enrollment(&revealed(
             w,
-            find_enrollment(w, id)?,
+            find_enrollment(w, id).await?,
         )?))),
         (["enrollments", id, "jwt"], "GET") => {
-            let e = revealed(w, find_enrollment(w, id)?)?;
+            let e = revealed(w, find_enrollment(w, id).await?)?;
             Ok(Response::bytes(200, "application/jwt", e.jwt.into_bytes()))
         }
         (["enrollments", id, "qr.svg"], "GET") => {
-            super::console::qr_response(&revealed(w, find_enrollment(w, id)?)?.jwt)
+            super::console::qr_response(&revealed(w, find_enrollment(w, id).await?)?.jwt)
         }
         (["enrollments", id, "refresh"], "POST") => refresh_enrollment(w, req, id).await,
-        (["cas"], "GET") => super::cas::list(w),
+        (["cas"], "GET") => super::cas::list(w).await,
         (["cas"], "POST") => super::cas::create(w, req).await,
         (["cas"], _) => Err(method_not_allowed(req, "GET, POST")),
-        (["cas", id], "GET") => Ok(Response::data(super::cas::view(&super::cas::find(w, id)?))),
+        (["cas", id], "GET") => Ok(Response::data(super::cas::view(
+            &super::cas::find(w, id).await?,
+        ))),
         (["cas", id], "PATCH" | "PUT") => super::cas::update(w, req, id).await,
         (["cas", id], "DELETE") => super::cas::delete(w, id).await,
         (["cas", _], _) => Err(method_not_allowed(req, "GET, PATCH, PUT, DELETE")),
         (["cas", id, "verify"], "POST") => super::cas::verify(w, req, id).await,
-        (["cas", id, "jwt"], "GET") => super::cas::jwt(w, id),
-        (["cas", id, "bound-identities"], "GET") => super::cas::bound_identities(w, id),
+        (["cas", id, "jwt"], "GET") => super::cas::jwt(w, id).await,
+        (["cas", id, "bound-identities"], "GET") => super::cas::bound_identities(w, id).await,
         _ => Err(ApiError::NotFound(format!(
             "no such resource: {}",
             req.head.path
@@ -114,14 +116,17 @@ fn pagination(offset: usize, limit: usize, total: usize) -> serde_json::Value {
     json!({ "pagination": { "limit": limit, "offset": offset, "totalCount": total } })
 }
 
-fn pending_of(w: &WorkerCtx, i: &Identity) -> Result<Option<Enrollment>, ApiError> {
+async fn pending_of(w: &WorkerCtx, i: &Identity) -> Result<Option<Enrollment>, ApiError> {
     match &i.enrollment_id {
-        Some(eid) => w
-            .shared
-            .store
-            .enrollment(eid)?
-            .map(|e| with_token(w, e))
-            .transpose(),
+        Some(eid) => {
+            let eid = eid.clone();
+            w.shared
+                .store
+                .read(move |s| s.enrollment(&eid))
+                .await?
+                .map(|e| with_token(w, e))
+                .transpose()
+        }
         None => Ok(None),
     }
 }
@@ -172,14 +177,16 @@ async fn list_identities(w: &WorkerCtx, req: &Request) -> Result<Response, ApiEr
     let store = &w.shared.store;
     let now = w.shared.clock.unix_now();
     let page = if query.is_all() {
-        store.list_identities(offset, limit, &|name| filter.matches(name))?
+        store
+            .read(move |s| s.list_identities(offset, limit, &|name| filter.matches(name)))
+            .await?
     } else {
         super::identity_query::page_off_worker(store.clone(), filter, query, now, offset, limit)
             .await?
     };
     let mut data = Vec::with_capacity(page.items.len());
     for i in &page.items {
-        let mut view = views::identity(i, pending_of(w, i)?.as_ref());
+        let mut view = views::identity(i, pending_of(w, i).await?.as_ref());
         super::revoke::with_suspension(&mut view, i, now);
         data.push(view);
     }
@@ -189,15 +196,15 @@ async fn list_identities(w: &WorkerCtx, req: &Request) -> Result<Response, ApiEr
     ))
 }
 
-fn show_identity(w: &WorkerCtx, id: &str) -> Result<Response, ApiError> {
-    let i = find_identity(w, id)?;
-    let mut view = views::identity(&i, pending_of(w, &i)?.as_ref());
+async fn show_identity(w: &WorkerCtx, id: &str) -> Result<Response, ApiError> {
+    let i = find_identity(w, id).await?;
+    let mut view = views::identity(&i, pending_of(w, &i).await?.as_ref());
     super::revoke::with_suspension(&mut view, &i, w.shared.clock.unix_now());
     Ok(Response::data(view))
 }
 
 async fn delete_identity(w: &WorkerCtx, id: &str) -> Result<Response, ApiError> {
-    find_identity(w, id)?;
+    find_identity(w, id).await?;
     w.shared
         .commit
         .submit(Command::DeleteIdentity {
@@ -277,7 +284,7 @@ async fn create_identity(w: &WorkerCtx, req: &Request) -> Result<Response, ApiEr
                     ))
                 }
                 (Some(serde_json::Value::String(ca_id)), false) => {
-                    let ca = super::cas::find(w, ca_id).map_err(|_| {
+                    let ca = super::cas::find(w, ca_id).await.map_err(|_| {
                         ApiError::EnrollmentCaNotValid(format!(
                             "no CA with id '{}' for the ottca enrollment",
                             ca_id.chars().take(64).collect::<String>()
@@ -331,9 +338,13 @@ async fn create_identity(w: &WorkerCtx, req: &Request) -> Result<Response, ApiEr
     Ok(Response::json(201, &json!({ "data": view, "meta": {} })))
 }
 
-fn list_enrollments(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
+async fn list_enrollments(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
     let (offset, limit) = page_params(req)?;
-    let page = w.shared.store.list_enrollments(offset, limit)?;
+    let page = w
+        .shared
+        .store
+        .read(move |s| s.list_enrollments(offset, limit))
+        .await?;
     let mut data = Vec::with_capacity(page.items.len());
     for e in page.items {
         data.push(views::enrollment(&with_token(w, e)?));
@@ -387,7 +398,7 @@ async fn create_enrollment(w: &WorkerCtx, req: &Request) -> Result<Response, Api
             let ca_id = body.ca_id.ok_or_else(|| {
                 ApiError::CouldNotParseBody("an ottca enrollment needs 'caId'".into())
             })?;
-            let ca = super::cas::find(w, &ca_id).map_err(|_| {
+            let ca = super::cas::find(w, &ca_id).await.map_err(|_| {
                 ApiError::EnrollmentCaNotValid(format!(
                     "no CA with id '{}'",
                     ca_id.chars().take(64).collect::<String>()
@@ -402,7 +413,7 @@ async fn create_enrollment(w: &WorkerCtx, req: &Request) -> Result<Response, Api
             )))
         }
     };
-    find_identity(w, &identity_id)?;
+    find_identity(w, &identity_id).await?;
     replace_enrollment(w, &identity_id, method, ca_id, body.expires_at.as_deref()).await
 }
 
@@ -413,11 +424,11 @@ async fn refresh_enrollment(w: &WorkerCtx, req: &Request, id: &str) -> Result<Re
         expires_at: Option<String>,
     }
     let body: Body = json_body(req)?;
-    let e = find_enrollment(w, id)?;
+    let e = find_enrollment(w, id).await?;
     // The new token keeps the method (and CA) of the one it replaces: not a CA that is
     // gone, whose token nobody could redeem.
     if let Some(ca_id) = &e.ca_id {
-        super::cas::find(w, ca_id).map_err(|e| match e {
+        super::cas::find(w, ca_id).await.map_err(|e| match e {
             ApiError::NotFound(_) => ApiError::EnrollmentCaNotValid(format!(
                 "the enrollment's CA (id '{ca_id}') no longer exists: delete this enrollment \
                  and create another (ott, or ottca with an existing CA)"

@@ -78,6 +78,10 @@ pub async fn handle(w: &WorkerCtx, req: &Request, peer: &Peer, request_id: &str)
                 ApiError::RateLimited { retry_after, .. } => {
                     resp = resp.with_header("Retry-After", retry_after.to_string());
                 }
+                // Another node, or this one once its database is back.
+                ApiError::ServiceUnavailable(_) => {
+                    resp = resp.with_header("Retry-After", UNAVAILABLE_RETRY_AFTER.to_string());
+                }
                 // RFC 9110, 15.5.6: a 405 lists the methods the resource takes.
                 ApiError::MethodNotAllowed { allow, .. } => {
                     resp = resp.with_header("Allow", allow.to_string());
@@ -91,6 +95,10 @@ pub async fn handle(w: &WorkerCtx, req: &Request, peer: &Peer, request_id: &str)
         }
     }
 }
+
+/// Seconds a `503 SERVICE_UNAVAILABLE` asks the client to wait: a database failover or a
+/// restart takes a few.
+pub const UNAVAILABLE_RETRY_AFTER: u32 = 2;
 
 /// How many refused enrollments a worker logs at info: 20 a second; the next line logged
 /// after a burst says how many were left out (a fleet retrying with a bad certificate

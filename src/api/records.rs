@@ -9,7 +9,7 @@ use crate::clock::UnixTime;
 use crate::model::{Enrollment, Identity, Method};
 
 /// The identity with id `id`, or `404 NOT_FOUND`.
-pub(super) fn find_identity(w: &WorkerCtx, id: &str) -> Result<Identity, ApiError> {
+pub(super) async fn find_identity(w: &WorkerCtx, id: &str) -> Result<Identity, ApiError> {
     let not_found = || {
         ApiError::NotFound(format!(
             "no identity with id '{}'",
@@ -19,11 +19,16 @@ pub(super) fn find_identity(w: &WorkerCtx, id: &str) -> Result<Identity, ApiErro
     if !crate::ids::is_well_formed(id) {
         return Err(not_found());
     }
-    w.shared.store.identity(id)?.ok_or_else(not_found)
+    let id = id.to_string();
+    w.shared
+        .store
+        .read(move |s| s.identity(&id))
+        .await?
+        .ok_or_else(not_found)
 }
 
 /// The pending enrollment with id `id`, or `404 NOT_FOUND`.
-pub(super) fn find_enrollment(w: &WorkerCtx, id: &str) -> Result<Enrollment, ApiError> {
+pub(super) async fn find_enrollment(w: &WorkerCtx, id: &str) -> Result<Enrollment, ApiError> {
     let not_found = || {
         ApiError::NotFound(format!(
             "no pending enrollment with id '{}'",
@@ -33,7 +38,12 @@ pub(super) fn find_enrollment(w: &WorkerCtx, id: &str) -> Result<Enrollment, Api
     if !crate::ids::is_well_formed(id) {
         return Err(not_found());
     }
-    w.shared.store.enrollment(id)?.ok_or_else(not_found)
+    let id = id.to_string();
+    w.shared
+        .store
+        .read(move |s| s.enrollment(&id))
+        .await?
+        .ok_or_else(not_found)
 }
 
 /// Builds a new one-time enrollment (`ott`, or `ottca` bound to `ca_id`).

@@ -77,7 +77,7 @@ pub(super) async fn disable(w: &WorkerCtx, req: &Request, id: &str) -> Result<Re
         Some(0) | None => None,
         Some(s) => Some(s),
     };
-    find_identity(w, id)?;
+    find_identity(w, id).await?;
     let now = w.shared.clock.unix_now();
     let outcome = w
         .shared
@@ -95,7 +95,7 @@ pub(super) async fn disable(w: &WorkerCtx, req: &Request, id: &str) -> Result<Re
 
 /// `POST /identities/{id}/enable`.
 pub(super) async fn enable(w: &WorkerCtx, id: &str) -> Result<Response, ApiError> {
-    find_identity(w, id)?;
+    find_identity(w, id).await?;
     let now = w.shared.clock.unix_now();
     let outcome = w
         .shared
@@ -122,7 +122,7 @@ pub(super) async fn re_enroll(
         expires_at: Option<String>,
     }
     let body: Body = json_body(req)?;
-    find_identity(w, id)?;
+    find_identity(w, id).await?;
     let now = w.shared.clock.unix_now();
     let expires_at = parse_expires_at(body.expires_at.as_deref(), now)?;
     let e = new_enrollment(w, id, Method::Ott, None, now, expires_at)?;
@@ -154,7 +154,13 @@ pub(super) async fn re_enroll_authenticator(
             .bytes()
             .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b));
     let identity = match well_formed {
-        true => w.shared.store.identity_by_fingerprint(authenticator_id)?,
+        true => {
+            let fp = authenticator_id.to_string();
+            w.shared
+                .store
+                .read(move |s| s.identity_by_fingerprint(&fp))
+                .await?
+        }
         false => None,
     }
     .filter(|i| {
@@ -173,10 +179,15 @@ pub(super) async fn re_enroll_authenticator(
 
 /// `GET /revocations`: revoked serials (on the CRL until they expire) and blocked
 /// third-party certificates.
-pub(super) fn list(w: &WorkerCtx) -> Result<Response, ApiError> {
+pub(super) async fn list(w: &WorkerCtx) -> Result<Response, ApiError> {
     let now = w.shared.clock.unix_now();
     let mut data = Vec::new();
-    for r in w.shared.store.revoked()? {
+    let (revoked, blocked) = w
+        .shared
+        .store
+        .read(|s| Ok((s.revoked()?, s.blocked()?)))
+        .await?;
+    for r in revoked {
         data.push(json!({
             "id": r.serial,
             "kind": "serial",
@@ -190,7 +201,7 @@ pub(super) fn list(w: &WorkerCtx) -> Result<Response, ApiError> {
             "liftable": false,
         }));
     }
-    for b in w.shared.store.blocked()? {
+    for b in blocked {
         data.push(json!({
             "id": b.tbs_sha256,
             "kind": "certificate",

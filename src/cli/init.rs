@@ -46,6 +46,12 @@ pub struct InitArgs {
     /// paths into the data directory (e.g. /etc/enrollgate/enrollgate.toml under systemd).
     #[arg(long)]
     pub config_out: Option<PathBuf>,
+    /// Keep the store in this PostgreSQL database instead of an embedded RocksDB
+    /// (`postgresql://USER@HOST[:PORT][,HOST[:PORT]]/DB[?PARAMS]`), so that several gateways
+    /// can share it. The database must hold no enrollgate store yet. The password: in the
+    /// URL, or in $ENROLLGATE_STORE_PASSWORD (then not written to the configuration).
+    #[arg(long, value_name = "URL")]
+    pub store_url: Option<String>,
 }
 
 /// Arguments of `quickstart`.
@@ -237,7 +243,18 @@ fn create_all(
                 .ok_or_else(|| CliError::new("the admin certificate does not parse"))?,
         ),
     };
-    let store = Store::open(&dir.join("store"), true)?;
+    let store = match &args.store_url {
+        None => Store::open(&dir.join("store"), true)?,
+        Some(url) => {
+            let password = std::env::var(crate::store::pg::url::PASSWORD_ENV).ok();
+            let url = crate::store::pg::StoreUrl::parse(url, password)
+                .map_err(|e| CliError::new(format!("--store-url: {e}")))?;
+            let gateway = crate::store::pg::gateway_of(material.ca_cert_pem.as_bytes())
+                .map_err(CliError::new)?;
+            Store::open_configured(&dir.join("store"), Some(&url), &gateway, true)
+                .map_err(|e| CliError::new(format!("--store-url {url}: {e}")))?
+        }
+    };
     for r in store.apply_now(vec![Command::CreateIdentity {
         identity: admin,
         enrollment: None,
@@ -253,13 +270,15 @@ fn create_all(
         Some(out) => {
             let absolute = std::fs::canonicalize(dir)?;
             let text = initial_file(args.listen, configured_url, Some(&absolute));
-            write_private(out, with_ca_key(text, args.ca_key.as_deref()).as_bytes())?;
+            let text = with_store_url(with_ca_key(text, args.ca_key.as_deref()), args);
+            write_private(out, text.as_bytes())?;
             out.clone()
         }
         None => {
             let c = dir.join("enrollgate.toml");
             let text = initial_file(args.listen, configured_url, None);
-            write_private(&c, with_ca_key(text, args.ca_key.as_deref()).as_bytes())?;
+            let text = with_store_url(with_ca_key(text, args.ca_key.as_deref()), args);
+            write_private(&c, text.as_bytes())?;
             c
         }
     };
@@ -275,6 +294,27 @@ fn create_all(
         config,
         admin: admin_path,
     })
+}
+
+/// The configuration `text` with `store.url` in place of `store.path` when the store is a
+/// database. The file is private (0600): a password in the URL stays in it.
+fn with_store_url(text: String, args: &InitArgs) -> String {
+    let Some(url) = &args.store_url else {
+        return text;
+    };
+    let mut out = String::with_capacity(text.len() + url.len());
+    for line in text.lines() {
+        if line.starts_with("path = ") && line.contains("store") {
+            out.push_str(&format!(
+                "url = {}   # several gateways on one database (docs/scale-out.md)",
+                toml::Value::String(url.clone())
+            ));
+        } else {
+            out.push_str(line);
+        }
+        out.push('\n');
+    }
+    out
 }
 
 /// The configuration `text` with `pki.ca_key` set to `uri` (a PKCS#11 key), if given.
@@ -304,6 +344,7 @@ pub fn quickstart(args: QuickstartArgs) -> Result<(), CliError> {
             admin_name: "Default Admin".into(),
             ca_key: None,
             config_out: None,
+            store_url: None,
         })?;
         eprintln!("initialised {}", args.data_dir.display());
         let _ = made;
@@ -321,5 +362,7 @@ pub fn quickstart(args: QuickstartArgs) -> Result<(), CliError> {
         config,
         workers: None,
         log_format: None,
+        listen: None,
+        metrics_listen: None,
     })
 }

@@ -157,6 +157,9 @@ pub enum Command {
     CheckConfig(ops::ConfigArg),
     /// Check the store's invariants (I1-I5), also while the daemon serves.
     Fsck(ops::ConfigArg),
+    /// Copy the RocksDB store into an empty PostgreSQL database (the daemon stopped), for
+    /// several gateways on one database
+    Migrate(ops::MigrateArgs),
     /// Copy the store, consistently, while the daemon serves.
     Backup(ops::BackupArgs),
     /// Put a backup in place of the store (the daemon must be stopped).
@@ -214,6 +217,7 @@ pub fn run(cli: Cli) -> Result<(), CliError> {
         Command::Console(c) => console::run(c),
         Command::CheckConfig(a) => ops::check_config(a),
         Command::Fsck(a) => ops::fsck(a),
+        Command::Migrate(a) => ops::migrate(a),
         Command::Backup(a) => ops::backup(a),
         Command::Restore(a) => ops::restore(a),
         Command::Enroll(a) => enroll::enroll(a),

@@ -27,6 +27,25 @@ pub struct ServeArgs {
     /// Log format (default: `log.format`; JSON under systemd's journal).
     #[arg(long, value_enum)]
     pub log_format: Option<LogFormatArg>,
+    /// Listen here instead of `server.listen` (several nodes on one host, or from one file).
+    #[arg(long, value_name = "ADDR")]
+    pub listen: Option<std::net::SocketAddr>,
+    /// Serve metrics here instead of `metrics.listen`, or `off`.
+    #[arg(long, value_name = "ADDR|off", value_parser = metrics_listen)]
+    pub metrics_listen: Option<MetricsListen>,
+}
+
+/// `--metrics-listen`: an address, or `off`.
+#[derive(Debug, Clone, Copy)]
+pub struct MetricsListen(pub Option<std::net::SocketAddr>);
+
+fn metrics_listen(s: &str) -> Result<MetricsListen, String> {
+    if s == "off" {
+        return Ok(MetricsListen(None));
+    }
+    s.parse()
+        .map(|a| MetricsListen(Some(a)))
+        .map_err(|e| format!("'{s}' is not an address (IP:PORT) or 'off': {e}"))
 }
 
 /// `--log-format`.
@@ -38,6 +57,45 @@ pub enum LogFormatArg {
     Json,
 }
 
+/// How often a node of a shared database looks whether another changed a CA, besides the
+/// notification it gets at once.
+const CA_POLL: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// Opens the store `config` names (`create`: makes it), with the error an operator acts on.
+pub fn open_store(config: &Config, create: bool) -> Result<Store, CliError> {
+    let gateway = match &config.store_url {
+        None => String::new(),
+        Some(_) => {
+            let pem = std::fs::read(&config.ca_cert).map_err(|e| {
+                CliError::new(format!("pki.ca_cert {}: {e}", config.ca_cert.display()))
+            })?;
+            crate::store::pg::gateway_of(&pem).map_err(CliError::new)?
+        }
+    };
+    Store::open_configured(
+        &config.store_path,
+        config.store_url.as_ref(),
+        &gateway,
+        create,
+    )
+    .map_err(|e| {
+        let hint = match e {
+            StoreError::Locked(_) => {
+                " (another process holds it: is enrollgate already serving it?)"
+            }
+            StoreError::Absent => {
+                " (no store there: make one with `enrollgate init`, or set store.path to it)"
+            }
+            _ => "",
+        };
+        let at = match &config.store_url {
+            Some(url) => url.to_string(),
+            None => config.store_path.display().to_string(),
+        };
+        CliError::new(format!("cannot open the store at {at}{hint}: {e}"))
+    })
+}
+
 /// Runs the gateway until SIGINT or SIGTERM.
 pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     // Take over SIGINT, SIGTERM and SIGHUP first: one that arrives while the store opens
@@ -45,7 +103,13 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     ops::process::private_umask();
     let open_files = ops::process::raise_open_files_limit();
-    let config = Config::load(&args.config)?;
+    let mut config = Config::load(&args.config)?;
+    if let Some(listen) = args.listen {
+        config.listen = listen;
+    }
+    if let Some(MetricsListen(addr)) = args.metrics_listen {
+        config.metrics_listen = addr;
+    }
     let forced = args.log_format.map(|f| match f {
         LogFormatArg::Text => crate::config::LogFormat::Text,
         LogFormatArg::Json => crate::config::LogFormat::Json,
@@ -67,21 +131,7 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
         uri.and_then(|u| crate::pki::hsm::Token::open(&u)?.key())
             .map_err(|e| CliError::new(format!("pki.ca_key: {e} (nothing was changed)")))?;
     }
-    let store = Store::open(&config.store_path, false).map_err(|e| {
-        let hint = match e {
-            StoreError::Locked(_) => {
-                " (another process holds it: is enrollgate already serving it?)"
-            }
-            StoreError::Absent => {
-                " (no store there: make one with `enrollgate init`, or set store.path to it)"
-            }
-            _ => "",
-        };
-        CliError::new(format!(
-            "cannot open the store at {}{hint}: {e}",
-            config.store_path.display()
-        ))
-    })?;
+    let store = open_store(&config, false)?;
     // Before the committer: a store of a version that kept tokens keeps only their hashes
     // from here on, and the key derives them (made now for such a data directory).
     let (token_key, created) = crate::token::TokenKey::load_or_create(&config.token_key)
@@ -146,6 +196,22 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
                 );
             }
         }
+    }
+    // Several gateways on one database: a CA changed by another node reaches this node's
+    // cache through the database's notifications, or its generation polled every second
+    // (a notification is lost while the listener reconnects).
+    if let Some(pg) = shared.store.postgres() {
+        let watched = Arc::downgrade(&registry);
+        pg.watch_cas(CA_POLL, move || {
+            let Some(registry) = watched.upgrade() else {
+                return false;
+            };
+            let (_, current) = registry.current();
+            if let Err(e) = current.cas.reload(&current.store) {
+                tracing::warn!(error = %e, "CA cache refresh after another node's change failed");
+            }
+            true
+        })?;
     }
     drop(shared);
     let reload_registry = registry.clone();
@@ -347,6 +413,11 @@ fn reload(
     for (key, same) in [
         ("server.listen", config.listen == current.config.listen),
         ("store.path", config.store_path == current.config.store_path),
+        (
+            "store.url",
+            config.store_url.as_ref().map(ToString::to_string)
+                == current.config.store_url.as_ref().map(ToString::to_string),
+        ),
         ("server.workers", config.workers == current.config.workers),
         (
             "store.durability",
@@ -375,6 +446,7 @@ fn reload(
     let running = &current.config;
     config.listen = running.listen;
     config.store_path = running.store_path.clone();
+    config.store_url = running.store_url.clone();
     config.workers = running.workers;
     config.commit = running.commit;
     config.metrics_listen = running.metrics_listen;

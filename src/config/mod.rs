@@ -125,9 +125,9 @@ pub const DEFAULT_REENROLL_GRACE: Duration = Duration::from_secs(7 * 86_400);
 /// `limits.max_memory` when the file does not set it.
 pub const DEFAULT_MAX_MEMORY: u64 = 1 << 30;
 /// Smallest `limits.max_memory` accepted: the store's budget
-/// ([`crate::store::MEMORY_BUDGET`]) and 64 MiB for the process at rest and its
+/// ([`crate::store::rocks::MEMORY_BUDGET`]) and 64 MiB for the process at rest and its
 /// connections.
-pub const MIN_MAX_MEMORY: u64 = crate::store::MEMORY_BUDGET + (64 << 20);
+pub const MIN_MAX_MEMORY: u64 = crate::store::rocks::MEMORY_BUDGET + (64 << 20);
 
 /// Parses a size with a binary unit ("512MiB", "1GiB", "65536KiB"), or "off".
 pub fn parse_size(text: &str) -> Result<Option<u64>, String> {
@@ -267,8 +267,10 @@ pub struct Config {
     /// How long after an EST `simplereenroll` the old certificate still authenticates
     /// while the new one has not been used (its first use ends this at once).
     pub reenroll_grace: Duration,
-    /// RocksDB directory.
+    /// RocksDB directory (when `store_url` is not set).
     pub store_path: PathBuf,
+    /// The shared PostgreSQL database, if the store is one (`store.url`).
+    pub store_url: Option<crate::store::pg::StoreUrl>,
     /// Committer tuning.
     pub commit: CommitOptions,
     /// Limits.
@@ -596,6 +598,45 @@ impl Config {
         }
 
         let store_path = c.path("store.path", raw.store.path.as_ref(), "store");
+        let store_url = match &raw.store.url {
+            None => {
+                if raw.store.password_file.is_some() {
+                    c.problem("store.password_file", "is for store.url, which is not set");
+                }
+                None
+            }
+            Some(url) => {
+                if raw.store.path.is_some() {
+                    c.problem(
+                        "store.url",
+                        "store.path and store.url name two stores: keep one",
+                    );
+                }
+                let password = match &raw.store.password_file {
+                    Some(file) => {
+                        let file = c.path("store.password_file", Some(file), "");
+                        match std::fs::read_to_string(&file) {
+                            Ok(text) => Some(text.trim_end_matches(['\r', '\n']).to_string()),
+                            Err(e) => {
+                                c.problem(
+                                    "store.password_file",
+                                    format!("{}: {e}", file.display()),
+                                );
+                                None
+                            }
+                        }
+                    }
+                    None => std::env::var(crate::store::pg::url::PASSWORD_ENV).ok(),
+                };
+                match crate::store::pg::StoreUrl::parse(&url.0, password) {
+                    Ok(u) => Some(u),
+                    Err(e) => {
+                        c.problem("store.url", e);
+                        None
+                    }
+                }
+            }
+        };
         let durability = match raw.store.durability.as_deref() {
             None | Some("sync") => Durability::Sync,
             Some("relaxed") => Durability::Relaxed,
@@ -676,7 +717,7 @@ impl Config {
                         format!(
                             "at least {}MiB (the store's caches take up to {}MiB), or \"off\"",
                             MIN_MAX_MEMORY.div_ceil(1 << 20),
-                            crate::store::MEMORY_BUDGET.div_ceil(1 << 20)
+                            crate::store::rocks::MEMORY_BUDGET.div_ceil(1 << 20)
                         ),
                     );
                     d.max_memory
@@ -796,6 +837,7 @@ impl Config {
             token_ttl,
             reenroll_grace,
             store_path,
+            store_url,
             commit,
             limits,
             log_level,

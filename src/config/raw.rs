@@ -94,9 +94,22 @@ pub struct RawEnrollment {
 #[allow(missing_docs)]
 pub struct RawStore {
     pub path: Option<String>,
+    pub url: Option<Secret>,
+    pub password_file: Option<String>,
     pub durability: Option<String>,
     pub queue_capacity: Option<usize>,
     pub max_batch: Option<usize>,
+}
+
+/// A string that may hold a password: never shown by `Debug`.
+#[derive(Default, Deserialize)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl std::fmt::Debug for Secret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("<redacted>")
+    }
 }
 
 /// `[limits]`

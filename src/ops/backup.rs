@@ -36,7 +36,7 @@ pub struct BackupSummary {
 
 /// Every record of the store at `path`, read consistently beside a running daemon.
 pub fn read_all(path: &Path) -> Result<Vec<Record>, BackupError> {
-    if crate::store::absent(path) {
+    if crate::store::rocks::absent(path) {
         return Err(BackupError(format!(
             "{} is not a store, nor a backup made by `enrollgate backup` (no RocksDB CURRENT \
              file in it)",
@@ -120,7 +120,7 @@ pub fn backup(store: &Path, out: &Path) -> Result<BackupSummary, BackupError> {
 }
 
 fn write_copy(out: &Path, records: &[Record]) -> Result<(), BackupError> {
-    let mut opts = crate::store::options();
+    let mut opts = crate::store::rocks::options();
     opts.create_if_missing(true);
     let db = rocksdb::DB::open(&opts, out)?;
     for chunk in records.chunks(4096) {

@@ -1,7 +1,7 @@
 //! The memory cap, `limits.max_memory`: the daemon's resident memory stays under it.
 //!
 //! Two things grow with load. The store's memtables and block cache are bounded by
-//! RocksDB itself ([`crate::store::MEMORY_BUDGET`]), and the cap keeps that much for them.
+//! RocksDB itself ([`crate::store::rocks::MEMORY_BUDGET`]), and the cap keeps that much for them.
 //! Nearly all the rest belongs to open connections (TLS buffers, about 35-45 KiB each once
 //! a handshake has run), so the rest of the cap is kept by bounding connections.
 //!
@@ -217,7 +217,7 @@ pub fn outside_store(rss: u64, inputs: Inputs) -> (u64, Option<u64>) {
     let rest = rss.saturating_sub(inputs.store_bytes);
     let share = inputs
         .cap
-        .map(|cap| cap.saturating_sub(crate::store::MEMORY_BUDGET));
+        .map(|cap| cap.saturating_sub(crate::store::rocks::MEMORY_BUDGET));
     (rest, share)
 }
 
@@ -372,7 +372,7 @@ mod tests {
 
     #[test]
     fn the_store_keeps_its_budget_and_its_memory_does_not_count_against_connections() {
-        let budget = crate::store::MEMORY_BUDGET;
+        let budget = crate::store::rocks::MEMORY_BUDGET;
         let inputs = Inputs {
             cap: Some(budget + 100 * MIB),
             store_bytes: 40 * MIB,

@@ -88,6 +88,22 @@ impl std::fmt::Debug for CrlCache {
 }
 
 impl CrlCache {
+    /// The cached CRL, if it is of generation `generation` and fresh at `now` (what
+    /// [`Self::get`] answers without signing).
+    pub fn cached(&self, generation: u64, now: UnixTime) -> Option<Arc<Vec<u8>>> {
+        let last = match self.last.lock() {
+            Ok(g) => g,
+            Err(poisoned) => poisoned.into_inner(),
+        };
+        last.as_ref()
+            .filter(|c| {
+                c.generation == generation
+                    && now >= c.signed_at
+                    && now - c.signed_at < CRL_VALIDITY_SECS / 2
+            })
+            .map(|c| c.der.clone())
+    }
+
     /// The CRL for revocation generation `generation` at `now`: the cached one while it is
     /// of that generation and younger than half its validity, else one `sign(number)`
     /// makes (and the cache keeps).

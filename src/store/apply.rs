@@ -6,8 +6,10 @@
 //! exactly as they would in separate writes. Each command checks everything first and only
 //! then records its writes, so a refused command leaves nothing behind.
 
-use std::collections::HashMap;
+use std::cell::RefCell;
+use std::collections::{BTreeMap, HashMap};
 
+use super::backend::{Change, Expect, Source, Version, WriteSet};
 use super::{get_json, keys, pending_by_token, Snapshot, StoreError};
 use crate::clock::UnixTime;
 use crate::enroll::{check_token, EnrollError};
@@ -34,11 +36,14 @@ enum Write {
 /// one lookup each, not one per device already enrolled.
 pub type SuffixHints = HashMap<String, u32>;
 
-/// The writes decided so far in one atomic batch.
-pub struct Batch<'a, S: Snapshot + ?Sized> {
+/// The writes decided so far in one atomic batch, and what the decisions read.
+pub struct Batch<'a, S: Source + ?Sized> {
     snap: &'a S,
     overlay: HashMap<Vec<u8>, Option<Vec<u8>>>,
     writes: Vec<Write>,
+    /// Every key read from `snap` (not from the overlay), with the version first seen
+    /// (`None`: absent): the write set's expectations.
+    observed: RefCell<HashMap<Vec<u8>, Option<Version>>>,
     hints: Option<&'a mut SuffixHints>,
 }
 
@@ -52,12 +57,25 @@ fn split_suffix(name: &str) -> Option<(&str, u32)> {
     }
 }
 
-impl<S: Snapshot + ?Sized> Snapshot for Batch<'_, S> {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        match self.overlay.get(key) {
-            Some(v) => Ok(v.clone()),
-            None => self.snap.get(key),
+impl<S: Source + ?Sized> Batch<'_, S> {
+    /// Notes that `key` was read from the source at `version`, unless it was read before:
+    /// the first reading is what the commit expects.
+    fn observe(&self, key: &[u8], version: Option<Version>) {
+        let mut observed = self.observed.borrow_mut();
+        if !observed.contains_key(key) {
+            observed.insert(key.to_vec(), version);
         }
+    }
+}
+
+impl<S: Source + ?Sized> Snapshot for Batch<'_, S> {
+    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        if let Some(v) = self.overlay.get(key) {
+            return Ok(v.clone());
+        }
+        let read = self.snap.read(key)?;
+        self.observe(key, read.as_ref().map(|r| r.version));
+        Ok(read.map(|r| r.value))
     }
 
     fn any_under(
@@ -73,9 +91,20 @@ impl<S: Snapshot + ?Sized> Snapshot for Batch<'_, S> {
                 }
             }
         }
+        // Every record seen is expected unchanged at commit (one deleted or replaced by
+        // another writer could have answered otherwise). A record created meanwhile is not
+        // seen: the decisions that scan (is there another admin?) only lose by a deletion.
         let overlay = &self.overlay;
-        self.snap
-            .any_under(prefix, &mut |k, v| !overlay.contains_key(k) && pred(k, v))
+        let mut found = false;
+        self.snap.scan(prefix, &mut |k, v, version| {
+            if overlay.contains_key(k) {
+                return true;
+            }
+            self.observe(k, Some(version));
+            found = pred(k, v);
+            !found
+        })?;
+        Ok(found)
     }
 }
 
@@ -102,13 +131,14 @@ fn to_json<T: serde::Serialize>(v: &T) -> Vec<u8> {
     serde_json::to_vec(v).expect("records serialize to JSON")
 }
 
-impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
+impl<'a, S: Source + ?Sized> Batch<'a, S> {
     /// An empty batch over `snap`.
     pub fn new(snap: &'a S) -> Self {
         Self {
             snap,
             overlay: HashMap::new(),
             writes: Vec::new(),
+            observed: RefCell::new(HashMap::new()),
             hints: None,
         }
     }
@@ -141,16 +171,44 @@ impl<'a, S: Snapshot + ?Sized> Batch<'a, S> {
         }
     }
 
-    /// The decided writes as a RocksDB batch.
-    pub fn into_write_batch(self) -> rocksdb::WriteBatch {
-        let mut wb = rocksdb::WriteBatch::default();
+    /// The decided writes as one write set: the last value of each key written, as an
+    /// insert, an update or a delete of the version the decisions read, and the keys read
+    /// and left unchanged as expectations. A key written without being read is read now,
+    /// so that a create is always an insert.
+    pub fn into_write_set(self) -> Result<WriteSet, StoreError> {
+        let mut observed = self.observed.into_inner();
+        let mut last: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
         for w in self.writes {
             match w {
-                Write::Put(k, v) => wb.put(k, v),
-                Write::Delete(k) => wb.delete(k),
+                Write::Put(k, v) => last.insert(k, Some(v)),
+                Write::Delete(k) => last.insert(k, None),
+            };
+        }
+        let mut changes = Vec::with_capacity(last.len());
+        for (k, v) in last {
+            let base = match observed.remove(&k) {
+                Some(base) => base,
+                None => self.snap.read(&k)?.map(|r| r.version),
+            };
+            match (base, v) {
+                (None, Some(v)) => changes.push(Change::Insert(k, v)),
+                (Some(at), Some(v)) => changes.push(Change::Update(k, v, at)),
+                (Some(at), None) => changes.push(Change::Delete(k, at)),
+                // Created and deleted within the batch: it must still be absent.
+                (None, None) => {
+                    observed.insert(k, None);
+                }
             }
         }
-        wb
+        let mut expect: Vec<Expect> = observed
+            .into_iter()
+            .map(|(k, base)| match base {
+                None => Expect::Absent(k),
+                Some(at) => Expect::At(k, at),
+            })
+            .collect();
+        expect.sort_unstable_by(|a, b| a.key().cmp(b.key()));
+        Ok(WriteSet { expect, changes })
     }
 
     /// The decided writes as a map (for tests).

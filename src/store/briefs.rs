@@ -57,12 +57,8 @@ impl Store {
         keep: &mut dyn FnMut(&IdentityBrief) -> bool,
     ) -> Result<Vec<IdentityBrief>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.prefix_iterator(keys::IDENTITY) {
-            let (k, v) = item?;
-            if !k.starts_with(keys::IDENTITY) {
-                break;
-            }
-            let s: Stored = super::decode(&k, &v)?;
+        self.each_under(keys::IDENTITY, &mut |k, v| {
+            let s: Stored = super::decode(k, v)?;
             let brief = IdentityBrief {
                 id: s.id,
                 name: s.name,
@@ -73,26 +69,24 @@ impl Store {
             if keep(&brief) {
                 out.push(brief);
             }
-        }
+            Ok(true)
+        })?;
         Ok(out)
     }
 
     /// The expiry of every pending enrollment, by enrollment id.
     pub fn enrollment_expiries(&self) -> Result<HashMap<String, UnixTime>, StoreError> {
         let mut out = HashMap::new();
-        for item in self.db.prefix_iterator(keys::ENROLLMENT) {
-            let (k, v) = item?;
-            if !k.starts_with(keys::ENROLLMENT) {
-                break;
-            }
+        self.each_under(keys::ENROLLMENT, &mut |k, v| {
             // Left over from before hashed tokens (an id-to-token index): not a record.
             if !v.starts_with(b"{") {
-                continue;
+                return Ok(true);
             }
-            let e: StoredEnrollment = super::decode(&k, &v)?;
+            let e: StoredEnrollment = super::decode(k, v)?;
             let id = String::from_utf8_lossy(&k[keys::ENROLLMENT.len()..]).into_owned();
             out.insert(id, e.expires_at);
-        }
+            Ok(true)
+        })?;
         Ok(out)
     }
 }

@@ -19,6 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::apply::{Batch, Command, Outcome, SuffixHints};
+use super::backend::{Backend, CommitError};
 use super::{Store, StoreError};
 
 /// Whether a reply waits for the WAL to reach the disk (I4).
@@ -134,37 +135,39 @@ impl Committer {
 /// How often an idle committer looks at its stop flag.
 const IDLE_POLL: Duration = Duration::from_millis(50);
 
-/// How often an idle committer whose store refused a write tries a write that changes
-/// nothing.
+/// How often an idle committer whose store refused a write asks it whether it takes
+/// writes again.
 const PROBE_EVERY: Duration = Duration::from_secs(1);
 
-/// A write that leaves nothing behind (a key put and deleted in one batch), to learn
-/// whether the store accepts writes again.
-fn probe(store: &Store, write_opts: &rocksdb::WriteOptions) -> bool {
-    let mut wb = rocksdb::WriteBatch::default();
-    wb.put(PROBE_KEY, b"");
-    wb.delete(PROBE_KEY);
-    store.db().write_opt(wb, write_opts).is_ok()
-}
+/// Times a batch is read and decided again after a conflict (another gateway wrote what
+/// it read) before its commands are committed one by one.
+pub const BATCH_RETRIES: usize = 3;
 
-/// The key [`probe`] writes and deletes at once.
-const PROBE_KEY: &[u8] = b"m:probe";
+/// Times one command alone is read and decided again after conflicts before it is
+/// answered busy (retry shortly): a record so contended that it keeps changing under it.
+pub const COMMAND_RETRIES: usize = 8;
 
 /// Records the outcome of a write for readiness (`/readyz`) and the watchdog, and says so
 /// in the log when it changes.
-fn written(ok: bool) {
+fn written(ok: bool, kind: &str) {
     let was_refusing = crate::telemetry::store_refusing_for().is_some();
     let Some(refusing) = change(was_refusing, ok) else {
         return;
     };
     if !refusing {
         tracing::warn!("the store accepts writes again");
-    } else {
+    } else if kind == "rocksdb" {
         tracing::error!(
             "the store refuses writes; /readyz answers 503. RocksDB stops writing after an I/O \
              error (a full disk, a failing device) until it is reopened: once the cause is \
              fixed, restart enrollgate (under systemd, the watchdog restarts it after {} s)",
             crate::telemetry::STORE_REFUSING_LIMIT.as_secs()
+        );
+    } else {
+        tracing::error!(
+            backend = kind,
+            "the store refuses writes; /readyz answers 503 and enrollments 503 until the \
+             database takes writes again (the gateway reconnects by itself)"
         );
     }
     crate::telemetry::set_store_refusing(refusing);
@@ -184,14 +187,17 @@ pub fn spawn(store: Store, opts: CommitOptions) -> std::io::Result<(CommitHandle
     let flag = stop.clone();
     let join = std::thread::Builder::new()
         .name("enrollgate-commit".into())
-        .spawn(move || run(store, opts, rx, &flag))?;
+        .spawn(move || run(store.backend().clone(), opts, rx, &flag))?;
     Ok((CommitHandle { tx }, Committer { join, stop }))
 }
 
-fn run(store: Store, opts: CommitOptions, rx: flume::Receiver<Job>, stop: &AtomicBool) {
+fn run(
+    backend: Arc<dyn Backend>,
+    opts: CommitOptions,
+    rx: flume::Receiver<Job>,
+    stop: &AtomicBool,
+) {
     let durable = opts.durability == Durability::Sync;
-    let mut write_opts = rocksdb::WriteOptions::default();
-    write_opts.set_sync(durable);
     let max_batch = opts.max_batch.max(1);
     let mut jobs: Vec<Job> = Vec::with_capacity(max_batch);
     let mut hints = SuffixHints::new();
@@ -207,7 +213,7 @@ fn run(store: Store, opts: CommitOptions, rx: flume::Receiver<Job>, stop: &Atomi
                     && probed.elapsed() >= PROBE_EVERY
                 {
                     probed = Instant::now();
-                    written(probe(&store, &write_opts));
+                    written(backend.probe(), backend.kind());
                 }
                 continue;
             }
@@ -230,56 +236,141 @@ fn run(store: Store, opts: CommitOptions, rx: flume::Receiver<Job>, stop: &Atomi
             }
         }
         let queued = rx.len();
-        commit_group(&store, &write_opts, &mut jobs, &mut hints, queued);
+        commit_group(&*backend, durable, &mut jobs, &mut hints, queued);
     }
     tracing::debug!("committer stopped: no more submitters");
 }
 
+/// One attempt at committing `cmds` as one write set.
+enum Attempt {
+    /// Committed (or nothing to write): each command's outcome.
+    Done(Vec<Result<Outcome, StoreError>>),
+    /// Another writer changed what the decisions read: nothing was written.
+    Conflict,
+    /// Nothing was written, or what was is unknown (never acknowledged).
+    Failed(StoreError),
+}
+
+fn attempt(
+    backend: &dyn Backend,
+    durable: bool,
+    hints: &mut SuffixHints,
+    cmds: impl Iterator<Item = Command>,
+) -> Attempt {
+    let mut batch = Batch::with_hints(backend, hints);
+    let results: Vec<_> = cmds.map(|cmd| batch.apply(cmd)).collect();
+    if batch.is_empty() {
+        return Attempt::Done(results);
+    }
+    let set = match batch.into_write_set() {
+        Ok(set) => set,
+        Err(e) => return Attempt::Failed(e),
+    };
+    let outcome = backend.commit(&set, durable);
+    written(
+        !matches!(
+            outcome,
+            Err(CommitError::Failed(_) | CommitError::Unknown(_))
+        ),
+        backend.kind(),
+    );
+    match outcome {
+        Ok(()) => Attempt::Done(results),
+        Err(e) => {
+            // The hints may describe names that were never written.
+            hints.clear();
+            match e {
+                CommitError::Conflict(keys) => {
+                    crate::telemetry::commit_conflict();
+                    tracing::debug!(keys = keys.len(), "commit conflict; deciding again");
+                    Attempt::Conflict
+                }
+                other => Attempt::Failed(other.into()),
+            }
+        }
+    }
+}
+
+/// Commits `cmds` one by one, each decided again after a conflict up to
+/// [`COMMAND_RETRIES`] times.
+fn one_by_one(
+    backend: &dyn Backend,
+    durable: bool,
+    hints: &mut SuffixHints,
+    cmds: Vec<Command>,
+) -> Vec<Result<Outcome, StoreError>> {
+    cmds.into_iter()
+        .map(|cmd| {
+            for _ in 0..=COMMAND_RETRIES {
+                match attempt(backend, durable, hints, std::iter::once(cmd.clone())) {
+                    Attempt::Done(mut r) => return r.pop().unwrap_or(Err(StoreError::Busy)),
+                    Attempt::Conflict => continue,
+                    Attempt::Failed(e) => return Err(e),
+                }
+            }
+            Err(StoreError::Busy)
+        })
+        .collect()
+}
+
 fn commit_group(
-    store: &Store,
-    write_opts: &rocksdb::WriteOptions,
+    backend: &dyn Backend,
+    durable: bool,
     jobs: &mut Vec<Job>,
     hints: &mut SuffixHints,
     queued: usize,
 ) {
-    let db = store.db();
-    let mut batch = Batch::with_hints(db, hints);
-    let mut results: Vec<(Reply, Result<Outcome, StoreError>)> = Vec::with_capacity(jobs.len());
-    for job in jobs.drain(..) {
-        let result = batch.apply(job.cmd);
-        results.push((job.reply, result));
-    }
-    let n = results.len();
+    let n = jobs.len();
     let started = Instant::now();
-    if !batch.is_empty() {
-        let wb = batch.into_write_batch();
-        let outcome = db.write_opt(wb, write_opts);
-        crate::telemetry::commit(n, started.elapsed(), queued);
-        let refusing = crate::telemetry::store_refusing_for().is_some();
-        written(outcome.is_ok());
-        if let Err(e) = outcome {
-            let err = StoreError::from(e);
+    let was_refusing = crate::telemetry::store_refusing_for().is_some();
+    let trips_before = backend.round_trips();
+    let (cmds, replies): (Vec<Command>, Vec<Reply>) =
+        jobs.drain(..).map(|job| (job.cmd, job.reply)).unzip();
+    let results = if backend.shared() {
+        // Others write too: keep the commands to decide them again after a conflict.
+        let mut retries = 0;
+        loop {
+            match attempt(backend, durable, hints, cmds.iter().cloned()) {
+                Attempt::Done(results) => break Ok(results),
+                Attempt::Conflict if retries < BATCH_RETRIES => retries += 1,
+                Attempt::Conflict => break Ok(one_by_one(backend, durable, hints, cmds)),
+                Attempt::Failed(e) => break Err(e),
+            }
+        }
+    } else {
+        // The only writer: every expectation holds, one attempt.
+        match attempt(backend, durable, hints, cmds.into_iter()) {
+            Attempt::Done(results) => Ok(results),
+            Attempt::Conflict => Err(StoreError::Busy),
+            Attempt::Failed(e) => Err(e),
+        }
+    };
+    let round_trips = backend
+        .shared()
+        .then(|| backend.round_trips() - trips_before);
+    crate::telemetry::commit(n, started.elapsed(), queued, round_trips);
+    match results {
+        Ok(results) => {
+            tracing::trace!(commands = n, "group committed");
+            for (reply, result) in replies.into_iter().zip(results) {
+                // The requester may have gone away (connection closed); the write stands.
+                let _ = reply.send(result);
+            }
+        }
+        Err(err) => {
             // Once the store refuses writes, each request's own line says so: one line per
             // refused batch as well would double a flood.
-            if refusing {
+            if was_refusing {
                 tracing::debug!(error = %err, commands = n, "store write failed; the batch is refused");
             } else {
                 tracing::error!(error = %err, commands = n, "store write failed; the batch is refused");
             }
-            // The hints may describe names that were never written.
-            hints.clear();
             // Every command was decided against writes that never happened: all get the
             // store error (a refusal decided in the batch may not hold against the store).
-            for (reply, _) in results {
+            for reply in replies {
                 let _ = reply.send(Err(err.clone()));
             }
-            return;
         }
-    }
-    tracing::trace!(commands = n, "group committed");
-    for (reply, result) in results {
-        // The requester may have gone away (connection closed); the write stands.
-        let _ = reply.send(result);
     }
 }
 
@@ -298,8 +389,8 @@ mod tests {
         // A probe is a write that succeeds on a healthy store and leaves nothing behind.
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), true).unwrap();
-        assert!(probe(&store, &rocksdb::WriteOptions::default()));
-        assert_eq!(store.db().get(PROBE_KEY).unwrap(), None);
+        assert!(store.backend().probe());
+        assert_eq!(store.get(crate::store::rocks::PROBE_KEY).unwrap(), None);
     }
 
     #[test]
@@ -377,6 +468,82 @@ mod tests {
         let _first = handle.enqueue(cmd()).unwrap();
         assert_eq!(handle.enqueue(cmd()).unwrap_err(), StoreError::Busy);
         drop(store);
+    }
+
+    fn on_memory() -> (
+        Arc<crate::store::memory::Memory>,
+        Store,
+        CommitHandle,
+        Committer,
+    ) {
+        let memory = Arc::new(crate::store::memory::Memory::new());
+        let store = Store::on(memory.clone());
+        let (handle, committer) = spawn(store.clone(), CommitOptions::default()).unwrap();
+        (memory, store, handle, committer)
+    }
+
+    fn create(i: usize, name: &str) -> Command {
+        Command::CreateIdentity {
+            identity: identity(i, name),
+            enrollment: None,
+        }
+    }
+
+    #[test]
+    fn a_batch_another_writer_overtook_is_decided_again() {
+        use crate::store::memory::Fault;
+        let (memory, store, handle, committer) = on_memory();
+        // Another gateway takes the name between this batch's read and its commit.
+        memory.inject(Fault::Behind(
+            crate::store::keys::name("contended"),
+            Some(b"elsewhere".to_vec()),
+        ));
+        assert_eq!(
+            handle.submit_blocking(create(1, "contended")).unwrap_err(),
+            StoreError::NameInUse("contended".into())
+        );
+        assert_eq!(store.identity("id1").unwrap(), None, "nothing half-made");
+        // Decided again on what the other writer left, the next name is free.
+        handle.submit_blocking(create(2, "free")).unwrap();
+        assert_eq!(store.identity_by_name("free").unwrap().unwrap().id, "id2");
+        assert!(committer.stop(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_command_that_keeps_conflicting_is_answered_busy_and_writes_nothing() {
+        use crate::store::memory::Fault;
+        let (memory, store, handle, committer) = on_memory();
+        for _ in 0..(BATCH_RETRIES + 1 + COMMAND_RETRIES + 1) {
+            memory.inject(Fault::Conflict);
+        }
+        assert_eq!(
+            handle.submit_blocking(create(1, "hot")).unwrap_err(),
+            StoreError::Busy
+        );
+        assert_eq!(store.identity_by_name("hot").unwrap(), None);
+        // One conflict fewer, and it would have gone through: the next one does.
+        handle.submit_blocking(create(2, "hot")).unwrap();
+        assert!(committer.stop(Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn a_commit_of_unknown_outcome_is_never_acknowledged() {
+        use crate::store::memory::Fault;
+        let (memory, _store, handle, committer) = on_memory();
+        for landed in [true, false] {
+            memory.inject(Fault::Unknown { landed });
+            let name = format!("maybe-{landed}");
+            let err = handle
+                .submit_blocking(create(usize::from(landed), &name))
+                .unwrap_err();
+            assert!(matches!(err, StoreError::Unavailable(_)), "{err:?}");
+        }
+        memory.inject(Fault::Fail);
+        assert!(matches!(
+            handle.submit_blocking(create(9, "down")).unwrap_err(),
+            StoreError::Unavailable(_)
+        ));
+        assert!(committer.stop(Duration::from_secs(5)));
     }
 
     #[test]

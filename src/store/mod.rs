@@ -29,18 +29,23 @@
 //! RocksDB gets from any thread.
 
 pub mod apply;
+pub mod backend;
 pub mod briefs;
 pub mod commit;
 pub mod keys;
+pub mod memory;
+pub mod pg;
+mod reads;
 pub mod revocation;
+pub mod rocks;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use crate::enroll::EnrollError;
 use crate::model::{Ca, Enrollment, Identity};
 
 pub use apply::{CaChanges, Command, Outcome};
+pub use backend::{Backend, CommitError};
 pub use commit::{CommitHandle, CommitOptions, Durability};
 
 /// A store operation failed.
@@ -87,9 +92,13 @@ pub enum StoreError {
     /// The committer has stopped.
     #[error("the gateway is shutting down")]
     ShuttingDown,
-    /// RocksDB failed.
+    /// The database failed.
     #[error("storage error: {0}")]
     Db(String),
+    /// The database cannot be reached now (a shared database down, or failing over):
+    /// nothing was written; the request can be retried.
+    #[error("the database is unavailable: {0}")]
+    Unavailable(String),
     /// There is no store at the path (no RocksDB `CURRENT` file).
     #[error("the store does not exist (no RocksDB CURRENT file)")]
     Absent,
@@ -107,7 +116,20 @@ impl From<rocksdb::Error> for StoreError {
     }
 }
 
-/// Read access to stored values; implemented by RocksDB and, in tests, by a map.
+impl From<CommitError> for StoreError {
+    /// For a caller that does not retry: a conflict means others are writing the same
+    /// records now (retry shortly); an unknown outcome, that the database went away.
+    fn from(e: CommitError) -> Self {
+        match e {
+            CommitError::Conflict(_) => Self::Busy,
+            CommitError::Failed(e) => e,
+            CommitError::Unknown(e) => Self::Unavailable(e.to_string()),
+        }
+    }
+}
+
+/// Read access to stored values, without versions: every [`backend::Source`] (a backend,
+/// a map in tests) and a [`apply::Batch`] (the store plus the writes decided so far).
 pub trait Snapshot {
     /// The value at `key`.
     fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError>;
@@ -119,47 +141,6 @@ pub trait Snapshot {
         prefix: &[u8],
         pred: &mut dyn FnMut(&[u8], &[u8]) -> bool,
     ) -> Result<bool, StoreError>;
-}
-
-impl Snapshot for rocksdb::DB {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(rocksdb::DB::get(self, key)?)
-    }
-
-    fn any_under(
-        &self,
-        prefix: &[u8],
-        pred: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<bool, StoreError> {
-        let mode = rocksdb::IteratorMode::From(prefix, rocksdb::Direction::Forward);
-        for item in self.iterator(mode) {
-            let (k, v) = item?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            if pred(&k, &v) {
-                return Ok(true);
-            }
-        }
-        Ok(false)
-    }
-}
-
-impl Snapshot for std::collections::BTreeMap<Vec<u8>, Vec<u8>> {
-    fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
-        Ok(std::collections::BTreeMap::get(self, key).cloned())
-    }
-
-    fn any_under(
-        &self,
-        prefix: &[u8],
-        pred: &mut dyn FnMut(&[u8], &[u8]) -> bool,
-    ) -> Result<bool, StoreError> {
-        Ok(self
-            .range(prefix.to_vec()..)
-            .take_while(|(k, _)| k.starts_with(prefix))
-            .any(|(k, v)| pred(k, v)))
-    }
 }
 
 pub(crate) fn decode<T: serde::de::DeserializeOwned>(
@@ -206,202 +187,125 @@ pub struct Page<T> {
     pub total: usize,
 }
 
-/// Block cache shared by the store's table files (index, filter and data blocks).
-const BLOCK_CACHE_BYTES: usize = 64 << 20;
-/// One memtable; at most [`MEMTABLES`] of them exist (one filling, one being flushed).
-const MEMTABLE_BYTES: usize = 32 << 20;
-const MEMTABLES: usize = 2;
-/// The most memory the store's caches and memtables take (plus their bloom filters):
-/// `limits.max_memory` keeps this much for the store.
-pub const MEMORY_BUDGET: u64 = (BLOCK_CACHE_BYTES + MEMTABLES * MEMTABLE_BYTES * 21 / 20) as u64;
+/// What [`Store::each_under`] calls on each record (key, value): true to go on.
+pub type Each<'a> = dyn FnMut(&[u8], &[u8]) -> Result<bool, StoreError> + 'a;
 
-/// The RocksDB options of a store (also used for the copy a backup writes).
-pub fn options() -> rocksdb::Options {
-    let mut opts = rocksdb::Options::default();
-    opts.set_keep_log_file_num(4);
-    opts.increase_parallelism(2);
-    // Most reads are point lookups, and many are of keys that are absent (is this name,
-    // certificate, token free?): bloom filters answer those without searching the
-    // memtable or reading a block of each table file.
-    opts.set_memtable_prefix_bloom_ratio(0.05);
-    opts.set_memtable_whole_key_filtering(true);
-    let mut table = rocksdb::BlockBasedOptions::default();
-    table.set_bloom_filter(10.0, false);
-    table.set_whole_key_filtering(true);
-    table.set_cache_index_and_filter_blocks(true);
-    table.set_pin_l0_filter_and_index_blocks_in_cache(true);
-    table.set_block_cache(&rocksdb::Cache::new_lru_cache(BLOCK_CACHE_BYTES));
-    opts.set_block_based_table_factory(&table);
-    opts.set_level_compaction_dynamic_level_bytes(true);
-    opts.set_write_buffer_size(MEMTABLE_BYTES);
-    opts.set_max_write_buffer_number(MEMTABLES as i32);
-    opts
-}
-
-/// Fills in the content index for the identities bound before it existed, once (the
-/// marker key records that it is done): until then, another encoding of such an
-/// identity's certificate signature could bind a second identity. Runs at open, before any
-/// committer. Two records sharing one content (bound twice before this index) keep their
-/// bindings: the first (or the one already indexed) is indexed, and the other is logged
-/// for the operator to delete; `fsck` reports the pair until then. A record that does not
-/// decode is left to `fsck` too.
-fn index_content(db: &rocksdb::DB) -> Result<(), StoreError> {
-    if db.get(keys::CONTENT_INDEXED)?.is_some() {
-        return Ok(());
-    }
-    let mut wb = rocksdb::WriteBatch::default();
-    let mut indexed: std::collections::HashMap<String, String> = Default::default();
-    for item in db.prefix_iterator(keys::IDENTITY) {
-        let (k, v) = item?;
-        if !k.starts_with(keys::IDENTITY) {
-            break;
-        }
-        let Ok(mut identity) = decode::<Identity>(&k, &v) else {
-            tracing::error!(key = %String::from_utf8_lossy(&k), "an identity record does not decode; not indexed by content (see fsck)");
-            continue;
-        };
-        let id = identity.id.clone();
-        let Some(auth) = identity.authenticator.as_mut() else {
-            continue;
-        };
-        if !auth.tbs_sha256.is_empty() {
-            continue;
-        }
-        let Some(tbs) = ::pem::parse(&auth.cert_pem)
-            .ok()
-            .and_then(|p| crate::pki::fingerprint::tbs_sha256_hex(p.contents()))
-        else {
-            tracing::error!(identity_id = %id, "a bound certificate does not parse; not indexed by content");
-            continue;
-        };
-        let holder = match indexed.get(&tbs) {
-            Some(first) => Some(first.clone()),
-            None => db
-                .get(keys::content(&tbs))?
-                .map(|v| String::from_utf8_lossy(&v).into_owned()),
-        };
-        if let Some(first) = holder {
-            tracing::error!(identity_id = %id, other_identity_id = %first, "two identities are bound to encodings of one certificate; delete one");
-            continue;
-        }
-        auth.tbs_sha256 = tbs.clone();
-        wb.put(keys::content(&tbs), id.as_bytes());
-        wb.put(
-            &k,
-            serde_json::to_vec(&identity).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-        );
-        indexed.insert(tbs, id);
-    }
-    if !indexed.is_empty() {
-        tracing::info!(
-            identities = indexed.len(),
-            "indexed bound certificates by content"
-        );
-    }
-    wb.put(keys::CONTENT_INDEXED, b"1");
-    let mut wo = rocksdb::WriteOptions::default();
-    wo.set_sync(true);
-    db.write_opt(wb, &wo)?;
-    Ok(())
-}
-
-/// Fills in the admin index for a store from before it, once (the marker key records that
-/// it is done). Runs at open, before any committer. A record that does not decode is left
-/// to `fsck`.
-fn index_admins(db: &rocksdb::DB) -> Result<(), StoreError> {
-    if db.get(keys::ADMIN_INDEXED)?.is_some() {
-        return Ok(());
-    }
-    let mut wb = rocksdb::WriteBatch::default();
-    let mut admins = 0usize;
-    for item in db.prefix_iterator(keys::IDENTITY) {
-        let (k, v) = item?;
-        if !k.starts_with(keys::IDENTITY) {
-            break;
-        }
-        if let Ok(identity) = decode::<Identity>(&k, &v) {
-            if identity.manages() {
-                wb.put(keys::admin(&identity.id), b"");
-                admins += 1;
-            }
-        }
-    }
-    if admins > 0 {
-        tracing::info!(admins, "indexed the admin identities");
-    }
-    wb.put(keys::ADMIN_INDEXED, b"1");
-    let mut wo = rocksdb::WriteOptions::default();
-    wo.set_sync(true);
-    db.write_opt(wb, &wo)?;
-    Ok(())
-}
-
-/// A handle on the opened database (cheap to clone; all clones share one RocksDB).
+/// A handle on the opened store (cheap to clone; all clones share one backend).
 #[derive(Clone)]
 pub struct Store {
-    db: Arc<rocksdb::DB>,
+    backend: Arc<dyn Backend>,
+    /// The same database, when it is the embedded RocksDB: for what only RocksDB does
+    /// (backups through a secondary instance, its memory, migrations at open).
+    rocks: Option<Arc<rocksdb::DB>>,
+    /// The same database, when it is a shared PostgreSQL: for its change feed.
+    pg: Option<Arc<pg::Postgres>>,
+    /// The threads that run the workers' reads of a shared database (see [`Store::read`]).
+    readers: Option<reads::Readers>,
 }
 
 impl std::fmt::Debug for Store {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Store")
-            .field("path", &self.db.path())
+            .field("backend", &self.backend)
             .finish()
     }
 }
 
-/// Whether `path` surely holds no store: no RocksDB `CURRENT` file. A permission error
-/// is not an answer, and is left to RocksDB, which names it.
-pub fn absent(path: &Path) -> bool {
-    std::fs::metadata(path.join("CURRENT")).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+impl Store {
+    /// A store on `backend`.
+    pub fn on(backend: Arc<dyn Backend>) -> Self {
+        let readers = backend.shared().then(reads::Readers::start);
+        Self {
+            backend,
+            rocks: None,
+            pg: None,
+            readers,
+        }
+    }
+
+    /// Opens the configured store: the PostgreSQL database at `url` if there is one, else
+    /// the RocksDB at `path`. `gateway` names the gateway a shared database belongs to
+    /// ([`pg::gateway_of`]); `create` makes a new store (and refuses an existing one).
+    pub fn open_configured(
+        path: &std::path::Path,
+        url: Option<&pg::StoreUrl>,
+        gateway: &str,
+        create: bool,
+    ) -> Result<Self, StoreError> {
+        match url {
+            None => Self::open(path, create),
+            Some(url) => {
+                let pg = Arc::new(pg::Postgres::open(url.clone(), gateway, create)?);
+                Ok(Self {
+                    pg: Some(pg.clone()),
+                    ..Self::on(pg)
+                })
+            }
+        }
+    }
+
+    /// The shared PostgreSQL database, if the store is one.
+    pub fn postgres(&self) -> Option<&Arc<pg::Postgres>> {
+        self.pg.as_ref()
+    }
+
+    /// Runs the reads of `f` where they do not stall a worker, and waits (asynchronously)
+    /// for them: at once on the calling thread for RocksDB (lock-free reads from memory or
+    /// the page cache), on the store's reader threads for a shared database (a round trip
+    /// each). What a monoio worker reads goes through here.
+    pub async fn read<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&Store) -> Result<T, StoreError> + Send + 'static,
+    ) -> Result<T, StoreError> {
+        match &self.readers {
+            None => f(self),
+            Some(readers) => readers.run(self.clone(), f).await,
+        }
+    }
+
+    /// The backend.
+    pub fn backend(&self) -> &Arc<dyn Backend> {
+        &self.backend
+    }
+
+    /// The embedded RocksDB, if the store is one.
+    pub fn rocks(&self) -> Option<&rocksdb::DB> {
+        self.rocks.as_deref()
+    }
+
+    fn source(&self) -> &dyn Backend {
+        &*self.backend
+    }
+
+    /// The value at `key`.
+    pub fn get(&self, key: &[u8]) -> Result<Option<Vec<u8>>, StoreError> {
+        Snapshot::get(self.source(), key)
+    }
+
+    /// Calls `f` on every record under `prefix` in key order until it returns false or
+    /// fails.
+    pub fn each_under(&self, prefix: &[u8], f: &mut Each<'_>) -> Result<(), StoreError> {
+        let mut failed = None;
+        self.backend.scan(prefix, &mut |k, v, _| match f(k, v) {
+            Ok(go_on) => go_on,
+            Err(e) => {
+                failed = Some(e);
+                false
+            }
+        })?;
+        failed.map_or(Ok(()), Err)
+    }
 }
 
 impl Store {
-    /// Opens the store at `path`; `create` makes a new one (and refuses an existing one).
-    pub fn open(path: &Path, create: bool) -> Result<Self, StoreError> {
-        // RocksDB would make the directory and its LOCK and LOG files before finding no
-        // store there: a store that is not there is left not there.
-        if !create && absent(path) {
-            return Err(StoreError::Absent);
-        }
-        let mut opts = options();
-        opts.create_if_missing(create);
-        opts.set_error_if_exists(create);
-        let db = rocksdb::DB::open(&opts, path).map_err(|e| {
-            // RocksDB says only in words that another process holds the store: read them
-            // here, once, so that callers match a variant.
-            let text = e.into_string();
-            if text.contains("lock file") || text.contains("LOCK:") {
-                StoreError::Locked(text)
-            } else {
-                StoreError::Db(text)
-            }
-        })?;
-        index_content(&db)?;
-        index_admins(&db)?;
-        Ok(Self { db: Arc::new(db) })
-    }
-
-    /// The underlying database (for the committer and maintenance tools).
-    pub fn db(&self) -> &rocksdb::DB {
-        &self.db
-    }
-
-    /// Bytes held now by the store's memtables and block cache (at most
-    /// [`MEMORY_BUDGET`]); 0 where RocksDB does not say.
-    pub fn memory_bytes(&self) -> u64 {
-        let property = |name: &str| self.db.property_int_value(name).ok().flatten().unwrap_or(0);
-        property("rocksdb.cur-size-all-mem-tables") + property("rocksdb.block-cache-usage")
-    }
-
     /// An identity by id.
     pub fn identity(&self, id: &str) -> Result<Option<Identity>, StoreError> {
-        get_json(&*self.db, &keys::identity(id))
+        get_json(self.source(), &keys::identity(id))
     }
 
     /// An identity by exact name.
     pub fn identity_by_name(&self, name: &str) -> Result<Option<Identity>, StoreError> {
-        match self.db.get(keys::name(name))? {
+        match self.get(&keys::name(name))? {
             Some(id) => self.identity(&String::from_utf8_lossy(&id)),
             None => Ok(None),
         }
@@ -412,7 +316,7 @@ impl Store {
         &self,
         sha256_hex: &str,
     ) -> Result<Option<Identity>, StoreError> {
-        match self.db.get(keys::fingerprint(sha256_hex))? {
+        match self.get(&keys::fingerprint(sha256_hex))? {
             Some(id) => self.identity(&String::from_utf8_lossy(&id)),
             None => Ok(None),
         }
@@ -422,7 +326,7 @@ impl Store {
     /// content.
     pub fn is_bound(&self, auth: &crate::model::Authenticator) -> Result<bool, StoreError> {
         for k in keys::bound(auth) {
-            if self.db.get(k)?.is_some() {
+            if self.get(&k)?.is_some() {
                 return Ok(true);
             }
         }
@@ -432,99 +336,12 @@ impl Store {
     /// The pending enrollment with this token (found by the token's hash; the record
     /// holds no token).
     pub fn enrollment_by_token(&self, token: &str) -> Result<Option<Enrollment>, StoreError> {
-        pending_by_token(&*self.db, token)
+        pending_by_token(self.source(), token)
     }
 
     /// The pending enrollment with this id (the record holds no token).
     pub fn enrollment(&self, id: &str) -> Result<Option<Enrollment>, StoreError> {
-        get_json(&*self.db, &keys::enrollment(id))
-    }
-
-    /// Moves the pending enrollments of a version that stored tokens to the hashed form,
-    /// before any committer runs (`serve` calls it right after [`Store::open`], on the
-    /// only handle). An old random token cannot be derived from the token key, so both its
-    /// hash (devices holding the old JWT still redeem) and the derived token's hash (a JWT
-    /// an admin downloads again redeems too) are indexed, and consumed together. The
-    /// stored tokens and JWTs are dropped, the table files compacted and the store opened
-    /// again (RocksDB's MANIFEST names the first and last key of every table file, and a
-    /// new one is written at open), so that no copy of the store taken after this holds
-    /// them. No marker: a scan of an empty prefix costs one seek, and records an older
-    /// binary wrote after a downgrade are migrated at the next open all the same.
-    /// Returns the store and how many enrollments were migrated.
-    pub fn hash_tokens(self, key: &crate::token::TokenKey) -> Result<(Self, usize), StoreError> {
-        let migrated = self.hash_tokens_in_place(key)?;
-        if migrated == 0 {
-            return Ok((self, 0));
-        }
-        let path = self.db.path().to_path_buf();
-        let db = Arc::try_unwrap(self.db).map_err(|_| {
-            StoreError::InvalidState("the store is in use; tokens are hashed at open".into())
-        })?;
-        drop(db);
-        Ok((Self::open(&path, false)?, migrated))
-    }
-
-    fn hash_tokens_in_place(&self, key: &crate::token::TokenKey) -> Result<usize, StoreError> {
-        let db = &*self.db;
-        let mut wb = rocksdb::WriteBatch::default();
-        let mut migrated = std::collections::HashSet::new();
-        for item in db.prefix_iterator(keys::TOKEN) {
-            let (k, v) = item?;
-            if !k.starts_with(keys::TOKEN) {
-                break;
-            }
-            let Ok(mut e) = decode::<Enrollment>(&k, &v) else {
-                // Never the key: it holds the token.
-                tracing::error!("a pending enrollment from before hashed tokens does not decode; left in place (see fsck)");
-                continue;
-            };
-            let old = String::from_utf8_lossy(&k[keys::TOKEN.len()..]).into_owned();
-            e.token_sha256 = vec![
-                crate::token::token_sha256(&old),
-                crate::token::token_sha256(&key.derive(&e.id)),
-            ];
-            e.token.clear();
-            e.jwt.clear();
-            for h in &e.token_sha256 {
-                wb.put(keys::token_hash(h), e.id.as_bytes());
-            }
-            wb.put(
-                keys::enrollment(&e.id),
-                serde_json::to_vec(&e).map_err(|e| StoreError::Corrupt(e.to_string()))?,
-            );
-            wb.delete(&k);
-            migrated.insert(e.id);
-        }
-        // An id index of the old form left without its enrollment still holds a token.
-        let mut dangling = 0usize;
-        for item in db.prefix_iterator(keys::ENROLLMENT) {
-            let (k, v) = item?;
-            if !k.starts_with(keys::ENROLLMENT) {
-                break;
-            }
-            let id = String::from_utf8_lossy(&k[keys::ENROLLMENT.len()..]).into_owned();
-            if !v.starts_with(b"{") && !migrated.contains(&id) {
-                wb.delete(&k);
-                dangling += 1;
-            }
-        }
-        if migrated.is_empty() && dangling == 0 {
-            return Ok(0);
-        }
-        let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(true);
-        db.write_opt(wb, &wo)?;
-        // The old values stay in the memtable, the WAL and table files until compacted away.
-        db.flush()?;
-        let mut compact = rocksdb::CompactOptions::default();
-        compact.set_bottommost_level_compaction(rocksdb::BottommostLevelCompaction::Force);
-        db.compact_range_opt::<&[u8], &[u8]>(None, None, &compact);
-        tracing::info!(
-            enrollments = migrated.len(),
-            dangling_indexes = dangling,
-            "pending enrollments now keep only hashes of their tokens"
-        );
-        Ok(migrated.len())
+        get_json(self.source(), &keys::enrollment(id))
     }
 
     /// Identities in name order whose name satisfies `filter`, `limit` from `offset`.
@@ -550,16 +367,12 @@ impl Store {
         let mut total = 0usize;
         let mut ids = Vec::new();
         let mut items = Vec::new();
-        for item in self.db.prefix_iterator(keys::NAME) {
-            let (k, v) = item?;
-            if !k.starts_with(keys::NAME) {
-                break;
-            }
+        self.each_under(keys::NAME, &mut |k, v| {
             let name = String::from_utf8_lossy(&k[keys::NAME.len()..]);
             if !filter(&name) {
-                continue;
+                return Ok(true);
             }
-            let id = String::from_utf8_lossy(&v);
+            let id = String::from_utf8_lossy(v);
             if let Some(keep) = keep {
                 match self.identity(&id)? {
                     Some(identity) if keep(&identity) => {
@@ -570,13 +383,14 @@ impl Store {
                     }
                     _ => {}
                 }
-                continue;
+                return Ok(true);
             }
             if total >= offset && ids.len() < limit {
                 ids.push(id.into_owned());
             }
             total += 1;
-        }
+            Ok(true)
+        })?;
         for id in ids {
             if let Some(identity) = self.identity(&id)? {
                 items.push(identity);
@@ -587,12 +401,12 @@ impl Store {
 
     /// A CA by id.
     pub fn ca(&self, id: &str) -> Result<Option<Ca>, StoreError> {
-        get_json(&*self.db, &keys::ca(id))
+        get_json(self.source(), &keys::ca(id))
     }
 
     /// A CA by exact name.
     pub fn ca_by_name(&self, name: &str) -> Result<Option<Ca>, StoreError> {
-        match self.db.get(keys::ca_name(name))? {
+        match self.get(&keys::ca_name(name))? {
             Some(id) => self.ca(&String::from_utf8_lossy(&id)),
             None => Ok(None),
         }
@@ -601,13 +415,10 @@ impl Store {
     /// Every CA, in id order.
     pub fn all_cas(&self) -> Result<Vec<Ca>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.prefix_iterator(keys::CA) {
-            let (k, v) = item?;
-            if !k.starts_with(keys::CA) {
-                break;
-            }
-            out.push(decode(&k, &v)?);
-        }
+        self.each_under(keys::CA, &mut |k, v| {
+            out.push(decode(k, v)?);
+            Ok(true)
+        })?;
         Ok(out)
     }
 
@@ -618,16 +429,13 @@ impl Store {
         keep: &mut dyn FnMut(&Identity) -> bool,
     ) -> Result<Vec<Identity>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.prefix_iterator(keys::IDENTITY) {
-            let (k, v) = item?;
-            if !k.starts_with(keys::IDENTITY) {
-                break;
-            }
-            let identity: Identity = decode(&k, &v)?;
+        self.each_under(keys::IDENTITY, &mut |k, v| {
+            let identity: Identity = decode(k, v)?;
             if keep(&identity) {
                 out.push(identity);
             }
-        }
+            Ok(true)
+        })?;
         Ok(out)
     }
 
@@ -637,16 +445,13 @@ impl Store {
         keep: &dyn Fn(&Enrollment) -> bool,
     ) -> Result<Vec<Enrollment>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db.prefix_iterator(keys::ENROLLMENT) {
-            let (k, v) = item?;
-            if !k.starts_with(keys::ENROLLMENT) {
-                break;
-            }
-            let enrollment: Enrollment = decode(&k, &v)?;
+        self.each_under(keys::ENROLLMENT, &mut |k, v| {
+            let enrollment: Enrollment = decode(k, v)?;
             if keep(&enrollment) {
                 out.push(enrollment);
             }
-        }
+            Ok(true)
+        })?;
         Ok(out)
     }
 
@@ -658,31 +463,27 @@ impl Store {
     ) -> Result<Page<Enrollment>, StoreError> {
         let mut total = 0usize;
         let mut items = Vec::new();
-        for item in self.db.prefix_iterator(keys::ENROLLMENT) {
-            let (k, v) = item?;
-            if !k.starts_with(keys::ENROLLMENT) {
-                break;
-            }
+        self.each_under(keys::ENROLLMENT, &mut |k, v| {
             if total >= offset && items.len() < limit {
-                items.push(decode(&k, &v)?);
+                items.push(decode(k, v)?);
             }
             total += 1;
-        }
+            Ok(true)
+        })?;
         Ok(Page { items, total })
     }
 
-    /// Applies commands at once, in one synced write, on the calling thread (used by
-    /// `init`, before any committer runs).
+    /// Applies commands at once, in one durable commit, on the calling thread (used by
+    /// `init` and `migrate`, before any committer runs). Refused on a conflict: nobody
+    /// else writes a store being made.
     pub fn apply_now(
         &self,
         cmds: Vec<Command>,
     ) -> Result<Vec<Result<Outcome, StoreError>>, StoreError> {
-        let mut batch = apply::Batch::new(&*self.db);
+        let mut batch = apply::Batch::new(self.source());
         let results: Vec<_> = cmds.into_iter().map(|c| batch.apply(c)).collect();
-        let wb = batch.into_write_batch();
-        let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(true);
-        self.db.write_opt(wb, &wo)?;
+        let set = batch.into_write_set()?;
+        self.backend.commit(&set, true).map_err(StoreError::from)?;
         Ok(results)
     }
 }
@@ -723,7 +524,7 @@ mod tests {
         let tbs = crate::pki::fingerprint::tbs_sha256_hex(cert.der()).unwrap();
         {
             let store = Store::open(&path, true).unwrap();
-            let db = store.db();
+            let db = store.rocks().unwrap();
             assert!(
                 db.get(keys::CONTENT_INDEXED).unwrap().is_some(),
                 "a new store is complete"
@@ -739,7 +540,15 @@ mod tests {
             db.delete(keys::CONTENT_INDEXED).unwrap();
         }
         let store = Store::open(&path, false).unwrap();
-        assert_eq!(store.db().get(keys::content(&tbs)).unwrap().unwrap(), b"a");
+        assert_eq!(
+            store
+                .rocks()
+                .unwrap()
+                .get(keys::content(&tbs))
+                .unwrap()
+                .unwrap(),
+            b"a"
+        );
         let a = store.identity("a").unwrap().unwrap();
         assert_eq!(a.authenticator.unwrap().tbs_sha256, tbs);
         let b = store.identity("b").unwrap().unwrap();
@@ -750,14 +559,24 @@ mod tests {
         let c = store.identity("c").unwrap().unwrap();
         let c_tbs = c.authenticator.unwrap().tbs_sha256;
         assert_eq!(
-            store.db().get(keys::content(&c_tbs)).unwrap().unwrap(),
+            store
+                .rocks()
+                .unwrap()
+                .get(keys::content(&c_tbs))
+                .unwrap()
+                .unwrap(),
             b"c"
         );
-        assert!(store.db().get(keys::CONTENT_INDEXED).unwrap().is_some());
+        assert!(store
+            .rocks()
+            .unwrap()
+            .get(keys::CONTENT_INDEXED)
+            .unwrap()
+            .is_some());
     }
 
     /// Every file under `dir`, read whole.
-    fn files_under(dir: &Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
+    fn files_under(dir: &std::path::Path) -> Vec<(std::path::PathBuf, Vec<u8>)> {
         let mut out = Vec::new();
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
@@ -784,7 +603,7 @@ mod tests {
         let dangling = "DANGLINGxTOKENxa8b7c6d5e4f3g2h1";
         {
             let store = Store::open(&path, true).unwrap();
-            let db = store.db();
+            let db = store.rocks().unwrap();
             let identity = Identity {
                 id: "i1".into(),
                 name: "dev1".into(),
@@ -853,7 +672,7 @@ mod tests {
         let cert = crate::pki::self_signed_for_tests("dev");
         {
             let store = Store::open(&path, true).unwrap();
-            let db = store.db();
+            let db = store.rocks().unwrap();
             assert!(
                 db.get(keys::ADMIN_INDEXED).unwrap().is_some(),
                 "a new store is complete"
@@ -876,13 +695,19 @@ mod tests {
         }
         let store = Store::open(&path, false).unwrap();
         let indexed: Vec<Vec<u8>> = store
-            .db()
+            .rocks()
+            .unwrap()
             .prefix_iterator(keys::ADMIN)
             .map(|item| item.unwrap().0.to_vec())
             .take_while(|k| k.starts_with(keys::ADMIN))
             .collect();
         assert_eq!(indexed, vec![keys::admin("admin")]);
-        assert!(store.db().get(keys::ADMIN_INDEXED).unwrap().is_some());
+        assert!(store
+            .rocks()
+            .unwrap()
+            .get(keys::ADMIN_INDEXED)
+            .unwrap()
+            .is_some());
     }
 
     /// The marker missing from a store whose newer records are indexed (written by this
@@ -897,7 +722,7 @@ mod tests {
         let tbs = crate::pki::fingerprint::tbs_sha256_hex(cert.der()).unwrap();
         {
             let store = Store::open(&path, true).unwrap();
-            let db = store.db();
+            let db = store.rocks().unwrap();
             // "z" is indexed; "a" (sorted first) is an older record of the same content.
             let mut z = bound_identity("z", cert.der());
             if let Some(auth) = z.authenticator.as_mut() {
@@ -913,9 +738,22 @@ mod tests {
             db.delete(keys::CONTENT_INDEXED).unwrap();
         }
         let store = Store::open(&path, false).unwrap();
-        assert_eq!(store.db().get(keys::content(&tbs)).unwrap().unwrap(), b"z");
+        assert_eq!(
+            store
+                .rocks()
+                .unwrap()
+                .get(keys::content(&tbs))
+                .unwrap()
+                .unwrap(),
+            b"z"
+        );
         let a = store.identity("a").unwrap().unwrap();
         assert!(a.authenticator.unwrap().tbs_sha256.is_empty());
-        assert!(store.db().get(keys::CONTENT_INDEXED).unwrap().is_some());
+        assert!(store
+            .rocks()
+            .unwrap()
+            .get(keys::CONTENT_INDEXED)
+            .unwrap()
+            .is_some());
     }
 }

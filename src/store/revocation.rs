@@ -153,13 +153,10 @@ impl Store {
         prefix: &[u8],
     ) -> Result<Vec<T>, StoreError> {
         let mut out = Vec::new();
-        for item in self.db().prefix_iterator(prefix) {
-            let (k, v) = item?;
-            if !k.starts_with(prefix) {
-                break;
-            }
-            out.push(decode(&k, &v)?);
-        }
+        self.each_under(prefix, &mut |k, v| {
+            out.push(decode(k, v)?);
+            Ok(true)
+        })?;
         Ok(out)
     }
 
@@ -176,14 +173,14 @@ impl Store {
     /// Whether `auth`'s content is blocked (its identity was deleted or re-enrolled).
     pub fn is_blocked(&self, auth: &Authenticator) -> Result<bool, StoreError> {
         match content_of(auth) {
-            Some(tbs) => Ok(self.db().get(keys::blocked(&tbs))?.is_some()),
+            Some(tbs) => Ok(self.get(&keys::blocked(&tbs))?.is_some()),
             None => Ok(false),
         }
     }
 
     /// The revocation generation: moves whenever a serial is revoked (0 before the first).
     pub fn revocation_generation(&self) -> Result<u64, StoreError> {
-        Ok(generation(self.db().get(keys::REVOCATIONS)?.as_deref()))
+        Ok(generation(self.get(keys::REVOCATIONS)?.as_deref()))
     }
 }
 

@@ -23,6 +23,10 @@ pub const CONNECTIONS: &str = "enrollgate_open_connections";
 pub const BATCH_SIZE: &str = "enrollgate_commit_batch_size";
 /// Duration of one group commit's write (the fsync when durable).
 pub const COMMIT_SECONDS: &str = "enrollgate_commit_duration_seconds";
+/// Group commits decided again because another gateway wrote what they read.
+pub const COMMIT_CONFLICTS: &str = "enrollgate_commit_conflicts_total";
+/// Database round trips per group commit (reads and the commit; 0 for RocksDB).
+pub const COMMIT_ROUND_TRIPS: &str = "enrollgate_commit_round_trips";
 /// Commands waiting for the committer.
 pub const QUEUE_DEPTH: &str = "enrollgate_commit_queue_depth";
 /// Third-party CAs in the cache.
@@ -147,7 +151,15 @@ pub fn describe() {
     describe_histogram!(
         COMMIT_SECONDS,
         Unit::Seconds,
-        "Duration of one group commit's RocksDB write, including the WAL fsync when durable."
+        "Duration of one group commit: its decisions and its write (the WAL fsync, or the database's commit, when durable), retries after conflicts included."
+    );
+    describe_counter!(
+        COMMIT_CONFLICTS,
+        "Group commits refused because another gateway changed a record they read (a shared database); each is read and decided again."
+    );
+    describe_histogram!(
+        COMMIT_ROUND_TRIPS,
+        "Database round trips of one group commit (its reads and its commit); RocksDB, embedded, has none."
     );
     describe_gauge!(QUEUE_DEPTH, "Commands waiting for the committer after it took a batch (bounded by store.queue_capacity).");
     describe_gauge!(
@@ -278,11 +290,20 @@ pub fn handshake(result: &'static str, elapsed: Option<Duration>) {
     }
 }
 
-/// Records a group commit.
-pub fn commit(batch: usize, elapsed: Duration, queued: usize) {
+/// Records a group commit: its commands, its duration, what waits after it, and the
+/// database round trips it took (`None` for an embedded store).
+pub fn commit(batch: usize, elapsed: Duration, queued: usize, round_trips: Option<u64>) {
     metrics::histogram!(BATCH_SIZE).record(batch as f64);
     metrics::histogram!(COMMIT_SECONDS).record(elapsed.as_secs_f64());
     metrics::gauge!(QUEUE_DEPTH).set(queued as f64);
+    if let Some(n) = round_trips {
+        metrics::histogram!(COMMIT_ROUND_TRIPS).record(n as f64);
+    }
+}
+
+/// Records a group commit refused by a conflict, to be decided again.
+pub fn commit_conflict() {
+    metrics::counter!(COMMIT_CONFLICTS).increment(1);
 }
 
 /// Records a connection closed to make room for a new one (`state`: handshake, idle).

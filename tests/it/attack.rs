@@ -1438,7 +1438,7 @@ fn the_memory_cap_holds_against_thousands_of_idle_connections() {
             "the test's cap is under the smallest accepted"
         )
     };
-    let share_kib = (CAP_MIB << 10) - enrollgate::store::MEMORY_BUDGET / 1024;
+    let share_kib = (CAP_MIB << 10) - enrollgate::store::rocks::MEMORY_BUDGET / 1024;
     raise_nofile_limit();
     let gw = Gateway::start_alone_with(set_limits(&[("max_memory", "\"200MiB\"")]), &[]);
     let pid = gw.pid();

@@ -23,5 +23,6 @@ mod property;
 mod renewal;
 mod revoke;
 mod secrets;
+mod store_contract;
 mod support;
 mod version;

@@ -162,7 +162,7 @@ fn old_pending(store: &Store, name: &str, token: &str, jwt: &str) -> (String, St
         lifecycle: Default::default(),
         authenticator: None,
     };
-    let db = store.db();
+    let db = store.rocks().unwrap();
     db.put(keys::identity(&id), serde_json::to_vec(&identity).unwrap())
         .unwrap();
     db.put(keys::name(name), &id).unwrap();
@@ -202,7 +202,7 @@ fn a_store_that_kept_tokens_is_migrated_at_start() {
             .iter()
             .map(|(name, token, jwt)| old_pending(&store, name, token, jwt))
             .collect();
-        store.db().flush().unwrap();
+        store.rocks().unwrap().flush().unwrap();
         ids
     };
     gw.spawn(&[]);

@@ -98,10 +98,12 @@ pub async fn authorize(w: &WorkerCtx, req: &Request, peer: &Peer) -> Result<Iden
         .sessions
         .get(token, now)
         .ok_or_else(|| refused("the zt-session is unknown or expired; sign in again"))?;
+    let id = session.identity_id.clone();
     let identity = w
         .shared
         .store
-        .identity(&session.identity_id)?
+        .read(move |s| s.identity(&id))
+        .await?
         .ok_or_else(|| refused("the session's identity no longer exists"))?;
     if !identity.is_admin {
         return Err(refused("the session's identity is not an admin"));
@@ -134,7 +136,7 @@ pub(super) async fn open_route(
 ) -> Option<Result<Response, ApiError>> {
     let m = req.head.method.as_str();
     Some(match (segments, m) {
-        (["console", "sessions"], "POST") => sign_in_with_code(w, req, peer),
+        (["console", "sessions"], "POST") => sign_in_with_code(w, req, peer).await,
         (["console", "sessions"], _) => Err(method_not_allowed(req, "POST")),
         (["console", "sessions", "cert"], "POST") => sign_in_with_cert(w, req, peer).await,
         (["console", "sessions", "cert"], _) => Err(method_not_allowed(req, "POST")),
@@ -206,7 +208,11 @@ fn mint_link(w: &WorkerCtx, req: &Request, admin: &Identity) -> Result<Response,
     ))
 }
 
-fn sign_in_with_code(w: &WorkerCtx, req: &Request, peer: &Peer) -> Result<Response, ApiError> {
+async fn sign_in_with_code(
+    w: &WorkerCtx,
+    req: &Request,
+    peer: &Peer,
+) -> Result<Response, ApiError> {
     #[derive(Deserialize)]
     struct Body {
         code: Option<String>,
@@ -225,10 +231,12 @@ fn sign_in_with_code(w: &WorkerCtx, req: &Request, peer: &Peer) -> Result<Respon
                 .into(),
         )
     };
+    let id = link.identity_id.clone();
     let identity = w
         .shared
         .store
-        .identity(&link.identity_id)?
+        .read(move |s| s.identity(&id))
+        .await?
         .ok_or_else(refused)?;
     let holds = identity
         .authenticator

@@ -11,7 +11,7 @@ use crate::clock::UnixTime;
 use crate::model::{Activation, Identity, Renewal};
 use crate::store::get_json;
 
-impl<S: Snapshot + ?Sized> Batch<'_, S> {
+impl<S: super::Source + ?Sized> Batch<'_, S> {
     fn enrolled(&self, identity_id: &str) -> Result<Identity, StoreError> {
         let identity: Identity = get_json(self, &keys::identity(identity_id))?
             .ok_or_else(|| StoreError::NotFound(format!("no identity with id '{identity_id}'")))?;

@@ -23,7 +23,7 @@ pub(super) fn refuse_disabled(identity: &Identity, now: UnixTime) -> Result<(), 
     Ok(())
 }
 
-impl<S: Snapshot + ?Sized> Batch<'_, S> {
+impl<S: super::Source + ?Sized> Batch<'_, S> {
     fn existing(&self, identity_id: &str) -> Result<Identity, StoreError> {
         get_json(self, &keys::identity(identity_id))?
             .ok_or_else(|| StoreError::NotFound(format!("no identity with id '{identity_id}'")))
