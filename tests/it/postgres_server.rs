@@ -232,7 +232,9 @@ impl PgServer {
         std::fs::read_to_string(self.log_file()).unwrap_or_default()
     }
 
-    fn start_with(extra_conf: &[&str]) -> Self {
+    /// [`PgServer::start`] with more settings for postgresql.conf, one a line (for a test
+    /// that needs, say, `max_connections = 300`); they hold from the first start on.
+    pub fn start_with(extra_conf: &[&str]) -> Self {
         let mut server = Self {
             dir: new_dir(),
             bin: bin_dir().to_path_buf(),
