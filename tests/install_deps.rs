@@ -30,7 +30,31 @@ impl Machine {
         }
         // SoftHSM2's module, which the tests load from this path.
         m.file("usr/lib/softhsm/libsofthsm2.so");
+        // PostgreSQL's server programs, where Debian puts them (off PATH), and its user.
+        for program in POSTGRES_PROGRAMS {
+            m.postgres_link(program);
+        }
+        m.passwd(&["root", "postgres"]);
         m
+    }
+
+    /// The real PostgreSQL `program` in the fake root's /usr/lib/postgresql/15/bin.
+    fn postgres_link(&self, program: &str) {
+        let dir = self.root.path().join(FAKE_POSTGRES_BIN);
+        std::fs::create_dir_all(&dir).unwrap();
+        let _ = std::fs::remove_file(dir.join(program));
+        std::os::unix::fs::symlink(postgres_bin().join(program), dir.join(program)).unwrap();
+    }
+
+    /// An /etc/passwd with these users.
+    fn passwd(&self, users: &[&str]) {
+        let lines: String = users
+            .iter()
+            .enumerate()
+            .map(|(i, u)| format!("{u}:x:{i}:{i}::/nonexistent:/usr/sbin/nologin\n"))
+            .collect();
+        std::fs::create_dir_all(self.root.path().join("etc")).unwrap();
+        std::fs::write(self.root.path().join("etc/passwd"), lines).unwrap();
     }
 
     fn link(&self, program: &str) {
@@ -120,6 +144,29 @@ const PROGRAMS: &[&str] = &[
     "node",
     "npm",
 ];
+
+/// The PostgreSQL programs `install-deps` runs, from the server's bin directory: what
+/// tests/it/postgres_server.rs runs.
+const POSTGRES_PROGRAMS: &[&str] = &["initdb", "pg_ctl", "pg_basebackup", "postgres", "psql"];
+
+/// Where the fake machine has them, as Debian 12 has PostgreSQL 15's.
+const FAKE_POSTGRES_BIN: &str = "usr/lib/postgresql/15/bin";
+
+/// This machine's newest PostgreSQL server bin directory.
+fn postgres_bin() -> PathBuf {
+    std::fs::read_dir("/usr/lib/postgresql")
+        .into_iter()
+        .flatten()
+        .flatten()
+        .filter_map(|e| {
+            let version: u32 = e.file_name().to_str()?.parse().ok()?;
+            let bin = e.path().join("bin");
+            bin.join("initdb").is_file().then_some((version, bin))
+        })
+        .max()
+        .map(|(_, bin)| bin)
+        .expect("PostgreSQL is not installed: run scripts/install-deps")
+}
 
 const LIBCLANG: [&str; 2] = ["libclang-dev", "clang"];
 
@@ -213,4 +260,37 @@ fn the_browser_tests_tools_are_checked() {
     assert_eq!(m.missing(None), ["chromium"]);
     m.broken("node");
     assert_eq!(m.missing(None), ["chromium", "nodejs", "npm"]);
+}
+
+/// PostgreSQL is there when every server program the tests run runs from the newest server
+/// bin directory (Debian keeps them off PATH) and the postgres user exists.
+#[test]
+fn postgresql_needs_its_server_programs_and_its_user() {
+    let m = Machine::new();
+    m.file("usr/lib/llvm-14/lib/libclang-14.so.1");
+    assert_eq!(m.missing(None), Vec::<String>::new());
+    let bin = m.root.path().join(FAKE_POSTGRES_BIN);
+
+    // A client alone (postgresql-client-16, say) is no server.
+    let client_only = m.root.path().join("usr/lib/postgresql/16/bin");
+    std::fs::create_dir_all(&client_only).unwrap();
+    std::os::unix::fs::symlink(postgres_bin().join("psql"), client_only.join("psql")).unwrap();
+    assert_eq!(m.missing(None), Vec::<String>::new());
+
+    for program in POSTGRES_PROGRAMS {
+        std::fs::remove_file(bin.join(program)).unwrap();
+        assert_eq!(m.missing(None), ["postgresql"], "without {program}");
+        std::fs::write(bin.join(program), "#!/bin/sh\nexit 1\n").unwrap();
+        std::fs::set_permissions(bin.join(program), std::fs::Permissions::from_mode(0o755))
+            .unwrap();
+        assert_eq!(m.missing(None), ["postgresql"], "with a broken {program}");
+        m.postgres_link(program);
+        assert_eq!(m.missing(None), Vec::<String>::new(), "{program} back");
+    }
+
+    // No postgres user to run the server as.
+    m.passwd(&["root", "postgresql", "xpostgres"]);
+    assert_eq!(m.missing(None), ["postgresql"]);
+    m.passwd(&["root", "postgres"]);
+    assert_eq!(m.missing(None), Vec::<String>::new());
 }

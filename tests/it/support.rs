@@ -27,12 +27,12 @@ static MACHINE: (Mutex<(usize, bool)>, std::sync::Condvar) =
     (Mutex::new((0, false)), std::sync::Condvar::new());
 
 /// A share of the machine, or all of it; given back when dropped.
-struct MachineGuard {
+pub struct MachineGuard {
     alone: bool,
 }
 
 impl MachineGuard {
-    fn take(alone: bool) -> Self {
+    pub fn take(alone: bool) -> Self {
         let (lock, cv) = &MACHINE;
         let mut s = lock.lock().unwrap_or_else(|e| e.into_inner());
         if alone {
