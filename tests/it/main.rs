@@ -19,6 +19,7 @@ mod monitoring;
 mod openziti_api;
 mod ops;
 mod ott;
+mod postgres;
 mod postgres_server;
 mod property;
 mod renewal;

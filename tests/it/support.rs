@@ -346,6 +346,45 @@ impl Gateway {
         }
     }
 
+    /// Another node of this gateway: a copy of its data directory (PKI, configuration,
+    /// admin identity), serving the same store on a port of its own. For a store in a
+    /// shared database (`init --store-url`).
+    pub fn join(&self) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        run_ok(Command::new("cp").arg("-a").arg(&self.data).arg(&data));
+        let mut gw = Self {
+            dir,
+            data,
+            port: 0,
+            child: None,
+            log: Arc::default(),
+            _machine: MachineGuard::take(false),
+        };
+        gw.spawn(&[]);
+        gw
+    }
+
+    /// The metrics listener's `/readyz` status code.
+    pub fn readyz(&self) -> u16 {
+        let log = self.log();
+        let addr = log
+            .lines()
+            .rfind(|l| l.contains("enrollgate ready"))
+            .and_then(|l| {
+                l.split_whitespace()
+                    .find_map(|w| w.strip_prefix("metrics="))
+            })
+            .expect("metrics= in the ready line")
+            .to_string();
+        let code = run_ok(
+            Command::new("curl")
+                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+                .arg(format!("http://{addr}/readyz")),
+        );
+        code.trim().parse().expect("status code")
+    }
+
     /// Kills the daemon with SIGKILL (a crash) and reaps it.
     pub fn crash(&mut self) {
         let mut child = self.child.take().expect("running");

@@ -37,7 +37,7 @@ CREATE TABLE enrollgate_commits (
 -- 3. the changes are written, the placeholders removed, the commit id logged.
 -- Locks are taken in that order by every commit, rows before inserts and each in key
 -- order, so commits of several nodes do not deadlock. A failed expectation raises EGCON
--- with the keys (hex) in DETAIL, and nothing is written.
+-- with every key found changed (hex) in DETAIL, and nothing is written.
 CREATE FUNCTION enrollgate_commit(
     commit_id bigint,
     lock_keys bytea[], lock_versions bigint[],
@@ -55,10 +55,6 @@ BEGIN
         WHERE key = ANY(lock_keys) ORDER BY key FOR UPDATE
     ) AS r ON r.key = w.k
     WHERE r.version IS DISTINCT FROM w.v;
-    IF cardinality(bad) > 0 THEN
-        RAISE EXCEPTION 'enrollgate: conflict' USING ERRCODE = 'EGCON',
-            DETAIL = array_to_string(ARRAY(SELECT encode(b, 'hex') FROM unnest(bad) AS b), ',');
-    END IF;
 
     WITH made AS (
         INSERT INTO enrollgate_kv (key, value, version)
@@ -67,7 +63,7 @@ BEGIN
         ON CONFLICT DO NOTHING
         RETURNING key
     )
-    SELECT coalesce(array_agg(k ORDER BY k), '{}') INTO bad
+    SELECT bad || coalesce(array_agg(k ORDER BY k), '{}') INTO bad
     FROM unnest(ins_keys) AS k WHERE k NOT IN (SELECT key FROM made);
     IF cardinality(bad) > 0 THEN
         RAISE EXCEPTION 'enrollgate: conflict' USING ERRCODE = 'EGCON',
