@@ -11,7 +11,8 @@ use crate::model::{Enrollment, Method};
 
 /// Why an enrollment request is refused before any cryptography.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
+// Not `#[non_exhaustive]`: the daemon maps every variant to a response, and a new one
+// must fail its build until it has one.
 pub enum EnrollError {
     /// No pending enrollment has this token (never issued, already used, or deleted).
     #[error("the enrollment token is unknown or has already been used")]
