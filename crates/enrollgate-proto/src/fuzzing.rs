@@ -21,7 +21,7 @@
 //! | [`json_bodies`] | a JSON body, then the checks of its fields |
 //! | [`pem_der`] | CA upload PEM, proof of possession, PKCS#7 `cacerts`, certificate DER |
 //! | [`csr`] | `pki::csr::{decode_body, accept}`, then issuance of an accepted key |
-//! | [`chain`] | `ca::chain::CaSet::verify` against a fixed CA set, then the `ca` enrollment's identity |
+//! | [`chain`] | `ca::chain::CaSet::verify` against a fixed CA set, then the `ca` enrollment's identity (`enroll::auto_enrolled_identity`) |
 //! | [`jwt`] | `token::jwt::{peek, verify_with_cert}` and the `enroll` client's claim checks |
 //! | [`name_template`] | `ca::name::{validate_format, render}` with fuzzed values |
 //!
@@ -559,35 +559,30 @@ pub fn chain_enrolled(data: &[u8]) -> Vec<Identity> {
     enrolled
 }
 
-/// What `ca` auto-enrollment does with a verified leaf before the store (a copy of the
-/// handler's identity build).
+/// What `ca` auto-enrollment does with a verified leaf before the store: the same function
+/// the handler calls.
 fn enroll_ca(ca: &Ca, leaf: &[u8]) -> Option<Identity> {
     let cn = crate::ca::chain::common_name(leaf);
-    let vars = NameVars {
-        ca_name: &ca.name,
-        ca_id: &ca.id,
-        common_name: cn.as_deref(),
-        requested_name: None,
-        identity_id: "fuzzIdentity",
-    };
-    let name = match name::render(&ca.identity_name_format, &vars) {
-        Ok(base) if crate::enroll::validate_name(&base).is_ok() => base,
-        _ => return None,
-    };
     let authenticator = crate::pki::fingerprint::authenticator(leaf, false, Method::Ca, NOW)
         .expect("a verified leaf parses");
-    Some(Identity {
-        id: "fuzzIdentity".into(),
-        name,
-        kind: IdentityType::Device,
-        is_admin: false,
-        role_attributes: ca.identity_roles.clone(),
-        created_at: NOW,
-        updated_at: NOW,
-        enrollment_id: None,
-        lifecycle: Default::default(),
-        authenticator: Some(authenticator),
-    })
+    let identity = match crate::enroll::auto_enrolled_identity(
+        ca,
+        cn.as_deref(),
+        None,
+        "fuzzIdentity".into(),
+        authenticator,
+        NOW,
+    ) {
+        Ok(identity) => identity,
+        Err(e) => {
+            refused(&e);
+            return None;
+        }
+    };
+    // The name leaves room for the suffix the store may have to append.
+    let suffixed = crate::enroll::suffixed_name(&identity.name, crate::enroll::MAX_NAME_SUFFIX);
+    assert!(crate::enroll::validate_name(&suffixed).is_ok());
+    Some(identity)
 }
 
 // ---------------------------------------------------------------------------------------

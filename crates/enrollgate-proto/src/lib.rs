@@ -13,7 +13,7 @@
 //!           ┌──────────────────────────────────┼───────────────────────────────┐
 //!           ▼                                  ▼                               ▼
 //!  ott, ottca: enroll::check_token   ott: pki::csr::accept         ca: ca::chain::CaSet::check
-//!  (is the token live, now?)         ─▶ pki::issue::Signer         ─▶ ca::name::render
+//!  (is the token live, now?)         ─▶ pki::issue::Signer         ─▶ enroll::auto_enrolled_identity
 //!           │                                  │                               │
 //!           └────────── model values ──────────┴───────────────────────────────┴─▶ store command
 //!                                                                                  (in the daemon)
