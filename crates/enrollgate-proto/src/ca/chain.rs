@@ -374,7 +374,7 @@ impl CaSet {
     /// refused ("is not verified or does not allow authentication"), after its name.
     /// Signatures `memo` holds are not checked again ([`SignatureMemo::off`] checks every
     /// one). Records nothing: a worker's request path verifies through
-    /// [`super::metered::MeteredCas`], which records what [`CaSet::check`] reports.
+    /// the daemon's `ca::metered::MeteredCas`, which records what [`CaSet::check`] reports.
     pub fn verify(
         &self,
         chain: &[CertificateDer<'_>],
