@@ -169,7 +169,7 @@ hs = est("ott_floor/server_share_mutual_p256")
 hs_plain = est("ott_floor/server_share_server_only_p256")
 csr, sign = est("ott_floor/csr_accept_p256"), est("ott_floor/issue_client_cert_p256")
 chain = est("chain_verify/1_with_intermediate")
-# The daemon remembers a signature it verified (src/ca/memo.rs): from a fleet's second
+# The daemon remembers a signature it verified (crates/enrollgate-proto/src/ca/memo.rs): from a fleet's second
 # device on, only the leaf's signature is checked. Its ratio against that lower floor is
 # the second figure for ottca and ca.
 remembered = est("chain_verify/1_with_intermediate_remembered")

@@ -7,8 +7,8 @@ use std::sync::Arc;
 use base64::Engine as _;
 
 use crate::admission::{Limit, Limiter, Verdict};
-use crate::ca::chain::CaRegistry;
 use crate::ca::metered::WorkerCas;
+use crate::ca::registry::CaRegistry;
 use crate::clock::Clock;
 use crate::config::{Config, PublicUrl};
 use crate::pki::batch::{BatchOptions, BatchSigner};

@@ -31,6 +31,14 @@
 //! what goes into the issued certificate, which store mutations a command makes) is a
 //! plain function over plain values; sockets, files, RocksDB and the clock sit at the
 //! edges and feed them.
+//!
+//! Those functions live in their own crate, `enrollgate-proto` (`crates/enrollgate-proto`),
+//! which has neither RocksDB nor monoio among its dependencies; its modules are re-exported
+//! here under their old names (`http`, `clock`, `ids`, `model`, `enroll`, and the cores of
+//! `ca`, `pki` and `token`, which this crate extends with what needs the store, threads or
+//! metrics). See `docs/architecture.md`.
+
+pub use enrollgate_proto::{clock, enroll, http, ids, model};
 
 pub mod admission;
 pub mod api;
@@ -38,16 +46,11 @@ pub mod app;
 pub mod ca;
 pub mod cli;
 pub mod client;
-pub mod clock;
 pub mod config;
 pub mod console;
-pub mod enroll;
-#[doc(hidden)]
-pub mod fuzzing;
-pub mod http;
+#[cfg(test)]
+mod corpus;
 pub mod identity_file;
-pub mod ids;
-pub mod model;
 pub mod ops;
 pub mod pki;
 pub mod server;

@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| enrollgate::fuzzing::csr(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| enrollgate_proto::fuzzing::csr(data));

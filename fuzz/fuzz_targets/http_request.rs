@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| enrollgate::fuzzing::http_request(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| enrollgate_proto::fuzzing::http_request(data));

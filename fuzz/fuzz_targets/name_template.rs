@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| enrollgate::fuzzing::name_template(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| enrollgate_proto::fuzzing::name_template(data));

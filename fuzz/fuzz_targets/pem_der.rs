@@ -1,3 +1,3 @@
 #![no_main]
 
-libfuzzer_sys::fuzz_target!(|data: &[u8]| enrollgate::fuzzing::pem_der(data));
+libfuzzer_sys::fuzz_target!(|data: &[u8]| enrollgate_proto::fuzzing::pem_der(data));

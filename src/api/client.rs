@@ -9,12 +9,11 @@ use serde_json::json;
 use super::{json_body, method_not_allowed, ApiError, Peer, Request};
 use crate::app::WorkerCtx;
 
-use crate::ca::name::NameVars;
 use crate::clock::UnixTime;
-use crate::enroll::{check_token, validate_name};
+use crate::enroll::{auto_enrolled_identity, check_token, AutoNameError};
 use crate::http::query::param;
 use crate::http::Response;
-use crate::model::{Authenticator, Identity, IdentityType, Method};
+use crate::model::{Authenticator, Identity, Method};
 use crate::pki::{csr, fingerprint};
 use crate::store::{Command, Outcome};
 
@@ -345,36 +344,19 @@ pub(crate) async fn auto_enroll(
     refuse_bound(shared, &authenticator).await?;
     let identity_id = crate::ids::new_id().map_err(|e| ApiError::Unhandled(e.to_string()))?;
     let cn = crate::ca::chain::common_name(leaf);
-    let base = crate::ca::name::render(
-        &ca.identity_name_format,
-        &NameVars {
-            ca_name: &ca.name,
-            ca_id: &ca.id,
-            common_name: cn.as_deref(),
-            requested_name: requested.as_deref(),
-            identity_id: &identity_id,
-        },
+    let identity = auto_enrolled_identity(
+        ca,
+        cn.as_deref(),
+        requested.as_deref(),
+        identity_id,
+        authenticator,
+        now,
     )
-    .map_err(|e| ApiError::InvalidCommonName(e.to_string()))?;
-    if base.len() > crate::enroll::MAX_NAME_LEN - 7 {
-        return Err(ApiError::InvalidName(format!(
-            "the identity name would be longer than {} bytes",
-            crate::enroll::MAX_NAME_LEN - 7
-        )));
-    }
-    validate_name(&base)?;
-    let identity = Identity {
-        id: identity_id,
-        name: base,
-        kind: IdentityType::Device,
-        is_admin: false,
-        role_attributes: ca.identity_roles.clone(),
-        created_at: now,
-        updated_at: now,
-        enrollment_id: None,
-        lifecycle: Default::default(),
-        authenticator: Some(authenticator),
-    };
+    .map_err(|e| match e {
+        AutoNameError::Template(e) => ApiError::InvalidCommonName(e.to_string()),
+        AutoNameError::TooLong => ApiError::InvalidName(e.to_string()),
+        AutoNameError::Name(e) => e.into(),
+    })?;
     // Charged once the request could succeed (after the bound check and the name's), so a
     // device retrying a refusal does not spend its CA's budget for the devices waiting.
     shared.rates.ca(&ca.id)?;

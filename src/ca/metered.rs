@@ -9,8 +9,9 @@ use std::sync::Arc;
 
 use rustls_pki_types::CertificateDer;
 
-use super::chain::{CaRegistry, CaSet, ChainError};
+use super::chain::{CaSet, ChainError};
 use super::memo::SignatureMemo;
+use super::registry::CaRegistry;
 use crate::clock::UnixTime;
 use crate::model::Ca;
 
@@ -105,8 +106,33 @@ impl Default for WorkerCas {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
-    use crate::ca::chain::tests::{ca, root};
     use crate::store::Store;
+
+    fn root_pem(cn: &str) -> String {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut p = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        p.distinguished_name.push(rcgen::DnType::CommonName, cn);
+        p.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        p.self_signed(&key).unwrap().pem()
+    }
+
+    fn ca(id: &str, pem: &str) -> Ca {
+        Ca {
+            id: id.into(),
+            name: id.into(),
+            cert_pem: pem.into(),
+            fingerprint: id.into(),
+            is_verified: true,
+            verification_token: "t".into(),
+            is_auto_ca_enrollment_enabled: true,
+            is_ott_ca_enrollment_enabled: false,
+            is_auth_enabled: true,
+            identity_roles: vec![],
+            identity_name_format: crate::model::DEFAULT_NAME_FORMAT.into(),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
 
     #[test]
     fn workers_follow_the_registry_generation() {
@@ -115,11 +141,9 @@ mod tests {
         let registry = CaRegistry::load(&store).unwrap();
         let view = WorkerCas::new();
         assert!(view.current(&registry).is_empty());
-        let a = root("a");
+        let a = root_pem("a");
         store
-            .apply_now(vec![crate::store::Command::CreateCa {
-                ca: ca("A", &a.2, true),
-            }])
+            .apply_now(vec![crate::store::Command::CreateCa { ca: ca("A", &a) }])
             .unwrap()
             .pop()
             .unwrap()

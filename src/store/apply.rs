@@ -22,8 +22,9 @@ mod revoke;
 #[cfg(test)]
 mod testing;
 
-/// Suffixes tried for a colliding auto-enrolled name (`dev-7-000001` ... `dev-7-999999`).
-pub const MAX_NAME_SUFFIX: u32 = 999_999;
+/// Suffixes tried for a colliding auto-enrolled name (`dev-7-000001` ... `dev-7-999999`):
+/// one constant with the room `enroll::MAX_AUTO_NAME_LEN` leaves for them.
+pub use crate::enroll::MAX_NAME_SUFFIX;
 
 enum Write {
     Put(Vec<u8>, Vec<u8>),
@@ -338,7 +339,7 @@ impl<'a, S: Source + ?Sized> Batch<'a, S> {
                 if suffix > MAX_NAME_SUFFIX {
                     return Err(StoreError::NameInUse(base));
                 }
-                name = format!("{base}-{suffix:06}");
+                name = crate::enroll::suffixed_name(&base, suffix);
                 if !self.name_taken(&name)? {
                     break;
                 }

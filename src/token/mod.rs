@@ -1,8 +1,9 @@
-//! Enrollment JWTs: issued by the daemon with the enrollment listener's TLS key, verified
-//! by clients against the certificate that listener presents.
+//! Enrollment tokens in the daemon: the JWTs are the protocol crate's
+//! ([`enrollgate_proto::token`], re-exported here); the secret tokens are derived from, kept
+//! in a file beside the keys, is the daemon's (`secret`).
 
-pub mod jwt;
+pub use enrollgate_proto::token::*;
+
 pub mod secret;
 
-pub use jwt::{Claims, JwtError, JwtSigner};
 pub use secret::{token_sha256, TokenKey, TokenKeyError};

@@ -4,8 +4,8 @@
 //! A requested name fills `[requestedName]` (without one, the new identity's id does); as in
 //! OpenZiti, it is used only where the CA's format asks for it: the format is the
 //! operator's policy, and a device cannot name itself around it. A name that collides
-//! later gets a numeric suffix in
-//! the committer (`store::apply`), inside the same atomic write.
+//! later gets a numeric suffix (`enroll::suffixed_name`) in the daemon's committer
+//! (`store::apply`), inside the same atomic write.
 
 /// The symbols a format may use.
 pub const SYMBOLS: [&str; 5] = [

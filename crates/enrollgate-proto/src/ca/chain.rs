@@ -1,10 +1,9 @@
 //! Client chain verification against the cached third-party CAs.
 //!
-//! The CAs are parsed once into a [`CaSet`] (trust anchors indexed by subject), shared as
-//! an `Arc` snapshot. A change to any CA (create, update, verify, delete) rebuilds the set
-//! and bumps a generation counter; each worker keeps its own `Arc` and compares one atomic
-//! integer per request, so the request path takes no lock and every worker follows CA
-//! changes without a restart.
+//! The CAs are parsed once into a [`CaSet`] (trust anchors indexed by subject). Where the
+//! set comes from, how it is shared between workers and rebuilt when a CA changes, is the
+//! daemon's business (`enrollgate::ca::registry`); this module only answers "which CA, if
+//! any, does this chain verify against, now, for this purpose".
 //!
 //! Verification (rustls-webpki) builds a path from the leaf through the intermediates the
 //! client sent to a CA accepted for the purpose, checks validity at the given time, the
@@ -14,8 +13,6 @@
 //! signature it already verified (a fleet's shared intermediate), never any other check.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
 
 use rustls_pki_types::{CertificateDer, TrustAnchor, UnixTime as PkiTime};
 use x509_parser::prelude::*;
@@ -23,7 +20,6 @@ use x509_parser::prelude::*;
 use super::memo::{Counts, MemoCounts, SignatureMemo};
 use crate::clock::UnixTime;
 use crate::model::Ca;
-use crate::store::{Store, StoreError};
 
 /// Certificates a client chain may hold at most (leaf included).
 pub const MAX_CHAIN_LEN: usize = 10;
@@ -378,7 +374,7 @@ impl CaSet {
     /// refused ("is not verified or does not allow authentication"), after its name.
     /// Signatures `memo` holds are not checked again ([`SignatureMemo::off`] checks every
     /// one). Records nothing: a worker's request path verifies through
-    /// [`super::metered::MeteredCas`], which records what [`CaSet::check`] reports.
+    /// the daemon's `ca::metered::MeteredCas`, which records what [`CaSet::check`] reports.
     pub fn verify(
         &self,
         chain: &[CertificateDer<'_>],
@@ -527,60 +523,6 @@ pub struct Verification<'a> {
     pub cache_hit: bool,
     /// Signatures checked, and found already checked.
     pub signatures: MemoCounts,
-}
-
-/// The shared, current CA set and its generation.
-pub struct CaRegistry {
-    generation: AtomicU64,
-    current: Mutex<Arc<CaSet>>,
-}
-
-impl std::fmt::Debug for CaRegistry {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("CaRegistry")
-            .field("generation", &self.generation.load(Ordering::Relaxed))
-            .finish()
-    }
-}
-
-impl CaRegistry {
-    /// Loads every CA from the store.
-    pub fn load(store: &Store) -> Result<Self, StoreError> {
-        let set = CaSet::build(store.all_cas()?);
-        crate::telemetry::ca_cache(set.len());
-        Ok(Self {
-            generation: AtomicU64::new(1),
-            current: Mutex::new(Arc::new(set)),
-        })
-    }
-
-    /// Rebuilds the set from the store (after a CA change was committed). Reading and
-    /// swapping happen under one lock, so the last rebuild always reflects the last commit.
-    pub fn reload(&self, store: &Store) -> Result<(), StoreError> {
-        let mut current = match self.current.lock() {
-            Ok(g) => g,
-            // A panic while swapping cannot leave the Arc half-written: carry on.
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        *current = Arc::new(CaSet::build(store.all_cas()?));
-        crate::telemetry::ca_cache(current.len());
-        self.generation.fetch_add(1, Ordering::Release);
-        Ok(())
-    }
-
-    /// The generation of the current set: it changes with every reload.
-    pub(crate) fn generation(&self) -> u64 {
-        self.generation.load(Ordering::Acquire)
-    }
-
-    /// The generation of the current set, and the set.
-    pub(crate) fn snapshot(&self) -> (u64, Arc<CaSet>) {
-        let current = match self.current.lock() {
-            Ok(g) => g,
-            Err(poisoned) => poisoned.into_inner(),
-        };
-        (self.generation.load(Ordering::Acquire), current.clone())
-    }
 }
 
 /// The subject common name of a certificate, if it has one.

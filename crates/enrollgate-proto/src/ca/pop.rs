@@ -7,7 +7,8 @@ use crate::clock::UnixTime;
 
 /// Why a proof is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
+// Not `#[non_exhaustive]`: the daemon maps every variant to a response, and a new one
+// must fail its build until it has one.
 pub enum PopError {
     /// Not a PEM certificate (`EXPECTED_PEM_CERTIFICATE`).
     #[error("{0}")]

@@ -1,17 +1,20 @@
 //! Enrollment decisions, free of IO: whether a token may be redeemed for a method at a
-//! given instant, and what names an identity may have.
+//! given instant, what names an identity may have, and which identity a `ca`
+//! auto-enrollment creates ([`auto_enrolled_identity`]).
 //!
 //! The handlers read the enrollment record from the store, ask [`check_token`], do the
 //! cryptography, and hand the result to the committer, which asks the same question again
 //! inside the atomic write (see `store::apply`): a token can be consumed by a racing request
 //! between the two, and only the second answer counts.
 
+use crate::ca::name::{self, NameFormatError, NameVars};
 use crate::clock::UnixTime;
-use crate::model::{Enrollment, Method};
+use crate::model::{Authenticator, Ca, Enrollment, Identity, IdentityType, Method};
 
 /// Why an enrollment request is refused before any cryptography.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
+// Not `#[non_exhaustive]`: the daemon maps every variant to a response, and a new one
+// must fail its build until it has one.
 pub enum EnrollError {
     /// No pending enrollment has this token (never issued, already used, or deleted).
     #[error("the enrollment token is unknown or has already been used")]
@@ -57,6 +60,24 @@ pub fn check_token(
 
 /// The longest identity name accepted, in bytes.
 pub const MAX_NAME_LEN: usize = 255;
+
+/// Digits of the suffix that sets an auto-enrolled name apart from one already taken
+/// (`dev-7` → `dev-7-000001`; see [`suffixed_name`]).
+pub const NAME_SUFFIX_DIGITS: usize = 6;
+
+/// The largest collision suffix the store tries (`999999`) before it answers that the name
+/// is in use: every suffix has [`NAME_SUFFIX_DIGITS`] digits.
+pub const MAX_NAME_SUFFIX: u32 = 10u32.pow(NAME_SUFFIX_DIGITS as u32) - 1;
+
+/// The longest name a CA's template may render for an auto-enrolled identity: what is left
+/// of [`MAX_NAME_LEN`] after `-` and the collision suffix, so that the suffixed name the
+/// store may have to give it is still a valid name.
+pub const MAX_AUTO_NAME_LEN: usize = MAX_NAME_LEN - 1 - NAME_SUFFIX_DIGITS;
+
+/// `base` set apart by the collision suffix `suffix` (`dev-7`, 1 → `dev-7-000001`).
+pub fn suffixed_name(base: &str, suffix: u32) -> String {
+    format!("{base}-{suffix:0width$}", width = NAME_SUFFIX_DIGITS)
+}
 
 /// Why a name is refused.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -121,6 +142,61 @@ fn invisible(c: char) -> bool {
             | 0x1D173..=0x1D17A
             | 0xE0000..=0xE0FFF
     )
+}
+
+/// Why a `ca` auto-enrollment gives the device no name.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum AutoNameError {
+    /// The CA's template needs a value this certificate lacks (its CN).
+    #[error(transparent)]
+    Template(#[from] NameFormatError),
+    /// The rendered name leaves no room for a collision suffix.
+    #[error("the identity name would be longer than {MAX_AUTO_NAME_LEN} bytes")]
+    TooLong,
+    /// The rendered name is not a valid identity name.
+    #[error(transparent)]
+    Name(#[from] NameError),
+}
+
+/// The identity a `ca` auto-enrollment through `ca` creates for a verified leaf whose
+/// subject CN is `common_name`: named by the CA's `identityNameFormat` (at most
+/// [`MAX_AUTO_NAME_LEN`] bytes, a valid name), a `Device` with the CA's role attributes,
+/// bound to `authenticator`. The store may still append a collision suffix to the name
+/// ([`suffixed_name`]), inside the atomic write.
+pub fn auto_enrolled_identity(
+    ca: &Ca,
+    common_name: Option<&str>,
+    requested_name: Option<&str>,
+    identity_id: String,
+    authenticator: Authenticator,
+    now: UnixTime,
+) -> Result<Identity, AutoNameError> {
+    let base = name::render(
+        &ca.identity_name_format,
+        &NameVars {
+            ca_name: &ca.name,
+            ca_id: &ca.id,
+            common_name,
+            requested_name,
+            identity_id: &identity_id,
+        },
+    )?;
+    if base.len() > MAX_AUTO_NAME_LEN {
+        return Err(AutoNameError::TooLong);
+    }
+    validate_name(&base)?;
+    Ok(Identity {
+        id: identity_id,
+        name: base,
+        kind: IdentityType::Device,
+        is_admin: false,
+        role_attributes: ca.identity_roles.clone(),
+        created_at: now,
+        updated_at: now,
+        enrollment_id: None,
+        lifecycle: Default::default(),
+        authenticator: Some(authenticator),
+    })
 }
 
 #[cfg(test)]
@@ -203,5 +279,88 @@ mod tests {
         }
         assert!(validate_name("東京-センサー-7").is_ok());
         assert!(validate_name("capteur-été").is_ok());
+    }
+
+    fn ca(format: &str) -> Ca {
+        Ca {
+            id: "CA1".into(),
+            name: "fleet".into(),
+            cert_pem: String::new(),
+            fingerprint: String::new(),
+            is_verified: true,
+            verification_token: String::new(),
+            is_auto_ca_enrollment_enabled: true,
+            is_ott_ca_enrollment_enabled: false,
+            is_auth_enabled: true,
+            identity_roles: vec!["sensors".into()],
+            identity_name_format: format.into(),
+            created_at: 0,
+            updated_at: 0,
+        }
+    }
+
+    fn authenticator() -> Authenticator {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["dev".into()])
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        crate::pki::fingerprint::authenticator(cert.der(), false, Method::Ca, 5).unwrap()
+    }
+
+    #[test]
+    fn the_longest_auto_enrolled_name_stays_valid_with_the_largest_suffix() {
+        let longest = "a".repeat(MAX_AUTO_NAME_LEN);
+        assert!(validate_name(&suffixed_name(&longest, MAX_NAME_SUFFIX)).is_ok());
+        assert_eq!(suffixed_name("dev-7", 1), "dev-7-000001");
+        assert_eq!(suffixed_name("dev-7", MAX_NAME_SUFFIX), "dev-7-999999");
+
+        let make = |cn: &str| {
+            auto_enrolled_identity(
+                &ca("[commonName]"),
+                Some(cn),
+                None,
+                "ID".into(),
+                authenticator(),
+                5,
+            )
+        };
+        let made = make(&longest).unwrap();
+        assert_eq!(made.name, longest);
+        assert_eq!(made.kind, IdentityType::Device);
+        assert_eq!(made.role_attributes, vec!["sensors".to_string()]);
+        assert_eq!(made.created_at, 5);
+        assert!(made.authenticator.is_some());
+        assert_eq!(make(&format!("{longest}a")), Err(AutoNameError::TooLong));
+    }
+
+    #[test]
+    fn auto_enrolled_names_come_from_the_template_and_are_checked() {
+        let id = || "ID".to_string();
+        let made = auto_enrolled_identity(
+            &ca("[caName]-[commonName]"),
+            Some("dev"),
+            None,
+            id(),
+            authenticator(),
+            5,
+        )
+        .unwrap();
+        assert_eq!(made.name, "fleet-dev");
+        assert_eq!(
+            auto_enrolled_identity(&ca("[commonName]"), None, None, id(), authenticator(), 5),
+            Err(AutoNameError::Template(NameFormatError::NoCommonName))
+        );
+        assert_eq!(
+            auto_enrolled_identity(
+                &ca("[commonName]"),
+                Some("a\tb"),
+                None,
+                id(),
+                authenticator(),
+                5
+            ),
+            Err(AutoNameError::Name(NameError::BadCharacter))
+        );
     }
 }
