@@ -66,7 +66,7 @@ fn store_of(config: &std::path::Path) -> Result<PathBuf, CliError> {
 }
 
 /// Every record of the store `config` names, as of one moment.
-fn records_of(config: &std::path::Path) -> Result<Vec<(Vec<u8>, Vec<u8>)>, CliError> {
+fn records_of(config: &std::path::Path) -> Result<Vec<backup::Record>, CliError> {
     let config = Config::load(config)?;
     match &config.store_url {
         None => backup::read_all(&config.store_path).map_err(|e| CliError::new(e.to_string())),

@@ -181,6 +181,7 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     let registry = Arc::new(SharedRegistry::new(shared.clone()));
     // Only the registry keeps the state alive, so a reload can retire it (old keys).
     let heartbeats = shared.heartbeats.clone();
+    let restart_when_refusing = !shared.store.backend().shared();
     let memory = shared.memory.clone();
     if let Ok(rss) = ops::memory::resident_bytes() {
         let inputs = ops::memory::Inputs {
@@ -322,6 +323,7 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
                 watchdog_notifier,
                 watchdog_signal,
                 interval,
+                restart_when_refusing,
             );
         }
     });
@@ -365,11 +367,15 @@ impl Drop for CommitterGuard {
 
 /// Feeds systemd's watchdog at half its interval, but only while every worker's heartbeat
 /// advances: a wedged runtime stops the pings and systemd restarts the service.
+/// `restart_when_refusing`: a store that refuses writes too long is only cured by a
+/// restart (RocksDB after an I/O error); a shared database is reconnected to by the
+/// gateway itself, and a restart would not bring it back sooner.
 fn spawn_watchdog(
     heartbeats: Arc<[std::sync::atomic::AtomicU64]>,
     notifier: Arc<Notifier>,
     signal: ShutdownSignal,
     interval: std::time::Duration,
+    restart_when_refusing: bool,
 ) {
     use std::sync::atomic::Ordering;
     let period = interval / 2;
@@ -381,7 +387,7 @@ fn spawn_watchdog(
             let now: Vec<u64> = heartbeats.iter().map(|h| h.load(Ordering::Relaxed)).collect();
             let stalled: Vec<usize> = now.iter().zip(&last).enumerate().filter(|(_, (a, b))| a == b).map(|(i, _)| i).collect();
             let refusing = crate::telemetry::store_refusing_for()
-                .filter(|&d| d >= crate::telemetry::STORE_REFUSING_LIMIT);
+                .filter(|&d| restart_when_refusing && d >= crate::telemetry::STORE_REFUSING_LIMIT);
             if stalled.is_empty() && refusing.is_none() {
                 notifier.send("WATCHDOG=1");
             } else if !signal.is_set() {

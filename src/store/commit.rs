@@ -209,7 +209,8 @@ fn run(
             Err(flume::RecvTimeoutError::Timeout) => {
                 // Refusing writes, with none to try: see, once a second, whether it would
                 // take one now, so that readiness follows the store and not the traffic.
-                if crate::telemetry::store_refusing_for().is_some()
+                // A shared database can go away while nothing is written: asked too.
+                if (crate::telemetry::store_refusing_for().is_some() || backend.shared())
                     && probed.elapsed() >= PROBE_EVERY
                 {
                     probed = Instant::now();

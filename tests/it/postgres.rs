@@ -97,7 +97,11 @@ fn fsck_clean(gw: &Gateway) -> String {
 }
 
 /// `devices` enroll by `ca` all at once, spread over the gateways' ports.
-fn race(ports: &[u16], ca: &[rustls_pki_types::CertificateDer<'static>], devices: Vec<Device>) -> Vec<HttpResponse> {
+fn race(
+    ports: &[u16],
+    ca: &[rustls_pki_types::CertificateDer<'static>],
+    devices: Vec<Device>,
+) -> Vec<HttpResponse> {
     let threads = 48.min(devices.len());
     let per = devices.len().div_ceil(threads);
     let chunks: Vec<Vec<Device>> = devices.chunks(per).map(<[Device]>::to_vec).collect();
@@ -309,11 +313,20 @@ fn a_ca_deleted_on_one_node_is_refused_by_the_others() {
     fsck_clean(&nodes[1]);
 }
 
-/// Enrolls `n` distinct devices one after another on `gw`; the names of those answered 200.
-fn trickle(gw_port: u16, ca: Vec<rustls_pki_types::CertificateDer<'static>>, devices: Vec<Device>) -> Vec<(u16, Option<String>, Option<String>)> {
+/// One enrollment of a surge: status, identity name when 200, `Retry-After`.
+type Answer = (u16, Option<String>, Option<String>);
+
+/// Enrolls the devices one after another on the gateway at `gw_port`: each one's status,
+/// identity name (the template's `[caName]-[commonName]`) when answered 200, and
+/// `Retry-After`.
+fn trickle(
+    gw_port: u16,
+    ca: Vec<rustls_pki_types::CertificateDer<'static>>,
+    devices: Vec<(Device, String)>,
+) -> Vec<Answer> {
     devices
         .into_iter()
-        .map(|d| {
+        .map(|(d, name)| {
             let cfg = enrollgate::client::config(&ca, Some((d.chain(), d.key()))).unwrap();
             match enrollgate::client::request(
                 cfg,
@@ -330,13 +343,7 @@ fn trickle(gw_port: u16, ca: Vec<rustls_pki_types::CertificateDer<'static>>, dev
                         .iter()
                         .find(|(k, _)| k.eq_ignore_ascii_case("retry-after"))
                         .map(|(_, v)| v.clone());
-                    let name = (r.status == 200).then(|| {
-                        r.json().unwrap()["data"]["identity"]["name"]
-                            .as_str()
-                            .unwrap_or_default()
-                            .to_string()
-                    });
-                    (r.status, name, retry)
+                    (r.status, (r.status == 200).then_some(name), retry)
                 }
                 // The node was killed under this request.
                 Err(_) => (0, None, None),
@@ -356,8 +363,14 @@ fn names_in(gw: &Gateway) -> std::collections::HashSet<String> {
         assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
         let page = r.json().unwrap();
         let items = page["data"].as_array().unwrap();
-        names.extend(items.iter().map(|i| i["name"].as_str().unwrap().to_string()));
-        if items.is_empty() || names.len() as u64 >= page["meta"]["pagination"]["totalCount"].as_u64().unwrap() {
+        names.extend(
+            items
+                .iter()
+                .map(|i| i["name"].as_str().unwrap().to_string()),
+        );
+        if items.is_empty()
+            || names.len() as u64 >= page["meta"]["pagination"]["totalCount"].as_u64().unwrap()
+        {
             return names;
         }
     }
@@ -379,16 +392,23 @@ fn without_jwts(mut v: Value) -> Value {
     v
 }
 
-fn surge(nodes: &[&Gateway], fleet: &Fleet, per_node: usize, tag: &str) -> Vec<std::thread::JoinHandle<Vec<(u16, Option<String>, Option<String>)>>> {
+fn surge(
+    nodes: &[&Gateway],
+    fleet: &Fleet,
+    ca_name: &str,
+    per_node: usize,
+    tag: &str,
+) -> Vec<std::thread::JoinHandle<Vec<Answer>>> {
     nodes
         .iter()
         .enumerate()
-        .flat_map(|(n, gw)| {
-            (0..2).map(move |t| (n, t, gw.port, gw.ca_certs()))
-        })
+        .flat_map(|(n, gw)| (0..2).map(move |t| (n, t, gw.port, gw.ca_certs())))
         .map(|(n, t, port, ca)| {
-            let devices: Vec<Device> = (0..per_node / 2)
-                .map(|i| fleet.device(&Spec::new(&format!("{tag}-{n}-{t}-{i}"))))
+            let devices: Vec<(Device, String)> = (0..per_node / 2)
+                .map(|i| {
+                    let cn = format!("{tag}-{n}-{t}-{i}");
+                    (fleet.device(&Spec::new(&cn)), format!("{ca_name}-{cn}"))
+                })
                 .collect();
             std::thread::spawn(move || trickle(port, ca, devices))
         })
@@ -404,10 +424,13 @@ fn acknowledged_enrollments_survive_a_killed_node_and_a_stopped_database() {
     std::thread::sleep(Duration::from_millis(1500)); // node B's CA cache
 
     // A surge over both; node B is killed in the middle of it.
-    let threads = surge(&[&nodes[0], &nodes[1]], &fleet, 120, "kill");
+    let threads = surge(&[&nodes[0], &nodes[1]], &fleet, "dur", 120, "kill");
     std::thread::sleep(Duration::from_millis(400));
     nodes[1].crash();
-    let results: Vec<_> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let results: Vec<_> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
     let acked: Vec<String> = results.iter().filter_map(|(_, n, _)| n.clone()).collect();
     assert!(!acked.is_empty());
     for (status, _, _) in &results {
@@ -415,23 +438,51 @@ fn acknowledged_enrollments_survive_a_killed_node_and_a_stopped_database() {
     }
     let present = names_in(&nodes[0]);
     for name in &acked {
-        assert!(present.contains(name), "{name} was acknowledged and is gone");
+        assert!(
+            present.contains(name),
+            "{name} was acknowledged and is gone"
+        );
     }
     fsck_clean(&nodes[0]);
 
     // The database stopped at once, in the middle of a surge: 503 with Retry-After, never
     // a 500 nor a hang; /readyz says so; the gateway reconnects by itself.
-    let threads = surge(&[&nodes[0]], &fleet, 200, "pgstop");
+    let threads = surge(&[&nodes[0]], &fleet, "dur", 200, "pgstop");
     std::thread::sleep(Duration::from_millis(300));
     pg.stop_immediate();
     let down = Instant::now();
     while nodes[0].readyz() != 503 {
-        assert!(down.elapsed() < Duration::from_secs(10), "/readyz stays 200 with the database down");
+        assert!(
+            down.elapsed() < Duration::from_secs(10),
+            "/readyz stays 200 with the database down"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
-    std::thread::sleep(Duration::from_millis(500));
+    // While it is down: answered, 503 with Retry-After, within the connect timeout.
+    for i in 0..3 {
+        let asked = Instant::now();
+        let r = ca_enroll(&nodes[0], &fleet.device(&Spec::new(&format!("down-{i}"))));
+        assert_eq!(
+            (r.status, code(&r).as_str()),
+            (503, "SERVICE_UNAVAILABLE"),
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+        assert!(r
+            .headers
+            .iter()
+            .any(|(k, v)| k.eq_ignore_ascii_case("retry-after") && v == "2"));
+        assert!(
+            asked.elapsed() < Duration::from_secs(12),
+            "{:?}",
+            asked.elapsed()
+        );
+    }
     pg.start_again();
-    let results: Vec<_> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let results: Vec<_> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
     let mut unavailable = 0;
     for (status, _, retry) in &results {
         match status {
@@ -443,18 +494,30 @@ fn acknowledged_enrollments_survive_a_killed_node_and_a_stopped_database() {
             other => panic!("{other} while the database was down"),
         }
     }
-    println!("{unavailable} of {} answered 503 while PostgreSQL was down", results.len());
+    println!(
+        "{unavailable} of {} answered 503 while PostgreSQL was down",
+        results.len()
+    );
     let start = Instant::now();
     while nodes[0].readyz() != 200 {
-        assert!(start.elapsed() < Duration::from_secs(15), "the gateway did not come back");
+        assert!(
+            start.elapsed() < Duration::from_secs(15),
+            "the gateway did not come back"
+        );
         std::thread::sleep(Duration::from_millis(200));
     }
     let present = names_in(&nodes[0]);
     for name in results.iter().filter_map(|(_, n, _)| n.as_ref()) {
-        assert!(present.contains(name), "{name} was acknowledged and is gone");
+        assert!(
+            present.contains(name),
+            "{name} was acknowledged and is gone"
+        );
     }
     // Serving again.
-    assert_eq!(ca_enroll(&nodes[0], &fleet.device(&Spec::new("after"))).status, 200);
+    assert_eq!(
+        ca_enroll(&nodes[0], &fleet.device(&Spec::new("after"))).status,
+        200
+    );
     assert!(!nodes[0].log().contains("UNHANDLED"), "{}", nodes[0].log());
     fsck_clean(&nodes[0]);
 }
@@ -468,13 +531,19 @@ fn a_failover_to_a_synchronous_standby_loses_no_acknowledged_enrollment() {
     fleet.register(&nodes[0], "fo", true, false, false);
     std::thread::sleep(Duration::from_millis(1500));
 
-    let threads = surge(&[&nodes[0], &nodes[1]], &fleet, 160, "fo");
+    let threads = surge(&[&nodes[0], &nodes[1]], &fleet, "fo", 160, "fo");
     std::thread::sleep(Duration::from_millis(400));
     primary.stop_immediate();
     standby.promote();
-    let results: Vec<_> = threads.into_iter().flat_map(|t| t.join().unwrap()).collect();
+    let results: Vec<_> = threads
+        .into_iter()
+        .flat_map(|t| t.join().unwrap())
+        .collect();
     for (status, _, _) in &results {
-        assert!(*status == 200 || *status == 503, "{status} during the failover");
+        assert!(
+            *status == 200 || *status == 503,
+            "{status} during the failover"
+        );
     }
     // Both carry on, on the promoted standby.
     for gw in &nodes {
@@ -485,7 +554,10 @@ fn a_failover_to_a_synchronous_standby_loses_no_acknowledged_enrollment() {
                 break;
             }
             assert_eq!(r.status, 503, "{}", String::from_utf8_lossy(&r.body));
-            assert!(start.elapsed() < Duration::from_secs(20), "no recovery after the failover");
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "no recovery after the failover"
+            );
             std::thread::sleep(Duration::from_millis(200));
         }
     }
@@ -493,7 +565,10 @@ fn a_failover_to_a_synchronous_standby_loses_no_acknowledged_enrollment() {
     let acked: Vec<&String> = results.iter().filter_map(|(_, n, _)| n.as_ref()).collect();
     assert!(!acked.is_empty());
     for name in acked {
-        assert!(present.contains(name), "{name} was acknowledged and is gone");
+        assert!(
+            present.contains(name),
+            "{name} was acknowledged and is gone"
+        );
     }
     fsck_clean(&nodes[0]);
 }

@@ -379,7 +379,15 @@ impl Gateway {
             .to_string();
         let code = run_ok(
             Command::new("curl")
-                .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "10"])
+                .args([
+                    "-s",
+                    "-o",
+                    "/dev/null",
+                    "-w",
+                    "%{http_code}",
+                    "--max-time",
+                    "10",
+                ])
                 .arg(format!("http://{addr}/readyz")),
         );
         code.trim().parse().expect("status code")

@@ -34,7 +34,7 @@ pub use url::StoreUrl;
 
 /// How long a commit of unknown outcome waits for the database to come back and say
 /// whether it landed.
-pub const RESOLVE_LIMIT: Duration = Duration::from_secs(15);
+pub const RESOLVE_LIMIT: Duration = Duration::from_secs(10);
 
 /// The first wait before connecting again after a failure; it doubles up to
 /// [`BACKOFF_MAX`].
@@ -410,7 +410,7 @@ impl Postgres {
 impl Postgres {
     /// Every record, as of one moment (a repeatable-read transaction of its own): for
     /// `fsck` beside running gateways.
-    pub fn read_all(&self) -> Result<Vec<(Vec<u8>, Vec<u8>)>, StoreError> {
+    pub fn read_all(&self) -> Result<Vec<crate::ops::backup::Record>, StoreError> {
         let mut client = self.url.connect()?;
         let mut tx = client
             .build_transaction()
@@ -432,7 +432,11 @@ impl Postgres {
 
     /// Writes `records` into this (new, empty) store, in commits of `chunk` inserts: for
     /// `migrate`. An existing key is a conflict, never overwritten.
-    pub fn load(&self, records: &[(Vec<u8>, Vec<u8>)], chunk: usize) -> Result<(), StoreError> {
+    pub fn load(
+        &self,
+        records: &[crate::ops::backup::Record],
+        chunk: usize,
+    ) -> Result<(), StoreError> {
         for part in records.chunks(chunk.max(1)) {
             let set = WriteSet {
                 expect: Vec::new(),
@@ -609,9 +613,13 @@ impl Backend for Postgres {
         if !connection_lost(&e) {
             return Err(CommitError::Failed(store_error(&e)));
         }
-        // The connection went during the commit: it may have landed. Ask, on a new one.
+        // The connection went during the commit: it may have landed. Ask, on a new one;
+        // meanwhile the gateway is not ready (a load balancer sends elsewhere).
         slot.conn = None;
         drop(slot);
+        if crate::telemetry::store_refusing_for().is_none() {
+            crate::telemetry::set_store_refusing(true);
+        }
         tracing::warn!(error = %store_error(&e), "the connection to PostgreSQL dropped during a commit; asking whether it landed");
         match self.resolve(id) {
             Ok(true) => Ok(()),
