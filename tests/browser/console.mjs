@@ -162,6 +162,8 @@ try {
   await page.locator('#ca-detail').getByLabel('Authentication').uncheck();
   await page.getByRole('button', { name: 'Save changes' }).click();
   await page.getByRole('heading', { name: 'Edit CA acme' }).waitFor({ state: 'detached' });
+  // The list is fetched again after the save: wait for the row to show it, then check.
+  await caRow.locator('td').nth(3).getByText('no', { exact: true }).waitFor();
   assert.equal(await caRow.locator('td').nth(3).textContent(), 'no', 'Authenticate is off');
   const [caJwt] = await Promise.all([
     page.waitForEvent('download'),
