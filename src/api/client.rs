@@ -201,7 +201,7 @@ async fn refuse_bound(shared: &crate::app::Shared, auth: &Authenticator) -> Resu
     let auth = auth.clone();
     let (bound, blocked) = shared
         .store
-        .read(move |s| Ok((s.is_bound(&auth)?, s.is_blocked(&auth)?)))
+        .read(move |s| s.bound_or_blocked(&auth))
         .await?;
     if bound {
         return Err(ApiError::CertInUse(

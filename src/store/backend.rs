@@ -156,7 +156,8 @@ pub trait Backend: Source + Send + Sync + std::fmt::Debug {
     /// that readiness follows the store and not the traffic.
     fn probe(&self) -> bool;
 
-    /// Round trips to the database so far (0 for an embedded one): reported per batch.
+    /// Round trips to the database the calling thread made so far (0 for an embedded
+    /// one): the committer reports its own per batch.
     fn round_trips(&self) -> u64 {
         0
     }
@@ -178,6 +179,43 @@ impl<T: Source + ?Sized> super::Snapshot for T {
             !found
         })?;
         Ok(found)
+    }
+}
+
+/// A source whose records at some keys were read ahead, all in one round trip: reads of
+/// those keys are answered from memory (with the version read then), others go through.
+pub struct Prefetched<'a> {
+    source: &'a dyn Backend,
+    known: std::collections::HashMap<Vec<u8>, Option<Versioned>>,
+}
+
+impl<'a> Prefetched<'a> {
+    /// Reads `keys` from `source` at once.
+    pub fn read(source: &'a dyn Backend, mut keys: Vec<Vec<u8>>) -> Result<Self, StoreError> {
+        keys.sort_unstable();
+        keys.dedup();
+        let values = if keys.is_empty() {
+            Vec::new()
+        } else {
+            source.read_many(&keys)?
+        };
+        Ok(Self {
+            source,
+            known: keys.into_iter().zip(values).collect(),
+        })
+    }
+}
+
+impl Source for Prefetched<'_> {
+    fn read(&self, key: &[u8]) -> Result<Option<Versioned>, StoreError> {
+        match self.known.get(key) {
+            Some(v) => Ok(v.clone()),
+            None => self.source.read(key),
+        }
+    }
+
+    fn scan(&self, prefix: &[u8], f: &mut Visit<'_>) -> Result<(), StoreError> {
+        self.source.scan(prefix, f)
     }
 }
 

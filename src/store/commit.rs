@@ -19,7 +19,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use super::apply::{Batch, Command, Outcome, SuffixHints};
-use super::backend::{Backend, CommitError};
+use super::backend::{Backend, CommitError, Prefetched, Source};
 use super::{Store, StoreError};
 
 /// Whether a reply waits for the WAL to reach the disk (I4).
@@ -258,7 +258,30 @@ fn attempt(
     hints: &mut SuffixHints,
     cmds: impl Iterator<Item = Command>,
 ) -> Attempt {
-    let mut batch = Batch::with_hints(backend, hints);
+    if backend.shared() {
+        // Each read is a round trip: what the commands will surely read, in one.
+        let cmds: Vec<Command> = cmds.collect();
+        let reads = cmds.iter().flat_map(Command::reads).collect();
+        let source = match Prefetched::read(backend, reads) {
+            Ok(source) => source,
+            Err(e) => {
+                written(false, backend.kind());
+                return Attempt::Failed(e);
+            }
+        };
+        return decide_and_commit(backend, &source, durable, hints, cmds.into_iter());
+    }
+    decide_and_commit(backend, backend, durable, hints, cmds)
+}
+
+fn decide_and_commit<S: Source + ?Sized>(
+    backend: &dyn Backend,
+    source: &S,
+    durable: bool,
+    hints: &mut SuffixHints,
+    cmds: impl Iterator<Item = Command>,
+) -> Attempt {
+    let mut batch = Batch::with_hints(source, hints);
     let results: Vec<_> = cmds.map(|cmd| batch.apply(cmd)).collect();
     if batch.is_empty() {
         return Attempt::Done(results);

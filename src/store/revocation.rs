@@ -170,6 +170,21 @@ impl Store {
         self.all_under(keys::BLOCKED)
     }
 
+    /// Whether `auth` is bound to an identity (as it is, or another encoding of its
+    /// signature: I1), and whether its content is blocked: one round trip on a database.
+    pub fn bound_or_blocked(&self, auth: &Authenticator) -> Result<(bool, bool), StoreError> {
+        let mut wanted = keys::bound(auth);
+        let bound = wanted.len();
+        if let Some(tbs) = content_of(auth) {
+            wanted.push(keys::blocked(&tbs));
+        }
+        let found = self.backend().read_many(&wanted)?;
+        Ok((
+            found[..bound].iter().any(Option::is_some),
+            found[bound..].iter().any(Option::is_some),
+        ))
+    }
+
     /// Whether `auth`'s content is blocked (its identity was deleted or re-enrolled).
     pub fn is_blocked(&self, auth: &Authenticator) -> Result<bool, StoreError> {
         match content_of(auth) {

@@ -5,6 +5,54 @@
 use crate::clock::UnixTime;
 use crate::model::{Authenticator, Ca, Enrollment, Identity, Method, Renewal};
 
+impl Command {
+    /// Keys the decision of this command will read (a hint: it may read others, and
+    /// need not read these). A shared backend reads a batch's hints in one round trip
+    /// before deciding it, instead of one round trip per key.
+    pub fn reads(&self) -> Vec<Vec<u8>> {
+        use crate::store::keys;
+        let bound = |a: &Authenticator| {
+            let mut k = keys::bound(a);
+            if let Some(tbs) = crate::store::revocation::content_of(a) {
+                k.push(keys::blocked(&tbs));
+            }
+            k
+        };
+        match self {
+            Command::AutoEnroll { ca_id, identity } => {
+                let mut k = vec![
+                    keys::ca(ca_id),
+                    keys::name(&identity.name),
+                    keys::identity(&identity.id),
+                ];
+                if let Some(a) = &identity.authenticator {
+                    k.extend(bound(a));
+                }
+                k
+            }
+            Command::Redeem {
+                token,
+                identity_id,
+                authenticator,
+                ca_id,
+                ..
+            } => {
+                let mut k = vec![
+                    keys::token_hash(&crate::token::token_sha256(token)),
+                    keys::identity(identity_id),
+                ];
+                k.extend(ca_id.iter().map(|c| keys::ca(c)));
+                k.extend(bound(authenticator));
+                k
+            }
+            Command::CreateIdentity { identity, .. } => {
+                vec![keys::identity(&identity.id), keys::name(&identity.name)]
+            }
+            _ => Vec::new(),
+        }
+    }
+}
+
 /// A change to the store, decided by the committer.
 #[derive(Clone)]
 #[non_exhaustive]

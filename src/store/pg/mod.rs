@@ -20,7 +20,7 @@
 pub mod schema;
 pub mod url;
 
-use std::sync::atomic::{AtomicI64, AtomicU64, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -56,6 +56,16 @@ pub fn gateway_of(ca_cert_pem: &[u8]) -> Result<String, String> {
     )))
 }
 
+thread_local! {
+    /// Round trips this thread made to the database: the committer reports its own per
+    /// batch, apart from the workers' reads on the reader threads.
+    static ROUND_TRIPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
+}
+
+fn round_trip() {
+    ROUND_TRIPS.with(|n| n.set(n.get() + 1));
+}
+
 /// One connection and its prepared statements.
 struct Conn {
     client: Client,
@@ -81,7 +91,6 @@ pub struct Postgres {
     writer: Mutex<Slot>,
     readers: Vec<Mutex<Slot>>,
     next_reader: AtomicUsize,
-    round_trips: AtomicU64,
     /// The last commit id given (random start, then +1).
     commit_ids: AtomicI64,
 }
@@ -209,7 +218,6 @@ impl Postgres {
                 .map(|_| Mutex::new(Slot::default()))
                 .collect(),
             next_reader: AtomicUsize::new(0),
-            round_trips: AtomicU64::new(0),
             commit_ids: AtomicI64::new(start),
         };
         // Fail now, not at the first request, if the statements do not prepare.
@@ -232,7 +240,7 @@ impl Postgres {
     ) -> Result<T, StoreError> {
         let mut slot = lock(slot);
         let conn = self.connected(&mut slot)?;
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        round_trip();
         match f(conn) {
             Ok(v) => Ok(v),
             Err(e) => {
@@ -294,7 +302,7 @@ impl Postgres {
         for slot in &self.readers {
             if let Ok(mut guard) = slot.try_lock() {
                 let conn = self.connected(&mut guard)?;
-                self.round_trips.fetch_add(1, Ordering::Relaxed);
+                round_trip();
                 return match f(conn) {
                     Ok(v) => Ok(v),
                     Err(e) => {
@@ -577,7 +585,7 @@ impl Backend for Postgres {
                 .map_err(|e| CommitError::Failed(store_error(&e)))?;
             conn.synchronous = durable;
         }
-        self.round_trips.fetch_add(1, Ordering::Relaxed);
+        round_trip();
         let outcome = conn.client.query(
             &conn.commit,
             &[
@@ -643,7 +651,7 @@ impl Backend for Postgres {
     }
 
     fn round_trips(&self) -> u64 {
-        self.round_trips.load(Ordering::Relaxed)
+        ROUND_TRIPS.with(std::cell::Cell::get)
     }
 }
 
