@@ -12,18 +12,12 @@ use std::path::{Path, PathBuf};
 use super::fsck;
 
 /// One stored key and its value.
-pub type Record = (Vec<u8>, Vec<u8>);
+pub use crate::store::Record;
 
 /// A backup or restore failed.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct BackupError(pub String);
-
-impl From<rocksdb::Error> for BackupError {
-    fn from(e: rocksdb::Error) -> Self {
-        Self(e.into_string())
-    }
-}
 
 /// What a backup holds.
 #[derive(Debug, Clone)]
@@ -34,7 +28,8 @@ pub struct BackupSummary {
     pub report: fsck::Report,
 }
 
-/// Every record of the store at `path`, read consistently beside a running daemon.
+/// Every record of the store at `path`, read consistently beside a running daemon (a
+/// RocksDB secondary instance: `store::rocks::read_all_beside`).
 pub fn read_all(path: &Path) -> Result<Vec<Record>, BackupError> {
     if crate::store::rocks::absent(path) {
         return Err(BackupError(format!(
@@ -43,28 +38,7 @@ pub fn read_all(path: &Path) -> Result<Vec<Record>, BackupError> {
             path.display()
         )));
     }
-    let scratch = tempfile::Builder::new()
-        .prefix("enrollgate-secondary-")
-        .tempdir()
-        .map_err(|e| BackupError(format!("scratch directory: {e}")))?;
-    let mut opts = rocksdb::Options::default();
-    opts.set_max_open_files(-1);
-    let db = rocksdb::DB::open_as_secondary(&opts, path, scratch.path()).map_err(|e| {
-        BackupError(format!(
-            "cannot open the store at {}: {}",
-            path.display(),
-            e.into_string()
-        ))
-    })?;
-    db.try_catch_up_with_primary()?;
-    // An iterator reads one consistent point in time (it pins an implicit snapshot;
-    // secondary instances do not offer explicit ones).
-    let mut out = Vec::new();
-    for item in db.iterator(rocksdb::IteratorMode::Start) {
-        let (k, v) = item?;
-        out.push((k.to_vec(), v.to_vec()));
-    }
-    Ok(out)
+    crate::store::rocks::read_all_beside(path).map_err(|e| BackupError(e.to_string()))
 }
 
 /// Copies the store at `store` to a new store at `out`, which must not exist or be an empty
@@ -120,20 +94,7 @@ pub fn backup(store: &Path, out: &Path) -> Result<BackupSummary, BackupError> {
 }
 
 fn write_copy(out: &Path, records: &[Record]) -> Result<(), BackupError> {
-    let mut opts = crate::store::rocks::options();
-    opts.create_if_missing(true);
-    let db = rocksdb::DB::open(&opts, out)?;
-    for chunk in records.chunks(4096) {
-        let mut wb = rocksdb::WriteBatch::default();
-        for (k, v) in chunk {
-            wb.put(k, v);
-        }
-        let mut wo = rocksdb::WriteOptions::default();
-        wo.set_sync(true);
-        db.write_opt(wb, &wo)?;
-    }
-    db.flush()?;
-    drop(db);
+    crate::store::rocks::write_new(out, records).map_err(|e| BackupError(e.to_string()))?;
     restrict(out)
 }
 

@@ -48,6 +48,9 @@ pub use apply::{CaChanges, Command, Outcome};
 pub use backend::{Backend, CommitError};
 pub use commit::{CommitHandle, CommitOptions, Durability};
 
+/// One stored key and its value.
+pub type Record = (Vec<u8>, Vec<u8>);
+
 /// A store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[non_exhaustive]

@@ -1,6 +1,7 @@
 //! The embedded RocksDB backend, and what only RocksDB does: its table and cache options,
-//! its memory budget, the migrations of older stores at open. Backups through a secondary
-//! instance are in `ops::backup`, and use [`options`].
+//! its memory budget, the migrations of older stores at open, and the reading of a store
+//! beside the daemon through a secondary instance (for `backup` and `fsck`, which
+//! `ops::backup` orchestrates).
 //!
 //! One process holds the database's lock, and its one committer thread writes: every
 //! expectation of a write set holds by construction, so a commit is one `WriteBatch`,
@@ -147,6 +148,54 @@ fn index_admins(db: &rocksdb::DB) -> Result<(), StoreError> {
 /// is not an answer, and is left to RocksDB, which names it.
 pub fn absent(path: &Path) -> bool {
     std::fs::metadata(path.join("CURRENT")).is_err_and(|e| e.kind() == std::io::ErrorKind::NotFound)
+}
+
+/// Every record of the store at `path`, read consistently beside the daemon that holds it
+/// open: a RocksDB *secondary* instance (made for reading while the primary writes; it takes
+/// no lock) caught up with the primary's WAL, iterated at one point in time. For `backup`
+/// and `fsck`.
+pub fn read_all_beside(path: &Path) -> Result<Vec<super::Record>, StoreError> {
+    let scratch = tempfile::Builder::new()
+        .prefix("enrollgate-secondary-")
+        .tempdir()
+        .map_err(|e| StoreError::Db(format!("scratch directory: {e}")))?;
+    let mut opts = rocksdb::Options::default();
+    opts.set_max_open_files(-1);
+    let db = rocksdb::DB::open_as_secondary(&opts, path, scratch.path()).map_err(|e| {
+        StoreError::Db(format!(
+            "cannot open the store at {}: {}",
+            path.display(),
+            e.into_string()
+        ))
+    })?;
+    db.try_catch_up_with_primary()?;
+    // An iterator reads one consistent point in time (it pins an implicit snapshot;
+    // secondary instances do not offer explicit ones).
+    let mut out = Vec::new();
+    for item in db.iterator(rocksdb::IteratorMode::Start) {
+        let (k, v) = item?;
+        out.push((k.to_vec(), v.to_vec()));
+    }
+    Ok(out)
+}
+
+/// Writes `records` into a new RocksDB store at `out` (this module's options), synced and
+/// flushed: a backup's copy.
+pub fn write_new(out: &Path, records: &[super::Record]) -> Result<(), StoreError> {
+    let mut opts = options();
+    opts.create_if_missing(true);
+    let db = rocksdb::DB::open(&opts, out)?;
+    for chunk in records.chunks(4096) {
+        let mut wb = rocksdb::WriteBatch::default();
+        for (k, v) in chunk {
+            wb.put(k, v);
+        }
+        let mut wo = rocksdb::WriteOptions::default();
+        wo.set_sync(true);
+        db.write_opt(wb, &wo)?;
+    }
+    db.flush()?;
+    Ok(())
 }
 
 /// The backend on an opened RocksDB.

@@ -626,3 +626,88 @@ fn migrate_moves_a_rocksdb_store_into_postgresql() {
     fsck_clean(&gw);
     let _: Value = shown.json().unwrap();
 }
+
+#[test]
+fn tls_to_the_database_is_verified_with_rustls() {
+    // A CA and a server certificate for 127.0.0.1, made here; the server's files belong to
+    // the postgres user, its key private, as PostgreSQL requires.
+    let files = tempfile::Builder::new()
+        .prefix("eg-pg-tls-")
+        .tempdir_in(if std::path::Path::new("/dev/shm").is_dir() {
+            "/dev/shm"
+        } else {
+            "/tmp"
+        })
+        .unwrap();
+    std::fs::set_permissions(
+        files.path(),
+        std::os::unix::fs::PermissionsExt::from_mode(0o755),
+    )
+    .unwrap();
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, "database CA");
+    let ca_cert = ca_params.self_signed(&ca_key).unwrap();
+    let issuer = rcgen::Issuer::new(ca_params, ca_key);
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_string()])
+        .unwrap()
+        .signed_by(&key, &issuer)
+        .unwrap();
+    let (crt, pem_key, root) = (
+        files.path().join("server.crt"),
+        files.path().join("server.key"),
+        files.path().join("root.crt"),
+    );
+    crate::postgres_server::write_owned(&crt, &cert.pem());
+    crate::postgres_server::write_owned(&pem_key, &key.serialize_pem());
+    std::fs::set_permissions(
+        &pem_key,
+        std::os::unix::fs::PermissionsExt::from_mode(0o600),
+    )
+    .unwrap();
+    std::fs::write(&root, ca_cert.pem()).unwrap();
+    let pg = PgServer::start_with(&[
+        "ssl = on",
+        &format!("ssl_cert_file = '{}'", crt.display()),
+        &format!("ssl_key_file = '{}'", pem_key.display()),
+    ]);
+    let url = format!(
+        "{}?sslmode=require&sslrootcert={}",
+        pg.url(),
+        root.display()
+    );
+    let parsed = StoreUrl::parse(&url, None).unwrap();
+    assert!(parsed.to_string().ends_with("(TLS)"), "{parsed}");
+    let b = Postgres::open(parsed, "gw-tls", true).unwrap();
+    crate::store_contract::basic(&b, "tls");
+    let encrypted = pg.psql(
+        "SELECT count(*) FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid) \
+         WHERE a.application_name = 'enrollgate' AND s.ssl",
+    );
+    assert_ne!(encrypted.trim(), "0", "the gateway's connections use TLS");
+
+    // A server whose certificate the root does not vouch for is refused, named.
+    let other = rcgen::KeyPair::generate().unwrap();
+    let mut other_params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    other_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    let stranger = files.path().join("stranger.crt");
+    std::fs::write(&stranger, other_params.self_signed(&other).unwrap().pem()).unwrap();
+    let wrong = StoreUrl::parse(
+        &format!(
+            "{}?sslmode=require&sslrootcert={}",
+            pg.url(),
+            stranger.display()
+        ),
+        None,
+    )
+    .unwrap();
+    let e = Postgres::open(wrong, "gw-tls", false)
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cannot connect"), "{e}");
+    assert!(!e.contains(pg.password()), "{e}");
+}

@@ -614,7 +614,7 @@ fn new_dir() -> tempfile::TempDir {
 }
 
 /// Writes `contents` to `path` and, as root, gives the file to the postgres OS user.
-fn write_owned(path: &Path, contents: &str) {
+pub fn write_owned(path: &Path, contents: &str) {
     std::fs::write(path, contents).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     if running_as_root() {
         let out = Command::new("chown")
