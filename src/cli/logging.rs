@@ -14,12 +14,21 @@ use crate::config::LogFormat;
 pub type LogHandle = reload::Handle<EnvFilter, Registry>;
 
 fn filter(level: &str) -> EnvFilter {
-    std::env::var("RUST_LOG")
+    let filter = std::env::var("RUST_LOG")
         .ok()
         .and_then(|v| EnvFilter::try_new(v).ok())
         .or_else(|| EnvFilter::try_new(level).ok())
-        .unwrap_or_else(|| EnvFilter::new("info"))
+        .unwrap_or_else(|| EnvFilter::new("info"));
+    // rust-postgres logs every statement's parameters at debug: record values, a CA's
+    // verification token. Never below info, whatever the level asked for.
+    QUIET.iter().fold(filter, |f, d| match d.parse() {
+        Ok(d) => f.add_directive(d),
+        Err(_) => f,
+    })
 }
+
+/// Crates held at `info` at most: what they log at debug holds secrets.
+const QUIET: [&str; 2] = ["tokio_postgres=info", "postgres=info"];
 
 /// The format to use: JSON when asked, or when stderr is systemd's journal.
 pub fn effective_format(configured: LogFormat, forced: Option<LogFormat>) -> LogFormat {
@@ -78,6 +87,14 @@ pub fn set_level(handle: &LogHandle, level: &str) -> Result<(), String> {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn the_database_client_never_logs_below_info() {
+        let f = super::filter("trace").to_string();
+        for quiet in super::QUIET {
+            assert!(f.contains(quiet), "{f}");
+        }
+    }
+
     use super::*;
 
     #[test]

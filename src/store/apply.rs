@@ -45,6 +45,9 @@ pub struct Batch<'a, S: Source + ?Sized> {
     /// Every key read from `snap` (not from the overlay), with the version first seen
     /// (`None`: absent): the write set's expectations.
     observed: RefCell<HashMap<Vec<u8>, Option<Version>>>,
+    /// The keys of `observed` in the order they were first read, so that what a refused
+    /// command read can be forgotten.
+    observed_order: RefCell<Vec<Vec<u8>>>,
     hints: Option<&'a mut SuffixHints>,
 }
 
@@ -65,6 +68,7 @@ impl<S: Source + ?Sized> Batch<'_, S> {
         let mut observed = self.observed.borrow_mut();
         if !observed.contains_key(key) {
             observed.insert(key.to_vec(), version);
+            self.observed_order.borrow_mut().push(key.to_vec());
         }
     }
 }
@@ -140,6 +144,7 @@ impl<'a, S: Source + ?Sized> Batch<'a, S> {
             overlay: HashMap::new(),
             writes: Vec::new(),
             observed: RefCell::new(HashMap::new()),
+            observed_order: RefCell::new(Vec::new()),
             hints: None,
         }
     }
@@ -178,6 +183,7 @@ impl<'a, S: Source + ?Sized> Batch<'a, S> {
     /// so that a create is always an insert.
     pub fn into_write_set(self) -> Result<WriteSet, StoreError> {
         let mut observed = self.observed.into_inner();
+        drop(self.observed_order);
         let mut last: BTreeMap<Vec<u8>, Option<Vec<u8>>> = BTreeMap::new();
         for w in self.writes {
             match w {
@@ -223,8 +229,24 @@ impl<'a, S: Source + ?Sized> Batch<'a, S> {
             .collect()
     }
 
-    /// Decides one command; on success its writes join the batch.
+    /// Decides one command; on success its writes join the batch. A refused command writes
+    /// nothing, and what it read is not expected at commit either: a refusal is answered
+    /// from what the store held when it was read, and must not make the batch's commit
+    /// conflict with changes that concern only it (a scan of every identity, say).
     pub fn apply(&mut self, cmd: Command) -> Result<Outcome, StoreError> {
+        let read_before = self.observed_order.borrow().len();
+        let decided = self.decide(cmd);
+        if decided.is_err() {
+            let forgotten = self.observed_order.borrow_mut().split_off(read_before);
+            let mut observed = self.observed.borrow_mut();
+            for key in forgotten {
+                observed.remove(&key);
+            }
+        }
+        decided
+    }
+
+    fn decide(&mut self, cmd: Command) -> Result<Outcome, StoreError> {
         match cmd {
             Command::CreateIdentity {
                 identity,
@@ -1090,6 +1112,62 @@ mod tests {
         assert!(!map.contains_key(&keys::content("c-fpA")));
         let r = commit(&mut map, vec![redeem_twin]);
         assert!(r[0].is_ok(), "{r:?}");
+    }
+
+    #[test]
+    fn a_write_set_expects_what_was_read_and_forgets_what_a_refused_command_read() {
+        let mut map = Map::new();
+        commit(
+            &mut map,
+            vec![Command::CreateIdentity {
+                identity: identity("a", "taken"),
+                enrollment: None,
+            }],
+        );
+        let mut batch = Batch::new(&map);
+        // Refused: the name is taken. What it read is not the commit's business.
+        assert!(batch
+            .apply(Command::CreateIdentity {
+                identity: identity("x", "taken"),
+                enrollment: None,
+            })
+            .is_err());
+        batch
+            .apply(Command::CreateIdentity {
+                identity: identity("b", "fresh"),
+                enrollment: None,
+            })
+            .unwrap();
+        let set = batch.into_write_set().unwrap();
+        let expected: Vec<&[u8]> = set.expect.iter().map(|e| e.key()).collect();
+        assert!(
+            !expected.contains(&keys::name("taken").as_slice()),
+            "{expected:?}"
+        );
+        assert!(
+            !expected.contains(&keys::identity("x").as_slice()),
+            "{expected:?}"
+        );
+        // The accepted command's writes are creates: inserts, never overwrites.
+        let changed: Vec<(&[u8], bool)> = set
+            .changes
+            .iter()
+            .map(|c| {
+                (
+                    c.key(),
+                    matches!(c, crate::store::backend::Change::Insert(..)),
+                )
+            })
+            .collect();
+        assert!(
+            changed.contains(&(keys::name("fresh").as_slice(), true)),
+            "{changed:?}"
+        );
+        assert!(
+            changed.contains(&(keys::identity("b").as_slice(), true)),
+            "{changed:?}"
+        );
+        assert!(changed.iter().all(|(_, insert)| *insert), "{changed:?}");
     }
 
     #[test]

@@ -147,6 +147,20 @@ pub const BATCH_RETRIES: usize = 3;
 /// answered busy (retry shortly): a record so contended that it keeps changing under it.
 pub const COMMAND_RETRIES: usize = 8;
 
+/// How long a batch may take deciding again after conflicts; past it, the commands not yet
+/// committed are answered busy (retry shortly), so that one contended batch cannot keep
+/// the committer from the next.
+pub const RETRY_BUDGET: Duration = Duration::from_secs(5);
+
+/// A pause before deciding again after a conflict, `attempt` (from 1) times a millisecond
+/// and a random part of one, so that nodes that collided do not collide again in step.
+fn back_off(attempt: usize) {
+    let mut jitter = [0u8; 1];
+    let _ = crate::ids::fill_random(&mut jitter);
+    let micros = attempt.min(20) as u64 * 1000 + u64::from(jitter[0]) * 4;
+    std::thread::sleep(Duration::from_micros(micros));
+}
+
 /// Records the outcome of a write for readiness (`/readyz`) and the watchdog, and says so
 /// in the log when it changes.
 fn written(ok: bool, kind: &str) {
@@ -323,9 +337,16 @@ fn one_by_one(
     hints: &mut SuffixHints,
     cmds: Vec<Command>,
 ) -> Vec<Result<Outcome, StoreError>> {
+    let deadline = Instant::now() + RETRY_BUDGET;
     cmds.into_iter()
         .map(|cmd| {
-            for _ in 0..=COMMAND_RETRIES {
+            for tries in 0..=COMMAND_RETRIES {
+                if Instant::now() >= deadline {
+                    break;
+                }
+                if tries > 0 {
+                    back_off(tries);
+                }
                 match attempt(backend, durable, hints, std::iter::once(cmd.clone())) {
                     Attempt::Done(mut r) => return r.pop().unwrap_or(Err(StoreError::Busy)),
                     Attempt::Conflict => continue,
@@ -356,7 +377,10 @@ fn commit_group(
         loop {
             match attempt(backend, durable, hints, cmds.iter().cloned()) {
                 Attempt::Done(results) => break Ok(results),
-                Attempt::Conflict if retries < BATCH_RETRIES => retries += 1,
+                Attempt::Conflict if retries < BATCH_RETRIES => {
+                    retries += 1;
+                    back_off(retries);
+                }
                 Attempt::Conflict => break Ok(one_by_one(backend, durable, hints, cmds)),
                 Attempt::Failed(e) => break Err(e),
             }

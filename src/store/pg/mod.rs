@@ -25,7 +25,6 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
-use postgres::types::ToSql;
 use postgres::{Client, Statement};
 
 use super::backend::{Backend, Change, CommitError, Expect, Source, Versioned, Visit, WriteSet};
@@ -75,6 +74,29 @@ struct Conn {
     commit: Statement,
     /// Whether `synchronous_commit` is on for this session.
     synchronous: bool,
+    /// This session's server process and when it started: what `resolve` ends before it
+    /// trusts the absence of a commit id.
+    backend: (i32, String),
+    /// The server: its address and when its postmaster started (a restart or a failover
+    /// makes another).
+    server: String,
+}
+
+/// How long a commit waits for a row another node's commit holds: past it, the commit is
+/// a conflict, decided again (a node stuck with its locks does not stop the others).
+const LOCK_TIMEOUT: &str = "SET lock_timeout = '10s'";
+
+/// The server a session is on (see `Conn::server`).
+const SERVER: &str = "SELECT coalesce(host(inet_server_addr()), 'local') || ':' || \
+    coalesce(inet_server_port()::text, '') || '@' || pg_postmaster_start_time()::text";
+
+/// What [`Postgres::resolve`] learned on one connection.
+enum Resolution {
+    /// The commit landed, or surely did not.
+    Known(bool),
+    /// The old session could not be ended (another server now, or it did not go): only
+    /// a commit id found proves anything.
+    Unsure,
 }
 
 /// A connection slot: the connection if there is one, and when to try again if not.
@@ -113,10 +135,9 @@ fn connection_lost(e: &postgres::Error) -> bool {
     match e.code() {
         None => true,
         Some(code) => {
-            let class = &code.code()[..2];
             // 08: connection exception; 57P0x: shutdown, crash, cannot connect now;
             // 25006: a read-only transaction (a standby, or a primary demoted by failover).
-            class == "08"
+            code.code().get(..2) == Some("08")
                 || matches!(
                     code,
                     &SqlState::ADMIN_SHUTDOWN
@@ -158,12 +179,29 @@ impl Conn {
         let scan = prepare(
             &mut client,
             "SELECT key, value, version FROM enrollgate_kv \
-             WHERE key >= $1 AND ($2::bytea IS NULL OR key < $2) ORDER BY key",
+             WHERE key >= $1 AND ($2::bytea IS NULL OR key < $2) ORDER BY key LIMIT $3",
         )?;
         let commit = prepare(
             &mut client,
             "SELECT enrollgate_commit($1, $2, $3, $4, $5, $6, $7, $8)",
         )?;
+        client
+            .batch_execute(LOCK_TIMEOUT)
+            .map_err(|e| store_error(&e))?;
+        let me = client
+            .query_one(
+                "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
+                &[],
+            )
+            .map_err(|e| store_error(&e))?;
+        let backend = (
+            me.try_get(0).map_err(|e| store_error(&e))?,
+            me.try_get(1).map_err(|e| store_error(&e))?,
+        );
+        let server = client
+            .query_one(SERVER, &[])
+            .and_then(|r| r.try_get(0))
+            .map_err(|e| store_error(&e))?;
         Ok(Self {
             client,
             read,
@@ -171,6 +209,8 @@ impl Conn {
             scan,
             commit,
             synchronous: true,
+            backend,
+            server,
         })
     }
 }
@@ -318,17 +358,57 @@ impl Postgres {
         self.on(&self.readers[i], f)
     }
 
-    /// Whether the commit `id` landed, asked on a new connection after the old one
-    /// dropped during it; waits up to [`RESOLVE_LIMIT`] for the database to answer.
-    fn resolve(&self, id: i64) -> Result<bool, StoreError> {
+    /// Whether the commit `id`, sent on the session `backend` of `server` whose connection
+    /// dropped before the answer, landed; waits up to [`RESOLVE_LIMIT`] for the database.
+    /// The old session may still be running the commit (waiting for a lock, or for the
+    /// standby): on the same server, it is ended first (`pg_terminate_backend`, then
+    /// waited for), and only then does a missing commit id mean "not landed". On another
+    /// server (a failover) or a standby, only a commit id found proves anything.
+    fn resolve(&self, id: i64, backend: &(i32, String), server: &str) -> Result<bool, StoreError> {
         let deadline = Instant::now() + RESOLVE_LIMIT;
         loop {
             let asked = self.with_writer(|c| {
-                c.client
-                    .query_opt("SELECT 1 FROM enrollgate_commits WHERE id = $1", &[&id])
+                let found = |c: &mut Conn| {
+                    c.client
+                        .query_opt("SELECT 1 FROM enrollgate_commits WHERE id = $1", &[&id])
+                        .map(|r| r.is_some())
+                };
+                let standby: bool = c.client.query_one("SELECT pg_is_in_recovery()", &[])?.try_get(0)?;
+                if c.server != server || standby {
+                    return Ok(match found(c)? {
+                        true => Resolution::Known(true),
+                        false => Resolution::Unsure,
+                    });
+                }
+                c.client.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity \
+                     WHERE pid = $1 AND backend_start::text = $2",
+                    &[&backend.0, &backend.1],
+                )?;
+                for _ in 0..100 {
+                    let alive = c.client.query_opt(
+                        "SELECT 1 FROM pg_stat_activity WHERE pid = $1 AND backend_start::text = $2",
+                        &[&backend.0, &backend.1],
+                    )?;
+                    if alive.is_none() {
+                        return found(c).map(Resolution::Known);
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                Ok(match found(c)? {
+                    true => Resolution::Known(true),
+                    false => Resolution::Unsure,
+                })
             });
             match asked {
-                Ok(row) => return Ok(row.is_some()),
+                Ok(Resolution::Known(landed)) => return Ok(landed),
+                Ok(Resolution::Unsure) => {
+                    return Err(StoreError::Unavailable(
+                        "a commit's outcome cannot be learned (the database failed over, or \
+                         its session did not end)"
+                            .into(),
+                    ))
+                }
                 Err(StoreError::Unavailable(text)) => {
                     if Instant::now() >= deadline {
                         return Err(StoreError::Unavailable(text));
@@ -489,24 +569,37 @@ impl Source for Postgres {
 
     fn scan(&self, prefix: &[u8], f: &mut Visit<'_>) -> Result<(), StoreError> {
         let end = prefix_end(prefix);
-        // Rows stream from the server as they come; a scan that stops early drops the
-        // rest with the iterator.
-        self.with_reader(|c| {
-            let params: [&(dyn ToSql + Sync); 2] = [&prefix, &end];
-            let mut rows = c.client.query_raw(&c.scan, params)?;
-            use postgres::fallible_iterator::FallibleIterator;
-            while let Some(r) = rows.next()? {
-                let k: &[u8] = r.try_get(0)?;
-                let v: &[u8] = r.try_get(1)?;
-                let version: i64 = r.try_get(2)?;
-                if !f(k, v, version) {
-                    break;
+        // In pages, each read on a connection that is given back before `f` runs: `f` may
+        // read again (a decision that scans reads each record's neighbour), and a long
+        // scan for an admin listing does not hold a connection the committer needs.
+        let mut from = prefix.to_vec();
+        loop {
+            let page: Vec<(Vec<u8>, Vec<u8>, i64)> = self.with_reader(|c| {
+                let rows = c.client.query(&c.scan, &[&from, &end, &SCAN_PAGE])?;
+                rows.iter()
+                    .map(|r| Ok((r.try_get(0)?, r.try_get(1)?, r.try_get(2)?)))
+                    .collect()
+            })?;
+            let full = page.len() as i64 == SCAN_PAGE;
+            for (k, v, version) in &page {
+                if !f(k, v, *version) {
+                    return Ok(());
                 }
             }
-            Ok(())
-        })
+            match page.into_iter().next_back() {
+                // The next key after the last one read: the last one and a zero byte.
+                Some((mut last, _, _)) if full => {
+                    last.push(0);
+                    from = last;
+                }
+                _ => return Ok(()),
+            }
+        }
     }
 }
+
+/// Records per page of a scan.
+const SCAN_PAGE: i64 = 512;
 
 /// The parameters of one `enrollgate_commit` call.
 #[derive(Default)]
@@ -586,6 +679,7 @@ impl Backend for Postgres {
             conn.synchronous = durable;
         }
         round_trip();
+        let session = (conn.backend.clone(), conn.server.clone());
         let outcome = conn.client.query(
             &conn.commit,
             &[
@@ -612,6 +706,7 @@ impl Backend for Postgres {
                 &SqlState::T_R_DEADLOCK_DETECTED
                     | &SqlState::T_R_SERIALIZATION_FAILURE
                     | &SqlState::UNIQUE_VIOLATION
+                    | &SqlState::LOCK_NOT_AVAILABLE
             ) {
                 return Err(CommitError::Conflict(
                     set.keys().into_iter().map(<[u8]>::to_vec).collect(),
@@ -629,7 +724,7 @@ impl Backend for Postgres {
             crate::telemetry::set_store_refusing(true);
         }
         tracing::warn!(error = %store_error(&e), "the connection to PostgreSQL dropped during a commit; asking whether it landed");
-        match self.resolve(id) {
+        match self.resolve(id, &session.0, &session.1) {
             Ok(true) => Ok(()),
             // Not written: decide again (on what is there now).
             Ok(false) => Err(CommitError::Conflict(Vec::new())),

@@ -137,6 +137,13 @@ pub fn accept(der: &[u8]) -> Result<AcceptedCsr, CsrError> {
     if !rest.is_empty() {
         return Err(CsrError::NotACsr);
     }
+    // x509-parser reads some fields loosely (an algorithm identifier's OID under another
+    // tag, say); the strict DER decoder of the RustCrypto `x509-cert` types (through `cms`,
+    // already here for PKCS#7) refuses what is not exactly a PKCS#10 request.
+    {
+        use der::Decode as _;
+        cms::cert::x509::request::CertReq::from_der(der).map_err(|_| CsrError::NotACsr)?;
+    }
     let spki = &csr.certification_request_info.subject_pki;
     let key = classify_key(spki)?;
     csr.verify_signature().map_err(|_| CsrError::BadSignature)?;
@@ -192,6 +199,34 @@ fn modulus_bits(bytes: &[u8]) -> usize {
     match first {
         None => 0,
         Some(i) => (bytes.len() - i - 1) * 8 + (8 - bytes[i].leading_zeros() as usize),
+    }
+}
+
+#[cfg(test)]
+mod strict {
+    use super::*;
+
+    /// A request whose signature algorithm's OID carries another tag (0x86 for 0x06): the
+    /// signature still verifies over the request info, but it is not a PKCS#10 request.
+    /// Found by tests/it/property.rs.
+    #[test]
+    fn a_request_that_is_not_strict_der_is_refused() {
+        let key = rcgen::KeyPair::generate().expect("key");
+        let good = rcgen::CertificateParams::default()
+            .serialize_request(&key)
+            .expect("csr")
+            .der()
+            .to_vec();
+        assert!(accept(&good).is_ok());
+        // The outer signatureAlgorithm: SEQUENCE { OID ecdsa-with-SHA256 } after the info.
+        let oid = [0x06, 0x08, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x04, 0x03, 0x02];
+        let at = good
+            .windows(oid.len())
+            .rposition(|w| w == oid)
+            .expect("the signature algorithm");
+        let mut bad = good.clone();
+        bad[at] = 0x86;
+        assert_eq!(accept(&bad).unwrap_err(), CsrError::NotACsr);
     }
 }
 
