@@ -140,7 +140,6 @@ impl Shared {
             clock,
             public_url,
             cas,
-            Arc::default(),
             heartbeats,
             Arc::default(),
             rates,
@@ -148,7 +147,8 @@ impl Shared {
     }
 
     /// The state for a re-read configuration: new certificates, keys, limits and policy;
-    /// the same store, committer, CA cache, sessions, heartbeats and memory guard.
+    /// the same store, committer, CA cache, heartbeats and memory guard (sessions are
+    /// tokens signed under the token key: they carry over).
     pub fn reloaded(&self, config: Config, public_url: PublicUrl) -> Result<Self, SetupError> {
         let rates = if self.rates.same_limits(&config.limits) {
             self.rates.clone()
@@ -162,7 +162,6 @@ impl Shared {
             self.clock.clone(),
             public_url,
             self.cas.clone(),
-            self.sessions.clone(),
             self.heartbeats.clone(),
             self.memory.clone(),
             rates,
@@ -177,7 +176,6 @@ impl Shared {
         clock: Arc<dyn Clock>,
         public_url: PublicUrl,
         cas: Arc<CaRegistry>,
-        sessions: Arc<crate::api::session::Sessions>,
         heartbeats: Arc<[std::sync::atomic::AtomicU64]>,
         memory: Arc<crate::ops::memory::MemoryGuard>,
         rates: Arc<RateLimits>,
@@ -231,6 +229,7 @@ impl Shared {
         })?;
         let cacerts_b64 = base64_lines(&pki::pkcs7::certs_only(&served)?);
         let tokens = Arc::new(crate::token::TokenKey::load(&config.token_key)?);
+        let sessions = Arc::new(crate::api::session::Sessions::new(&tokens));
         // What an `ott` answer tells the client to trust (its identity file's `ca`): the
         // same CAs, so that it can reach this listener again.
         let ca_bundle_pem = pki::pem_of_certs(&served);
@@ -514,7 +513,11 @@ impl RateLimits {
 fn verdict(limit: &'static str, v: Verdict) -> Result<(), Refused> {
     match v {
         Verdict::Admit | Verdict::Untracked => Ok(()),
-        Verdict::Wait(wait) => Err(Refused { limit, wait }),
+        Verdict::Wait(wait) => {
+            // Counted where it is decided: every refusal, whoever maps it to an answer.
+            crate::telemetry::rate_limited(limit);
+            Err(Refused { limit, wait })
+        }
     }
 }
 

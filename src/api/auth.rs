@@ -18,10 +18,7 @@ use crate::clock::UnixTime;
 use crate::model::{Activation, Identity};
 
 // The sessions moved to `api::session`; their old paths still name them.
-pub use super::session::{
-    authenticator_id, Opening, Session, Sessions, MAX_SESSIONS, MAX_SESSIONS_PER_IDENTITY,
-    SESSION_TTL_SECS,
-};
+pub use super::session::{authenticator_id, Opening, Session, Sessions, SESSION_TTL_SECS};
 
 /// Why a certificate does not authenticate (`401`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

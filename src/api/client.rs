@@ -127,7 +127,7 @@ pub(super) async fn route(
         },
         "/current-api-session" => match method {
             "GET" | "HEAD" => super::current::current_api_session(w, req).await,
-            "DELETE" => super::current::logout(w, req),
+            "DELETE" => super::current::logout(w, req).await,
             _ => Err(method_not_allowed(req, "GET, DELETE")),
         },
         p if p.starts_with(super::extend::AUTHENTICATORS) => {

@@ -65,14 +65,30 @@ pub(super) async fn current_api_session(
     Ok(Response::data(session_detail(&session, token, &identity)))
 }
 
-/// `DELETE /current-api-session`: logout. The token authenticates nothing afterwards.
-pub(super) fn logout(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
-    let (token, _) = session_of(w, req)?;
-    // Two logouts racing: the loser finds no session, as if it came second.
-    if !w.shared.sessions.end(token) {
-        return Err(no_session());
-    }
+/// `DELETE /current-api-session`: logout. The token authenticates nothing afterwards, on
+/// any node.
+pub(super) async fn logout(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
+    let (_, session) = session_of(w, req)?;
+    identity_of(w, &session).await?;
+    end_session(w, &session).await.map_err(|e| match e {
+        // Two logouts racing: the loser finds no session, as if it came second.
+        ApiError::NotFound(_) => no_session(),
+        other => other,
+    })?;
     Ok(Response::data(json!({})))
+}
+
+/// Ends `session` on every node (a logout), through the store.
+pub(super) async fn end_session(w: &WorkerCtx, session: &Session) -> Result<(), ApiError> {
+    w.shared
+        .commit
+        .submit(crate::store::Command::EndSession {
+            session_id: session.id.clone(),
+            expires_at: session.expires_at,
+            now: w.shared.clock.unix_now(),
+        })
+        .await?;
+    Ok(())
 }
 
 /// `GET /current-identity`.
@@ -98,13 +114,17 @@ pub(super) fn session_of<'r>(
 }
 
 pub(super) async fn identity_of(w: &WorkerCtx, session: &Session) -> Result<Identity, ApiError> {
-    let id = session.identity_id.clone();
-    let identity = w
+    let (id, sid) = (session.identity_id.clone(), session.id.clone());
+    let (identity, logged_out) = w
         .shared
         .store
-        .read(move |s| s.identity(&id))
-        .await?
+        .read(move |s| s.session_state(&id, &sid))
+        .await?;
+    let identity = identity
         .ok_or_else(|| ApiError::Unauthorized("the session's identity no longer exists".into()))?;
+    if super::session::ended(session, &identity, logged_out) {
+        return Err(no_session());
+    }
     // Disabling ends the identity's sessions; this closes the window of a session opened
     // while the suspension was being committed.
     if identity.is_disabled_at(w.shared.clock.unix_now()) {

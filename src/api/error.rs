@@ -240,13 +240,10 @@ impl From<StoreError> for ApiError {
             StoreError::CaNotUsable(_) => Self::EnrollmentCaNotValid(msg),
             StoreError::Disabled(_) => Self::IdentityDisabled(msg),
             StoreError::CertRevoked(_) => Self::CertRevoked(msg),
-            StoreError::Busy => {
-                crate::telemetry::rate_limited("commit_queue");
-                Self::RateLimited {
-                    message: msg,
-                    retry_after: 1,
-                }
-            }
+            StoreError::Busy => Self::RateLimited {
+                message: msg,
+                retry_after: 1,
+            },
             StoreError::ShuttingDown | StoreError::Unavailable(_) => Self::ServiceUnavailable(msg),
             StoreError::Db(_)
             | StoreError::Corrupt(_)
@@ -261,13 +258,10 @@ impl From<crate::pki::batch::SignError> for ApiError {
         use crate::pki::batch::SignError;
         match e {
             SignError::Csr(inner) => inner.into(),
-            SignError::Busy => {
-                crate::telemetry::rate_limited("sign_queue");
-                Self::RateLimited {
-                    message: "the gateway is signing at capacity; retry shortly".into(),
-                    retry_after: 1,
-                }
-            }
+            SignError::Busy => Self::RateLimited {
+                message: "the gateway is signing at capacity; retry shortly".into(),
+                retry_after: 1,
+            },
             SignError::Stopped => Self::ServiceUnavailable("the gateway is shutting down".into()),
             SignError::Issue(inner) => Self::Unhandled(inner.to_string()),
         }
@@ -276,7 +270,6 @@ impl From<crate::pki::batch::SignError> for ApiError {
 
 impl From<crate::app::Refused> for ApiError {
     fn from(r: crate::app::Refused) -> Self {
-        crate::telemetry::rate_limited(r.limit);
         let what = match r.limit {
             "source" => "from this address",
             _ => "through this CA",

@@ -209,6 +209,7 @@ pub async fn page_off_worker(
     }
     if RUNNING.fetch_add(1, Ordering::AcqRel) >= MAX_CONCURRENT_PASSES {
         RUNNING.fetch_sub(1, Ordering::AcqRel);
+        crate::telemetry::rate_limited("listing_scans");
         return Err(ApiError::RateLimited {
             message: format!(
                 "{MAX_CONCURRENT_PASSES} filtered identity listings are running; retry shortly"

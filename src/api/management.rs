@@ -212,7 +212,7 @@ async fn delete_identity(w: &WorkerCtx, id: &str) -> Result<Response, ApiError> 
             now: w.shared.clock.unix_now(),
         })
         .await?;
-    w.shared.sessions.end_identity(id);
+    // Its sessions end with it: a session's identity is read on every request.
     tracing::info!(identity_id = %id, "identity deleted");
     Ok(Response::data(json!({})))
 }

@@ -10,8 +10,8 @@
 //! DELETE /revocations/{id}                                lift a blocked certificate
 //! ```
 //!
-//! Disabling, re-enrolling and deleting end the identity's API sessions once the store
-//! has committed the change (sessions live in this process's memory).
+//! Disabling, re-enrolling and deleting end the identity's API sessions in the write that
+//! commits the change (`Lifecycle::sessions_after`, or no identity), on every node.
 
 use serde::Deserialize;
 use serde_json::{json, Value};
@@ -88,8 +88,8 @@ pub(super) async fn disable(w: &WorkerCtx, req: &Request, id: &str) -> Result<Re
             now,
         })
         .await?;
-    let ended = w.shared.sessions.end_identity(id);
-    tracing::info!(identity_id = %id, until_secs = ?secs, sessions_ended = ended, "identity disabled");
+    // Its sessions ended in the same write (`sessions_after`), on every node.
+    tracing::info!(identity_id = %id, until_secs = ?secs, "identity disabled");
     Ok(Response::data(identity_view(w, &identity_of(outcome)?)))
 }
 
@@ -134,8 +134,7 @@ pub(super) async fn re_enroll(
             now,
         })
         .await?;
-    let ended = w.shared.sessions.end_identity(id);
-    tracing::info!(identity_id = %id, sessions_ended = ended, "identity re-enrolled: certificates revoked, new token issued");
+    tracing::info!(identity_id = %id, "identity re-enrolled: certificates revoked, new token issued; its sessions ended");
     Ok(Response::json(
         201,
         &json!({ "data": views::enrollment(&e), "meta": {} }),

@@ -1,35 +1,52 @@
 //! API sessions: what `POST /authenticate?method=cert` and the console hand out, and the
-//! `zt-session` header carries. In memory, per process: a restart ends them, and clients
-//! authenticate again. Nothing here knows how a certificate authenticates (`auth`).
+//! `zt-session` header carries. A session is its own proof: a token that carries the
+//! session (id, identity, authenticator, address, times) and an HMAC of it under a key
+//! derived from the token key, which every node of a gateway shares. So a session opened
+//! on one node works on every other, and after a restart, with nothing kept in memory.
+//!
+//! What ends a session before it expires is in the store, read with the identity on every
+//! request ([`crate::store::Store::session_state`]): a logout writes its id (`sr:`), and
+//! disabling or re-enrolling an identity moves its `sessions_after`; a deleted identity has
+//! no sessions. Nothing here knows how a certificate authenticates (`auth`).
 
-use dashmap::DashMap;
+use aws_lc_rs::hmac;
+use base64::Engine as _;
 
 use super::ApiError;
 use crate::clock::UnixTime;
 
 /// Lifetime of an API session.
 pub const SESSION_TTL_SECS: i64 = 30 * 60;
-/// Sessions kept at most; expired ones are pruned when this is reached.
-pub const MAX_SESSIONS: usize = 100_000;
-/// Live sessions one identity may hold; a new one replaces its oldest, so no identity can
-/// fill the table and lock the others out.
-pub const MAX_SESSIONS_PER_IDENTITY: usize = 16;
+
+/// The prefix of a session token: its format's version.
+const PREFIX: &str = "s1.";
+
+/// Tokens longer than this are not ours (a header bounds them anyway).
+const MAX_TOKEN_LEN: usize = 2048;
+
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
 /// One API session, as `GET /current-api-session` shows it.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 pub struct Session {
     /// Opaque id, shown to the client (OpenZiti's C SDK compares session ids to see whether
     /// a refresh returned the session it holds). Not the token: the id is not a secret.
+    #[serde(rename = "i")]
     pub id: String,
     /// The identity.
+    #[serde(rename = "d")]
     pub identity_id: String,
     /// The authenticator the session was opened with (see [`authenticator_id`]).
+    #[serde(rename = "a")]
     pub authenticator_id: String,
     /// The address the client authenticated from (empty when unknown).
+    #[serde(rename = "p")]
     pub ip_address: String,
     /// When it was opened.
+    #[serde(rename = "c")]
     pub created_at: UnixTime,
     /// Expiry.
+    #[serde(rename = "e")]
     pub expires_at: UnixTime,
 }
 
@@ -40,19 +57,15 @@ pub fn authenticator_id(a: &crate::model::Authenticator) -> String {
     a.fingerprint_sha256.clone()
 }
 
-/// API sessions, in memory (a restart ends them; clients authenticate again).
-#[derive(Default)]
+/// Makes and checks session tokens.
 pub struct Sessions {
-    map: DashMap<String, Session>,
-    by_identity: DashMap<String, Vec<String>>,
+    key: hmac::Key,
 }
 
 impl std::fmt::Debug for Sessions {
-    // Session tokens are bearer secrets.
+    // The key signs bearer tokens.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Sessions")
-            .field("live", &self.map.len())
-            .finish()
+        f.debug_struct("Sessions").finish_non_exhaustive()
     }
 }
 
@@ -68,18 +81,15 @@ pub struct Opening<'a> {
 }
 
 impl Sessions {
+    /// Sessions signed under `tokens`' session key.
+    pub fn new(tokens: &crate::token::TokenKey) -> Self {
+        Self {
+            key: tokens.session_key(),
+        }
+    }
+
     /// A new session; returns its token and the session.
     pub fn create(&self, open: Opening<'_>, now: UnixTime) -> Result<(String, Session), ApiError> {
-        if self.map.len() >= MAX_SESSIONS {
-            self.map.retain(|_, s| s.expires_at > now);
-            if self.map.len() >= MAX_SESSIONS {
-                return Err(ApiError::RateLimited {
-                    message: "too many open sessions".into(),
-                    retry_after: 60,
-                });
-            }
-        }
-        let token = crate::ids::new_token().map_err(|e| ApiError::Unhandled(e.to_string()))?;
         let id = crate::ids::new_id().map_err(|e| ApiError::Unhandled(e.to_string()))?;
         let session = Session {
             id,
@@ -89,59 +99,36 @@ impl Sessions {
             created_at: now,
             expires_at: now + SESSION_TTL_SECS,
         };
-        {
-            let mut mine = self
-                .by_identity
-                .entry(open.identity_id.to_string())
-                .or_default();
-            mine.retain(|t| self.map.get(t).is_some_and(|s| s.expires_at > now));
-            while mine.len() >= MAX_SESSIONS_PER_IDENTITY {
-                let oldest = mine.remove(0);
-                self.map.remove(&oldest);
-            }
-            mine.push(token.clone());
-            // Inserted while the identity's entry is held: `end_identity`, which takes the
-            // entry first, cannot miss a session opened as it runs.
-            self.map.insert(token.clone(), session.clone());
-        }
+        let payload = serde_json::to_vec(&session)
+            .map_err(|e| ApiError::Unhandled(format!("a session does not serialize: {e}")))?;
+        let body = B64.encode(&payload);
+        let tag = hmac::sign(&self.key, body.as_bytes());
+        let token = format!("{PREFIX}{body}.{}", B64.encode(tag.as_ref()));
         Ok((token, session))
     }
 
-    /// The live session with this token.
+    /// The session `token` carries, if this gateway signed it and it has not expired at
+    /// `now`. Whether it was ended early is the store's to say (see the module).
     pub fn get(&self, token: &str, now: UnixTime) -> Option<Session> {
-        let s = self.map.get(token)?.clone();
-        if s.expires_at <= now {
-            self.map.remove(token);
+        if token.len() > MAX_TOKEN_LEN {
             return None;
         }
-        Some(s)
+        let (body, tag) = token.strip_prefix(PREFIX)?.split_once('.')?;
+        let tag = B64.decode(tag).ok()?;
+        hmac::verify(&self.key, body.as_bytes(), &tag).ok()?;
+        let session: Session = serde_json::from_slice(&B64.decode(body).ok()?).ok()?;
+        (session.expires_at > now).then_some(session)
     }
+}
 
-    /// Ends every session of `identity_id` (disabled, re-enrolled or deleted); returns how
-    /// many were live. Their tokens authenticate nothing afterwards.
-    pub fn end_identity(&self, identity_id: &str) -> usize {
-        let Some((_, tokens)) = self.by_identity.remove(identity_id) else {
-            return 0;
-        };
-        tokens
-            .iter()
-            .filter(|t| self.map.remove(*t).is_some())
-            .count()
-    }
-
-    /// Ends the session with this token (logout); false when there was none. The token
-    /// authenticates nothing afterwards.
-    pub fn end(&self, token: &str) -> bool {
-        let Some((_, session)) = self.map.remove(token) else {
-            return false;
-        };
-        if let Some(mut mine) = self.by_identity.get_mut(&session.identity_id) {
-            mine.retain(|t| t != token);
-        }
-        self.by_identity
-            .remove_if(&session.identity_id, |_, mine| mine.is_empty());
-        true
-    }
+/// Whether `session` was ended before it expired: logged out (`logged_out`), or its
+/// identity disabled or re-enrolled since it was opened.
+pub fn ended(session: &Session, identity: &crate::model::Identity, logged_out: bool) -> bool {
+    logged_out
+        || identity
+            .lifecycle
+            .sessions_after
+            .is_some_and(|after| session.created_at <= after)
 }
 
 #[cfg(test)]
@@ -156,61 +143,76 @@ mod tests {
         }
     }
 
+    fn sessions(byte: u8) -> Sessions {
+        Sessions::new(&crate::token::TokenKey::from_bytes(
+            &[byte; crate::token::secret::KEY_BYTES],
+        ))
+    }
+
     #[test]
     fn sessions_expire() {
-        let s = Sessions::default();
+        let s = sessions(1);
         let (t, created) = s.create(open("i1"), 100).unwrap();
         let exp = created.expires_at;
         assert_eq!(exp, 100 + SESSION_TTL_SECS);
         assert_eq!(created.created_at, 100);
         assert_eq!(created.ip_address, "127.0.0.1");
         assert_ne!(created.id, t, "the id is not the bearer token");
-        assert_eq!(s.get(&t, 101).unwrap().identity_id, "i1");
+        assert_eq!(s.get(&t, 101).unwrap(), created);
         assert!(s.get(&t, exp).is_none());
         assert!(s.get("nope", 101).is_none());
     }
 
     #[test]
-    fn one_identity_cannot_hoard_sessions() {
-        let s = Sessions::default();
-        let tokens: Vec<String> = (0..40)
-            .map(|_| s.create(open("greedy"), 100).unwrap().0)
-            .collect();
-        let live = tokens.iter().filter(|t| s.get(t, 101).is_some()).count();
-        assert_eq!(live, MAX_SESSIONS_PER_IDENTITY);
-        assert!(
-            s.get(tokens.last().unwrap(), 101).is_some(),
-            "the newest is kept"
-        );
-        assert!(s.get(&tokens[0], 101).is_none(), "the oldest went");
-        assert!(s.create(open("other"), 100).is_ok());
+    fn a_session_works_wherever_the_token_key_is_the_same_and_nowhere_else() {
+        let (t, created) = sessions(1).create(open("i1"), 100).unwrap();
+        assert_eq!(sessions(1).get(&t, 101).unwrap(), created, "another node");
+        assert!(sessions(2).get(&t, 101).is_none(), "another gateway");
     }
 
     #[test]
-    fn ending_an_identity_ends_all_its_sessions_and_no_other() {
-        let s = Sessions::default();
-        let (a, _) = s.create(open("i1"), 100).unwrap();
-        let (b, _) = s.create(open("i1"), 100).unwrap();
-        let (c, _) = s.create(open("i2"), 100).unwrap();
-        assert_eq!(s.end_identity("i1"), 2);
-        assert!(s.get(&a, 101).is_none() && s.get(&b, 101).is_none());
-        assert_eq!(s.get(&c, 101).unwrap().identity_id, "i2");
-        assert_eq!(s.end_identity("i1"), 0);
+    fn a_token_changed_in_any_way_is_refused() {
+        let s = sessions(1);
+        let (t, _) = s.create(open("i1"), 100).unwrap();
+        for i in 0..t.len() {
+            let mut bytes = t.clone().into_bytes();
+            bytes[i] = if bytes[i] == b'A' { b'B' } else { b'A' };
+            let changed = String::from_utf8(bytes).unwrap();
+            if changed != t {
+                assert!(s.get(&changed, 101).is_none(), "byte {i}");
+            }
+        }
+        // Another session's claims under this one's tag.
+        let (other, _) = s.create(open("i2"), 100).unwrap();
+        let body = other.trim_start_matches(PREFIX).split('.').next().unwrap();
+        let tag = t.rsplit('.').next().unwrap();
+        assert!(s.get(&format!("{PREFIX}{body}.{tag}"), 101).is_none());
+        assert!(s.get(&"x".repeat(MAX_TOKEN_LEN + 1), 101).is_none());
+        assert!(s.get("s1.", 101).is_none());
+        assert!(s.get("s1.e30.", 101).is_none());
     }
 
     #[test]
-    fn a_session_ended_is_gone_and_others_stay() {
-        let s = Sessions::default();
-        let (a, _) = s.create(open("i1"), 100).unwrap();
-        let (b, _) = s.create(open("i1"), 100).unwrap();
-        assert!(s.end(&a));
-        assert!(s.get(&a, 101).is_none());
-        assert!(!s.end(&a), "a second logout finds nothing");
-        assert_eq!(s.get(&b, 101).unwrap().identity_id, "i1");
-        assert!(s.end(&b));
-        assert!(
-            s.by_identity.get("i1").is_none(),
-            "no empty list is left behind"
-        );
+    fn a_session_ends_with_a_logout_or_a_later_suspension() {
+        let s = sessions(1);
+        let (_, session) = s.create(open("i1"), 100).unwrap();
+        let mut identity = crate::model::Identity {
+            id: "i1".into(),
+            name: "n".into(),
+            kind: crate::model::IdentityType::Device,
+            is_admin: false,
+            role_attributes: vec![],
+            created_at: 0,
+            updated_at: 0,
+            enrollment_id: None,
+            lifecycle: Default::default(),
+            authenticator: None,
+        };
+        assert!(!ended(&session, &identity, false));
+        assert!(ended(&session, &identity, true));
+        identity.lifecycle.sessions_after = Some(99);
+        assert!(!ended(&session, &identity, false), "ended before it opened");
+        identity.lifecycle.sessions_after = Some(100);
+        assert!(ended(&session, &identity, false));
     }
 }

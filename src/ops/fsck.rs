@@ -142,7 +142,7 @@ pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
             },
             "r" => revocations.revoked(rest, &v, &mut violations),
             "x" => revocations.blocked(rest, &v, &mut violations),
-            "cn" | "cf" => {}
+            "cn" | "cf" | "sr" => {}
             _ => violations.push(bad("DECODE", format!("unknown record kind '{kind}:'"))),
         }
     }

@@ -122,7 +122,10 @@ impl BatchSigner {
             reply,
         };
         self.tx.try_send(job).map_err(|e| match e {
-            flume::TrySendError::Full(_) => SignError::Busy,
+            flume::TrySendError::Full(_) => {
+                crate::telemetry::rate_limited("sign_queue");
+                SignError::Busy
+            }
             flume::TrySendError::Disconnected(_) => SignError::Stopped,
         })?;
         rx.recv_async().await.map_err(|_| SignError::Stopped)?

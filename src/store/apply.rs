@@ -285,6 +285,11 @@ impl<'a, S: Source + ?Sized> Batch<'a, S> {
                 enrollment,
             } => self.replace_enrollment(&identity_id, enrollment),
             Command::AutoEnroll { ca_id, identity } => self.auto_enroll(&ca_id, identity),
+            Command::EndSession {
+                session_id,
+                expires_at,
+                now,
+            } => self.end_session(&session_id, expires_at, now),
             Command::CreateCa { ca } => self.create_ca(ca),
             Command::UpdateCa { id, changes, now } => self.update_ca(&id, changes, now),
             Command::VerifyCa {
@@ -689,6 +694,34 @@ impl<'a, S: Source + ?Sized> Batch<'a, S> {
                 *h = (*h).min(n);
             }
         }
+        Ok(Outcome::Deleted)
+    }
+
+    /// A logout: the session's id is recorded until it would have expired; records of
+    /// sessions past their expiry go in the same write. A second logout finds it ended.
+    fn end_session(
+        &mut self,
+        session_id: &str,
+        expires_at: UnixTime,
+        now: UnixTime,
+    ) -> Result<Outcome, StoreError> {
+        let key = keys::session_ended(session_id);
+        if expires_at <= now || self.get(&key)?.is_some() {
+            return Err(StoreError::NotFound("the session has ended".into()));
+        }
+        let mut expired = Vec::new();
+        self.any_under(keys::SESSION_ENDED, &mut |k, v| {
+            let until = std::str::from_utf8(v)
+                .ok()
+                .and_then(|t| t.parse::<UnixTime>().ok());
+            if until.is_none_or(|u| u <= now) {
+                expired.push(k.to_vec());
+            }
+            false
+        })?;
+        let mut writes: Vec<Write> = expired.into_iter().map(Write::Delete).collect();
+        writes.push(Write::Put(key, expires_at.to_string().into_bytes()));
+        self.commit_writes(writes);
         Ok(Outcome::Deleted)
     }
 

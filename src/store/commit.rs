@@ -82,7 +82,10 @@ impl CommitHandle {
     ) -> Result<flume::Receiver<Result<Outcome, StoreError>>, StoreError> {
         let (reply, rx) = flume::bounded(1);
         self.tx.try_send(Job { cmd, reply }).map_err(|e| match e {
-            flume::TrySendError::Full(_) => StoreError::Busy,
+            flume::TrySendError::Full(_) => {
+                crate::telemetry::rate_limited("commit_queue");
+                StoreError::Busy
+            }
             flume::TrySendError::Disconnected(_) => StoreError::ShuttingDown,
         })?;
         Ok(rx)

@@ -41,6 +41,15 @@ pub const BLOCKED: &[u8] = b"x:";
 /// ignore.
 pub const REVOCATIONS: &[u8] = b"m:revocations";
 
+/// Prefix of ended API sessions, by session id: a logout, until the session would have
+/// expired (its time, decimal). Sessions are signed tokens; only their early end is stored.
+pub const SESSION_ENDED: &[u8] = b"sr:";
+
+/// The record of the session `id`'s logout.
+pub fn session_ended(id: &str) -> Vec<u8> {
+    [SESSION_ENDED, id.as_bytes()].concat()
+}
+
 /// Prefix of third-party CA records.
 pub const CA: &[u8] = b"c:";
 /// Prefix of the CA name index.

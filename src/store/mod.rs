@@ -306,6 +306,23 @@ impl Store {
         get_json(self.source(), &keys::identity(id))
     }
 
+    /// What a request with an API session needs from the store, in one read: the
+    /// session's identity, and whether the session was logged out.
+    pub fn session_state(
+        &self,
+        identity_id: &str,
+        session_id: &str,
+    ) -> Result<(Option<Identity>, bool), StoreError> {
+        let found = self
+            .backend
+            .read_many(&[keys::identity(identity_id), keys::session_ended(session_id)])?;
+        let identity = match &found[0] {
+            Some(v) => Some(decode(&keys::identity(identity_id), &v.value)?),
+            None => None,
+        };
+        Ok((identity, found[1].is_some()))
+    }
+
     /// An identity by exact name.
     pub fn identity_by_name(&self, name: &str) -> Result<Option<Identity>, StoreError> {
         match self.get(&keys::name(name))? {

@@ -45,7 +45,10 @@ impl Readers {
             let _ = reply.send(f(&store));
         });
         self.tx.try_send(job).map_err(|e| match e {
-            flume::TrySendError::Full(_) => StoreError::Busy,
+            flume::TrySendError::Full(_) => {
+                crate::telemetry::rate_limited("read_queue");
+                StoreError::Busy
+            }
             flume::TrySendError::Disconnected(_) => StoreError::ShuttingDown,
         })?;
         answer

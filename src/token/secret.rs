@@ -20,6 +20,9 @@ pub const KEY_BYTES: usize = 32;
 
 /// Domain separation: the key signs nothing else, but a future use of it would not collide.
 const CONTEXT: &[u8] = b"enrollgate-token-v1:";
+/// What the session key is derived for (never a prefix of a token's input: those start
+/// with [`CONTEXT`]).
+const SESSION_CONTEXT: &[u8] = b"enrollgate-session-key-v1";
 
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
@@ -87,6 +90,13 @@ impl TokenKey {
         ctx.update(CONTEXT);
         ctx.update(enrollment_id.as_bytes());
         B64.encode(ctx.sign().as_ref())
+    }
+
+    /// The key that signs API sessions (`api::session`): derived from this key, so every
+    /// node with a copy of the data directory checks the others' sessions.
+    pub fn session_key(&self) -> hmac::Key {
+        let derived = hmac::sign(&self.key, SESSION_CONTEXT);
+        hmac::Key::new(hmac::HMAC_SHA256, derived.as_ref())
     }
 
     /// Reads the key file (one line: base64url of [`KEY_BYTES`] bytes), which only its

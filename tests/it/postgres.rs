@@ -711,3 +711,79 @@ fn tls_to_the_database_is_verified_with_rustls() {
     assert!(e.contains("cannot connect"), "{e}");
     assert!(!e.contains(pg.password()), "{e}");
 }
+
+#[test]
+fn an_api_session_works_on_every_node_survives_a_restart_and_ends_everywhere() {
+    let pg = PgServer::start();
+    let mut nodes = cluster(&pg.url(), 1);
+    let fleet = Fleet::new("sess");
+    fleet.register(&nodes[0], "sess", true, false, true);
+    std::thread::sleep(Duration::from_millis(1500)); // node B's CA cache
+    let device = fleet.device(&Spec::new("dev"));
+    assert_eq!(ca_enroll(&nodes[0], &device).status, 200);
+
+    let open = |gw: &Gateway| {
+        let r = authenticate(gw, &device);
+        assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+        r.json().unwrap()["data"]["token"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    };
+    let current = |gw: &Gateway, token: &str| {
+        gw.request(
+            "GET",
+            "/edge/client/v1/current-identity",
+            &[("zt-session", token)],
+            b"",
+        )
+    };
+    // Opened on A, used on B; A restarted, still good on A.
+    let token = open(&nodes[0]);
+    let r = current(&nodes[1], &token);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(r.json().unwrap()["data"]["name"], "sess-dev");
+    nodes[0].stop();
+    nodes[0].spawn(&[]);
+    assert_eq!(current(&nodes[0], &token).status, 200);
+
+    // A logout on B ends it on A.
+    let r = nodes[1].request(
+        "DELETE",
+        "/edge/client/v1/current-api-session",
+        &[("zt-session", &token)],
+        b"",
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(current(&nodes[0], &token).status, 401);
+    let again = nodes[0].request(
+        "DELETE",
+        "/edge/client/v1/current-api-session",
+        &[("zt-session", &token)],
+        b"",
+    );
+    assert_eq!(again.status, 401, "a second logout finds no session");
+
+    // Disabling the identity on A ends its sessions on B; enabling it does not revive them.
+    let token = open(&nodes[1]);
+    assert_eq!(current(&nodes[0], &token).status, 200);
+    let id = current(&nodes[0], &token).json().unwrap()["data"]["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let r = nodes[0].mgmt(
+        "POST",
+        &format!("/identities/{id}/disable"),
+        Some(&serde_json::json!({})),
+    );
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(current(&nodes[1], &token).status, 401);
+    let r = nodes[0].mgmt("POST", &format!("/identities/{id}/enable"), None);
+    assert_eq!(r.status, 200, "{}", String::from_utf8_lossy(&r.body));
+    assert_eq!(current(&nodes[1], &token).status, 401);
+    // A new one works.
+    std::thread::sleep(Duration::from_millis(1100)); // a new second: after the suspension
+    let token = open(&nodes[1]);
+    assert_eq!(current(&nodes[0], &token).status, 200);
+    fsck_clean(&nodes[0]);
+}

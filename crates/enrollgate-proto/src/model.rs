@@ -192,6 +192,10 @@ pub struct Lifecycle {
     /// for a new certificate again (device recovery); it authenticates nothing else.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub bootstrap: Option<Authenticator>,
+    /// API sessions opened at or before this time are over (the identity was disabled or
+    /// re-enrolled then): sessions are tokens every node checks, not records to delete.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub sessions_after: Option<crate::clock::UnixTime>,
 }
 
 impl Lifecycle {

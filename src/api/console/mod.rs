@@ -98,13 +98,16 @@ pub async fn authorize(w: &WorkerCtx, req: &Request, peer: &Peer) -> Result<Iden
         .sessions
         .get(token, now)
         .ok_or_else(|| refused("the zt-session is unknown or expired; sign in again"))?;
-    let id = session.identity_id.clone();
-    let identity = w
+    let (id, sid) = (session.identity_id.clone(), session.id.clone());
+    let (identity, logged_out) = w
         .shared
         .store
-        .read(move |s| s.identity(&id))
-        .await?
-        .ok_or_else(|| refused("the session's identity no longer exists"))?;
+        .read(move |s| s.session_state(&id, &sid))
+        .await?;
+    let identity = identity.ok_or_else(|| refused("the session's identity no longer exists"))?;
+    if super::session::ended(&session, &identity, logged_out) {
+        return Err(refused("the session has ended; sign in again"));
+    }
     if !identity.is_admin {
         return Err(refused("the session's identity is not an admin"));
     }
@@ -140,7 +143,7 @@ pub(super) async fn open_route(
         (["console", "sessions"], _) => Err(method_not_allowed(req, "POST")),
         (["console", "sessions", "cert"], "POST") => sign_in_with_cert(w, req, peer).await,
         (["console", "sessions", "cert"], _) => Err(method_not_allowed(req, "POST")),
-        (["console", "sessions", "current"], "DELETE") => sign_out(w, req),
+        (["console", "sessions", "current"], "DELETE") => sign_out(w, req).await,
         (["console", "sessions", "current"], _) => Err(method_not_allowed(req, "DELETE")),
         _ => return None,
     })
@@ -299,16 +302,23 @@ fn open_session(
     .with_header("Cache-Control", "no-store".into()))
 }
 
-fn sign_out(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
+async fn sign_out(w: &WorkerCtx, req: &Request) -> Result<Response, ApiError> {
+    let unknown = || ApiError::Unauthorized("the zt-session is unknown or expired".into());
     let token = req
         .head
         .header("zt-session")
         .ok_or_else(|| ApiError::Unauthorized("a zt-session header is required".into()))?;
-    if !w.shared.sessions.end(token) {
-        return Err(ApiError::Unauthorized(
-            "the zt-session is unknown or expired".into(),
-        ));
-    }
+    let session = w
+        .shared
+        .sessions
+        .get(token, w.shared.clock.unix_now())
+        .ok_or_else(unknown)?;
+    super::current::end_session(w, &session)
+        .await
+        .map_err(|e| match e {
+            ApiError::NotFound(_) => unknown(),
+            other => other,
+        })?;
     Ok(Response::data(json!({})))
 }
 

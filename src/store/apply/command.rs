@@ -105,6 +105,15 @@ pub enum Command {
         /// The identity to create, with its authenticator.
         identity: Identity,
     },
+    /// End an API session before it expires (a logout), on every node.
+    EndSession {
+        /// The session's id.
+        session_id: String,
+        /// When it would have expired: the record goes after that.
+        expires_at: UnixTime,
+        /// The time of the logout.
+        now: UnixTime,
+    },
     /// Create a third-party CA (name and fingerprint unique).
     CreateCa {
         /// The CA.
@@ -228,6 +237,7 @@ impl std::fmt::Debug for Command {
             Self::AutoEnroll { ca_id, identity } => {
                 write!(f, "AutoEnroll({ca_id}, {})", identity.id)
             }
+            Self::EndSession { session_id, .. } => write!(f, "EndSession({session_id})"),
             Self::CreateCa { ca } => write!(f, "CreateCa({})", ca.id),
             Self::UpdateCa { id, .. } => write!(f, "UpdateCa({id})"),
             Self::VerifyCa { id, .. } => write!(f, "VerifyCa({id})"),

@@ -90,6 +90,8 @@ impl<S: super::Source + ?Sized> Batch<'_, S> {
         }
         self.keep_an_admin(&identity, now, "disabling")?;
         identity.lifecycle.disabled = Some(Suspension { since: now, until });
+        // Its sessions end now, on every node, and stay ended after it is enabled.
+        identity.lifecycle.sessions_after = Some(now);
         identity.updated_at = now;
         self.commit_writes(vec![Write::Put(
             keys::identity(&identity.id),
@@ -149,6 +151,7 @@ impl<S: super::Source + ?Sized> Batch<'_, S> {
         identity.lifecycle.renewal = None;
         identity.lifecycle.extend_requested = false;
         identity.lifecycle.key_roll_requested = false;
+        identity.lifecycle.sessions_after = Some(now);
         identity.enrollment_id = Some(enrollment.id.clone());
         identity.updated_at = now;
         writes.push(Write::Put(keys::identity(&identity.id), to_json(&identity)));
