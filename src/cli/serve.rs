@@ -201,9 +201,10 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     // Several gateways on one database: a CA changed by another node reaches this node's
     // cache through the database's notifications, or its generation polled every second
     // (a notification is lost while the listener reconnects).
-    if let Some(pg) = shared.store.postgres() {
-        let watched = Arc::downgrade(&registry);
-        pg.watch_cas(CA_POLL, move || {
+    let watched = Arc::downgrade(&registry);
+    shared.store.backend().watch_cas(
+        CA_POLL,
+        Box::new(move || {
             let Some(registry) = watched.upgrade() else {
                 return false;
             };
@@ -212,8 +213,8 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
                 tracing::warn!(error = %e, "CA cache refresh after another node's change failed");
             }
             true
-        })?;
-    }
+        }),
+    )?;
     drop(shared);
     let reload_registry = registry.clone();
     let reload_notifier = notifier.clone();

@@ -137,6 +137,12 @@ pub trait Source {
     }
 }
 
+/// What a change feed calls on a change: true to go on listening.
+pub type Changed = dyn FnMut() -> bool + Send;
+
+/// A change feed's thread, if the backend has one.
+pub type Watching = Option<std::thread::JoinHandle<()>>;
+
 /// A store backend.
 pub trait Backend: Source + Send + Sync + std::fmt::Debug {
     /// Applies `set` entirely, or nothing of it. `durable`: the write is on stable storage
@@ -155,6 +161,17 @@ pub trait Backend: Source + Send + Sync + std::fmt::Debug {
     /// round trip. The committer asks, once a second, while writes are being refused, so
     /// that readiness follows the store and not the traffic.
     fn probe(&self) -> bool;
+
+    /// The change feed: calls `changed`, on a thread of its own, soon after another process
+    /// changed a CA record (at most `poll` late), until it returns false. A backend with
+    /// one writer has none: its own committer's changes are seen where they are made.
+    fn watch_cas(
+        &self,
+        _poll: std::time::Duration,
+        _changed: Box<Changed>,
+    ) -> std::io::Result<Watching> {
+        Ok(None)
+    }
 
     /// Round trips to the database the calling thread made so far (0 for an embedded
     /// one): the committer reports its own per batch.

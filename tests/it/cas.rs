@@ -2,7 +2,6 @@
 //! authentication, bad chains, and one certificate per identity under races.
 
 use std::process::Command;
-use std::sync::{Arc, Barrier};
 
 use serde_json::{json, Value};
 
@@ -1033,45 +1032,7 @@ fn a_thousand_racing_auto_enrollments() {
 }
 
 fn race_exact(gw: &Gateway, devices: Vec<Device>) -> Vec<enrollgate::client::HttpResponse> {
-    let n = devices.len();
-    let threads = 50.min(n);
-    let per = n.div_ceil(threads);
-    let chunks: Vec<Vec<Device>> = devices.chunks(per).map(<[Device]>::to_vec).collect();
-    let barrier = Arc::new(Barrier::new(chunks.len()));
-    let ca = gw.ca_certs();
-    let port = gw.port;
-    let handles: Vec<_> = chunks
-        .into_iter()
-        .map(|chunk| {
-            let barrier = barrier.clone();
-            let configs: Vec<_> = chunk
-                .iter()
-                .map(|d| enrollgate::client::config(&ca, Some((d.chain(), d.key()))).unwrap())
-                .collect();
-            std::thread::spawn(move || {
-                barrier.wait();
-                configs
-                    .into_iter()
-                    .map(|cfg| {
-                        enrollgate::client::request(
-                            cfg,
-                            "127.0.0.1",
-                            port,
-                            "POST",
-                            "/edge/client/v1/enroll?method=ca",
-                            &[],
-                            b"",
-                        )
-                        .unwrap()
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    handles
-        .into_iter()
-        .flat_map(|h| h.join().unwrap())
-        .collect()
+    crate::fleet::race(&[gw.port], &gw.ca_certs(), devices)
 }
 
 /// `openssl x509 -req` without an extensions file makes an X.509 version 1 certificate,

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Barrier};
 
 use rcgen::{
     BasicConstraints, CertificateParams, DistinguishedName, DnType, ExtendedKeyUsagePurpose, IsCa,
@@ -348,4 +349,52 @@ pub fn maul_ecdsa_p256(der: &[u8]) -> Vec<u8> {
     body.extend_from_slice(alg);
     body.extend(der_encode(0x03, &bit_content));
     der_encode(0x30, &body)
+}
+
+/// `devices` enroll by `ca` all at once, spread over the gateways' ports.
+pub fn race(
+    ports: &[u16],
+    ca: &[rustls_pki_types::CertificateDer<'static>],
+    devices: Vec<Device>,
+) -> Vec<enrollgate::client::HttpResponse> {
+    let threads = 48.min(devices.len());
+    let per = devices.len().div_ceil(threads);
+    let chunks: Vec<Vec<Device>> = devices.chunks(per).map(<[Device]>::to_vec).collect();
+    let barrier = Arc::new(Barrier::new(chunks.len()));
+    let handles: Vec<_> = chunks
+        .into_iter()
+        .enumerate()
+        .map(|(t, chunk)| {
+            let barrier = barrier.clone();
+            let ports = ports.to_vec();
+            let configs: Vec<_> = chunk
+                .iter()
+                .map(|d| enrollgate::client::config(ca, Some((d.chain(), d.key()))).unwrap())
+                .collect();
+            std::thread::spawn(move || {
+                barrier.wait();
+                configs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, cfg)| {
+                        let port = ports[(t + i) % ports.len()];
+                        enrollgate::client::request(
+                            cfg,
+                            "127.0.0.1",
+                            port,
+                            "POST",
+                            "/edge/client/v1/enroll?method=ca",
+                            &[],
+                            b"",
+                        )
+                        .unwrap()
+                    })
+                    .collect::<Vec<_>>()
+            })
+        })
+        .collect();
+    handles
+        .into_iter()
+        .flat_map(|h| h.join().unwrap())
+        .collect()
 }

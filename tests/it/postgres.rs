@@ -96,54 +96,6 @@ fn fsck_clean(gw: &Gateway) -> String {
     text
 }
 
-/// `devices` enroll by `ca` all at once, spread over the gateways' ports.
-fn race(
-    ports: &[u16],
-    ca: &[rustls_pki_types::CertificateDer<'static>],
-    devices: Vec<Device>,
-) -> Vec<HttpResponse> {
-    let threads = 48.min(devices.len());
-    let per = devices.len().div_ceil(threads);
-    let chunks: Vec<Vec<Device>> = devices.chunks(per).map(<[Device]>::to_vec).collect();
-    let barrier = Arc::new(Barrier::new(chunks.len()));
-    let handles: Vec<_> = chunks
-        .into_iter()
-        .enumerate()
-        .map(|(t, chunk)| {
-            let barrier = barrier.clone();
-            let ports = ports.to_vec();
-            let configs: Vec<_> = chunk
-                .iter()
-                .map(|d| enrollgate::client::config(ca, Some((d.chain(), d.key()))).unwrap())
-                .collect();
-            std::thread::spawn(move || {
-                barrier.wait();
-                configs
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, cfg)| {
-                        let port = ports[(t + i) % ports.len()];
-                        enrollgate::client::request(
-                            cfg,
-                            "127.0.0.1",
-                            port,
-                            "POST",
-                            "/edge/client/v1/enroll?method=ca",
-                            &[],
-                            b"",
-                        )
-                        .unwrap()
-                    })
-                    .collect::<Vec<_>>()
-            })
-        })
-        .collect();
-    handles
-        .into_iter()
-        .flat_map(|h| h.join().unwrap())
-        .collect()
-}
-
 #[test]
 fn three_gateways_on_one_database_keep_every_invariant() {
     let pg = PgServer::start();
@@ -155,7 +107,7 @@ fn three_gateways_on_one_database_keep_every_invariant() {
 
     // One certificate, 1,000 times at once over the three: one identity.
     let dev = fleet.device(&Spec::new("twin"));
-    let responses = race(&ports, &ca, vec![dev; 1000]);
+    let responses = crate::fleet::race(&ports, &ca, vec![dev; 1000]);
     let ok = responses.iter().filter(|r| r.status == 200).count();
     assert_eq!(ok, 1, "exactly one identity");
     for r in responses.iter().filter(|r| r.status != 200) {
@@ -209,7 +161,7 @@ fn three_gateways_on_one_database_keep_every_invariant() {
     let devices: Vec<Device> = (0..1000)
         .map(|_| fleet.device(&Spec::new("same")))
         .collect();
-    let responses = race(&ports, &ca, devices);
+    let responses = crate::fleet::race(&ports, &ca, devices);
     let failed: Vec<_> = responses
         .iter()
         .filter(|r| r.status != 200)

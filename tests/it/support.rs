@@ -367,16 +367,6 @@ impl Gateway {
 
     /// The metrics listener's `/readyz` status code.
     pub fn readyz(&self) -> u16 {
-        let log = self.log();
-        let addr = log
-            .lines()
-            .rfind(|l| l.contains("enrollgate ready"))
-            .and_then(|l| {
-                l.split_whitespace()
-                    .find_map(|w| w.strip_prefix("metrics="))
-            })
-            .expect("metrics= in the ready line")
-            .to_string();
         let code = run_ok(
             Command::new("curl")
                 .args([
@@ -388,7 +378,7 @@ impl Gateway {
                     "--max-time",
                     "10",
                 ])
-                .arg(format!("http://{addr}/readyz")),
+                .arg(format!("http://{}/readyz", self.metrics_addr())),
         );
         code.trim().parse().expect("status code")
     }
@@ -563,8 +553,16 @@ impl Gateway {
     /// The Prometheus text of the metrics listener (its address is in the ready line, the
     /// last one after a restart).
     pub fn metrics_text(&self) -> String {
-        let log = self.log();
-        let addr = log
+        run_ok(
+            Command::new("curl")
+                .args(["-sSf", "--max-time", "10"])
+                .arg(format!("http://{}/metrics", self.metrics_addr())),
+        )
+    }
+
+    /// The metrics listener's address, from the last ready line (a restart picks another).
+    pub fn metrics_addr(&self) -> String {
+        self.log()
             .lines()
             .rfind(|l| l.contains("enrollgate ready"))
             .and_then(|l| {
@@ -572,12 +570,7 @@ impl Gateway {
                     .find_map(|w| w.strip_prefix("metrics="))
             })
             .expect("metrics= in the ready line")
-            .to_string();
-        run_ok(
-            Command::new("curl")
-                .args(["-sSf", "--max-time", "10"])
-                .arg(format!("http://{addr}/metrics")),
-        )
+            .to_string()
     }
 }
 

@@ -21,13 +21,15 @@ pub mod schema;
 pub mod url;
 
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
 use postgres::{Client, Statement};
 
-use super::backend::{Backend, Change, CommitError, Expect, Source, Versioned, Visit, WriteSet};
+use super::backend::{
+    Backend, Change, Changed, CommitError, Expect, Source, Versioned, Visit, Watching, WriteSet,
+};
 use super::StoreError;
 pub use url::StoreUrl;
 
@@ -430,69 +432,18 @@ impl Postgres {
             )
         });
     }
+}
 
-    /// The CA generation: moves whenever a CA record or index changes on any node.
-    pub fn ca_generation(&self) -> Result<i64, StoreError> {
-        self.with_reader(|c| {
-            let row = c.client.query_one(
-                "SELECT value::bigint FROM enrollgate_meta WHERE key = 'cas'",
-                &[],
-            )?;
-            row.try_get(0)
-        })
-    }
-
-    /// Listens for CA changes made by any node, calling `changed` on each (and at most
-    /// `poll` after the last, whatever was heard: a notification is lost while the
-    /// listener reconnects). Runs on its own thread until `changed` returns false.
-    pub fn watch_cas(
-        self: &Arc<Self>,
-        poll: Duration,
-        mut changed: impl FnMut() -> bool + Send + 'static,
-    ) -> std::io::Result<std::thread::JoinHandle<()>> {
-        let url = self.url.clone();
-        let backend = self.clone();
-        std::thread::Builder::new()
-            .name("enrollgate-pg-listen".into())
-            .spawn(move || {
-                let mut seen = backend.ca_generation().ok();
-                let mut listener: Option<Client> = None;
-                loop {
-                    if listener.as_ref().is_none_or(Client::is_closed) {
-                        listener = url.connect().ok().and_then(|mut c| {
-                            c.batch_execute("LISTEN enrollgate_cas").ok().map(|_| c)
-                        });
-                    }
-                    let heard = match listener.as_mut() {
-                        Some(c) => {
-                            use postgres::fallible_iterator::FallibleIterator;
-                            let mut n = c.notifications();
-                            let mut it = n.timeout_iter(poll);
-                            it.next()
-                        }
-                        None => {
-                            std::thread::sleep(poll);
-                            Ok(None)
-                        }
-                    };
-                    let heard = match heard {
-                        Ok(n) => n.is_some(),
-                        Err(_) => {
-                            listener = None;
-                            false
-                        }
-                    };
-                    let now = backend.ca_generation().ok();
-                    let moved = now.is_some() && now != seen;
-                    if heard || moved {
-                        seen = now.or(seen);
-                        if !changed() {
-                            return;
-                        }
-                    }
-                }
-            })
-    }
+/// The CA generation on `client`'s database: moves whenever a CA record or index changes on
+/// any node.
+fn ca_generation(client: &mut Client) -> Option<i64> {
+    client
+        .query_one(
+            "SELECT value::bigint FROM enrollgate_meta WHERE key = 'cas'",
+            &[],
+        )
+        .and_then(|r| r.try_get(0))
+        .ok()
 }
 
 impl Postgres {
@@ -747,6 +698,55 @@ impl Backend for Postgres {
 
     fn round_trips(&self) -> u64 {
         ROUND_TRIPS.with(std::cell::Cell::get)
+    }
+
+    /// Listens on a connection of its own for CA changes any node commits (`NOTIFY
+    /// enrollgate_cas`), and polls the CA generation every `poll` as well: a notification
+    /// is lost while the listener reconnects.
+    fn watch_cas(&self, poll: Duration, mut changed: Box<Changed>) -> std::io::Result<Watching> {
+        let url = self.url.clone();
+        let handle = std::thread::Builder::new()
+            .name("enrollgate-pg-listen".into())
+            .spawn(move || {
+                let mut seen = None;
+                let mut listener: Option<Client> = None;
+                loop {
+                    if listener.as_ref().is_none_or(Client::is_closed) {
+                        listener = url.connect().ok().and_then(|mut c| {
+                            c.batch_execute("LISTEN enrollgate_cas").ok().map(|_| c)
+                        });
+                        if let Some(c) = listener.as_mut() {
+                            seen = seen.or(ca_generation(c));
+                        }
+                    }
+                    let Some(c) = listener.as_mut() else {
+                        std::thread::sleep(poll);
+                        continue;
+                    };
+                    let heard = {
+                        use postgres::fallible_iterator::FallibleIterator;
+                        let mut n = c.notifications();
+                        let mut it = n.timeout_iter(poll);
+                        it.next()
+                    };
+                    let heard = match heard {
+                        Ok(n) => n.is_some(),
+                        Err(_) => {
+                            listener = None;
+                            continue;
+                        }
+                    };
+                    let now = ca_generation(c);
+                    let moved = now.is_some() && now != seen;
+                    if heard || moved {
+                        seen = now.or(seen);
+                        if !changed() {
+                            return;
+                        }
+                    }
+                }
+            })?;
+        Ok(Some(handle))
     }
 }
 
