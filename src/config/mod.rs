@@ -4,14 +4,21 @@
 //! (`limits.header_timeout: ...`), so an operator fixes a file in one pass.
 //! Relative paths in the file are relative to the file's own directory.
 
+mod checker;
 pub mod raw;
+mod template;
+
+use checker::Checker;
+pub use checker::CREDENTIAL;
+
+pub use template::initial_file;
 
 use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::admission::{Limit, Rate};
+use crate::admission::Limit;
 use crate::store::{CommitOptions, Durability};
 
 /// Key-exchange group names accepted in `tls.key_exchange`, in the default order (rustls'
@@ -286,158 +293,6 @@ pub struct Config {
     /// How long after its expiry an enrollgate-issued certificate may still authenticate
     /// to renew itself (`renewal.expired_grace`; zero, the default: never).
     pub renewal_expired_grace: Duration,
-}
-
-struct Checker {
-    base: PathBuf,
-    problems: Vec<Problem>,
-}
-
-/// The prefix of a key path that names a systemd credential (`ca_key =
-/// "credential:ca.key"`), read from `$CREDENTIALS_DIRECTORY`.
-pub const CREDENTIAL: &str = "credential:";
-
-/// The longest duration a setting takes.
-const MAX_DURATION: Duration = Duration::from_secs(100 * 365 * 86_400);
-
-impl Checker {
-    fn problem(&mut self, key: &str, message: impl Into<String>) {
-        self.problems.push(Problem {
-            key: key.to_string(),
-            message: message.into(),
-        });
-    }
-
-    fn duration(&mut self, key: &str, v: Option<&String>, default: Duration) -> Duration {
-        match v {
-            None => default,
-            Some(s) => match humantime::parse_duration(s) {
-                // Deadlines are instants from now: a duration past any clock's range would
-                // overflow where it is added.
-                Ok(d) if d > MAX_DURATION => {
-                    self.problem(key, "must be at most 100 years");
-                    default
-                }
-                Ok(d) if !d.is_zero() => d,
-                Ok(_) => {
-                    self.problem(key, "must be longer than zero");
-                    default
-                }
-                Err(_) => {
-                    self.problem(
-                        key,
-                        format!("'{s}' is not a duration (e.g. \"10s\", \"24h\", \"365d\")"),
-                    );
-                    default
-                }
-            },
-        }
-    }
-
-    fn path(&mut self, key: &str, v: Option<&String>, default: &str) -> PathBuf {
-        let p = v.map(String::as_str).unwrap_or(default);
-        if let Some(name) = p.strip_prefix(CREDENTIAL) {
-            return self.credential(key, name);
-        }
-        // A key in a PKCS#11 token: kept as written (`pki::hsm` opens it).
-        if crate::pki::hsm::Pkcs11Uri::is_uri(p) {
-            if let Err(e) = crate::pki::hsm::Pkcs11Uri::parse(p) {
-                self.problem(key, e.to_string());
-            }
-            return PathBuf::from(p);
-        }
-        if p.is_empty() {
-            self.problem(key, "must not be empty");
-        }
-        let p = Path::new(p);
-        if p.is_absolute() {
-            p.to_path_buf()
-        } else {
-            self.base.join(p)
-        }
-    }
-
-    /// The file of the systemd credential `name` (`LoadCredential=`,
-    /// `LoadCredentialEncrypted=`): `$CREDENTIALS_DIRECTORY/<name>`, which systemd makes
-    /// for the service's processes alone, readable by its user only, in memory.
-    fn credential(&mut self, key: &str, name: &str) -> PathBuf {
-        if name.is_empty() || name == "." || name == ".." || name.contains('/') {
-            self.problem(
-                key,
-                format!("'{CREDENTIAL}{name}' is not a credential name (a file name, no '/')"),
-            );
-            return PathBuf::from(name);
-        }
-        let Some(dir) = std::env::var_os("CREDENTIALS_DIRECTORY").filter(|d| !d.is_empty()) else {
-            self.problem(
-                key,
-                format!(
-                    "names the systemd credential '{name}', but $CREDENTIALS_DIRECTORY is not \
-                     set: systemd sets it for a unit with LoadCredential= or \
-                     LoadCredentialEncrypted= (see systemd/README.md)"
-                ),
-            );
-            return PathBuf::from(name);
-        };
-        let path = PathBuf::from(dir).join(name);
-        if !path.is_file() {
-            self.problem(
-                key,
-                format!(
-                    "the systemd credential '{name}' is not in $CREDENTIALS_DIRECTORY ({}): is \
-                     it passed with LoadCredential={name}:... or LoadCredentialEncrypted={name}:...?",
-                    path.display()
-                ),
-            );
-        }
-        path
-    }
-
-    /// A rate limit: `rate` ("50/s", "off" or absent for none) and its burst (default:
-    /// the rate's count).
-    fn rate_limit(
-        &mut self,
-        rate_key: &str,
-        rate: Option<&str>,
-        burst_key: &str,
-        burst: Option<u32>,
-    ) -> Option<Limit> {
-        let rate = match rate {
-            None | Some("off") => {
-                if burst.is_some() {
-                    self.problem(burst_key, format!("has no effect without {rate_key}"));
-                }
-                return None;
-            }
-            Some(text) => match Rate::parse(text) {
-                Ok(r) => r,
-                Err(m) => {
-                    self.problem(rate_key, m);
-                    return None;
-                }
-            },
-        };
-        let burst = match burst {
-            Some(0) => {
-                self.problem(burst_key, "must be at least 1");
-                1
-            }
-            Some(b) => b,
-            None => rate.count,
-        };
-        Some(Limit { rate, burst })
-    }
-
-    fn positive(&mut self, key: &str, v: Option<usize>, default: usize) -> usize {
-        match v {
-            Some(0) => {
-                self.problem(key, "must be at least 1");
-                default
-            }
-            Some(n) => n,
-            None => default,
-        }
-    }
 }
 
 impl Config {
@@ -848,105 +703,6 @@ impl Config {
         };
         (config, c.problems)
     }
-}
-
-/// The configuration file `init` writes.
-/// Without a public URL (listening on port 0), `iss` follows the bound address. With
-/// `data_dir`, file paths are absolute paths into it (for a configuration kept elsewhere,
-/// e.g. in systemd's `ConfigurationDirectory`); without, they are relative to the file.
-pub fn initial_file(
-    listen: SocketAddr,
-    public_url: Option<&PublicUrl>,
-    data_dir: Option<&Path>,
-) -> String {
-    // Quoted as TOML strings: a data directory may hold quotes or backslashes.
-    let p = |rel: &str| {
-        let path = match data_dir {
-            Some(d) => d.join(rel).display().to_string(),
-            None => rel.to_string(),
-        };
-        toml::Value::String(path).to_string()
-    };
-    let (tls_cert, tls_key, ca_cert, ca_key, token_key, store) = (
-        p("pki/server.crt"),
-        p("pki/server.key"),
-        p("pki/ca.crt"),
-        p("pki/ca.key"),
-        p("pki/token.key"),
-        p("store"),
-    );
-    let url_line = match public_url {
-        Some(u) => format!("public_url = \"{}\"", u.origin()),
-        None => "# public_url = \"https://HOST:PORT\"   # default: the bound address".to_string(),
-    };
-    format!(
-        r#"# enrollgate configuration. Relative paths are relative to this file's directory.
-# Every key is documented in README.md ("Configuration reference").
-
-[server]
-listen = "{listen}"
-{url_line}
-workers = 0                     # 0 = one worker per core
-
-[tls]                           # the enrollment listener's certificate; its key signs JWTs
-cert = {tls_cert}
-key = {tls_key}
-# ca = "web-ca.pem"             # the CAs that issued `cert`, when the internal CA did not
-key_exchange = ["x25519mlkem768", "x25519", "secp256r1", "secp384r1"]
-session_tickets = false
-
-[pki]                           # the internal CA that signs `ott` certificates
-ca_cert = {ca_cert}
-ca_key = {ca_key}
-# Enrollment tokens are derived from this secret; the store keeps only their hashes.
-token_key = {token_key}
-trust_domain = "enrollgate"
-cert_lifetime = "365d"
-
-[enrollment]
-token_ttl = "24h"
-reenroll_grace = "7d"           # EST simplereenroll: the old certificate works until the new one's first use, at most this long
-
-[store]
-path = {store}
-durability = "sync"             # "relaxed" replies before the WAL is synced
-queue_capacity = 4096
-max_batch = 1024
-
-[limits]
-max_body_bytes = 65536
-max_header_bytes = 16384
-handshake_timeout = "10s"
-header_timeout = "10s"
-body_timeout = "30s"
-idle_timeout = "60s"
-write_timeout = "30s"
-slow_request_grace = "2s"       # a request arriving longer may give its place (see max_connections)
-max_connections = 10000         # per worker
-max_handshakes = 1024           # per worker
-max_handshakes_per_source = 256 # per worker, from one address (IPv6: one /64)
-max_memory = "1GiB"             # resident memory cap, whole process; "off" for none
-sign_queue = 1024               # CSRs waiting per worker's signing thread; beyond: 429
-sign_batch = 64                 # CSRs signed in one batch at most
-# per_source_rate = "20/s"      # enrollment requests per client address (IPv6: per /64)
-# per_source_burst = 40
-# per_ca_rate = "1000/s"        # enrollments per third-party CA (ottca, ca)
-# per_ca_burst = 2000
-
-[log]
-level = "info"
-format = "text"                 # or "json"
-
-[shutdown]
-grace = "10s"                   # open requests may finish within this after SIGTERM
-
-[metrics]
-listen = "127.0.0.1:9464"       # /metrics, /healthz, /readyz; "off" to disable
-
-[renewal]
-expired_grace = "0s"            # an expired certificate may still renew itself this long; 0: never
-"#
-    )
 }
 
 #[cfg(test)]

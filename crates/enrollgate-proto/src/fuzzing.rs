@@ -1,5 +1,6 @@
 //! The bodies of the `cargo fuzz` targets in `fuzz/` (one function per target), behind the
-//! `fuzzing` feature: the fuzz crate depends on this crate alone (no RocksDB, so it builds in
+//! `fuzzing` feature (never in the daemon: one module of test drivers, long because each
+//! target states the invariants it checks beside the inputs it builds): the fuzz crate depends on this crate alone (no RocksDB, so it builds in
 //! minutes), and the stable toolchain replays the committed corpus and every regression
 //! input in `cargo test` (see the tests at the end), without nightly.
 //!

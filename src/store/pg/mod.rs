@@ -17,15 +17,18 @@
 //! the database stays away does the committer get [`CommitError::Unknown`], and the device
 //! is told to retry without the write being acknowledged.
 
+mod conn;
 pub mod schema;
 pub mod url;
 
 use std::sync::atomic::{AtomicI64, AtomicUsize, Ordering};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use postgres::error::SqlState;
-use postgres::{Client, Statement};
+use postgres::Client;
+
+use conn::{connection_lost, lock, round_trip, store_error, Conn, Slot, ROUND_TRIPS};
 
 use super::backend::{
     Backend, Change, Changed, CommitError, Expect, Source, Versioned, Visit, Watching, WriteSet,
@@ -57,41 +60,6 @@ pub fn gateway_of(ca_cert_pem: &[u8]) -> Result<String, String> {
     )))
 }
 
-thread_local! {
-    /// Round trips this thread made to the database: the committer reports its own per
-    /// batch, apart from the workers' reads on the reader threads.
-    static ROUND_TRIPS: std::cell::Cell<u64> = const { std::cell::Cell::new(0) };
-}
-
-fn round_trip() {
-    ROUND_TRIPS.with(|n| n.set(n.get() + 1));
-}
-
-/// One connection and its prepared statements.
-struct Conn {
-    client: Client,
-    read: Statement,
-    read_many: Statement,
-    scan: Statement,
-    commit: Statement,
-    /// Whether `synchronous_commit` is on for this session.
-    synchronous: bool,
-    /// This session's server process and when it started: what `resolve` ends before it
-    /// trusts the absence of a commit id.
-    backend: (i32, String),
-    /// The server: its address and when its postmaster started (a restart or a failover
-    /// makes another).
-    server: String,
-}
-
-/// How long a commit waits for a row another node's commit holds: past it, the commit is
-/// a conflict, decided again (a node stuck with its locks does not stop the others).
-const LOCK_TIMEOUT: &str = "SET lock_timeout = '10s'";
-
-/// The server a session is on (see `Conn::server`).
-const SERVER: &str = "SELECT coalesce(host(inet_server_addr()), 'local') || ':' || \
-    coalesce(inet_server_port()::text, '') || '@' || pg_postmaster_start_time()::text";
-
 /// What [`Postgres::resolve`] learned on one connection.
 enum Resolution {
     /// The commit landed, or surely did not.
@@ -99,14 +67,6 @@ enum Resolution {
     /// The old session could not be ended (another server now, or it did not go): only
     /// a commit id found proves anything.
     Unsure,
-}
-
-/// A connection slot: the connection if there is one, and when to try again if not.
-#[derive(Default)]
-struct Slot {
-    conn: Option<Conn>,
-    retry_at: Option<Instant>,
-    backoff: Duration,
 }
 
 /// The PostgreSQL backend.
@@ -128,95 +88,6 @@ impl std::fmt::Debug for Postgres {
     }
 }
 
-/// Whether `e` says the connection (or the server behind it) is gone, as opposed to a
-/// refusal of the statement: the connection is then dropped and made again.
-fn connection_lost(e: &postgres::Error) -> bool {
-    if e.is_closed() {
-        return true;
-    }
-    match e.code() {
-        None => true,
-        Some(code) => {
-            // 08: connection exception; 57P0x: shutdown, crash, cannot connect now;
-            // 25006: a read-only transaction (a standby, or a primary demoted by failover).
-            code.code().get(..2) == Some("08")
-                || matches!(
-                    code,
-                    &SqlState::ADMIN_SHUTDOWN
-                        | &SqlState::CRASH_SHUTDOWN
-                        | &SqlState::CANNOT_CONNECT_NOW
-                        | &SqlState::READ_ONLY_SQL_TRANSACTION
-                )
-        }
-    }
-}
-
-/// The error a failed statement becomes. Never the URL or a value: a message of the
-/// server's, or of the client's.
-fn store_error(e: &postgres::Error) -> StoreError {
-    let text = match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.code().code(), db.message()),
-        None => e.to_string(),
-    };
-    if connection_lost(e) {
-        StoreError::Unavailable(format!("PostgreSQL: {text}"))
-    } else {
-        StoreError::Db(format!("PostgreSQL: {text}"))
-    }
-}
-
-impl Conn {
-    fn open(url: &StoreUrl) -> Result<Self, StoreError> {
-        let mut client = url.connect()?;
-        let prepare =
-            |client: &mut Client, sql: &str| client.prepare(sql).map_err(|e| store_error(&e));
-        let read = prepare(
-            &mut client,
-            "SELECT value, version FROM enrollgate_kv WHERE key = $1",
-        )?;
-        let read_many = prepare(
-            &mut client,
-            "SELECT key, value, version FROM enrollgate_kv WHERE key = ANY($1)",
-        )?;
-        let scan = prepare(
-            &mut client,
-            "SELECT key, value, version FROM enrollgate_kv \
-             WHERE key >= $1 AND ($2::bytea IS NULL OR key < $2) ORDER BY key LIMIT $3",
-        )?;
-        let commit = prepare(
-            &mut client,
-            "SELECT enrollgate_commit($1, $2, $3, $4, $5, $6, $7, $8)",
-        )?;
-        client
-            .batch_execute(LOCK_TIMEOUT)
-            .map_err(|e| store_error(&e))?;
-        let me = client
-            .query_one(
-                "SELECT pid, backend_start::text FROM pg_stat_activity WHERE pid = pg_backend_pid()",
-                &[],
-            )
-            .map_err(|e| store_error(&e))?;
-        let backend = (
-            me.try_get(0).map_err(|e| store_error(&e))?,
-            me.try_get(1).map_err(|e| store_error(&e))?,
-        );
-        let server = client
-            .query_one(SERVER, &[])
-            .and_then(|r| r.try_get(0))
-            .map_err(|e| store_error(&e))?;
-        Ok(Self {
-            client,
-            read,
-            read_many,
-            scan,
-            commit,
-            synchronous: true,
-            backend,
-            server,
-        })
-    }
-}
-
 /// The first key after every key under `prefix`, if there is one (a prefix of `0xff`
 /// bytes has none).
 fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
@@ -228,16 +99,6 @@ fn prefix_end(prefix: &[u8]) -> Option<Vec<u8>> {
         }
     }
     None
-}
-
-fn lock(slot: &Mutex<Slot>) -> MutexGuard<'_, Slot> {
-    // A panic while a slot was held leaves at worst a connection in an unknown state:
-    // drop it.
-    slot.lock().unwrap_or_else(|p| {
-        let mut guard = p.into_inner();
-        guard.conn = None;
-        guard
-    })
 }
 
 impl Postgres {
