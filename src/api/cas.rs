@@ -70,21 +70,7 @@ fn check_format(f: &str) -> Result<(), ApiError> {
 
 /// A CA by id, or 404.
 pub async fn find(w: &WorkerCtx, id: &str) -> Result<Ca, ApiError> {
-    let not_found = || {
-        ApiError::NotFound(format!(
-            "no CA with id '{}'",
-            id.chars().take(64).collect::<String>()
-        ))
-    };
-    if !crate::ids::is_well_formed(id) {
-        return Err(not_found());
-    }
-    let id = id.to_string();
-    w.shared
-        .store
-        .read(move |s| s.ca(&id))
-        .await?
-        .ok_or_else(not_found)
+    super::records::find_by_id(w, id, "CA", crate::store::Store::ca).await
 }
 
 async fn commit_ca(w: &WorkerCtx, cmd: Command) -> Result<Option<Ca>, ApiError> {

@@ -7,43 +7,42 @@ use super::ApiError;
 use crate::app::WorkerCtx;
 use crate::clock::UnixTime;
 use crate::model::{Enrollment, Identity, Method};
+use crate::store::{Store, StoreError};
 
-/// The identity with id `id`, or `404 NOT_FOUND`.
-pub(super) async fn find_identity(w: &WorkerCtx, id: &str) -> Result<Identity, ApiError> {
+/// The record `what` (an identity, a pending enrollment, a CA) with id `id`, read by
+/// `read` off the worker, or `404 NOT_FOUND` saying which; an id that cannot be one is not
+/// looked up.
+pub(super) async fn find_by_id<T: Send + 'static>(
+    w: &WorkerCtx,
+    id: &str,
+    what: &str,
+    read: fn(&Store, &str) -> Result<Option<T>, StoreError>,
+) -> Result<T, ApiError> {
     let not_found = || {
         ApiError::NotFound(format!(
-            "no identity with id '{}'",
+            "no {what} with id '{}'",
             id.chars().take(64).collect::<String>()
         ))
     };
     if !crate::ids::is_well_formed(id) {
         return Err(not_found());
     }
-    let id = id.to_string();
+    let owned = id.to_string();
     w.shared
         .store
-        .read(move |s| s.identity(&id))
+        .read(move |s| read(s, &owned))
         .await?
         .ok_or_else(not_found)
 }
 
+/// The identity with id `id`, or `404 NOT_FOUND`.
+pub(super) async fn find_identity(w: &WorkerCtx, id: &str) -> Result<Identity, ApiError> {
+    find_by_id(w, id, "identity", Store::identity).await
+}
+
 /// The pending enrollment with id `id`, or `404 NOT_FOUND`.
 pub(super) async fn find_enrollment(w: &WorkerCtx, id: &str) -> Result<Enrollment, ApiError> {
-    let not_found = || {
-        ApiError::NotFound(format!(
-            "no pending enrollment with id '{}'",
-            id.chars().take(64).collect::<String>()
-        ))
-    };
-    if !crate::ids::is_well_formed(id) {
-        return Err(not_found());
-    }
-    let id = id.to_string();
-    w.shared
-        .store
-        .read(move |s| s.enrollment(&id))
-        .await?
-        .ok_or_else(not_found)
+    find_by_id(w, id, "pending enrollment", Store::enrollment).await
 }
 
 /// Builds a new one-time enrollment (`ott`, or `ottca` bound to `ca_id`).
