@@ -52,7 +52,7 @@ fn http_request(data: &[u8]) {
 /// The metrics label, and the checks each enrollment route makes on the request before it
 /// touches the store.
 fn route_pure(req: &Request) {
-    let _ = api::enrollment_method(req);
+    let _ = api::Route::of(req).enrollment_method(req);
     let _ = format!("{req:?}");
     if let Err(e) = api::client::check_csr_media(req) {
         assert_client_error(&e);

@@ -46,8 +46,9 @@ pub struct Peer {
 /// Handles one request; every error becomes its JSON envelope.
 pub async fn handle(w: &WorkerCtx, req: &Request, peer: &Peer, request_id: &str) -> Response {
     let started = std::time::Instant::now();
-    let result = route(w, req, peer).await;
-    let enrolling = enrollment_method(req);
+    let route = Route::of(req);
+    let enrolling = route.enrollment_method(req);
+    let result = route.dispatch(w, req, peer).await;
     if let Some(method) = enrolling {
         let outcome = match &result {
             Ok(_) => "ok",
@@ -155,28 +156,75 @@ mod refusals {
     }
 }
 
-/// The enrollment method of an enrollment request (for metrics), if it is one.
-pub(crate) fn enrollment_method(req: &Request) -> Option<&'static str> {
-    let path = req.head.path.as_str();
-    let path = under(path, CLIENT_PREFIX).unwrap_or(path);
-    let method = match path {
-        // Without a method, `/enroll` is an ott enrollment (client::enroll_method).
-        "/enroll" => crate::http::query::param(&req.head.query, "method")
-            .filter(|m| !m.is_empty())
-            .unwrap_or_else(|| "ott".into()),
-        "/enroll/ott" => "ott".into(),
-        "/enroll/ottca" => "ottca".into(),
-        "/enroll/ca" => "ca".into(),
-        // EST enrollments and re-enrollments are counted apart from OpenZiti's methods.
-        est::SIMPLEENROLL => return Some("est"),
-        est::SIMPLEREENROLL => return Some("est_reenroll"),
-        _ => return None,
-    };
-    Some(match crate::model::Method::parse(&method)? {
-        crate::model::Method::Ott => "ott",
-        crate::model::Method::Ottca => "ottca",
-        crate::model::Method::Ca => "ca",
-    })
+/// Where a request goes, worked out once from its path: dispatch and the metric labels
+/// both read it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Route<'a> {
+    /// The web console's files (`/console/...`).
+    Console,
+    /// The management API; the path below its prefix.
+    Management(&'a str),
+    /// EST (RFC 7030), at the root or below the client prefix; the path from `/.well-known`.
+    Est(&'a str),
+    /// The client API, at the root or below its prefix; the path below it.
+    Client(&'a str),
+}
+
+impl<'a> Route<'a> {
+    /// The route of `req`.
+    pub fn of(req: &'a Request) -> Self {
+        let path = req.head.path.as_str();
+        if path == crate::console::PREFIX || path.starts_with("/console/") {
+            return Route::Console;
+        }
+        if let Some(rest) = under(path, MANAGEMENT_PREFIX) {
+            return Route::Management(rest);
+        }
+        let rest = under(path, CLIENT_PREFIX).unwrap_or(path);
+        if rest.starts_with(est::PREFIX) {
+            return Route::Est(rest);
+        }
+        Route::Client(rest)
+    }
+
+    /// The enrollment method of an enrollment request (the metrics' `method` label), if it
+    /// is one.
+    pub fn enrollment_method(&self, req: &Request) -> Option<&'static str> {
+        let method = match *self {
+            Route::Console | Route::Management(_) => return None,
+            // EST enrollments and re-enrollments are counted apart from OpenZiti's methods.
+            Route::Est(est::SIMPLEENROLL) => return Some("est"),
+            Route::Est(est::SIMPLEREENROLL) => return Some("est_reenroll"),
+            Route::Est(_) => return None,
+            // Without a method, `/enroll` is an ott enrollment (client::enroll_method).
+            Route::Client("/enroll") => crate::http::query::param(&req.head.query, "method")
+                .filter(|m| !m.is_empty())
+                .unwrap_or_else(|| "ott".into()),
+            Route::Client("/enroll/ott") => "ott".into(),
+            Route::Client("/enroll/ottca") => "ottca".into(),
+            Route::Client("/enroll/ca") => "ca".into(),
+            Route::Client(_) => return None,
+        };
+        Some(match crate::model::Method::parse(&method)? {
+            crate::model::Method::Ott => "ott",
+            crate::model::Method::Ottca => "ottca",
+            crate::model::Method::Ca => "ca",
+        })
+    }
+
+    async fn dispatch(
+        self,
+        w: &WorkerCtx,
+        req: &Request,
+        peer: &Peer,
+    ) -> Result<Response, ApiError> {
+        match self {
+            Route::Console => crate::console::serve(req),
+            Route::Management(rest) => management::route(w, req, peer, rest).await,
+            Route::Est(rest) => est::route(w, req, peer, rest).await,
+            Route::Client(rest) => client::route(w, req, peer, rest).await,
+        }
+    }
 }
 
 /// `rest` of `path` after `prefix`, when `path` is `prefix` itself or below it.
@@ -189,21 +237,6 @@ fn under<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
     } else {
         None
     }
-}
-
-async fn route(w: &WorkerCtx, req: &Request, peer: &Peer) -> Result<Response, ApiError> {
-    let path = req.head.path.as_str();
-    if path == crate::console::PREFIX || path.starts_with("/console/") {
-        return crate::console::serve(req);
-    }
-    if let Some(rest) = under(path, MANAGEMENT_PREFIX) {
-        return management::route(w, req, peer, rest).await;
-    }
-    let rest = under(path, CLIENT_PREFIX).unwrap_or(path);
-    if rest.starts_with(est::PREFIX) {
-        return est::route(w, req, peer, rest).await;
-    }
-    client::route(w, req, peer, rest).await
 }
 
 /// Parses a JSON body, or explains why not.
@@ -242,5 +275,65 @@ mod tests {
         );
         assert_eq!(under("/edge/client/v1", CLIENT_PREFIX), Some("/"));
         assert_eq!(under("/edge/client/v12/enroll", CLIENT_PREFIX), None);
+    }
+
+    fn request(target: &str) -> Request {
+        let raw = format!("POST {target} HTTP/1.1\r\nHost: x\r\n\r\n");
+        match crate::http::parse_head(raw.as_bytes()) {
+            Ok(crate::http::request::Parsed::Complete(head, _)) => Request {
+                head,
+                body: Vec::new(),
+            },
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn one_route_serves_dispatch_and_the_enrollment_label() {
+        let cases: [(&str, Route<'_>, Option<&str>); 10] = [
+            ("/enroll", Route::Client("/enroll"), Some("ott")),
+            (
+                "/edge/client/v1/enroll?method=ca",
+                Route::Client("/enroll"),
+                Some("ca"),
+            ),
+            ("/enroll?method=bogus", Route::Client("/enroll"), None),
+            (
+                "/edge/client/v1/enroll/ottca",
+                Route::Client("/enroll/ottca"),
+                Some("ottca"),
+            ),
+            (
+                "/authenticate?method=cert",
+                Route::Client("/authenticate"),
+                None,
+            ),
+            (
+                "/.well-known/est/simpleenroll",
+                Route::Est(est::SIMPLEENROLL),
+                Some("est"),
+            ),
+            (
+                "/edge/client/v1/.well-known/est/simplereenroll",
+                Route::Est(est::SIMPLEREENROLL),
+                Some("est_reenroll"),
+            ),
+            (
+                "/.well-known/est/cacerts",
+                Route::Est("/.well-known/est/cacerts"),
+                None,
+            ),
+            (
+                "/edge/management/v1/enroll",
+                Route::Management("/enroll"),
+                None,
+            ),
+            ("/console/app.js", Route::Console, None),
+        ];
+        for (target, route, label) in cases {
+            let req = request(target);
+            assert_eq!(Route::of(&req), route, "{target}");
+            assert_eq!(Route::of(&req).enrollment_method(&req), label, "{target}");
+        }
     }
 }

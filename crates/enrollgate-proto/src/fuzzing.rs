@@ -1005,7 +1005,18 @@ pub const TARGETS: [Target; 8] = [
 
 /// The fuzz crate's directory, `fuzz/` at the root of the repository.
 pub fn fuzz_dir() -> std::path::PathBuf {
-    std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../fuzz")
+    // The checkout the tests run in (cargo sets the variable when it runs them), not the
+    // one this crate was compiled in: a target directory shared by several checkouts
+    // (CI's clean clones) may hold a build from a checkout since removed.
+    let compiled = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let running = std::env::var_os("CARGO_MANIFEST_DIR").map(std::path::PathBuf::from);
+    running
+        .as_deref()
+        .unwrap_or(compiled)
+        .ancestors()
+        .map(|d| d.join("fuzz"))
+        .find(|f| f.join("corpus").is_dir())
+        .unwrap_or_else(|| compiled.join("../../fuzz"))
 }
 
 /// The committed seeds (`fuzz/corpus/<target>/`) and regression inputs
