@@ -991,23 +991,7 @@ fn a_thousand_racing_auto_enrollments() {
             .find(|r| r.status != 200)
             .map(|r| String::from_utf8_lossy(&r.body).into_owned())
     );
-    let list = gw
-        .mgmt(
-            "GET",
-            "/identities?limit=1000&filter=name%20startswith%20%22swarm-same%22",
-            None,
-        )
-        .json()
-        .unwrap();
-    assert_eq!(list["meta"]["pagination"]["totalCount"], 1000);
-    let mut names: Vec<String> = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["name"].as_str().unwrap().to_string())
-        .collect();
-    names.sort();
-    names.dedup();
+    let names = crate::fleet::distinct_names(&gw, "swarm-same");
     assert_eq!(names.len(), 1000);
     assert!(names.contains(&"swarm-same".to_string()));
     assert!(names.contains(&"swarm-same-000999".to_string()));

@@ -398,3 +398,27 @@ pub fn race(
         .flat_map(|h| h.join().unwrap())
         .collect()
 }
+
+/// The distinct names of the identities whose name starts with `prefix` (at most 1,000),
+/// sorted; the listing's total must count exactly those.
+pub fn distinct_names(gw: &Gateway, prefix: &str) -> Vec<String> {
+    let list = gw
+        .mgmt(
+            "GET",
+            &format!("/identities?limit=1000&filter=name%20startswith%20%22{prefix}%22"),
+            None,
+        )
+        .json()
+        .unwrap();
+    let mut names: Vec<String> = list["data"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["name"].as_str().unwrap().to_string())
+        .collect();
+    let total = names.len();
+    assert_eq!(list["meta"]["pagination"]["totalCount"], total);
+    names.sort();
+    names.dedup();
+    names
+}

@@ -330,33 +330,7 @@ fn two_hundred_racing_redemptions_of_one_token() {
         .unwrap()
         .pem()
         .unwrap();
-    let barrier = std::sync::Arc::new(std::sync::Barrier::new(200));
-    let threads: Vec<_> = (0..200)
-        .map(|_| {
-            let (ca, csr, token, barrier, port) = (
-                ca.clone(),
-                csr.clone(),
-                token.clone(),
-                barrier.clone(),
-                gw.port,
-            );
-            std::thread::spawn(move || {
-                let cfg = enrollgate::client::config(&ca, None).unwrap();
-                barrier.wait();
-                enrollgate::client::request(
-                    cfg,
-                    "127.0.0.1",
-                    port,
-                    "POST",
-                    &format!("/edge/client/v1/enroll?method=ott&token={token}"),
-                    &[("Content-Type", "text/plain")],
-                    csr.as_bytes(),
-                )
-                .unwrap()
-            })
-        })
-        .collect();
-    let responses: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let responses = crate::support::race_redemptions(&[gw.port], &ca, &token, &csr, 200);
     let ok: Vec<_> = responses.iter().filter(|r| r.status == 200).collect();
     assert_eq!(ok.len(), 1, "exactly one redemption wins");
     for r in responses.iter().filter(|r| r.status != 200) {

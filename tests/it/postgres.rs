@@ -122,33 +122,7 @@ fn three_gateways_on_one_database_keep_every_invariant() {
         .unwrap()
         .pem()
         .unwrap();
-    let barrier = Arc::new(Barrier::new(200));
-    let threads: Vec<_> = (0..200)
-        .map(|i| {
-            let (ca, csr, token, barrier, port) = (
-                ca.clone(),
-                csr.clone(),
-                token.clone(),
-                barrier.clone(),
-                ports[i % ports.len()],
-            );
-            std::thread::spawn(move || {
-                let cfg = enrollgate::client::config(&ca, None).unwrap();
-                barrier.wait();
-                enrollgate::client::request(
-                    cfg,
-                    "127.0.0.1",
-                    port,
-                    "POST",
-                    &format!("/edge/client/v1/enroll?method=ott&token={token}"),
-                    &[("Content-Type", "text/plain")],
-                    csr.as_bytes(),
-                )
-                .unwrap()
-            })
-        })
-        .collect();
-    let responses: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
+    let responses = crate::support::race_redemptions(&ports, &ca, &token, &csr, 200);
     assert_eq!(responses.iter().filter(|r| r.status == 200).count(), 1);
     for r in responses.iter().filter(|r| r.status != 200) {
         assert_eq!(
@@ -168,30 +142,15 @@ fn three_gateways_on_one_database_keep_every_invariant() {
         .map(|r| (r.status, String::from_utf8_lossy(&r.body).into_owned()))
         .collect();
     assert!(failed.is_empty(), "{:?}", &failed[..failed.len().min(3)]);
-    let list = nodes[2]
-        .mgmt(
-            "GET",
-            "/identities?limit=1000&filter=name%20startswith%20%22swarm-same%22",
-            None,
-        )
-        .json()
-        .unwrap();
-    assert_eq!(list["meta"]["pagination"]["totalCount"], 1000);
-    let mut names: Vec<String> = list["data"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["name"].as_str().unwrap().to_string())
-        .collect();
-    names.sort();
-    names.dedup();
+    let names = crate::fleet::distinct_names(&nodes[2], "swarm-same");
     assert_eq!(names.len(), 1000);
     for gw in &nodes {
         assert!(!gw.log().contains("UNHANDLED"), "{}", gw.log());
     }
     let report = fsck_clean(&nodes[0]);
     assert!(report.starts_with("1003 identities"), "{report}");
-    // The nodes took turns: conflicts were met and decided again, none answered 5xx.
+    // How often the nodes' commits collided and were decided again: shown, not asserted
+    // (it depends on timing); what must hold is asserted above.
     let conflicts: f64 = nodes
         .iter()
         .map(|g| crate::support::metric(&g.metrics_text(), "enrollgate_commit_conflicts_total"))

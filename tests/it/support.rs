@@ -726,3 +726,40 @@ pub fn split_responses(
     }
     Ok((out, 0))
 }
+
+/// `n` redemptions of `token` with the same CSR, all at once, spread over `ports`.
+pub fn race_redemptions(
+    ports: &[u16],
+    ca: &[CertificateDer<'static>],
+    token: &str,
+    csr: &str,
+    n: usize,
+) -> Vec<HttpResponse> {
+    let barrier = Arc::new(std::sync::Barrier::new(n));
+    let threads: Vec<_> = (0..n)
+        .map(|i| {
+            let (ca, csr, token, barrier, port) = (
+                ca.to_vec(),
+                csr.to_string(),
+                token.to_string(),
+                barrier.clone(),
+                ports[i % ports.len()],
+            );
+            std::thread::spawn(move || {
+                let cfg = client::config(&ca, None).unwrap();
+                barrier.wait();
+                client::request(
+                    cfg,
+                    "127.0.0.1",
+                    port,
+                    "POST",
+                    &format!("/edge/client/v1/enroll?method=ott&token={token}"),
+                    &[("Content-Type", "text/plain")],
+                    csr.as_bytes(),
+                )
+                .unwrap()
+            })
+        })
+        .collect();
+    threads.into_iter().map(|t| t.join().unwrap()).collect()
+}
