@@ -52,12 +52,19 @@ fn main() {
         // anyway, so that `unknown` is not kept by every later build of this checkout.
         let dot_git = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join(".git");
         // (A linked worktree's `.git` is a file naming its git directory: watch that.)
-        let watched: Vec<PathBuf> = [dot_git.join("HEAD"), dot_git.join("refs"), dot_git]
+        let watched: Vec<PathBuf> = [dot_git.join("HEAD"), dot_git.join("refs"), dot_git.clone()]
             .into_iter()
             .filter(|p| p.exists())
             .collect();
         for path in watched.iter().take(2) {
             println!("cargo:rerun-if-changed={}", path.display());
+        }
+        if watched.is_empty() {
+            // Nothing to watch: name the `.git` that is missing, which cargo takes as
+            // changed on every build, so that a target directory shared by several
+            // checkouts never keeps `unknown` for a checkout where git works. (Outside a
+            // checkout, this script then runs at each build: one failing `git` call.)
+            println!("cargo:rerun-if-changed={}", dot_git.display());
         }
     }
     println!(
