@@ -4,9 +4,9 @@
 //! drive the protocol crate alone, so they build without RocksDB. What this crate adds on
 //! top of those parsers is checked here, over the same inputs, with the same helpers: every
 //! refusal of client input maps to a 4xx status (never `UNHANDLED`/500) and its envelope
-//! serializes; the request body types the handlers read; the checks a handler makes before
-//! it touches the store (`check_csr_media`, `requested_name`, the enrollment method, EST's
-//! credentials and name comparison, identity list filters, `expiresAt`); the management
+//! serializes; the request body types the handlers read; the refusals of the enrollment
+//! core (`enroll::request`, `enroll::plan`) as the API answers them; EST's
+//! credentials and name comparison, identity list filters, `expiresAt`; the management
 //! view of an auto-enrolled identity; the `enroll` client's reading of a JWT's `iss`.
 
 use serde::Deserialize;
@@ -49,27 +49,41 @@ fn http_request(data: &[u8]) {
     );
 }
 
-/// The metrics label, and the checks each enrollment route makes on the request before it
-/// touches the store.
+/// The metrics label, and what each enrollment route reads of the request before it
+/// touches the store (`enroll::request`, whatever the path: the fuzzer's paths are not
+/// always enrollment routes), as the API answers its refusals.
 fn route_pure(req: &Request) {
+    use crate::enroll::request::{self, Endpoint};
     let _ = api::Route::of(req).enrollment_method(req);
     let _ = format!("{req:?}");
-    if let Err(e) = api::client::check_csr_media(req) {
-        assert_client_error(&e);
+    check(request::check_csr_media(req).map_err(ApiError::from));
+    for endpoint in [
+        Endpoint::Enroll,
+        Endpoint::Ott,
+        Endpoint::Ottca,
+        Endpoint::Ca,
+    ] {
+        check(request::parse(endpoint, req).map_err(ApiError::from));
     }
-    if let Err(e) = api::client::requested_name(req) {
-        assert_client_error(&e);
-    }
-    if let Err(e) = api::client::enroll_method(req) {
-        assert_client_error(&e);
-    }
-    if let Err(e) = api::client::ott_csr(req) {
-        assert_client_error(&e);
-    }
-    if let Err(e) = api::json_body::<serde_json::Value>(req) {
-        assert_client_error(&e);
-    }
+    check(api::json_body::<serde_json::Value>(req));
     query_str(&req.head.query);
+}
+
+/// `enroll`: every refusal of the enrollment core answers 4xx, and an enrollment's answer
+/// is OpenZiti's (`{"data":...}` JSON, or a PEM chain for a client that asked for one).
+fn enroll(data: &[u8]) {
+    let limits = crate::config::Limits::default();
+    fuzzing::enroll_each(
+        data,
+        limits.max_header_bytes,
+        limits.max_body_bytes,
+        |_, answer| match answer {
+            Ok(response) => assert_eq!(response.status, 200),
+            Err(fuzzing::EnrollRefused::Request(e)) => assert_client_error(&e.into()),
+            Err(fuzzing::EnrollRefused::Plan(e)) => assert_client_error(&e.into()),
+            Err(fuzzing::EnrollRefused::Csr(e)) => assert_client_error(&e.into()),
+        },
+    );
 }
 
 /// `query`: what the API's handlers do with a query string beyond the protocol crate.
@@ -94,23 +108,6 @@ fn query_str(q: &str) {
         let _ = f.matches(q);
         let _ = f.matches("");
     }
-}
-
-/// `/enroll/ott`'s body (declared inside its handler in `api::client`; same fields and
-/// serde attributes).
-#[derive(Deserialize)]
-#[serde(rename_all = "camelCase")]
-#[allow(dead_code)]
-struct OttBody {
-    token: Option<String>,
-    client_csr: Option<String>,
-}
-
-/// `/enroll/ottca`'s body (declared inside its handler in `api::client`).
-#[derive(Deserialize)]
-#[allow(dead_code)]
-struct OttcaBody {
-    token: Option<String>,
 }
 
 /// `POST /enrollments`' body (declared inside its handler in `api::management`).
@@ -142,11 +139,14 @@ fn json_bodies(data: &[u8]) {
     check(api::json_body::<api::management::CreateIdentity>(&req));
     check(api::json_body::<api::cas::CreateBody>(&req));
     check(api::json_body::<api::cas::UpdateBody>(&req));
-    check(api::json_body::<OttBody>(&req));
-    check(api::json_body::<OttcaBody>(&req));
+    {
+        use crate::enroll::request::{parse, Endpoint};
+        for endpoint in [Endpoint::Ott, Endpoint::Ottca, Endpoint::Ca] {
+            check(parse(endpoint, &req).map_err(ApiError::from));
+        }
+    }
     check(api::json_body::<CreateEnrollmentBody>(&req));
     check(api::json_body::<RefreshBody>(&req));
-    check(api::client::requested_name(&req));
     let Some(value) = check(api::json_body::<serde_json::Value>(&req)) else {
         return;
     };
@@ -204,8 +204,9 @@ fn jwt(data: &[u8]) {
 }
 
 /// The API's share of each target, by the target's name.
-const API_CHECKS: [fuzzing::Target; 6] = [
+const API_CHECKS: [fuzzing::Target; 7] = [
     ("http_request", http_request),
+    ("enroll", enroll),
     ("query", query),
     ("json_bodies", json_bodies),
     ("csr", csr),

@@ -120,7 +120,6 @@ pub async fn authenticate(
             &peer.chain,
             now,
             "is not verified or does not allow authentication",
-            w.cas.memo(),
             |ca| ca.is_verified && ca.is_auth_enabled,
         )
         .map_err(|e| AuthError::CaRefused(e.to_string()))?;

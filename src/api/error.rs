@@ -214,6 +214,57 @@ impl From<EnrollError> for ApiError {
     }
 }
 
+impl From<crate::http::body::BodyError> for ApiError {
+    fn from(e: crate::http::body::BodyError) -> Self {
+        use crate::http::body::BodyError;
+        let msg = e.to_string();
+        match e {
+            BodyError::NotJson { .. } | BodyError::Untyped => Self::UnsupportedMedia(msg),
+            BodyError::Invalid(_) => Self::CouldNotParseBody(msg),
+        }
+    }
+}
+
+impl From<crate::enroll::request::RequestError> for ApiError {
+    fn from(e: crate::enroll::request::RequestError) -> Self {
+        use crate::enroll::request::RequestError;
+        let msg = e.to_string();
+        match e {
+            RequestError::UnknownMethod(_) => Self::InvalidEnrollMethod(msg),
+            RequestError::NoCsr => Self::CouldNotProcessCsr(msg),
+            RequestError::CsrMediaType(_) => Self::UnsupportedMedia(msg),
+            RequestError::Body(e) => e.into(),
+        }
+    }
+}
+
+impl From<crate::enroll::plan::Refusal> for ApiError {
+    fn from(e: crate::enroll::plan::Refusal) -> Self {
+        use crate::enroll::plan::Refusal;
+        use crate::enroll::AutoNameError;
+        use crate::model::Method;
+        let msg = e.to_string();
+        match e {
+            Refusal::NoToken => Self::InvalidEnrollmentToken(msg),
+            Refusal::Token(e) => e.into(),
+            // OpenZiti answers an ottca chain with CERTIFICATE_FAILED_VALIDATION and a
+            // CA auto-enrollment chain with CERT_FAILED_VALIDATION.
+            Refusal::NoClientCertificate(Method::Ca)
+            | Refusal::Chain {
+                method: Method::Ca, ..
+            } => Self::CertFailedValidation(msg),
+            Refusal::NoClientCertificate(_)
+            | Refusal::Chain { .. }
+            | Refusal::UnparsableCertificate(_) => Self::CertificateFailedValidation(msg),
+            Refusal::TokenCaGone | Refusal::TokenCaNotUsable => Self::EnrollmentCaNotValid(msg),
+            Refusal::Name(AutoNameError::Template(_)) => Self::InvalidCommonName(msg),
+            Refusal::Name(AutoNameError::TooLong | AutoNameError::Name(_)) => {
+                Self::InvalidName(msg)
+            }
+        }
+    }
+}
+
 impl From<CsrError> for ApiError {
     fn from(e: CsrError) -> Self {
         Self::CouldNotProcessCsr(e.to_string())

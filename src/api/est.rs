@@ -21,7 +21,7 @@ use base64::Engine as _;
 use x509_parser::prelude::*;
 
 use super::auth::{self, AuthError};
-use super::client::{admit_source, auto_enroll, auto_enrollment_ca, check_csr_media, redeem_ott};
+use super::client::{admit_source, auto_enroll, auto_enrollment_ca, redeem_ott};
 use super::{method_not_allowed, ApiError, Peer, Request};
 use crate::app::WorkerCtx;
 use crate::http::Response;
@@ -65,7 +65,7 @@ pub(super) async fn route(
                 return Err(method_not_allowed(req, "POST"));
             }
             admit_source(w, peer)?;
-            check_csr_media(req)?;
+            crate::enroll::request::check_csr_media(req)?;
             if path == SIMPLEENROLL {
                 simpleenroll(w, req, peer).await
             } else {
@@ -122,10 +122,8 @@ async fn bootstrap_enroll(w: &WorkerCtx, req: &Request, peer: &Peer) -> Result<R
     let now = w.shared.clock.unix_now();
     let refused =
         |m: String| ApiError::EstUnauthorized(format!("simpleenroll by a client certificate: {m}"));
-    let ca = auto_enrollment_ca(w, peer, now).map_err(|e| match e {
-        ApiError::CertFailedValidation(m) => refused(m),
-        other => other,
-    })?;
+    // A chain no CA admits for auto-enrollment authenticates nothing here.
+    let ca = auto_enrollment_ca(w, peer, now).map_err(|e| refused(e.to_string()))?;
     let fp = peer
         .cert_sha256
         .clone()

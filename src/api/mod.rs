@@ -190,26 +190,19 @@ impl<'a> Route<'a> {
     /// The enrollment method of an enrollment request (the metrics' `method` label), if it
     /// is one.
     pub fn enrollment_method(&self, req: &Request) -> Option<&'static str> {
-        let method = match *self {
-            Route::Console | Route::Management(_) => return None,
+        match *self {
+            Route::Console | Route::Management(_) => None,
             // EST enrollments and re-enrollments are counted apart from OpenZiti's methods.
-            Route::Est(est::SIMPLEENROLL) => return Some("est"),
-            Route::Est(est::SIMPLEREENROLL) => return Some("est_reenroll"),
-            Route::Est(_) => return None,
-            // Without a method, `/enroll` is an ott enrollment (client::enroll_method).
-            Route::Client("/enroll") => crate::http::query::param(&req.head.query, "method")
-                .filter(|m| !m.is_empty())
-                .unwrap_or_else(|| "ott".into()),
-            Route::Client("/enroll/ott") => "ott".into(),
-            Route::Client("/enroll/ottca") => "ottca".into(),
-            Route::Client("/enroll/ca") => "ca".into(),
-            Route::Client(_) => return None,
-        };
-        Some(match crate::model::Method::parse(&method)? {
-            crate::model::Method::Ott => "ott",
-            crate::model::Method::Ottca => "ottca",
-            crate::model::Method::Ca => "ca",
-        })
+            Route::Est(est::SIMPLEENROLL) => Some("est"),
+            Route::Est(est::SIMPLEREENROLL) => Some("est_reenroll"),
+            Route::Est(_) => None,
+            // The method the request is handled as (`/enroll` without one is `ott`); an
+            // unknown one is no enrollment.
+            Route::Client(path) => crate::enroll::request::Endpoint::of(path)?
+                .method(&req.head.query)
+                .ok()
+                .map(crate::model::Method::as_str),
+        }
     }
 
     async fn dispatch(
@@ -239,28 +232,15 @@ fn under<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
     }
 }
 
-/// Parses a JSON body, or explains why not.
+/// Parses a JSON body, or explains why not (`http::body::json`). A management body must
+/// say it is JSON ([`crate::http::body::Untyped::Refused`]).
 pub(crate) fn json_body<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
-    let has_body = !req.body.iter().all(u8::is_ascii_whitespace);
-    match req.head.content_type().as_deref() {
-        // A management body must say it is JSON: a browser holding an admin certificate
-        // can be made to send a body without a content type (no CORS preflight), never
-        // one labelled application/json.
-        None if has_body && under(&req.head.path, MANAGEMENT_PREFIX).is_some() => {
-            return Err(ApiError::UnsupportedMedia(
-                "a management request body needs Content-Type: application/json".into(),
-            ))
-        }
-        None | Some("application/json") => {}
-        Some(other) => {
-            return Err(ApiError::UnsupportedMedia(format!(
-                "content type '{other}' is not accepted here; send application/json"
-            )))
-        }
-    }
-    let body: &[u8] = if !has_body { b"{}" } else { &req.body };
-    serde_json::from_slice(body)
-        .map_err(|e| ApiError::CouldNotParseBody(format!("invalid JSON body: {e}")))
+    use crate::http::body::{json, Untyped};
+    let untyped = match under(&req.head.path, MANAGEMENT_PREFIX) {
+        Some(_) => Untyped::Refused,
+        None => Untyped::Json,
+    };
+    Ok(json(req, untyped)?)
 }
 
 #[cfg(test)]

@@ -9,34 +9,31 @@ use std::sync::Arc;
 
 use rustls_pki_types::CertificateDer;
 
-use super::chain::{CaSet, ChainError};
+use super::chain::{CaSet, ChainError, Verifier};
 use super::memo::SignatureMemo;
 use super::registry::CaRegistry;
 use crate::clock::UnixTime;
 use crate::model::Ca;
 
-/// A CA set whose verifications are recorded; everything else is the set's
-/// (`Deref`).
+/// A worker's CA set as its request path uses it: its verifications use the worker's
+/// memo and are recorded; everything else is the set's (`Deref`).
 #[derive(Debug, Clone)]
-pub struct MeteredCas(Arc<CaSet>);
+pub struct MeteredCas<'w> {
+    set: Arc<CaSet>,
+    memo: &'w SignatureMemo,
+}
 
-impl MeteredCas {
-    /// Wraps `set`.
-    pub fn new(set: Arc<CaSet>) -> Self {
-        Self(set)
-    }
-
-    /// [`CaSet::verify`], recorded.
+impl MeteredCas<'_> {
+    /// [`CaSet::verify`] with the worker's memo, recorded.
     pub fn verify(
         &self,
         chain: &[CertificateDer<'_>],
         now: UnixTime,
         refusal: &str,
-        memo: &SignatureMemo,
         accept: impl Fn(&Ca) -> bool,
     ) -> Result<&Ca, ChainError> {
         let started = std::time::Instant::now();
-        let v = self.0.check(chain, now, refusal, memo, accept);
+        let v = self.set.check(chain, now, refusal, self.memo, accept);
         crate::telemetry::chain_verification(
             v.cache_hit,
             v.signatures.checked,
@@ -47,11 +44,27 @@ impl MeteredCas {
     }
 }
 
-impl Deref for MeteredCas {
+impl Verifier for MeteredCas<'_> {
+    fn verify(
+        &self,
+        chain: &[CertificateDer<'_>],
+        now: UnixTime,
+        refusal: &str,
+        accept: &dyn Fn(&Ca) -> bool,
+    ) -> Result<&Ca, ChainError> {
+        MeteredCas::verify(self, chain, now, refusal, accept)
+    }
+
+    fn ca(&self, id: &str) -> Option<&Ca> {
+        self.set.get(id)
+    }
+}
+
+impl Deref for MeteredCas<'_> {
     type Target = CaSet;
 
     fn deref(&self) -> &CaSet {
-        &self.0
+        &self.set
     }
 }
 
@@ -80,19 +93,17 @@ impl WorkerCas {
         }
     }
 
-    /// This worker's remembered signature checks (they hold whatever the CA set is).
-    pub fn memo(&self) -> &SignatureMemo {
-        &self.memo
-    }
-
     /// The current set, its verifications recorded: one atomic load when nothing changed.
-    pub fn current(&self, registry: &CaRegistry) -> MeteredCas {
+    pub fn current(&self, registry: &CaRegistry) -> MeteredCas<'_> {
         if registry.generation() != self.generation.get() {
             let (generation, set) = registry.snapshot();
             self.generation.set(generation);
             *self.set.borrow_mut() = set;
         }
-        MeteredCas::new(self.set.borrow().clone())
+        MeteredCas {
+            set: self.set.borrow().clone(),
+            memo: &self.memo,
+        }
     }
 }
 

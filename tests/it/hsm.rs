@@ -6,7 +6,9 @@ use std::process::Command;
 use crate::support::*;
 
 const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
-const PIN: &str = "4711";
+/// Long and distinctive, so that finding it in a log or an error means it leaked (four
+/// digits turn up by chance in a log of timings and ports).
+const PIN: &str = "hsm-pin-Xq7vR2";
 
 /// A SoftHSM2 token initialised in a temporary directory (its own `SOFTHSM2_CONF`).
 pub(crate) struct SoftHsm {

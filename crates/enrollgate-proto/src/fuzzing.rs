@@ -25,6 +25,7 @@
 //! | [`chain`] | `ca::chain::CaSet::verify` against a fixed CA set, then the `ca` enrollment's identity (`enroll::auto_enrolled_identity`) |
 //! | [`jwt`] | `token::jwt::{peek, verify_with_cert}` and the `enroll` client's claim checks |
 //! | [`name_template`] | `ca::name::{validate_format, render}` with fuzzed values |
+//! | [`enroll`] | an enrollment request read (`enroll::request`) and driven through each method's steps (`enroll::plan`) against fixture tokens and CAs |
 //!
 //! The fixed keys below are derived from constant scalars, so seeds made by
 //! [`seeds::write_all`] (certificates, chains, JWTs) verify against the same fixtures in
@@ -40,7 +41,7 @@ use crate::ca::memo::SignatureMemo;
 use crate::ca::name::{self, NameVars};
 use crate::clock::UnixTime;
 use crate::http::{parse_head, BodyKind, Head, Parsed};
-use crate::model::{Ca, Identity, IdentityType, Method};
+use crate::model::{Ca, Enrollment, Identity, IdentityType, Method};
 use crate::pki::{csr as csr_mod, pkcs7};
 
 /// The instant every fuzz target judges validity at (2027-01-15).
@@ -547,7 +548,10 @@ pub fn chain_enrolled(data: &[u8]) -> Vec<Identity> {
             Ok(ca) => {
                 assert!(accept(ca), "a CA refused for {purpose} verified a chain");
                 let leaf = chain.first().expect("a verified chain has a leaf");
-                enrolled.extend(enroll_ca(ca, leaf));
+                match auto_enroll(ca, leaf, None) {
+                    Ok(identity) => enrolled.push(identity),
+                    Err(e) => refused(&e),
+                }
             }
             Err(e) => {
                 if chain.is_empty() {
@@ -560,30 +564,173 @@ pub fn chain_enrolled(data: &[u8]) -> Vec<Identity> {
     enrolled
 }
 
-/// What `ca` auto-enrollment does with a verified leaf before the store: the same function
-/// the handler calls.
-fn enroll_ca(ca: &Ca, leaf: &[u8]) -> Option<Identity> {
-    let cn = crate::ca::chain::common_name(leaf);
-    let authenticator = crate::pki::fingerprint::authenticator(leaf, false, Method::Ca, NOW)
-        .expect("a verified leaf parses");
-    let identity = match crate::enroll::auto_enrolled_identity(
+/// What `ca` auto-enrollment does with a leaf that verified for `ca` before the store: the
+/// same steps the handler takes (`enroll::plan`).
+fn auto_enroll(
+    ca: &Ca,
+    leaf: &[u8],
+    requested_name: Option<&str>,
+) -> Result<Identity, crate::enroll::plan::Refusal> {
+    use crate::enroll::plan;
+    let authenticator =
+        plan::presented(leaf, Method::Ca, NOW).expect("a leaf that verified parses");
+    let identity = plan::auto_identity(
         ca,
-        cn.as_deref(),
-        None,
+        leaf,
+        requested_name,
         "fuzzIdentity".into(),
         authenticator,
         NOW,
-    ) {
-        Ok(identity) => identity,
-        Err(e) => {
-            refused(&e);
-            return None;
-        }
-    };
+    )?;
     // The name leaves room for the suffix the store may have to append.
     let suffixed = crate::enroll::suffixed_name(&identity.name, crate::enroll::MAX_NAME_SUFFIX);
     assert!(crate::enroll::validate_name(&suffixed).is_ok());
-    Some(identity)
+    Ok(identity)
+}
+
+// ---------------------------------------------------------------------------------------
+// Enrollment requests, through the core
+
+/// The token of the fixture `ott` enrollment.
+pub const OTT_TOKEN: &str = "fuzzOttToken";
+/// The token of the fixture `ottca` enrollment (for the CA `ROOT`).
+pub const OTTCA_TOKEN: &str = "fuzzOttcaToken";
+/// The token of a fixture `ott` enrollment that expired at [`NOW`].
+pub const EXPIRED_TOKEN: &str = "fuzzExpiredToken";
+/// The identity the fixture enrollments enroll.
+const ENROLLED_ID: &str = "fuzzEnrolled";
+
+/// The pending enrollment the store would hold for `token`.
+fn pending(token: &str) -> Option<Enrollment> {
+    let (method, ca_id, expires_at) = match token {
+        OTT_TOKEN => (Method::Ott, None, NOW + 86_400),
+        OTTCA_TOKEN => (Method::Ottca, Some("ROOT".to_string()), NOW + 86_400),
+        EXPIRED_TOKEN => (Method::Ott, None, NOW),
+        _ => return None,
+    };
+    Some(Enrollment {
+        id: "fuzzEnrollment".into(),
+        token: String::new(),
+        method,
+        identity_id: ENROLLED_ID.into(),
+        ca_id,
+        created_at: NOW - 60,
+        expires_at,
+        jwt: String::new(),
+        token_sha256: vec![],
+    })
+}
+
+/// Why the core refused a fuzzed enrollment request.
+#[derive(Debug, thiserror::Error)]
+pub enum EnrollRefused {
+    /// Reading the request.
+    #[error(transparent)]
+    Request(#[from] crate::enroll::request::RequestError),
+    /// A step of the plan.
+    #[error(transparent)]
+    Plan(#[from] crate::enroll::plan::Refusal),
+    /// The CSR.
+    #[error(transparent)]
+    Csr(#[from] csr_mod::CsrError),
+}
+
+/// An enrollment request driven through the core as the daemon's handlers drive it
+/// (`api::client`): read ([`crate::enroll::request::parse`]), then each method's steps
+/// ([`crate::enroll::plan`]) with the store's part played by fixtures ([`OTT_TOKEN`],
+/// [`OTTCA_TOKEN`], [`EXPIRED_TOKEN`], the fixed CA set). The input is a client chain and
+/// the bytes of the connection: two bytes (big-endian) give the length of the chain (DER
+/// certificates back to back), the rest is framed as [`http_request`] frames it.
+pub fn enroll(data: &[u8]) {
+    enroll_each(data, usize::MAX, usize::MAX, |_, result| {
+        if let Err(e) = result {
+            refused(&e);
+        }
+    });
+}
+
+/// [`enroll`], with the daemon's limits on a head and a body, handing `each` every
+/// enrollment request and what the core answered it.
+pub fn enroll_each(
+    data: &[u8],
+    max_header_bytes: usize,
+    max_body_bytes: usize,
+    mut each: impl FnMut(&crate::http::Request, Result<crate::http::Response, EnrollRefused>),
+) {
+    let (chain, stream) = match data {
+        [hi, lo, rest @ ..] => {
+            let n = (usize::from(*hi) << 8 | usize::from(*lo)).min(rest.len());
+            rest.split_at(n)
+        }
+        _ => (&[][..], data),
+    };
+    let chain = split_der(chain);
+    frame(stream, max_header_bytes, max_body_bytes, |head, body| {
+        let req = crate::http::Request { head, body };
+        if let Some(endpoint) = crate::enroll::request::Endpoint::of(&req.head.path) {
+            let answer = enroll_one(endpoint, &req, &chain);
+            if let Ok(response) = &answer {
+                let _ = response.serialize(true, false);
+            }
+            each(&req, answer);
+        }
+    });
+}
+
+fn enroll_one(
+    endpoint: crate::enroll::request::Endpoint,
+    req: &crate::http::Request,
+    chain: &[CertificateDer<'_>],
+) -> Result<crate::http::Response, EnrollRefused> {
+    use crate::enroll::plan;
+    use crate::enroll::request::{self, EnrollRequest};
+    use crate::pki::fingerprint::sha256_hex;
+    let cas = crate::ca::chain::Memoized {
+        set: &CA_SET,
+        memo: &MEMO,
+    };
+    Ok(match request::parse(endpoint, req)? {
+        EnrollRequest::Ott { token, csr, form } => {
+            let token = plan::token(token)?;
+            let enrollment = pending(&token);
+            let ott = plan::ott(token, enrollment.as_ref(), NOW)?;
+            let der = csr_mod::decode_body(&csr)?;
+            let accepted = csr_mod::accept(&der)?;
+            let issued = SIGNER
+                .issue_client(&accepted.spki_der, ott.identity_id(), NOW)
+                .expect("an accepted CSR's key is issuable");
+            let redemption = ott
+                .signed(&issued, NOW)
+                .expect("an issued certificate parses");
+            assert_eq!(redemption.method, Method::Ott);
+            assert_eq!(redemption.identity_id, ENROLLED_ID);
+            assert!(redemption.authenticator.issued_by_network);
+            assert_eq!(
+                redemption.authenticator.fingerprint_sha256,
+                sha256_hex(&issued.der)
+            );
+            plan::ott_reply(&issued, "", &ROOT.pem(), form)
+        }
+        EnrollRequest::Ottca { token } => {
+            let token = plan::token(token)?;
+            let enrollment = pending(&token);
+            let redemption = plan::ottca(token, enrollment.as_ref(), chain, &cas, NOW)?;
+            // Only the token's CA (`ROOT`) admits the chain, and the leaf is what binds.
+            assert_eq!(redemption.ca_id.as_deref(), Some("ROOT"));
+            assert_eq!(redemption.identity_id, ENROLLED_ID);
+            assert!(!redemption.authenticator.issued_by_network);
+            assert_eq!(
+                redemption.authenticator.fingerprint_sha256,
+                sha256_hex(&chain[0])
+            );
+            plan::ottca_reply()
+        }
+        EnrollRequest::Ca { requested_name } => {
+            let ca = plan::auto_enrollment_ca(chain, &cas, NOW)?;
+            assert!(ca.is_verified && ca.is_auto_ca_enrollment_enabled);
+            plan::ca_reply(&auto_enroll(ca, &chain[0], requested_name.as_deref())?)
+        }
+    })
 }
 
 // ---------------------------------------------------------------------------------------
@@ -743,19 +890,116 @@ pub mod seeds {
         add(
             "chain",
             "intermediate.der",
-            [via, inter_der.clone()].concat(),
+            [via.clone(), inter_der.clone()].concat(),
         );
-        add(
-            "chain",
-            "other-leaf.der",
-            leaf(&OTHER.issuer(), "dev-9", NOW + 86_400),
-        );
+        let other_leaf = leaf(&OTHER.issuer(), "dev-9", NOW + 86_400);
+        add("chain", "other-leaf.der", other_leaf.clone());
         add(
             "chain",
             "expired.der",
             leaf(&ROOT.issuer(), "old", NOW - 10),
         );
         add("chain", "ca-as-leaf.der", inter_der.clone());
+
+        // Enrollment requests: a chain (length-prefixed) and the bytes of a connection.
+        let request = |chain: &[u8], target: &str, headers: &str, body: &str| {
+            let len = u16::try_from(chain.len()).expect("a fixture chain is short");
+            let http = format!(
+                "POST {target} HTTP/1.1\r\nHost: gw\r\n{headers}Content-Length: {}\r\n\r\n{body}",
+                body.len()
+            );
+            [&len.to_be_bytes()[..], chain, http.as_bytes()].concat()
+        };
+        let json = "Content-Type: application/json\r\n";
+        add(
+            "enroll",
+            "ott.http",
+            request(
+                &[],
+                &format!("/enroll?method=ott&token={OTT_TOKEN}"),
+                "Content-Type: application/x-pem-file\r\n",
+                &p256_pem,
+            ),
+        );
+        add(
+            "enroll",
+            "ott-pem-wanted.http",
+            request(
+                &[],
+                &format!("/enroll?token={OTT_TOKEN}"),
+                "Accept: application/x-pem-file\r\n",
+                &p256_pem,
+            ),
+        );
+        let ott_body = format!(
+            r#"{{"token":"{OTT_TOKEN}","clientCsr":{}}}"#,
+            serde_json::Value::from(p256_pem.clone())
+        );
+        add(
+            "enroll",
+            "ott-json.http",
+            request(&[], "/enroll/ott", json, &ott_body),
+        );
+        add(
+            "enroll",
+            "ott-expired.http",
+            request(
+                &[],
+                &format!("/enroll?token={EXPIRED_TOKEN}"),
+                "",
+                &p256_pem,
+            ),
+        );
+        add(
+            "enroll",
+            "ottca.http",
+            request(
+                &root_leaf,
+                &format!("/enroll?method=ottca&token={OTTCA_TOKEN}"),
+                "",
+                "",
+            ),
+        );
+        add(
+            "enroll",
+            "ottca-json.http",
+            request(
+                &root_leaf,
+                "/enroll/ottca",
+                json,
+                &format!(r#"{{"token":"{OTTCA_TOKEN}"}}"#),
+            ),
+        );
+        add(
+            "enroll",
+            "ottca-wrong-method.http",
+            request(
+                &root_leaf,
+                &format!("/enroll?method=ottca&token={OTT_TOKEN}"),
+                "",
+                "",
+            ),
+        );
+        add(
+            "enroll",
+            "ca.http",
+            request(&root_leaf, "/enroll?method=ca", "", ""),
+        );
+        add(
+            "enroll",
+            "ca-named.http",
+            request(
+                &[via.clone(), inter_der.clone()].concat(),
+                "/enroll/ca",
+                json,
+                r#"{"name":"mine"}"#,
+            ),
+        );
+        add(
+            "enroll",
+            "ca-unverified.http",
+            request(&other_leaf, "/enroll/ca", "", ""),
+        );
 
         // PEM and DER.
         add("pem_der", "ca.pem", ROOT.pem().into_bytes());
@@ -992,8 +1236,9 @@ pub mod seeds {
 pub type Target = (&'static str, fn(&[u8]));
 
 /// Every target by name, as `fuzz/fuzz_targets/<name>.rs` calls it.
-pub const TARGETS: [Target; 8] = [
+pub const TARGETS: [Target; 9] = [
     ("http_request", http_request),
+    ("enroll", enroll),
     ("query", query),
     ("json_bodies", json_bodies),
     ("pem_der", pem_der),
@@ -1105,6 +1350,57 @@ mod tests {
                 .len(),
             2
         );
+    }
+
+    /// Each enrollment seed ends where it was made to: enrolled, or refused for its reason.
+    #[test]
+    fn enrollment_seeds_reach_their_answers() {
+        use crate::enroll::plan::Refusal;
+        use crate::enroll::EnrollError;
+        let seeds = seeds::all();
+        let answer = |name: &str| {
+            let (_, _, bytes) = seeds
+                .iter()
+                .find(|(t, n, _)| *t == "enroll" && n == name)
+                .expect("seed exists");
+            let mut answers = Vec::new();
+            enroll_each(bytes, usize::MAX, usize::MAX, |_, a| answers.push(a));
+            assert_eq!(answers.len(), 1, "{name}");
+            answers.pop().expect("one answer")
+        };
+        for name in [
+            "ott.http",
+            "ott-json.http",
+            "ottca.http",
+            "ottca-json.http",
+            "ca.http",
+        ] {
+            let response = answer(name).unwrap_or_else(|e| panic!("{name}: {e}"));
+            assert_eq!(response.content_type, "application/json", "{name}");
+        }
+        let pem = answer("ott-pem-wanted.http").expect("enrolled");
+        assert_eq!(pem.content_type, "application/x-pem-file");
+        let named = answer("ca-named.http").expect("enrolled");
+        assert!(String::from_utf8_lossy(&named.body).contains("fuzzIdentity"));
+        assert!(matches!(
+            answer("ott-expired.http"),
+            Err(EnrollRefused::Plan(Refusal::Token(
+                EnrollError::Expired { .. }
+            )))
+        ));
+        assert!(matches!(
+            answer("ottca-wrong-method.http"),
+            Err(EnrollRefused::Plan(Refusal::Token(
+                EnrollError::WrongMethod(_)
+            )))
+        ));
+        assert!(matches!(
+            answer("ca-unverified.http"),
+            Err(EnrollRefused::Plan(Refusal::Chain {
+                method: Method::Ca,
+                ..
+            }))
+        ));
     }
 
     /// Writes the seed corpus (run by hand; the files are committed).

@@ -214,6 +214,19 @@ pub enum Command {
     },
 }
 
+impl From<crate::enroll::plan::Redemption> for Command {
+    fn from(r: crate::enroll::plan::Redemption) -> Self {
+        Command::Redeem {
+            method: r.method,
+            ca_id: r.ca_id,
+            token: r.token,
+            identity_id: r.identity_id,
+            authenticator: r.authenticator,
+            now: r.now,
+        }
+    }
+}
+
 impl std::fmt::Debug for Command {
     // Tokens and verification tokens are secrets: only the kind and the ids are shown.
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

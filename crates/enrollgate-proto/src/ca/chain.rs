@@ -514,6 +514,48 @@ impl CaSet {
     }
 }
 
+/// A CA set as enrollment consults it ([`crate::enroll::plan`]): a chain verified for the
+/// CAs `accept` admits, and a CA found by id. [`Memoized`] is the bare one; the daemon's
+/// records each verification, in the manner of a metrics layer around the verifier.
+pub trait Verifier {
+    /// [`CaSet::verify`], with the implementation's memo.
+    fn verify(
+        &self,
+        chain: &[CertificateDer<'_>],
+        now: UnixTime,
+        refusal: &str,
+        accept: &dyn Fn(&Ca) -> bool,
+    ) -> Result<&Ca, ChainError>;
+
+    /// [`CaSet::get`].
+    fn ca(&self, id: &str) -> Option<&Ca>;
+}
+
+/// A CA set with the signatures already checked, recording nothing.
+#[derive(Debug, Clone, Copy)]
+pub struct Memoized<'a> {
+    /// The CAs.
+    pub set: &'a CaSet,
+    /// The signatures already checked.
+    pub memo: &'a SignatureMemo,
+}
+
+impl Verifier for Memoized<'_> {
+    fn verify(
+        &self,
+        chain: &[CertificateDer<'_>],
+        now: UnixTime,
+        refusal: &str,
+        accept: &dyn Fn(&Ca) -> bool,
+    ) -> Result<&Ca, ChainError> {
+        self.set.verify(chain, now, refusal, self.memo, accept)
+    }
+
+    fn ca(&self, id: &str) -> Option<&Ca> {
+        self.set.get(id)
+    }
+}
+
 /// What one verification found ([`CaSet::check`]) and did.
 #[derive(Debug)]
 pub struct Verification<'a> {

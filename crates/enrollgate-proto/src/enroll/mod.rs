@@ -1,11 +1,16 @@
 //! Enrollment decisions, free of IO: whether a token may be redeemed for a method at a
 //! given instant, what names an identity may have, and which identity a `ca`
-//! auto-enrollment creates ([`auto_enrolled_identity`]).
+//! auto-enrollment creates ([`auto_enrolled_identity`]); what a request asks for
+//! ([`request`]), and each method's steps from the facts to the store's write and the
+//! answer ([`plan`]).
 //!
-//! The handlers read the enrollment record from the store, ask [`check_token`], do the
-//! cryptography, and hand the result to the committer, which asks the same question again
+//! The handlers read the enrollment record from the store, ask [`plan`], do the
+//! cryptography, and hand the result to the committer, which asks [`check_token`] again
 //! inside the atomic write (see `store::apply`): a token can be consumed by a racing request
 //! between the two, and only the second answer counts.
+
+pub mod plan;
+pub mod request;
 
 use crate::ca::name::{self, NameFormatError, NameVars};
 use crate::clock::UnixTime;

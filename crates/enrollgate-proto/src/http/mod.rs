@@ -2,6 +2,7 @@
 //! strings (`query`) and responses (`response`). Pure functions over bytes; the
 //! connection loop in `server::conn` feeds them.
 
+pub mod body;
 pub mod query;
 pub mod request;
 pub mod response;
