@@ -94,14 +94,8 @@ pub async fn renew_from(
                 .into(),
         ));
     }
-    let authenticator = fingerprint::issued_authenticator(
-        &issued.der,
-        &issued.pem,
-        issued.not_before,
-        issued.not_after,
-        now,
-    )
-    .ok_or_else(|| ApiError::Unhandled("the issued certificate does not parse".into()))?;
+    let authenticator = fingerprint::issued_authenticator(&issued, now)
+        .ok_or_else(|| ApiError::Unhandled("the issued certificate does not parse".into()))?;
     let outcome = w
         .shared
         .commit

@@ -125,13 +125,7 @@ impl Ott {
     /// The redemption binding `issued` (the certificate signed for the CSR), or `None` if
     /// it does not parse (a signer fault, not the client's).
     pub fn signed(self, issued: &IssuedCert, now: UnixTime) -> Option<Redemption> {
-        let authenticator = fingerprint::issued_authenticator(
-            &issued.der,
-            &issued.pem,
-            issued.not_before,
-            issued.not_after,
-            now,
-        )?;
+        let authenticator = fingerprint::issued_authenticator(issued, now)?;
         Some(Redemption {
             method: Method::Ott,
             ca_id: None,

@@ -34,23 +34,21 @@ fn tbs_of(der: &[u8]) -> Option<&[u8]> {
     content.get(..content.len() - rest.len())
 }
 
-/// The authenticator of the certificate `der` we issued (PEM `pem`, valid from `not_before`
-/// to `not_after`), bound `now` by `ott`.
+/// The authenticator of `issued`, a certificate we issued, bound `now` by `ott`; `None` if
+/// its DER does not parse (a signer fault).
 pub fn issued_authenticator(
-    der: &[u8],
-    pem: &str,
-    not_before: UnixTime,
-    not_after: UnixTime,
+    issued: &crate::pki::issue::IssuedCert,
     now: UnixTime,
 ) -> Option<Authenticator> {
+    let der = issued.der.as_slice();
     Some(Authenticator {
         fingerprint_sha256: sha256_hex(der),
         fingerprint_sha1: sha1_hex(der),
         tbs_sha256: tbs_sha256_hex(der)?,
-        cert_pem: pem.to_string(),
+        cert_pem: issued.pem.clone(),
         issued_by_network: true,
-        not_before,
-        not_after,
+        not_before: issued.not_before,
+        not_after: issued.not_after,
         method: Method::Ott,
         created_at: now,
         ca_id: None,
