@@ -50,6 +50,7 @@ pub mod config;
 pub mod console;
 #[cfg(test)]
 mod corpus;
+pub mod daemon;
 pub mod identity_file;
 pub mod ops;
 pub mod pki;

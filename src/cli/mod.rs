@@ -98,6 +98,7 @@ cli_from!(
     crate::pki::IssueError,
     crate::pki::LoadError,
     crate::app::SetupError,
+    crate::daemon::DaemonError,
     crate::identity_file::IdentityFileError,
     crate::token::JwtError,
     rcgen::Error,

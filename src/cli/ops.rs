@@ -71,7 +71,7 @@ fn records_of(config: &std::path::Path) -> Result<Vec<backup::Record>, CliError>
     match &config.store_url {
         None => backup::read_all(&config.store_path).map_err(|e| CliError::new(e.to_string())),
         Some(_) => {
-            let store = super::serve::open_store(&config, false)?;
+            let store = crate::daemon::open_store(&config, false)?;
             let pg = store
                 .postgres()
                 .ok_or_else(|| CliError::new("the store is not a PostgreSQL database"))?;
@@ -127,7 +127,7 @@ pub fn migrate(a: MigrateArgs) -> Result<(), CliError> {
         .map_err(|e| CliError::new(format!("--to: {e}")))?;
     let mut target = config.clone();
     target.store_url = Some(url.clone());
-    let store = super::serve::open_store(&target, true)?;
+    let store = crate::daemon::open_store(&target, true)?;
     let pg = store
         .postgres()
         .ok_or_else(|| CliError::new("the target is not a PostgreSQL database"))?;

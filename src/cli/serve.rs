@@ -1,5 +1,6 @@
-//! `enrollgate serve`: load the configuration, open the store, start the committer and the
-//! workers, stop cleanly on SIGINT/SIGTERM.
+//! `enrollgate serve`: what belongs to the process around the daemon (`crate::daemon`):
+//! signals (stop on SIGINT/SIGTERM, reload on SIGHUP), the umask and open-files limit,
+//! logging, the listeners and the metrics endpoint, systemd's notifications and watchdog.
 
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -7,13 +8,12 @@ use std::sync::Arc;
 use signal_hook::consts::{SIGHUP, SIGINT, SIGTERM};
 
 use super::CliError;
-use crate::app::{Shared, SharedRegistry};
-use crate::clock::SystemClock;
-use crate::config::{Config, PublicUrl};
+use crate::app::SharedRegistry;
+use crate::config::Config;
+use crate::daemon::Daemon;
 use crate::ops::{self, notify::Notifier};
 use crate::server::ShutdownSignal;
 use crate::server::{self, listener};
-use crate::store::{commit, Store, StoreError};
 
 /// Arguments of `serve`.
 #[derive(Debug, Clone, clap::Args)]
@@ -57,45 +57,6 @@ pub enum LogFormatArg {
     Json,
 }
 
-/// How often a node of a shared database looks whether another changed a CA, besides the
-/// notification it gets at once.
-const CA_POLL: std::time::Duration = std::time::Duration::from_secs(1);
-
-/// Opens the store `config` names (`create`: makes it), with the error an operator acts on.
-pub fn open_store(config: &Config, create: bool) -> Result<Store, CliError> {
-    let gateway = match &config.store_url {
-        None => String::new(),
-        Some(_) => {
-            let pem = std::fs::read(&config.ca_cert).map_err(|e| {
-                CliError::new(format!("pki.ca_cert {}: {e}", config.ca_cert.display()))
-            })?;
-            crate::store::pg::gateway_of(&pem).map_err(CliError::new)?
-        }
-    };
-    Store::open_configured(
-        &config.store_path,
-        config.store_url.as_ref(),
-        &gateway,
-        create,
-    )
-    .map_err(|e| {
-        let hint = match e {
-            StoreError::Locked(_) => {
-                " (another process holds it: is enrollgate already serving it?)"
-            }
-            StoreError::Absent => {
-                " (no store there: make one with `enrollgate init`, or set store.path to it)"
-            }
-            _ => "",
-        };
-        let at = match &config.store_url {
-            Some(url) => url.to_string(),
-            None => config.store_path.display().to_string(),
-        };
-        CliError::new(format!("cannot open the store at {at}{hint}: {e}"))
-    })
-}
-
 /// Runs the gateway until SIGINT or SIGTERM.
 pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     // Take over SIGINT, SIGTERM and SIGHUP first: one that arrives while the store opens
@@ -103,13 +64,11 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     let mut signals = signal_hook::iterator::Signals::new([SIGINT, SIGTERM, SIGHUP])?;
     ops::process::private_umask();
     let open_files = ops::process::raise_open_files_limit();
-    let mut config = Config::load(&args.config)?;
-    if let Some(listen) = args.listen {
-        config.listen = listen;
-    }
-    if let Some(MetricsListen(addr)) = args.metrics_listen {
-        config.metrics_listen = addr;
-    }
+    let overrides = Overrides {
+        listen: args.listen,
+        metrics_listen: args.metrics_listen,
+    };
+    let config = overrides.apply(Config::load(&args.config)?);
     let forced = args.log_format.map(|f| match f {
         LogFormatArg::Text => crate::config::LogFormat::Text,
         LogFormatArg::Json => crate::config::LogFormat::Json,
@@ -125,26 +84,6 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
             .unwrap_or(1),
         n => n,
     };
-    // A CA key in a PKCS#11 token is checked before anything is opened or written: a
-    // wrong PIN, a missing module or a removed key stops here, named.
-    if let Some(uri) = crate::pki::hsm::uri_of(&config.ca_key) {
-        uri.and_then(|u| crate::pki::hsm::Token::open(&u)?.key())
-            .map_err(|e| CliError::new(format!("pki.ca_key: {e} (nothing was changed)")))?;
-    }
-    let store = open_store(&config, false)?;
-    // Before the committer: a store of a version that kept tokens keeps only their hashes
-    // from here on, and the key derives them (made now for such a data directory).
-    let (token_key, created) = crate::token::TokenKey::load_or_create(&config.token_key)
-        .map_err(|e| CliError::new(format!("pki.token_key: {e}")))?;
-    if created {
-        tracing::info!(path = %config.token_key.display(), "created the token key");
-    }
-    let (store, _) = store
-        .hash_tokens(&token_key)
-        .map_err(|e| CliError::new(format!("cannot hash the stored enrollment tokens: {e}")))?;
-    drop(token_key);
-    let (commit_handle, committer) = commit::spawn(store.clone(), config.commit)?;
-    let mut committer = CommitterGuard(Some(committer));
     // Each connection is a descriptor; warn when the limits cannot be reached.
     let wanted = (config.limits.max_connections * workers) as u64 + 256;
     if let Some(limit) = open_files.filter(|&l| l < wanted) {
@@ -156,11 +95,6 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     }
     let (listeners, _port_lock) = listener::bind(config.listen, workers)
         .map_err(|e| CliError::new(format!("cannot listen on {}: {e}", config.listen)))?;
-    let bound = listeners[0].local_addr()?;
-    let public_url = config
-        .public_url
-        .clone()
-        .unwrap_or_else(|| PublicUrl::for_bound(bound));
     // The recorder first, so what the state records while it loads (CA cache size) counts.
     let metrics_addr = match config.metrics_listen {
         Some(addr) => Some(
@@ -169,61 +103,22 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
         ),
         None => None,
     };
-    let shared = Arc::new(Shared::new(
-        config,
-        store,
-        commit_handle,
-        Arc::new(SystemClock),
-        public_url.clone(),
-        workers,
-    )?);
-    let notifier = Arc::new(Notifier::from_env());
-    let registry = Arc::new(SharedRegistry::new(shared.clone()));
-    // Only the registry keeps the state alive, so a reload can retire it (old keys).
-    let heartbeats = shared.heartbeats.clone();
-    let restart_when_refusing = !shared.store.backend().shared();
-    let memory = shared.memory.clone();
-    if let Ok(rss) = ops::memory::resident_bytes() {
-        let inputs = ops::memory::Inputs {
-            cap: shared.config.limits.max_memory,
-            store_bytes: shared.store.memory_bytes(),
-        };
-        if let (rest, Some(share)) = ops::memory::outside_store(rss, inputs) {
-            if rest >= share / 10 * 8 {
-                tracing::warn!(
-                    rss_mib = rss >> 20,
-                    cap_mib = inputs.cap.map(|c| c >> 20),
-                    "resident memory is already near limits.max_memory; connections will be few"
-                );
-            }
+    let (shutdown, signal) = server::shutdown_pair();
+    let daemon = match Daemon::start(config, listeners, &signal) {
+        Ok(daemon) => daemon,
+        Err(e) => {
+            shutdown.trigger();
+            return Err(e.into());
         }
-    }
-    // Several gateways on one database: a CA changed by another node reaches this node's
-    // cache through the database's notifications, or its generation polled every second
-    // (a notification is lost while the listener reconnects).
-    let watched = Arc::downgrade(&registry);
-    shared.store.backend().watch_cas(
-        CA_POLL,
-        Box::new(move || {
-            let Some(registry) = watched.upgrade() else {
-                return false;
-            };
-            let (_, current) = registry.current();
-            if let Err(e) = current.cas.reload(&current.store) {
-                tracing::warn!(error = %e, "CA cache refresh after another node's change failed");
-            }
-            true
-        }),
-    )?;
-    drop(shared);
-    let reload_registry = registry.clone();
+    };
+    let notifier = Arc::new(Notifier::from_env());
+    let reload_registry = daemon.registry().clone();
     let reload_notifier = notifier.clone();
     let config_path = args.config.clone();
     // The status line systemd shows, once serving (kept across reloads).
     let status = Arc::new(std::sync::OnceLock::<String>::new());
     let reload_status = status.clone();
 
-    let (shutdown, signal) = server::shutdown_pair();
     let trigger = shutdown.clone();
     let stop_notifier = notifier.clone();
     let signals_handle = signals.handle();
@@ -234,7 +129,7 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
             for sig in signals.forever() {
                 if sig == SIGHUP {
                     reload_notifier.send("RELOADING=1\nSTATUS=reloading the configuration");
-                    match reload(&reload_registry, &config_path, log_handle.as_ref()) {
+                    match reload(&reload_registry, &config_path, overrides, log_handle.as_ref()) {
                         Ok(()) => tracing::info!(config = %config_path.display(), "configuration reloaded"),
                         Err(e) => tracing::error!(config = %config_path.display(), error = %e, "reload refused; the previous configuration stays in force"),
                     }
@@ -260,37 +155,12 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
             }
         })?;
 
-    // limits.max_memory: the sampler sets the connection ceiling the workers keep to.
-    let memory_registry = registry.clone();
-    let memory_signal = signal.clone();
-    let sampler = ops::memory::spawn_sampler(
-        memory,
-        move || {
-            let (_, shared) = memory_registry.current();
-            ops::memory::Inputs {
-                cap: shared.config.limits.max_memory,
-                store_bytes: shared.store.memory_bytes(),
-            }
-        },
-        move || memory_signal.is_set(),
-    )?;
-
-    // Certificate expiry gauges: counted now, before the gateway is ready, then every few
-    // minutes.
-    let expiry_registry = registry.clone();
-    let count_expiry = move || {
-        let (_, shared) = expiry_registry.current();
-        ops::expiry::scan(&shared.store, shared.clock.unix_now())
-    };
-    if let Err(e) = ops::expiry::count_now(&count_expiry) {
-        tracing::warn!(error = %e, "cannot count expiring certificates; the expiry gauges wait for the next count");
-    }
-    let expiry_signal = signal.clone();
-    let expiry = ops::expiry::spawn_scanner(count_expiry, move || expiry_signal.is_set())?;
-
-    let watchdog_notifier = notifier.clone();
+    let bound = daemon.local_addr();
+    let public_url = daemon.public_url().clone();
+    let heartbeats = daemon.heartbeats();
+    let restart_when_refusing = !daemon.store_is_shared();
     let watchdog_signal = signal.clone();
-    let result = server::run(listeners, registry.clone(), &shutdown, signal, |started| {
+    let result = daemon.serve(&shutdown, signal, |started| {
         let uring = started.iter().all(|s| s.io_uring);
         if !uring {
             tracing::warn!("io_uring is not available here (kernel or seccomp); workers use epoll");
@@ -306,7 +176,6 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
                 .unwrap_or_else(|| "unknown".into()),
             "enrollgate ready"
         );
-        crate::telemetry::set_ready(true);
         let line = status.get_or_init(|| {
             format!(
                 "serving {} with {} workers",
@@ -320,8 +189,8 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
         ));
         if let Some(interval) = ops::notify::watchdog_interval() {
             spawn_watchdog(
-                heartbeats.clone(),
-                watchdog_notifier,
+                heartbeats,
+                notifier.clone(),
                 watchdog_signal,
                 interval,
                 restart_when_refusing,
@@ -330,39 +199,27 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     });
     signals_handle.close();
     let _ = signal_thread.join();
-    // The sampler reads the store's memory properties and holds a handle on it: it must
-    // be gone before the store closes and the process exits (a RocksDB call racing the
-    // exit's static destructors aborts the process: 'pthread lock: Invalid argument').
-    let _ = sampler.join();
-    let _ = expiry.join();
-    // Commit what is queued, then stop, whether or not every handle was dropped.
-    drop(registry);
-    if !committer.stop() {
-        tracing::warn!("the committer did not stop within 10 s");
-    }
-    result.map_err(|e| CliError::new(format!("server failed: {e}")))?;
+    result?;
     tracing::info!("stopped");
     Ok(())
 }
 
-/// Stops the committer when `serve` returns, on an early error too (a port taken, a
-/// certificate refused): a commit thread still holding the store while the process exits
-/// aborts it, RocksDB racing the exit's static destructors ('pthread lock: Invalid
-/// argument', exit 134 instead of 1).
-struct CommitterGuard(Option<commit::Committer>);
-
-impl CommitterGuard {
-    /// Commits what is queued and stops; false if that took over 10 s.
-    fn stop(&mut self) -> bool {
-        self.0
-            .take()
-            .is_none_or(|c| c.stop(std::time::Duration::from_secs(10)))
-    }
+/// What the command line sets over the configuration file, at start and at each reload.
+#[derive(Debug, Clone, Copy)]
+struct Overrides {
+    listen: Option<std::net::SocketAddr>,
+    metrics_listen: Option<MetricsListen>,
 }
 
-impl Drop for CommitterGuard {
-    fn drop(&mut self) {
-        self.stop();
+impl Overrides {
+    fn apply(self, mut config: Config) -> Config {
+        if let Some(listen) = self.listen {
+            config.listen = listen;
+        }
+        if let Some(MetricsListen(addr)) = self.metrics_listen {
+            config.metrics_listen = addr;
+        }
+        config
     }
 }
 
@@ -413,9 +270,12 @@ fn spawn_watchdog(
 fn reload(
     registry: &SharedRegistry,
     path: &std::path::Path,
+    overrides: Overrides,
     log: Option<&super::logging::LogHandle>,
 ) -> Result<(), String> {
-    let mut config = Config::load(path).map_err(|e| e.to_string())?;
+    // The command line's settings hold over the file's, as at start: `--listen` is not a
+    // change of `server.listen`.
+    let mut config = overrides.apply(Config::load(path).map_err(|e| e.to_string())?);
     let (_, current) = registry.current();
     for (key, same) in [
         ("server.listen", config.listen == current.config.listen),

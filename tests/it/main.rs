@@ -12,6 +12,7 @@ mod crash;
 mod est;
 mod fleet;
 mod hsm;
+mod in_process;
 mod lifecycle;
 mod loadtest;
 mod management;

@@ -919,3 +919,44 @@ fn metrics_health_and_readiness_endpoints() {
     assert!(get("/readyz").ends_with("200"));
     assert!(get("/nope").ends_with("404"));
 }
+
+/// `serve --listen` and `--metrics-listen` hold over the file at each reload as at start:
+/// a reload does not take them for changes of `server.listen` that need a restart.
+#[test]
+fn a_reload_keeps_the_command_lines_listen_addresses() {
+    let _machine = MachineGuard::take(false);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    run_ok(
+        Command::new(BIN)
+            .args(["init", "--data-dir"])
+            .arg(&data)
+            .args(["--listen", "127.0.0.1:1"]),
+    );
+    let log_path = dir.path().join("serve.log");
+    let mut child = Command::new(BIN)
+        .args(["serve", "--workers", "1", "--listen", "127.0.0.1:0"])
+        .args(["--metrics-listen", "off", "--config"])
+        .arg(data.join("enrollgate.toml"))
+        .env_remove("RUST_LOG")
+        .env_remove("JOURNAL_STREAM")
+        .stderr(std::fs::File::create(&log_path).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
+    let wait = |text: &str, times: usize| {
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while log().matches(text).count() < times {
+            assert!(Instant::now() < deadline, "no '{text}':\n{}", log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    wait("enrollgate ready", 1);
+    assert!(log().contains("metrics=off"), "{}", log());
+    signal(&child, "HUP");
+    wait("configuration reloaded", 1);
+    signal(&child, "TERM");
+    let status = wait_timeout(&mut child, Duration::from_secs(20)).expect("stopped");
+    assert!(status.success(), "{}", log());
+    assert!(!log().contains("needs a restart"), "{}", log());
+}
