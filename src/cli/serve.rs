@@ -134,7 +134,7 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
     let store = open_store(&config, false)?;
     // Before the committer: a store of a version that kept tokens keeps only their hashes
     // from here on, and the key derives them (made now for such a data directory).
-    let (token_key, created) = crate::token::TokenKey::load_or_create(&config.token_key)
+    let (token_key, created) = crate::token::secret::load_or_create(&config.token_key)
         .map_err(|e| CliError::new(format!("pki.token_key: {e}")))?;
     if created {
         tracing::info!(path = %config.token_key.display(), "created the token key");
