@@ -228,7 +228,7 @@ impl Shared {
             }
         })?;
         let cacerts_b64 = base64_lines(&pki::pkcs7::certs_only(&served)?);
-        let tokens = Arc::new(crate::token::TokenKey::load(&config.token_key)?);
+        let tokens = Arc::new(crate::token::secret::load(&config.token_key)?);
         let sessions = Arc::new(crate::api::session::Sessions::new(&tokens));
         // What an `ott` answer tells the client to trust (its identity file's `ca`): the
         // same CAs, so that it can reach this listener again.

@@ -84,7 +84,7 @@ impl Daemon {
         let store = open_store(&config, false)?;
         // Before the committer: a store of a version that kept tokens keeps only their
         // hashes from here on, and the key derives them (made now for such a directory).
-        let (token_key, created) = crate::token::TokenKey::load_or_create(&config.token_key)
+        let (token_key, created) = crate::token::secret::load_or_create(&config.token_key)
             .map_err(|e| DaemonError::new(format!("pki.token_key: {e}")))?;
         if created {
             tracing::info!(path = %config.token_key.display(), "created the token key");

@@ -36,9 +36,13 @@
 //! which has neither RocksDB nor monoio among its dependencies; its modules are re-exported
 //! here under their old names (`http`, `clock`, `ids`, `model`, `enroll`, and the cores of
 //! `ca`, `pki` and `token`, which this crate extends with what needs the store, threads or
-//! metrics). See `docs/architecture.md`.
+//! metrics). The store is a crate of its own too, `enrollgate-store`
+//! (`crates/enrollgate-store`), which depends on the protocol crate and on nothing of this
+//! one; it is re-exported here as `store`. See `docs/architecture.md`.
 
 pub use enrollgate_proto::{clock, enroll, http, ids, model};
+/// The store (`crates/enrollgate-store`): records, indexes, the committer, the backends.
+pub use enrollgate_store as store;
 
 pub mod admission;
 pub mod api;
@@ -55,6 +59,5 @@ pub mod identity_file;
 pub mod ops;
 pub mod pki;
 pub mod server;
-pub mod store;
 pub mod telemetry;
 pub mod token;

@@ -208,7 +208,7 @@ fn create_all(
         &pki_dir.join("server.key"),
         material.server_key_pem.as_bytes(),
     )?;
-    crate::token::TokenKey::create(&pki_dir.join("token.key"))
+    crate::token::secret::create(&pki_dir.join("token.key"))
         .map_err(|e| CliError::new(format!("{e} (nothing was changed)")))?;
 
     // The first admin: an identity already enrolled with a certificate from the CA.

@@ -76,7 +76,7 @@ pub fn check_config(path: &Path) -> Vec<Problem> {
     }
     // Absent, `serve` makes it (a data directory from before hashed tokens).
     if config.token_key.exists() {
-        if let Err(e) = crate::token::TokenKey::load(&config.token_key) {
+        if let Err(e) = crate::token::secret::load(&config.token_key) {
             out.push(problem("pki.token_key", e.to_string()));
         }
     }

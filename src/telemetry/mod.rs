@@ -2,12 +2,22 @@
 //! listener (`metrics.listen`, default 127.0.0.1:9464) beside `/healthz` and `/readyz`.
 //!
 //! Recording happens where components hand results over (the committer's group write, the
-//! connection's handshake, the API's answer to an enrollment), not inside handlers.
+//! connection's handshake, the API's answer to an enrollment), not inside handlers. The
+//! store crate records its own (`store::metrics`, `store::refusing`); their names are
+//! re-exported here, and [`describe`] describes every metric, the store's included.
 
 pub mod endpoint;
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
+
+// The store records its own (the committer's, its queues', whether it refuses writes):
+// their names and the refusing state are the store crate's, described here with the rest.
+pub use crate::store::metrics::{
+    BATCH_SIZE, COMMIT_CONFLICTS, COMMIT_ROUND_TRIPS, COMMIT_SECONDS, QUEUE_DEPTH, RATE_LIMITED,
+    STORE_REFUSING,
+};
+pub use crate::store::refusing::{set_store_refusing, store_refusing_for, STORE_REFUSING_LIMIT};
 
 /// Enrollments answered, by method and result (`ok` or the error code).
 pub const ENROLLMENTS: &str = "enrollgate_enrollments_total";
@@ -19,16 +29,6 @@ pub const HANDSHAKES: &str = "enrollgate_tls_handshakes_total";
 pub const HANDSHAKE_SECONDS: &str = "enrollgate_tls_handshake_duration_seconds";
 /// Open client connections.
 pub const CONNECTIONS: &str = "enrollgate_open_connections";
-/// Commands per group commit.
-pub const BATCH_SIZE: &str = "enrollgate_commit_batch_size";
-/// Duration of one group commit's write (the fsync when durable).
-pub const COMMIT_SECONDS: &str = "enrollgate_commit_duration_seconds";
-/// Group commits decided again because another gateway wrote what they read.
-pub const COMMIT_CONFLICTS: &str = "enrollgate_commit_conflicts_total";
-/// Database round trips per group commit (reads and the commit; 0 for RocksDB).
-pub const COMMIT_ROUND_TRIPS: &str = "enrollgate_commit_round_trips";
-/// Commands waiting for the committer.
-pub const QUEUE_DEPTH: &str = "enrollgate_commit_queue_depth";
 /// Third-party CAs in the cache.
 pub const CA_CACHE_SIZE: &str = "enrollgate_ca_cache_size";
 /// Chain verifications, by whether a cached CA was found for the chain.
@@ -43,8 +43,6 @@ pub const SIGN_BATCH_SIZE: &str = "enrollgate_sign_batch_size";
 pub const SIGN_SECONDS: &str = "enrollgate_sign_batch_duration_seconds";
 /// Jobs waiting for a worker's signing thread.
 pub const SIGN_QUEUE_DEPTH: &str = "enrollgate_sign_queue_depth";
-/// Requests refused by a rate limit, by limit.
-pub const RATE_LIMITED: &str = "enrollgate_rate_limited_total";
 /// Enrollment attempts with an expired token.
 pub const TOKENS_EXPIRED: &str = "enrollgate_tokens_expired_total";
 /// Connections closed to make room for a new one, by what they were doing.
@@ -55,9 +53,6 @@ pub const RESIDENT_MEMORY: &str = "enrollgate_resident_memory_bytes";
 /// The ceiling on open connections set by `limits.max_memory` (0: none).
 pub const MEMORY_CEILING: &str = "enrollgate_memory_connection_ceiling";
 
-/// 1 while the store refuses writes (RocksDB stops writing after an I/O error such as a
-/// full disk, until it is reopened).
-pub const STORE_REFUSING: &str = "enrollgate_store_refusing_writes";
 /// Gauge: bound certificates that expire within a window (label `within`: 7d, 30d).
 pub const CERTS_EXPIRING: &str = "enrollgate_certificates_expiring";
 /// Gauge: bound certificates already past their `notAfter`.
@@ -66,10 +61,6 @@ pub const CERTS_EXPIRED: &str = "enrollgate_certificates_expired";
 pub const CERTS_BOUND: &str = "enrollgate_certificates_bound";
 
 static READY: AtomicBool = AtomicBool::new(false);
-
-/// When the store began refusing writes, in milliseconds on a monotonic clock (from the
-/// first reading, plus one); 0 when it accepts them.
-static STORE_REFUSING_SINCE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 /// Milliseconds on a monotonic clock, from the first reading in the process, plus one
 /// (never 0).
@@ -81,36 +72,6 @@ pub(crate) fn monotonic_millis() -> u64 {
         .as_millis();
     u64::try_from(ms).unwrap_or(u64::MAX - 1) + 1
 }
-
-/// Records whether the store's last write (or probe) failed. While it refuses writes,
-/// `/readyz` answers 503, and after [`STORE_REFUSING_LIMIT`] `serve` stops feeding
-/// systemd's watchdog, which restarts the gateway (a reopened store writes again).
-pub fn set_store_refusing(refusing: bool) {
-    if refusing {
-        let _ = STORE_REFUSING_SINCE.compare_exchange(
-            0,
-            monotonic_millis(),
-            Ordering::AcqRel,
-            Ordering::Acquire,
-        );
-    } else {
-        STORE_REFUSING_SINCE.store(0, Ordering::Release);
-    }
-    metrics::gauge!(STORE_REFUSING).set(if refusing { 1.0 } else { 0.0 });
-}
-
-/// How long the store has refused writes, if it does.
-pub fn store_refusing_for() -> Option<std::time::Duration> {
-    match STORE_REFUSING_SINCE.load(Ordering::Acquire) {
-        0 => None,
-        since => Some(std::time::Duration::from_millis(
-            monotonic_millis().saturating_sub(since),
-        )),
-    }
-}
-
-/// How long the store may refuse writes before the watchdog is no longer fed.
-pub const STORE_REFUSING_LIMIT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// Marks the gateway ready (every worker accepts) or not (starting, draining).
 pub fn set_ready(ready: bool) {
@@ -288,22 +249,6 @@ pub fn handshake(result: &'static str, elapsed: Option<Duration>) {
     if let Some(e) = elapsed {
         metrics::histogram!(HANDSHAKE_SECONDS).record(e.as_secs_f64());
     }
-}
-
-/// Records a group commit: its commands, its duration, what waits after it, and the
-/// database round trips it took (`None` for an embedded store).
-pub fn commit(batch: usize, elapsed: Duration, queued: usize, round_trips: Option<u64>) {
-    metrics::histogram!(BATCH_SIZE).record(batch as f64);
-    metrics::histogram!(COMMIT_SECONDS).record(elapsed.as_secs_f64());
-    metrics::gauge!(QUEUE_DEPTH).set(queued as f64);
-    if let Some(n) = round_trips {
-        metrics::histogram!(COMMIT_ROUND_TRIPS).record(n as f64);
-    }
-}
-
-/// Records a group commit refused by a conflict, to be decided again.
-pub fn commit_conflict() {
-    metrics::counter!(COMMIT_CONFLICTS).increment(1);
 }
 
 /// Records a connection closed to make room for a new one (`state`: handshake, idle).

@@ -1,6 +1,6 @@
-//! Enrollment tokens in the daemon: the JWTs are the protocol crate's
-//! ([`enrollgate_proto::token`], re-exported here); the secret tokens are derived from, kept
-//! in a file beside the keys, is the daemon's (`secret`).
+//! Enrollment tokens in the daemon: the JWTs and the derivation of secret tokens from the
+//! token key are the protocol crate's ([`enrollgate_proto::token`], re-exported here); the
+//! key's file, read and created beside the keys, is the daemon's (`secret`).
 
 pub use enrollgate_proto::token::*;
 

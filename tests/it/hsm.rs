@@ -9,6 +9,8 @@ const MODULE: &str = "/usr/lib/softhsm/libsofthsm2.so";
 /// Long and distinctive, so that finding it in a log or an error means it leaked (four
 /// digits turn up by chance in a log of timings and ports).
 const PIN: &str = "hsm-pin-Xq7vR2";
+/// A PIN the token refuses, as distinctive.
+const WRONG_PIN: &str = "Kd93-refused-pin";
 
 /// A SoftHSM2 token initialised in a temporary directory (its own `SOFTHSM2_CONF`).
 pub(crate) struct SoftHsm {
@@ -295,12 +297,12 @@ fn serve_refuses_a_broken_token_and_writes_nothing() {
             "serve changed the data directory"
         );
         let err = String::from_utf8_lossy(&out.stderr).into_owned();
-        assert!(!err.contains(PIN) && !err.contains("0000"), "{err}");
+        assert!(!err.contains(PIN) && !err.contains(WRONG_PIN), "{err}");
         err
     };
 
     let wrong = hsm.dir.path().join("wrong-pin");
-    std::fs::write(&wrong, "0000\n").unwrap();
+    std::fs::write(&wrong, format!("{WRONG_PIN}\n")).unwrap();
     let err = serve(&good.replace(hsm.pin_file().to_str().unwrap(), wrong.to_str().unwrap()));
     assert!(
         err.contains("refused the PIN") && err.contains("wrong-pin"),
@@ -313,7 +315,7 @@ fn serve_refuses_a_broken_token_and_writes_nothing() {
         "{err}"
     );
 
-    let err = serve(&good.replace("pin-source=", "pin-value=0000&x="));
+    let err = serve(&good.replace("pin-source=", &format!("pin-value={WRONG_PIN}&x=")));
     assert!(err.contains("pin-source"), "{err}");
 
     // The PIN from the environment: check-config opens the token with it, and names the

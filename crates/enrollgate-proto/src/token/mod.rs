@@ -1,6 +1,9 @@
 //! Enrollment JWTs: issued by the daemon with the enrollment listener's TLS key, verified
-//! by clients against the certificate that listener presents.
+//! by clients against the certificate that listener presents. Secret tokens: derived from
+//! the token key, kept by the store only as hashes (`secret`).
 
 pub mod jwt;
+pub mod secret;
 
 pub use jwt::{Claims, JwtError, JwtSigner};
+pub use secret::{token_sha256, TokenKey};

@@ -8,8 +8,8 @@
 
 use super::{keys, to_json, Batch, Outcome, Snapshot, StoreError, Write};
 use crate::clock::UnixTime;
+use crate::get_json;
 use crate::model::{Activation, Identity, Renewal};
-use crate::store::get_json;
 
 impl<S: super::Source + ?Sized> Batch<'_, S> {
     fn enrolled(&self, identity_id: &str) -> Result<Identity, StoreError> {
@@ -202,7 +202,7 @@ mod tests {
     }
 
     fn fsck_clean(map: &Map) {
-        let report = crate::ops::fsck::check(map.clone());
+        let report = crate::fsck::check(map.clone());
         assert!(report.violations.is_empty(), "{:?}", report.violations);
     }
 

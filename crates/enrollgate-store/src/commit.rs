@@ -83,7 +83,7 @@ impl CommitHandle {
         let (reply, rx) = flume::bounded(1);
         self.tx.try_send(Job { cmd, reply }).map_err(|e| match e {
             flume::TrySendError::Full(_) => {
-                crate::telemetry::rate_limited("commit_queue");
+                crate::metrics::rate_limited("commit_queue");
                 StoreError::Busy
             }
             flume::TrySendError::Disconnected(_) => StoreError::ShuttingDown,
@@ -167,7 +167,7 @@ fn back_off(attempt: usize) {
 /// Records the outcome of a write for readiness (`/readyz`) and the watchdog, and says so
 /// in the log when it changes.
 fn written(ok: bool, kind: &str) {
-    let was_refusing = crate::telemetry::store_refusing_for().is_some();
+    let was_refusing = crate::refusing::store_refusing_for().is_some();
     let Some(refusing) = change(was_refusing, ok) else {
         return;
     };
@@ -178,7 +178,7 @@ fn written(ok: bool, kind: &str) {
             "the store refuses writes; /readyz answers 503. RocksDB stops writing after an I/O \
              error (a full disk, a failing device) until it is reopened: once the cause is \
              fixed, restart enrollgate (under systemd, the watchdog restarts it after {} s)",
-            crate::telemetry::STORE_REFUSING_LIMIT.as_secs()
+            crate::refusing::STORE_REFUSING_LIMIT.as_secs()
         );
     } else {
         tracing::error!(
@@ -187,7 +187,7 @@ fn written(ok: bool, kind: &str) {
              database takes writes again (the gateway reconnects by itself)"
         );
     }
-    crate::telemetry::set_store_refusing(refusing);
+    crate::refusing::set_store_refusing(refusing);
 }
 
 /// The store's new state after a write, if it changes: refusing after a failure, accepting
@@ -227,7 +227,7 @@ fn run(
                 // Refusing writes, with none to try: see, once a second, whether it would
                 // take one now, so that readiness follows the store and not the traffic.
                 // A shared database can go away while nothing is written: asked too.
-                if (crate::telemetry::store_refusing_for().is_some() || backend.shared())
+                if (crate::refusing::store_refusing_for().is_some() || backend.shared())
                     && probed.elapsed() >= PROBE_EVERY
                 {
                     probed = Instant::now();
@@ -322,7 +322,7 @@ fn decide_and_commit<S: Source + ?Sized>(
             hints.clear();
             match e {
                 CommitError::Conflict(keys) => {
-                    crate::telemetry::commit_conflict();
+                    crate::metrics::commit_conflict();
                     tracing::debug!(keys = keys.len(), "commit conflict; deciding again");
                     Attempt::Conflict
                 }
@@ -370,7 +370,7 @@ fn commit_group(
 ) {
     let n = jobs.len();
     let started = Instant::now();
-    let was_refusing = crate::telemetry::store_refusing_for().is_some();
+    let was_refusing = crate::refusing::store_refusing_for().is_some();
     let trips_before = backend.round_trips();
     let (cmds, replies): (Vec<Command>, Vec<Reply>) =
         jobs.drain(..).map(|job| (job.cmd, job.reply)).unzip();
@@ -399,7 +399,7 @@ fn commit_group(
     let round_trips = backend
         .shared()
         .then(|| backend.round_trips() - trips_before);
-    crate::telemetry::commit(n, started.elapsed(), queued, round_trips);
+    crate::metrics::commit(n, started.elapsed(), queued, round_trips);
     match results {
         Ok(results) => {
             tracing::trace!(commands = n, "group committed");
@@ -441,7 +441,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&dir.path().join("db"), true).unwrap();
         assert!(store.backend().probe());
-        assert_eq!(store.get(crate::store::rocks::PROBE_KEY).unwrap(), None);
+        assert_eq!(store.get(crate::rocks::PROBE_KEY).unwrap(), None);
     }
 
     #[test]
@@ -521,13 +521,8 @@ mod tests {
         drop(store);
     }
 
-    fn on_memory() -> (
-        Arc<crate::store::memory::Memory>,
-        Store,
-        CommitHandle,
-        Committer,
-    ) {
-        let memory = Arc::new(crate::store::memory::Memory::new());
+    fn on_memory() -> (Arc<crate::memory::Memory>, Store, CommitHandle, Committer) {
+        let memory = Arc::new(crate::memory::Memory::new());
         let store = Store::on(memory.clone());
         let (handle, committer) = spawn(store.clone(), CommitOptions::default()).unwrap();
         (memory, store, handle, committer)
@@ -542,11 +537,11 @@ mod tests {
 
     #[test]
     fn a_batch_another_writer_overtook_is_decided_again() {
-        use crate::store::memory::Fault;
+        use crate::memory::Fault;
         let (memory, store, handle, committer) = on_memory();
         // Another gateway takes the name between this batch's read and its commit.
         memory.inject(Fault::Behind(
-            crate::store::keys::name("contended"),
+            crate::keys::name("contended"),
             Some(b"elsewhere".to_vec()),
         ));
         assert_eq!(
@@ -562,7 +557,7 @@ mod tests {
 
     #[test]
     fn a_command_that_keeps_conflicting_is_answered_busy_and_writes_nothing() {
-        use crate::store::memory::Fault;
+        use crate::memory::Fault;
         let (memory, store, handle, committer) = on_memory();
         for _ in 0..(BATCH_RETRIES + 1 + COMMAND_RETRIES + 1) {
             memory.inject(Fault::Conflict);
@@ -579,7 +574,7 @@ mod tests {
 
     #[test]
     fn a_commit_of_unknown_outcome_is_never_acknowledged() {
-        use crate::store::memory::Fault;
+        use crate::memory::Fault;
         let (memory, _store, handle, committer) = on_memory();
         for landed in [true, false] {
             memory.inject(Fault::Unknown { landed });

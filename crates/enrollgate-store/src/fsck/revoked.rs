@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::Violation;
 use crate::model::Identity;
-use crate::store::revocation::{content_of, serial_hex, Blocked, Revoked};
+use crate::revocation::{content_of, serial_hex, Blocked, Revoked};
 
 /// The revocation records read from a store, by key (without the prefix).
 #[derive(Default)]
@@ -105,7 +105,7 @@ impl Records {
 #[cfg(test)]
 mod tests {
     use crate::model::{Authenticator, IdentityType, Method};
-    use crate::store::revocation::Reason;
+    use crate::revocation::Reason;
 
     fn pem() -> String {
         let key = rcgen::KeyPair::generate().unwrap();
@@ -119,7 +119,7 @@ mod tests {
     #[test]
     fn a_revoked_serial_or_blocked_content_still_bound_is_reported() {
         let cert = pem();
-        let serial = crate::store::revocation::serial_hex(&cert).unwrap();
+        let serial = crate::revocation::serial_hex(&cert).unwrap();
         let identity = crate::model::Identity {
             id: "a".into(),
             name: "alpha".into(),

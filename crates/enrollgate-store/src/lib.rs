@@ -1,5 +1,19 @@
-//! The store: an embedded RocksDB holding identities, enrollments and the indexes that keep
-//! DESIGN.md's invariants.
+//! # enrollgate-store
+//!
+//! The store: identities, enrollments, CAs and the indexes that keep DESIGN.md's
+//! invariants, the one committer that takes every write, and the backends it writes to
+//! (an embedded RocksDB, PostgreSQL for several gateways, a checking in-memory one for
+//! tests). A crate of its own so that the compiler keeps the layering: it uses the protocol
+//! crate (`enrollgate-proto`: the records, ids, time, the enrollment rules its decisions
+//! call again) and never the daemon's API, server, CLI or configuration, which are not
+//! among its dependencies; nor is monoio. The daemon re-exports it as `crate::store`.
+//!
+//! ```text
+//!  API handler (daemon) ──Command──▶ commit (one thread) ──▶ apply: decide against the
+//!        ▲                               │                   store + the batch so far
+//!        │ Outcome, once durable         ▼
+//!        └──────────────────────── backend::WriteSet ──▶ rocks │ pg │ memory
+//! ```
 //!
 //! ## Schema (one column family, prefixed keys, JSON values)
 //!
@@ -28,14 +42,21 @@
 //! writes the batch as one atomic, synced `WriteBatch` (I3-I5). Reads are lock-free
 //! RocksDB gets from any thread.
 
+// The protocol crate's modules under the names the daemon gives them, so that a path
+// reads the same on both sides of the crate boundary (`crate::model::Identity`).
+use enrollgate_proto::{clock, enroll, ids, model, pki, token};
+
 pub mod apply;
 pub mod backend;
 pub mod briefs;
 pub mod commit;
+pub mod fsck;
 pub mod keys;
 pub mod memory;
+pub mod metrics;
 pub mod pg;
 mod reads;
+pub mod refusing;
 pub mod revocation;
 pub mod rocks;
 
@@ -53,7 +74,8 @@ pub type Record = (Vec<u8>, Vec<u8>);
 
 /// A store operation failed.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
+// Not `#[non_exhaustive]`: the daemon maps every variant to a response (`api::error`), and
+// a new one must fail its build until it has one.
 pub enum StoreError {
     /// A token rule refused the redemption inside the atomic write.
     #[error(transparent)]
@@ -508,6 +530,17 @@ impl Store {
     }
 }
 
+/// A self-signed certificate for the DNS name `name`, with a new P-256 key (the tests of
+/// the store and of fsck; the protocol crate's own tests have theirs).
+#[cfg(test)]
+pub(crate) fn self_signed_for_tests(name: &str) -> rcgen::Certificate {
+    let key = rcgen::KeyPair::generate().expect("key");
+    rcgen::CertificateParams::new(vec![name.into()])
+        .expect("params")
+        .self_signed(&key)
+        .expect("certificate")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -539,8 +572,8 @@ mod tests {
     fn opening_an_older_store_indexes_its_certificates_by_content() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let cert = crate::pki::self_signed_for_tests("dev");
-        let other = crate::pki::self_signed_for_tests("other");
+        let cert = crate::self_signed_for_tests("dev");
+        let other = crate::self_signed_for_tests("other");
         let tbs = crate::pki::fingerprint::tbs_sha256_hex(cert.der()).unwrap();
         {
             let store = Store::open(&path, true).unwrap();
@@ -677,8 +710,8 @@ mod tests {
                 );
             }
         }
-        let records = crate::ops::backup::read_all(&path).unwrap();
-        let report = crate::ops::fsck::check(records);
+        let records = crate::rocks::read_all_beside(&path).unwrap();
+        let report = crate::fsck::check(records);
         assert_eq!(report.violations, vec![]);
         assert_eq!(report.enrollments, 1);
     }
@@ -689,7 +722,7 @@ mod tests {
     fn opening_an_older_store_indexes_its_admins() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let cert = crate::pki::self_signed_for_tests("dev");
+        let cert = crate::self_signed_for_tests("dev");
         {
             let store = Store::open(&path, true).unwrap();
             let db = store.rocks().unwrap();
@@ -738,7 +771,7 @@ mod tests {
     fn an_indexed_record_keeps_its_content_and_a_broken_record_does_not_stop_the_open() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("db");
-        let cert = crate::pki::self_signed_for_tests("dev");
+        let cert = crate::self_signed_for_tests("dev");
         let tbs = crate::pki::fingerprint::tbs_sha256_hex(cert.der()).unwrap();
         {
             let store = Store::open(&path, true).unwrap();

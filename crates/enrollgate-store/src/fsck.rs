@@ -22,7 +22,7 @@ use std::collections::BTreeMap;
 
 mod revoked;
 
-use super::super::model::{Ca, Enrollment, Identity};
+use crate::model::{Ca, Enrollment, Identity};
 
 /// One broken invariant.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -128,11 +128,11 @@ pub fn check(records: impl IntoIterator<Item = (Vec<u8>, Vec<u8>)>) -> Report {
             "b" => {
                 contents.insert(rest, text(&v));
             }
-            "m" => match k.strip_prefix(crate::store::keys::ADMIN) {
+            "m" => match k.strip_prefix(crate::keys::ADMIN) {
                 Some(id) => {
                     admins.insert(text(id));
                 }
-                None => admins_indexed |= k == crate::store::keys::ADMIN_INDEXED,
+                None => admins_indexed |= k == crate::keys::ADMIN_INDEXED,
             },
             "c" => match serde_json::from_slice::<Ca>(&v) {
                 Ok(_) => r.cas += 1,
@@ -504,7 +504,7 @@ mod tests {
     /// the content index (its content read from its PEM), are reported.
     #[test]
     fn one_certificate_bound_twice_is_reported_whatever_the_records_age() {
-        let cert = crate::pki::self_signed_for_tests("dev");
+        let cert = crate::self_signed_for_tests("dev");
         let tbs = crate::pki::fingerprint::tbs_sha256_hex(cert.der()).unwrap();
         let bound = |id: &str, fp: &str, content: &str| {
             let mut i = identity(id, id, Some(fp), None);

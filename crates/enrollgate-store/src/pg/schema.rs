@@ -101,7 +101,7 @@ pub const MIGRATION_LOCK: i64 = 0x656e_726f_6c6c_6761; // "enrollga"
 
 use postgres::Client;
 
-use crate::store::StoreError;
+use crate::StoreError;
 
 fn db(e: postgres::Error) -> StoreError {
     super::store_error(&e)

@@ -682,7 +682,7 @@ impl<'a, S: Source + ?Sized> Batch<'a, S> {
         }
         writes.extend(self.revocation_writes(
             &identity,
-            crate::store::revocation::Reason::Deleted,
+            crate::revocation::Reason::Deleted,
             now,
         )?);
         writes.extend(self.retire_pending(&identity)?);
@@ -1185,12 +1185,7 @@ mod tests {
         let changed: Vec<(&[u8], bool)> = set
             .changes
             .iter()
-            .map(|c| {
-                (
-                    c.key(),
-                    matches!(c, crate::store::backend::Change::Insert(..)),
-                )
-            })
+            .map(|c| (c.key(), matches!(c, crate::backend::Change::Insert(..))))
             .collect();
         assert!(
             changed.contains(&(keys::name("fresh").as_slice(), true)),

@@ -46,7 +46,7 @@ impl Readers {
         });
         self.tx.try_send(job).map_err(|e| match e {
             flume::TrySendError::Full(_) => {
-                crate::telemetry::rate_limited("read_queue");
+                crate::metrics::rate_limited("read_queue");
                 StoreError::Busy
             }
             flume::TrySendError::Disconnected(_) => StoreError::ShuttingDown,

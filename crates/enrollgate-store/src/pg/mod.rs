@@ -310,7 +310,7 @@ fn ca_generation(client: &mut Client) -> Option<i64> {
 impl Postgres {
     /// Every record, as of one moment (a repeatable-read transaction of its own): for
     /// `fsck` beside running gateways.
-    pub fn read_all(&self) -> Result<Vec<crate::ops::backup::Record>, StoreError> {
+    pub fn read_all(&self) -> Result<Vec<crate::Record>, StoreError> {
         let mut client = self.url.connect()?;
         let mut tx = client
             .build_transaction()
@@ -332,11 +332,7 @@ impl Postgres {
 
     /// Writes `records` into this (new, empty) store, in commits of `chunk` inserts: for
     /// `migrate`. An existing key is a conflict, never overwritten.
-    pub fn load(
-        &self,
-        records: &[crate::ops::backup::Record],
-        chunk: usize,
-    ) -> Result<(), StoreError> {
+    pub fn load(&self, records: &[crate::Record], chunk: usize) -> Result<(), StoreError> {
         for part in records.chunks(chunk.max(1)) {
             let set = WriteSet {
                 expect: Vec::new(),
@@ -532,8 +528,8 @@ impl Backend for Postgres {
         // meanwhile the gateway is not ready (a load balancer sends elsewhere).
         slot.conn = None;
         drop(slot);
-        if crate::telemetry::store_refusing_for().is_none() {
-            crate::telemetry::set_store_refusing(true);
+        if crate::refusing::store_refusing_for().is_none() {
+            crate::refusing::set_store_refusing(true);
         }
         tracing::warn!(error = %store_error(&e), "the connection to PostgreSQL dropped during a commit; asking whether it landed");
         match self.resolve(id, &session.0, &session.1) {

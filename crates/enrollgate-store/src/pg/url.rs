@@ -17,7 +17,7 @@ use std::time::Duration;
 use postgres::config::{Host, SslMode};
 use postgres::{Client, Config};
 
-use crate::store::StoreError;
+use crate::StoreError;
 
 /// The environment variable a password may come from.
 pub const PASSWORD_ENV: &str = "ENROLLGATE_STORE_PASSWORD";

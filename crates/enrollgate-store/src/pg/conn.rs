@@ -9,7 +9,7 @@ use postgres::error::SqlState;
 use postgres::{Client, Statement};
 
 use super::url::StoreUrl;
-use crate::store::StoreError;
+use crate::StoreError;
 
 thread_local! {
     /// Round trips this thread made to the database: the committer reports its own per

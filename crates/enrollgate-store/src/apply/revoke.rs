@@ -8,9 +8,9 @@
 
 use super::{admin_index, keys, to_json, Batch, Outcome, Snapshot, StoreError, Write};
 use crate::clock::UnixTime;
+use crate::get_json;
 use crate::model::{Authenticator, Enrollment, Identity, Suspension};
-use crate::store::get_json;
-use crate::store::revocation::{self, Reason};
+use crate::revocation::{self, Reason};
 
 /// `Err(Disabled)` when an admin's suspension of `identity` holds at `now`.
 pub(super) fn refuse_disabled(identity: &Identity, now: UnixTime) -> Result<(), StoreError> {

@@ -10,10 +10,10 @@ impl Command {
     /// need not read these). A shared backend reads a batch's hints in one round trip
     /// before deciding it, instead of one round trip per key.
     pub fn reads(&self) -> Vec<Vec<u8>> {
-        use crate::store::keys;
+        use crate::keys;
         let bound = |a: &Authenticator| {
             let mut k = keys::bound(a);
-            if let Some(tbs) = crate::store::revocation::content_of(a) {
+            if let Some(tbs) = crate::revocation::content_of(a) {
                 k.push(keys::blocked(&tbs));
             }
             k

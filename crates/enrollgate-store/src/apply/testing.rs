@@ -5,7 +5,7 @@ use std::collections::BTreeMap;
 
 use super::{Batch, Command, Outcome};
 use crate::model::{Authenticator, Method};
-use crate::store::StoreError;
+use crate::StoreError;
 
 /// A store: every key and value.
 pub(crate) type Map = BTreeMap<Vec<u8>, Vec<u8>>;
