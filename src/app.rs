@@ -82,7 +82,7 @@ pub struct Shared {
     /// Derives each enrollment's token from its id (the store keeps only hashes).
     pub tokens: Arc<crate::token::TokenKey>,
     /// API sessions made by `POST /authenticate?method=cert`.
-    pub sessions: Arc<crate::api::session::Sessions>,
+    pub sessions: Arc<crate::token::session::Sessions>,
     /// The internal CA certificate (DER).
     pub internal_ca_der: Vec<u8>,
     /// One counter per worker, advanced by the worker's own runtime every 200 ms; the
@@ -229,7 +229,7 @@ impl Shared {
         })?;
         let cacerts_b64 = base64_lines(&pki::pkcs7::certs_only(&served)?);
         let tokens = Arc::new(crate::token::secret::load(&config.token_key)?);
-        let sessions = Arc::new(crate::api::session::Sessions::new(&tokens));
+        let sessions = Arc::new(crate::token::session::Sessions::new(&tokens));
         // What an `ott` answer tells the client to trust (its identity file's `ca`): the
         // same CAs, so that it can reach this listener again.
         let ca_bundle_pem = pki::pem_of_certs(&served);

@@ -65,7 +65,7 @@ fn route_pure(req: &Request) {
     ] {
         check(request::parse(endpoint, req).map_err(ApiError::from));
     }
-    check(api::json_body::<serde_json::Value>(req));
+    check(api::request::json_body::<serde_json::Value>(req));
     query_str(&req.head.query);
 }
 
@@ -136,18 +136,20 @@ fn json_bodies(data: &[u8]) {
         return;
     };
     let req = Request { head, body };
-    check(api::json_body::<api::management::CreateIdentity>(&req));
-    check(api::json_body::<api::cas::CreateBody>(&req));
-    check(api::json_body::<api::cas::UpdateBody>(&req));
+    check(api::request::json_body::<api::management::CreateIdentity>(
+        &req,
+    ));
+    check(api::request::json_body::<api::cas::CreateBody>(&req));
+    check(api::request::json_body::<api::cas::UpdateBody>(&req));
     {
         use crate::enroll::request::{parse, Endpoint};
         for endpoint in [Endpoint::Ott, Endpoint::Ottca, Endpoint::Ca] {
             check(parse(endpoint, &req).map_err(ApiError::from));
         }
     }
-    check(api::json_body::<CreateEnrollmentBody>(&req));
-    check(api::json_body::<RefreshBody>(&req));
-    let Some(value) = check(api::json_body::<serde_json::Value>(&req)) else {
+    check(api::request::json_body::<CreateEnrollmentBody>(&req));
+    check(api::request::json_body::<RefreshBody>(&req));
+    let Some(value) = check(api::request::json_body::<serde_json::Value>(&req)) else {
         return;
     };
     let field = |k: &str| value.get(k).and_then(serde_json::Value::as_str);

@@ -215,7 +215,7 @@ impl IdentityFile {
     /// A new identity file for `public_url`.
     pub fn new(public_url: &PublicUrl, key_pem: &str, cert_pem: &str, ca_pem: &str) -> Self {
         Self {
-            zt_api: format!("{}{}", public_url.origin(), crate::api::CLIENT_PREFIX),
+            zt_api: format!("{}{}", public_url.origin(), crate::http::CLIENT_PREFIX),
             id: IdMaterial {
                 key: format!("pem:{key_pem}"),
                 cert: format!("pem:{cert_pem}"),

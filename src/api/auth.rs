@@ -1,5 +1,5 @@
 //! Who a client is: the identity its certificate is bound to, if that binding still
-//! authenticates now. The sessions it opens are `api::session`'s.
+//! authenticates now. The sessions it opens are `token::session`'s.
 //!
 //! A certificate authenticates when (1) the client proved it holds the key (TLS), (2) its
 //! fingerprint is bound to an identity (I1), (3) it is within its validity, and (4) for a
@@ -12,13 +12,14 @@
 //! was issued (a device that lost the answer re-enrolls within it; a stolen old certificate
 //! does not live on beside the new one).
 
-use super::{ApiError, Peer};
+use super::error::ApiError;
+use super::request::Peer;
 use crate::app::WorkerCtx;
 use crate::clock::UnixTime;
 use crate::model::{Activation, Identity};
 
-// The sessions moved to `api::session`; their old paths still name them.
-pub use super::session::{authenticator_id, Opening, Session, Sessions, SESSION_TTL_SECS};
+// The sessions are the core's (`token::session`); their old paths still name them.
+pub use crate::token::session::{authenticator_id, Opening, Session, Sessions, SESSION_TTL_SECS};
 
 /// Why a certificate does not authenticate (`401`).
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]

@@ -5,7 +5,8 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::{json_body, ApiError, Request};
+use super::error::ApiError;
+use super::request::{json_body, Request};
 use crate::app::WorkerCtx;
 use crate::ca::{self, name::validate_format, pop, CaCertError};
 use crate::clock::rfc3339;

@@ -9,7 +9,8 @@
 
 use serde_json::json;
 
-use super::{method_not_allowed, ApiError, Peer, Request};
+use super::error::{method_not_allowed, ApiError};
+use super::request::{Peer, Request};
 use crate::app::WorkerCtx;
 
 use crate::clock::UnixTime;
@@ -148,9 +149,9 @@ fn version() -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "runtimeVersion": "rust",
         "apiVersions": {
-            "edge": v1(super::CLIENT_PREFIX),
-            "edge-client": v1(super::CLIENT_PREFIX),
-            "edge-management": v1(super::MANAGEMENT_PREFIX),
+            "edge": v1(super::request::CLIENT_PREFIX),
+            "edge-client": v1(super::request::CLIENT_PREFIX),
+            "edge-management": v1(super::request::MANAGEMENT_PREFIX),
         },
         // OpenZiti's capabilities name controller features (HA_CONTROLLER, OIDC_AUTH...)
         // that this gateway does not have; the C SDK warns of every name it does not know

@@ -2,7 +2,7 @@
 //! Signed again only when the store's revocation generation moves or the cached one is
 //! half-way to its `nextUpdate` (`pki::crl`).
 
-use super::ApiError;
+use super::error::ApiError;
 use crate::app::WorkerCtx;
 use crate::http::Response;
 use crate::pki::crl::Entry;

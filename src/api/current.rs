@@ -15,7 +15,8 @@
 use serde_json::{json, Value};
 
 use super::auth::{self, Session, SESSION_TTL_SECS};
-use super::{ApiError, Peer, Request};
+use super::error::ApiError;
+use super::request::{Peer, Request};
 use crate::app::WorkerCtx;
 use crate::clock::rfc3339;
 use crate::http::Response;
@@ -122,7 +123,7 @@ pub(super) async fn identity_of(w: &WorkerCtx, session: &Session) -> Result<Iden
         .await?;
     let identity = identity
         .ok_or_else(|| ApiError::Unauthorized("the session's identity no longer exists".into()))?;
-    if super::session::ended(session, &identity, logged_out) {
+    if crate::token::session::ended(session, &identity, logged_out) {
         return Err(no_session());
     }
     // Disabling ends the identity's sessions; this closes the window of a session opened

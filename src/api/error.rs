@@ -265,6 +265,12 @@ impl From<crate::enroll::plan::Refusal> for ApiError {
     }
 }
 
+impl From<crate::token::session::SessionError> for ApiError {
+    fn from(e: crate::token::session::SessionError) -> Self {
+        Self::Unhandled(e.to_string())
+    }
+}
+
 impl From<CsrError> for ApiError {
     fn from(e: CsrError) -> Self {
         Self::CouldNotProcessCsr(e.to_string())

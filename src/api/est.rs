@@ -22,7 +22,8 @@ use x509_parser::prelude::*;
 
 use super::auth::{self, AuthError};
 use super::client::{admit_source, auto_enroll, auto_enrollment_ca, redeem_ott};
-use super::{method_not_allowed, ApiError, Peer, Request};
+use super::error::{method_not_allowed, ApiError};
+use super::request::{Peer, Request};
 use crate::app::WorkerCtx;
 use crate::http::Response;
 use crate::model::{Activation, Method};

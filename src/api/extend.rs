@@ -23,7 +23,8 @@ use serde_json::{json, Value};
 
 use super::auth::{self, AuthError};
 use super::current::{identity_of, session_of};
-use super::{json_body, method_not_allowed, ApiError, Peer, Request};
+use super::error::{method_not_allowed, ApiError};
+use super::request::{json_body, Peer, Request};
 use crate::app::WorkerCtx;
 use crate::clock::rfc3339;
 use crate::http::Response;

@@ -12,7 +12,7 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
-use super::ApiError;
+use super::error::ApiError;
 use crate::clock::UnixTime;
 use crate::http::query::param;
 use crate::model::{Identity, IdentityType};

@@ -6,9 +6,11 @@
 use serde::Deserialize;
 use serde_json::json;
 
+use super::error::{method_not_allowed, ApiError};
 use super::filter::NameFilter;
 use super::records::{find_enrollment, find_identity, new_enrollment, parse_expires_at};
-use super::{json_body, method_not_allowed, views, ApiError, Peer, Request};
+use super::request::{json_body, Peer, Request};
+use super::views;
 use crate::app::WorkerCtx;
 use crate::enroll::validate_name;
 use crate::http::query::param;

@@ -16,32 +16,15 @@ pub mod management;
 pub mod records;
 pub mod renew;
 pub mod revoke;
-pub mod session;
 pub mod views;
 
 use crate::app::WorkerCtx;
-pub use crate::http::Request;
+pub mod request;
+
 use crate::http::Response;
-pub(crate) use error::method_not_allowed;
 pub use error::ApiError;
-
-/// Prefix of the client API (also served at the root).
-pub const CLIENT_PREFIX: &str = "/edge/client/v1";
-/// Prefix of the management API.
-pub const MANAGEMENT_PREFIX: &str = "/edge/management/v1";
-
-/// What the TLS layer knows of the client.
-#[derive(Debug, Clone, Default)]
-pub struct Peer {
-    /// Remote address.
-    pub addr: Option<std::net::SocketAddr>,
-    /// Hex SHA-256 of the client certificate (leaf) the client proved it holds.
-    pub cert_sha256: Option<String>,
-    /// The chain the client sent, leaf first (empty without a client certificate). Only
-    /// possession of the leaf's key was checked in the handshake; the chain itself is
-    /// judged per purpose by the handlers.
-    pub chain: Vec<rustls_pki_types::CertificateDer<'static>>,
-}
+use request::under;
+pub use request::{Peer, Request, CLIENT_PREFIX, MANAGEMENT_PREFIX};
 
 /// Handles one request; every error becomes its JSON envelope.
 pub async fn handle(w: &WorkerCtx, req: &Request, peer: &Peer, request_id: &str) -> Response {
@@ -218,29 +201,6 @@ impl<'a> Route<'a> {
             Route::Client(rest) => client::route(w, req, peer, rest).await,
         }
     }
-}
-
-/// `rest` of `path` after `prefix`, when `path` is `prefix` itself or below it.
-fn under<'a>(path: &'a str, prefix: &str) -> Option<&'a str> {
-    let rest = path.strip_prefix(prefix)?;
-    if rest.is_empty() {
-        Some("/")
-    } else if rest.starts_with('/') {
-        Some(rest)
-    } else {
-        None
-    }
-}
-
-/// Parses a JSON body, or explains why not (`http::body::json`). A management body must
-/// say it is JSON ([`crate::http::body::Untyped::Refused`]).
-pub(crate) fn json_body<T: serde::de::DeserializeOwned>(req: &Request) -> Result<T, ApiError> {
-    use crate::http::body::{json, Untyped};
-    let untyped = match under(&req.head.path, MANAGEMENT_PREFIX) {
-        Some(_) => Untyped::Refused,
-        None => Untyped::Json,
-    };
-    Ok(json(req, untyped)?)
 }
 
 #[cfg(test)]

@@ -3,7 +3,7 @@
 //! `expiresAt`. Shared by `management` and `revoke` (re-enroll), so neither imports the
 //! other.
 
-use super::ApiError;
+use super::error::ApiError;
 use crate::app::WorkerCtx;
 use crate::clock::UnixTime;
 use crate::model::{Enrollment, Identity, Method};

@@ -6,7 +6,7 @@
 //! with a fresh validity and the CSR's key. It is bound beside the active certificate by
 //! [`Command::Renew`] and authenticates nothing until activated ([`Command::Activate`]).
 
-use super::ApiError;
+use super::error::ApiError;
 use crate::app::WorkerCtx;
 use crate::clock::UnixTime;
 use crate::model::{Activation, Identity, Renewal};

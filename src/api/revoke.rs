@@ -16,8 +16,10 @@
 use serde::Deserialize;
 use serde_json::{json, Value};
 
+use super::error::ApiError;
 use super::records::{find_identity, new_enrollment, parse_expires_at};
-use super::{json_body, views, ApiError, Request};
+use super::request::{json_body, Request};
+use super::views;
 use crate::app::WorkerCtx;
 use crate::clock::{rfc3339, UnixTime};
 use crate::http::Response;

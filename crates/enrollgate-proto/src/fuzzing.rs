@@ -23,7 +23,7 @@
 //! | [`pem_der`] | CA upload PEM, proof of possession, PKCS#7 `cacerts`, certificate DER |
 //! | [`csr`] | `pki::csr::{decode_body, accept}`, then issuance of an accepted key |
 //! | [`chain`] | `ca::chain::CaSet::verify` against a fixed CA set, then the `ca` enrollment's identity (`enroll::auto_enrolled_identity`) |
-//! | [`jwt`] | `token::jwt::{peek, verify_with_cert}` and the `enroll` client's claim checks |
+//! | [`jwt`] | `token::jwt::{peek, verify_with_cert}` and the `enroll` client's claim checks; the same text as an API session token (`token::session::Sessions::get`) |
 //! | [`name_template`] | `ca::name::{validate_format, render}` with fuzzed values |
 //! | [`enroll`] | an enrollment request read (`enroll::request`) and driven through each method's steps (`enroll::plan`) against fixture tokens and CAs |
 //!
@@ -761,6 +761,32 @@ pub fn jwt(data: &[u8]) {
         let (_, claims) = peeked.expect("a JWT that verifies can be read");
         assert_eq!(verified, claims, "verified and peeked claims differ");
     }
+    session_token(token);
+}
+
+/// The `zt-session` header's value, as the API reads it: a session token is accepted only
+/// under the key that signed it, and only before it expires.
+fn session_token(token: &str) {
+    let ours = SESSIONS.get(token, NOW);
+    if let Some(session) = &ours {
+        assert!(session.expires_at > NOW, "an expired session was accepted");
+    }
+    let theirs = OTHER_SESSIONS.get(token, NOW);
+    assert!(
+        ours.is_none() || theirs.is_none(),
+        "a session token verified under two keys"
+    );
+}
+
+/// The session keys of two gateways (derived from fixed token keys).
+static SESSIONS: LazyLock<crate::token::session::Sessions> = LazyLock::new(|| sessions_of(0x77));
+static OTHER_SESSIONS: LazyLock<crate::token::session::Sessions> =
+    LazyLock::new(|| sessions_of(0x78));
+
+fn sessions_of(byte: u8) -> crate::token::session::Sessions {
+    crate::token::session::Sessions::new(&crate::token::TokenKey::from_bytes(
+        &[byte; crate::token::secret::KEY_BYTES],
+    ))
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1186,6 +1212,18 @@ pub mod seeds {
         ] {
             add("name_template", name, t.as_bytes().to_vec());
         }
+        // An API session token of the fixture gateway, live at NOW.
+        let (session, _) = SESSIONS
+            .create(
+                crate::token::session::Opening {
+                    identity_id: "fuzzIdentity",
+                    authenticator_id: "fuzzAuthenticator",
+                    ip_address: None,
+                },
+                NOW - 60,
+            )
+            .expect("a session opens");
+        add("jwt", "session.tok", session.into_bytes());
         out
     }
 
@@ -1330,6 +1368,9 @@ mod tests {
             CA_SET.verify(&other, NOW, "t", &SignatureMemo::off(), |c| c.is_verified),
             Err(ChainError::CaRefused { .. } | ChainError::UnknownIssuer { .. })
         ));
+        let session = String::from_utf8(get("jwt", "session.tok")).expect("UTF-8");
+        assert!(SESSIONS.get(&session, NOW).is_some());
+        assert!(OTHER_SESSIONS.get(&session, NOW).is_none());
         let jwt = String::from_utf8(get("jwt", "ott.jwt")).expect("UTF-8");
         assert_eq!(
             crate::token::jwt::verify_with_cert(&jwt, &SERVER_CERT)

@@ -28,7 +28,8 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::auth::{self, Opening};
-use super::{json_body, method_not_allowed, ApiError, Peer, Request};
+use super::error::{method_not_allowed, ApiError};
+use super::request::{json_body, Peer, Request};
 use crate::app::WorkerCtx;
 use crate::http::Response;
 use crate::model::Identity;
@@ -105,7 +106,7 @@ pub async fn authorize(w: &WorkerCtx, req: &Request, peer: &Peer) -> Result<Iden
         .read(move |s| s.session_state(&id, &sid))
         .await?;
     let identity = identity.ok_or_else(|| refused("the session's identity no longer exists"))?;
-    if super::session::ended(&session, &identity, logged_out) {
+    if crate::token::session::ended(&session, &identity, logged_out) {
         return Err(refused("the session has ended; sign in again"));
     }
     if !identity.is_admin {

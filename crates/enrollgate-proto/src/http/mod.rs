@@ -7,6 +7,11 @@ pub mod query;
 pub mod request;
 pub mod response;
 
+/// Prefix of OpenZiti's client API (enrollgate serves it at the root too).
+pub const CLIENT_PREFIX: &str = "/edge/client/v1";
+/// Prefix of OpenZiti's management API.
+pub const MANAGEMENT_PREFIX: &str = "/edge/management/v1";
+
 pub use request::{parse_head, BodyKind, Head, HeadError, Parsed};
 pub use response::Response;
 

@@ -68,7 +68,7 @@ impl TokenKey {
         B64.encode(ctx.sign().as_ref())
     }
 
-    /// The key that signs API sessions (`api::session`): derived from this key, so every
+    /// The key that signs API sessions (`session`): derived from this key, so every
     /// node with a copy of the data directory checks the others' sessions.
     pub fn session_key(&self) -> hmac::Key {
         let derived = hmac::sign(&self.key, SESSION_CONTEXT);

@@ -5,15 +5,27 @@
 //! on one node works on every other, and after a restart, with nothing kept in memory.
 //!
 //! What ends a session before it expires is in the store, read with the identity on every
-//! request ([`crate::store::Store::session_state`]): a logout writes its id (`sr:`), and
-//! disabling or re-enrolling an identity moves its `sessions_after`; a deleted identity has
-//! no sessions. Nothing here knows how a certificate authenticates (`auth`).
+//! request (the store's `session_state`): a logout writes its id (`sr:`), and disabling or
+//! re-enrolling an identity moves its `sessions_after`; a deleted identity has no
+//! sessions ([`ended`]). Nothing here knows how a certificate authenticates (the daemon's
+//! `api::auth`). The token arrives in a request header: [`Sessions::get`] is fuzzed with
+//! the JWTs (`fuzzing::jwt`).
 
 use aws_lc_rs::hmac;
 use base64::Engine as _;
 
-use super::ApiError;
 use crate::clock::UnixTime;
+
+/// Why a session could not be opened: the system's fault, never the client's.
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    /// No random bytes for its id.
+    #[error(transparent)]
+    Random(#[from] crate::ids::RandomError),
+    /// The session did not serialize.
+    #[error("a session does not serialize: {0}")]
+    Serialize(#[from] serde_json::Error),
+}
 
 /// Lifetime of an API session.
 pub const SESSION_TTL_SECS: i64 = 30 * 60;
@@ -82,15 +94,19 @@ pub struct Opening<'a> {
 
 impl Sessions {
     /// Sessions signed under `tokens`' session key.
-    pub fn new(tokens: &crate::token::TokenKey) -> Self {
+    pub fn new(tokens: &super::TokenKey) -> Self {
         Self {
             key: tokens.session_key(),
         }
     }
 
     /// A new session; returns its token and the session.
-    pub fn create(&self, open: Opening<'_>, now: UnixTime) -> Result<(String, Session), ApiError> {
-        let id = crate::ids::new_id().map_err(|e| ApiError::Unhandled(e.to_string()))?;
+    pub fn create(
+        &self,
+        open: Opening<'_>,
+        now: UnixTime,
+    ) -> Result<(String, Session), SessionError> {
+        let id = crate::ids::new_id()?;
         let session = Session {
             id,
             identity_id: open.identity_id.to_string(),
@@ -99,8 +115,7 @@ impl Sessions {
             created_at: now,
             expires_at: now + SESSION_TTL_SECS,
         };
-        let payload = serde_json::to_vec(&session)
-            .map_err(|e| ApiError::Unhandled(format!("a session does not serialize: {e}")))?;
+        let payload = serde_json::to_vec(&session)?;
         let body = B64.encode(&payload);
         let tag = hmac::sign(&self.key, body.as_bytes());
         let token = format!("{PREFIX}{body}.{}", B64.encode(tag.as_ref()));
@@ -144,8 +159,8 @@ mod tests {
     }
 
     fn sessions(byte: u8) -> Sessions {
-        Sessions::new(&crate::token::TokenKey::from_bytes(
-            &[byte; crate::token::secret::KEY_BYTES],
+        Sessions::new(&super::super::TokenKey::from_bytes(
+            &[byte; super::super::secret::KEY_BYTES],
         ))
     }
 
