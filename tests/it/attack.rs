@@ -1,5 +1,5 @@
 //! Hostile clients (issue #7, item 2): each attack is cut off by a documented limit
-//! (`src/server/conn.rs`, README "Configuration reference"), the daemon's memory stays
+//! (`crates/enrollgate-server/src/server/conn.rs`, README "Configuration reference"), the daemon's memory stays
 //! under a stated bound, and a normal client keeps enrolling while the attack runs.
 //!
 //! Every test runs two small closed-loop enrollers during its attack: one on a keep-alive
@@ -1196,7 +1196,7 @@ fn ten_thousand_idle_connections_are_bounded() {
          {n} connections per phase, max_handshakes {MAX_HANDSHAKES} and max_connections \
          {MAX_CONNECTIONS} per worker, {WORKERS} workers"
     );
-    // The daemon raises its own soft limit to the hard one (src/ops/process.rs); here it
+    // The daemon raises its own soft limit to the hard one (crates/enrollgate-server/src/ops/process.rs); here it
     // inherits ours anyway. Either way it must hold the connections this test opens.
     let daemon_soft: usize = dsoft.parse().unwrap_or(usize::MAX);
     assert!(
@@ -1424,7 +1424,7 @@ fn ten_thousand_idle_connections_are_bounded() {
 /// `limits.max_memory = "200MiB"`: the store keeps its budget (about 131 MiB) and the
 /// rest, 68.8 MiB, is for the process and its connections. 3,000 idle TLS connections
 /// would take about 130 MiB; at 90% of the share the connections open become a ceiling,
-/// and every connection past it pushes out an idle one (src/ops/memory.rs). Resident
+/// and every connection past it pushes out an idle one (crates/enrollgate-server/src/ops/memory.rs). Resident
 /// memory stays within the share, a client that opens a new connection per enrollment
 /// keeps enrolling, and the daemon reports the ceiling.
 #[test]

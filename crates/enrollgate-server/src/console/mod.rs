@@ -1,7 +1,7 @@
 //! The web console: a few static files compiled into the binary and served at `/console/`
 //! on the enrollment listener. Plain HTML, CSS and JavaScript modules: no framework, no
 //! build step, nothing fetched from elsewhere, so it works offline and what runs in the
-//! browser is exactly what is in `src/console/assets/` (docs/console.md says why).
+//! browser is exactly what is in `crates/enrollgate-server/src/console/assets/` (docs/console.md says why).
 //!
 //! The page holds no secret of its own: it signs in (a one-time login link, or the admin
 //! certificate the browser presents) through the management API (`api::console`), keeps
