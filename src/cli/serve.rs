@@ -93,10 +93,14 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
             "the open-files limit is below limits.max_connections x workers; raise LimitNOFILE"
         );
     }
-    let (listeners, _port_lock) = listener::bind(config.listen, workers)
-        .map_err(|e| CliError::new(format!("cannot listen on {}: {e}", config.listen)))?;
+    let (listen, metrics_listen) = (config.listen, config.metrics_listen);
+    // What can refuse the configuration (the CA key, the store) does before a port is
+    // bound: a load balancer never sees a node that is not going to serve.
+    let opened = Daemon::open(config)?;
+    let (listeners, _port_lock) = listener::bind(listen, workers)
+        .map_err(|e| CliError::new(format!("cannot listen on {listen}: {e}")))?;
     // The recorder first, so what the state records while it loads (CA cache size) counts.
-    let metrics_addr = match config.metrics_listen {
+    let metrics_addr = match metrics_listen {
         Some(addr) => Some(
             crate::telemetry::endpoint::start(addr)
                 .map_err(|e| CliError::new(format!("cannot serve metrics on {addr}: {e}")))?,
@@ -104,13 +108,7 @@ pub fn serve(args: ServeArgs) -> Result<(), CliError> {
         None => None,
     };
     let (shutdown, signal) = server::shutdown_pair();
-    let daemon = match Daemon::start(config, listeners, &signal) {
-        Ok(daemon) => daemon,
-        Err(e) => {
-            shutdown.trigger();
-            return Err(e.into());
-        }
-    };
+    let daemon = opened.start(listeners, &signal)?;
     let notifier = Arc::new(Notifier::from_env());
     let reload_registry = daemon.registry().clone();
     let reload_notifier = notifier.clone();

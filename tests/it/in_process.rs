@@ -14,20 +14,24 @@ use serde_json::{json, Value};
 
 use crate::support::*;
 
-/// A daemon serving in a thread of this process until [`InProcess::stop`].
+/// A daemon serving in a thread of this process until [`InProcess::stop`] (or dropped, on
+/// a failed assertion: stopped and joined all the same).
 struct InProcess {
     port: u16,
     shutdown: enrollgate::server::Shutdown,
-    thread: std::thread::JoinHandle<Result<(), enrollgate::daemon::DaemonError>>,
+    thread: Option<std::thread::JoinHandle<Result<(), enrollgate::daemon::DaemonError>>>,
+    // Held while serving, as `serve` holds it.
+    _port_lock: enrollgate::server::listener::PortLock,
 }
 
 impl InProcess {
     fn start(config_path: &std::path::Path) -> Self {
         let config = enrollgate::config::Config::load(config_path).unwrap();
-        let (listeners, _port_lock) =
+        let opened = Daemon::open(config).unwrap();
+        let (listeners, port_lock) =
             enrollgate::server::listener::bind("127.0.0.1:0".parse().unwrap(), 2).unwrap();
         let (shutdown, signal) = enrollgate::server::shutdown_pair();
-        let daemon = Daemon::start(config, listeners, &signal).unwrap();
+        let daemon = opened.start(listeners, &signal).unwrap();
         let port = daemon.local_addr().port();
         assert_ne!(port, 0);
         let (ready_tx, ready_rx) = mpsc::channel();
@@ -37,23 +41,35 @@ impl InProcess {
                 let _ = ready_tx.send(started.len());
             })
         });
+        let gw = Self {
+            port,
+            shutdown,
+            thread: Some(thread),
+            _port_lock: port_lock,
+        };
         let workers = ready_rx
             .recv_timeout(Duration::from_secs(30))
             .expect("the daemon did not become ready");
         assert_eq!(workers, 2);
-        Self {
-            port,
-            shutdown,
-            thread,
-        }
+        gw
     }
 
-    fn stop(self) {
+    fn stop(mut self) {
         self.shutdown.trigger();
-        self.thread
+        let thread = self.thread.take().expect("serving");
+        thread
             .join()
             .expect("the daemon thread panicked")
             .expect("the daemon stopped in error");
+    }
+}
+
+impl Drop for InProcess {
+    fn drop(&mut self) {
+        self.shutdown.trigger();
+        if let Some(thread) = self.thread.take() {
+            let _ = thread.join();
+        }
     }
 }
 

@@ -934,15 +934,25 @@ fn a_reload_keeps_the_command_lines_listen_addresses() {
             .args(["--listen", "127.0.0.1:1"]),
     );
     let log_path = dir.path().join("serve.log");
-    let mut child = Command::new(BIN)
-        .args(["serve", "--workers", "1", "--listen", "127.0.0.1:0"])
-        .args(["--metrics-listen", "off", "--config"])
-        .arg(data.join("enrollgate.toml"))
-        .env_remove("RUST_LOG")
-        .env_remove("JOURNAL_STREAM")
-        .stderr(std::fs::File::create(&log_path).unwrap())
-        .spawn()
-        .unwrap();
+    /// Killed if the test fails before it stops the daemon.
+    struct KillOnDrop(std::process::Child);
+    impl Drop for KillOnDrop {
+        fn drop(&mut self) {
+            let _ = self.0.kill();
+            let _ = self.0.wait();
+        }
+    }
+    let mut child = KillOnDrop(
+        Command::new(BIN)
+            .args(["serve", "--workers", "1", "--listen", "127.0.0.1:0"])
+            .args(["--metrics-listen", "off", "--config"])
+            .arg(data.join("enrollgate.toml"))
+            .env_remove("RUST_LOG")
+            .env_remove("JOURNAL_STREAM")
+            .stderr(std::fs::File::create(&log_path).unwrap())
+            .spawn()
+            .unwrap(),
+    );
     let log = || std::fs::read_to_string(&log_path).unwrap_or_default();
     let wait = |text: &str, times: usize| {
         let deadline = Instant::now() + Duration::from_secs(30);
@@ -953,10 +963,10 @@ fn a_reload_keeps_the_command_lines_listen_addresses() {
     };
     wait("enrollgate ready", 1);
     assert!(log().contains("metrics=off"), "{}", log());
-    signal(&child, "HUP");
+    signal(&child.0, "HUP");
     wait("configuration reloaded", 1);
-    signal(&child, "TERM");
-    let status = wait_timeout(&mut child, Duration::from_secs(20)).expect("stopped");
+    signal(&child.0, "TERM");
+    let status = wait_timeout(&mut child.0, Duration::from_secs(20)).expect("stopped");
     assert!(status.success(), "{}", log());
     assert!(!log().contains("needs a restart"), "{}", log());
 }
