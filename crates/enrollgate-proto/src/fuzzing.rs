@@ -11,7 +11,7 @@
 //!
 //! What the daemon's API layer adds on top (the error → status mapping, so that client input
 //! is never answered 500; the request body types; EST's checks; the management views) is
-//! replayed over the same corpus by the daemon's tests (`enrollgate`'s `src/corpus.rs`),
+//! replayed over the same corpus by the daemon's tests (`enrollgate-server`'s `src/corpus.rs`),
 //! which call the helpers here ([`frame`], [`json_request`], [`csr_issued`],
 //! [`chain_enrolled`], [`replay_inputs`]) and add the API's checks to each input.
 //!
@@ -572,8 +572,7 @@ fn auto_enroll(
     requested_name: Option<&str>,
 ) -> Result<Identity, crate::enroll::plan::Refusal> {
     use crate::enroll::plan;
-    let authenticator =
-        plan::presented(leaf, Method::Ca, NOW).expect("a leaf that verified parses");
+    let authenticator = plan::presented(leaf, Method::Ca, NOW)?;
     let identity = plan::auto_identity(
         ca,
         leaf,
@@ -715,7 +714,13 @@ fn enroll_one(
             let token = plan::token(token)?;
             let enrollment = pending(&token);
             let redemption = plan::ottca(token, enrollment.as_ref(), chain, &cas, NOW)?;
-            // Only the token's CA (`ROOT`) admits the chain, and the leaf is what binds.
+            // Only the token's CA (`ROOT`) admits the chain: the chain verifies to it, not
+            // to another CA that allows ottca (`OTHER` does, unverified), and the leaf is
+            // what binds.
+            let verified_to = CA_SET
+                .verify(chain, NOW, "any", &SignatureMemo::off(), |_| true)
+                .map(|ca| ca.id.as_str());
+            assert_eq!(verified_to, Ok("ROOT"));
             assert_eq!(redemption.ca_id.as_deref(), Some("ROOT"));
             assert_eq!(redemption.identity_id, ENROLLED_ID);
             assert!(!redemption.authenticator.issued_by_network);
@@ -764,8 +769,9 @@ pub fn jwt(data: &[u8]) {
     session_token(token);
 }
 
-/// The `zt-session` header's value, as the API reads it: a session token is accepted only
-/// under the key that signed it, and only before it expires.
+/// The `zt-session` header's value, as the API reads it, for a panic in `Sessions::get`
+/// (the checks below restate what it promises: a token is accepted only under the key that
+/// signed it, and only before it expires).
 fn session_token(token: &str) {
     let ours = SESSIONS.get(token, NOW);
     if let Some(session) = &ours {

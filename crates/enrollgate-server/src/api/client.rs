@@ -209,9 +209,10 @@ async fn enroll_ottca(
     refuse_bound(shared, &redemption.authenticator).await?;
     // Charged once the request could succeed: whoever holds the token cannot spend the
     // CA's budget with certificates that fail, or that are bound already.
-    if let Some(ca_id) = &redemption.ca_id {
-        shared.rates.ca(ca_id)?;
-    }
+    // (`plan::ottca` always names the token's CA; an empty id is a budget of its own.)
+    shared
+        .rates
+        .ca(redemption.ca_id.as_deref().unwrap_or_default())?;
     let identity_id = redemption.identity_id.clone();
     shared.commit.submit(Command::from(redemption)).await?;
     tracing::info!(identity_id = %identity_id, method = "ottca", "identity enrolled");

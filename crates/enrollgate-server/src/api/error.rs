@@ -248,7 +248,8 @@ impl From<crate::enroll::plan::Refusal> for ApiError {
             Refusal::NoToken => Self::InvalidEnrollmentToken(msg),
             Refusal::Token(e) => e.into(),
             // OpenZiti answers an ottca chain with CERTIFICATE_FAILED_VALIDATION and a
-            // CA auto-enrollment chain with CERT_FAILED_VALIDATION.
+            // CA auto-enrollment chain with CERT_FAILED_VALIDATION; a leaf that verified
+            // but does not parse here is CERTIFICATE_FAILED_VALIDATION for both, as it was.
             Refusal::NoClientCertificate(Method::Ca)
             | Refusal::Chain {
                 method: Method::Ca, ..

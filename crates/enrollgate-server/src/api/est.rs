@@ -141,13 +141,9 @@ async fn bootstrap_enroll(w: &WorkerCtx, req: &Request, peer: &Peer) -> Result<R
             .read(move |s| s.identity_by_fingerprint(&fp))
             .await?
     };
-    let identity = match bound {
-        Some(identity) => {
-            // Charged as auto_enroll charges a new one: an enrollment through this CA.
-            w.shared.rates.ca(&ca.id)?;
-            identity
-        }
-        None => auto_enroll(w, peer, &ca, None, now).await?,
+    let (identity, created) = match bound {
+        Some(identity) => (identity, false),
+        None => (auto_enroll(w, peer, &ca, None, now).await?, true),
     };
     let is_presented = |a: &Option<crate::model::Authenticator>| {
         a.as_ref()
@@ -162,6 +158,12 @@ async fn bootstrap_enroll(w: &WorkerCtx, req: &Request, peer: &Peer) -> Result<R
     }
     if identity.is_disabled_at(now) {
         return Err(refused("the identity is disabled".into()));
+    }
+    if !created {
+        // Charged as auto_enroll charged a new one (an enrollment through this CA), once
+        // the request could succeed: a certificate bound otherwise, or a disabled
+        // identity, spends nothing of the CA's budget.
+        w.shared.rates.ca(&ca.id)?;
     }
     let renewed = super::renew::renew_from(
         w,
