@@ -696,3 +696,60 @@ fn racing_first_uses_activate_once_and_each_authenticates() {
     assert_eq!((old.status, old.code().as_str()), (401, "INVALID_AUTH"));
     fsck_clean(&gw);
 }
+
+/// A bootstrap certificate whose identity is disabled is refused without spending its
+/// CA's rate budget: the budget is charged only once the request could succeed.
+#[test]
+fn refused_bootstrap_requests_spend_nothing_of_the_cas_budget() {
+    use crate::fleet::{Fleet, Spec};
+    let gw = Gateway::start_with(
+        |cfg| {
+            *cfg = cfg.replace(
+                "[limits]\n",
+                "[limits]\nper_ca_rate = \"1/h\"\nper_ca_burst = 2\n",
+            );
+        },
+        &[],
+    );
+    let fleet = Fleet::new("budget");
+    fleet.register(&gw, "budget", true, false, true);
+    let dir = workdir(&gw, "budget");
+    fleet.device(&Spec::new("meter-1")).write(&dir, "idevid");
+    new_key_csr(&dir, "ldev", "-subj /CN=meter-1");
+    let enroll = || {
+        curl(
+            &gw,
+            &dir,
+            "POST",
+            "/.well-known/est/simpleenroll",
+            "--cert idevid.crt --key idevid.key -H 'Content-Type: application/pkcs10' \
+             --data-binary @ldev.b64",
+        )
+    };
+    // The first enrollment creates the identity: one of the two in the budget.
+    assert_eq!(enroll().status, 200);
+    let out = gw.cli(&["identity", "disable", "budget-meter-1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    for _ in 0..3 {
+        let refused = enroll();
+        assert_eq!(
+            (refused.status, refused.code().as_str()),
+            (401, "EST_UNAUTHORIZED")
+        );
+    }
+    let out = gw.cli(&["identity", "enable", "budget-meter-1"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    // The refusals spent nothing: the second of the budget is still there, and then the
+    // budget is spent.
+    assert_eq!(enroll().status, 200);
+    let over = enroll();
+    assert_eq!((over.status, over.code().as_str()), (429, "RATE_LIMITED"));
+}
