@@ -52,6 +52,7 @@ pub const POP_TOKEN: &str = "fuzz-verification-token";
 
 const ROOT_SCALAR: u8 = 0x11;
 const OTHER_SCALAR: u8 = 0x22;
+const NAMED_SCALAR: u8 = 0x88;
 const INTERMEDIATE_SCALAR: u8 = 0x33;
 const SERVER_SCALAR: u8 = 0x44;
 
@@ -120,6 +121,9 @@ impl FixedCa {
 static ROOT: LazyLock<FixedCa> = LazyLock::new(|| FixedCa::root("fuzz root", ROOT_SCALAR));
 /// A second root (`fuzz other`), known but not verified.
 static OTHER: LazyLock<FixedCa> = LazyLock::new(|| FixedCa::root("fuzz other", OTHER_SCALAR));
+/// A third root (`fuzz named`), verified, whose devices name themselves: its name format
+/// has `[requestedName]`, so a requested name reaches the name checks.
+static NAMED: LazyLock<FixedCa> = LazyLock::new(|| FixedCa::root("fuzz named", NAMED_SCALAR));
 
 fn ca_record(id: &str, ca: &FixedCa, verified: bool) -> Ca {
     Ca {
@@ -147,6 +151,10 @@ static CA_SET: LazyLock<CaSet> = LazyLock::new(|| {
     CaSet::build(vec![
         ca_record("ROOT", &ROOT, true),
         ca_record("OTHER", &OTHER, false),
+        Ca {
+            identity_name_format: "[caName]-[requestedName]".into(),
+            ..ca_record("NAMED", &NAMED, true)
+        },
     ])
 });
 
@@ -1027,6 +1035,22 @@ pub mod seeds {
                 r#"{"name":"mine"}"#,
             ),
         );
+        let named_leaf = leaf(&NAMED.issuer(), "dev-10", NOW + 86_400);
+        add(
+            "enroll",
+            "ca-requested-name.http",
+            request(&named_leaf, "/enroll/ca", json, r#"{"name":"kiosk 7"}"#),
+        );
+        add(
+            "enroll",
+            "ca-requested-name-bad.http",
+            request(
+                &named_leaf,
+                "/enroll/ca",
+                json,
+                "{\"name\":\"kiosk\\u200b7\"}",
+            ),
+        );
         add(
             "enroll",
             "ca-unverified.http",
@@ -1429,6 +1453,11 @@ mod tests {
         assert_eq!(pem.content_type, "application/x-pem-file");
         let named = answer("ca-named.http").expect("enrolled");
         assert!(String::from_utf8_lossy(&named.body).contains("fuzzIdentity"));
+        assert!(answer("ca-requested-name.http").is_ok());
+        assert!(matches!(
+            answer("ca-requested-name-bad.http"),
+            Err(EnrollRefused::Plan(Refusal::Name(_)))
+        ));
         assert!(matches!(
             answer("ott-expired.http"),
             Err(EnrollRefused::Plan(Refusal::Token(
