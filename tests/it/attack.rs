@@ -1127,7 +1127,14 @@ fn hold_idle_tls(port: u16, cfg: &Arc<ClientConfig>, source: [u8; 4], n: usize) 
                             s.sock.set_nonblocking(true).unwrap();
                             held.push((s, Instant::now()));
                         }
-                        Err(_) => refused += 1,
+                        Err(e) => {
+                            // Shown with a failure: why a connection was refused, when
+                            // one was (a reset by the daemon, a timeout of a slow machine).
+                            if refused == 0 {
+                                eprintln!("[idle tls] first refusal of this thread: {e}");
+                            }
+                            refused += 1;
+                        }
                     }
                 }
                 (held, refused)
