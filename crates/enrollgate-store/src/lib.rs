@@ -39,8 +39,9 @@
 //!
 //! Every change goes through the single committer thread (`commit`), which decides each
 //! command against the store *plus the writes already decided in its batch* (`apply`) and
-//! writes the batch as one atomic, synced `WriteBatch` (I3-I5). Reads are lock-free
-//! RocksDB gets from any thread.
+//! writes the batch as one atomic, synced `WriteBatch` (I3-I5). Reads are RocksDB
+//! gets from any thread (lock-free), or, on PostgreSQL, queries on the store's reader
+//! threads (`Store::read`).
 
 // The protocol crate's modules under the names the daemon gives them, so that a path
 // reads the same on both sides of the crate boundary (`crate::model::Identity`).
