@@ -116,6 +116,7 @@ impl Daemon {
     ) -> Result<Self, DaemonError> {
         Self::open(config)?.start(listeners, signal)
     }
+
     /// The state the workers share, swapped by a reload.
     pub fn registry(&self) -> &Arc<SharedRegistry> {
         &self.registry
