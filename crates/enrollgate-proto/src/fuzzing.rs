@@ -604,6 +604,10 @@ pub const OTT_TOKEN: &str = "fuzzOttToken";
 pub const OTTCA_TOKEN: &str = "fuzzOttcaToken";
 /// The token of a fixture `ott` enrollment that expired at [`NOW`].
 pub const EXPIRED_TOKEN: &str = "fuzzExpiredToken";
+/// The token of a fixture `ottca` enrollment for the CA `OTHER`, which is not verified.
+pub const UNUSABLE_CA_TOKEN: &str = "fuzzUnusableCaToken";
+/// The token of a fixture `ottca` enrollment for a CA since deleted.
+pub const GONE_CA_TOKEN: &str = "fuzzGoneCaToken";
 /// The identity the fixture enrollments enroll.
 const ENROLLED_ID: &str = "fuzzEnrolled";
 
@@ -613,6 +617,8 @@ fn pending(token: &str) -> Option<Enrollment> {
         OTT_TOKEN => (Method::Ott, None, NOW + 86_400),
         OTTCA_TOKEN => (Method::Ottca, Some("ROOT".to_string()), NOW + 86_400),
         EXPIRED_TOKEN => (Method::Ott, None, NOW),
+        UNUSABLE_CA_TOKEN => (Method::Ottca, Some("OTHER".to_string()), NOW + 86_400),
+        GONE_CA_TOKEN => (Method::Ottca, Some("GONE".to_string()), NOW + 86_400),
         _ => return None,
     };
     Some(Enrollment {
@@ -645,7 +651,8 @@ pub enum EnrollRefused {
 /// An enrollment request driven through the core as the daemon's handlers drive it
 /// (`api::client`): read ([`crate::enroll::request::parse`]), then each method's steps
 /// ([`crate::enroll::plan`]) with the store's part played by fixtures ([`OTT_TOKEN`],
-/// [`OTTCA_TOKEN`], [`EXPIRED_TOKEN`], the fixed CA set). The input is a client chain and
+/// [`OTTCA_TOKEN`], [`EXPIRED_TOKEN`], [`UNUSABLE_CA_TOKEN`], [`GONE_CA_TOKEN`], the fixed
+/// CA set). The input is a client chain and
 /// the bytes of the connection: two bytes (big-endian) give the length of the chain (DER
 /// certificates back to back), the rest is framed as [`http_request`] frames it.
 pub fn enroll(data: &[u8]) {
@@ -1016,6 +1023,26 @@ pub mod seeds {
             request(
                 &root_leaf,
                 &format!("/enroll?method=ottca&token={OTT_TOKEN}"),
+                "",
+                "",
+            ),
+        );
+        add(
+            "enroll",
+            "ottca-unusable-ca.http",
+            request(
+                &root_leaf,
+                &format!("/enroll?method=ottca&token={UNUSABLE_CA_TOKEN}"),
+                "",
+                "",
+            ),
+        );
+        add(
+            "enroll",
+            "ottca-gone-ca.http",
+            request(
+                &root_leaf,
+                &format!("/enroll?method=ottca&token={GONE_CA_TOKEN}"),
                 "",
                 "",
             ),
@@ -1469,6 +1496,14 @@ mod tests {
             Err(EnrollRefused::Plan(Refusal::Token(
                 EnrollError::WrongMethod(_)
             )))
+        ));
+        assert!(matches!(
+            answer("ottca-unusable-ca.http"),
+            Err(EnrollRefused::Plan(Refusal::TokenCaNotUsable))
+        ));
+        assert!(matches!(
+            answer("ottca-gone-ca.http"),
+            Err(EnrollRefused::Plan(Refusal::TokenCaGone))
         ));
         assert!(matches!(
             answer("ca-unverified.http"),
